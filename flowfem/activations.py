@@ -1,0 +1,127 @@
+"""Activations sigma(z) with their first two derivatives.
+
+Each activation knows whether it is positively homogeneous,
+sigma(r z) = r^p sigma(z) for r > 0; then f_u depends on u only through a
+density on the sphere S^d of directions (DESIGN.md section 1), and the
+circle and sphere parameter domains may be used.
+
+Names accepted by :func:`activation`: ``relu``, ``leaky_relu`` (slope 0.01,
+or ``leaky_relu:0.2``), ``tanh``, ``sigmoid``, ``softplus``, ``monomial:k``
+(sigma(z) = z^k, k a positive integer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Activation:
+    """sigma with sigma' and sigma''; ``degree`` = p if sigma(r z) = r^p sigma(z) for r > 0, else None."""
+
+    name: str
+    sigma: Callable[[Array], Array]
+    dsigma: Callable[[Array], Array]
+    d2sigma: Callable[[Array], Array]
+    degree: int | None = None
+    slope: float = 0.0  # leaky_relu: sigma(z) = max(z, slope * z)
+    power: int = 0  # monomial: sigma(z) = z^power
+
+    @property
+    def homogeneous(self) -> bool:
+        """True if sigma is positively homogeneous (allowed on the circle and sphere)."""
+        return self.degree is not None
+
+    def __call__(self, z: Array) -> Array:
+        return self.sigma(z)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _sigmoid(z: Array) -> Array:
+    """1 / (1 + exp(-z)), evaluated without overflow."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _relu(slope: float) -> Activation:
+    """sigma(z) = max(z, slope z) (0 <= slope < 1); sigma'' = 0 away from the kink."""
+    name = "relu" if slope == 0.0 else f"leaky_relu:{slope:g}"
+    return Activation(
+        name=name,
+        sigma=lambda z: np.where(z > 0, z, slope * z),
+        dsigma=lambda z: np.where(z > 0, 1.0, slope),
+        d2sigma=lambda z: np.zeros_like(np.asarray(z, dtype=float)),
+        degree=1,
+        slope=slope,
+    )
+
+
+def _monomial(k: int) -> Activation:
+    """sigma(z) = z^k, positively k-homogeneous."""
+    return Activation(
+        name=f"monomial:{k}",
+        sigma=lambda z: np.asarray(z, dtype=float) ** k,
+        dsigma=lambda z: k * np.asarray(z, dtype=float) ** (k - 1),
+        d2sigma=lambda z: (k * (k - 1) * np.asarray(z, dtype=float) ** (k - 2)) if k >= 2
+        else np.zeros_like(np.asarray(z, dtype=float)),
+        degree=k,
+        power=k,
+    )
+
+
+_SMOOTH = {
+    "tanh": Activation(
+        "tanh",
+        np.tanh,
+        lambda z: 1.0 - np.tanh(z) ** 2,
+        lambda z: -2.0 * np.tanh(z) * (1.0 - np.tanh(z) ** 2),
+    ),
+    "sigmoid": Activation(
+        "sigmoid",
+        _sigmoid,
+        lambda z: _sigmoid(z) * (1.0 - _sigmoid(z)),
+        lambda z: _sigmoid(z) * (1.0 - _sigmoid(z)) * (1.0 - 2.0 * _sigmoid(z)),
+    ),
+    "softplus": Activation(
+        "softplus",
+        lambda z: np.logaddexp(0.0, z),
+        _sigmoid,
+        lambda z: _sigmoid(z) * (1.0 - _sigmoid(z)),
+    ),
+}
+
+NAMES = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "monomial:k")
+
+
+def activation(spec: str | Activation) -> Activation:
+    """The activation named by ``spec`` (see the module docstring); ValueError names the valid choices."""
+    if isinstance(spec, Activation):
+        return spec
+    name, _, arg = str(spec).strip().lower().partition(":")
+    try:
+        if name == "relu" and not arg:
+            return _relu(0.0)
+        if name == "leaky_relu":
+            slope = float(arg) if arg else 0.01
+            if not 0.0 <= slope < 1.0:
+                raise ValueError
+            return _relu(slope)
+        if name in _SMOOTH and not arg:
+            return _SMOOTH[name]
+        if name == "monomial":
+            k = int(arg)
+            if k < 1:
+                raise ValueError
+            return _monomial(k)
+    except ValueError:
+        pass
+    raise ValueError(
+        f"unknown activation {spec!r}: choose one of {', '.join(NAMES)} "
+        "(leaky_relu:SLOPE with 0 <= SLOPE < 1, monomial:K with K >= 1)"
+    )

@@ -1,0 +1,153 @@
+"""The finite shallow network f_N(x) = sum_i a_i sigma(w_i . x + b_i).
+
+A small NumPy class that runs anywhere (no dolfinx, no MPI). It is what
+:mod:`flowfem.readout` produces from a density and what
+:mod:`flowfem.particles` trains. Saved as ``.npz`` with arrays only
+(``W`` (N, d), ``b`` (N,), ``a`` (N,), ``activation`` a string), loaded with
+``allow_pickle=False``. :meth:`Network.state_dict` gives the layout of
+``torch.nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, 1))``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowfem.activations import Activation, activation
+
+
+@dataclass
+class Network:
+    """f_N(x) = sum_i a_i sigma(W_i . x + b_i) with W (N, d), b (N,), a (N,)."""
+
+    W: np.ndarray
+    b: np.ndarray
+    a: np.ndarray
+    activation: Activation
+
+    def __post_init__(self):
+        self.activation = activation(self.activation)
+        self.W = np.array(self.W, dtype=float, ndmin=2)
+        self.b = np.array(self.b, dtype=float).reshape(-1)
+        self.a = np.array(self.a, dtype=float).reshape(-1)
+        N = self.W.shape[0]
+        if self.W.ndim != 2 or self.b.shape != (N,) or self.a.shape != (N,):
+            raise ValueError(
+                f"network arrays have inconsistent shapes W{self.W.shape}, b{self.b.shape}, "
+                f"a{self.a.shape}: expected W (N, d), b (N,), a (N,)"
+            )
+        for key in ("W", "b", "a"):
+            if not np.all(np.isfinite(getattr(self, key))):
+                raise ValueError(f"network array {key} contains NaN or inf")
+
+    @property
+    def width(self) -> int:
+        """N, the number of hidden neurons."""
+        return self.W.shape[0]
+
+    @property
+    def input_dim(self) -> int:
+        """d, the input dimension."""
+        return self.W.shape[1]
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """sigma(x W^T + b), shape (n, N)."""
+        return self.activation(self._check_x(x) @ self.W.T + self.b)
+
+    def __call__(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """f_N at the rows of x (n, d), evaluated in batches of ``batch`` rows; shape (n,)."""
+        x = self._check_x(x)
+        out = np.empty(x.shape[0])
+        for s in range(0, x.shape[0], batch):
+            out[s:s + batch] = self.activation(x[s:s + batch] @ self.W.T + self.b) @ self.a
+        return out
+
+    def _check_x(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 1 and self.input_dim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(
+                f"inputs have shape {x.shape}; this network takes (n, {self.input_dim})"
+            )
+        if not np.all(np.isfinite(x)):
+            raise ValueError("inputs contain NaN or inf")
+        return x
+
+    # -- files ---------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write W, b, a and the activation name to ``path`` (.npz), atomically."""
+        path = os.fspath(path)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, W=self.W, b=self.b, a=self.a, activation=np.array(self.activation.name))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Network":
+        """Read a network written by :meth:`save`; refuses pickled objects and wrong shapes."""
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as f:
+                missing = {"W", "b", "a", "activation"} - set(f.files)
+                if missing:
+                    raise ValueError(
+                        f"{path}: not a flowfem network, arrays {sorted(missing)} missing "
+                        "(expected W, b, a, activation; write it with Network.save)"
+                    )
+                arrays = {k: f[k] for k in ("W", "b", "a", "activation")}
+        except ValueError as e:
+            if "pickle" in str(e).lower() or "Object arrays" in str(e):
+                raise ValueError(
+                    f"{path}: contains pickled objects, which flowfem refuses to load; "
+                    "save plain numeric arrays W, b, a and a string activation"
+                ) from None
+            raise
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: cannot read network file ({e})") from None
+        for k in ("W", "b", "a"):
+            if arrays[k].dtype.kind not in "fiu":
+                raise ValueError(f"{path}: array {k} has dtype {arrays[k].dtype}, expected numbers")
+        if arrays["activation"].dtype.kind != "U" or arrays["activation"].ndim != 0:
+            raise ValueError(f"{path}: 'activation' must be a string such as 'relu'")
+        return cls(arrays["W"], arrays["b"], arrays["a"], str(arrays["activation"]))
+
+    # -- PyTorch ---------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays for nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, 1)).load_state_dict."""
+        return {
+            "0.weight": self.W.copy(),
+            "0.bias": self.b.copy(),
+            "2.weight": self.a[None, :].copy(),
+            "2.bias": np.zeros(1),
+        }
+
+    def to_torch(self):
+        """The network as a float64 ``torch.nn.Sequential`` (needs torch installed)."""
+        try:
+            import torch
+        except ImportError:
+            raise ImportError("to_torch needs PyTorch: pip install torch") from None
+        act = self.activation
+        if act.name == "relu":
+            layer = torch.nn.ReLU()
+        elif act.name.startswith("leaky_relu"):
+            layer = torch.nn.LeakyReLU(act.slope)
+        elif act.name in ("tanh", "sigmoid", "softplus"):
+            layer = {"tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid,
+                     "softplus": torch.nn.Softplus}[act.name]()
+        else:
+            k = act.power
+
+            class Power(torch.nn.Module):
+                def forward(self, z):
+                    return z**k
+
+            layer = Power()
+        model = torch.nn.Sequential(
+            torch.nn.Linear(self.input_dim, self.width), layer, torch.nn.Linear(self.width, 1)
+        ).double()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in self.state_dict().items()})
+        return model
