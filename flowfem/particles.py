@@ -1,0 +1,380 @@
+"""Particle solvers: finite-width networks trained by gradient descent.
+
+The baseline flowfem is compared against. N neurons ("particles")
+theta_i = (w_i, b_i) in R^(d+1) with output weights a_i, in mean-field
+scaling
+
+    f(x) = (1/N) sum_i a_i sigma(w_i . x + b_i),
+
+trained on the objective (lam = ``weight_decay`` >= 0)
+
+    J = (1/n) sum_j l(f(x_j), y_j) + (lam/2) (1/N) sum_i (|w_i|^2 + b_i^2 + a_i^2).
+
+The regulariser always covers every parameter, also those held fixed with
+``trainable`` (it is then a constant). Gradients are analytic and vectorised.
+
+**Particle layout.** The particles are one array P of shape (N, d+2), row i =
+(w_i (d entries), b_i, a_i). :func:`from_network` and :func:`to_network`
+convert to and from :class:`flowfem.network.Network`, whose output weights
+are a_i / N, so that ``network(x)`` is the mean-field f.
+
+**Time scaling.** dJ/dP_i is O(1/N), so every method moves particle i with
+the mean-field velocity V_i = N dJ/dP_i (N-independent). Step k is time
+t = k * lr:
+
+* ``gd``:  P_i <- P_i - lr V_i + sqrt(2 lr T) xi_i,   xi_i ~ N(0, I) i.i.d.
+* ``adam``: P_i <- P_i - lr m_hat_i / (sqrt(v_hat_i) + eps) + sqrt(2 lr T) xi_i,
+  with Adam's moments (m, v, bias-corrected) of V (coordinate-wise).
+
+With T = ``temperature`` > 0, ``gd`` is the Euler–Maruyama step of mean-field
+Langevin dynamics dP_i = -V_i dt + sqrt(2T) dB_i: as N -> inf, lr -> 0 the
+particles' empirical law mu_t follows the Wasserstein gradient flow of
+F(mu) = loss(f_mu) + (lam/2) int |P|^2 dmu + T int mu log mu. For ``adam`` the
+noise is added unpreconditioned: a heuristic, not a Langevin scheme. Noise
+only enters trained coordinates.
+
+**MPI.** With a communicator of size p, rank r owns a contiguous slice of the
+neurons; predictions (and the regulariser) are one Allreduce sum per step,
+data are replicated. Initial particles and noise are drawn for all N neurons
+on every rank from ``seed`` and sliced, so the trajectory does not depend on
+p (up to the order of floating-point sums).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flowfem.activations import Activation, activation as _activation
+from flowfem.loss import Loss, loss as _loss
+from flowfem.network import Network
+
+__all__ = [
+    "ParticleResult", "train", "objective", "gradient", "predict",
+    "from_network", "to_network", "init_particles",
+]
+
+_BLOCK = 1 << 22  # max entries of a (data rows x local neurons) work array
+_TRAINABLE = {"all": slice(None), "inner": slice(0, -1), "outer": slice(-1, None)}
+
+
+# -- particles <-> networks --------------------------------------------------
+
+def from_network(network: Network) -> np.ndarray:
+    """Particles (N, d+2) = rows (w_i, b_i, a_i) of ``network``, with a_i = N * network.a_i."""
+    N = network.width
+    return np.column_stack([network.W, network.b, N * network.a])
+
+
+def to_network(particles: np.ndarray, activation: str | Activation = "relu") -> Network:
+    """The :class:`Network` with output weights a_i / N: its value is the mean-field f."""
+    P = np.asarray(particles, dtype=float)
+    return Network(P[:, :-2], P[:, -2], P[:, -1] / len(P), activation)
+
+
+def init_particles(width: int, dim: int, seed=0, init_scale: float = 1.0) -> np.ndarray:
+    """All N particles, i.i.d. N(0, init_scale^2) in every coordinate, shape (N, d+2)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
+    return init_scale * rng.standard_normal((width, dim + 2))
+
+
+# -- MPI helpers -------------------------------------------------------------
+
+def _world():
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI.COMM_WORLD
+
+
+def _size(comm) -> int:
+    return 1 if comm is None else comm.Get_size()
+
+
+def _allsum(comm, buf: np.ndarray) -> np.ndarray:
+    """Sum ``buf`` over the ranks, in place (nothing to do serially)."""
+    if _size(comm) > 1:
+        from mpi4py import MPI
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    return buf
+
+
+def _slice(N: int, comm) -> slice:
+    """This rank's contiguous share of N neurons (the first N % p ranks get one more)."""
+    p = _size(comm)
+    r = 0 if comm is None else comm.Get_rank()
+    q, m = divmod(N, p)
+    lo = r * q + min(r, m)
+    return slice(lo, lo + q + (r < m))
+
+
+# -- objective and gradient ----------------------------------------------------
+
+def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, grad: bool):
+    """(J, mean loss, f, dJ/dP for the local particles P or None)."""
+    n, d = x.shape
+    W, b, a = P[:, :d], P[:, d], P[:, d + 1]
+    rows = max(1, _BLOCK // max(1, len(P)))
+    blocks = [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
+    buf = np.empty(n + 1)  # partial predictions and partial sum |P_i|^2: one Allreduce
+    cache = None
+    for s in blocks:
+        z = x[s] @ W.T + b
+        sz = act.sigma(z)
+        buf[s] = sz @ a
+        if len(blocks) == 1:
+            cache = (z, sz)
+    buf[n] = np.sum(P * P)
+    _allsum(comm, buf)
+    f = buf[:n] / N
+    data = float(np.mean(lss.value(f, y)))
+    J = data + 0.5 * lam * buf[n] / N
+    if not grad:
+        return J, data, f, None
+    r = lss.d1(f, y) / n
+    G = lam * P
+    for s in blocks:
+        if cache is None:  # several blocks: recompute rather than store n x N arrays
+            z = x[s] @ W.T + b
+            sz = act.sigma(z)
+        else:
+            z, sz = cache
+        G[:, d + 1] += sz.T @ r[s]
+        g = (r[s, None] * act.dsigma(z)) * a  # d(loss)/dz, (rows, N_local)
+        G[:, :d] += g.T @ x[s]
+        G[:, d] += g.sum(axis=0)
+    return J, data, f, G / N
+
+
+def _prepare(P, x, comm, width):
+    P = np.asarray(P, dtype=float)
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    if P.ndim != 2 or x.ndim != 2 or P.shape[1] != x.shape[1] + 2:
+        raise ValueError(
+            f"particles have shape {P.shape} and inputs {x.shape}: expected particles "
+            "(N, d+2) with rows (w, b, a) and inputs (n, d)"
+        )
+    if width is None:
+        width = int(_allsum(comm, np.array([float(len(P))]))[0])
+    return P, x, width
+
+
+def objective(particles, x, y, activation="relu", loss="squared", weight_decay=0.0,
+              comm=None, width=None) -> float:
+    """J at ``particles`` (N, d+2); with ``comm``, particles are this rank's slice.
+
+    ``comm=None`` means no reductions: ``particles`` holds every neuron.
+    ``width`` is the global N (computed with one Allreduce if omitted).
+    """
+    P, x, N = _prepare(particles, x, comm, width)
+    return _evaluate(P, x, np.asarray(y, float), _activation(activation), _loss(loss),
+                     weight_decay, N, comm, grad=False)[0]
+
+
+def gradient(particles, x, y, activation="relu", loss="squared", weight_decay=0.0,
+             comm=None, width=None) -> np.ndarray:
+    """dJ/dparticles, same shape as ``particles`` (O(1/N) per row; arguments as :func:`objective`)."""
+    P, x, N = _prepare(particles, x, comm, width)
+    return _evaluate(P, x, np.asarray(y, float), _activation(activation), _loss(loss),
+                     weight_decay, N, comm, grad=True)[3]
+
+
+def predict(particles, x, activation="relu", comm=None, width=None) -> np.ndarray:
+    """The mean-field f at the rows of x (arguments as :func:`objective`)."""
+    P, x, N = _prepare(particles, x, comm, width)
+    return _evaluate(P, x, np.zeros(len(x)), _activation(activation), _loss("squared"),
+                     0.0, N, comm, grad=False)[2]
+
+
+# -- training ------------------------------------------------------------------
+
+@dataclass
+class ParticleResult:
+    """Outcome of :func:`train`, identical on every rank (except wall times).
+
+    ``network``: the trained :class:`Network` (a_i / N folded in), all N neurons.
+    ``particles``: all N particles (N, d+2), rows (w_i, b_i, a_i).
+    ``history``: dict of equal-length arrays, one entry per recorded step:
+    ``step``, ``time`` (wall seconds since the start), ``objective`` (J),
+    ``loss`` (the data term of J), ``grad_norm`` (sqrt((1/N) sum_i |V_i|^2),
+    the L2(mu) norm of the mean-field velocity over trained coordinates),
+    ``test_error`` (RMSE for the squared loss, misclassification rate of
+    sign(f) (f = 0 counts as +1) for the logistic loss; NaN without test data).
+    ``status``: ``completed``, ``time_limit`` or ``diverged`` (J not finite;
+    the last recorded row is that step, and ``network`` is None).
+    ``settings``: the arguments of the run (and ``ranks``).
+    """
+
+    network: Network
+    particles: np.ndarray
+    history: dict[str, np.ndarray]
+    status: str = "completed"
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def objective(self) -> float:
+        """J at the last recorded step."""
+        return float(self.history["objective"][-1])
+
+
+def _check_data(x, y, name):
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or len(x) == 0 or y.shape != (len(x),):
+        raise ValueError(
+            f"{name}: inputs have shape {x.shape} and targets {y.shape}; "
+            "pass inputs (n, d) (or (n,) when d = 1) and targets (n,) with n >= 1"
+        )
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError(f"{name}: inputs or targets contain NaN or inf; clean the data")
+    return x, y
+
+
+def _positive(name, value, strict=True):
+    ok = np.isfinite(value) and (value > 0 if strict else value >= 0)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
+
+
+def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0.1,
+          steps=1000, weight_decay=0.0, temperature=0.0, seed=0, x_test=None, y_test=None,
+          record_every=None, time_limit=None, comm=None, init=None, init_scale=1.0,
+          trainable="all", betas=(0.9, 0.999), eps=1e-8) -> ParticleResult:
+    """Train N particles on the data (x (n, d), y (n,)); see the module docstring for the maths.
+
+    width        N; may be omitted when ``init`` is given.
+    method       ``gd`` (full-batch gradient descent) or ``adam``; ``lr`` is the step
+                 size in mean-field time (see the module docstring).
+    weight_decay lam >= 0; temperature T >= 0 (Langevin noise).
+    seed         int: seeds the initial particles and the noise (independent streams of
+                 ``np.random.SeedSequence(seed)``), identically on every rank.
+    init         None: i.i.d. N(0, init_scale^2) particles from ``seed``
+                 (:func:`init_particles`); or a :class:`Network` / an (N, d+2) particle
+                 array holding *all* N neurons (e.g. a plateau to start from).
+    trainable    ``all``, ``inner`` (w, b only) or ``outer`` (a only: a convex problem).
+    record_every history is recorded at step 0, every ``record_every`` steps
+                 (default steps // 100) and at the last step.
+    time_limit   wall seconds (rank 0's clock); training stops after the step that
+                 exceeds it.
+    comm         mpi4py communicator over which the neurons are split (default
+                 MPI.COMM_WORLD when mpi4py is importable, else serial).
+    betas, eps   Adam's moment decay rates and denominator offset.
+    """
+    x, y = _check_data(x, y, "training data")
+    n, d = x.shape
+    act, lss = _activation(activation), _loss(loss)
+    lss.check_labels(y)
+    if (x_test is None) != (y_test is None):
+        raise ValueError("pass both x_test and y_test, or neither")
+    if x_test is not None:
+        x_test, y_test = _check_data(x_test, y_test, "test data")
+        if x_test.shape[1] != d:
+            raise ValueError(f"x_test has {x_test.shape[1]} columns but x has {d}; use the same features")
+        lss.check_labels(y_test)
+    if method not in ("gd", "adam"):
+        raise ValueError(f"method {method!r} is unknown: choose 'gd' or 'adam'")
+    if trainable not in _TRAINABLE:
+        raise ValueError(f"trainable {trainable!r} is unknown: choose 'all', 'inner' or 'outer'")
+    _positive("lr", lr)
+    _positive("weight_decay", weight_decay, strict=False)
+    _positive("temperature", temperature, strict=False)
+    _positive("init_scale", init_scale, strict=False)
+    if time_limit is not None:
+        _positive("time_limit", time_limit)
+    if not (isinstance(steps, (int, np.integer)) and steps >= 0):
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if record_every is None:
+        record_every = max(1, steps // 100)
+    if not (isinstance(record_every, (int, np.integer)) and record_every >= 1):
+        raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
+    if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1 and eps > 0):
+        raise ValueError(f"Adam needs 0 <= betas < 1 and eps > 0, got betas={betas}, eps={eps}")
+
+    if init is None:
+        if not (isinstance(width, (int, np.integer)) and width >= 1):
+            raise ValueError(f"width must be an integer >= 1 (the number of neurons), got {width!r}")
+        P_all = init_particles(int(width), d, seed, init_scale)
+    else:
+        if isinstance(init, Network):
+            if act.name != init.activation.name:
+                raise ValueError(
+                    f"init network uses {init.activation.name} but activation={act.name!r}; "
+                    "pass activation=init.activation"
+                )
+            P_all = from_network(init)
+        else:
+            P_all = np.array(init, dtype=float)
+        if P_all.ndim != 2 or P_all.shape[1] != d + 2 or len(P_all) == 0:
+            raise ValueError(
+                f"init has shape {P_all.shape}: expected all N particles as (N, d+2) = (N, {d + 2}) "
+                "rows (w, b, a), or a Network with input dimension d"
+            )
+        if not np.all(np.isfinite(P_all)):
+            raise ValueError("init contains NaN or inf")
+        if width is not None and width != len(P_all):
+            raise ValueError(f"width={width} but init has {len(P_all)} neurons; omit width")
+    N = len(P_all)
+
+    comm = _world() if comm is None else comm
+    mine = _slice(N, comm)
+    P = P_all[mine].copy()
+    del P_all
+    mask = np.zeros(d + 2, dtype=bool)
+    mask[_TRAINABLE[trainable]] = True
+    noise_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+    m = np.zeros_like(P)
+    v = np.zeros_like(P)
+    b1, b2 = betas
+
+    history = {k: [] for k in ("step", "time", "objective", "loss", "grad_norm", "test_error")}
+    status = "completed"
+    t0 = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by status
+        for k in range(steps + 1):
+            J, data, _, G = _evaluate(P, x, y, act, lss, weight_decay, N, comm, grad=True)
+            V = N * G * mask  # mean-field velocity of the trained coordinates
+            if not np.isfinite(J):
+                status = "diverged"
+            elif time_limit is not None and k < steps:
+                elapsed = time.perf_counter() - t0
+                if (comm.bcast(elapsed, root=0) if _size(comm) > 1 else elapsed) > time_limit:
+                    status = "time_limit"
+            last = k == steps or status != "completed"
+            if k % record_every == 0 or last:
+                gn = _allsum(comm, np.array([np.sum(V * V)]))[0]
+                err = np.nan
+                if x_test is not None:
+                    ft = _evaluate(P, x_test, y_test, act, lss, 0.0, N, comm, grad=False)[2]
+                    err = (np.sqrt(np.mean((ft - y_test) ** 2)) if lss.name == "squared"
+                           else np.mean(np.where(ft >= 0, 1.0, -1.0) != y_test))
+                for key, val in zip(history, (k, time.perf_counter() - t0, J, data,
+                                              np.sqrt(gn / N), err)):
+                    history[key].append(val)
+            if last:
+                break
+            if method == "gd":
+                P -= lr * V
+            else:
+                m = b1 * m + (1 - b1) * V
+                v = b2 * v + (1 - b2) * V * V
+                mh, vh = m / (1 - b1 ** (k + 1)), v / (1 - b2 ** (k + 1))
+                P -= lr * mh / (np.sqrt(vh) + eps)
+            if temperature > 0:
+                xi = noise_rng.standard_normal((N, d + 2))[mine]
+                P += np.sqrt(2 * lr * temperature) * xi * mask
+
+    P_all = np.vstack(comm.allgather(P)) if _size(comm) > 1 else P
+    hist = {k: np.asarray(vals, dtype=int if k == "step" else float) for k, vals in history.items()}
+    settings = dict(width=N, activation=act.name, loss=lss.name, method=method, lr=lr,
+                    steps=steps, weight_decay=weight_decay, temperature=temperature, seed=seed,
+                    init_scale=init_scale, trainable=trainable, ranks=_size(comm))
+    if status == "diverged":  # a network with NaN would not construct: keep the particles only
+        return ParticleResult(None, P_all, hist, status, settings)
+    return ParticleResult(to_network(P_all, act), P_all, hist, status, settings)
