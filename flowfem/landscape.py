@@ -1,0 +1,572 @@
+"""Landscape of the discrete problem: splitting plateaus, the inner Hessian, Jacobian rank.
+
+**Objective.** For a shallow network f(x) = sum_i a_i sigma(theta_i . x~)
+(theta_i = (w_i, b_i), x~ = (x, 1)) and data (x_j, y_j), j = 1..n,
+
+    L(p) = (1/n) sum_j l(f(x_j), y_j) + (lambda/2) |p|^2,
+
+with p = (W.ravel(), b, a) (see :func:`parameters`; neuron i's weights are
+p[i*d:(i+1)*d], its bias p[N*d + i], its output weight p[N*d + N + i]).
+With l'_j, l''_j the loss derivatives in f and J_j = grad_p f(x_j):
+
+    grad L = (1/n) sum_j l'_j J_j + lambda p,
+    hess L = (1/n) sum_j (l''_j J_j J_j^T + l'_j hess_p f(x_j)) + lambda I,
+
+where hess_p f(x_j) is block diagonal over neurons with blocks
+d2f/dtheta_i^2 = a_i sigma''_ji x~_j x~_j^T, d2f/da_i dtheta_i = sigma'_ji x~_j.
+
+**Splitting.** Duplicating neuron i of a network into two neurons with the
+same theta_i and output weights mu a_i, (1 - mu) a_i leaves f unchanged for
+every mu; if the narrow network is stationary (without weight decay, which
+breaks the invariance), so is every point of this line (the plateau).
+Along the splitting direction theta_i -> theta_i + (1 - mu) eps,
+theta_new -> theta_i - mu eps the first variation of f cancels and
+
+    L(t eps) = L + t^2 mu (1 - mu) eps^T H eps / 2 + O(t^3),
+    i.e. v^T (hess L) v = mu (1 - mu) eps^T H eps  (v the split direction),
+
+with the inner Hessian of neuron i
+
+    H = a_i (1/n) sum_j l'_j sigma''(theta_i . x~_j) x~_j x~_j^T.
+
+In the basis {narrow directions, split directions, line tangent} the Hessian
+of the split network is block diagonal, diag(hess L_narrow, mu (1 - mu) H, 0)
+(Fukumizu & Amari 2000), so by Sylvester's law of inertia a point of the line
+over a strict local minimum is a minimum (to second order, up to the flat
+line itself) iff mu (1 - mu) H is positive definite, a saddle as soon as it
+has a negative eigenvalue; mu in {0, 1} and singular H are degenerate (second
+order says nothing).
+
+**Singular points of monomial networks.** A deep fully connected network
+R^{d_0} -> ... -> R^{d_L} with layers z^l = W^l h^{l-1} (+ b^l), hidden
+h^l = (z^l)^k and a linear output layer is a polynomial map of degree k^(L-1)
+in x. Its parameters are critical for the parametrisation where the Jacobian
+of p -> (f(x_1), ..., f(x_m)) at m generic points (m at least the rank) has
+less than its generic rank. Biases are optional (``bias=False`` by default:
+the homogeneous setting of Kileel, Trager & Bruna 2019). Every hidden neuron
+carries a scaling symmetry (incoming * c, outgoing * c^-k), so the generic
+rank is at most P - (number of hidden neurons), and at most the dimension of
+the output polynomial space; for large k it equals that bound, and the
+rank-deficient points are the subnetworks (a neuron with zero outgoing or
+zero incoming weights, duplicated neurons).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from flowfem.loss import loss as _loss
+from flowfem.network import Network
+
+# -- the objective of the discrete problem -------------------------------------
+
+
+def parameters(network: Network) -> np.ndarray:
+    """p = (W.ravel(), b, a), length N (d + 2)."""
+    return np.concatenate([network.W.ravel(), network.b, network.a])
+
+
+def with_parameters(network: Network, p: np.ndarray) -> Network:
+    """The network of the same shape and activation with parameters p = (W.ravel(), b, a)."""
+    N, d = network.W.shape
+    p = np.asarray(p, dtype=float)
+    if p.shape != (N * (d + 2),):
+        raise ValueError(f"parameter vector has shape {p.shape}; this network needs ({N * (d + 2)},)")
+    return Network(p[:N * d].reshape(N, d), p[N * d:N * d + N], p[N * d + N:], network.activation)
+
+
+def _data(network: Network, x, y):
+    """Inputs (n, d) and targets (n,) checked against the network."""
+    x = network._check_x(x)
+    y = np.asarray(y, dtype=float).reshape(-1)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"targets y have shape {y.shape}; expected ({x.shape[0]},), one per input row")
+    return x, y
+
+
+def _features(network: Network, x: np.ndarray):
+    """x~ (n, d+1), sigma, sigma', sigma'' of z_ji = theta_i . x~_j (each (n, N))."""
+    xt = np.hstack([x, np.ones((x.shape[0], 1))])
+    z = x @ network.W.T + network.b
+    act = network.activation
+    return xt, act.sigma(z), act.dsigma(z), act.d2sigma(z)
+
+
+def _jacobian(network: Network, x: np.ndarray, s: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    """J_jk = d f(x_j) / d p_k: a_i sigma'_ji x_j (W), a_i sigma'_ji (b), sigma_ji (a)."""
+    n = x.shape[0]
+    da = s1 * network.a
+    return np.hstack([(da[:, :, None] * x[:, None, :]).reshape(n, -1), da, s])
+
+
+def objective(network: Network, x, y, loss="squared", weight_decay: float = 0.0) -> float:
+    """L = (1/n) sum_j l(f(x_j), y_j) + (weight_decay/2) |p|^2."""
+    x, y = _data(network, x, y)
+    ell = _loss(loss)
+    ell.check_labels(y)
+    p = parameters(network)
+    return float(np.mean(ell.value(network(x), y)) + 0.5 * weight_decay * p @ p)
+
+
+def gradient(network: Network, x, y, loss="squared", weight_decay: float = 0.0) -> np.ndarray:
+    """grad L = (1/n) sum_j l'(f(x_j), y_j) J_j + weight_decay p, in the layout of :func:`parameters`."""
+    x, y = _data(network, x, y)
+    ell = _loss(loss)
+    ell.check_labels(y)
+    _, s, s1, _ = _features(network, x)
+    J = _jacobian(network, x, s, s1)
+    return J.T @ ell.d1(s @ network.a, y) / x.shape[0] + weight_decay * parameters(network)
+
+
+def hessian(network: Network, x, y, loss="squared", weight_decay: float = 0.0) -> np.ndarray:
+    """hess L = (1/n) sum_j (l''_j J_j J_j^T + l'_j hess_p f(x_j)) + weight_decay I (module docstring)."""
+    x, y = _data(network, x, y)
+    ell = _loss(loss)
+    ell.check_labels(y)
+    n = x.shape[0]
+    N, d = network.W.shape
+    xt, s, s1, s2 = _features(network, x)
+    J = _jacobian(network, x, s, s1)
+    f = s @ network.a
+    c = ell.d1(f, y) / n
+    Hm = (J.T * (ell.d2(f, y) / n)) @ J
+    # curvature of f itself, block diagonal over neurons:
+    T = np.einsum("j,ji,jp,jq->ipq", c, s2, xt, xt) * network.a[:, None, None]  # d2/dtheta_i^2
+    u = np.einsum("j,ji,jp->ip", c, s1, xt)  # d2/da_i dtheta_i
+    for i in range(N):
+        th = np.r_[np.arange(i * d, (i + 1) * d), N * d + i]
+        ia = N * d + N + i
+        Hm[np.ix_(th, th)] += T[i]
+        Hm[th, ia] += u[i]
+        Hm[ia, th] += u[i]
+    return Hm + weight_decay * np.eye(Hm.shape[0])
+
+
+@dataclass
+class Minimisation:
+    """Result of :func:`minimise`: the network, the gradient norm, the iterations and whether gtol was met."""
+
+    network: Network
+    gradient_norm: float
+    iterations: int
+    converged: bool
+
+
+def minimise(network: Network, x, y, loss="squared", weight_decay: float = 0.0,
+             gtol: float = 1e-10, maxiter: int = 500) -> Minimisation:
+    """Saddle-free Newton on L: p <- p - t V |Lambda|^-1 V^T grad L, backtracking in t.
+
+    |Lambda| has the eigenvalues of hess L in absolute value (floored at
+    1e-10 of the largest), so every step descends and saddles repel; near a
+    strict minimum it is Newton's method and converges quadratically.
+    """
+    x, y = _data(network, x, y)
+    args = (x, y, loss, weight_decay)
+    p = parameters(network)
+    Lp = objective(network, *args)
+    g = gradient(network, *args)
+    it = 0
+    while np.linalg.norm(g) > gtol and it < maxiter:
+        it += 1
+        lam, V = np.linalg.eigh(hessian(with_parameters(network, p), *args))
+        lam = np.maximum(np.abs(lam), 1e-10 * np.abs(lam).max())
+        step = -V @ ((V.T @ g) / lam)
+        t = 1.0
+        while t > 1e-12:
+            q = p + t * step
+            Lq = objective(with_parameters(network, q), *args)
+            # Armijo, or (at rounding level of L) any step that shrinks the gradient
+            if Lq <= Lp + 1e-4 * t * (g @ step) or (
+                Lq <= Lp + 1e-14 * abs(Lp)
+                and np.linalg.norm(gradient(with_parameters(network, q), *args)) < np.linalg.norm(g)
+            ):
+                break
+            t /= 2
+        else:
+            break
+        p, Lp = q, Lq
+        g = gradient(with_parameters(network, p), *args)
+    gn = float(np.linalg.norm(g))
+    return Minimisation(with_parameters(network, p), gn, it, gn <= gtol)
+
+
+# -- neuron splitting ----------------------------------------------------------
+
+
+def split(network: Network, i: int, mu: float) -> Network:
+    """Width N+1: neuron i keeps (w_i, b_i) with output weight mu a_i; a copy (w_i, b_i, (1 - mu) a_i) is appended last."""
+    N = network.width
+    if not -N <= i < N:
+        raise IndexError(f"neuron index i={i} out of range for a network of width {N}")
+    i %= N
+    a = network.a.copy()
+    a[i] = mu * network.a[i]
+    return Network(np.vstack([network.W, network.W[i]]), np.r_[network.b, network.b[i]],
+                   np.r_[a, (1.0 - mu) * network.a[i]], network.activation)
+
+
+def split_direction(network: Network, i: int, mu: float, eps: np.ndarray) -> np.ndarray:
+    """In parameters of split(network, i, mu): theta_i += (1 - mu) eps, theta_{N+1} -= mu eps (eps in R^{d+1})."""
+    N, d = network.W.shape
+    i %= N
+    eps = np.asarray(eps, dtype=float)
+    M = N + 1
+    v = np.zeros(M * (d + 2))
+    for k, c in ((i, 1.0 - mu), (N, -mu)):
+        v[k * d:(k + 1) * d] = c * eps[:d]
+        v[M * d + k] = c * eps[d]
+    return v
+
+
+def plateau_tangent(network: Network, i: int) -> np.ndarray:
+    """Unit tangent of the line mu -> split(network, i, mu): d a_i = a_i, d a_{N+1} = -a_i, normalised."""
+    N, d = network.W.shape
+    i %= N
+    M = N + 1
+    t = np.zeros(M * (d + 2))
+    t[M * (d + 1) + i], t[M * (d + 1) + N] = 1.0, -1.0
+    return t / math.sqrt(2.0)
+
+
+def _definiteness(eigenvalues: np.ndarray, rtol: float) -> str:
+    """positive / negative / indefinite, or semidefinite if an eigenvalue is within rtol * max|lambda| of 0."""
+    scale = np.abs(eigenvalues).max(initial=0.0)
+    tol = rtol * scale
+    if scale > 0 and eigenvalues.min() > tol:
+        return "positive"
+    if scale > 0 and eigenvalues.max() < -tol:
+        return "negative"
+    if eigenvalues.min() < -tol and eigenvalues.max() > tol:
+        return "indefinite"
+    return "semidefinite"
+
+
+@dataclass
+class InnerHessian:
+    """H = a_i (1/n) sum_j l'_j sigma''(theta_i . x~_j) x~_j x~_j^T with its eigen-decomposition (ascending)."""
+
+    matrix: np.ndarray
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    definiteness: str
+
+
+def inner_hessian(network: Network, i: int, x, y, loss="squared", rtol: float = 1e-8) -> InnerHessian:
+    """The inner Hessian H of neuron i (module docstring); definiteness judged with tolerance rtol * max|lambda|."""
+    x, y = _data(network, x, y)
+    ell = _loss(loss)
+    ell.check_labels(y)
+    xt, s, _, s2 = _features(network, x)
+    c = ell.d1(s @ network.a, y) * s2[:, i] * network.a[i] / x.shape[0]
+    H = (xt.T * c) @ xt
+    H = 0.5 * (H + H.T)
+    lam, V = np.linalg.eigh(H)
+    return InnerHessian(H, lam, V, _definiteness(lam, rtol))
+
+
+@dataclass
+class PlateauPoint:
+    """One mu on the plateau: kind ("minimum", "saddle" or "degenerate"), the curvature
+    v^T (hess L) v of the unit escape direction v (None unless a saddle)."""
+
+    mu: float
+    kind: str
+    curvature: float | None
+    escape_direction: np.ndarray | None
+
+
+@dataclass
+class Plateau:
+    """Classification of the line split(network, i, mu); ``valid`` iff the narrow network is a strict local minimum."""
+
+    points: list[PlateauPoint]
+    inner: InnerHessian
+    gradient_norm: float
+    narrow_min_eigenvalue: float
+    valid: bool
+    kinds: list[str] = field(init=False)
+
+    def __post_init__(self):
+        self.kinds = [p.kind for p in self.points]
+
+
+def classify_plateau(network: Network, i: int, x, y, mus, loss="squared",
+                     gtol: float = 1e-8, rtol: float = 1e-8) -> Plateau:
+    """Each mu: minimum if mu (1 - mu) H > 0, saddle if it has a negative eigenvalue, else degenerate.
+
+    The escape direction of a saddle is the split direction (:func:`split_direction`) of
+    the eigenvector e of H minimising mu (1 - mu) lambda, normalised in the full parameter
+    space; its curvature is mu (1 - mu) lambda_e / (mu^2 + (1 - mu)^2). Valid only when
+    the narrow network is a strict local minimum (|grad L| <= gtol and the smallest
+    eigenvalue of hess L above rtol * max|lambda|; weight decay 0); otherwise a
+    RuntimeWarning is issued and ``valid`` is False.
+    """
+    x, y = _data(network, x, y)
+    g = float(np.linalg.norm(gradient(network, x, y, loss)))
+    lam_narrow = np.linalg.eigvalsh(hessian(network, x, y, loss))
+    lam_min = float(lam_narrow[0])
+    valid = g <= gtol and lam_min > rtol * np.abs(lam_narrow).max()
+    if not valid:
+        warnings.warn(
+            f"the narrow network is not a strict local minimum (|grad L| = {g:.3g}, "
+            f"smallest Hessian eigenvalue {lam_min:.3g}): the plateau classification "
+            "by the inner Hessian does not apply; minimise it first",
+            RuntimeWarning, stacklevel=2)
+    inner = inner_hessian(network, i, x, y, loss, rtol)
+    scale = np.abs(inner.eigenvalues).max(initial=0.0)
+    points = []
+    for mu in np.atleast_1d(np.asarray(mus, dtype=float)):
+        c = mu * (1.0 - mu)
+        curv = c * inner.eigenvalues
+        k = int(np.argmin(curv))
+        tol = rtol * abs(c) * scale
+        if curv[k] < -tol:
+            v = split_direction(network, i, mu, inner.eigenvectors[:, k])
+            nv = np.linalg.norm(v)
+            points.append(PlateauPoint(float(mu), "saddle", float(curv[k] / nv**2), v / nv))
+        else:
+            kind = "minimum" if curv[k] > tol else "degenerate"
+            points.append(PlateauPoint(float(mu), kind, None, None))
+    return Plateau(points, inner, g, lam_min, valid)
+
+
+def split_hessian_eigenvalues(network: Network, i: int, mu: float, x, y, loss="squared") -> np.ndarray:
+    """Brute force: eigenvalues of Q^T (hess L) Q for split(network, i, mu), Q an orthonormal basis
+    of the complement of the plateau tangent (whose own curvature is exactly 0 on a stationary line)."""
+    t = plateau_tangent(network, i)
+    H = hessian(split(network, i, mu), x, y, loss)
+    Q = np.linalg.qr(np.column_stack([t, np.eye(t.size)]))[0][:, 1:]
+    return np.linalg.eigvalsh(Q.T @ H @ Q)
+
+
+def classify_eigenvalues(eigenvalues: np.ndarray, rtol: float = 1e-8) -> str:
+    """minimum if all eigenvalues > rtol * max|lambda|, saddle if one < -rtol * max|lambda|, else degenerate."""
+    tol = rtol * np.abs(eigenvalues).max(initial=0.0)
+    if eigenvalues.min() < -tol:
+        return "saddle"
+    return "minimum" if eigenvalues.min() > tol else "degenerate"
+
+
+# -- deep monomial networks: Jacobian rank -------------------------------------
+
+
+def random_monomial_params(widths, rng=None, bias: bool = False, integer: bool = False):
+    """Layers [(W^1, b^1), ..., (W^L, b^L)], W^l (d_l, d_{l-1}) standard normal / sqrt(d_{l-1})
+    (or integers in [-3, 3] if ``integer``); b^l = None without biases."""
+    rng = np.random.default_rng(rng)
+    layers = []
+    for din, dout in zip(widths[:-1], widths[1:]):
+        if integer:
+            W = rng.integers(-3, 4, (dout, din)).astype(float)
+            b = rng.integers(-3, 4, dout).astype(float) if bias else None
+        else:
+            W = rng.standard_normal((dout, din)) / math.sqrt(din)
+            b = rng.standard_normal(dout) / math.sqrt(din) if bias else None
+        layers.append((W, b))
+    return layers
+
+
+def _check_params(widths, params):
+    """Shapes of [(W^l, b^l)] against widths; returns whether biases are present."""
+    widths = [int(w) for w in widths]
+    if len(widths) < 2 or min(widths) < 1:
+        raise ValueError(f"widths {widths}: need at least [d_0, d_L] with every width >= 1")
+    if len(params) != len(widths) - 1:
+        raise ValueError(f"params has {len(params)} layers; widths {widths} need {len(widths) - 1}")
+    bias = params[0][1] is not None
+    for l, ((W, b), din, dout) in enumerate(zip(params, widths[:-1], widths[1:]), start=1):
+        if np.shape(W) != (dout, din):
+            raise ValueError(f"layer {l}: W has shape {np.shape(W)}, expected ({dout}, {din})")
+        if (b is not None) != bias or (b is not None and np.shape(b) != (dout,)):
+            raise ValueError(f"layer {l}: bias must be None in every layer or of shape ({dout},) in every layer")
+    return bias
+
+
+def n_parameters(widths, bias: bool = False) -> int:
+    """P = sum_l d_l d_{l-1} (+ sum_l d_l with biases)."""
+    return sum(a * b + (b if bias else 0) for a, b in zip(widths[:-1], widths[1:]))
+
+
+def expected_rank(widths, k: int, bias: bool = False) -> int:
+    """min(P - sum of hidden widths, d_L * dim of polynomials of degree D = k^(L-1) in d_0 variables),
+    homogeneous without biases (C(d_0 + D - 1, D)), degree <= D with them (C(d_0 + D, D))."""
+    D = k ** (len(widths) - 2)
+    d0 = widths[0]
+    space = math.comb(d0 + D, D) if bias else math.comb(d0 + D - 1, D)
+    return min(n_parameters(widths, bias) - sum(widths[1:-1]), widths[-1] * space)
+
+
+def monomial_jacobian(widths, k: int, params, x) -> np.ndarray:
+    """d f_o(x_j) / d p by back-propagation, rows (j, o), columns layer by layer (W^l.ravel(), b^l).
+
+    f = W^L h^{L-1} (+ b^L), h^l = (W^l h^{l-1} (+ b^l))^k, h^0 = x. Works for float
+    arrays and for object arrays of Fractions (exact arithmetic).
+    """
+    _check_params(widths, params)
+    h = [np.asarray(x)]
+    zs = []
+    for W, b in params[:-1]:
+        z = h[-1] @ W.T
+        if b is not None:
+            z = z + b
+        zs.append(z)
+        h.append(z ** k)
+    m, dL = h[0].shape[0], widths[-1]
+    one, zero = (Fraction(1), Fraction(0)) if h[0].dtype == object else (1.0, 0.0)
+    G = np.full((dL, dL), zero, dtype=h[0].dtype)
+    np.fill_diagonal(G, one)
+    G = np.broadcast_to(G, (m, dL, dL))  # d f / d z^L
+    blocks = []
+    for l in range(len(params) - 1, -1, -1):
+        W, b = params[l]
+        cols = [(G[:, :, :, None] * h[l][:, None, None, :]).reshape(m * dL, -1)]
+        if b is not None:
+            cols.append(G.reshape(m * dL, -1))
+        blocks = cols + blocks
+        if l > 0:
+            G = (G @ W) * (k * zs[l - 1] ** (k - 1))[:, None, :]
+    return np.hstack(blocks)
+
+
+def exact_rank(A) -> int:
+    """Rank over Q of a matrix of rationals: fraction-free Gaussian elimination (Bareiss) in integers."""
+    rows = []
+    for r in np.asarray(A, dtype=object):
+        fr = [Fraction(v) for v in r]
+        den = math.lcm(*(v.denominator for v in fr)) if fr else 1
+        rows.append([int(v * den) for v in fr])
+    rank, prev = 0, 1
+    ncols = len(rows[0]) if rows else 0
+    for c in range(ncols):
+        piv = next((r for r in range(rank, len(rows)) if rows[r][c] != 0), None)
+        if piv is None:
+            continue
+        rows[rank], rows[piv] = rows[piv], rows[rank]
+        p = rows[rank][c]
+        for r in range(rank + 1, len(rows)):
+            rows[r] = [(p * rows[r][j] - rows[r][c] * rows[rank][j]) // prev for j in range(ncols)]
+        prev = p
+        rank += 1
+    return rank
+
+
+@dataclass
+class JacobianRank:
+    """Numerical rank (singular values of the row- and column-normalised Jacobian above
+    tol * s_max), the singular values, tol, P, and the exact rank if computed."""
+
+    rank: int
+    n_params: int
+    singular_values: np.ndarray
+    tol: float
+    exact: int | None = None
+
+
+DEFAULT_RTOL = 1e-9
+
+
+def jacobian_rank(widths, k: int, params, tol: float | None = None, points=None,
+                  exact: bool = False, rng=None) -> JacobianRank:
+    """Rank of the Jacobian of p -> (f(x_1), ..., f(x_m)) at params, by SVD.
+
+    points default to m = P + 8 standard normal points of R^{d_0} (generic, and more than
+    the rank, so the evaluation is injective on the tangent polynomials). Rows and columns
+    are scaled to unit norm (which does not change the rank); the rank counts singular
+    values above tol * s_max, tol = 1e-9 unless given. With ``exact`` the same Jacobian is
+    also formed in rational arithmetic (floats are exact dyadic rationals) and its rank
+    computed exactly; keep P and k^(L-1) small for that.
+    """
+    bias = _check_params(widths, params)
+    P = n_parameters(widths, bias)
+    if points is None:
+        points = np.random.default_rng(rng).standard_normal((P + 8, widths[0]))
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] != widths[0]:
+        raise ValueError(f"points have shape {points.shape}; expected (m, {widths[0]})")
+    fparams = [(np.asarray(W, float), None if b is None else np.asarray(b, float)) for W, b in params]
+    J = monomial_jacobian(widths, k, fparams, points)
+    for axis in (1, 0):
+        nrm = np.linalg.norm(J, axis=axis, keepdims=True)
+        J = J / np.where(nrm > 0, nrm, 1.0)
+    s = np.linalg.svd(J, compute_uv=False)
+    tol = DEFAULT_RTOL if tol is None else float(tol)
+    rank = int(np.sum(s > tol * s[0])) if s.size and s[0] > 0 else 0
+    ex = None
+    if exact:
+        def rational(A):
+            return None if A is None else np.vectorize(Fraction, otypes=[object])(np.asarray(A, float))
+        qparams = [(rational(W), rational(b)) for W, b in fparams]
+        ex = exact_rank(monomial_jacobian(widths, k, qparams, rational(points)))
+    return JacobianRank(rank, P, s, tol, ex)
+
+
+@dataclass
+class SingularityRow:
+    """One scanned point: its name, rank, P, the generic rank and the expected rank bound."""
+
+    point: str
+    rank: int
+    n_params: int
+    generic_rank: int
+    expected_rank: int
+    exact: int | None = None
+
+    @property
+    def deficient(self) -> bool:
+        """rank < generic rank."""
+        return self.rank < self.generic_rank
+
+
+def planted_points(widths, params, layer: int = 1, neuron: int = 0, other: int = 1):
+    """Subnetworks planted at hidden layer ``layer`` (1-based): neuron with zero outgoing
+    weights, with zero incoming weights (and bias), duplicated neuron ``other`` := ``neuron``;
+    and special points: rescaled duplicate (incoming row times 2), one zero weight."""
+    if not 1 <= layer <= len(widths) - 2:
+        raise ValueError(f"layer {layer}: planted neurons need a hidden layer, 1..{len(widths) - 2}")
+
+    def copy():
+        return [(W.copy(), None if b is None else b.copy()) for W, b in params]
+
+    out = {}
+    p = copy()
+    p[layer][0][:, neuron] = 0.0
+    out["zero outgoing"] = p
+    p = copy()
+    p[layer - 1][0][neuron] = 0.0
+    if p[layer - 1][1] is not None:
+        p[layer - 1][1][neuron] = 0.0
+    out["zero incoming"] = p
+    if widths[layer] > 1:
+        p = copy()
+        p[layer - 1][0][other] = p[layer - 1][0][neuron]
+        if p[layer - 1][1] is not None:
+            p[layer - 1][1][other] = p[layer - 1][1][neuron]
+        out["duplicate"] = p
+        p = copy()
+        p[layer - 1][0][other] = 2.0 * p[layer - 1][0][neuron]
+        if p[layer - 1][1] is not None:
+            p[layer - 1][1][other] = 2.0 * p[layer - 1][1][neuron]
+        out["rescaled duplicate"] = p
+    p = copy()
+    p[layer - 1][0][neuron, 0] = 0.0
+    out["one zero weight"] = p
+    return out
+
+
+def scan_singularities(widths, k: int, bias: bool = False, n_random: int = 3, rng=0,
+                       layer: int = 1, tol: float | None = None, exact: bool = False) -> list[SingularityRow]:
+    """Rank at n_random random points and at :func:`planted_points` of a random point; the
+    generic rank is the maximum over the random points."""
+    rng = np.random.default_rng(rng)
+    pts = {f"random {r}": random_monomial_params(widths, rng, bias) for r in range(n_random)}
+    pts.update(planted_points(widths, random_monomial_params(widths, rng, bias), layer))
+    points = rng.standard_normal((n_parameters(widths, bias) + 8, widths[0]))
+    ranks = {name: jacobian_rank(widths, k, p, tol, points, exact) for name, p in pts.items()}
+    generic = max(ranks[f"random {r}"].rank for r in range(n_random))
+    expected = expected_rank(widths, k, bias)
+    return [SingularityRow(name, r.rank, r.n_params, generic, expected, r.exact) for name, r in ranks.items()]

@@ -1,0 +1,123 @@
+"""The weighted Sobolev space H^1_omega(Omega) and its matrices.
+
+    a_omega(u, v) = integral_Omega (kappa grad u . grad v + u v) omega d theta,
+    m_omega(u, v) = integral_Omega u v omega d theta,
+
+with a weight omega > 0: ``uniform`` (omega = 1) or ``gaussian:s``
+(omega = exp(-|theta|^2 / (2 s^2)), the usual initialisation law of the
+neurons). ||u||^2_{H^1_omega} = a_omega(u, u). On the circle and sphere
+grad is the tangential gradient. Lagrange elements of degree p give the
+stiffness-plus-mass matrix A and the weighted mass matrix M.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
+
+import dolfinx.fem  # noqa: E402
+import dolfinx.fem.petsc  # noqa: E402
+import ufl  # noqa: E402
+
+from flowfem.space import Space  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Weight:
+    """omega(theta): uniform, or Gaussian exp(-|theta|^2 / (2 s^2))."""
+
+    kind: str = "uniform"
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("uniform", "gaussian"):
+            raise ValueError(f"unknown weight {self.kind!r}: choose uniform or gaussian:S")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"the Gaussian weight's scale s = {self.scale} must be positive")
+
+    @classmethod
+    def parse(cls, spec: "str | Weight") -> "Weight":
+        """``uniform``, ``gaussian`` (s = 1) or ``gaussian:S``."""
+        if isinstance(spec, Weight):
+            return spec
+        kind, _, arg = str(spec).strip().lower().partition(":")
+        try:
+            return cls(kind, float(arg) if arg else 1.0)
+        except ValueError as e:
+            raise ValueError(f"weight {spec!r}: {e}") from None
+
+    def ufl(self, theta):
+        """omega as a UFL expression of the coordinates theta."""
+        if self.kind == "uniform":
+            return 1.0
+        return ufl.exp(-ufl.dot(theta, theta) / (2 * self.scale**2))
+
+    def __str__(self) -> str:
+        return "uniform" if self.kind == "uniform" else f"gaussian:{self.scale:g}"
+
+
+class WeightedH1:
+    """H^1_omega discretised by degree-p Lagrange elements on a Space."""
+
+    def __init__(self, space: Space, weight: Weight | str = "uniform", kappa: float = 1.0, degree: int = 1):
+        if not (np.isfinite(kappa) and kappa > 0):
+            raise ValueError(f"kappa = {kappa} must be positive (it sets how smooth the density is)")
+        if degree not in (1, 2, 3):
+            raise ValueError(f"element degree {degree}: choose 1, 2 or 3")
+        self.space = space
+        self.weight = Weight.parse(weight)
+        self.kappa = float(kappa)
+        self.degree = degree
+        self.V = dolfinx.fem.functionspace(space.mesh, ("Lagrange", degree))
+        theta = ufl.SpatialCoordinate(space.mesh)
+        self.omega = self.weight.ufl(theta)
+        u, v = ufl.TrialFunction(self.V), ufl.TestFunction(self.V)
+        self._a = dolfinx.fem.form(self.a_form(u, v))
+        self._m = dolfinx.fem.form(u * v * self.omega * ufl.dx)
+        self._A = self._M = None
+
+    def a_form(self, u, v):
+        """(kappa grad u . grad v + u v) omega dx."""
+        return (self.kappa * ufl.inner(ufl.grad(u), ufl.grad(v)) + u * v) * self.omega * ufl.dx
+
+    @property
+    def A(self):
+        """PETSc matrix of a_omega."""
+        if self._A is None:
+            self._A = dolfinx.fem.petsc.assemble_matrix(self._a)
+            self._A.assemble()
+        return self._A
+
+    @property
+    def M(self):
+        """PETSc matrix of the weighted mass m_omega."""
+        if self._M is None:
+            self._M = dolfinx.fem.petsc.assemble_matrix(self._m)
+            self._M.assemble()
+        return self._M
+
+    @property
+    def ndofs(self) -> int:
+        """Global number of degrees of freedom."""
+        im = self.V.dofmap.index_map
+        return im.size_global * self.V.dofmap.index_map_bs
+
+    def function(self, name: str = "u") -> dolfinx.fem.Function:
+        """A zero density in this space."""
+        f = dolfinx.fem.Function(self.V, name=name)
+        return f
+
+    def norm(self, U) -> float:
+        """||u||_{H^1_omega} = sqrt(U^T A U) for a PETSc vector U."""
+        AU = self.A.createVecLeft()
+        self.A.mult(U, AU)
+        return float(np.sqrt(max(AU.dot(U), 0.0)))
+
+    def l2_norm(self, U) -> float:
+        """||u||_{L^2_omega} = sqrt(U^T M U)."""
+        MU = self.M.createVecLeft()
+        self.M.mult(U, MU)
+        return float(np.sqrt(max(MU.dot(U), 0.0)))
