@@ -80,13 +80,15 @@ def with_parameters(network: Network, p: np.ndarray) -> Network:
     return Network(p[:N * d].reshape(N, d), p[N * d:N * d + N], p[N * d + N:], network.activation)
 
 
-def _data(network: Network, x, y):
-    """Inputs (n, d) and targets (n,) checked against the network."""
+def _data(network: Network, x, y, loss):
+    """Inputs (n, d), targets (n,) checked against the network and the loss, and the loss."""
     x = network._check_x(x)
     y = np.asarray(y, dtype=float).reshape(-1)
     if y.shape != (x.shape[0],):
         raise ValueError(f"targets y have shape {y.shape}; expected ({x.shape[0]},), one per input row")
-    return x, y
+    ell = _loss(loss)
+    ell.check_labels(y)
+    return x, y, ell
 
 
 def _features(network: Network, x: np.ndarray):
@@ -98,26 +100,29 @@ def _features(network: Network, x: np.ndarray):
 
 
 def _jacobian(network: Network, x: np.ndarray, s: np.ndarray, s1: np.ndarray) -> np.ndarray:
-    """J_jk = d f(x_j) / d p_k: a_i sigma'_ji x_j (W), a_i sigma'_ji (b), sigma_ji (a)."""
+    """J from the features sigma (s) and sigma' (s1); see :func:`jacobian`."""
     n = x.shape[0]
     da = s1 * network.a
     return np.hstack([(da[:, :, None] * x[:, None, :]).reshape(n, -1), da, s])
 
 
+def jacobian(network: Network, x) -> np.ndarray:
+    """J_jk = d f(x_j) / d p_k, (n, P): a_i sigma'_ji x_j (W_i), a_i sigma'_ji (b_i), sigma_ji (a_i)."""
+    x = network._check_x(x)
+    _, s, s1, _ = _features(network, x)
+    return _jacobian(network, x, s, s1)
+
+
 def objective(network: Network, x, y, loss="squared", weight_decay: float = 0.0) -> float:
     """L = (1/n) sum_j l(f(x_j), y_j) + (weight_decay/2) |p|^2."""
-    x, y = _data(network, x, y)
-    ell = _loss(loss)
-    ell.check_labels(y)
+    x, y, ell = _data(network, x, y, loss)
     p = parameters(network)
     return float(np.mean(ell.value(network(x), y)) + 0.5 * weight_decay * p @ p)
 
 
 def gradient(network: Network, x, y, loss="squared", weight_decay: float = 0.0) -> np.ndarray:
     """grad L = (1/n) sum_j l'(f(x_j), y_j) J_j + weight_decay p, in the layout of :func:`parameters`."""
-    x, y = _data(network, x, y)
-    ell = _loss(loss)
-    ell.check_labels(y)
+    x, y, ell = _data(network, x, y, loss)
     _, s, s1, _ = _features(network, x)
     J = _jacobian(network, x, s, s1)
     return J.T @ ell.d1(s @ network.a, y) / x.shape[0] + weight_decay * parameters(network)
@@ -125,9 +130,7 @@ def gradient(network: Network, x, y, loss="squared", weight_decay: float = 0.0) 
 
 def hessian(network: Network, x, y, loss="squared", weight_decay: float = 0.0) -> np.ndarray:
     """hess L = (1/n) sum_j (l''_j J_j J_j^T + l'_j hess_p f(x_j)) + weight_decay I (module docstring)."""
-    x, y = _data(network, x, y)
-    ell = _loss(loss)
-    ell.check_labels(y)
+    x, y, ell = _data(network, x, y, loss)
     n = x.shape[0]
     N, d = network.W.shape
     xt, s, s1, s2 = _features(network, x)
@@ -165,7 +168,7 @@ def minimise(network: Network, x, y, loss="squared", weight_decay: float = 0.0,
     1e-10 of the largest), so every step descends and saddles repel; near a
     strict minimum it is Newton's method and converges quadratically.
     """
-    x, y = _data(network, x, y)
+    x, y, _ = _data(network, x, y, loss)
     args = (x, y, loss, weight_decay)
     p = parameters(network)
     Lp = objective(network, *args)
@@ -198,12 +201,17 @@ def minimise(network: Network, x, y, loss="squared", weight_decay: float = 0.0,
 # -- neuron splitting ----------------------------------------------------------
 
 
-def split(network: Network, i: int, mu: float) -> Network:
-    """Width N+1: neuron i keeps (w_i, b_i) with output weight mu a_i; a copy (w_i, b_i, (1 - mu) a_i) is appended last."""
+def _neuron(network: Network, i: int) -> int:
+    """i in 0..N-1 (negative i counts from the end); IndexError otherwise."""
     N = network.width
     if not -N <= i < N:
         raise IndexError(f"neuron index i={i} out of range for a network of width {N}")
-    i %= N
+    return i % N
+
+
+def split(network: Network, i: int, mu: float) -> Network:
+    """Width N+1: neuron i keeps (w_i, b_i) with output weight mu a_i; a copy (w_i, b_i, (1 - mu) a_i) is appended last."""
+    i = _neuron(network, i)
     a = network.a.copy()
     a[i] = mu * network.a[i]
     return Network(np.vstack([network.W, network.W[i]]), np.r_[network.b, network.b[i]],
@@ -213,8 +221,10 @@ def split(network: Network, i: int, mu: float) -> Network:
 def split_direction(network: Network, i: int, mu: float, eps: np.ndarray) -> np.ndarray:
     """In parameters of split(network, i, mu): theta_i += (1 - mu) eps, theta_{N+1} -= mu eps (eps in R^{d+1})."""
     N, d = network.W.shape
-    i %= N
-    eps = np.asarray(eps, dtype=float)
+    i = _neuron(network, i)
+    eps = np.asarray(eps, dtype=float).reshape(-1)
+    if eps.shape != (d + 1,):
+        raise ValueError(f"eps has shape {eps.shape}; a neuron's theta = (w, b) needs ({d + 1},)")
     M = N + 1
     v = np.zeros(M * (d + 2))
     for k, c in ((i, 1.0 - mu), (N, -mu)):
@@ -224,9 +234,10 @@ def split_direction(network: Network, i: int, mu: float, eps: np.ndarray) -> np.
 
 
 def plateau_tangent(network: Network, i: int) -> np.ndarray:
-    """Unit tangent of the line mu -> split(network, i, mu): d a_i = a_i, d a_{N+1} = -a_i, normalised."""
+    """Unit tangent of the line mu -> split(network, i, mu): (d a_i, d a_{N+1}) = (1, -1) / sqrt 2
+    (the line is a_i (mu, 1 - mu); it degenerates to a point if a_i = 0)."""
     N, d = network.W.shape
-    i %= N
+    i = _neuron(network, i)
     M = N + 1
     t = np.zeros(M * (d + 2))
     t[M * (d + 1) + i], t[M * (d + 1) + N] = 1.0, -1.0
@@ -258,9 +269,8 @@ class InnerHessian:
 
 def inner_hessian(network: Network, i: int, x, y, loss="squared", rtol: float = 1e-8) -> InnerHessian:
     """The inner Hessian H of neuron i (module docstring); definiteness judged with tolerance rtol * max|lambda|."""
-    x, y = _data(network, x, y)
-    ell = _loss(loss)
-    ell.check_labels(y)
+    x, y, ell = _data(network, x, y, loss)
+    i = _neuron(network, i)
     xt, s, _, s2 = _features(network, x)
     c = ell.d1(s @ network.a, y) * s2[:, i] * network.a[i] / x.shape[0]
     H = (xt.T * c) @ xt
@@ -306,7 +316,7 @@ def classify_plateau(network: Network, i: int, x, y, mus, loss="squared",
     eigenvalue of hess L above rtol * max|lambda|; weight decay 0); otherwise a
     RuntimeWarning is issued and ``valid`` is False.
     """
-    x, y = _data(network, x, y)
+    x, y, _ = _data(network, x, y, loss)
     g = float(np.linalg.norm(gradient(network, x, y, loss)))
     lam_narrow = np.linalg.eigvalsh(hessian(network, x, y, loss))
     lam_min = float(lam_narrow[0])
@@ -355,19 +365,26 @@ def classify_eigenvalues(eigenvalues: np.ndarray, rtol: float = 1e-8) -> str:
 # -- deep monomial networks: Jacobian rank -------------------------------------
 
 
-def random_monomial_params(widths, rng=None, bias: bool = False, integer: bool = False):
-    """Layers [(W^1, b^1), ..., (W^L, b^L)], W^l (d_l, d_{l-1}) standard normal / sqrt(d_{l-1})
-    (or integers in [-3, 3] if ``integer``); b^l = None without biases."""
+def random_monomial_params(widths, rng=None, bias: bool = False, max_cos: float = 0.9,
+                           min_outgoing: float = 0.3):
+    """Layers [(W^1, b^1), ..., (W^L, b^L)]; each row (W^l_i, b^l_i) uniform on the unit
+    sphere (b^l = None without biases). A layer is redrawn (up to 100 times) while two of
+    its hidden neurons have rows at |cos angle| > max_cos or a neuron of the previous layer
+    has outgoing weights (a column of W^l) of norm < min_outgoing: random, but away from
+    the planted singularities (duplicates, dead neurons), which an unconstrained Gaussian
+    draw approaches closely often enough to blur the numerical rank."""
     rng = np.random.default_rng(rng)
+    L = len(widths) - 1
     layers = []
-    for din, dout in zip(widths[:-1], widths[1:]):
-        if integer:
-            W = rng.integers(-3, 4, (dout, din)).astype(float)
-            b = rng.integers(-3, 4, dout).astype(float) if bias else None
-        else:
-            W = rng.standard_normal((dout, din)) / math.sqrt(din)
-            b = rng.standard_normal(dout) / math.sqrt(din) if bias else None
-        layers.append((W, b))
+    for l, (din, dout) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        for _ in range(100):
+            Wb = rng.standard_normal((dout, din + bias))
+            Wb /= np.linalg.norm(Wb, axis=1, keepdims=True)
+            cos = np.abs(Wb @ Wb.T - np.eye(dout)).max() if l < L and Wb.shape[1] > 1 else 0.0
+            out = np.linalg.norm(Wb[:, :din], axis=0).min() if l > 1 else 1.0
+            if cos <= max_cos and out >= min_outgoing:
+                break
+        layers.append((Wb[:, :din], Wb[:, din] if bias else None))
     return layers
 
 
@@ -401,26 +418,40 @@ def expected_rank(widths, k: int, bias: bool = False) -> int:
     return min(n_parameters(widths, bias) - sum(widths[1:-1]), widths[-1] * space)
 
 
-def monomial_jacobian(widths, k: int, params, x) -> np.ndarray:
-    """d f_o(x_j) / d p by back-propagation, rows (j, o), columns layer by layer (W^l.ravel(), b^l).
-
-    f = W^L h^{L-1} (+ b^L), h^l = (W^l h^{l-1} (+ b^l))^k, h^0 = x. Works for float
-    arrays and for object arrays of Fractions (exact arithmetic).
-    """
-    _check_params(widths, params)
-    h = [np.asarray(x)]
-    zs = []
+def _forward(k: int, params, x):
+    """Pre-activations z^1..z^{L-1} and layer outputs h^0 = x, ..., h^{L-1}."""
+    h, zs = [np.asarray(x)], []
     for W, b in params[:-1]:
         z = h[-1] @ W.T
         if b is not None:
             z = z + b
         zs.append(z)
         h.append(z ** k)
+    return zs, h
+
+
+def monomial_network(widths, k: int, params, x) -> np.ndarray:
+    """f(x) = W^L h^{L-1} (+ b^L), h^l = (W^l h^{l-1} (+ b^l))^k, h^0 = x; shape (m, d_L)."""
+    _check_params(widths, params)
+    W, b = params[-1]
+    f = _forward(k, params, x)[1][-1] @ W.T
+    return f if b is None else f + b
+
+
+def monomial_jacobian(widths, k: int, params, x) -> np.ndarray:
+    """d f_o(x_j) / d p by back-propagation, rows (j, o), columns layer by layer (W^l.ravel(), b^l).
+
+    With G^l = d f / d z^l: G^L = I, G^{l} = (G^{l+1} W^{l+1}) k (z^l)^(k-1),
+    d f / d W^l = G^l (h^{l-1})^T, d f / d b^l = G^l. Works for float arrays and
+    for object arrays of Fractions (exact arithmetic).
+    """
+    _check_params(widths, params)
+    zs, h = _forward(k, params, x)
     m, dL = h[0].shape[0], widths[-1]
     one, zero = (Fraction(1), Fraction(0)) if h[0].dtype == object else (1.0, 0.0)
     G = np.full((dL, dL), zero, dtype=h[0].dtype)
     np.fill_diagonal(G, one)
-    G = np.broadcast_to(G, (m, dL, dL))  # d f / d z^L
+    G = np.broadcast_to(G, (m, dL, dL))
     blocks = []
     for l in range(len(params) - 1, -1, -1):
         W, b = params[l]
@@ -466,25 +497,40 @@ class JacobianRank:
     tol: float
     exact: int | None = None
 
+    @property
+    def kept(self) -> float:
+        """s_rank / s_max, the smallest singular value counted (1 if rank 0)."""
+        s = self.singular_values
+        return float(s[self.rank - 1] / s[0]) if self.rank else 1.0
 
-DEFAULT_RTOL = 1e-9
+    @property
+    def dropped(self) -> float:
+        """s_{rank+1} / s_max, the largest singular value not counted (0 if none)."""
+        s = self.singular_values
+        return float(s[self.rank] / s[0]) if self.rank < s.size and s[0] > 0 else 0.0
+
+
+DEFAULT_RTOL = 1e-10
 
 
 def jacobian_rank(widths, k: int, params, tol: float | None = None, points=None,
                   exact: bool = False, rng=None) -> JacobianRank:
     """Rank of the Jacobian of p -> (f(x_1), ..., f(x_m)) at params, by SVD.
 
-    points default to m = P + 8 standard normal points of R^{d_0} (generic, and more than
-    the rank, so the evaluation is injective on the tangent polynomials). Rows and columns
-    are scaled to unit norm (which does not change the rank); the rank counts singular
-    values above tol * s_max, tol = 1e-9 unless given. With ``exact`` the same Jacobian is
-    also formed in rational arithmetic (floats are exact dyadic rationals) and its rank
-    computed exactly; keep P and k^(L-1) small for that.
+    params = [(W^1, b^1), ..., (W^L, b^L)] (see :func:`monomial_network`); biases are
+    included iff the b^l are arrays rather than None (all layers alike). points default
+    to m = 3 P standard normal points of R^{d_0}: generic and more than the rank, so the
+    evaluation is injective on the tangent polynomials (the surplus over P improves the
+    conditioning). Rows and columns are scaled to unit norm, which keeps the rank; the
+    rank counts singular values above tol * s_max, tol = DEFAULT_RTOL = 1e-10 unless
+    given. With ``exact`` the same Jacobian is also formed in rational arithmetic
+    (floats are exact dyadic rationals) and its rank computed exactly (:func:`exact_rank`);
+    keep P and k^(L-1) small for that.
     """
     bias = _check_params(widths, params)
     P = n_parameters(widths, bias)
     if points is None:
-        points = np.random.default_rng(rng).standard_normal((P + 8, widths[0]))
+        points = np.random.default_rng(rng).standard_normal((3 * P, widths[0]))
     points = np.asarray(points, dtype=float)
     if points.ndim != 2 or points.shape[1] != widths[0]:
         raise ValueError(f"points have shape {points.shape}; expected (m, {widths[0]})")
@@ -507,13 +553,16 @@ def jacobian_rank(widths, k: int, params, tol: float | None = None, points=None,
 
 @dataclass
 class SingularityRow:
-    """One scanned point: its name, rank, P, the generic rank and the expected rank bound."""
+    """One scanned point: its name, rank, P, the generic rank, the expected rank bound,
+    the relative singular values at the cut (kept, dropped) and the exact rank if computed."""
 
     point: str
     rank: int
     n_params: int
     generic_rank: int
     expected_rank: int
+    kept: float
+    dropped: float
     exact: int | None = None
 
     @property
@@ -565,8 +614,9 @@ def scan_singularities(widths, k: int, bias: bool = False, n_random: int = 3, rn
     rng = np.random.default_rng(rng)
     pts = {f"random {r}": random_monomial_params(widths, rng, bias) for r in range(n_random)}
     pts.update(planted_points(widths, random_monomial_params(widths, rng, bias), layer))
-    points = rng.standard_normal((n_parameters(widths, bias) + 8, widths[0]))
+    points = rng.standard_normal((3 * n_parameters(widths, bias), widths[0]))
     ranks = {name: jacobian_rank(widths, k, p, tol, points, exact) for name, p in pts.items()}
     generic = max(ranks[f"random {r}"].rank for r in range(n_random))
     expected = expected_rank(widths, k, bias)
-    return [SingularityRow(name, r.rank, r.n_params, generic, expected, r.exact) for name, r in ranks.items()]
+    return [SingularityRow(name, r.rank, r.n_params, generic, expected, r.kept, r.dropped, r.exact)
+            for name, r in ranks.items()]
