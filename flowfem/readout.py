@@ -1,0 +1,362 @@
+"""Readout: a density u on parameter space -> a finite network f_N.
+
+A quadrature rule (theta_i, q_i) on Omega turns the network of a density,
+
+    f_u(x) = integral_Omega sigma(theta . x~) u(theta) d theta,
+
+into a shallow network of width N (DESIGN.md section 1, "Readout"):
+
+    f_N(x) = sum_i a_i sigma(theta_i . x~),   w_i, b_i = theta_i,  a_i = q_i u(theta_i).
+
+Three rules, each with the rate at which f_N approaches f_u:
+
+* ``quadrature``: basix's Gauss rule of a given degree on every cell of
+  the density's mesh, optionally on each of m^D congruent sub-simplices of a
+  cell (``subdivisions`` = m, D the cell dimension). Deterministic; the width
+  is set by the mesh and the rule, N = cells x points per cell x m^D. The
+  error is O(h^2) in the point spacing h ~ N^(-1/D) for ReLU (its kink
+  limits every rule to second order) and O(h^(k+1)) for a smooth sigma and a
+  rule of degree k: in a 2-D parameter mesh (d = 1) the midpoint rule
+  (degree 1, one point per cell) converges like O(1/N). With the rule of
+  the solve's data operator (the default when reading out a
+  :class:`~flowfem.problem.Result`) the network *is* the discrete f_U that
+  the solve fitted, to rounding.
+* ``sample``: N neurons drawn independently from |u| (seeded), with
+  a_i = sign(u(theta_i)) ||u||_1 / N. Monte Carlo: unbiased, E f_N = f_u,
+  with RMS error sqrt(V(x) / N) = O(N^(-1/2)) in any dimension, where
+  V(x) = ||u||_1 integral |u| sigma(theta . x~)^2 - f_u(x)^2: large when
+  u is signed with much cancellation (||u||_1 >> |f_u|). |u| d theta is
+  represented by the quadrature rule above: the neurons are drawn from its
+  points with probabilities |g_q| / sum |g|, g_q = q_q u(theta_q), so
+  E f_N equals that rule's network exactly.
+* ``refit``: neurons from either rule (``points``), output weights re-fitted
+  by regularised least squares on the training data,
+
+      min_a  (1/2n) sum_j (f_N(x_j) - y_j)^2 + (alpha/2) sum_i omega(theta_i) a_i^2 / q_i,
+
+  the discrete E_alpha on those neurons (a_i / q_i is the density value, so
+  the penalty is the quadrature of ||u||^2_{L^2_omega}; a network carries no
+  gradient, so the kappa term is dropped). It is the best width-N network on
+  those neurons: its objective is never above that of the quadrature or
+  sample weights. It does not converge to f_u: as N grows it tends to the
+  minimiser of E_alpha with kappa = 0.
+
+Homogeneous activations on the circle and sphere (densities of directions):
+the neurons are unit directions theta_i / |theta_i| and a_i carries the
+factor |theta_i|^p (sigma(r z) = r^p sigma(z)), so nothing changes in f_N.
+
+Parallel: each rank evaluates the rule on its own cells; the neurons are
+allgathered and put in the order of the mesh's original (input) cell index,
+so every rank holds the same network and it does not depend on the number
+of ranks. Sampling draws from that gathered list with a NumPy Generator
+seeded identically on every rank; the refit is solved on rank 0 and
+broadcast. Memory: every rank holds all quadrature points (as it must hold
+the network), O(N (d + 3)) doubles.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
+
+import basix  # noqa: E402
+import dolfinx.fem  # noqa: E402
+
+from flowfem import data as _data  # noqa: E402
+from flowfem.activations import Activation, activation as _activation  # noqa: E402
+from flowfem.network import Network  # noqa: E402
+from flowfem.operator import features  # noqa: E402
+from flowfem.sobolev import Weight  # noqa: E402
+
+RULES = ("quadrature", "sample", "refit")
+POINTS = ("quadrature", "sample")
+REFIT_LIMIT = 5 * 10**7  # largest n * N for the dense least-squares refit
+
+
+# -- reference rules -------------------------------------------------------------------
+
+
+def reference_rule(cell: str, degree: int, subdivisions: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Points X (m^D nq, D) and weights of the composite Gauss rule on the reference cell.
+
+    The reference simplex is split into ``subdivisions``^D congruent simplices (Freudenthal's
+    subdivision: the Kuhn simplex 1 >= t_1 >= ... >= t_D >= 0, with t_k = xi_k + ... + xi_D,
+    cut by the grid of cubes of side 1/m) and basix's rule of ``degree`` is mapped into each:
+    basix's default rule (the one :class:`flowfem.operator.Quadrature` uses), or its collapsed
+    Gauss-Jacobi rule where the default has a non-positive weight (tetrahedra, degrees 3, 7, 8).
+    """
+    if cell not in ("interval", "triangle", "tetrahedron"):
+        raise ValueError(f"readout needs simplex cells (interval, triangle, tetrahedron), not {cell}")
+    if int(degree) != degree or degree < 0:
+        raise ValueError(f"quadrature degree {degree} must be a non-negative integer (1 = midpoint rule)")
+    if int(subdivisions) != subdivisions or subdivisions < 1:
+        raise ValueError(f"subdivisions = {subdivisions} must be a positive integer")
+    X, q = basix.make_quadrature(getattr(basix.CellType, cell), int(degree))
+    if q.min() <= 0:  # e.g. the 5-point degree-3 rule on tetrahedra: neurons need weights q_i > 0
+        X, q = basix.make_quadrature(getattr(basix.CellType, cell), int(degree),
+                                     rule=basix.QuadratureType.gauss_jacobi)
+    D, m = X.shape[1], int(subdivisions)
+    if m == 1:
+        return X, q
+    points, weights = [], []
+    for c in itertools.product(range(m), repeat=D):
+        for perm in itertools.permutations(range(D)):
+            V = [np.array(c, float)]
+            for ax in perm:
+                V.append(V[-1] + np.eye(D)[ax])
+            V = np.array(V) / m  # vertices in Kuhn coordinates t
+            centre = V.mean(axis=0)
+            if not np.all(np.diff(centre) < 0):  # outside 1 >= t_1 >= ... >= t_D >= 0
+                continue
+            xi = V - np.append(V[:, 1:], np.zeros((D + 1, 1)), axis=1)  # xi_k = t_k - t_(k+1)
+            E = (xi[1:] - xi[0]).T  # (D, D): reference simplex -> this sub-simplex
+            points.append(xi[0] + X @ E.T)
+            weights.append(q * abs(np.linalg.det(E)))
+    return np.vstack(points), np.concatenate(weights)
+
+
+# -- neurons --------------------------------------------------------------------------
+
+
+@dataclass
+class Neurons:
+    """Neurons theta_i, the measure q_i each one carries and the density value u_i: a_i = q_i u_i.
+
+    Identical on every rank (gathered, in a rank-count-independent order).
+    """
+
+    theta: np.ndarray  # (N, d + 1) points of parameter space, as the mesh places them
+    weight: np.ndarray  # (N,) q_i > 0: quadrature weight (or 1 / (N p_i) for sampled neurons)
+    value: np.ndarray  # (N,) u(theta_i)
+    activation: Activation
+    directions: bool = False  # True on the circle and sphere: neurons become unit directions
+
+    @property
+    def width(self) -> int:
+        return self.theta.shape[0]
+
+    @property
+    def a(self) -> np.ndarray:
+        """Output weights q_i u_i for the neurons theta_i as they stand."""
+        return self.weight * self.value
+
+    def network(self) -> Network:
+        """The Network sum_i a_i sigma(theta_i . x~) (unit directions on the circle and sphere)."""
+        theta, a = self.theta, self.a
+        if self.directions:
+            r = np.linalg.norm(theta, axis=1)
+            theta, a = theta / r[:, None], a * r ** self.activation.degree
+        return Network(theta[:, :-1], theta[:, -1], a, self.activation)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """sigma(theta_i . x~_j) as an (n, N) array."""
+        return self.activation(x @ self.theta[:, :-1].T + self.theta[:, -1])
+
+
+def quadrature_neurons(u: dolfinx.fem.Function, activation: Activation | str, degree: int | None = None,
+                       subdivisions: int = 1) -> Neurons:
+    """The composite Gauss rule of ``degree`` on the cells of u's mesh, gathered on every rank.
+
+    ``degree`` None is twice the element degree: the rule of :class:`flowfem.operator.Quadrature`.
+    """
+    act = _activation(activation)
+    V = u.function_space
+    mesh = V.mesh
+    tdim, gdim = mesh.topology.dim, mesh.geometry.dim
+    directions = tdim < gdim
+    if directions and not act.homogeneous:
+        raise ValueError(
+            f"the density lives on a {'circle' if tdim == 1 else 'sphere'} of directions, which "
+            f"represents only positively homogeneous activations; {act.name} is not: use relu, "
+            "leaky_relu or monomial:k"
+        )
+    if degree is None:
+        degree = 2 * V.element.basix_element.degree
+    if V.element.needs_dof_transformations or V.dofmap.index_map_bs != 1:
+        raise ValueError("readout needs a scalar Lagrange density (the space of a flowfem Problem)")
+    X, q = reference_rule(mesh.topology.cell_type.name, degree, subdivisions)
+    num_local = mesh.topology.index_map(tdim).size_local
+    u.x.scatter_forward()
+    # the geometry map theta(X) = sum_k phi_k(X) x_k of every local cell, its Jacobian and
+    # |det J| (the length or area element on the circle and sphere), and u(theta(X)):
+    # tabulated with basix, so any rule costs no compilation
+    phi = mesh.ufl_domain().ufl_coordinate_element().basix_element.tabulate(1, X)[..., 0]
+    xg = mesh.geometry.x[:, :gdim][mesh.geometry.dofmaps[0][:num_local]]  # (cells, nodes, gdim)
+    theta = np.einsum("pk,ckg->cpg", phi[0], xg)
+    J = np.einsum("dpk,ckg->cpgd", phi[1:], xg)
+    detJ = np.sqrt(np.linalg.det(np.einsum("cpgd,cpge->cpde", J, J)))
+    psi = V.element.basix_element.tabulate(0, X)[0, :, :, 0]
+    values = np.einsum("pk,ck->cp", psi, u.x.array[V.dofmap.list[:num_local]])
+    vals = np.concatenate([theta, detJ[..., None], values[..., None]], axis=2)
+    original = np.asarray(mesh.topology.original_cell_index, dtype=np.int64)
+    if original.size < num_local:  # a mesh made without input indices (e.g. refined): global index
+        original = mesh.topology.index_map(tdim).local_range[0] + np.arange(num_local, dtype=np.int64)
+    local = (original[:num_local], vals)
+    parts = mesh.comm.allgather(local)
+    key = np.concatenate([p[0] for p in parts])
+    vals = np.concatenate([p[1] for p in parts]) if key.size else vals
+    vals = vals[np.argsort(key, kind="stable")].reshape(-1, gdim + 2)  # cell by input index, then point
+    return Neurons(
+        theta=np.ascontiguousarray(vals[:, :gdim]),
+        weight=vals[:, gdim] * np.tile(q, len(key)),
+        value=vals[:, gdim + 1].copy(),
+        activation=act,
+        directions=directions,
+    )
+
+
+def sample_neurons(base: Neurons, width: int, seed: int = 0) -> Neurons:
+    """N = ``width`` neurons drawn from the points of ``base`` with probabilities |g_q| / sum |g|.
+
+    g_q = q_q u_q; the sampled neuron carries a_i = sign(g_q) sum |g| / N (its weight is the
+    importance weight q_q / (N p_q)). Same seed and same base: same neurons on every rank.
+    """
+    if int(width) != width or width < 1:
+        raise ValueError(f"width = {width} must be a positive integer (the number of neurons to draw)")
+    g = base.a
+    mass = np.abs(g)
+    total = mass.sum()
+    if not total > 0:
+        raise ValueError("the density is zero at every quadrature point: there is nothing to sample from")
+    p = mass / total
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(p.size, size=int(width), p=p))
+    return replace(base, theta=base.theta[idx], weight=base.weight[idx] / (width * p[idx]),
+                   value=base.value[idx])
+
+
+def omega(weight: Weight | str, theta: np.ndarray) -> np.ndarray:
+    """The weight omega(theta) of H^1_omega at the rows of theta."""
+    w = Weight.parse(weight)
+    if w.kind == "uniform":
+        return np.ones(theta.shape[0])
+    return np.exp(-np.sum(theta**2, axis=1) / (2 * w.scale**2))
+
+
+def refit(neurons: Neurons, x: np.ndarray, y: np.ndarray, alpha: float,
+          weight: Weight | str = "uniform", comm=None) -> Neurons:
+    """New density values u_i on the same neurons: the regularised least-squares fit to (x, y).
+
+    Minimises (1/2n) |S diag(q) v - y|^2 + (alpha/2) sum_i omega_i q_i v_i^2 over v (a = q v);
+    alpha = 0 gives the minimum-norm least-squares fit. Solved densely on rank 0 of ``comm``
+    (then broadcast) in the smaller of the N x N and n x n forms.
+    """
+    x, y = _data.check(x, y, neurons.theta.shape[1] - 1, what="refit data")
+    if not (np.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"refit alpha = {alpha} must be >= 0 (0: plain least squares)")
+    n, N = x.shape[0], neurons.width
+    if n * N > REFIT_LIMIT:
+        raise ValueError(
+            f"refit forms the dense {n} x {N} feature matrix, more than {REFIT_LIMIT:.0e} entries: "
+            "use fewer data points, a coarser rule or a smaller sample width"
+        )
+
+    def solve() -> np.ndarray:
+        scale = np.sqrt(neurons.weight / omega(weight, neurons.theta))  # v = z * scale / q
+        C = features(neurons.activation, x, neurons.theta, "dense").dense() * scale
+        if alpha == 0:
+            z = np.linalg.lstsq(C, y, rcond=None)[0]
+        elif N <= n:
+            z = np.linalg.solve(C.T @ C + n * alpha * np.eye(N), C.T @ y)
+        else:
+            z = C.T @ np.linalg.solve(C @ C.T + n * alpha * np.eye(n), y)
+        return z * scale / neurons.weight
+
+    if comm is None or comm.size == 1:
+        value = solve()
+    else:
+        value = mpi.on_root(comm, solve)
+    return replace(neurons, value=value)
+
+
+def objective(network: Network | Neurons, x, y, alpha: float = 0.0, weight: Weight | str = "uniform",
+              loss: str = "squared") -> float:
+    """(1/n) sum_j l(f_N(x_j), y_j), plus (alpha/2) sum_i omega_i a_i^2 / q_i when given Neurons.
+
+    The objective that ``refit`` minimises (squared loss); a Network alone carries no q_i, so
+    for it only the data term is returned.
+    """
+    from flowfem.loss import loss as _loss
+
+    x, y = _data.check(x, y, what="objective data")
+    if isinstance(network, Neurons):
+        pen = np.sum(omega(weight, network.theta) * network.weight * network.value**2)
+        f = network.features(x) @ network.a
+        return float(np.mean(_loss(loss).value(f, y)) + 0.5 * alpha * pen)
+    return float(np.mean(_loss(loss).value(network(x), y)))
+
+
+# -- the front door -----------------------------------------------------------------------
+
+
+def readout(source, rule: str = "quadrature", *, activation: Activation | str | None = None,
+            width: int | None = None, degree: int | None = None, subdivisions: int = 1, seed: int = 0,
+            points: str = "quadrature", x=None, y=None, alpha: float | None = None,
+            weight: Weight | str | None = None) -> Network:
+    """The finite network read out of a density by ``rule`` (quadrature, sample or refit).
+
+    ``source`` is a :class:`~flowfem.problem.Result` (activation, data, alpha and weight are
+    taken from its problem; the default rule is the solve's own, so the network reproduces
+    ``result.predict`` to rounding) or a dolfinx Function u (then ``activation`` is required).
+
+    * ``quadrature``: ``degree`` (basix Gauss-Jacobi degree; 1 is the midpoint rule, one
+      neuron per cell) and ``subdivisions`` m set N = cells x points x m^D; ``width`` must be
+      left None.
+    * ``sample``: ``width`` neurons drawn from |u| with ``seed``; |u| is represented by the
+      quadrature rule of ``degree`` and ``subdivisions``.
+    * ``refit``: neurons from ``points`` ("quadrature" or "sample", with the arguments
+      above), output weights refitted on (x, y) with ``alpha`` and ``weight`` (defaults: the
+      Result's training data, alpha and weight; for a Function x, y and alpha are required).
+
+    The same network is returned on every rank and does not depend on the number of ranks.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown readout rule {rule!r}: choose one of {', '.join(RULES)}")
+    if points not in POINTS:
+        raise ValueError(f"unknown readout points {points!r}: choose quadrature or sample")
+    if isinstance(source, dolfinx.fem.Function):
+        if activation is None:
+            raise ValueError("readout of a dolfinx Function needs the activation (e.g. activation='relu')")
+        u, act, loss_name = source, _activation(activation), "squared"
+        data_x = data_y = None
+        default_alpha, default_weight = None, "uniform"
+    elif hasattr(source, "density") and hasattr(source, "problem") and hasattr(source, "functional"):
+        problem, E = source.problem, source.functional
+        u, act, loss_name = source.density, problem.activation, problem.loss.name
+        if activation is not None and _activation(activation).name != act.name:
+            raise ValueError(f"activation {activation!r} differs from the problem's {act.name}; leave it out")
+        if degree is None:
+            degree = E.Phi.quadrature.degree
+        data_x, data_y = E.Phi.x, E.y
+        default_alpha, default_weight = problem.alpha, problem.H.weight
+    else:
+        raise TypeError(f"readout needs a flowfem Result or a dolfinx Function, not {type(source).__name__}")
+
+    if rule == "quadrature" or (rule == "refit" and points == "quadrature"):
+        if width is not None:
+            raise ValueError(
+                f"width = {width}: a quadrature readout's width is set by the mesh and the rule "
+                "(cells x points per cell x subdivisions^D); choose degree and subdivisions, or "
+                "use rule='sample' for a given width"
+            )
+    elif width is None:
+        raise ValueError("sampling needs the width N: pass width=N (the number of neurons to draw)")
+
+    neurons = quadrature_neurons(u, act, degree, subdivisions)
+    if rule == "sample" or (rule == "refit" and points == "sample"):
+        neurons = sample_neurons(neurons, width, seed)
+    if rule == "refit":
+        if loss_name != "squared":
+            raise ValueError(f"refit is a least-squares fit; the problem's loss is {loss_name}: use quadrature or sample")
+        x = data_x if x is None else x
+        y = data_y if y is None else y
+        alpha = default_alpha if alpha is None else alpha
+        if x is None or y is None or alpha is None:
+            raise ValueError("refit of a dolfinx Function needs the training data x, y and alpha")
+        neurons = refit(neurons, x, y, alpha, default_weight if weight is None else weight,
+                        u.function_space.mesh.comm)
+    return neurons.network()
