@@ -217,12 +217,16 @@ def read_arrays(path: str | os.PathLike) -> MeshArrays:
     lines in the plane form a curve such as the circle; triangles in space
     form a surface such as the sphere; tetrahedra a 3-D domain (d = 2).
     """
+    import contextlib
+    import io
+
     import meshio
 
     path = os.fspath(path)
     try:
-        m = meshio.read(path)
-    except Exception as e:  # meshio raises many kinds
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            m = meshio.read(path)
+    except (Exception, SystemExit) as e:  # meshio raises many kinds, and sometimes exits
         raise ValueError(
             f"cannot read mesh file {path!r} ({type(e).__name__}: {e}); give a gmsh .msh or "
             "a meshio/dolfinx .xdmf file of lines, triangles or tetrahedra"
@@ -274,6 +278,7 @@ class Space:
         else:
             cells, points = np.empty((0, nodes), np.int64), np.empty((0, gdim))
         self.mesh = dolfinx.mesh.create_mesh(comm, cells, ufl.Mesh(element), points)
+        self.arrays = arrays if comm.rank == 0 else None  # kept on rank 0 for writing
         self.domain = domain
         self.comm = comm
 

@@ -1,0 +1,202 @@
+"""The ``flowfem`` command.
+
+    flowfem solve --data sin --activation relu --domain box --alpha 1e-4 --out results/sin
+    mpirun -n 2 flowfem solve --data data.csv --domain sphere --activation relu --out out/
+    flowfem mesh sphere --size 3 --out sphere.msh
+
+Every error is one line ``flowfem: error: ...`` naming the problem and the
+fix, with exit status 2 on every rank and no output directory left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolfinx
+
+from mpi4py import MPI  # noqa: E402
+
+
+def _petsc_options(pairs: list[str]) -> dict:
+    opts = {}
+    for p in pairs or []:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--petsc-option {p!r}: write it as KEY=VALUE, e.g. ksp_rtol=1e-8")
+        opts[key.lstrip("-")] = value
+    return opts
+
+
+def _add_problem_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True,
+                   help="a CSV (header x1..xd,y) or NPZ (arrays x, y) file, or a synthetic set: sin, step, two_moons")
+    g.add_argument("--test-data", help="held-out data file (default: a fresh synthetic sample, or 20%% of the file)")
+    g.add_argument("--n", type=int, default=1000, help="points of a synthetic training set (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="seed of synthetic data and the test split (default 0)")
+    g = p.add_argument_group("parameter space")
+    g.add_argument("--domain", default="box",
+                   help="box, ball, circle (d=1), sphere (d=2), or a .msh/.xdmf mesh file (default box)")
+    g.add_argument("--mesh-size", type=float, default=None,
+                   help="cells per side (box, default 32), element size (ball, 0.25), cells (circle, 64) or refinements (sphere, 3)")
+    g.add_argument("--radius", type=float, default=4.0, help="half-width of the box / radius of the ball (default 4)")
+    g.add_argument("--degree", type=int, default=1, help="Lagrange degree of the density (1, 2 or 3; default 1)")
+    g = p.add_argument_group("functional E_alpha")
+    g.add_argument("--activation", default="relu",
+                   help="relu, leaky_relu[:SLOPE], tanh, sigmoid, softplus, monomial:K (default relu)")
+    g.add_argument("--alpha", type=float, default=1e-4, help="regularisation alpha > 0 (default 1e-4)")
+    g.add_argument("--kappa", type=float, default=1.0, help="smoothness weight kappa > 0 in the H1 norm (default 1)")
+    g.add_argument("--weight", default="uniform", help="omega: uniform or gaussian[:S] (default uniform)")
+
+
+def _load_data(args, comm):
+    """Training and test sets, read on rank 0 and broadcast."""
+    from flowfem import data
+
+    def read():
+        if args.data in data.SYNTHETIC:
+            train = data.synthetic(args.data, args.n, args.seed)
+            test = data.synthetic(args.data, max(args.n, 1000), args.seed + 1)
+        else:
+            full = data.load(args.data)
+            if args.test_data:
+                train, test = full, data.load(args.test_data)
+            else:
+                perm = np.random.default_rng(args.seed).permutation(full.n)
+                k = max(1, full.n // 5) if full.n > 1 else 0
+                test = data.Dataset(full.x[perm[:k]], full.y[perm[:k]], full.name + "-test")
+                train = data.Dataset(full.x[perm[k:]], full.y[perm[k:]], full.name)
+        if test.d != train.d:
+            raise ValueError(f"test data have d = {test.d} inputs, training data d = {train.d}")
+        data.check(train.x, train.y)
+        return train, test
+
+    return on_root(comm, read)
+
+
+def cmd_solve(args, comm) -> None:
+    from flowfem import io
+    from flowfem.problem import Problem
+    from flowfem.space import Space
+
+    petsc = _petsc_options(args.petsc_option)
+    train, test = _load_data(args, comm)
+    t0 = time.perf_counter()
+    space = Space.make(args.domain, train.d, args.mesh_size, args.radius, comm)
+    if space.input_dim != train.d:
+        raise ValueError(
+            f"the data have d = {train.d} inputs but the mesh {args.domain!r} has parameter dimension "
+            f"{space.gdim} (networks on d = {space.input_dim} inputs); use a mesh of dimension {train.d + 1}"
+        )
+    problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree)
+    E = problem.functional(train.x, train.y)
+    t1 = time.perf_counter()
+    result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc)
+    t2 = time.perf_counter()
+    loss, reg = result.parts
+    metrics = dict(
+        energy=loss + reg, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
+        solver=args.solver, train_rmse=result.rmse(train.x, train.y), test_rmse=result.rmse(test.x, test.y),
+        n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=space.num_cells,
+        ranks=comm.size, domain=space.domain, activation=problem.activation.name, alpha=args.alpha,
+        kappa=args.kappa, weight=args.weight, degree=args.degree, setup_seconds=t1 - t0, solve_seconds=t2 - t1,
+        data=args.data,
+    )
+    del E
+    with io.output_directory(args.out, comm, args.force) as tmp:
+        io.write_solution(tmp, result, train, test, metrics, plot=not args.no_plot)
+    if comm.rank == 0:
+        print(f"E_alpha = {metrics['energy']:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
+        print(f"{args.solver}: {result.iterations} iterations, relative residual {result.residual:.2e}, "
+              f"{t2 - t1:.2f} s on {comm.size} rank(s), {problem.H.ndofs} dofs, n = {train.n}")
+        print(f"RMSE train {metrics['train_rmse']:.3e}, test {metrics['test_rmse']:.3e}")
+        print(f"wrote {args.out}/: density.bp (ParaView), density.npz, predictions.csv, metrics.json"
+              + ("" if args.no_plot else ", figure.png"))
+
+
+def cmd_mesh(args, comm) -> None:
+    from flowfem import space as sp
+
+    def make():
+        d = args.d
+        if args.domain == "box":
+            arrays = sp.box_arrays(d, int(args.size or 32), args.radius)
+        elif args.domain == "ball":
+            arrays = sp.ball_arrays(d, float(args.size or 0.25), args.radius)
+        elif args.domain == "circle":
+            arrays = sp.circle_arrays(int(args.size or 64), args.geometry_degree)
+        elif args.domain == "sphere":
+            arrays = sp.sphere_arrays(int(3 if args.size is None else args.size), args.geometry_degree)
+        else:
+            raise ValueError(f"unknown domain {args.domain!r}: choose box, ball, circle or sphere")
+        arrays.write(args.out)
+        return f"wrote {args.out}: {len(arrays.cells)} {arrays.cell_type}s, {len(arrays.points)} nodes, " \
+               f"parameter dimension {arrays.gdim}"
+
+    print(on_root(comm, make)) if comm.rank == 0 else on_root(comm, make)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="flowfem",
+        description="Train shallow networks f(x) = integral sigma(w.x + b) u(w, b) d(w, b) by finite elements "
+                    "on parameter space: minimise E_alpha(u) = mean loss + alpha/2 ||u||^2_{H^1_omega}. "
+                    "Run under mpirun -n P for P ranks.",
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("solve", help="the optimal density: one linear solve of the Euler-Lagrange equation",
+                       description="Minimise E_alpha with one solve of (alpha A + Phi^T Phi / n) U = Phi^T y / n "
+                                   "and write the density (ParaView and NumPy), predictions, metrics and a figure.")
+    _add_problem_arguments(p)
+    g = p.add_argument_group("solver and output")
+    g.add_argument("--solver", default="cg", choices=["cg", "direct"],
+                   help="cg: matrix-free CG + GAMG (any size); direct: MUMPS + Woodbury (small problems)")
+    g.add_argument("--rtol", type=float, default=1e-10, help="CG relative residual tolerance (default 1e-10)")
+    g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
+                   help="extra PETSc option for the solver, e.g. ksp_monitor= or pc_gamg_threshold=0.02 (repeatable)")
+    g.add_argument("--out", required=True, help="output directory (created; written atomically)")
+    g.add_argument("--force", action="store_true", help="replace an existing output directory")
+    g.add_argument("--no-plot", action="store_true", help="skip figure.png")
+    p.set_defaults(run=cmd_solve)
+
+    p = sub.add_parser("mesh", help="write a parameter-space mesh (.msh or .xdmf)",
+                       description="Make a parameter mesh for networks on d inputs and write it with meshio.")
+    p.add_argument("domain", help="box, ball, circle or sphere")
+    p.add_argument("--d", type=int, default=1, help="input dimension (box, ball): 1 or 2 (default 1)")
+    p.add_argument("--size", type=float, default=None,
+                   help="cells per side (box), element size (ball), cells (circle), refinements (sphere)")
+    p.add_argument("--radius", type=float, default=4.0, help="half-width (box) or radius (ball)")
+    p.add_argument("--geometry-degree", type=int, default=2, choices=[1, 2],
+                   help="circle and sphere: 2 for curved cells (default), 1 for flat")
+    p.add_argument("--out", required=True, help="file to write: NAME.msh or NAME.xdmf")
+    p.set_defaults(run=cmd_mesh)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    comm = MPI.COMM_WORLD
+    args = parser().parse_args(argv)
+    try:
+        args.run(args, comm)
+    except (ValueError, CollectiveError) as e:
+        # every rank raises the same error (validation is replicated or collective)
+        if comm.rank == 0:
+            print(f"flowfem: error: {e}", file=sys.stderr)
+        return 2
+    except Exception:
+        # an unexpected failure may be on one rank only: end all of them
+        traceback.print_exc()
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Files a solve leaves behind, and reading a density back.
+
+An output directory holds
+
+* ``density.bp``     the density u for ParaView (VTX, ADIOS2);
+* ``density.npz``    the same for NumPy and for ``flowfem readout``: the mesh
+                     (``points``, ``cells``, ``cell_type``, ``geometry_degree``),
+                     the element degree, the dof coordinates ``theta`` and
+                     values ``u``, and the problem's settings;
+* ``predictions.csv`` columns x1..xd, y, f (test points);
+* ``metrics.json``   E_alpha, its parts, solver iterations and residual, errors, timings;
+* ``figure.png``     the density and the fit.
+
+Directories are written under a temporary name and renamed when complete,
+so an error never leaves a half-written output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+
+import numpy as np
+
+from flowfem.mpi import on_root  # first: loads MPI before dolfinx
+
+import dolfinx.fem  # noqa: E402
+import dolfinx.io  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from flowfem.sobolev import WeightedH1  # noqa: E402
+from flowfem.space import MeshArrays, Space  # noqa: E402
+
+
+@contextmanager
+def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, force: bool = False):
+    """Yield a temporary directory that becomes ``path`` only if the block finishes on every rank."""
+    path = os.path.abspath(os.fspath(path))
+
+    def make():
+        if os.path.exists(path) and not force and os.listdir(path):
+            raise ValueError(f"output directory {path!r} exists and is not empty; pass --force to replace it")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
+
+    tmp = on_root(comm, make)
+    ok = False
+    try:
+        yield tmp
+        ok = True
+    finally:
+        ok = comm.allreduce(ok, op=MPI.LAND)
+        comm.Barrier()
+        if comm.rank == 0:
+            if ok:
+                if os.path.exists(path):
+                    shutil.rmtree(path)
+                os.replace(tmp, path)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        comm.Barrier()
+
+
+def write_json(path: str, obj: dict, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
+    """Write obj as indented JSON from rank 0."""
+    if comm.rank == 0:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+def write_vtx(path: str, u: dolfinx.fem.Function, t: float = 0.0) -> None:
+    """Write u to a VTX (.bp) directory for ParaView (collective)."""
+    with dolfinx.io.VTXWriter(u.function_space.mesh.comm, path, [u], engine="BP4") as w:
+        w.write(t)
+
+
+def gather_dofs(u: dolfinx.fem.Function) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """Dof coordinates and values of u gathered on rank 0 (None elsewhere), sorted by coordinates."""
+    V = u.function_space
+    n = V.dofmap.index_map.size_local
+    X = V.tabulate_dof_coordinates()[:n, : V.mesh.geometry.dim]
+    comm = V.mesh.comm
+    Xs, us = comm.gather(X, root=0), comm.gather(u.x.array[:n].copy(), root=0)
+    if comm.rank != 0:
+        return None, None
+    X, values = np.vstack(Xs), np.concatenate(us)
+    order = np.lexsort(np.round(X, 10).T[::-1])
+    return X[order], values[order]
+
+
+def save_density(path: str, u: dolfinx.fem.Function, space: Space, settings: dict) -> None:
+    """Write density.npz (collective; rank 0 writes). ``settings`` holds activation, weight, kappa, alpha, ..."""
+    theta, values = gather_dofs(u)
+    if space.comm.rank == 0:
+        a = space.arrays
+        np.savez(path, points=a.points, cells=a.cells, cell_type=np.array(a.cell_type),
+                 geometry_degree=np.array(a.degree), domain=np.array(a.domain),
+                 element_degree=np.array(u.function_space.element.basix_element.degree),
+                 theta=theta, u=values,
+                 **{k: np.array(v) for k, v in settings.items()})
+
+
+def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1, dolfinx.fem.Function, dict]:
+    """Read density.npz back as (H, u, settings) distributed over comm."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "density.npz")
+
+    def read():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"cannot read density file {path!r} ({e}); give a density.npz written by flowfem solve") from None
+        missing = {"points", "cells", "cell_type", "geometry_degree", "element_degree", "theta", "u"} - set(data)
+        if missing:
+            raise ValueError(f"{path!r} is not a flowfem density: arrays {sorted(missing)} are missing")
+        return data
+
+    data = on_root(comm, read)
+    arrays = MeshArrays(data["points"], data["cells"], str(data["cell_type"]), int(data["geometry_degree"]),
+                        str(data.get("domain", "file")))
+    space = Space(arrays if comm.rank == 0 else None, comm)
+    settings = {k: v.item() for k, v in data.items() if v.ndim == 0 and k not in
+                ("cell_type", "geometry_degree", "domain", "element_degree")}
+    H = WeightedH1(space, settings.get("weight", "uniform"), float(settings.get("kappa", 1.0)),
+                   int(data["element_degree"]))
+    u = H.function("density")
+    X = H.V.tabulate_dof_coordinates()[:, : space.gdim]
+    table = {tuple(k): v for k, v in zip(np.round(data["theta"], 10).tolist(), data["u"])}
+    try:
+        u.x.array[:] = [table[tuple(k)] for k in np.round(X, 10).tolist()]
+    except KeyError:
+        raise ValueError(f"{path!r}: dof coordinates do not match the stored mesh; the file is damaged") from None
+    return H, u, settings
+
+
+def write_solution(directory: str, result, train, test, metrics: dict, plot: bool = True) -> None:
+    """Write density.bp, density.npz, predictions.csv, metrics.json and figure.png (collective)."""
+    from flowfem import plot as _plot
+
+    comm = result.problem.space.comm
+    u = result.density
+    write_vtx(os.path.join(directory, "density.bp"), u)
+    p = result.problem
+    settings = dict(activation=p.activation.name, weight=str(p.H.weight), kappa=p.H.kappa,
+                    alpha=p.alpha, loss=p.loss.name, quadrature_degree=result.functional.Phi.quadrature.degree)
+    save_density(os.path.join(directory, "density.npz"), u, p.space, settings)
+    f_test = result.predict(test.x)
+    if comm.rank == 0:
+        header = ",".join([f"x{i + 1}" for i in range(test.d)] + ["y", "f"])
+        np.savetxt(os.path.join(directory, "predictions.csv"), np.column_stack([test.x, test.y, f_test]),
+                   delimiter=",", header=header, comments="")
+    write_json(os.path.join(directory, "metrics.json"), metrics, comm)
+    if plot:
+        xg = _plot.grid(train.x)
+        fg = result.predict(xg)
+        theta, values = gather_dofs(u)
+        if comm.rank == 0:
+            _plot.solution_figure(os.path.join(directory, "figure.png"), theta, values, p.space.domain,
+                                  train.x, train.y, xg, fg, title=f"{train.name}: test RMSE {metrics.get('test_rmse', float('nan')):.2e}")

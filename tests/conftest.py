@@ -1,0 +1,54 @@
+"""Shared test helpers.
+
+Tests run serially, and the rank-agnostic files run again under
+``mpirun -n 2`` from tests/test_mpi.py. Tests marked ``mpi`` start mpirun
+themselves and are skipped inside an MPI run.
+"""
+
+import gc
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.path.dirname(__file__), os.pardir, ".cache"))
+
+import flowfem  # noqa: E402,F401  (loads MPI before dolfinx)
+from mpi4py import MPI  # noqa: E402
+from petsc4py import PETSc  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+BIN = os.path.dirname(sys.executable)
+MPIRUN = os.path.join(BIN, "mpirun") if os.path.exists(os.path.join(BIN, "mpirun")) else "mpirun"
+
+
+def pytest_collection_modifyitems(config, items):
+    if MPI.COMM_WORLD.size > 1:
+        skip = pytest.mark.skip(reason="starts mpirun itself; runs in the serial suite")
+        for item in items:
+            if "mpi" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _collect_petsc_garbage():
+    """Destroying PETSc objects is collective: collect after every test on every rank."""
+    yield
+    gc.collect()
+    PETSc.garbage_cleanup()
+
+
+def run(cmd, ranks: int = 1, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run a command (under mpirun -n ranks if ranks > 1); capture text output."""
+    if ranks > 1:
+        cmd = [MPIRUN, "-n", str(ranks)] + list(cmd)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=kw.pop("cwd", ROOT),
+                          env=env, **kw)
+
+
+@pytest.fixture
+def shared_tmp(tmp_path):
+    """A temporary directory that every MPI rank sees (rank 0's tmp_path)."""
+    return MPI.COMM_WORLD.bcast(str(tmp_path), root=0)

@@ -1,0 +1,116 @@
+"""The flowfem command: outputs, and bad input refused with one clear line, exit 2, no output left."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import BIN, run
+
+FLOWFEM = os.path.join(BIN, "flowfem")
+pytestmark = pytest.mark.mpi  # starts processes; not rerun inside the MPI suite
+
+
+def solve(tmp_path, *args, ranks=1, out="out"):
+    return run([FLOWFEM, "solve", *args, "--out", str(tmp_path / out)], ranks=ranks, timeout=300)
+
+
+def test_solve_writes_every_promised_file(tmp_path):
+    r = solve(tmp_path, "--data", "sin", "--n", "300", "--mesh-size", "16", "--alpha", "1e-4")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    assert sorted(os.listdir(out)) == ["density.bp", "density.npz", "figure.png", "metrics.json", "predictions.csv"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["energy"] == pytest.approx(m["loss"] + m["regulariser"])
+    assert m["iterations"] > 0 and m["residual"] < 1e-9 and m["test_rmse"] < 0.05
+    pred = np.loadtxt(out / "predictions.csv", delimiter=",", skiprows=1)
+    assert pred.shape[1] == 3  # x1, y, f
+    assert np.sqrt(np.mean((pred[:, 1] - pred[:, 2]) ** 2)) == pytest.approx(m["test_rmse"], rel=1e-10)
+    with np.load(out / "density.npz", allow_pickle=False) as f:
+        assert f["theta"].shape == (m["ndofs"], 2) and f["u"].shape == (m["ndofs"],)
+    assert "E_alpha" in r.stdout and "iterations" in r.stdout
+
+
+def test_solve_reads_csv_and_npz(tmp_path):
+    x = np.linspace(-1, 1, 50)
+    np.savetxt(tmp_path / "d.csv", np.column_stack([x, x**2]), delimiter=",", header="x1,y", comments="")
+    np.savez(tmp_path / "d.npz", x=x[:, None], y=x**2)
+    for name in ("d.csv", "d.npz"):
+        r = solve(tmp_path, "--data", str(tmp_path / name), "--mesh-size", "8", "--no-plot", out=name + ".out")
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / (name + ".out") / "metrics.json").read_text())["n_train"] == 40
+
+
+def _bad_files(tmp_path):
+    x = np.linspace(-1, 1, 20)
+    nan = np.column_stack([x, x])
+    nan[3, 1] = np.nan
+    np.savetxt(tmp_path / "nan.csv", nan, delimiter=",", header="x1,y", comments="")
+    np.savez(tmp_path / "shape.npz", x=x[:, None], y=x[:-2])
+    np.savez(tmp_path / "d3.npz", x=np.zeros((20, 3)), y=x)
+    (tmp_path / "garbage.msh").write_bytes(b"\x00\x01 not a mesh")
+
+
+BAD = [
+    (["--data", "{tmp}/nan.csv"], "NaN"),
+    (["--data", "{tmp}/shape.npz"], "targets y have shape"),
+    (["--data", "{tmp}/d3.npz"], "dimension d = 3"),
+    (["--data", "{tmp}/missing.csv"], "does not exist"),
+    (["--data", "sin", "--alpha", "0"], "alpha = 0.0 must be positive"),
+    (["--data", "sin", "--alpha=-1e-3"], "must be positive"),
+    (["--data", "sin", "--activation", "swish"], "unknown activation"),
+    (["--data", "sin", "--domain", "{tmp}/garbage.msh"], "cannot read mesh file"),
+    (["--data", "sin", "--domain", "circle", "--activation", "tanh"], "positively homogeneous"),
+    (["--data", "two_moons", "--domain", "sphere", "--activation", "sigmoid"], "positively homogeneous"),
+    (["--data", "sin", "--domain", "sphere"], "the sphere parametrises inputs of dimension 2"),
+    (["--data", "sin", "--kappa", "0"], "kappa"),
+    (["--data", "sin", "--weight", "gaussian:-1"], "scale"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_refused_cleanly(tmp_path, args, message):
+    _bad_files(tmp_path)
+    r = solve(tmp_path, *[a.format(tmp=tmp_path) for a in args], "--mesh-size", "8")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowfem: error:") and message in lines[0], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith((".csv", ".npz", ".msh"))) == []
+
+
+@pytest.mark.parametrize("args,message", [BAD[0], BAD[7], BAD[9]], ids=["nan", "mesh", "sphere"])
+def test_bad_input_under_mpirun_ends_every_rank(tmp_path, args, message):
+    _bad_files(tmp_path)
+    r = solve(tmp_path, *[a.format(tmp=tmp_path) for a in args], "--mesh-size", "8", ranks=2)
+    assert r.returncode != 0 and message in r.stderr
+    assert r.stderr.count("flowfem: error:") == 1  # said once, by rank 0
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_existing_output_needs_force(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    r = solve(tmp_path, "--data", "sin", "--mesh-size", "8", "--no-plot")
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    r = solve(tmp_path, "--data", "sin", "--mesh-size", "8", "--no-plot", "--force")
+    assert r.returncode == 0 and not (tmp_path / "out" / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("domain,ext", [("box", "msh"), ("sphere", "xdmf"), ("circle", "msh")])
+def test_mesh_command_writes_a_readable_mesh(tmp_path, domain, ext):
+    path = tmp_path / f"m.{ext}"
+    r = run([FLOWFEM, "mesh", domain, "--size", "2" if domain == "sphere" else "8", "--out", str(path)])
+    assert r.returncode == 0 and "wrote" in r.stdout, r.stderr
+    data = "two_moons" if domain == "sphere" else "sin"
+    r = solve(tmp_path, "--data", data, "--domain", str(path), "--n", "100", "--no-plot")
+    assert r.returncode == 0, r.stderr
+
+
+def test_help_explains():
+    r = run([FLOWFEM, "solve", "--help"])
+    assert r.returncode == 0
+    for word in ("--activation", "--alpha", "--domain", "--solver", "E_alpha"):
+        assert word in r.stdout

@@ -1,0 +1,32 @@
+"""Each demo runs end to end at a small size (in-process), and under mpirun -n 2."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT, run
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "demos", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regression_1d(shared_tmp):
+    m = load("regression_1d").main(n=500, cells=24, alpha=1e-5, out=os.path.join(shared_tmp, "reg"))
+    assert m["test_rmse"] < 5e-3 and m["residual"] < 1e-9 and m["iterations"] > 0
+    assert m["energy"] == pytest.approx(m["loss"] + m["regulariser"])
+    assert os.path.exists(os.path.join(shared_tmp, "reg", "figure.png"))
+
+
+@pytest.mark.mpi
+def test_regression_1d_under_mpirun(tmp_path):
+    r = run([sys.executable, os.path.join(ROOT, "demos", "regression_1d.py")], ranks=2, cwd=tmp_path,
+            timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "test RMSE" in r.stdout and "2 rank(s)" in r.stdout
+    assert (tmp_path / "results" / "regression_1d" / "density.bp").exists()

@@ -1,0 +1,93 @@
+"""The data operator Phi = S W Psi: exact fast feature products and the quadrature.
+
+Runs serially and under mpirun -n 2.
+"""
+
+import numpy as np
+import pytest
+
+import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
+from mpi4py import MPI
+
+from flowfem.activations import activation
+from flowfem.operator import DataOperator, DenseFeatures, MonomialFeatures, ReluFeatures1D, features
+from flowfem.sobolev import WeightedH1
+from flowfem.space import Space
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu:0.2"])
+def test_sorted_relu_products_are_exact(name):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (300, 1))
+    theta = rng.normal(size=(500, 2))
+    theta[:5, 0] = 0.0  # w = 0: constant neurons
+    theta[5:10] = theta[10:15]  # repeated kinks
+    x[:5, 0] = -theta[20:25, 1] / theta[20:25, 0]  # data exactly at kinks
+    x[5:10] = x[10:15]  # repeated data
+    S = ReluFeatures1D(activation(name), x, theta)
+    D = S.dense()
+    g, r = rng.normal(size=500), rng.normal(size=300)
+    assert np.allclose(S.matvec(g), D @ g, rtol=0, atol=1e-12 * np.abs(D).sum(axis=1).max())
+    assert np.allclose(S.rmatvec(r), D.T @ r, rtol=0, atol=1e-12 * np.abs(D).sum(axis=0).max())
+
+
+@pytest.mark.parametrize("k,d", [(1, 1), (2, 2), (3, 1), (4, 2)])
+def test_monomial_low_rank_is_exact(k, d):
+    rng = np.random.default_rng(k)
+    x, theta = rng.uniform(-1, 1, (40, d)), rng.normal(size=(60, d + 1))
+    S = MonomialFeatures(activation(f"monomial:{k}"), x, theta)
+    D = S.dense()
+    g, r = rng.normal(size=60), rng.normal(size=40)
+    assert S.P.shape[1] == len(list(__import__("itertools").combinations_with_replacement(range(d + 1), k)))
+    assert np.allclose(S.matvec(g), D @ g, atol=1e-10 * np.abs(D).max())
+    assert np.allclose(S.rmatvec(r), D.T @ r, atol=1e-10 * np.abs(D).max())
+
+
+def test_dense_blocks_match_one_block():
+    rng = np.random.default_rng(1)
+    x, theta = rng.uniform(-1, 1, (37, 2)), rng.normal(size=(23, 3))
+    S = DenseFeatures(activation("softplus"), x, theta, block_entries=50)  # blocks of 2 rows
+    g, r = rng.normal(size=23), rng.normal(size=37)
+    assert np.allclose(S.matvec(g), S.dense() @ g, rtol=1e-14)
+    assert np.allclose(S.rmatvec(r), S.dense().T @ r, rtol=1e-14)
+
+
+def test_auto_method_choice_and_errors():
+    x1, x2, th = np.zeros((3, 1)), np.zeros((3, 2)), np.zeros((4, 2))
+    assert isinstance(features(activation("relu"), x1, th), ReluFeatures1D)
+    assert isinstance(features(activation("relu"), x2, np.zeros((4, 3))), DenseFeatures)
+    assert isinstance(features(activation("monomial:2"), x2, np.zeros((4, 3))), MonomialFeatures)
+    assert isinstance(features(activation("tanh"), x1, th), DenseFeatures)
+    with pytest.raises(ValueError, match="relu1d needs"):
+        features(activation("tanh"), x1, th, "relu1d")
+    with pytest.raises(ValueError, match="unknown data-operator method"):
+        features(activation("relu"), x1, th, "fast")
+
+
+@pytest.mark.parametrize("domain,measure", [("box", 36.0), ("sphere", 4 * np.pi), ("circle", 2 * np.pi)])
+def test_quadrature_weights_integrate_the_domain(domain, measure):
+    space = Space.make(domain, 2 if domain == "sphere" else 1, {"box": 4, "sphere": 3, "circle": 64}[domain],
+                       radius=3.0)
+    H = WeightedH1(space, degree=2)
+    Phi = DataOperator(H, "relu" if space.homogeneous_only else "monomial:1", np.zeros((1, space.input_dim)))
+    one = H.function()
+    one.x.array[:] = 1.0
+    total = MPI.COMM_WORLD.allreduce(Phi.quadrature.weights(one.x.petsc_vec).sum())
+    tol = 1e-12 if domain == "box" else 1e-5  # curved cells: |S^2| to O(h^4)
+    assert total == pytest.approx(measure, rel=tol)
+
+
+def test_data_operator_is_symmetric_pair():
+    """<Phi U, r> = <U, Phi^T r>: apply and adjoint are transposes (also across ranks)."""
+    space = Space.box(1, 8, 2.0)
+    H = WeightedH1(space, degree=2)
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (30, 1))
+    Phi = DataOperator(H, "tanh", x)
+    U = H.A.createVecRight()
+    U.array[:] = np.random.default_rng(MPI.COMM_WORLD.rank).normal(size=U.getLocalSize())
+    r = rng.normal(size=30)
+    V = H.A.createVecRight()
+    Phi.adjoint(r, V)
+    assert np.dot(Phi.apply(U), r) == pytest.approx(U.dot(V), rel=1e-12)
+    assert np.allclose(Phi.predict(U, x), Phi.apply(U), rtol=1e-13)

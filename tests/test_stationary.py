@@ -1,0 +1,127 @@
+"""The Euler-Lagrange solve against an independent dense NumPy solve; minimality; learning.
+
+Runs serially and under mpirun -n 2 (tests/test_mpi.py).
+"""
+
+import numpy as np
+import pytest
+import ufl
+
+import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
+
+import dolfinx.fem
+import dolfinx.fem.petsc
+from mpi4py import MPI
+from petsc4py import PETSc
+
+from flowfem import data
+from flowfem.problem import Problem
+from flowfem.space import Space
+
+comm = MPI.COMM_WORLD
+
+
+def _ufl_sigma(name, z):
+    return {"relu": lambda z: ufl.max_value(z, 0.0), "tanh": ufl.tanh,
+            "leaky_relu:0.1": lambda z: ufl.max_value(z, 0.1 * z), "monomial:3": lambda z: z**3}[name](z)
+
+
+def dense_system(E):
+    """(A, Phi^T) as dense global arrays on every rank, Phi assembled independently with UFL.
+
+    Column j of Phi^T is the vector of integral sigma(theta . x~_j) v d theta, assembled
+    by dolfinx with the same quadrature degree as flowfem's data operator.
+    """
+    H, Phi = E.H, E.Phi
+    V, mesh = H.V, H.space.mesh
+    lo, hi = H.A.getOwnershipRange()
+    N = H.ndofs
+    ai, aj, av = H.A.getValuesCSR()
+    A_local = np.zeros((hi - lo, N))
+    for r in range(hi - lo):
+        A_local[r, aj[ai[r]:ai[r + 1]]] = av[ai[r]:ai[r + 1]]
+    A = np.vstack(comm.allgather(A_local))
+    xj = dolfinx.fem.Constant(mesh, np.zeros(E.Phi.x.shape[1] + 1))
+    theta = ufl.SpatialCoordinate(mesh)
+    v = ufl.TestFunction(V)
+    form = dolfinx.fem.form(_ufl_sigma(Phi.sigma.name, ufl.dot(theta, xj)) * v
+                            * ufl.dx(metadata={"quadrature_degree": Phi.quadrature.degree}))
+    C_local = np.empty((hi - lo, E.n))
+    for j in range(E.n):
+        xj.value[:] = np.append(E.Phi.x[j], 1.0)
+        b = dolfinx.fem.petsc.assemble_vector(form)
+        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        C_local[:, j] = b.array_r
+        b.destroy()
+    return A, np.vstack(comm.allgather(C_local))
+
+
+def gather(vec):
+    return np.concatenate(comm.allgather(vec.array_r.copy()))
+
+
+@pytest.mark.parametrize("activation,domain,weight", [
+    ("relu", "box", "gaussian:2"), ("tanh", "box", "uniform"), ("leaky_relu:0.1", "ball", "uniform"),
+    ("monomial:3", "box", "gaussian:1.5"), ("relu", "sphere", "uniform")])
+@pytest.mark.parametrize("solver", ["cg", "direct"])
+def test_matches_dense_numpy_solve(activation, domain, weight, solver):
+    d = 2 if domain == "sphere" else 1
+    ds = data.synthetic("two_moons" if d == 2 else "sin", 25, seed=3)
+    size = {"box": 6, "ball": 1.0, "sphere": 1}[domain]
+    # radius 1.5 for z^3 keeps cond(K) ~ 1e5, so a 1e-8 comparison measures the solver, not rounding
+    space = Space.make(domain, d, size, radius=1.5 if activation.startswith("monomial") else 3.0)
+    problem = Problem(space, activation, weight, alpha=1e-3, kappa=0.7, degree=1)
+    result = problem.fit(ds.x, ds.y, solver=solver, rtol=1e-13)
+    E = result.functional
+    A, C = dense_system(E)
+    K = E.alpha * A + C @ C.T / E.n
+    U_dense = np.linalg.solve(K, C @ ds.y / E.n)
+    U = gather(result.U)
+    assert np.linalg.norm(U - U_dense) <= 1e-8 * np.linalg.norm(U_dense)
+    # predictions are Phi U with the independent Phi
+    f = result.predict(ds.x)
+    assert np.linalg.norm(f - C.T @ U_dense) <= 1e-8 * np.linalg.norm(f)
+    # E_alpha computed densely
+    E_dense = 0.5 * np.mean((C.T @ U_dense - ds.y) ** 2) + 0.5 * E.alpha * U_dense @ A @ U_dense
+    assert result.energy == pytest.approx(E_dense, rel=1e-9)
+
+
+def test_solution_is_the_minimiser():
+    ds = data.synthetic("sin", 200, seed=4)
+    problem = Problem(Space.box(1, 12, 4.0), "relu", "gaussian:2", alpha=1e-4, kappa=1.0)
+    result = problem.fit(ds.x, ds.y, rtol=1e-12)
+    E, U = result.functional, result.U
+    grad = E.gradient(U)
+    assert grad.norm() <= 1e-9 * E.rhs().norm()
+    E0 = E(U)
+    rng = np.random.default_rng(comm.rank)
+    for eps in (1e-1, 1e-3):
+        V = U.duplicate()
+        V.array[:] = rng.standard_normal(V.getLocalSize())
+        W = U.copy()
+        W.axpy(eps, V)
+        # quadratic E: E(U + eps V) - E(U) = eps^2/2 V^T K V > 0 exactly (gradient zero)
+        KV = E.vector()
+        KV.array[:] = 0
+        E.H.A.mult(V, KV)
+        tmp = E.vector()
+        E.Phi.adjoint(E.Phi.apply(V) / E.n, tmp)
+        KV.aypx(E.alpha, tmp)
+        curvature = 0.5 * eps**2 * KV.dot(V)
+        assert E(W) > E0
+        assert E(W) - E0 == pytest.approx(curvature, rel=1e-6)
+
+
+def test_learns_sin_to_1e3():
+    train, test = data.synthetic("sin", 2000, seed=1), data.synthetic("sin", 1000, seed=2)
+    result = Problem(Space.box(1, 64, 4.0), "relu", "uniform", alpha=1e-5).fit(train.x, train.y)
+    rmse = result.rmse(test.x, test.y)
+    assert rmse < 1e-3, rmse
+    assert result.residual < 1e-9
+
+
+def test_cg_iterations_do_not_grow_with_refinement():
+    train = data.synthetic("sin", 1000, seed=1)
+    its = [Problem(Space.box(1, n, 4.0), "relu", alpha=1e-5).fit(train.x, train.y).iterations
+           for n in (32, 64, 128)]
+    assert max(its) <= 1.2 * min(its), its  # iterations bounded under refinement
