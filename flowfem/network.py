@@ -87,31 +87,48 @@ class Network:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Network":
-        """Read a network written by :meth:`save`; refuses pickled objects and wrong shapes."""
+        """Read a network written by :meth:`save`; refuses pickled objects, other files and wrong shapes."""
+        path = os.fspath(path)
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as f:
-                missing = {"W", "b", "a", "activation"} - set(f.files)
-                if missing:
-                    raise ValueError(
-                        f"{path}: not a flowfem network, arrays {sorted(missing)} missing "
-                        "(expected W, b, a, activation; write it with Network.save)"
-                    )
+            with open(path, "rb") as fh:
+                magic = fh.read(6)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read network file ({e})") from None
+        if magic.startswith(b"\x93NUMPY"):
+            raise ValueError(f"{path}: a single .npy array, not a flowfem network .npz archive; "
+                             "write it with Network.save")
+        if magic.startswith(b"\x80"):
+            raise ValueError(f"{path}: contains pickled objects, which flowfem refuses to load; "
+                             "save plain numeric arrays with Network.save")
+        if not magic.startswith(b"PK"):
+            raise ValueError(f"{path}: not a flowfem network .npz archive; write it with Network.save")
+        try:
+            f = np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read network file ({e})") from None
+        with f:
+            missing = {"W", "b", "a", "activation"} - set(f.files)
+            if missing:
+                raise ValueError(
+                    f"{path}: not a flowfem network, arrays {sorted(missing)} missing "
+                    "(expected W, b, a, activation; write it with Network.save)"
+                )
+            try:
                 arrays = {k: f[k] for k in ("W", "b", "a", "activation")}
-        except ValueError as e:
-            if "pickle" in str(e).lower() or "Object arrays" in str(e):
+            except ValueError:
                 raise ValueError(
                     f"{path}: contains pickled objects, which flowfem refuses to load; "
                     "save plain numeric arrays W, b, a and a string activation"
                 ) from None
-            raise
-        except (OSError, EOFError) as e:
-            raise ValueError(f"{path}: cannot read network file ({e})") from None
         for k in ("W", "b", "a"):
             if arrays[k].dtype.kind not in "fiu":
                 raise ValueError(f"{path}: array {k} has dtype {arrays[k].dtype}, expected numbers")
         if arrays["activation"].dtype.kind != "U" or arrays["activation"].ndim != 0:
             raise ValueError(f"{path}: 'activation' must be a string such as 'relu'")
-        return cls(arrays["W"], arrays["b"], arrays["a"], str(arrays["activation"]))
+        try:
+            return cls(arrays["W"], arrays["b"], arrays["a"], str(arrays["activation"]))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     # -- PyTorch ---------------------------------------------------------------
 
@@ -135,9 +152,15 @@ class Network:
             layer = torch.nn.ReLU()
         elif act.name.startswith("leaky_relu"):
             layer = torch.nn.LeakyReLU(act.slope)
-        elif act.name in ("tanh", "sigmoid", "softplus"):
-            layer = {"tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid,
-                     "softplus": torch.nn.Softplus}[act.name]()
+        elif act.name in ("tanh", "sigmoid"):
+            layer = {"tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}[act.name]()
+        elif act.name == "softplus":
+
+            class Softplus(torch.nn.Module):  # log(1 + e^z) everywhere; nn.Softplus returns z for z > 20
+                def forward(self, z):
+                    return torch.logaddexp(z, torch.zeros_like(z))
+
+            layer = Softplus()
         else:
             k = act.power
 
