@@ -141,6 +141,85 @@ def cmd_mesh(args, comm) -> None:
     print(on_root(comm, make)) if comm.rank == 0 else on_root(comm, make)
 
 
+def cmd_readout(args, comm) -> None:
+    from flowfem import io
+    from flowfem.readout import readout
+
+    H, u, settings = io.load_density(args.density, comm)
+    x = y = None
+    if args.rule == "refit":
+        if not args.data:
+            raise ValueError("--rule refit fits output weights on training data: pass --data (file or sin/step/two_moons)")
+        train = _load_data(args, comm)[0]
+        x, y = train.x, train.y
+    alpha = args.alpha if args.alpha is not None else settings.get("alpha")
+    net = readout(u, args.rule, activation=settings["activation"], width=args.width, degree=args.degree,
+                  subdivisions=args.subdivisions, seed=args.seed, points=args.points, x=x, y=y,
+                  alpha=alpha, weight=settings.get("weight", "uniform"))
+
+    def save():
+        net.save(args.out)
+        return f"wrote {args.out}: width {net.width}, {net.activation.name}, inputs d = {net.input_dim}"
+
+    message = on_root(comm, save)
+    if comm.rank == 0:
+        print(message)
+
+
+def cmd_predict(args, comm) -> None:
+    from flowfem import data
+    from flowfem.network import Network
+
+    def work():
+        net = Network.load(args.network)
+        if args.data in data.SYNTHETIC:
+            x, y = data.synthetic(args.data, args.n, args.seed).x, None
+        else:
+            x, y = _read_inputs(args.data)
+        x, _ = data.check(x, None, net.input_dim, what=f"inputs {args.data!r}")
+        f = net(x)
+        header = ",".join([f"x{i + 1}" for i in range(x.shape[1])] + ["f"])
+        table = np.column_stack([x, f])
+        if args.out:
+            tmp = args.out + ".tmp"
+            np.savetxt(tmp, table, delimiter=",", header=header, comments="")
+            import os
+
+            os.replace(tmp, args.out)
+        else:
+            np.savetxt(sys.stdout, table, delimiter=",", header=header, comments="")
+        if y is not None and args.out:
+            return f"wrote {args.out}: {len(f)} predictions, RMSE against y {np.sqrt(np.mean((f - y) ** 2)):.4e}"
+        return f"wrote {args.out}: {len(f)} predictions" if args.out else None
+
+    message = on_root(comm, work)
+    if comm.rank == 0 and message:
+        print(message)
+
+
+def _read_inputs(path: str):
+    """x (and y if present) from a CSV with header x1..xd[,y] or an NPZ with x [and y]."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ValueError(f"input file {path!r} does not exist")
+    if path.lower().endswith(".npz"):
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f.files:
+                raise ValueError(f"{path!r} needs an array 'x'")
+            return f["x"], (f["y"] if "y" in f.files else None)
+    with open(path) as fh:
+        header = [h.strip() for h in fh.readline().split(",")]
+    cols = [i for i, h in enumerate(header) if h.startswith("x")]
+    if not cols:
+        raise ValueError(f"{path!r}: the CSV header must name the input columns x1..xd")
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{path!r} cannot be read as numbers: {e}") from None
+    return table[:, cols], (table[:, header.index("y")] if "y" in header else None)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="flowfem",
@@ -175,6 +254,36 @@ def parser() -> argparse.ArgumentParser:
                    help="circle and sphere: 2 for curved cells (default), 1 for flat")
     p.add_argument("--out", required=True, help="file to write: NAME.msh or NAME.xdmf")
     p.set_defaults(run=cmd_mesh)
+
+    p = sub.add_parser("readout", help="turn a solved density into a finite network (.npz)",
+                       description="Read a finite network f_N(x) = sum a_i sigma(w_i . x + b_i) out of the density "
+                                   "written by flowfem solve. Rules: quadrature (deterministic, O(1/N) with the "
+                                   "midpoint rule in 2-D parameter space), sample (N neurons drawn from |u|, "
+                                   "O(N^-1/2)), refit (output weights re-fitted by least squares on --data).")
+    p.add_argument("--density", required=True, help="output directory of flowfem solve (or its density.npz)")
+    p.add_argument("--rule", default="quadrature", choices=["quadrature", "sample", "refit"])
+    p.add_argument("--width", type=int, default=None, help="N for sample (and refit with --points sample)")
+    p.add_argument("--degree", type=int, default=None,
+                   help="quadrature degree per cell (1 = midpoint: one neuron per cell; default: the solve's rule)")
+    p.add_argument("--subdivisions", type=int, default=1, help="split each cell into m^D for more neurons")
+    p.add_argument("--points", default="quadrature", choices=["quadrature", "sample"], help="neurons for refit")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample rule and of synthetic --data")
+    p.add_argument("--data", default=None, help="training data for refit: a file or sin/step/two_moons")
+    p.add_argument("--n", type=int, default=1000, help="points of synthetic --data")
+    p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--alpha", type=float, default=None, help="refit regularisation (default: the solve's alpha)")
+    p.add_argument("--out", required=True, help="network file to write (.npz: arrays W, b, a, activation)")
+    p.set_defaults(run=cmd_readout)
+
+    p = sub.add_parser("predict", help="evaluate a saved network on inputs (no dolfinx needed)",
+                       description="Evaluate a network .npz (from flowfem readout or Network.save) at the rows of "
+                                   "a CSV (header x1..xd[,y]) or NPZ (x[, y]) file, or a synthetic set.")
+    p.add_argument("--network", required=True, help="network .npz")
+    p.add_argument("--data", required=True, help="inputs: CSV, NPZ, or sin/step/two_moons")
+    p.add_argument("--n", type=int, default=1000, help="points of a synthetic set")
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set")
+    p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f); default: standard output")
+    p.set_defaults(run=cmd_predict)
     return top
 
 

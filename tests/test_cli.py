@@ -114,3 +114,40 @@ def test_help_explains():
     assert r.returncode == 0
     for word in ("--activation", "--alpha", "--domain", "--solver", "E_alpha"):
         assert word in r.stdout
+
+
+def test_readout_and_predict_round_trip(tmp_path):
+    """solve -> readout (each rule) -> predict: the quadrature network reproduces the solve's predictions."""
+    assert solve(tmp_path, "--data", "sin", "--n", "400", "--mesh-size", "12", "--no-plot").returncode == 0
+    dens = str(tmp_path / "out")
+    for rule, extra in (("quadrature", []), ("sample", ["--width", "300"]), ("refit", ["--data", "sin", "--n", "400"])):
+        r = run([FLOWFEM, "readout", "--density", dens, "--rule", rule, *extra, "--out", str(tmp_path / f"{rule}.npz")])
+        assert r.returncode == 0, r.stderr
+    r = run([FLOWFEM, "predict", "--network", str(tmp_path / "quadrature.npz"), "--data", dens + "/predictions.csv",
+             "--out", str(tmp_path / "p.csv")])
+    assert r.returncode == 0, r.stderr
+    solved = np.loadtxt(tmp_path / "out" / "predictions.csv", delimiter=",", skiprows=1)
+    network = np.loadtxt(tmp_path / "p.csv", delimiter=",", skiprows=1)
+    assert np.allclose(network[:, 0], solved[:, 0])
+    assert np.abs(network[:, 1] - solved[:, 2]).max() <= 1e-10 * np.abs(solved[:, 2]).max()
+    # a sample readout under mpirun -n 2 is the same network as the serial one
+    r = run([FLOWFEM, "readout", "--density", dens, "--rule", "sample", "--width", "300", "--out",
+             str(tmp_path / "sample2.npz")], ranks=2)
+    assert r.returncode == 0, r.stderr
+    one, two = np.load(tmp_path / "sample.npz"), np.load(tmp_path / "sample2.npz")
+    assert all(np.array_equal(one[k], two[k]) for k in ("W", "b", "a"))
+
+
+def test_readout_and_predict_refuse_bad_input(tmp_path):
+    assert solve(tmp_path, "--data", "sin", "--n", "100", "--mesh-size", "8", "--no-plot").returncode == 0
+    cases = [
+        ([FLOWFEM, "readout", "--density", str(tmp_path / "nowhere"), "--out", str(tmp_path / "n.npz")], "cannot read density"),
+        ([FLOWFEM, "readout", "--density", str(tmp_path / "out"), "--rule", "refit", "--out", str(tmp_path / "n.npz")], "pass --data"),
+        ([FLOWFEM, "readout", "--density", str(tmp_path / "out"), "--rule", "sample", "--out", str(tmp_path / "n.npz")], "width"),
+        ([FLOWFEM, "predict", "--network", str(tmp_path / "out" / "density.npz"), "--data", "sin"], "not a flowfem network"),
+        ([FLOWFEM, "predict", "--network", str(tmp_path / "none.npz"), "--data", "sin"], "cannot read network file"),
+    ]
+    for cmd, message in cases:
+        r = run(cmd)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (cmd, r.stderr)
+    assert not (tmp_path / "n.npz").exists()
