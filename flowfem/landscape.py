@@ -362,6 +362,89 @@ def classify_eigenvalues(eigenvalues: np.ndarray, rtol: float = 1e-8) -> str:
     return "minimum" if eigenvalues.min() > tol else "degenerate"
 
 
+@dataclass
+class Flatness:
+    """How flat and how stationary the line mu -> split(network, i, mu) is on a grid of mu:
+    the largest |L(split(mu)) - L(narrow)| and the largest |grad L(split(mu))|."""
+
+    objective: float
+    loss_deviation: float
+    gradient_norm: float
+
+
+def plateau_flatness(network: Network, i: int, x, y, mus, loss="squared") -> Flatness:
+    """L of the narrow network, max over mus of |L(split(network, i, mu)) - L| and of |grad L(split)|.
+
+    The first is zero up to rounding for every network (splitting leaves f unchanged); the
+    second is small only if the narrow network is stationary, and then bounded by
+    max(|mu|, |1 - mu|) |grad L(narrow)|.
+    """
+    x, y, _ = _data(network, x, y, loss)
+    L0 = objective(network, x, y, loss)
+    dev, gmax = 0.0, 0.0
+    for mu in np.atleast_1d(np.asarray(mus, dtype=float)):
+        wide = split(network, i, mu)
+        dev = max(dev, abs(objective(wide, x, y, loss) - L0))
+        gmax = max(gmax, float(np.linalg.norm(gradient(wide, x, y, loss))))
+    return Flatness(L0, dev, gmax)
+
+
+def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gtol: float = 1e-8,
+                   rtol: float = 1e-8, check: bool = False) -> dict:
+    """The classification of :func:`classify_plateau` for the given neurons (default all), as plain
+    Python numbers and lists (ready for JSON).
+
+    Keys: width, input_dim, activation, loss, n, objective, gradient_norm,
+    narrow_min_eigenvalue, valid (strict local minimum: the classification applies), mus,
+    and ``neurons``: one dict per neuron with index, w, b, a, inner_eigenvalues,
+    inner_eigenvectors (columns), definiteness, flatness (max |L(split) - L| over mus) and
+    ``points``: per mu its kind, curvature and escape_direction (the unit vector in the
+    parameters of split(network, i, mu), layout of :func:`parameters`; None unless a
+    saddle). With ``check`` each point also carries ``brute_force``, the kind read off
+    the eigenvalues of the full Hessian of the split network (:func:`split_hessian_eigenvalues`),
+    and ``split_min_eigenvalue``, its smallest eigenvalue. Out-of-range neurons raise
+    ValueError (not IndexError) so that callers can report them as bad input.
+    """
+    x, y, _ = _data(network, x, y, loss)
+    N = network.width
+    neurons = range(N) if neurons is None else [int(k) for k in np.atleast_1d(neurons)]
+    if len(neurons) == 0:
+        raise ValueError("no neuron to classify: pass at least one neuron index")
+    for k in neurons:
+        if not -N <= k < N:
+            raise ValueError(f"neuron index {k} is out of range: the network has width {N}, "
+                             f"so choose 0..{N - 1} (or a negative index counting from the end)")
+    mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
+    if not mus or not np.all(np.isfinite(mus)):
+        raise ValueError(f"mu values {mus}: give at least one finite number")
+    report = dict(width=N, input_dim=network.input_dim, activation=network.activation.name,
+                  loss=_loss(loss).name, n=int(x.shape[0]), objective=objective(network, x, y, loss),
+                  mus=mus, neurons=[])
+    for k in neurons:
+        k = k % N
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # reported through "valid"
+            plateau = classify_plateau(network, k, x, y, mus, loss, gtol, rtol)
+        report.update(gradient_norm=plateau.gradient_norm, narrow_min_eigenvalue=plateau.narrow_min_eigenvalue,
+                      valid=bool(plateau.valid))
+        points = []
+        for pt in plateau.points:
+            row = dict(mu=pt.mu, kind=pt.kind, curvature=pt.curvature,
+                       escape_direction=None if pt.escape_direction is None else pt.escape_direction.tolist())
+            if check:
+                ev = split_hessian_eigenvalues(network, k, pt.mu, x, y, loss)
+                row.update(brute_force=classify_eigenvalues(ev, rtol), split_min_eigenvalue=float(ev[0]))
+            points.append(row)
+        report["neurons"].append(dict(
+            index=k, w=network.W[k].tolist(), b=float(network.b[k]), a=float(network.a[k]),
+            inner_eigenvalues=plateau.inner.eigenvalues.tolist(),
+            inner_eigenvectors=plateau.inner.eigenvectors.tolist(),
+            definiteness=plateau.inner.definiteness,
+            flatness=plateau_flatness(network, k, x, y, mus, loss).loss_deviation,
+            points=points))
+    return report
+
+
 # -- deep monomial networks: Jacobian rank -------------------------------------
 
 

@@ -342,3 +342,59 @@ def test_jacobian_rank_checks_its_input():
         ls.jacobian_rank([2, 2, 1], 3, params, points=np.zeros((5, 3)))
     r = ls.jacobian_rank([2, 2, 1], 3, params, tol=0.5)
     assert r.tol == 0.5 and r.rank < 4 and math.isclose(r.singular_values[0] / r.singular_values[0], 1)
+
+
+# -- flatness and the report behind `flowfem landscape` ----------------------------
+
+
+def test_plateau_flatness():
+    net, x, y = trained_case("tanh", "squared", N=2, seed=0)
+    flat = ls.plateau_flatness(net, 1, x, y, np.linspace(-2, 3, 11))
+    assert flat.objective == ls.objective(net, x, y)
+    assert flat.loss_deviation < 1e-15 and flat.gradient_norm < 1e-10  # seen 0 and ~1e-14
+    # splitting keeps f for any network, but only a stationary one gives a stationary line
+    net, x, y = random_problem("tanh", "squared", N=2, d=1)
+    flat = ls.plateau_flatness(net, 0, x, y, [-1.0, 0.5, 2.0])
+    assert flat.loss_deviation < 1e-14 and flat.gradient_norm > 1e-3
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+def test_plateau_report_is_the_classification_in_plain_numbers(loss):
+    import json
+
+    net, x, y = trained_case("tanh", loss, N=1, seed=0)
+    mus = [-0.5, 0.0, 0.4, 1.0, 1.5]
+    rep = ls.plateau_report(net, x, y, mus, loss=loss, check=True)
+    assert json.loads(json.dumps(rep)) == rep  # plain lists, floats, strings, bools and None only
+    plateau = ls.classify_plateau(net, 0, x, y, mus, loss)
+    assert rep["valid"] and rep["gradient_norm"] == plateau.gradient_norm and rep["loss"] == loss
+    (nr,) = rep["neurons"]
+    assert nr["index"] == 0 and nr["a"] == net.a[0] and nr["definiteness"] == plateau.inner.definiteness
+    assert np.allclose(nr["inner_eigenvalues"], plateau.inner.eigenvalues, rtol=0, atol=0)
+    assert nr["flatness"] < 1e-15
+    for row, pt in zip(nr["points"], plateau.points):
+        assert (row["mu"], row["kind"], row["curvature"]) == (pt.mu, pt.kind, pt.curvature)
+        assert row["brute_force"] == pt.kind
+        if pt.kind == "saddle":
+            assert np.array_equal(row["escape_direction"], pt.escape_direction)
+            assert row["split_min_eigenvalue"] < 0
+        else:
+            assert row["escape_direction"] is None
+
+
+def test_plateau_report_neurons_and_bad_input():
+    net, x, y = trained_case("tanh", "squared", N=2, seed=0)
+    rep = ls.plateau_report(net, x, y, [0.5], neurons=[-1])
+    assert [n["index"] for n in rep["neurons"]] == [1]
+    assert len(ls.plateau_report(net, x, y, [0.5])["neurons"]) == 2
+    with pytest.raises(ValueError, match="neuron index 2 is out of range: the network has width 2"):
+        ls.plateau_report(net, x, y, [0.5], neurons=[2])
+    with pytest.raises(ValueError, match="finite"):
+        ls.plateau_report(net, x, y, [np.nan])
+    with pytest.raises(ValueError, match=r"this network takes \(n, 1\)"):
+        ls.plateau_report(net, np.zeros((4, 2)), np.zeros(4), [0.5])
+    # a network that is not a minimum is reported, not refused, and without a warning
+    net, x, y = random_problem("tanh", "squared", N=2, d=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not ls.plateau_report(net, x, y, [0.5])["valid"]
