@@ -317,16 +317,26 @@ def classify_plateau(network: Network, i: int, x, y, mus, loss="squared",
     RuntimeWarning is issued and ``valid`` is False.
     """
     x, y, _ = _data(network, x, y, loss)
+    narrow = _narrow_state(network, x, y, loss, gtol, rtol)
+    if not narrow[2]:
+        warnings.warn(
+            f"the narrow network is not a strict local minimum (|grad L| = {narrow[0]:.3g}, "
+            f"smallest Hessian eigenvalue {narrow[1]:.3g}): the plateau classification "
+            "by the inner Hessian does not apply; minimise it first",
+            RuntimeWarning, stacklevel=2)
+    return _classify_line(network, i, x, y, mus, loss, rtol, narrow)
+
+
+def _narrow_state(network: Network, x, y, loss, gtol: float, rtol: float) -> tuple[float, float, bool]:
+    """|grad L|, the smallest eigenvalue of hess L and whether the network is a strict local minimum."""
     g = float(np.linalg.norm(gradient(network, x, y, loss)))
     lam_narrow = np.linalg.eigvalsh(hessian(network, x, y, loss))
     lam_min = float(lam_narrow[0])
-    valid = g <= gtol and lam_min > rtol * np.abs(lam_narrow).max()
-    if not valid:
-        warnings.warn(
-            f"the narrow network is not a strict local minimum (|grad L| = {g:.3g}, "
-            f"smallest Hessian eigenvalue {lam_min:.3g}): the plateau classification "
-            "by the inner Hessian does not apply; minimise it first",
-            RuntimeWarning, stacklevel=2)
+    return g, lam_min, bool(g <= gtol and lam_min > rtol * np.abs(lam_narrow).max())
+
+
+def _classify_line(network: Network, i: int, x, y, mus, loss, rtol: float, narrow) -> Plateau:
+    """:func:`classify_plateau` given the narrow network's (|grad L|, smallest eigenvalue, valid)."""
     inner = inner_hessian(network, i, x, y, loss, rtol)
     scale = np.abs(inner.eigenvalues).max(initial=0.0)
     points = []
@@ -342,7 +352,7 @@ def classify_plateau(network: Network, i: int, x, y, mus, loss="squared",
         else:
             kind = "minimum" if curv[k] > tol else "degenerate"
             points.append(PlateauPoint(float(mu), kind, None, None))
-    return Plateau(points, inner, g, lam_min, valid)
+    return Plateau(points, inner, narrow[0], narrow[1], narrow[2])
 
 
 def split_hessian_eigenvalues(network: Network, i: int, mu: float, x, y, loss="squared") -> np.ndarray:
@@ -398,12 +408,15 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
     narrow_min_eigenvalue, valid (strict local minimum: the classification applies), mus,
     and ``neurons``: one dict per neuron with index, w, b, a, inner_eigenvalues,
     inner_eigenvectors (columns), definiteness, flatness (max |L(split) - L| over mus) and
-    ``points``: per mu its kind, curvature and escape_direction (the unit vector in the
-    parameters of split(network, i, mu), layout of :func:`parameters`; None unless a
-    saddle). With ``check`` each point also carries ``brute_force``, the kind read off
-    the eigenvalues of the full Hessian of the split network (:func:`split_hessian_eigenvalues`),
-    and ``split_min_eigenvalue``, its smallest eigenvalue. Out-of-range neurons raise
-    ValueError (not IndexError) so that callers can report them as bad input.
+    ``points``: per mu its kind, curvature, escape_direction (the unit vector in the
+    parameters of split(network, i, mu), layout of :func:`parameters`) and escape_eps (the
+    unit eigenvector eps of H it splits along: theta_i moves by (1 - mu) eps, the copy by
+    -mu eps), both None unless a saddle. With ``check`` each point also carries
+    ``brute_force``, the kind read off the eigenvalues of the full Hessian of the split
+    network (:func:`split_hessian_eigenvalues`), and ``split_min_eigenvalue``, its smallest
+    eigenvalue. The narrow network's gradient and Hessian are computed once for all
+    neurons. Out-of-range neurons raise ValueError (not IndexError) so that callers can
+    report them as bad input.
     """
     x, y, _ = _data(network, x, y, loss)
     N = network.width
@@ -417,28 +430,27 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
     mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
     if not mus or not np.all(np.isfinite(mus)):
         raise ValueError(f"mu values {mus}: give at least one finite number")
+    g, lam_min, valid = _narrow_state(network, x, y, loss, gtol, rtol)  # once: O(P^3)
     report = dict(width=N, input_dim=network.input_dim, activation=network.activation.name,
                   loss=_loss(loss).name, n=int(x.shape[0]), objective=objective(network, x, y, loss),
-                  mus=mus, neurons=[])
+                  gradient_norm=g, narrow_min_eigenvalue=lam_min, valid=valid, mus=mus, neurons=[])
     for k in neurons:
         k = k % N
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # reported through "valid"
-            plateau = classify_plateau(network, k, x, y, mus, loss, gtol, rtol)
-        report.update(gradient_norm=plateau.gradient_norm, narrow_min_eigenvalue=plateau.narrow_min_eigenvalue,
-                      valid=bool(plateau.valid))
+        plateau = _classify_line(network, k, x, y, mus, loss, rtol, (g, lam_min, valid))
+        lam, V = plateau.inner.eigenvalues, plateau.inner.eigenvectors
         points = []
         for pt in plateau.points:
+            saddle = pt.kind == "saddle"
             row = dict(mu=pt.mu, kind=pt.kind, curvature=pt.curvature,
-                       escape_direction=None if pt.escape_direction is None else pt.escape_direction.tolist())
+                       escape_eps=V[:, int(np.argmin(pt.mu * (1 - pt.mu) * lam))].tolist() if saddle else None,
+                       escape_direction=pt.escape_direction.tolist() if saddle else None)
             if check:
                 ev = split_hessian_eigenvalues(network, k, pt.mu, x, y, loss)
                 row.update(brute_force=classify_eigenvalues(ev, rtol), split_min_eigenvalue=float(ev[0]))
             points.append(row)
         report["neurons"].append(dict(
             index=k, w=network.W[k].tolist(), b=float(network.b[k]), a=float(network.a[k]),
-            inner_eigenvalues=plateau.inner.eigenvalues.tolist(),
-            inner_eigenvectors=plateau.inner.eigenvectors.tolist(),
+            inner_eigenvalues=lam.tolist(), inner_eigenvectors=V.tolist(),
             definiteness=plateau.inner.definiteness,
             flatness=plateau_flatness(network, k, x, y, mus, loss).loss_deviation,
             points=points))

@@ -377,9 +377,11 @@ def test_plateau_report_is_the_classification_in_plain_numbers(loss):
         assert row["brute_force"] == pt.kind
         if pt.kind == "saddle":
             assert np.array_equal(row["escape_direction"], pt.escape_direction)
+            v = ls.split_direction(net, 0, pt.mu, row["escape_eps"])
+            assert np.allclose(v / np.linalg.norm(v), pt.escape_direction, rtol=0, atol=1e-15)
             assert row["split_min_eigenvalue"] < 0
         else:
-            assert row["escape_direction"] is None
+            assert row["escape_direction"] is None and row["escape_eps"] is None
 
 
 def test_plateau_report_neurons_and_bad_input():
