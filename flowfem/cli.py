@@ -93,7 +93,7 @@ def cmd_solve(args, comm) -> None:
             f"the data have d = {train.d} inputs but the mesh {args.domain!r} has parameter dimension "
             f"{space.gdim} (networks on d = {space.input_dim} inputs); use a mesh of dimension {train.d + 1}"
         )
-    problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree)
+    problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     E = problem.functional(train.x, train.y)
     t1 = time.perf_counter()
     result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc)
@@ -107,6 +107,7 @@ def cmd_solve(args, comm) -> None:
         kappa=args.kappa, weight=args.weight, degree=args.degree, setup_seconds=t1 - t0, solve_seconds=t2 - t1,
         data=args.data,
     )
+    metrics.update(_loss_metrics(args, result, train, test))
     del E
     with io.output_directory(args.out, comm, args.force) as tmp:
         io.write_solution(tmp, result, train, test, metrics, plot=not args.no_plot)
@@ -115,8 +116,23 @@ def cmd_solve(args, comm) -> None:
         print(f"{args.solver}: {result.iterations} iterations, relative residual {result.residual:.2e}, "
               f"{t2 - t1:.2f} s on {comm.size} rank(s), {problem.H.ndofs} dofs, n = {train.n}")
         print(f"RMSE train {metrics['train_rmse']:.3e}, test {metrics['test_rmse']:.3e}")
+        if args.loss != "squared":
+            print(f"Newton ({args.loss} loss): ||dE|| per iteration "
+                  + " ".join(f"{r:.2e}" for r in metrics["newton_residuals"])
+                  + f"; accuracy train {metrics['train_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}")
         print(f"wrote {args.out}/: density.bp (ParaView), density.npz, predictions.csv, metrics.json"
               + ("" if args.no_plot else ", figure.png"))
+
+
+def _loss_metrics(args, result, train, test) -> dict:
+    """The loss's name; for a nonlinear loss Newton's residual history and the classification accuracy."""
+    out = dict(loss_function=args.loss)
+    if args.loss != "squared":
+        out.update(newton_residuals=list(result.info.history),
+                   linear_iterations=list(getattr(result.info, "linear_iterations", [])),
+                   train_accuracy=float(np.mean(np.sign(result.predict(train.x)) == train.y)),
+                   test_accuracy=float(np.mean(np.sign(result.predict(test.x)) == test.y)))
+    return out
 
 
 def cmd_mesh(args, comm) -> None:
@@ -220,6 +236,49 @@ def _read_inputs(path: str):
     return table[:, cols], (table[:, header.index("y")] if "y" in header else None)
 
 
+def cmd_landscape(args, comm) -> None:
+    """Classify the splitting plateaus of a saved network on a data set (NumPy only, on rank 0)."""
+    import json
+    import os
+
+    from flowfem import data, landscape
+    from flowfem.network import Network
+
+    def work():
+        try:
+            mus = [float(m) for m in args.mu.split(",")]
+        except ValueError:
+            raise ValueError(f"--mu {args.mu!r}: write numbers separated by commas, e.g. -1,0,0.5,1,2") from None
+        if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+            raise ValueError(f"--json {args.json!r}: its directory does not exist; create it first")
+        net = Network.load(args.network)
+        ds = data.get(args.data, args.n, args.seed)
+        if ds.d != net.input_dim:
+            raise ValueError(f"the data {args.data!r} have d = {ds.d} inputs but the network {args.network!r} "
+                             f"takes d = {net.input_dim}; use data of the network's input dimension")
+        if args.neuron is not None and not -net.width <= args.neuron < net.width:
+            raise ValueError(f"--neuron {args.neuron} is out of range: the network has width {net.width}, "
+                             f"so choose 0..{net.width - 1}")
+        polish = None
+        if args.polish:
+            m = landscape.minimise(net, ds.x, ds.y, args.loss)
+            net, polish = m.network, dict(iterations=m.iterations, gradient_norm=m.gradient_norm,
+                                          converged=bool(m.converged))
+        report = landscape.plateau_report(net, ds.x, ds.y, mus, args.neuron, args.loss, args.gtol,
+                                          check=args.check)
+        report.update(network=args.network, data=args.data, polish=polish)
+        if args.json:
+            tmp = args.json + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(report, f, indent=1)
+            os.replace(tmp, args.json)
+        return landscape.format_report(report) + (f"\nwrote {args.json}" if args.json else "")
+
+    text = on_root(comm, work)
+    if comm.rank == 0:
+        print(text)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="flowfem",
@@ -236,6 +295,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
                    help="cg: matrix-free CG + GAMG (any size); direct: MUMPS + Woodbury (small problems)")
     g.add_argument("--rtol", type=float, default=1e-10, help="CG relative residual tolerance (default 1e-10)")
+    g.add_argument("--loss", default="squared", choices=["squared", "logistic"],
+                   help="squared: one linear solve; logistic (labels -1/+1): Newton (SNES) whose steps use the "
+                        "same linear solver, stopping at ||dE|| <= rtol ||dE(0)||")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="extra PETSc option for the solver, e.g. ksp_monitor= or pc_gamg_threshold=0.02 (repeatable)")
     g.add_argument("--out", required=True, help="output directory (created; written atomically)")
@@ -284,6 +346,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set")
     p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f); default: standard output")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("landscape", help="classify the splitting plateaus of a saved network (NumPy only)",
+                       description="Split neuron i of a network into two copies with output weights mu a_i and "
+                                   "(1 - mu) a_i: the same function for every mu. If the network is a strict local "
+                                   "minimum of L = mean loss (no weight decay), each mu is a minimum or a saddle of "
+                                   "the wider network according to mu (1 - mu) H, H the inner Hessian of neuron i. "
+                                   "Prints H's eigenvalues, the stationarity check and, per mu, the kind and the "
+                                   "escape direction of saddles.")
+    p.add_argument("--network", required=True, help="network .npz (Network.save, flowfem readout)")
+    p.add_argument("--data", required=True, help="CSV (header x1..xd,y), NPZ (x, y), or sin/step/two_moons")
+    p.add_argument("--n", type=int, default=200, help="points of a synthetic set (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default 0)")
+    p.add_argument("--neuron", type=int, default=None, help="the neuron to split (default: each in turn)")
+    p.add_argument("--mu", default="-1,0,0.25,0.5,0.75,1,2",
+                   help="comma-separated output-weight fractions (default -1,0,0.25,0.5,0.75,1,2); "
+                        "write --mu=-1,... when the first is negative")
+    p.add_argument("--loss", default="squared", help="squared or logistic (labels -1/+1)")
+    p.add_argument("--gtol", type=float, default=1e-8, help="stationarity tolerance on |grad L| (default 1e-8)")
+    p.add_argument("--polish", action="store_true", help="minimise the network by Newton's method first")
+    p.add_argument("--check", action="store_true",
+                   help="also classify by the eigenvalues of the split network's full Hessian")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.set_defaults(run=cmd_landscape)
     return top
 
 

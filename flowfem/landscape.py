@@ -433,7 +433,8 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
     g, lam_min, valid = _narrow_state(network, x, y, loss, gtol, rtol)  # once: O(P^3)
     report = dict(width=N, input_dim=network.input_dim, activation=network.activation.name,
                   loss=_loss(loss).name, n=int(x.shape[0]), objective=objective(network, x, y, loss),
-                  gradient_norm=g, narrow_min_eigenvalue=lam_min, valid=valid, mus=mus, neurons=[])
+                  gradient_norm=g, narrow_min_eigenvalue=lam_min, valid=valid, gtol=gtol, rtol=rtol,
+                  mus=mus, neurons=[])
     for k in neurons:
         k = k % N
         plateau = _classify_line(network, k, x, y, mus, loss, rtol, (g, lam_min, valid))
@@ -455,6 +456,48 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
             flatness=plateau_flatness(network, k, x, y, mus, loss).loss_deviation,
             points=points))
     return report
+
+
+def _vec(values, fmt: str) -> str:
+    return "[" + ", ".join(format(float(v), fmt) for v in values) + "]"
+
+
+def format_report(report: dict) -> str:
+    """The text ``flowfem landscape`` prints for a :func:`plateau_report` (optional extra keys:
+    network, data (names) and polish (dict of iterations, gradient_norm, converged))."""
+    r = report
+    src = f"{r['network']}: " if "network" in r else ""
+    data = f"data {r['data']}" if "data" in r else "data"
+    out = [f"network {src}width {r['width']}, d = {r['input_dim']}, {r['activation']}; "
+           f"{data} (n = {r['n']}), {r['loss']} loss"]
+    if r.get("polish"):
+        pol = r["polish"]
+        out.append(f"polished by Newton (landscape.minimise): {pol['iterations']} iterations, |grad L| = "
+                   f"{pol['gradient_norm']:.2e}" + ("" if pol["converged"] else " (did not reach the tolerance)"))
+    out.append(f"narrow network: L = {r['objective']:.6e}, |grad L| = {r['gradient_norm']:.2e}, "
+               f"smallest Hessian eigenvalue {r['narrow_min_eigenvalue']:.3e}")
+    if r["valid"]:
+        out.append("  a strict local minimum: the classification applies")
+    else:
+        out.append(f"  NOT a strict local minimum (needs |grad L| <= {r['gtol']:g} and a positive definite "
+                   "Hessian): the classification below does not apply; rerun with --polish (Newton) first")
+    check = any("brute_force" in pt for nr in r["neurons"] for pt in nr["points"])
+    for nr in r["neurons"]:
+        out.append(f"neuron {nr['index']}: w = {_vec(nr['w'], '.4g')}, "
+                   f"b = {nr['b']:.4g}, a = {nr['a']:.4g}")
+        out.append(f"  inner Hessian eigenvalues {_vec(nr['inner_eigenvalues'], '.3e')}"
+                   f": {nr['definiteness']}; max |L(split(mu)) - L| = {nr['flatness']:.1e}")
+        head = f"  {'mu':>8}  {'kind':<11}{'curvature':>11}  escape eps (theta_i += (1-mu) eps, copy -= mu eps)"
+        out.append(head + ("   full Hessian" if check else ""))
+        for pt in nr["points"]:
+            curv = "-" if pt["curvature"] is None else f"{pt['curvature']:.3e}"
+            eps = "-" if pt["escape_eps"] is None else _vec(pt["escape_eps"], '+.4f')
+            line = f"  {pt['mu']:>8.4g}  {pt['kind']:<11}{curv:>11}  {eps:<51}"
+            if check:
+                agree = "" if pt["brute_force"] == pt["kind"] else "  DISAGREES"
+                line += f"   {pt['brute_force']} (min eigenvalue {pt['split_min_eigenvalue']:.2e}){agree}"
+            out.append(line.rstrip())
+    return "\n".join(out)
 
 
 # -- deep monomial networks: Jacobian rank -------------------------------------

@@ -400,3 +400,18 @@ def test_plateau_report_neurons_and_bad_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not ls.plateau_report(net, x, y, [0.5])["valid"]
+
+
+def test_format_report():
+    net, x, y = trained_case("tanh", "squared", N=1, seed=0)
+    rep = ls.plateau_report(net, x, y, [-1.0, 0.0, 0.5], check=True)
+    rep.update(network="net.npz", data="d.csv", polish=dict(iterations=2, gradient_norm=1e-15, converged=True))
+    text = ls.format_report(rep)
+    assert text.splitlines()[0] == "network net.npz: width 1, d = 1, tanh; data d.csv (n = 40), squared loss"
+    assert "polished by Newton" in text and "a strict local minimum: the classification applies" in text
+    assert "inner Hessian eigenvalues [" in text and rep["neurons"][0]["definiteness"] in text
+    assert "full Hessian" in text and "DISAGREES" not in text
+    rows = [ln.split() for ln in text.splitlines() if ln.strip().startswith(("-1 ", "0 ", "0.5 "))]
+    assert [r[1] for r in rows] == [pt["kind"] for pt in rep["neurons"][0]["points"]]
+    net, x, y = random_problem("tanh", "squared", N=2, d=1)
+    assert "NOT a strict local minimum" in ls.format_report(ls.plateau_report(net, x, y, [0.5], neurons=[0]))
