@@ -71,10 +71,10 @@ def test_flowfem_reaches_a_lower_data_term(result):
     assert ff["test_rmse"] < 0.1 * nr["test_rmse"]
 
 
-def test_figures(tmp_path):
+def test_figures(shared_tmp):
     demo = load_demo()
-    out = tmp_path / "figs"
-    demo.main(n=60, steps=400, cells=6, mus=[-1.0, 0.0, 0.5, 1.0, 2.0], out=str(out), verbose=False)
+    out = os.path.join(shared_tmp, "figs")
+    demo.main(n=60, steps=400, cells=6, mus=[-1.0, 0.0, 0.5, 1.0, 2.0], out=out, verbose=False)
     assert sorted(os.listdir(out)) == ["hessian_eigenvalues.png", "loss_along_mu.png", "training_curves.png"]
 
 
