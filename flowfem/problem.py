@@ -6,6 +6,11 @@
     result.density                      # dolfinx Function u* on the parameter mesh
     result.predict(x_test)              # f_{u*}(x_test), on every rank
     result.energy, result.iterations, result.residual
+
+With ``loss="logistic"`` (labels in {-1, +1}) the Euler-Lagrange equation is
+nonlinear and ``fit`` runs Newton's method (PETSc SNES with a line search),
+each step one solve with the same linear solver; ``result.info.history``
+is the residual ||dE_alpha|| of every Newton iteration.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from flowfem.loss import loss as _loss  # noqa: E402
 from flowfem.operator import DataOperator  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.space import Space  # noqa: E402
-from flowfem.stationary import SolveInfo, solve  # noqa: E402
+from flowfem.stationary import SolveInfo, newton, solve  # noqa: E402
 
 
 class Problem:
@@ -57,9 +62,14 @@ class Problem:
         return Functional(self.H, Phi, y, self.alpha, self.loss)
 
     def fit(self, x, y, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None) -> "Result":
-        """The minimiser of E_alpha on the data (x, y)."""
+        """The minimiser of E_alpha on the data (x, y): one linear solve (squared loss), or Newton
+        (other losses) stopping at ||dE_alpha(U)|| <= rtol ||dE_alpha(0)||, the linear solves inside
+        to rtol as well (``petsc_options`` starting with snes_ go to the SNES)."""
         E = self.functional(x, y)
-        U, info = solve(E, solver, rtol, petsc_options)
+        if E.loss.quadratic:
+            U, info = solve(E, solver, rtol, petsc_options)
+        else:
+            U, info = newton(E, None, solver, rtol=rtol, linear_rtol=rtol, petsc_options=petsc_options)
         return Result(self, E, U, info)
 
 

@@ -5,7 +5,7 @@ For the squared loss dE_alpha(U) = 0 is linear:
     (alpha A + Phi^T Phi / n) U = Phi^T y / n.
 
 For the logistic loss it is nonlinear, and :func:`newton` solves it with
-PETSc SNES (Newton, backtracking line search on E_alpha itself):
+PETSc SNES (Newton, backtracking line search on ||dE_alpha||):
 
     K(D_k) dU = -dE_alpha(U_k),   D_k = l''(Phi U_k, y),   U_{k+1} = U_k + lambda_k dU.
 
@@ -284,10 +284,11 @@ class NewtonSolver:
     Newton step solves J dU = -F(U) with J = s G + K(l''(Phi U, y)) by the
     same :class:`LinearSolver` as the stationary problem (its weights are
     updated, its preconditioner kept), wrapped as the SNES's preconditioner
-    with KSP ``preonly``. The backtracking line search ("bt") minimises the
-    objective E_alpha(U) + s/2 ||U - U_0||_G^2 - g . U, whose gradient is F.
-    For the squared loss F is affine and one linear solve of the correction
-    replaces SNES.
+    with KSP ``preonly``. The backtracking line search ("bt") works on the
+    merit ||F||^2 (F is the gradient of the objective E_alpha(U) + s/2
+    ||U - U_0||_G^2 - g . U, but near the solution the objective's decrease
+    drowns in rounding while ||F|| still falls quadratically). For the squared
+    loss F is affine and one linear solve of the correction replaces SNES.
 
     Options under ``petsc_options`` starting with ``snes_`` go to the SNES
     (e.g. ``snes_monitor``, ``snes_linesearch_type``), the others to the
@@ -318,7 +319,6 @@ class NewtonSolver:
         self.F = self.E.vector()
         snes.setFunction(self._function, self.F)
         snes.setJacobian(self._jacobian, self.lin.K, self.lin.K)
-        snes.setObjective(self._objective)
         ksp = snes.getKSP()
         ksp.setType("preonly")
         self.pc = _LinearSolverPC(self.lin)
@@ -368,9 +368,6 @@ class NewtonSolver:
 
     def _jacobian(self, snes, X, J, P):
         self.lin.set_weights(self.E.curvature(X))
-
-    def _objective(self, snes, X):
-        return self.objective(X)
 
     # -- solve ---------------------------------------------------------------------------
 
