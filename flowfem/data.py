@@ -37,8 +37,12 @@ class Dataset:
         return self.x.shape[1]
 
 
-def check(x, y=None, input_dim: int | None = None, what: str = "data") -> tuple[np.ndarray, np.ndarray | None]:
-    """x as a float (n, d) array (a 1-D x is one column) and y as (n,); ValueError names what is wrong."""
+def check(x, y=None, input_dim: int | None = None, what: str = "data",
+          max_dim: int | None = MAX_INPUT_DIM) -> tuple[np.ndarray, np.ndarray | None]:
+    """x as a float (n, d) array (a 1-D x is one column) and y as (n,); ValueError names what is wrong.
+
+    ``max_dim`` is the largest d a parameter mesh can hold (None: no limit, for finite networks).
+    """
     try:
         x = np.asarray(x, dtype=float)
     except (TypeError, ValueError):
@@ -51,7 +55,7 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data") -> tuple[
         bad = int(np.argwhere(~np.isfinite(x))[0, 0])
         raise ValueError(f"{what}: inputs x contain NaN or inf (first at row {bad}); remove or fill those rows")
     d = x.shape[1]
-    if d > MAX_INPUT_DIM:
+    if max_dim is not None and d > max_dim:
         raise ValueError(
             f"{what}: inputs have dimension d = {d}, which needs a {d + 1}-D parameter mesh; "
             "flowfem meshes parameter spaces of dimension 2 or 3 only (d = 1 or 2): reduce the "
@@ -109,7 +113,7 @@ def load(path: str | os.PathLike) -> Dataset:
         if str(e).startswith("data file"):
             raise
         raise ValueError(f"data file {path!r} cannot be read: {e}") from None
-    x, y = check(x, y, what=f"data file {path!r}")
+    x, y = check(x, y, what=f"data file {path!r}", max_dim=None)  # meshing limits are checked by the solvers
     return Dataset(x, y, os.path.splitext(os.path.basename(path))[0])
 
 
