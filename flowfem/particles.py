@@ -113,6 +113,16 @@ def _slice(N: int, comm) -> slice:
 
 # -- objective and gradient ----------------------------------------------------
 
+def _sigma(act: Activation, z: np.ndarray) -> np.ndarray:
+    """sigma(z); ReLU as np.maximum (same values as act.sigma, without its temporaries)."""
+    return np.maximum(z, 0.0) if act.name == "relu" else act.sigma(z)
+
+
+def _dsigma(act: Activation, z: np.ndarray) -> np.ndarray:
+    """sigma'(z); ReLU as the indicator z > 0 (as act.dsigma: 0 at the kink)."""
+    return (z > 0).astype(float) if act.name == "relu" else act.dsigma(z)
+
+
 def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, grad: bool):
     """(J, mean loss, f, dJ/dP for the local particles P or None)."""
     n, d = x.shape
@@ -123,7 +133,7 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
     cache = None
     for s in blocks:
         z = x[s] @ W.T + b
-        sz = act.sigma(z)
+        sz = _sigma(act, z)
         buf[s] = sz @ a
         if len(blocks) == 1:
             cache = (z, sz)
@@ -139,11 +149,11 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
     for s in blocks:
         if cache is None:  # several blocks: recompute rather than store n x N arrays
             z = x[s] @ W.T + b
-            sz = act.sigma(z)
+            sz = _sigma(act, z)
         else:
             z, sz = cache
         G[:, d + 1] += sz.T @ r[s]
-        g = (r[s, None] * act.dsigma(z)) * a  # d(loss)/dz, (rows, N_local)
+        g = (r[s, None] * _dsigma(act, z)) * a  # d(loss)/dz, (rows, N_local)
         G[:, :d] += g.T @ x[s]
         G[:, d] += g.sum(axis=0)
     return J, data, f, G / N
