@@ -219,7 +219,7 @@ def features(sigma: Activation, x: np.ndarray, theta: np.ndarray, method: str = 
     """The fastest exact representation of S for this sigma and d (``method`` forces one)."""
     if method not in METHODS:
         raise ValueError(f"unknown data-operator method {method!r}: choose one of {', '.join(METHODS)}")
-    relu_ok = sigma.degree == 1 and x.shape[1] == 1
+    relu_ok = sigma.degree == 1 and sigma.power == 0 and x.shape[1] == 1  # monomial:1 is 1-homogeneous too
     mono_ok = sigma.power > 0
     if method == "relu1d" and not relu_ok:
         raise ValueError("method relu1d needs relu or leaky_relu and 1-D inputs")
