@@ -38,6 +38,12 @@ neurons; predictions (and the regulariser) are one Allreduce sum per step,
 data are replicated. Initial particles and noise are drawn for all N neurons
 on every rank from ``seed`` and sliced, so the trajectory does not depend on
 p (up to the order of floating-point sums).
+
+**Density of the particles.** :func:`density` projects the measure
+mu = sum_i (a_i / N) delta_(theta_i) onto P1 functions on a parameter mesh (mass-lumped L2
+projection, optionally smoothed by a kernel of stated width), so that particles and flowfem's
+density can be compared as fields; :class:`ParticleDensity` carries the result, what was moved
+or dropped, and the stated bound on how far its network f_(u_h) is from the particles'.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from flowfem.network import Network
 
 __all__ = [
     "ParticleResult", "train", "objective", "gradient", "predict",
-    "from_network", "to_network", "init_particles",
+    "from_network", "to_network", "init_particles", "ParticleDensity", "density",
 ]
 
 _BLOCK = 1 << 22  # max entries of a (data rows x local neurons) work array
@@ -388,3 +394,358 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     if status == "diverged":  # a network with NaN would not construct: keep the particles only
         return ParticleResult(None, P_all, hist, status, settings)
     return ParticleResult(to_network(P_all, act), P_all, hist, status, settings)
+
+
+# -- the density of the particles --------------------------------------------------
+#
+# The particles are the measure mu = sum_i c_i delta_(theta_i), c_i = a_i / N (the output
+# weights of ``network``), and f_mu(x) = integral sigma(theta . x~) d mu = network(x): the same
+# formula as f_u for a density u d theta. :func:`density` projects mu onto P1 functions on a
+# parameter mesh, so that particles and the FE density can be compared as fields.
+
+PLACEMENTS = ("rescale", "clip", "drop")
+DENSITY_METHODS = ("lumped", "kernel")
+
+
+def _lipschitz(act: Activation) -> float:
+    """A Lipschitz constant of sigma on R (inf for monomials of degree >= 2)."""
+    if act.power > 1:
+        return np.inf
+    return 0.25 if act.name == "sigmoid" else 1.0
+
+
+@dataclass
+class ParticleDensity:
+    """u_h: the particle measure mu = sum_i c_i delta_(theta_i) as a P1 density on a parameter mesh.
+
+    ``function``  u_h, a dolfinx Function (P1 on the mesh, or interpolated into the space passed).
+    ``theta``, ``c``  the measure as placed on the mesh (N, D) and (N,): directions on the circle
+                  and sphere, moved particles at their new place, dropped ones with c_i = 0.
+    ``moved``, ``dropped``  boolean masks (N,); ``shift`` (N,) = |theta_i(placed) - theta_i| in
+                  the original (rescaled) coordinates, nonzero for clipped particles and by the
+                  O(h^3) gap between the sphere/circle and its curved mesh.
+    ``mass``      sum of the placed c_i = integral u_h d theta (mass consistency).
+    ``dropped_mass``, ``dropped_variation``  sum c_i and sum |c_i| of the dropped particles.
+    ``method``, ``width``  ``lumped`` (width 0) or ``kernel`` with standard deviation ``width``.
+    ``h``         the largest cell diameter of the mesh.
+    """
+
+    function: object
+    theta: np.ndarray
+    c: np.ndarray
+    moved: np.ndarray
+    dropped: np.ndarray
+    shift: np.ndarray
+    method: str
+    width: float
+    h: float
+    outside: str
+    activation: Activation
+    directions: bool
+    theta0: np.ndarray  # the particles as given (N, D)
+    c0: np.ndarray  # their masses a_i as given (N,)
+
+    @property
+    def mass(self) -> float:
+        return float(np.sum(self.c))
+
+    @property
+    def variation(self) -> float:
+        """sum |c_i| over the placed particles: the total variation of the placed measure."""
+        return float(np.sum(np.abs(self.c)))
+
+    @property
+    def dropped_mass(self) -> float:
+        return float(np.sum(self.c0[self.dropped])) if self.dropped.any() else 0.0
+
+    @property
+    def dropped_variation(self) -> float:
+        return float(np.sum(np.abs(self.c0[self.dropped]))) if self.dropped.any() else 0.0
+
+    def network(self) -> Network:
+        """The network of the placed measure, sum_i c_i sigma(theta_i . x~) (dropped ones left out)."""
+        keep = ~self.dropped
+        return Network(self.theta[keep, :-1], self.theta[keep, -1], self.c[keep], self.activation)
+
+    def predict(self, x: np.ndarray, degree: int = 2, subdivisions: int = 2) -> np.ndarray:
+        """f_(u_h)(x) = integral sigma(theta . x~) u_h d theta by a composite Gauss rule (no JIT)."""
+        from flowfem.readout import quadrature_neurons
+
+        return quadrature_neurons(self.function, self.activation, degree, subdivisions).network()(x)
+
+    def bound(self, x: np.ndarray) -> np.ndarray:
+        """The stated error bound on |f_(u_h)(x) - network(x)| at the rows of x.
+
+        L |x~| (2 h + s) sum |c_i| over the placed particles (L the Lipschitz constant of sigma;
+        2 h bounds how far the lumped projection spreads a point mass, s = ``width`` is the
+        kernel's standard deviation), plus L |x~| sum |c_i| shift_i for clipped particles, plus
+        sum |c_i| |sigma(theta_i . x~)| of the dropped ones. The term in s is the continuum
+        bound E|eps . x~| <= s |x~|; the rest is rigorous for exact integration of f_(u_h).
+        """
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 1:
+            x = x[:, None]
+        xt = np.linalg.norm(np.hstack([x, np.ones((len(x), 1))]), axis=1)
+        L = _lipschitz(self.activation)
+        out = L * xt * ((2 * self.h + self.width) * self.variation
+                        + float(np.sum(np.abs(self.c) * self.shift)))
+        if self.dropped.any():
+            th = self.theta0[self.dropped]
+            out = out + np.abs(self.activation(x @ th[:, :-1].T + th[:, -1])) @ np.abs(self.c0[self.dropped])
+        return out
+
+
+def _geometry(mesh, cells):
+    """Node coordinates (len(cells), nodes, gdim) of the given local cells."""
+    gdim = mesh.geometry.dim
+    return mesh.geometry.x[:, :gdim][mesh.geometry.dofmaps[0][cells]]
+
+
+def _pull_back(mesh, cells, points, iterations=30):
+    """Reference coordinates X (npts, tdim) with x_cell(X) closest to the points (Gauss-Newton).
+
+    Vectorised over the points, each in its own cell; exact after one step on affine cells,
+    least squares on manifold cells (circle, sphere).
+    """
+    cel = mesh.ufl_domain().ufl_coordinate_element().basix_element
+    tdim = mesh.topology.dim
+    xg = _geometry(mesh, cells)
+    X = np.full((len(cells), tdim), 1.0 / (tdim + 1))
+    for _ in range(iterations):
+        tab = cel.tabulate(1, X)[..., 0]  # (1 + tdim, npts, nodes)
+        x = np.einsum("pk,pkg->pg", tab[0], xg)
+        J = np.einsum("dpk,pkg->pgd", tab[1:], xg)
+        r = points - x
+        step = np.linalg.solve(np.einsum("pgd,pge->pde", J, J), np.einsum("pgd,pg->pd", J, r)[..., None])[..., 0]
+        X = X + step
+        if np.abs(step).max(initial=0.0) < 1e-12:
+            break
+    return X
+
+
+def _clamp(X):
+    """Reference coordinates moved into the reference simplex (barycentrics clipped, renormalised)."""
+    lam = np.column_stack([1.0 - X.sum(axis=1), X])
+    lam = np.clip(lam, 0.0, None)
+    lam /= lam.sum(axis=1, keepdims=True)
+    return lam[:, 1:]
+
+
+class _Locator:
+    """Which rank and which of its owned cells holds (or is closest to) each replicated point."""
+
+    def __init__(self, mesh):
+        import dolfinx.geometry as geo
+
+        self.geo, self.mesh = geo, mesh
+        tdim = mesh.topology.dim
+        self.cells = np.arange(mesh.topology.index_map(tdim).size_local, dtype=np.int32)
+        self.tree = geo.bb_tree(mesh, tdim, entities=self.cells)
+        self.mid = geo.create_midpoint_tree(mesh, tdim, self.cells) if len(self.cells) else None
+        self.comm = mesh.comm
+
+    def __call__(self, points):
+        """(owner rank (npts,), local cell on the owner or -1 elsewhere, distance^2 to the mesh)."""
+        pts = np.zeros((len(points), 3))
+        pts[:, : points.shape[1]] = points
+        tdim = self.mesh.topology.dim
+        if len(self.cells) and len(points):
+            cell = self.geo.compute_closest_entity(self.tree, self.mid, self.mesh, pts).astype(np.int32)
+            d2 = self.geo.squared_distance(self.mesh, tdim, cell, pts)
+        else:
+            cell, d2 = np.full(len(points), -1, np.int32), np.full(len(points), np.inf)
+        all_d2 = np.array(self.comm.allgather(d2)).reshape(self.comm.size, len(points))
+        owner = np.argmin(all_d2, axis=0)  # ties: the lowest rank
+        mine = owner == self.comm.rank
+        return owner, np.where(mine, cell, -1), all_d2.min(axis=0)
+
+
+def density(source, target, *, method: str = "lumped", width: float | None = None,
+            outside: str | None = None) -> ParticleDensity:
+    """The particle measure mu = sum_i c_i delta_(theta_i) projected onto a parameter mesh.
+
+    ``source``  a :class:`ParticleResult` or a :class:`Network` (c_i = its output weights a_i,
+                which carry the 1/N of the mean-field scaling; theta_i = (w_i, b_i)).
+    ``target``  a :class:`flowfem.space.Space`, or a dolfinx function space on its mesh (the
+                result is then interpolated into it; P1 is contained in every Lagrange space).
+
+    ``method``:
+
+    * ``lumped``: the mass-lumped L2 projection onto P1, (u_h, v)_lumped = sum_i c_i v(theta_i)
+      for all v, i.e. u_k = sum_i c_i phi_k(theta_i) / m_k with m_k = integral phi_k d theta
+      (unweighted: f_u integrates against d theta). It keeps the sign of mu, conserves mass,
+      integral u_h = sum c_i, and first moments, and spreads each point mass over the cells
+      around it, no further than 2 h.
+    * ``kernel``: then smoothed with the kernel of (1 - (s^2/2) Laplacian)^(-1) (natural
+      boundary condition): (M_lumped + (s^2/2) K) u = b. In free space the kernel has standard
+      deviation s = ``width`` in every coordinate; the boundary reflects it, so mass is conserved.
+
+    Placing the particles:
+
+    * circle and sphere: only directions exist; theta_i -> theta_i / |theta_i| with
+      c_i -> c_i |theta_i|^p (sigma(r z) = r^p sigma(z)), which leaves the network unchanged;
+      homogeneous activations only (as :mod:`flowfem.readout` does in reverse).
+    * particles outside a box, ball or mesh file, by ``outside``: ``rescale`` (default for
+      homogeneous sigma; exact) moves theta_i along its ray to t theta_i inside, c_i -> c_i / t^p
+      (t found by bisection; the origin must be in the domain); ``clip`` moves it to the closest
+      point of the mesh (changes the network; reported in ``shift``); ``drop`` (default for other
+      sigma) leaves it out, reported in ``dropped``, ``dropped_mass``, ``dropped_variation``.
+
+    Collective: every rank passes the same particles and gets the same numbers; each particle
+    is added by the one rank that owns the cell it lies in.
+    """
+    from flowfem import mpi as _mpi  # noqa: F401  (first: loads MPI before dolfinx)
+
+    import basix.ufl
+    import dolfinx.fem
+    import dolfinx.fem.petsc
+    import dolfinx.la
+    import ufl
+    from mpi4py import MPI
+    from petsc4py import PETSc
+
+    if isinstance(source, ParticleResult):
+        if source.network is None:
+            raise ValueError(f"the particle run ended with status {source.status!r}: there is no network to project")
+        net = source.network
+    elif isinstance(source, Network):
+        net = source
+    else:
+        raise TypeError(f"density needs a ParticleResult or a Network, not {type(source).__name__}")
+    if method not in DENSITY_METHODS:
+        raise ValueError(f"density method {method!r} is unknown: choose 'lumped' or 'kernel'")
+    if method == "kernel":
+        if width is None or not (np.isfinite(width) and width > 0):
+            raise ValueError(f"the kernel density needs its width s > 0 (standard deviation), got {width!r}")
+    elif width not in (None, 0, 0.0):
+        raise ValueError(f"width = {width} is the kernel's; pass method='kernel' to smooth")
+    width = float(width or 0.0)
+    act = net.activation
+    if outside is None:
+        outside = "rescale" if act.homogeneous else "drop"
+    if outside not in PLACEMENTS:
+        raise ValueError(f"outside={outside!r} is unknown: choose {', '.join(PLACEMENTS)}")
+    if outside == "rescale" and not act.homogeneous:
+        raise ValueError(f"outside='rescale' moves neurons along their rays, exact only for positively "
+                         f"homogeneous activations; {act.name} is not: use 'clip' or 'drop'")
+
+    if isinstance(target, dolfinx.fem.FunctionSpace):
+        mesh, V_out = target.mesh, target
+    elif hasattr(target, "mesh") and hasattr(target, "comm"):
+        mesh, V_out = target.mesh, None
+    else:
+        raise TypeError(f"density needs a flowfem Space or a dolfinx function space, not {type(target).__name__}")
+    comm = mesh.comm
+    tdim, gdim = mesh.topology.dim, mesh.geometry.dim
+    theta0 = np.column_stack([net.W, net.b])
+    c0 = net.a.copy()
+    if theta0.shape[1] != gdim:
+        raise ValueError(f"the network has d = {net.input_dim} inputs, so its neurons live in dimension "
+                         f"{net.input_dim + 1}, but the mesh has parameter dimension {gdim}")
+    directions = tdim < gdim
+    theta, c = theta0.copy(), c0.copy()
+    N = len(c)
+    moved = np.zeros(N, dtype=bool)
+    dropped = np.zeros(N, dtype=bool)
+    if directions:
+        if not act.homogeneous:
+            raise ValueError(f"the {'circle' if tdim == 1 else 'sphere'} carries densities of directions, "
+                             f"which represent only positively homogeneous activations; {act.name} is not")
+        r = np.linalg.norm(theta, axis=1)
+        zero = r == 0  # sigma(0 . x~) = 0: such a neuron contributes nothing
+        theta[zero] = np.eye(gdim)[-1]
+        r_safe = np.where(zero, 1.0, r)
+        theta[~zero] /= r_safe[~zero, None]
+        c = np.where(zero, 0.0, c * r_safe ** act.degree)
+        moved = r != 1.0
+
+    locate = _Locator(mesh)
+    x0 = mesh.geometry.x[:, :gdim]
+    lo = x0.min(axis=0) if len(x0) else np.full(gdim, np.inf)
+    hi = x0.max(axis=0) if len(x0) else np.full(gdim, -np.inf)
+    comm.Allreduce(MPI.IN_PLACE, lo, op=MPI.MIN)
+    comm.Allreduce(MPI.IN_PLACE, hi, op=MPI.MAX)
+    tol2 = (1e-9 * float(np.linalg.norm(hi - lo))) ** 2
+    owner, cell, d2 = locate(theta)
+    out = (d2 > tol2) if not directions else np.zeros(N, dtype=bool)
+    if out.any():
+        idx = np.flatnonzero(out)
+        if outside == "rescale":
+            if locate(np.zeros((1, gdim)))[2][0] > tol2:
+                raise ValueError("outside='rescale' moves neurons towards the origin, which is not in this "
+                                 "parameter domain: use 'clip' or 'drop'")
+            t_in, t_out = np.zeros(len(idx)), np.ones(len(idx))
+            for _ in range(60):  # bisection on the ray: t_in theta inside, t_out theta outside
+                t = 0.5 * (t_in + t_out)
+                inside = locate(t[:, None] * theta[idx])[2] <= tol2
+                t_in, t_out = np.where(inside, t, t_in), np.where(inside, t_out, t)
+            theta[idx] *= t_in[:, None]
+            c[idx] /= t_in ** act.degree
+            moved[idx] = True
+        elif outside == "clip":
+            moved[idx] = True  # placed on the closest point of the closest cell below
+        else:
+            dropped[idx] = True
+            c[idx] = 0.0
+        owner, cell, d2 = locate(theta)
+
+    # reference coordinates on the owning rank, the placed point x(X), shared with every rank
+    mine = np.flatnonzero(cell >= 0)
+    placed = np.zeros((N, gdim))
+    X = np.zeros((len(mine), tdim))
+    if len(mine):
+        X = _pull_back(mesh, cell[mine], theta[mine])
+        if outside == "clip" or directions:
+            X = _clamp(X)
+        else:  # inside to rounding: only clamp away round-off
+            X = np.where(np.abs(_clamp(X) - X) < 1e-8, _clamp(X), X)
+        phi = mesh.ufl_domain().ufl_coordinate_element().basix_element.tabulate(0, X)[0, :, :, 0]
+        placed[mine] = np.einsum("pk,pkg->pg", phi, _geometry(mesh, cell[mine]))
+    comm.Allreduce(MPI.IN_PLACE, placed, op=MPI.SUM)
+    shift = np.where(dropped, 0.0, np.linalg.norm(placed - theta, axis=1))
+    if outside == "clip" or directions:
+        theta = np.where(dropped[:, None], theta, placed)
+    if not directions and outside != "clip":
+        shift = np.zeros(N)  # inside the mesh to rounding: the point is where it was
+
+    # b_k = sum_i c_i phi_k(theta_i), assembled on the owners and summed into owned dofs
+    V1 = dolfinx.fem.functionspace(mesh, basix.ufl.element("Lagrange", mesh.basix_cell(), 1))
+    b = dolfinx.fem.Function(V1)
+    if len(mine):
+        psi = V1.element.basix_element.tabulate(0, X)[0, :, :, 0]
+        np.add.at(b.x.array, V1.dofmap.list[cell[mine]], c[mine, None] * psi)
+    b.x.scatter_reverse(dolfinx.la.InsertMode.add)
+    v = ufl.TestFunction(V1)
+    m = dolfinx.fem.Function(V1)
+    dolfinx.fem.assemble_vector(m.x.array, dolfinx.fem.form(v * ufl.dx))
+    m.x.scatter_reverse(dolfinx.la.InsertMode.add)
+    u = dolfinx.fem.Function(V1, name="particles")
+    nown = V1.dofmap.index_map.size_local
+    if method == "lumped":
+        u.x.array[:nown] = b.x.array[:nown] / m.x.array[:nown]
+    else:
+        w = ufl.TrialFunction(V1)
+        A = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(0.5 * width**2 * ufl.inner(ufl.grad(w), ufl.grad(v)) * ufl.dx))
+        A.assemble()
+        diag = A.getDiagonal()
+        diag.array[:] += m.x.array[:nown]
+        A.setDiagonal(diag)
+        ksp = PETSc.KSP().create(comm)
+        ksp.setOperators(A)
+        ksp.setType("cg")
+        ksp.getPC().setType("gamg")
+        ksp.setTolerances(rtol=1e-13, atol=0.0, max_it=1000)
+        ksp.setErrorIfNotConverged(True)
+        ksp.solve(b.x.petsc_vec, u.x.petsc_vec)
+        ksp.destroy()
+        A.destroy()
+        diag.destroy()
+    u.x.scatter_forward()
+    if V_out is not None and V_out is not V1:
+        u_out = dolfinx.fem.Function(V_out, name="particles")
+        u_out.interpolate(u)
+        u = u_out
+    h = mesh.h(tdim, locate.cells) if len(locate.cells) else np.zeros(1)
+    h = comm.allreduce(float(h.max(initial=0.0)), op=MPI.MAX)
+    return ParticleDensity(u, theta, c, moved, dropped, shift, method, width, h, outside, act, directions,
+                           theta0, c0)
