@@ -279,6 +279,45 @@ def cmd_landscape(args, comm) -> None:
         print(text)
 
 
+def cmd_compare(args, comm) -> None:
+    """FE solve, FE readouts and particle solvers side by side: tables, figures, densities (flowfem.compare)."""
+    import os
+
+    from flowfem import compare
+
+    def ints(name, text):
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{name} {text!r}: give comma-separated integers, e.g. 16,64,256") from None
+
+    def words(text):
+        return [w.strip() for w in text.split(",") if w.strip()]
+
+    def free():
+        out = os.path.abspath(args.out)
+        if os.path.exists(out) and not args.force and os.listdir(out):
+            raise ValueError(f"output directory {out!r} exists and is not empty; pass --force to replace it")
+
+    if getattr(args, "loss", "squared") != "squared":
+        raise ValueError(f"--loss {args.loss}: compare fits the squared loss (particles and FE alike); drop --loss")
+    on_root(comm, free)  # before the runs, not after them
+    train, test = _load_data(args, comm)
+    result = compare.compare(
+        train, test, widths=ints("--widths", args.widths), seeds=ints("--seeds", args.seeds),
+        methods=words(args.methods), lr={"gd": args.lr_gd, "adam": args.lr_adam}, steps=args.steps,
+        time_limit=args.time_limit, weight_decay=args.weight_decay, init_scale=args.init_scale,
+        activation=args.activation, domain=args.domain, mesh_size=args.mesh_size, radius=args.radius,
+        alpha=args.alpha, kappa=args.kappa, weight=args.weight, degree=args.degree, readouts=words(args.readout),
+        density_method="kernel" if args.density_width else "lumped", density_width=args.density_width,
+        mmd_bandwidth=args.mmd_bandwidth, data_name=args.data, comm=comm, progress=not args.quiet)
+    result.write(args.out, comm, args.force, plot=not args.no_plot)
+    if comm.rank == 0:
+        print(result.markdown())
+        files = list(compare.FILES) + ([] if args.no_plot else list(compare.FIGURES))
+        print(f"wrote {args.out}/: " + ", ".join(files))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="flowfem",
@@ -369,6 +408,36 @@ def parser() -> argparse.ArgumentParser:
                    help="also classify by the eigenvalues of the split network's full Hessian")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.set_defaults(run=cmd_landscape)
+    p = sub.add_parser("compare", help="FE solve and readouts against particle solvers (GD, Adam): table, figures",
+                       description="For one data set: the FE solve, FE readouts at several widths N and the particle "
+                                   "solvers at the same widths and several seeds; writes table.md, table.csv, "
+                                   "runs.csv, curves.csv, results.json, densities.bp (ParaView: the FE density next "
+                                   "to the projected particle densities) and figures. Squared loss.")
+    _add_problem_arguments(p)
+    g = p.add_argument_group("comparison")
+    g.add_argument("--widths", default="16,64,256", help="widths N, comma-separated (default 16,64,256)")
+    g.add_argument("--seeds", default="0,1,2", help="seeds of the particle runs and sampled readouts (default 0,1,2)")
+    g.add_argument("--methods", default="gd,adam", help="particle solvers: gd, adam (default gd,adam)")
+    g.add_argument("--steps", type=int, default=1000, help="particle steps per run (default 1000)")
+    g.add_argument("--lr-gd", type=float, default=1.0, help="GD step size in mean-field time (default 1)")
+    g.add_argument("--lr-adam", type=float, default=0.03, help="Adam step size (default 0.03)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="particle weight decay lam (default 0)")
+    g.add_argument("--init-scale", type=float, default=1.0, help="particles start i.i.d. N(0, s^2) (default 1)")
+    g.add_argument("--time-limit", type=float, default=None, help="wall seconds per particle run (default none)")
+    g.add_argument("--readout", default="quadrature,refit",
+                   help="FE readout rules at width N: quadrature (FE solve on ~N cells, midpoint rule), sample, "
+                        "refit (default quadrature,refit)")
+    g.add_argument("--density-width", type=float, default=None,
+                   help="smooth the particle densities with a kernel of this standard deviation "
+                        "(default: lumped L2 projection, no extra smoothing)")
+    g.add_argument("--mmd-bandwidth", type=float, default=None,
+                   help="Gaussian kernel bandwidth of the MMD (default a tenth of the mesh's bounding-box diagonal)")
+    g.add_argument("--out", required=True, help="output directory (created; written atomically)")
+    g.add_argument("--force", action="store_true", help="replace an existing output directory")
+    g.add_argument("--no-plot", action="store_true", help="skip the figures")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(run=cmd_compare)
+
     return top
 
 

@@ -1,0 +1,618 @@
+"""Side by side: flowfem's density and its readouts against particle solvers, on one data set.
+
+For data (x_j, y_j), the squared loss l = (f - y)^2 / 2 and one activation (ReLU by default),
+:func:`compare` runs
+
+* **FE solve**: the minimiser u* of E_alpha(u) = (1/n) sum l + (alpha/2) ||u||^2_{H^1_omega}
+  (one CG + GAMG solve, :class:`flowfem.problem.Problem`);
+* **FE readout** at each width N, by one or more rules of :mod:`flowfem.readout`:
+
+  - ``quadrature``: a fresh FE solve (same alpha, kappa, omega, radius) on a mesh of the same
+    domain with about N cells, read out with the midpoint rule (one neuron per cell), so the
+    width is the number of cells: box d = 1: 2 m^2 cells with m = round(sqrt(N / 2)); box d = 2:
+    6 m^3, m = round((N / 6)^(1/3)); circle: N arcs; sphere: 20 4^r, r = round(log_4(N / 20));
+    ball: element size h giving about N cells. Deterministic: one run per width.
+  - ``sample``: N neurons drawn from |u*| (the main solve) with each seed.
+  - ``refit``: those sampled neurons with output weights refitted by regularised least
+    squares on the training data (:func:`flowfem.readout.refit`), with each seed.
+
+* **particles**: :func:`flowfem.particles.train` (``gd`` and/or ``adam``) at each width and
+  seed, with the stated learning rate, number of steps and weight decay lam.
+
+Each row states how it was obtained. Test error is the RMSE on the test set for every row.
+Every family minimises its *own* objective; the table reports it under its own name and,
+as the one number comparable across families, the **train loss** (1/n) sum (f - y)^2 / 2 (the
+data term of each objective):
+
+* FE solve: E_alpha(u*) = loss + (alpha/2) ||u*||^2_{H^1_omega};
+* FE readouts: E_alpha,N = loss + (alpha/2) sum_i omega(theta_i) a_i^2 / q_i, the discrete
+  E_alpha on the N neurons with the kappa term dropped (what ``refit`` minimises);
+* particles: J = loss + (lam/2) (1/N) sum_i (|w_i|^2 + b_i^2 + a_i^2) (mean-field scaling),
+  a different regulariser (for ReLU it bounds a total-variation norm of the measure, not a
+  Sobolev norm of a density).
+
+Wall times: particle rows are the training loop's clock (rank 0); FE rows include the mesh,
+the assembly, the data operator, the solve and (readouts) the readout itself, but not the
+Python imports or JIT compilation. ``sample`` and ``refit`` rows include the main FE solve
+they are read from.
+
+The particle densities: for the largest width and the first seed, each particle solver's
+measure is projected onto the FE mesh (:func:`flowfem.particles.density`) and compared with
+u* as fields: the L2(d theta) distance and the maximum mean discrepancy with a Gaussian kernel
+of stated bandwidth (:func:`mmd`; u* enters through its midpoint rule, the particles as point
+masses where they were placed).
+
+Output (:meth:`Comparison.write`): the table as Markdown and CSV (``table.md``,
+``table.csv``: mean, standard deviation, min and max over seeds), every run (``runs.csv``),
+the particle training curves (``curves.csv``), all numbers and settings (``results.json``),
+the densities for ParaView (``densities.bp``: u* and the projected particle densities as
+fields of one file) and the figures ``error_vs_width.png``, ``error_vs_time.png``,
+``densities.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from flowfem import mpi as _mpi  # noqa: F401  (first: loads MPI before dolfinx)
+
+import dolfinx.fem  # noqa: E402
+import ufl  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from flowfem import particles as fp  # noqa: E402
+from flowfem import readout as ro  # noqa: E402
+from flowfem.activations import activation as _activation  # noqa: E402
+from flowfem.data import Dataset  # noqa: E402
+
+READOUTS = ("quadrature", "sample", "refit")
+METHODS = ("gd", "adam")
+DEFAULT_LR = {"gd": 1.0, "adam": 0.03}
+FILES = ("table.md", "table.csv", "runs.csv", "curves.csv", "results.json", "densities.bp")
+FIGURES = ("error_vs_width.png", "error_vs_time.png", "densities.png")
+RUN_COLUMNS = ("solver", "method", "width", "seed", "test_rmse", "train_loss", "objective",
+               "objective_name", "seconds", "steps", "lr", "ranks", "status", "how")
+TABLE_COLUMNS = ("solver", "method", "width", "seeds", "test_rmse_mean", "test_rmse_std",
+                 "test_rmse_min", "test_rmse_max", "train_loss_mean", "train_loss_std",
+                 "objective_mean", "objective_std", "objective_name", "seconds_mean", "steps",
+                 "lr", "ranks", "how")
+
+
+@dataclass
+class Run:
+    """One run: a row of ``runs.csv``."""
+
+    solver: str  # "FE solve", "FE readout" or "particles"
+    method: str  # "E_alpha minimiser", the readout rule, or the particle method
+    width: int | None  # N neurons (None for the continuum density)
+    seed: int | None
+    test_rmse: float
+    train_loss: float  # (1/n) sum (f - y)^2 / 2: comparable across rows
+    objective: float  # the row's own objective, named by objective_name
+    objective_name: str
+    seconds: float
+    steps: int | None  # particle steps taken (None for FE rows)
+    lr: float | None
+    ranks: int
+    status: str
+    how: str
+
+
+@dataclass
+class Comparison:
+    """Everything :func:`compare` computed, identical on every rank (wall times are rank 0's;
+    the particle histories keep each rank's own clock)."""
+
+    runs: list[Run]
+    settings: dict
+    result: object  # the FE solve's flowfem.problem.Result
+    particles: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleResult
+    networks: dict = field(default_factory=dict)  # (rule, N requested, seed) -> Network of a readout
+    densities: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleDensity
+    distances: dict = field(default_factory=dict)  # "method N=.. seed=.." -> dict of numbers
+    train: Dataset | None = None
+    test: Dataset | None = None
+
+    def table(self) -> list[dict]:
+        """Rows aggregated over seeds: mean, std, min and max of the test RMSE; mean and std of the
+        train loss and objective; one row per (solver, method, width)."""
+        groups: dict = {}
+        for r in self.runs:
+            groups.setdefault((r.solver, r.method, r.width), []).append(r)
+        rows = []
+        for (solver, method, width), rs in groups.items():
+            e = np.array([r.test_rmse for r in rs])
+            tl = np.array([r.train_loss for r in rs])
+            ob = np.array([r.objective for r in rs])
+            steps = sorted({r.steps for r in rs if r.steps is not None})
+            rows.append(dict(
+                solver=solver, method=method, width=width,
+                seeds=" ".join(str(r.seed) for r in rs) if rs[0].seed is not None else "",
+                test_rmse_mean=float(np.mean(e)), test_rmse_std=float(np.std(e)),
+                test_rmse_min=float(np.min(e)), test_rmse_max=float(np.max(e)),
+                train_loss_mean=float(np.mean(tl)), train_loss_std=float(np.std(tl)),
+                objective_mean=float(np.mean(ob)), objective_std=float(np.std(ob)),
+                objective_name=rs[0].objective_name, seconds_mean=float(np.mean([r.seconds for r in rs])),
+                steps=" ".join(map(str, steps)), lr="" if rs[0].lr is None else rs[0].lr,
+                ranks=rs[0].ranks, how=rs[0].how))
+        return rows
+
+    # -- files ------------------------------------------------------------------------
+
+    def markdown(self) -> str:
+        """The aggregated table as Markdown (3 significant digits; the CSV has them all)."""
+        head = ["solver", "method", "N", "seeds", "test RMSE mean", "± std", "[min, max]",
+                "train loss", "objective", "objective name", "seconds", "steps", "lr", "ranks", "how"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        g = "{:.3g}".format
+        for r in self.table():
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in [
+                r["solver"], r["method"], "" if r["width"] is None else str(r["width"]), r["seeds"],
+                g(r["test_rmse_mean"]), g(r["test_rmse_std"]), f"[{g(r['test_rmse_min'])}, {g(r['test_rmse_max'])}]",
+                g(r["train_loss_mean"]), g(r["objective_mean"]), r["objective_name"], g(r["seconds_mean"]),
+                r["steps"], "" if r["lr"] == "" else g(r["lr"]), str(r["ranks"]), r["how"]]) + " |")
+        s = self.settings
+        notes = [
+            "",
+            f"Data: {s['data']} (n = {s['n_train']} train, {s['n_test']} test, d = {s['d']}), activation "
+            f"{s['activation']}, squared loss l = (f - y)^2 / 2. Test error: RMSE on the test set. "
+            "train loss: (1/n) sum (f - y)^2 / 2, the data term shared by every objective; "
+            "objective: each row's own (see its name; the families' objectives differ). "
+            f"Seconds: wall time on {s['ranks']} rank(s), noisy on a shared machine.",
+        ]
+        if self.distances:
+            notes.append("")
+            notes.append("Particle densities against the FE density u* (on the FE mesh, "
+                         f"{s['density_method']} projection"
+                         + (f", kernel width s = {s['density_width']:g}" if s["density_width"] else "")
+                         + f"; MMD: Gaussian kernel, bandwidth {s['mmd_bandwidth']:g}):")
+            notes.append("")
+            notes.append("| particles | L2 distance | relative L2 | MMD | relative MMD | max projection error "
+                         "on test x | its stated bound | moved | dropped mass |")
+            notes.append("|---|---|---|---|---|---|---|---|---|")
+            for k, d in self.distances.items():
+                notes.append(f"| {k} | {d['l2']:.3g} | {d['l2_relative']:.3g} | {d['mmd']:.3g} | "
+                             f"{d['mmd_relative']:.3g} | {d['projection_error']:.3g} | {d['projection_bound']:.3g} | "
+                             f"{d['moved']} | {d['dropped_mass']:.3g} |")
+        return "\n".join(lines + notes) + "\n"
+
+    def write(self, out: str, comm: MPI.Comm | None = None, force: bool = False, plot: bool = True) -> None:
+        """Write every file of the module docstring into ``out`` (atomically; collective)."""
+        from flowfem import io
+
+        comm = self.result.problem.space.comm if comm is None else comm
+        u = self.result.density
+        u.name = "fe_density"
+        fields = [u] + [d.function for d in self.densities.values()]
+        for (m, N, s), d in self.densities.items():
+            d.function.name = f"particles_{m}_N{N}_seed{s}"
+        gathered = [io.gather_dofs(f) for f in fields] if plot else []  # collective
+        with io.output_directory(out, comm, force) as tmp:
+            _write_fields(os.path.join(tmp, "densities.bp"), fields)
+            if comm.rank == 0:
+                with open(os.path.join(tmp, "table.md"), "w") as f:
+                    f.write(self.markdown())
+                _write_csv(os.path.join(tmp, "table.csv"), TABLE_COLUMNS, self.table())
+                _write_csv(os.path.join(tmp, "runs.csv"), RUN_COLUMNS, [asdict(r) for r in self.runs])
+                curves = []
+                for (m, N, s), r in self.particles.items():
+                    h = r.history
+                    for i in range(len(h["step"])):
+                        curves.append(dict(method=m, width=N, seed=s, step=int(h["step"][i]), time=h["time"][i],
+                                           objective=h["objective"][i], loss=h["loss"][i],
+                                           test_rmse=h["test_error"][i]))
+                _write_csv(os.path.join(tmp, "curves.csv"),
+                           ("method", "width", "seed", "step", "time", "objective", "loss", "test_rmse"), curves)
+                with open(os.path.join(tmp, "results.json"), "w") as f:
+                    json.dump(_jsonable(dict(settings=self.settings, runs=[asdict(r) for r in self.runs],
+                                             table=self.table(), distances=self.distances)),
+                              f, indent=2, sort_keys=True, allow_nan=True)
+                    f.write("\n")
+                if plot:
+                    _figures(tmp, self, gathered)
+            comm.Barrier()
+
+
+def _write_fields(path, fields):
+    import dolfinx.io
+
+    with dolfinx.io.VTXWriter(fields[0].function_space.mesh.comm, path, fields, engine="BP4") as w:
+        w.write(0.0)
+
+
+def _write_csv(path, columns, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
+                        for k in columns})
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def read_csv(path: str) -> list[dict]:
+    """Rows of a CSV written by :meth:`Comparison.write`, numbers as floats ('' -> None)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        d = {}
+        for k, v in r.items():
+            if v == "":
+                d[k] = None
+                continue
+            try:
+                d[k] = float(v)
+            except ValueError:
+                d[k] = v
+        out.append(d)
+    return out
+
+
+# -- distances between densities ---------------------------------------------------------
+
+
+def l2_distance(u, v) -> float:
+    """||u - v||_{L2(d theta)} for two Functions on the same mesh (collective)."""
+    form = dolfinx.fem.form((u - v) ** 2 * ufl.dx)
+    return math.sqrt(max(u.function_space.mesh.comm.allreduce(dolfinx.fem.assemble_scalar(form)), 0.0))
+
+
+def l2_norm(u) -> float:
+    """||u||_{L2(d theta)} (collective)."""
+    form = dolfinx.fem.form(u**2 * ufl.dx)
+    return math.sqrt(max(u.function_space.mesh.comm.allreduce(dolfinx.fem.assemble_scalar(form)), 0.0))
+
+
+def density_measure(u, activation="relu") -> tuple[np.ndarray, np.ndarray]:
+    """u d theta as point masses: the midpoint rule of u's mesh, (points (M, D), masses (M,)).
+
+    The same on every rank (gathered by :func:`flowfem.readout.quadrature_neurons`).
+    """
+    nr = ro.quadrature_neurons(u, _activation(activation), degree=1)
+    return nr.theta, nr.a
+
+
+def mmd(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], bandwidth: float,
+        comm: MPI.Comm | None = None) -> float:
+    """The maximum mean discrepancy of two signed measures given as point masses (points, masses).
+
+    MMD(mu, nu)^2 = sum_ij w_i w_j k(p_i, p_j) with w = (masses of mu, -masses of nu) and the
+    Gaussian kernel k(p, q) = exp(-|p - q|^2 / (2 bandwidth^2)): a metric on measures that sees
+    structure down to the bandwidth. Exact (blocked O(M^2) sums); rows are split over ``comm``.
+    """
+    if not (np.isfinite(bandwidth) and bandwidth > 0):
+        raise ValueError(f"the MMD kernel bandwidth must be positive, got {bandwidth!r}")
+    P = np.vstack([a[0], b[0]])
+    w = np.concatenate([a[1], -np.asarray(b[1])])
+    size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
+    rows = np.array_split(np.arange(len(w)), size)[rank]
+    total = 0.0
+    sq = np.sum(P * P, axis=1)
+    for s in range(0, len(rows), 1024):
+        r = rows[s:s + 1024]
+        d2 = np.maximum(sq[r, None] + sq[None, :] - 2 * P[r] @ P.T, 0.0)
+        total += float(w[r] @ np.exp(-d2 / (2 * bandwidth**2)) @ w)
+    if comm is not None and comm.size > 1:
+        total = comm.allreduce(total, op=MPI.SUM)
+    return math.sqrt(max(total, 0.0))
+
+
+# -- the comparison ------------------------------------------------------------------------
+
+
+def coarse_size(domain: str, d: int, width: int, radius: float) -> tuple[float, str]:
+    """The mesh size parameter of ``domain`` giving about ``width`` cells, and a description."""
+    if domain == "box":
+        if d == 1:
+            m = max(1, round(math.sqrt(width / 2)))
+            return m, f"box {m}x{m} ({2 * m * m} triangles)"
+        m = max(1, round((width / 6) ** (1 / 3)))
+        return m, f"box {m}x{m}x{m} ({6 * m ** 3} tetrahedra)"
+    if domain == "circle":
+        return int(width), f"circle ({int(width)} arcs)"
+    if domain == "sphere":
+        r = max(0, round(math.log(max(width, 1) / 20) / math.log(4)))
+        return r, f"sphere r={r} ({20 * 4 ** r} triangles)"
+    if domain == "ball":
+        if d == 1:
+            h = math.sqrt(4 * math.pi * radius**2 / (math.sqrt(3) * width))
+        else:
+            h = (8 * math.sqrt(2) * math.pi * radius**3 / width) ** (1 / 3)
+        return h, f"ball h={h:.3g}"
+    raise ValueError(f"the quadrature readout at a given width needs a named domain (box, ball, circle, sphere), "
+                     f"not the mesh file {domain!r}: use --readout sample or refit")
+
+
+def _ints(name, values, minimum):
+    values = list(values)
+    if not values or any(int(v) != v or v < minimum for v in values):
+        raise ValueError(f"{name} must be a non-empty list of integers >= {minimum}, got {values!r}")
+    return [int(v) for v in values]
+
+
+def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1, 2), methods=("gd", "adam"),
+            lr: dict | None = None, steps: int = 1000, time_limit: float | None = None,
+            weight_decay: float = 0.0, init_scale: float = 1.0, record_every: int | None = None,
+            activation: str = "relu", domain: str = "box", mesh_size=None, radius: float = 4.0,
+            alpha: float = 1e-5, kappa: float = 1.0, weight: str = "uniform", degree: int = 1,
+            readouts=("quadrature", "refit"), density_method: str = "lumped", density_width: float | None = None,
+            mmd_bandwidth: float | None = None, data_name: str | None = None, comm: MPI.Comm = MPI.COMM_WORLD,
+            progress: bool = False) -> Comparison:
+    """FE solve, FE readouts and particle solvers on (train, test); see the module docstring.
+
+    Collective: call on every rank with the same arguments. ``lr`` maps each particle method to
+    its learning rate (defaults :data:`DEFAULT_LR`); ``time_limit`` caps each particle run's wall
+    seconds; ``density_width`` None projects the particles with the lumped L2 projection, a
+    number smooths them with a kernel of that standard deviation; ``mmd_bandwidth`` None is a
+    tenth of the diameter of the parameter mesh's bounding box.
+    """
+    from flowfem.problem import Problem
+    from flowfem.space import Space
+
+    widths = _ints("widths", widths, 1)
+    seeds = _ints("seeds", seeds, 0)
+    methods, readouts = list(methods), list(readouts)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"particle methods {bad} are unknown: choose from {', '.join(METHODS)}")
+    bad = [r for r in readouts if r not in READOUTS]
+    if bad:
+        raise ValueError(f"readout rules {bad} are unknown: choose from {', '.join(READOUTS)}")
+    lr = dict(DEFAULT_LR) | dict(lr or {})
+    for m in methods:
+        if not (np.isfinite(lr[m]) and lr[m] > 0):
+            raise ValueError(f"learning rate of {m} must be positive, got {lr[m]!r}")
+    if not (isinstance(steps, (int, np.integer)) and steps >= 0):
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if density_method not in fp.DENSITY_METHODS:
+        raise ValueError(f"density method {density_method!r}: choose lumped or kernel")
+    act = _activation(activation)
+    if "quadrature" in readouts:
+        coarse_size(domain, train.d, 1, radius)  # refuses mesh files before any work
+    ranks = comm.size
+    x, y, xt, yt = train.x, train.y, test.x, test.y
+    n = len(y)
+
+    def say(msg):
+        if progress and comm.rank == 0:
+            print(msg, flush=True)
+
+    def train_loss(f):
+        return float(np.mean(0.5 * (f - y) ** 2))
+
+    def rmse(f):
+        return float(np.sqrt(np.mean((f - yt) ** 2)))
+
+    # -- the FE solve ------------------------------------------------------------------
+    comm.Barrier()
+    t0 = time.perf_counter()
+    space = Space.make(domain, train.d, mesh_size, radius, comm)
+    if space.input_dim != train.d:
+        raise ValueError(f"the data have d = {train.d} inputs but the mesh {domain!r} holds networks on "
+                         f"d = {space.input_dim} inputs; use a mesh of dimension {train.d + 1}")
+    problem = Problem(space, act.name, weight, alpha, kappa, degree)
+    result = problem.fit(x, y)
+    fe_seconds = time.perf_counter() - t0
+    loss, reg = result.parts
+    fe_test = result.rmse(xt, yt)
+    fe_how = (f"one CG+GAMG solve ({result.iterations} iterations, residual {result.residual:.0e}) on the "
+              f"{space.domain} ({space.num_cells} cells, P{degree}, {problem.H.ndofs} dofs), alpha={alpha:g}, "
+              f"kappa={kappa:g}, omega {problem.H.weight}; time: mesh + assembly + solve; {ranks} rank(s)")
+    runs = [Run("FE solve", "E_alpha minimiser", None, None, fe_test, loss, loss + reg,
+                "E_alpha(u*) = loss + alpha/2 ||u*||^2_H1_omega", fe_seconds, None, None, ranks, "completed", fe_how)]
+    say(f"FE solve: test RMSE {fe_test:.3e} in {fe_seconds:.2f} s")
+    networks = {}
+    E_name = "E_alpha,N = loss + alpha/2 sum_i omega_i a_i^2 / q_i"
+
+    def readout_run(rule, N_req, seed, neurons, seconds, how):
+        net = neurons.network()
+        networks[(rule, N_req, seed)] = net
+        f = net(x)
+        obj = ro.objective(neurons, x, y, alpha, problem.H.weight)
+        runs.append(Run("FE readout", rule, neurons.width, seed, rmse(net(xt)), train_loss(f), obj, E_name,
+                        seconds, None, None, ranks, "completed", how))
+        say(f"FE readout {rule} N={neurons.width} seed={seed}: test RMSE {runs[-1].test_rmse:.3e}")
+
+    base = None
+    if "sample" in readouts or "refit" in readouts:
+        t = time.perf_counter()
+        base = ro.quadrature_neurons(result.density, act)
+        base_seconds = time.perf_counter() - t
+    for N in widths:
+        if "quadrature" in readouts:
+            size, desc = coarse_size(domain, train.d, N, radius)
+            comm.Barrier()
+            t = time.perf_counter()
+            coarse = Problem(Space.make(domain, train.d, size, radius, comm), act.name, weight, alpha, kappa, degree)
+            res_c = coarse.fit(x, y)
+            neurons = ro.quadrature_neurons(res_c.density, act, degree=1)
+            readout_run("quadrature", N, None, neurons, time.perf_counter() - t,
+                        f"midpoint rule (one neuron per cell) of a fresh FE solve on the {desc}, same alpha, kappa, "
+                        f"omega ({res_c.iterations} CG iterations); time: mesh + solve + readout; {ranks} rank(s)")
+        for rule in ("sample", "refit"):
+            if rule not in readouts:
+                continue
+            for s in seeds:
+                t = time.perf_counter()
+                neurons = ro.sample_neurons(base, N, s)
+                how = "N neurons drawn from |u*| (the main solve's quadrature points), one draw per seed"
+                if rule == "refit":
+                    neurons = ro.refit(neurons, x, y, alpha, problem.H.weight, comm)
+                    how += f", output weights refitted by least squares with alpha={alpha:g}"
+                readout_run(rule, N, s, neurons, fe_seconds + base_seconds + time.perf_counter() - t,
+                            how + f"; time includes the FE solve; {ranks} rank(s)")
+
+    # -- particles -----------------------------------------------------------------------
+    particles = {}
+    J_name = f"J = loss + lam/2 (1/N) sum |(w,b,a)|^2, lam={weight_decay:g}"
+    for m in methods:
+        for N in widths:
+            for s in seeds:
+                comm.Barrier()
+                r = fp.train(x, y, N, activation=act.name, loss="squared", method=m, lr=lr[m], steps=steps,
+                             weight_decay=weight_decay, seed=s, x_test=xt, y_test=yt, record_every=record_every,
+                             time_limit=time_limit, comm=comm, init_scale=init_scale)
+                particles[(m, N, s)] = r
+                h = r.history
+                how = (f"{m}, lr={lr[m]:g}, {int(h['step'][-1])} of {steps} steps"
+                       + (f" (time limit {time_limit:g} s)" if time_limit else "")
+                       + f", weight decay {weight_decay:g}, init N(0, {init_scale:g}^2) from the seed, "
+                       f"mean-field scaling, full batch; {ranks} rank(s), neurons split over ranks")
+                runs.append(Run("particles", m, N, s, float(h["test_error"][-1]), float(h["loss"][-1]),
+                                float(h["objective"][-1]), J_name, float(h["time"][-1]), int(h["step"][-1]),
+                                float(lr[m]), ranks, r.status, how))
+                say(f"particles {m} N={N} seed={s}: test RMSE {runs[-1].test_rmse:.3e} ({r.status}, "
+                    f"{runs[-1].seconds:.2f} s)")
+
+    # -- densities -------------------------------------------------------------------------
+    u_star = result.density
+    mesh = space.mesh
+    x0 = mesh.geometry.x[:, : space.gdim]
+    lo = comm.allreduce(float(x0.min()) if len(x0) else np.inf, op=MPI.MIN)
+    hi = comm.allreduce(float(x0.max()) if len(x0) else -np.inf, op=MPI.MAX)
+    if mmd_bandwidth is None:
+        mmd_bandwidth = 0.1 * (hi - lo) * math.sqrt(space.gdim)
+    fe_measure = density_measure(u_star, act)
+    fe_l2 = l2_norm(u_star)
+    fe_mmd = mmd(fe_measure, (np.zeros((0, space.gdim)), np.zeros(0)), mmd_bandwidth, comm)
+    densities, distances = {}, {}
+    Nmax, s0 = max(widths), seeds[0]
+    for m in methods:
+        r = particles[(m, Nmax, s0)]
+        if r.network is None:
+            continue
+        pd = fp.density(r, problem.H.V, method=density_method, width=density_width)
+        densities[(m, Nmax, s0)] = pd
+        err = np.abs(pd.predict(xt) - r.network(xt))
+        placed = (pd.theta[~pd.dropped], pd.c[~pd.dropped])
+        dist_mmd = mmd(fe_measure, placed, mmd_bandwidth, comm)
+        l2 = l2_distance(u_star, pd.function)
+        distances[f"{m} N={Nmax} seed={s0}"] = dict(
+            l2=l2, l2_relative=l2 / fe_l2 if fe_l2 > 0 else np.nan, mmd=dist_mmd,
+            mmd_relative=dist_mmd / fe_mmd if fe_mmd > 0 else np.nan,
+            projection_error=float(err.max()), projection_bound=float(pd.bound(xt).max()),
+            mass=pd.mass, moved=int(pd.moved.sum()), dropped=int(pd.dropped.sum()),
+            dropped_mass=pd.dropped_mass, h=pd.h)
+        say(f"density of {m} N={Nmax}: L2 distance to u* {l2:.3e}, MMD {dist_mmd:.3e}")
+
+    seconds = comm.bcast([r.seconds for r in runs], root=0)  # rank 0's clock: the same rows everywhere
+    for r, sec in zip(runs, seconds):
+        r.seconds = sec
+    settings = dict(
+        data=data_name or train.name, n_train=n, n_test=len(yt), d=train.d, activation=act.name, loss="squared",
+        widths=widths, seeds=seeds, methods=methods, lr={m: lr[m] for m in methods}, steps=steps,
+        time_limit=time_limit, weight_decay=weight_decay, init_scale=init_scale, domain=space.domain,
+        mesh_size=mesh_size, radius=radius, cells=space.num_cells, ndofs=problem.H.ndofs, alpha=alpha, kappa=kappa,
+        weight=str(problem.H.weight), degree=degree, readouts=readouts, density_method=density_method,
+        density_width=density_width, mmd_bandwidth=mmd_bandwidth, ranks=ranks,
+        fe_iterations=result.iterations, fe_residual=result.residual)
+    return Comparison(runs, settings, result, particles, networks, densities, distances, train, test)
+
+
+# -- figures (rank 0) -------------------------------------------------------------------------
+
+_COLOURS = {"gd": "tab:blue", "adam": "tab:orange", "quadrature": "tab:green", "sample": "tab:purple",
+            "refit": "tab:red"}
+
+
+def _figures(directory: str, cmp: Comparison, gathered) -> None:
+    from flowfem import plot
+
+    plt = plot._pyplot()
+    table = cmp.table()
+    fe = next(r for r in table if r["solver"] == "FE solve")
+
+    # test error, train loss and own objective versus width
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    keys = [("test_rmse", "test RMSE"), ("train_loss", "train loss (1/n) sum (f - y)^2 / 2"),
+            ("objective", "own objective (differs by family)")]
+    for ax, (key, label) in zip(axes, keys):
+        for (solver, method) in dict.fromkeys((r["solver"], r["method"]) for r in table if r["width"]):
+            rows = sorted((r for r in table if r["solver"] == solver and r["method"] == method),
+                          key=lambda r: r["width"])
+            N = np.array([r["width"] for r in rows], float)
+            if key == "test_rmse":
+                mean = np.array([r["test_rmse_mean"] for r in rows])
+                err = [mean - [r["test_rmse_min"] for r in rows], np.array([r["test_rmse_max"] for r in rows]) - mean]
+            else:
+                mean = np.array([r[f"{key}_mean"] for r in rows])
+                std = np.array([r[f"{key}_std"] for r in rows])
+                err = [np.minimum(std, 0.999 * mean), std]
+            name = f"particles {method}" if solver == "particles" else f"FE readout {method}"
+            ax.errorbar(N, mean, yerr=err, marker="o" if solver == "particles" else "s", capsize=3,
+                        color=_COLOURS.get(method), ls="-" if solver == "particles" else "--", label=name)
+        ref = {"test_rmse": fe["test_rmse_mean"], "train_loss": fe["train_loss_mean"], "objective": fe["objective_mean"]}[key]
+        ax.axhline(ref, color="k", ls=":", label="FE solve (continuum)" if key != "objective" else "E_alpha(u*)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("width N")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("mean over seeds, bars: min..max")
+    axes[2].set_title("each family's own objective (see table)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(directory, "error_vs_width.png"), dpi=110)
+    plt.close(fig)
+
+    # test error versus wall time
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    widths = cmp.settings["widths"]
+    for (m, N, s), r in cmp.particles.items():
+        h = r.history
+        k = widths.index(N)
+        ax.plot(np.maximum(h["time"], 1e-4), h["test_error"], color=_COLOURS[m],
+                alpha=0.35 + 0.65 * (k + 1) / len(widths), lw=1.5 if s == cmp.settings["seeds"][0] else 0.6,
+                label=f"{m} N={N}" if s == cmp.settings["seeds"][0] else None)
+    for r in cmp.runs:
+        if r.solver == "FE readout" and r.method == "quadrature":
+            ax.plot(r.seconds, r.test_rmse, "s", color=_COLOURS["quadrature"], ms=6)
+            ax.annotate(f"N={r.width}", (r.seconds, r.test_rmse), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.plot(fe["seconds_mean"], fe["test_rmse_mean"], "k*", ms=14, label="FE solve")
+    ax.plot([], [], "s", color=_COLOURS["quadrature"], label="FE readout quadrature (own solve)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"wall time [s] on {cmp.settings['ranks']} rank(s)")
+    ax.set_ylabel("test RMSE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("particle training curves; FE solve as a point")
+    fig.tight_layout()
+    fig.savefig(os.path.join(directory, "error_vs_time.png"), dpi=110)
+    plt.close(fig)
+
+    # the FE density next to the particle densities
+    names = ["FE density u*"] + [f"particles {m}, N={N}, seed {s}" for (m, N, s) in cmp.densities]
+    fig, axes = plt.subplots(1, len(gathered), figsize=(5.2 * len(gathered), 4.4), squeeze=False)
+    domain = cmp.settings["domain"]
+    for ax, (theta, values), name, pd in zip(axes[0], gathered, names, [None] + list(cmp.densities.values())):
+        plot.density_axes(ax, theta, values, domain)
+        if pd is not None and theta.shape[1] == 2 and domain != "circle":
+            keep = ~pd.dropped
+            ax.plot(pd.theta[keep, 0], pd.theta[keep, 1], "k.", ms=1.5, alpha=0.5)
+        ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(os.path.join(directory, "densities.png"), dpi=110)
+    plt.close(fig)

@@ -1,0 +1,191 @@
+"""flowfem.compare and `flowfem compare`: the FE solve, FE readouts and particle solvers side by side.
+
+The in-process tests are rank-agnostic (collective calls on every rank, files in a shared
+directory); the command-line tests start processes themselves (``mpi`` marker).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
+from mpi4py import MPI
+
+from conftest import BIN, run
+from flowfem import compare, data
+from flowfem.space import Space
+
+FLOWFEM = os.path.join(BIN, "flowfem")
+TINY = dict(widths=(8, 16), seeds=(0, 1), steps=40, mesh_size=8, alpha=1e-4,
+            readouts=("quadrature", "sample", "refit"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    train, test = data.synthetic("sin", 150, seed=0), data.synthetic("sin", 200, seed=1)
+    return compare.compare(train, test, **TINY)
+
+
+def test_table_numbers_match_the_result_objects(tiny, shared_tmp):
+    """Every number written (runs.csv, table.csv, results.json) is the one held by the result objects."""
+    c = tiny
+    out = os.path.join(shared_tmp, "cmp")
+    c.write(out, force=True)
+    written = compare.read_csv(os.path.join(out, "runs.csv"))
+    assert len(written) == len(c.runs) == 1 + 2 * (1 + 2 + 2) + 2 * 2 * 2  # solve, readouts, particles
+    train, test = c.train, c.test
+    for row, run_ in zip(written, c.runs):
+        for key in ("test_rmse", "train_loss", "objective", "seconds"):
+            assert row[key] == getattr(run_, key)  # repr round trip: exact
+        assert row["solver"] == run_.solver and row["ranks"] == MPI.COMM_WORLD.size
+        assert row["how"] and str(MPI.COMM_WORLD.size) + " rank(s)" in row["how"]
+    # ... and those are the result objects' own numbers
+    fe = c.runs[0]
+    assert fe.solver == "FE solve"
+    assert fe.test_rmse == pytest.approx(c.result.rmse(test.x, test.y), rel=1e-12)
+    assert fe.objective == pytest.approx(c.result.energy, rel=1e-12)
+    assert fe.train_loss == pytest.approx(c.result.parts[0], rel=1e-12)
+    for r in c.runs:
+        if r.solver == "particles":
+            p = c.particles[(r.method, r.width, r.seed)]
+            assert r.test_rmse == p.history["test_error"][-1]
+            assert r.objective == p.objective and r.train_loss == p.history["loss"][-1]
+            assert r.steps == TINY["steps"] and r.lr == compare.DEFAULT_LR[r.method]
+            f = p.network(test.x)
+            assert r.test_rmse == pytest.approx(np.sqrt(np.mean((f - test.y) ** 2)), rel=1e-12)
+        elif r.solver == "FE readout":
+            key = next(k for k in c.networks if k[0] == r.method and k[2] == r.seed
+                       and c.networks[k].width == r.width)
+            net = c.networks[key]
+            assert r.test_rmse == pytest.approx(np.sqrt(np.mean((net(test.x) - test.y) ** 2)), rel=1e-12)
+            assert r.train_loss == pytest.approx(np.mean((net(train.x) - train.y) ** 2) / 2, rel=1e-12)
+            assert r.objective >= r.train_loss
+    # the aggregated table is the mean / spread over seeds of those rows
+    table = compare.read_csv(os.path.join(out, "table.csv"))
+    assert len(table) == len(c.table()) == 1 + 2 + 2 + 2 + 2 * 2
+    for row in table:
+        runs = [r for r in c.runs if r.solver == row["solver"] and r.method == row["method"]
+                and (r.width or None) == (None if row["width"] is None else int(row["width"]))]
+        e = [r.test_rmse for r in runs]
+        assert row["test_rmse_mean"] == pytest.approx(np.mean(e), rel=1e-14)
+        assert row["test_rmse_std"] == pytest.approx(np.std(e), rel=1e-12, abs=1e-300)
+        assert (row["test_rmse_min"], row["test_rmse_max"]) == (min(e), max(e))
+        assert row["objective_mean"] == pytest.approx(np.mean([r.objective for r in runs]), rel=1e-14)
+    js = json.load(open(os.path.join(out, "results.json")))
+    assert [r["test_rmse"] for r in js["runs"]] == [r.test_rmse for r in c.runs]
+    assert js["settings"]["ranks"] == MPI.COMM_WORLD.size and js["settings"]["widths"] == [8, 16]
+    md = open(os.path.join(out, "table.md")).read()
+    assert md.count("\n| particles | gd |") == 2 and "E_alpha(u*)" in md
+    assert f"{fe.test_rmse:.3g}" in md
+
+
+def test_densities_and_distances(tiny):
+    """Each particle solver's density at the largest width: projected, mass-consistent, compared."""
+    c = tiny
+    assert sorted(c.densities) == [("adam", 16, 0), ("gd", 16, 0)]
+    for key, d in c.distances.items():
+        assert d["projection_error"] <= d["projection_bound"]
+        assert d["l2"] > 0 and d["mmd"] > 0 and d["dropped"] == 0
+        assert d["l2_relative"] == pytest.approx(d["l2"] / compare.l2_norm(c.result.density))
+    for (m, N, s), pd in c.densities.items():
+        assert pd.function.function_space.mesh is c.result.problem.space.mesh
+        assert pd.mass == pytest.approx(pd.c.sum())
+
+
+def test_mmd_and_l2_distance():
+    """MMD of point masses against the closed form; zero between a measure and itself; the
+    L2 distance of a density to itself is zero and to zero is its norm."""
+    k = np.exp(-0.5 * (0.3 / 0.2) ** 2)
+    a = (np.array([[0.0, 0.0]]), np.array([2.0]))
+    b = (np.array([[0.3, 0.0]]), np.array([0.5]))
+    assert compare.mmd(a, b, 0.2) == pytest.approx(np.sqrt(4 + 0.25 - 2 * 2 * 0.5 * k), rel=1e-12)
+    assert compare.mmd(a, b, 0.2) == pytest.approx(compare.mmd(b, a, 0.2), rel=1e-12)
+    assert compare.mmd(a, a, 0.2) == 0.0
+    assert compare.mmd(a, b, 0.2, MPI.COMM_WORLD) == pytest.approx(compare.mmd(a, b, 0.2), rel=1e-12)
+    with pytest.raises(ValueError, match="bandwidth"):
+        compare.mmd(a, b, 0.0)
+    import dolfinx.fem
+    from flowfem.sobolev import WeightedH1
+
+    H = WeightedH1(Space.box(1, 4, 1.0))
+    u = dolfinx.fem.Function(H.V)
+    u.interpolate(lambda t: 1.0 + t[0])
+    assert compare.l2_distance(u, u) == 0.0
+    assert compare.l2_norm(u) == pytest.approx(np.sqrt(4 * (1 + 1 / 3)), rel=1e-12)  # int (1 + w)^2 on [-1,1]^2
+    pts, mass = compare.density_measure(u)
+    assert mass.sum() == pytest.approx(4.0, rel=1e-12)  # midpoint rule: integral of 1 + w
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(widths=()), "widths"),
+    (dict(widths=(0,)), "widths"),
+    (dict(methods=("sgd",)), "unknown"),
+    (dict(readouts=("midpoint",)), "unknown"),
+    (dict(lr={"gd": -1.0}), "learning rate"),
+    (dict(density_method="gauss"), "density method"),
+])
+def test_bad_arguments_are_refused(kwargs, match):
+    train = data.synthetic("sin", 20, seed=0)
+    with pytest.raises(ValueError, match=match):
+        compare.compare(train, train, **(dict(TINY) | kwargs))
+
+
+# -- the command ------------------------------------------------------------------------------
+
+ARGS = ["--data", "sin", "--n", "150", "--widths", "8,16", "--seeds", "0,1", "--steps", "40",
+        "--mesh-size", "8", "--alpha", "1e-4", "--quiet"]
+
+
+@pytest.mark.mpi
+def test_command_writes_every_promised_file_serial_and_two_ranks(tmp_path):
+    """`flowfem compare` on 1 and 2 ranks: every promised file, and the same numbers (particles
+    to rounding, FE to the solver tolerance)."""
+    rows = []
+    for ranks in (1, 2):
+        out = tmp_path / f"r{ranks}"
+        r = run([FLOWFEM, "compare", *ARGS, "--out", str(out)], ranks=ranks, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert sorted(os.listdir(out)) == sorted(compare.FILES + compare.FIGURES)
+        assert all((out / f).stat().st_size > 0 for f in compare.FILES + compare.FIGURES)
+        assert "| FE solve |" in r.stdout and "wrote" in r.stdout
+        runs = compare.read_csv(out / "runs.csv")
+        assert {row["ranks"] for row in runs} == {ranks}
+        assert len(compare.read_csv(out / "curves.csv")) > 0
+        rows.append(runs)
+    for one, two in zip(*rows):
+        assert (one["solver"], one["method"], one["width"], one["seed"]) == \
+               (two["solver"], two["method"], two["width"], two["seed"])
+        tol = 1e-10 if one["solver"] == "particles" else 1e-5
+        assert two["test_rmse"] == pytest.approx(one["test_rmse"], rel=tol)
+        assert two["objective"] == pytest.approx(one["objective"], rel=tol)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("args,message", [
+    (["--widths", "8,x"], "--widths"),
+    (["--methods", "sgd"], "unknown"),
+    (["--domain", "meshes/none.msh"], "named domain"),
+    (["--data", "two_moons", "--domain", "circle"], "circle"),
+])
+def test_command_refuses_bad_input_cleanly(tmp_path, args, message):
+    r = run([FLOWFEM, "compare", *ARGS, *args, "--out", str(tmp_path / "out")], timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowfem: error:") and message in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.mpi
+def test_command_needs_force_for_a_full_directory(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    r = run([FLOWFEM, "compare", *ARGS, "--out", str(tmp_path / "out")], timeout=120)
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
