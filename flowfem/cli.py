@@ -135,6 +135,108 @@ def _loss_metrics(args, result, train, test) -> dict:
     return out
 
 
+def cmd_flow(args, comm) -> None:
+    """The gradient flow of E_alpha from an initial density: energy log, trajectory, checkpoints."""
+    import math
+    import os
+
+    from flowfem import flow as fl
+    from flowfem import io
+    from flowfem.problem import Problem
+    from flowfem.space import Space
+
+    petsc = _petsc_options(args.petsc_option)
+    if not (args.tau > 0 and math.isfinite(args.tau)):
+        raise ValueError(f"--tau {args.tau}: the first time step must be positive")
+    if not args.growth >= 1:
+        raise ValueError(f"--growth {args.growth}: the step growth factor must be >= 1 (1: constant steps)")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every {args.checkpoint_every}: give a positive number of steps")
+    if args.write_every < 1:
+        raise ValueError(f"--write-every {args.write_every}: give a positive number of steps")
+    if args.tol is not None and args.no_reference:
+        raise ValueError("--tol stops at ||u - u*|| <= tol ||u*||, which needs the stationary solution: "
+                         "drop --no-reference")
+    t_end = math.inf if args.t_end is None else args.t_end
+    if not t_end > 0:
+        raise ValueError(f"--t-end {args.t_end}: the final time must be positive")
+    train, test = _load_data(args, comm)
+    t0 = time.perf_counter()
+    space = Space.make(args.domain, train.d, args.mesh_size, args.radius, comm)
+    if space.input_dim != train.d:
+        raise ValueError(
+            f"the data have d = {train.d} inputs but the mesh {args.domain!r} has parameter dimension "
+            f"{space.gdim} (networks on d = {space.input_dim} inputs); use a mesh of dimension {train.d + 1}"
+        )
+    problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
+    E = problem.functional(train.x, train.y)
+    flow = fl.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
+                   petsc_options=petsc)
+    t1 = time.perf_counter()
+    if not args.no_reference:
+        flow.stationary()
+    t2 = time.perf_counter()
+    fp = fl.fingerprint(flow, data=args.data, n_data=args.n, seed=args.seed, radius=args.radius,
+                        mesh_size=args.mesh_size, solver=args.solver, rtol=args.rtol, ts_rtol=args.ts_rtol,
+                        growth=args.growth, tau_max=args.tau_max, reference=not args.no_reference,
+                        petsc_options=petsc)
+    state = None
+    if args.resume:
+        state, U = fl.load_checkpoint(args.resume, flow, fp)
+        if comm.rank == 0:
+            print(f"resuming from {state.path}: step {state.step}, t = {state.t:.6g}"
+                  + (f" (written on {state.ranks} rank(s))" if state.ranks != comm.size else ""))
+    else:
+        U = fl.to_vector(fl.initial_density(problem.H, args.initial, problem.activation))
+    checkpoints = None
+    if args.checkpoint_every:
+        directory = args.checkpoint_dir or (
+            args.resume if args.resume and os.path.isdir(args.resume)  # continue the same series
+            else os.path.abspath(args.out).rstrip("/") + ".checkpoints")
+        checkpoints = fl.Checkpoints(directory, args.checkpoint_every, fp, comm)
+    with io.output_directory(args.out, comm, args.force) as tmp:
+        with fl.TrajectoryWriter(os.path.join(tmp, "trajectory.bp"), problem.H, args.write_every) as writer:
+            result = flow.run(U, t_end=t_end, tau=args.tau, growth=args.growth, tau_max=args.tau_max,
+                              max_steps=args.max_steps, tol=args.tol, state=state, checkpoints=checkpoints,
+                              writer=writer, progress=not args.quiet)
+        t3 = time.perf_counter()
+        u = problem.H.function("density")
+        u.x.petsc_vec.array[:] = U.array_r
+        u.x.scatter_forward()
+        io.write_vtx(os.path.join(tmp, "density.bp"), u, result.times[-1])
+        settings = dict(activation=problem.activation.name, weight=str(problem.H.weight), kappa=problem.H.kappa,
+                        alpha=problem.alpha, loss=problem.loss.name, quadrature_degree=E.Phi.quadrature.degree)
+        io.save_density(os.path.join(tmp, "density.npz"), u, space, settings)
+        summary = dict(
+            settings, data=args.data, n_train=train.n, ndofs=problem.H.ndofs, ranks=comm.size, domain=space.domain,
+            initial=args.initial, resumed_from=getattr(state, "path", None), steps_taken=result.steps,
+            final_time=float(result.times[-1]), final_energy=float(result.energies[-1]),
+            final_error=float(result.errors[-1]), setup_seconds=t1 - t0, stationary_seconds=t2 - t1,
+            flow_seconds=t3 - t2, contraction_rate=result.contraction_rate(),
+            linear_iterations=int(result.column("linear_iterations").sum()),
+            stationary_iterations=getattr(flow.stationary_info, "iterations", None),
+            frames=writer.frames, test_rmse=float(np.sqrt(np.mean((E.Phi.predict(U, test.x) - test.y) ** 2))))
+        if problem.loss.name != "squared":
+            summary["test_accuracy"] = float(np.mean(np.sign(E.Phi.predict(U, test.x)) == test.y))
+        fl.write_log(tmp, result, comm, extra=summary)
+        if not args.no_plot and comm.rank == 0:
+            fl.energy_figure(os.path.join(tmp, "energy.png"), result, title=args.data)
+    if comm.rank == 0:
+        last = result.log[-1]
+        err = "" if not np.isfinite(last["error"]) else f", ||u - u*||_G / ||u*||_G = {last['error']:.3e}"
+        print(f"{result.scheme} in the {result.metric} metric: {result.steps} steps to t = {last['t']:.6g} "
+              f"({result.stopped}); E_alpha = {last['energy']:.8e} (loss {last['loss']:.4e} + regulariser "
+              f"{last['regulariser']:.4e}){err}")
+        lin = result.column("linear_iterations")[1:]
+        print(f"linear iterations {int(lin.sum())} ({lin.mean() if len(lin) else 0:.1f} per step), flow "
+              f"{t3 - t2:.2f} s, stationary solve {t2 - t1:.2f} s, on {comm.size} rank(s), {problem.H.ndofs} dofs, "
+              f"n = {train.n}")
+        if checkpoints is not None:
+            print(f"checkpoints in {checkpoints.directory}/ (every {checkpoints.every} steps)")
+        print(f"wrote {args.out}/: trajectory.bp ({writer.frames} frames, ParaView), density.bp, density.npz, "
+              "energy.csv, energy.json" + ("" if args.no_plot else ", energy.png"))
+
+
 def cmd_mesh(args, comm) -> None:
     from flowfem import space as sp
 
@@ -343,6 +445,54 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="replace an existing output directory")
     g.add_argument("--no-plot", action="store_true", help="skip figure.png")
     p.set_defaults(run=cmd_solve)
+
+    p = sub.add_parser("flow", help="the gradient flow of E_alpha in the L2 or H1 metric, with checkpoints",
+                       description="Integrate g(du/dt, v) = -dE_alpha(u)[v] (g: L2_omega mass or the H1_omega "
+                                   "metric) from an initial density; write the trajectory (VTX, ParaView), the final "
+                                   "density, an energy log (CSV/JSON) and a figure of the energy gap against "
+                                   "exp(-2 lambda t). Errors are measured against the stationary solution.")
+    _add_problem_arguments(p)
+    g = p.add_argument_group("flow")
+    g.add_argument("--loss", default="squared", choices=["squared", "logistic"],
+                   help="squared, or logistic (labels -1/+1; each implicit step is a Newton solve)")
+    g.add_argument("--metric", default="L2", choices=["L2", "H1"],
+                   help="L2: weighted mass M_omega (default); H1: the Sobolev metric a_omega")
+    g.add_argument("--scheme", default="implicit_euler",
+                   help="implicit_euler (default), crank_nicolson, theta:THETA (1/2..1), or bdf[:ORDER] "
+                        "(PETSc TS, adaptive steps; ts_* options via --petsc-option)")
+    g.add_argument("--initial", default="zero",
+                   help="zero (default), gaussian[:S[:A]], density:PATH (a density.npz on this mesh) or "
+                        "network:PATH (a network .npz, projected onto the mesh)")
+    g.add_argument("--tau", type=float, default=1.0, help="(first) time step (default 1)")
+    g.add_argument("--growth", type=float, default=1.0,
+                   help="multiply the step by this after every step (geometric steps; default 1: constant)")
+    g.add_argument("--tau-max", type=float, default=float("inf"), help="largest time step (default no limit)")
+    g.add_argument("--t-end", type=float, default=None, help="final time (default: none)")
+    g.add_argument("--max-steps", type=int, default=1000, help="at most this many steps (default 1000)")
+    g.add_argument("--tol", type=float, default=None,
+                   help="stop when ||u - u*||_G <= tol ||u*||_G (u* the stationary solution)")
+    g.add_argument("--ts-rtol", type=float, default=1e-4, help="bdf: relative local error tolerance (default 1e-4)")
+    g.add_argument("--no-reference", action="store_true",
+                   help="skip the stationary solve (no ||u - u*|| column, no energy gap)")
+    g = p.add_argument_group("solver, checkpoints and output")
+    g.add_argument("--solver", default="cg", choices=["cg", "direct"],
+                   help="linear solves of every step: cg (CG + GAMG) or direct (MUMPS + Woodbury, small problems)")
+    g.add_argument("--rtol", type=float, default=1e-10, help="linear (CG) relative tolerance (default 1e-10)")
+    g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
+                   help="PETSc option: ts_* to the TS (e.g. ts_adapt_type=none, ts_monitor=), snes_* to Newton, "
+                        "others to the linear solver (repeatable)")
+    g.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
+                   help="write a checkpoint every K steps (atomically; the last two are kept)")
+    g.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default OUT.checkpoints)")
+    g.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the newest checkpoint in DIR (or a checkpoint file); same options as "
+                        "the run that wrote it")
+    g.add_argument("--write-every", type=int, default=1, help="trajectory frame every N steps (default 1)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
+    g.add_argument("--out", required=True, help="output directory (created; written atomically)")
+    g.add_argument("--force", action="store_true", help="replace an existing output directory")
+    g.add_argument("--no-plot", action="store_true", help="skip energy.png")
+    p.set_defaults(run=cmd_flow)
 
     p = sub.add_parser("mesh", help="write a parameter-space mesh (.msh or .xdmf)",
                        description="Make a parameter mesh for networks on d inputs and write it with meshio.")

@@ -11,6 +11,9 @@ With ``loss="logistic"`` (labels in {-1, +1}) the Euler-Lagrange equation is
 nonlinear and ``fit`` runs Newton's method (PETSc SNES with a line search),
 each step one solve with the same linear solver; ``result.info.history``
 is the residual ||dE_alpha|| of every Newton iteration.
+
+    flow = problem.flow(x, y, metric="L2", scheme="implicit_euler")
+    run = flow.run(U0, tau=1.0, growth=4.0, tol=1e-6)   # see flowfem.flow
 """
 
 from __future__ import annotations
@@ -71,6 +74,13 @@ class Problem:
         else:
             U, info = newton(E, None, solver, rtol=rtol, linear_rtol=rtol, petsc_options=petsc_options)
         return Result(self, E, U, info)
+
+    def flow(self, x, y, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",
+             rtol: float = 1e-10, petsc_options: dict | None = None, **kwargs):
+        """The gradient flow of E_alpha on the data (x, y): a :class:`flowfem.flow.Flow`."""
+        from flowfem.flow import Flow
+
+        return Flow(self.functional(x, y), metric, scheme, solver, rtol, petsc_options=petsc_options, **kwargs)
 
 
 @dataclass

@@ -363,6 +363,23 @@ class NewtonSolver:
             value -= self.g.dot(U)
         return value
 
+    def rounding_floor(self, U: PETSc.Vec) -> float:
+        """1000 eps times the size of the terms of F(U): below this ||F|| is rounding noise."""
+        E, w = self.E, self.E.vector()
+        E.H.A.mult(U, w)
+        size = E.alpha * w.norm()
+        E.Phi.adjoint(E.loss.d1(E.Phi.apply(U), E.y) / E.n, w)
+        size += w.norm()
+        if self.shift:
+            self.G.mult(U, w)
+            size += self.shift * w.norm()
+            self.G.mult(self.anchor, w)
+            size += self.shift * w.norm()
+        if self.g is not None:
+            size += self.g.norm()
+        w.destroy()
+        return 1e3 * np.finfo(float).eps * size
+
     def _function(self, snes, X, F):
         self.residual(X, F)
 
@@ -387,6 +404,8 @@ class NewtonSolver:
         reason, its = self.snes.getConvergedReason(), self.snes.getIterationNumber()
         if self.pc.error is not None:
             raise RuntimeError(f"a Newton step's linear solve failed: {self.pc.error}")
+        if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINE_SEARCH and history[-1] <= self.rounding_floor(U):
+            reason = 1  # ||F|| is as small as rounding allows (a tolerance below it cannot be met)
         if reason <= 0:
             name = _SNES_REASONS.get(reason, str(reason))
             raise RuntimeError(

@@ -1,0 +1,476 @@
+"""The gradient flow: energy decay, the order of every registered time stepper against the exact flow
+(a matrix exponential, computed densely), convergence to the stationary solution with contraction rate
+>= lambda = alpha, initial densities, checkpoints (restart = uninterrupted run, bit for bit; damaged ones
+refused), and the `flowfem flow` command (SIGKILL mid-checkpoint and resume; 1 rank = 2 ranks).
+
+The in-process tests run serially and under mpirun -n 2 (tests/test_mpi.py); tests marked mpi start
+processes themselves.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
+
+from mpi4py import MPI
+
+from conftest import BIN, MPIRUN, ROOT, run
+from flowfem import data, io
+from flowfem import flow as fl
+from flowfem.network import Network
+from flowfem.problem import Problem
+from flowfem.space import Space
+from flowfem.stationary import solve
+from test_stationary import dense_system, gather
+
+comm = MPI.COMM_WORLD
+FLOWFEM = os.path.join(BIN, "flowfem")
+
+
+def say(*a):
+    if comm.rank == 0:
+        print(*a)
+
+
+def dense(mat) -> np.ndarray:
+    """A distributed PETSc matrix as a dense global array on every rank."""
+    lo, hi = mat.getOwnershipRange()
+    ai, aj, av = mat.getValuesCSR()
+    local = np.zeros((hi - lo, mat.getSize()[1]))
+    for r in range(hi - lo):
+        local[r, aj[ai[r]:ai[r + 1]]] = av[ai[r]:ai[r + 1]]
+    return np.vstack(comm.allgather(local))
+
+
+def vector(E, values: np.ndarray):
+    """A PETSc dof vector holding this rank's part of a global array."""
+    V = E.vector()
+    lo, hi = V.getOwnershipRange()
+    V.array[:] = values[lo:hi]
+    return V
+
+
+def small_problem(alpha=0.05, loss="squared"):
+    """49 dofs, 40 points: small enough for dense matrix exponentials."""
+    if loss == "squared":
+        ds = data.synthetic("sin", 40, seed=3)
+        problem = Problem(Space.box(1, 6, 2.0), "relu", "gaussian:1.5", alpha=alpha, kappa=0.5)
+    else:
+        ds = data.synthetic("two_moons", 60, seed=4)
+        problem = Problem(Space.sphere(1), "relu", "uniform", alpha=alpha, kappa=0.5, loss="logistic")
+    return problem, problem.functional(ds.x, ds.y)
+
+
+def u0(problem, spec="gaussian:1:2"):
+    return fl.to_vector(fl.initial_density(problem.H, spec))
+
+
+class Exact:
+    """The exact flow U(t) = U* + V exp(-mu t) V^T G (U0 - U*) of a quadratic E (K V = G V diag(mu))."""
+
+    def __init__(self, E, G_name):
+        A, C = dense_system(E)
+        self.G = dense(fl.metric_matrix(E.H, G_name))
+        K = E.alpha * A + C @ C.T / E.n
+        self.U_star = np.linalg.solve(K, C @ E.y / E.n)
+        self.mu, self.V = scipy.linalg.eigh(K, self.G)
+
+    def __call__(self, U0: np.ndarray, t: float) -> np.ndarray:
+        c = self.V.T @ self.G @ (U0 - self.U_star)
+        return self.U_star + self.V @ (np.exp(-self.mu * t) * c)
+
+    def norm(self, v):
+        return float(np.sqrt(v @ self.G @ v))
+
+
+# -- energy, order, convergence ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+@pytest.mark.parametrize("metric", ["L2", "H1"])
+def test_implicit_euler_decreases_energy_at_every_step(metric, loss):
+    """Minimising movement: E(U^{k+1}) + ||U^{k+1} - U^k||_G^2 / (2 tau) <= E(U^k), for every tau."""
+    problem, E = small_problem(alpha=1e-3, loss=loss)
+    for tau in (1e-3, 1.0, 1e3, 1e8):
+        flow = fl.Flow(E, metric, "implicit_euler", newton_rtol=1e-12)
+        U = u0(problem, "gaussian:0.7:3")
+        prev = [U.copy(), E(U)]
+        checked = []
+
+        def check(rec, U):
+            D = U.copy()
+            D.axpy(-1.0, prev[0])
+            movement = flow.norm(D) ** 2 / (2 * tau)
+            slack = 1e-12 * abs(prev[1])
+            assert rec["energy"] <= prev[1] + slack, (tau, rec["step"])
+            assert rec["energy"] + movement <= prev[1] + slack, (tau, rec["step"])
+            checked.append(prev[1] - rec["energy"])
+            U.copy(prev[0])
+            prev[1] = rec["energy"]
+
+        flow.run(U, tau=tau, max_steps=6, callback=check)
+        assert len(checked) == 6 and checked[0] > 0
+        flow.destroy()
+
+
+SCHEME_CASES = [("implicit_euler", 1, {}), ("theta:0.75", 1, {}), ("theta", 2, {}), ("crank_nicolson", 2, {}),
+                ("bdf:1", 1, {"ts_adapt_type": "none"}), ("bdf", 2, {"ts_adapt_type": "none"})]
+
+
+def test_every_registered_scheme_is_tested():
+    assert set(fl.SCHEMES) <= {spec.split(":")[0] for spec, _, _ in SCHEME_CASES}
+
+
+@pytest.mark.parametrize("spec,order,opts", SCHEME_CASES, ids=[c[0] for c in SCHEME_CASES])
+def test_observed_order_matches_the_scheme(spec, order, opts):
+    """Error at T = 1 against the dense matrix exponential, L2 metric, tau = 1/16 .. 1/128."""
+    problem, E = small_problem()
+    exact = Exact(E, "L2")
+    U0 = u0(problem)
+    target = exact(gather(U0), 1.0)
+    taus, errors = [], []
+    for N in (16, 32, 64, 128):
+        flow = fl.Flow(E, "L2", spec, rtol=1e-13, petsc_options=opts)
+        assert flow.scheme.order == order
+        U = U0.copy()
+        result = flow.run(U, t_end=1.0, tau=1.0 / N)
+        assert result.steps == N and result.times[-1] == 1.0
+        taus.append(1.0 / N)
+        errors.append(exact.norm(gather(U) - target) / exact.norm(target))
+        flow.destroy()
+    slope = np.polyfit(np.log(taus), np.log(errors), 1)[0]
+    say(f"\n{spec}: errors {', '.join(f'{e:.2e}' for e in errors)}, observed order {slope:.3f} (scheme {order})")
+    assert abs(slope - order) <= 0.15, (slope, errors)
+
+
+@pytest.mark.parametrize("metric", ["L2", "H1"])
+def test_flow_reaches_the_stationary_solution_contracting_at_rate_alpha(metric):
+    problem, E = small_problem()
+    U_ref, info = solve(E, rtol=1e-13)  # the foundation solver
+    flow = fl.Flow(E, metric, "implicit_euler", rtol=1e-13)
+    flow.set_reference(U_ref)
+    U = u0(problem)
+    result = flow.run(U, tau=0.5, growth=2.0, tol=1e-8, max_steps=200)
+    reached = (result.steps, result.errors[-1])
+    D = U.copy()
+    D.axpy(-1.0, U_ref)
+    assert flow.norm(D) <= 1e-6 * flow.norm(U_ref)
+    assert D.norm() <= 1e-6 * U_ref.norm()
+    e, tau, gap = result.errors, result.column("tau"), result.column("gap")
+    alpha = E.alpha
+    # the minimising movement of a lambda-convex E contracts by 1 / (1 + tau lambda) per step in the metric,
+    # and its energy gap by (1 + tau lambda)^-2
+    assert np.all(e[1:] <= e[:-1] / (1 + tau[1:] * alpha) * (1 + 1e-9) + 1e-12)
+    assert np.all(gap[1:] <= gap[:-1] / (1 + tau[1:] * alpha) ** 2 * (1 + 1e-9) + 1e-15 * abs(result.energies[0]))
+    flow.destroy()
+    # the continuous flow (BDF2, tight error control): ||u(t) - u*|| <= exp(-alpha t) ||u(0) - u*||
+    # and E(t) - E* <= exp(-2 alpha t) (E(0) - E*); observed rate against the exact flow's slowest mode
+    flow = fl.Flow(E, metric, "bdf", rtol=1e-13, ts_rtol=1e-7)
+    flow.set_reference(U_ref)
+    U = u0(problem)
+    result = flow.run(U, tau=1e-3, t_end=20.0)
+    t, e, gap = result.times, result.errors, result.column("gap")
+    assert np.all(e <= np.exp(-alpha * t) * e[0] * (1 + 1e-4))
+    assert np.all(gap <= np.exp(-2 * alpha * t) * gap[0] * (1 + 1e-4))
+    rate = result.contraction_rate()
+    mu_min = Exact(E, metric).mu.min()
+    say(f"\n{metric}: implicit Euler reached {reached[1]:.1e} in {reached[0]} steps; BDF2 over [0, 20]: observed contraction "
+        f"rate {rate:.4f} >= lambda = alpha = {alpha} (slowest mode of G^-1 K: {mu_min:.4f})")
+    assert rate >= alpha * (1 - 1e-3)
+    flow.destroy()
+
+
+def test_logistic_flow_converges_to_the_newton_solution():
+    problem, E = small_problem(alpha=1e-3, loss="logistic")
+    flow = fl.Flow(E, "L2", "implicit_euler")
+    U_star = flow.stationary()
+    assert flow.stationary_info.iterations > 2  # Newton, not one linear solve
+    U = u0(problem, "zero")
+    result = flow.run(U, tau=1.0, growth=3.0, tol=1e-7, max_steps=100)
+    assert result.errors[-1] <= 1e-7
+    assert np.all(np.diff(result.energies) <= 1e-12 * abs(result.energies[0]))
+    assert result.column("newton_iterations")[1:].max() >= 2
+    D = U.copy()
+    D.axpy(-1.0, U_star)
+    assert D.norm() <= 1e-6 * U_star.norm()
+    flow.destroy()
+
+
+# -- initial densities ----------------------------------------------------------------------------------
+
+
+def test_zero_and_gaussian_initial_densities():
+    problem, E = small_problem()
+    assert fl.initial_density(problem.H, "zero").x.array.max(initial=0.0) == 0.0
+    u = fl.initial_density(problem.H, "gaussian:1.5:2")
+    X = problem.H.V.tabulate_dof_coordinates()[:, :2]
+    assert np.allclose(u.x.array, 2 * np.exp(-np.sum(X**2, axis=1) / (2 * 1.5**2)))
+    for bad in ("gaussian:-1", "gaussian:x", "uniform", "gaussian:1:2:3"):
+        with pytest.raises(ValueError):
+            fl.initial_density(problem.H, bad)
+
+
+def test_density_file_round_trip(shared_tmp):
+    problem, E = small_problem()
+    u = problem.H.function()
+    u.interpolate(lambda x: np.sin(x[0]) + x[1] ** 2)
+    u.x.scatter_forward()  # ghosts = owners' values (interpolation on another cell can differ in the last bit)
+    path = os.path.join(shared_tmp, "density.npz")
+    io.save_density(path, u, problem.space, dict(alpha=0.05))
+    comm.Barrier()
+    v = fl.initial_density(problem.H, "density:" + path)
+    assert np.array_equal(v.x.array, u.x.array)
+    w = fl.initial_density(problem.H, path)  # recognised from its arrays
+    assert np.array_equal(w.x.array, u.x.array)
+    other = Problem(Space.box(1, 5, 2.0), "relu")
+    with pytest.raises(ValueError, match="does not match this mesh"):
+        fl.initial_density(other.H, path)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_network_projection_is_exact_for_linear_features(degree, shared_tmp):
+    """sigma(z) = z: sigma(theta . x~) is linear in theta, in V_h, so f_{u_h} = f_N exactly."""
+    rng = np.random.default_rng(0)
+    net = Network(rng.uniform(-1.9, 1.9, (25, 1)), rng.uniform(-1.9, 1.9, 25), rng.standard_normal(25),
+                  "monomial:1")
+    problem = Problem(Space.box(1, 4, 2.0), "monomial:1", degree=degree)
+    path = os.path.join(shared_tmp, "net.npz")
+    if comm.rank == 0:
+        net.save(path)
+    comm.Barrier()
+    u = fl.initial_density(problem.H, "network:" + path)
+    x = np.linspace(-1, 1, 7)[:, None]
+    E = problem.functional(x, np.zeros(7))
+    f = E.Phi.apply(u.x.petsc_vec)
+    assert np.allclose(f, net(x), rtol=1e-10, atol=1e-10), (f, net(x))
+
+
+def test_network_projection_on_the_sphere_keeps_the_mass():
+    """relu on S^2: a neuron r vartheta counts r a at vartheta; integral u_h = sum_i r_i a_i (1 is in V_h)."""
+    rng = np.random.default_rng(1)
+    W, b, a = rng.standard_normal((40, 2)), rng.standard_normal(40), rng.standard_normal(40)
+    net = Network(W, b, a, "relu")
+    problem = Problem(Space.sphere(2), "relu")
+    u = fl.project_network(problem.H, net)
+    import dolfinx.fem
+    import ufl
+
+    mass = comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(u * ufl.dx)), op=MPI.SUM)
+    r = np.linalg.norm(np.column_stack([W, b]), axis=1)
+    assert mass == pytest.approx(np.sum(r * a), rel=1e-9)
+    # and the network it represents is close to the finite one
+    x = data.synthetic("two_moons", 50, seed=0).x
+    f = problem.functional(x, np.ones(50)).Phi.apply(u.x.petsc_vec)
+    assert np.linalg.norm(f - net(x)) <= 0.2 * np.linalg.norm(net(x))
+
+
+def test_network_outside_the_box_is_refused():
+    net = Network(np.array([[0.5], [5.0]]), np.array([0.0, 0.0]), np.array([1.0, 1.0]), "relu")
+    problem = Problem(Space.box(1, 4, 2.0), "relu")
+    with pytest.raises(ValueError, match="outside the parameter domain"):
+        fl.project_network(problem.H, net)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme,metric,loss", [("implicit_euler", "L2", "squared"), ("bdf", "H1", "squared"),
+                                                ("implicit_euler", "H1", "logistic")])
+def test_restart_equals_the_uninterrupted_run(shared_tmp, scheme, metric, loss):
+    problem, E = small_problem(alpha=1e-3, loss=loss)
+
+    def make():
+        flow = fl.Flow(E, metric, scheme)
+        flow.stationary()
+        return flow
+
+    flow = make()
+    fp = fl.fingerprint(flow)
+    d1 = os.path.join(shared_tmp, "full")
+    U = u0(problem)
+    full = flow.run(U, tau=0.01, growth=1.5, max_steps=9, checkpoints=fl.Checkpoints(d1, 3, fp))
+    U_full = U.array_r.copy()
+    flow.destroy()
+    d2 = os.path.join(shared_tmp, "cut")
+    flow = make()
+    flow.run(u0(problem), tau=0.01, growth=1.5, max_steps=5, checkpoints=fl.Checkpoints(d2, 3, fp))
+    flow.destroy()
+    flow = make()
+    state, U = fl.load_checkpoint(d2, flow, fl.fingerprint(flow))
+    assert state.step == 3 and os.path.basename(state.path) == "step-00000003.npz"
+    resumed = flow.run(U, tau=123.0, growth=1.5, max_steps=9, state=state)  # tau comes from the checkpoint
+    flow.destroy()
+    assert np.array_equal(U.array_r, U_full)  # bit for bit
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.log]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.log] == strip
+
+
+def test_damaged_checkpoints_are_refused(shared_tmp):
+    problem, E = small_problem()
+    flow = fl.Flow(E, "L2", "implicit_euler")
+    fp = fl.fingerprint(flow)
+    d = os.path.join(shared_tmp, "ck")
+    flow.run(u0(problem), tau=0.1, max_steps=4, checkpoints=fl.Checkpoints(d, 2, fp))
+    good = os.path.join(d, "step-00000004.npz")
+    older = os.path.join(d, "step-00000002.npz")
+    comm.Barrier()
+
+    def refused(path, match, fingerprint=fp):
+        with pytest.raises(fl.CheckpointError, match=match):
+            fl.load_checkpoint(path, flow, fingerprint)
+        comm.Barrier()
+
+    raw = open(good, "rb").read()  # read on every rank (the directory is shared)
+    comm.Barrier()
+
+    def write(content):
+        if comm.rank == 0:
+            with open(good, "wb") as f:
+                f.write(content)
+        comm.Barrier()
+
+    write(raw[: len(raw) // 2])  # partial
+    refused(d, "partial or damaged.*older checkpoint is .*step-00000002")
+    flipped = bytearray(raw)
+    flipped[len(flipped) // 2] ^= 0xFF
+    write(bytes(flipped))  # one flipped byte inside the arrays
+    refused(good, "partial or damaged|corrupt")
+    if comm.rank == 0:  # a well-formed archive whose values were changed after the checksum was taken
+        with np.load(older) as f:
+            arrays = {k: f[k] for k in f.files}
+        arrays["u"] = arrays["u"] + 1e-12
+        with open(good, "wb") as f:
+            np.savez(f, **arrays)
+    comm.Barrier()
+    refused(good, "corrupt: its sha256 checksum does not match")
+    other = dict(fp, alpha=0.5)
+    refused(older, "different problem \\(alpha: checkpoint 0.05, this run 0.5\\)", other)
+    refused(os.path.join(shared_tmp, "nothing-here"), "does not exist")
+    empty = os.path.join(shared_tmp, "empty")
+    if comm.rank == 0:
+        os.makedirs(empty)
+        open(os.path.join(empty, ".step-00000009.npz.tmp"), "wb").close()  # an interrupted write
+    comm.Barrier()
+    refused(empty, "no checkpoint in")
+    state, _ = fl.load_checkpoint(older, flow, fp)  # the older one is still good
+    assert state.step == 2
+    flow.destroy()
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+ARGS = ["--data", "sin", "--n", "200", "--mesh-size", "10", "--radius", "3", "--alpha", "1e-3",
+        "--weight", "gaussian:2", "--initial", "gaussian:1:2", "--tau", "0.05", "--growth", "1.6",
+        "--max-steps", "14", "--no-plot"]
+
+
+def _u(out):
+    with np.load(os.path.join(out, "density.npz")) as f:
+        return f["theta"], f["u"]
+
+
+def _log(out):
+    rows = json.load(open(os.path.join(out, "energy.json")))["steps"]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.mpi
+def test_sigkill_mid_checkpoint_then_resume(tmp_path):
+    """A run killed (SIGKILL) while writing a checkpoint leaves the previous one intact; resuming from it
+    gives the uninterrupted run's density bit for bit (same number of ranks)."""
+    full = tmp_path / "full"
+    r = run([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "1", "--out", str(full)], timeout=300)
+    assert r.returncode == 0, r.stderr
+    out, ck = tmp_path / "killed", tmp_path / "ck"
+    env = dict(os.environ, FLOWFEM_CHECKPOINT_PAUSE="0.4")
+    proc = subprocess.Popen([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "1", "--checkpoint-dir", str(ck),
+                             "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until a write is in progress after at least two finished ones
+        names = os.listdir(ck) if ck.exists() else []
+        if any(n.endswith(".tmp") for n in names) and sum(n.startswith("step-") for n in names) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    names = sorted(os.listdir(ck))
+    assert any(n.endswith(".tmp") for n in names), names  # killed mid-write
+    assert not out.exists()  # no half-written output directory
+    r = run([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "1", "--resume", str(ck), "--out", str(out)],
+            timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stdout
+    theta1, u1 = _u(full)
+    theta2, u2 = _u(out)
+    assert np.array_equal(theta1, theta2) and np.array_equal(u1, u2)
+    assert _log(full) == _log(out)
+    assert not any(n.endswith(".tmp") for n in os.listdir(ck))  # the resumed run's writes all finished
+
+
+@pytest.mark.mpi
+def test_one_and_two_ranks_agree_and_two_rank_restart_is_exact(tmp_path):
+    args = [*ARGS, "--scheme", "bdf", "--max-steps", "30", "--tau", "0.01", "--rtol", "1e-12"]
+    outs = {}
+    for ranks in (1, 2):
+        outs[ranks] = tmp_path / f"r{ranks}"
+        r = run([FLOWFEM, "flow", *args, "--out", str(outs[ranks])], ranks=ranks, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert f"on {ranks} rank(s)" in r.stdout
+    (t1, u1), (t2, u2) = _u(outs[1]), _u(outs[2])
+    assert np.array_equal(np.round(t1, 10), np.round(t2, 10))
+    assert np.linalg.norm(u1 - u2) <= 1e-8 * np.linalg.norm(u1)
+    l1, l2 = _log(outs[1]), _log(outs[2])
+    assert [r["t"] for r in l1] == pytest.approx([r["t"] for r in l2], rel=1e-8)
+    assert [r["energy"] for r in l1] == pytest.approx([r["energy"] for r in l2], rel=1e-10)
+    # two ranks: checkpoint, stop, resume = uninterrupted (bit for bit)
+    full, cut, resumed = tmp_path / "full2", tmp_path / "cut2", tmp_path / "res2"
+    for out, extra in ((full, ["--max-steps", "30"]), (cut, ["--max-steps", "17"])):
+        r = run([FLOWFEM, "flow", *args, *extra, "--checkpoint-every", "5", "--out", str(out)], ranks=2,
+                timeout=300)
+        assert r.returncode == 0, r.stderr
+    r = run([FLOWFEM, "flow", *args, "--checkpoint-every", "5", "--resume", str(cut) + ".checkpoints",
+             "--out", str(resumed)], ranks=2, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "step 15" in r.stdout
+    assert np.array_equal(_u(full)[1], _u(resumed)[1])
+    assert _log(full) == _log(resumed)
+
+
+@pytest.mark.mpi
+def test_flow_command_outputs_and_errors(tmp_path):
+    out = tmp_path / "out"
+    r = run([FLOWFEM, "flow", *[a for a in ARGS if a != "--no-plot"], "--tol", "1e-6", "--max-steps", "60",
+             "--out", str(out)], timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(out)) == ["density.bp", "density.npz", "energy.csv", "energy.json", "energy.png",
+                                       "trajectory.bp"]
+    doc = json.load(open(out / "energy.json"))
+    assert doc["final_error"] <= 1e-6 and doc["frames"] == doc["steps_taken"] + 1
+    table = np.genfromtxt(out / "energy.csv", delimiter=",", names=True)
+    assert np.all(np.diff(table["energy"]) <= 0) and table["error"][-1] <= 1e-6
+    assert np.allclose(table["energy"], table["loss"] + table["regulariser"])
+    assert r.stderr == ""  # no progress bar without a terminal
+    # the final density starts a new flow (density:PATH), which is already converged
+    r = run([FLOWFEM, "flow", *ARGS, "--initial", f"density:{out}/density.npz", "--max-steps", "1",
+             "--out", str(tmp_path / "again")], timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / "again" / "energy.json"))["steps"][0]["error"] <= 1e-6
+    for extra, message in ((["--scheme", "rk4"], "unknown time stepper 'rk4'"),
+                           (["--scheme", "theta:0.2"], "1/2 <= theta <= 1"),
+                           (["--initial", "network:/nonexistent.npz"], "no file '/nonexistent.npz'"),
+                           (["--growth", "0.5"], "growth factor must be >= 1"),
+                           (["--resume", str(tmp_path / "nothing")], "does not exist")):
+        bad = tmp_path / "bad"
+        r = run([FLOWFEM, "flow", *ARGS, *extra, "--out", str(bad)], timeout=120)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not bad.exists()
