@@ -404,6 +404,7 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
 # parameter mesh, so that particles and the FE density can be compared as fields.
 
 PLACEMENTS = ("rescale", "clip", "drop")
+_MARGIN = 3.0  # rescaled particles end this many cell diameters h inside the boundary (along their ray)
 DENSITY_METHODS = ("lumped", "kernel")
 
 
@@ -587,7 +588,9 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
       homogeneous activations only (as :mod:`flowfem.readout` does in reverse).
     * particles outside a box, ball or mesh file, by ``outside``: ``rescale`` (default for
       homogeneous sigma; exact) moves theta_i along its ray to t theta_i inside, c_i -> c_i / t^p
-      (t found by bisection; the origin must be in the domain); ``clip`` moves it to the closest
+      (t: the boundary, found by bisection, then 3 h further in, at most half-way to the origin, so
+      the point mass is not spread one-sidedly against the boundary; the origin must be in the
+      domain, which must be star-shaped about it); ``clip`` moves it to the closest
       point of the mesh (changes the network; reported in ``shift``); ``drop`` (default for other
       sigma) leaves it out, reported in ``dropped``, ``dropped_mass``, ``dropped_variation``.
 
@@ -660,6 +663,8 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
         moved = r != 1.0
 
     locate = _Locator(mesh)
+    h = mesh.h(tdim, locate.cells) if len(locate.cells) else np.zeros(1)
+    h = comm.allreduce(float(h.max(initial=0.0)), op=MPI.MAX)
     x0 = mesh.geometry.x[:, :gdim]
     lo = x0.min(axis=0) if len(x0) else np.full(gdim, np.inf)
     hi = x0.max(axis=0) if len(x0) else np.full(gdim, -np.inf)
@@ -679,6 +684,10 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
                 t = 0.5 * (t_in + t_out)
                 inside = locate(t[:, None] * theta[idx])[2] <= tol2
                 t_in, t_out = np.where(inside, t, t_in), np.where(inside, t_out, t)
+            # then 3 h further in along the ray (no closer to the origin than half-way), so that
+            # the cells a point mass is spread over stay off the boundary: exact all the same
+            r_b = t_in * np.linalg.norm(theta[idx], axis=1)
+            t_in = t_in * np.maximum(1.0 - _MARGIN * h / np.maximum(r_b, 1e-300), 0.5)
             theta[idx] *= t_in[:, None]
             c[idx] /= t_in ** act.degree
             moved[idx] = True
@@ -745,7 +754,5 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
         u_out = dolfinx.fem.Function(V_out, name="particles")
         u_out.interpolate(u)
         u = u_out
-    h = mesh.h(tdim, locate.cells) if len(locate.cells) else np.zeros(1)
-    h = comm.allreduce(float(h.max(initial=0.0)), op=MPI.MAX)
     return ParticleDensity(u, theta, c, moved, dropped, shift, method, width, h, outside, act, directions,
                            theta0, c0)
