@@ -171,13 +171,14 @@ def cmd_flow(args, comm) -> None:
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     E = problem.functional(train.x, train.y)
     flow = fl.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
-                   petsc_options=petsc)
+                   petsc_options=petsc, step_rtol=args.step_rtol)
     t1 = time.perf_counter()
     if not args.no_reference:
         flow.stationary()
     t2 = time.perf_counter()
     fp = fl.fingerprint(flow, data=args.data, n_data=args.n, seed=args.seed, radius=args.radius,
                         mesh_size=args.mesh_size, solver=args.solver, rtol=args.rtol, ts_rtol=args.ts_rtol,
+                        step_rtol=args.step_rtol,
                         growth=args.growth, tau_max=args.tau_max, reference=not args.no_reference,
                         petsc_options=petsc)
     state = None
@@ -477,7 +478,11 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("solver, checkpoints and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
                    help="linear solves of every step: cg (CG + GAMG) or direct (MUMPS + Woodbury, small problems)")
-    g.add_argument("--rtol", type=float, default=1e-10, help="linear (CG) relative tolerance (default 1e-10)")
+    g.add_argument("--rtol", type=float, default=1e-12,
+                   help="linear solves stop at rtol ||dE(0)|| at the latest; also the stationary solve's "
+                        "tolerance (default 1e-12)")
+    g.add_argument("--step-rtol", type=float, default=1e-6,
+                   help="each step's linear solves reduce its residual by this factor (default 1e-6)")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="PETSc option: ts_* to the TS (e.g. ts_adapt_type=none, ts_monitor=), snes_* to Newton, "
                         "others to the linear solver (repeatable)")

@@ -39,6 +39,7 @@ temporary name and renamed, with a sha256 checksum) from which
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -246,8 +247,8 @@ class BDF(Scheme):
         if not 1 <= self.order <= 6:
             raise ValueError(f"bdf:{self.order}: PETSc's BDF has orders 1 to 6")
         E = flow.E
-        self.lin = LinearSolver(E, None, flow.solver, flow.rtol, petsc_options=flow.linear_options,
-                                G=flow.G, shift=0.0)
+        self.lin = LinearSolver(E, None, flow.solver, flow.step_rtol, petsc_options=flow.linear_options,
+                                G=flow.G, shift=0.0, atol=flow.linear_atol, pc_shift_factor=flow.pc_shift_factor)
         comm = E.H.space.comm
         ts = PETSc.TS().create(comm)
         prefix = f"flowfem_ts_{next(_ts_prefix)}_"
@@ -333,13 +334,7 @@ class BDF(Scheme):
         self.lin.destroy()
 
 
-def _counter():
-    import itertools
-
-    return itertools.count()
-
-
-_ts_prefix = _counter()
+_ts_prefix = itertools.count()  # the same sequence of TS option prefixes on every rank
 
 
 # -- the flow -------------------------------------------------------------------------------
@@ -426,27 +421,39 @@ class Progress:
 class Flow:
     """The gradient flow G dU/dt = -dE_alpha(U) for a functional E, a metric and a time stepper.
 
-    ``solver`` (cg | direct) and ``rtol`` configure the linear solves; the
-    Newton tolerances ``newton_rtol`` (relative to the first residual) and
-    ``newton_atol`` apply to nonlinear losses. ``petsc_options`` keys starting
+    ``solver`` (cg | direct) configures the linear solves of every step, which
+    stop (cg) at ||r|| <= max(step_rtol ||rhs||, rtol ||dE_alpha(0)||): each
+    step reduces its own residual by ``step_rtol``, down to the floor
+    ``rtol`` ||dE_alpha(0)|| (for the squared loss ||dE_alpha(0)|| =
+    ||Phi^T y / n||, the stationary right-hand side), which also is the
+    tolerance of :meth:`stationary`. The floor is relative to the data, not
+    to the step: late residuals lie in the slow modes, where a residual
+    costs more error than in a stationary solve, hence the default 1e-12. The Newton tolerances ``newton_rtol`` (relative to the first
+    residual) and ``newton_atol`` apply to nonlinear losses. ``petsc_options`` keys starting
     with ``ts_`` go to the PETSc TS (BDF scheme), ``snes_`` to SNES, the rest
     to the linear solver. ``ts_rtol`` / ``ts_atol`` are the BDF error
     tolerances (``ts_atol`` defaults to ts_rtol times the largest |U|
-    of the initial or stationary density, set by :meth:`run`).
+    of the initial or stationary density, set by :meth:`run`). With
+    ``pc_shift_factor`` f the preconditioner of the steps' systems
+    G / (theta tau) + K is rebuilt only when the shift crosses a power of f
+    (see :class:`flowfem.stationary.LinearSolver`).
     """
 
     def __init__(self, E: Functional, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",
-                 rtol: float = 1e-10, newton_rtol: float = 1e-10, newton_atol: float | None = None,
-                 ts_rtol: float = 1e-4, ts_atol: float | None = None, petsc_options: dict | None = None):
+                 rtol: float = 1e-12, newton_rtol: float = 1e-10, newton_atol: float | None = None,
+                 ts_rtol: float = 1e-4, ts_atol: float | None = None, petsc_options: dict | None = None,
+                 step_rtol: float = 1e-6, pc_shift_factor: float | None = 4.0):
         self.E = E
-        self.metric = "L2" if str(metric).upper() == "L2" else "H1" if str(metric).upper() == "H1" else metric
-        self.G = metric_matrix(E.H, metric)
-        self.solver, self.rtol = solver, float(rtol)
+        self.G = metric_matrix(E.H, metric)  # validates the name
+        self.metric = str(metric).upper()
+        self.solver, self.rtol, self.step_rtol = solver, float(rtol), float(step_rtol)
+        self.pc_shift_factor = pc_shift_factor
         self.newton_rtol = float(newton_rtol)
-        if newton_atol is None:  # steps near the stationary state start from a tiny residual
-            g0 = E.gradient(E.vector())
-            newton_atol = 1e-13 * max(g0.norm(), 1e-300)
-            g0.destroy()
+        g0 = E.gradient(E.vector())
+        self.gradient_scale = max(g0.norm(), 1e-300)  # ||dE_alpha(0)||
+        g0.destroy()
+        if newton_atol is None:  # steps near the stationary state start from a tiny residual: the linear floor
+            newton_atol = self.rtol * self.gradient_scale
         self.newton_atol = float(newton_atol)
         self.ts_rtol, self.ts_atol_given = float(ts_rtol), ts_atol
         self.ts_atol = float(ts_atol) if ts_atol is not None else float(ts_rtol)
@@ -475,8 +482,14 @@ class Flow:
     def newton_solver(self) -> NewtonSolver:
         """A Newton solver for the implicit steps F(U) = s G (U - U^k) + dE(U) - g = 0."""
         opts = dict(self.linear_options, **self.snes_options)
-        return NewtonSolver(self.E, self.solver, self.newton_rtol, self.newton_atol, 50, self.rtol,
-                            G=self.G, petsc_options=opts)
+        return NewtonSolver(self.E, self.solver, self.newton_rtol, self.newton_atol, 50, self.step_rtol,
+                            G=self.G, petsc_options=opts, linear_atol=self.linear_atol,
+                            pc_shift_factor=self.pc_shift_factor)
+
+    @property
+    def linear_atol(self) -> float:
+        """The absolute floor of every step's linear solves: rtol ||dE_alpha(0)||."""
+        return self.rtol * self.gradient_scale
 
     def norm(self, V: PETSc.Vec) -> float:
         """||V||_G = sqrt(V^T G V)."""
@@ -571,7 +584,7 @@ class Flow:
                 if state.step >= max_steps:
                     stopped = f"max_steps = {max_steps} steps"
                     break
-                step_tau = min(state.tau, tau_max)
+                planned = step_tau = min(state.tau, tau_max)
                 final = state.t + step_tau >= t_end * (1 - 1e-12)
                 if final:
                     step_tau = t_end - state.t
@@ -580,9 +593,7 @@ class Flow:
                 if scheme.adaptive and state.t >= t_end * (1 - 1e-12):
                     state.t = max(state.t, t_end)
                 state.step += 1
-                state.tau = stats.next_tau if scheme.adaptive else min(step_tau * growth, tau_max)
-                if final and not scheme.adaptive:
-                    state.tau = min(state.tau, tau_max)
+                state.tau = stats.next_tau if scheme.adaptive else min(planned * growth, tau_max)
                 rec = self.record(U, state.step, state.t, stats.tau, stats,
                                   offset + time.perf_counter() - clock)
                 state.log.append(rec)
@@ -619,14 +630,9 @@ class Flow:
 # -- initial densities --------------------------------------------------------------------
 
 
-def _owned(u: dolfinx.fem.Function) -> np.ndarray:
-    return u.x.array[: u.function_space.dofmap.index_map.size_local]
-
-
 def to_vector(u: dolfinx.fem.Function) -> PETSc.Vec:
     """A fresh PETSc vector (owned dofs) holding u."""
-    V = u.x.petsc_vec.copy()
-    return V
+    return u.x.petsc_vec.copy()
 
 
 def gaussian(H: WeightedH1, scale: float = 1.0, amplitude: float = 1.0) -> dolfinx.fem.Function:

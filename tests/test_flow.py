@@ -418,7 +418,7 @@ def test_sigkill_mid_checkpoint_then_resume(tmp_path):
 
 @pytest.mark.mpi
 def test_one_and_two_ranks_agree_and_two_rank_restart_is_exact(tmp_path):
-    args = [*ARGS, "--scheme", "bdf", "--max-steps", "30", "--tau", "0.01", "--rtol", "1e-12"]
+    args = [*ARGS, "--scheme", "bdf", "--max-steps", "30", "--tau", "0.01", "--step-rtol", "1e-12"]
     outs = {}
     for ranks in (1, 2):
         outs[ranks] = tmp_path / f"r{ranks}"
