@@ -279,6 +279,48 @@ def test_network_outside_the_box_is_refused():
         fl.project_network(problem.H, net)
 
 
+# -- reporting ------------------------------------------------------------------------------------------
+
+
+def test_progress_bar_only_on_a_terminal_of_rank_0():
+    import io as stdio
+
+    class Terminal(stdio.StringIO):
+        def isatty(self):
+            return True
+
+    term, pipe = Terminal(), stdio.StringIO()
+    for stream in (term, pipe):
+        bar = fl.Progress(comm, True, stream)
+        bar.update(0.5, "step 3")
+        bar.close()
+    assert pipe.getvalue() == ""
+    if comm.rank == 0:
+        assert "50.0% step 3" in term.getvalue() and term.getvalue().endswith("\n")
+    else:
+        assert term.getvalue() == ""
+    quiet = Terminal()
+    fl.Progress(comm, False, quiet).update(1.0, "done")
+    assert quiet.getvalue() == ""
+
+
+def test_energy_log_files(shared_tmp):
+    problem, E = small_problem()
+    flow = fl.Flow(E, "L2", "implicit_euler")
+    flow.stationary()
+    result = flow.run(u0(problem), tau=1.0, growth=3.0, max_steps=6)
+    fl.write_log(shared_tmp, result, comm, extra=dict(note="x"))
+    if comm.rank == 0:
+        fl.energy_figure(os.path.join(shared_tmp, "energy.png"), result)
+        table = np.genfromtxt(os.path.join(shared_tmp, "energy.csv"), delimiter=",", names=True)
+        assert list(table.dtype.names) == list(fl.LOG_COLUMNS) and len(table) == 7
+        assert np.allclose(table["gap"], table["energy"] - flow.energy_star)
+        doc = json.load(open(os.path.join(shared_tmp, "energy.json")))
+        assert doc["note"] == "x" and doc["lam"] == E.alpha and len(doc["steps"]) == 7
+        assert os.path.getsize(os.path.join(shared_tmp, "energy.png")) > 0
+    flow.destroy()
+
+
 # -- checkpoints ----------------------------------------------------------------------------------------
 
 
