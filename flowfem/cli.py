@@ -295,7 +295,7 @@ def cmd_predict(args, comm) -> None:
             x, y = data.synthetic(args.data, args.n, args.seed).x, None
         else:
             x, y = _read_inputs(args.data)
-        x, _ = data.check(x, None, net.input_dim, what=f"inputs {args.data!r}")
+        x, _ = data.check(x, None, net.input_dim, what=f"inputs {args.data!r}", max_dim=None)
         f = net(x)
         header = ",".join([f"x{i + 1}" for i in range(x.shape[1])] + ["f"])
         table = np.column_stack([x, f])
