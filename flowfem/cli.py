@@ -79,20 +79,32 @@ def _load_data(args, comm):
     return on_root(comm, read)
 
 
-def cmd_solve(args, comm) -> None:
-    from flowfem import io
-    from flowfem.problem import Problem
+def _make_space(args, train, comm):
+    """The parameter mesh for the data's input dimension; domain and activation checked before meshing."""
+    from flowfem.activations import activation
     from flowfem.space import Space
 
-    petsc = _petsc_options(args.petsc_option)
-    train, test = _load_data(args, comm)
-    t0 = time.perf_counter()
+    if args.domain in ("circle", "sphere") and not activation(args.activation).homogeneous:
+        raise ValueError(
+            f"the {args.domain} carries densities of directions, which represent only positively homogeneous "
+            f"activations; {args.activation} is not: use relu, leaky_relu or monomial:k, or a box or ball domain")
     space = Space.make(args.domain, train.d, args.mesh_size, args.radius, comm)
     if space.input_dim != train.d:
         raise ValueError(
             f"the data have d = {train.d} inputs but the mesh {args.domain!r} has parameter dimension "
             f"{space.gdim} (networks on d = {space.input_dim} inputs); use a mesh of dimension {train.d + 1}"
         )
+    return space
+
+
+def cmd_solve(args, comm) -> None:
+    from flowfem import io
+    from flowfem.problem import Problem
+
+    petsc = _petsc_options(args.petsc_option)
+    train, test = _load_data(args, comm)
+    t0 = time.perf_counter()
+    space = _make_space(args, train, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     E = problem.functional(train.x, train.y)
     t1 = time.perf_counter()
@@ -143,7 +155,6 @@ def cmd_flow(args, comm) -> None:
     from flowfem import flow as fl
     from flowfem import io
     from flowfem.problem import Problem
-    from flowfem.space import Space
 
     petsc = _petsc_options(args.petsc_option)
     if not (args.tau > 0 and math.isfinite(args.tau)):
@@ -162,12 +173,7 @@ def cmd_flow(args, comm) -> None:
         raise ValueError(f"--t-end {args.t_end}: the final time must be positive")
     train, test = _load_data(args, comm)
     t0 = time.perf_counter()
-    space = Space.make(args.domain, train.d, args.mesh_size, args.radius, comm)
-    if space.input_dim != train.d:
-        raise ValueError(
-            f"the data have d = {train.d} inputs but the mesh {args.domain!r} has parameter dimension "
-            f"{space.gdim} (networks on d = {space.input_dim} inputs); use a mesh of dimension {train.d + 1}"
-        )
+    space = _make_space(args, train, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     E = problem.functional(train.x, train.y)
     flow = fl.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
