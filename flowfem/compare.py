@@ -69,6 +69,7 @@ import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from flowfem import particles as fp  # noqa: E402
+from flowfem.mpi import CollectiveError  # noqa: E402
 from flowfem import readout as ro  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.data import Dataset  # noqa: E402
@@ -114,6 +115,7 @@ class Comparison:
     runs: list[Run]
     settings: dict
     result: object  # the FE solve's flowfem.problem.Result
+    density: object  # u* as a dolfinx Function (see fe_density)
     particles: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleResult
     networks: dict = field(default_factory=dict)  # (rule, N requested, seed) -> Network of a readout
     densities: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleDensity
@@ -189,7 +191,7 @@ class Comparison:
         from flowfem import io
 
         comm = self.result.problem.space.comm if comm is None else comm
-        u = self.result.density
+        u = self.density
         u.name = "fe_density"
         fields = [u] + [d.function for d in self.densities.values()]
         for (m, N, s), d in self.densities.items():
@@ -197,28 +199,38 @@ class Comparison:
         gathered = [io.gather_dofs(f) for f in fields] if plot else []  # collective
         with io.output_directory(out, comm, force) as tmp:
             _write_fields(os.path.join(tmp, "densities.bp"), fields)
+            error = None
             if comm.rank == 0:
-                with open(os.path.join(tmp, "table.md"), "w") as f:
-                    f.write(self.markdown())
-                _write_csv(os.path.join(tmp, "table.csv"), TABLE_COLUMNS, self.table())
-                _write_csv(os.path.join(tmp, "runs.csv"), RUN_COLUMNS, [asdict(r) for r in self.runs])
-                curves = []
-                for (m, N, s), r in self.particles.items():
-                    h = r.history
-                    for i in range(len(h["step"])):
-                        curves.append(dict(method=m, width=N, seed=s, step=int(h["step"][i]), time=h["time"][i],
-                                           objective=h["objective"][i], loss=h["loss"][i],
-                                           test_rmse=h["test_error"][i]))
-                _write_csv(os.path.join(tmp, "curves.csv"),
-                           ("method", "width", "seed", "step", "time", "objective", "loss", "test_rmse"), curves)
-                with open(os.path.join(tmp, "results.json"), "w") as f:
-                    json.dump(_jsonable(dict(settings=self.settings, runs=[asdict(r) for r in self.runs],
-                                             table=self.table(), distances=self.distances)),
-                              f, indent=2, sort_keys=True, allow_nan=True)
-                    f.write("\n")
-                if plot:
-                    _figures(tmp, self, gathered)
-            comm.Barrier()
+                try:
+                    self._write_root(tmp, gathered, plot)
+                except Exception as e:  # noqa: BLE001  (reported on every rank below)
+                    error = f"writing {out} failed on rank 0: {type(e).__name__}: {e}"
+            error = comm.bcast(error, root=0)  # every rank leaves the block together
+            if error is not None:
+                raise CollectiveError(error)
+
+    def _write_root(self, tmp: str, gathered, plot: bool) -> None:
+        """The tables, curves, JSON and figures (rank 0 only)."""
+        with open(os.path.join(tmp, "table.md"), "w") as f:
+            f.write(self.markdown())
+        _write_csv(os.path.join(tmp, "table.csv"), TABLE_COLUMNS, self.table())
+        _write_csv(os.path.join(tmp, "runs.csv"), RUN_COLUMNS, [asdict(r) for r in self.runs])
+        curves = []
+        for (m, N, s), r in self.particles.items():
+            h = r.history
+            for i in range(len(h["step"])):
+                curves.append(dict(method=m, width=N, seed=s, step=int(h["step"][i]), time=h["time"][i],
+                                   objective=h["objective"][i], loss=h["loss"][i],
+                                   test_rmse=h["test_error"][i]))
+        _write_csv(os.path.join(tmp, "curves.csv"),
+                   ("method", "width", "seed", "step", "time", "objective", "loss", "test_rmse"), curves)
+        with open(os.path.join(tmp, "results.json"), "w") as f:
+            json.dump(_jsonable(dict(settings=self.settings, runs=[asdict(r) for r in self.runs],
+                                     table=self.table(), distances=self.distances)),
+                      f, indent=2, sort_keys=True, allow_nan=True)
+            f.write("\n")
+        if plot:
+            _figures(tmp, self, gathered)
 
 
 def _write_fields(path, fields):
@@ -271,6 +283,20 @@ def read_csv(path: str) -> list[dict]:
 
 
 # -- distances between densities ---------------------------------------------------------
+
+
+def fe_density(result):
+    """u* of a flowfem Result as a dolfinx Function that holds no PETSc vector.
+
+    (``Result.density`` fills the Function through its PETSc vector. Used as a coefficient of a
+    form compiled for the first time, such a Function stays referenced on rank 0 only; once
+    freed on the other ranks, the next PETSc vector made on its communicator hangs.)
+    """
+    u = result.problem.H.function("density")
+    u.x.array[: u.function_space.dofmap.index_map.size_local] = result.U.array_r
+    u.x.scatter_forward()
+    return u
+
 
 
 def l2_distance(u, v) -> float:
@@ -435,10 +461,11 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
                         seconds, None, None, ranks, "completed", how))
         say(f"FE readout {rule} N={neurons.width} seed={seed}: test RMSE {runs[-1].test_rmse:.3e}")
 
+    u_star = fe_density(result)
     base = None
     if "sample" in readouts or "refit" in readouts:
         t = time.perf_counter()
-        base = ro.quadrature_neurons(result.density, act)
+        base = ro.quadrature_neurons(u_star, act)
         base_seconds = time.perf_counter() - t
     for N in widths:
         if "quadrature" in readouts:
@@ -447,7 +474,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
             t = time.perf_counter()
             coarse = Problem(Space.make(domain, train.d, size, radius, comm), act.name, weight, alpha, kappa, degree)
             res_c = coarse.fit(x, y)
-            neurons = ro.quadrature_neurons(res_c.density, act, degree=1)
+            neurons = ro.quadrature_neurons(fe_density(res_c), act, degree=1)
             readout_run("quadrature", N, None, neurons, time.perf_counter() - t,
                         f"midpoint rule (one neuron per cell) of a fresh FE solve on the {desc}, same alpha, kappa, "
                         f"omega ({res_c.iterations} CG iterations); time: mesh + solve + readout; {ranks} rank(s)")
@@ -487,7 +514,6 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
                     f"{runs[-1].seconds:.2f} s)")
 
     # -- densities -------------------------------------------------------------------------
-    u_star = result.density
     mesh = space.mesh
     x0 = mesh.geometry.x[:, : space.gdim]
     lo = comm.allreduce(float(x0.min()) if len(x0) else np.inf, op=MPI.MIN)
@@ -528,7 +554,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         weight=str(problem.H.weight), degree=degree, readouts=readouts, density_method=density_method,
         density_width=density_width, mmd_bandwidth=mmd_bandwidth, ranks=ranks,
         fe_iterations=result.iterations, fe_residual=result.residual)
-    return Comparison(runs, settings, result, particles, networks, densities, distances, train, test)
+    return Comparison(runs, settings, result, u_star, particles, networks, densities, distances, train, test)
 
 
 # -- figures (rank 0) -------------------------------------------------------------------------

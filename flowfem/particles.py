@@ -603,6 +603,7 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
     import dolfinx.fem
     import dolfinx.fem.petsc
     import dolfinx.la
+    import dolfinx.la.petsc
     import ufl
     from mpi4py import MPI
     from petsc4py import PETSc
@@ -745,10 +746,14 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
         ksp.getPC().setType("gamg")
         ksp.setTolerances(rtol=1e-13, atol=0.0, max_it=1000)
         ksp.setErrorIfNotConverged(True)
-        ksp.solve(b.x.petsc_vec, u.x.petsc_vec)
-        ksp.destroy()
-        A.destroy()
-        diag.destroy()
+        # PETSc views of b and u, destroyed here on every rank: a Function that keeps a PETSc
+        # vector must not outlive its use, since a JIT-compiled form holding it as a coefficient
+        # can keep it alive on rank 0 only, and a vector freed on some ranks alone makes the next
+        # vector creation on that communicator hang
+        bv, uv = dolfinx.la.petsc.create_vector_wrap(b.x), dolfinx.la.petsc.create_vector_wrap(u.x)
+        ksp.solve(bv, uv)
+        for obj in (ksp, A, diag, bv, uv):
+            obj.destroy()
     u.x.scatter_forward()
     if V_out is not None and V_out is not V1:
         u_out = dolfinx.fem.Function(V_out, name="particles")
