@@ -53,7 +53,6 @@ fields of one file) and the figures ``error_vs_width.png``, ``error_vs_time.png`
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 import math
 import os

@@ -7,7 +7,6 @@ the stated smoothing error (ParticleDensity.bound), which shrinks with the mesh 
 kernel width s. Every test here is rank-agnostic; the last one compares 1 and 2 ranks.
 """
 
-import os
 import sys
 
 import numpy as np
@@ -18,7 +17,7 @@ import dolfinx.fem
 import ufl
 from mpi4py import MPI
 
-from conftest import ROOT, run
+from conftest import run
 from flowfem import particles as fp
 from flowfem.space import Space
 
