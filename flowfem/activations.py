@@ -54,7 +54,7 @@ def _relu(slope: float) -> Activation:
     name = "relu" if slope == 0.0 else f"leaky_relu:{slope:g}"
     return Activation(
         name=name,
-        sigma=lambda z: np.where(z > 0, z, slope * z),
+        sigma=(lambda z: np.maximum(z, 0.0)) if slope == 0.0 else (lambda z: np.maximum(z, slope * z)),
         dsigma=lambda z: np.where(z > 0, 1.0, slope),
         d2sigma=lambda z: np.zeros_like(np.asarray(z, dtype=float)),
         degree=1,

@@ -96,7 +96,7 @@ class Result:
     def density(self) -> dolfinx.fem.Function:
         """u* as a dolfinx Function (ghost values updated)."""
         u = self.problem.H.function("density")
-        u.x.petsc_vec.array[:] = self.U.array_r
+        u.x.array[: self.U.getLocalSize()] = self.U.array_r  # no PETSc vector on u: see flowfem/compare.py
         u.x.scatter_forward()
         return u
 
