@@ -6,6 +6,7 @@ themselves and are skipped inside an MPI run.
 """
 
 import gc
+import importlib.util
 import os
 import subprocess
 import sys
@@ -46,6 +47,14 @@ def run(cmd, ranks: int = 1, timeout: float = 600, **kw) -> subprocess.Completed
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=kw.pop("cwd", ROOT),
                           env=env, **kw)
+
+
+def load_demo(name: str):
+    """Import demos/NAME.py as a module (the demos are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "demos", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -1,13 +1,12 @@
 """demos/compare_particles.py at a small size: in-process (rank-agnostic) and as a script under mpirun -n 2."""
 
-import importlib.util
 import os
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, load_demo, run
 from flowfem import compare
 
 DEMO = os.path.join(ROOT, "demos", "compare_particles.py")
@@ -15,10 +14,7 @@ CI_SIZE = dict(n=200, widths=(8, 32), seeds=(0, 1), steps=100, cells=12)  # what
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("compare_particles", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_demo("compare_particles")
 
 
 def test_small_comparison(shared_tmp):

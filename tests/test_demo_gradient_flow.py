@@ -1,6 +1,5 @@
 """demos/gradient_flow.py at a small size: in-process (serial and under mpirun -n 2) and as a script."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -8,16 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, load_demo, run
 
 DEMO = os.path.join(ROOT, "demos", "gradient_flow.py")
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("gradient_flow", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_demo("gradient_flow")
 
 
 def test_flows_reach_the_stationary_densities(shared_tmp):

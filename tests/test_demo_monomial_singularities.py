@@ -1,20 +1,16 @@
 """Run demos/monomial_singularities.py at small size and check its table."""
 
-import importlib.util
 import pathlib
+
+from conftest import load_demo
 
 DEMO = pathlib.Path(__file__).resolve().parents[1] / "demos" / "monomial_singularities.py"
 
 
-def load_demo():
-    spec = importlib.util.spec_from_file_location("monomial_singularities", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_demo_table(capsys):
-    demo = load_demo()
+    demo = load_demo("monomial_singularities")
     rows = demo.main(widths=[[2, 2, 1], [2, 2, 2, 1]], ks=[1, 3], biases=[False, True])
     out = capsys.readouterr().out
     assert "rescaled duplicate" in out and "subnetworks deficient" in out and "DISAGREE" not in out

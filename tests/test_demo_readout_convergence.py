@@ -1,6 +1,5 @@
 """demos/readout_convergence.py: the rates of the readout rules, at a small size, serial and under mpirun."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -9,16 +8,15 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import load_demo
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 DEMO = os.path.join(ROOT, "demos", "readout_convergence.py")
 CI_SIZE = dict(cells=8, n=200, seeds=8, reference=16)  # what the script runs with CI set
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("readout_convergence", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_demo("readout_convergence")
 
 
 def test_rates_at_a_small_size():

@@ -1,7 +1,6 @@
 """demos/splitting_plateau.py at a small size: plateau flat, classification agrees with the full
 Hessian, gradient descent lingers on the plateau unless perturbed, flowfem's data term far lower."""
 
-import importlib.util
 import os
 import pathlib
 import sys
@@ -9,21 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import load_demo, run
 
 DEMO = pathlib.Path(__file__).resolve().parents[1] / "demos" / "splitting_plateau.py"
 
 
-def load_demo():
-    spec = importlib.util.spec_from_file_location("splitting_plateau", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def result():
-    return load_demo().main(n=100, steps=2000, cells=8, verbose=False)
+    return load_demo("splitting_plateau").main(n=100, steps=2000, cells=8, verbose=False)
 
 
 def test_narrow_network_is_a_polished_strict_minimum(result):
@@ -72,7 +66,7 @@ def test_flowfem_reaches_a_lower_data_term(result):
 
 
 def test_figures(shared_tmp):
-    demo = load_demo()
+    demo = load_demo("splitting_plateau")
     out = os.path.join(shared_tmp, "figs")
     demo.main(n=60, steps=400, cells=6, mus=[-1.0, 0.0, 0.5, 1.0, 2.0], out=out, verbose=False)
     assert sorted(os.listdir(out)) == ["hessian_eigenvalues.png", "loss_along_mu.png", "training_curves.png"]

@@ -1,23 +1,15 @@
 """Each demo runs end to end at a small size (in-process), and under mpirun -n 2."""
 
-import importlib.util
 import os
 import sys
 
 import pytest
 
-from conftest import ROOT, run
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "demos", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_demo, run
 
 
 def test_regression_1d(shared_tmp):
-    m = load("regression_1d").main(n=500, cells=24, alpha=1e-5, out=os.path.join(shared_tmp, "reg"))
+    m = load_demo("regression_1d").main(n=500, cells=24, alpha=1e-5, out=os.path.join(shared_tmp, "reg"))
     assert m["test_rmse"] < 5e-3 and m["residual"] < 1e-9 and m["iterations"] > 0
     assert m["energy"] == pytest.approx(m["loss"] + m["regulariser"])
     assert os.path.exists(os.path.join(shared_tmp, "reg", "figure.png"))
