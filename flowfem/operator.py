@@ -65,6 +65,7 @@ class Quadrature:
         self.theta = theta.reshape(-1, mesh.geometry.dim)  # (ncells * nqp, d + 1)
         self.Wpsi = psi.reshape(len(cells), len(q), -1) * q[None, :, None]  # (ncells, nqp, ndofs_cell)
         self.dofs = V.dofmap.list[cells]  # local dof indices, owned and ghost
+        self._cell_values = np.empty(self.dofs.shape)  # work buffer: U or (Psi^T W h) per cell
         im = V.dofmap.index_map
         self.num_owned = im.size_local
         self._work = dolfinx.fem.Function(V)
@@ -75,17 +76,21 @@ class Quadrature:
         """Quadrature points on this rank."""
         return self.theta.shape[0]
 
-    def weights(self, U) -> np.ndarray:
+    def weights(self, U, out: np.ndarray | None = None) -> np.ndarray:
         """g = W Psi U: the weight q_q |det J| u(theta_q) of every local quadrature point."""
         w = self._work
         w.x.array[: self.num_owned] = U.array_r
         w.x.scatter_forward()
-        return np.einsum("cqk,ck->cq", self.Wpsi, w.x.array[self.dofs]).ravel()
+        np.take(w.x.array, self.dofs, out=self._cell_values)
+        out = np.empty(self.num_points) if out is None else out
+        np.einsum("cqk,ck->cq", self.Wpsi, self._cell_values, out=out.reshape(self.Wpsi.shape[:2]))
+        return out
 
     def transpose(self, h: np.ndarray, out) -> None:
         """out = Psi^T W h, i.e. the vector of integral h v d theta over all test functions v."""
         w = self._work
-        contrib = np.einsum("cqk,cq->ck", self.Wpsi, h.reshape(self.Wpsi.shape[:2]))
+        contrib = self._cell_values
+        np.einsum("cqk,cq->ck", self.Wpsi, h.reshape(self.Wpsi.shape[:2]), out=contrib)
         w.x.array[:] = np.bincount(self.dofs.ravel(), contrib.ravel(), minlength=w.x.array.size)
         w.x.scatter_reverse(dolfinx.la.InsertMode.add)
         out.array[:] = w.x.array[: self.num_owned]
@@ -102,12 +107,12 @@ class Features:
     def __init__(self, sigma: Activation, x: np.ndarray, theta: np.ndarray):
         self.sigma, self.x, self.theta = sigma, x, theta
 
-    def matvec(self, g: np.ndarray) -> np.ndarray:
-        """S g, shape (n,)."""
+    def matvec(self, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """S g, shape (n,) (into ``out`` if given)."""
         raise NotImplementedError
 
-    def rmatvec(self, r: np.ndarray) -> np.ndarray:
-        """S^T r, shape (m,)."""
+    def rmatvec(self, r: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """S^T r, shape (m,) (into ``out`` if given)."""
         raise NotImplementedError
 
     def dense(self) -> np.ndarray:
@@ -127,70 +132,114 @@ class DenseFeatures(Features):
         for s in range(0, self.x.shape[0], self.block):
             yield s, self.sigma(self.x[s:s + self.block] @ W.T + b)
 
-    def matvec(self, g):
-        out = np.empty(self.x.shape[0])
+    def matvec(self, g, out=None):
+        out = np.empty(self.x.shape[0]) if out is None else out
         for s, S in self._blocks():
-            out[s:s + S.shape[0]] = S @ g
+            np.dot(S, g, out=out[s:s + S.shape[0]])
         return out
 
-    def rmatvec(self, r):
-        out = np.zeros(self.theta.shape[0])
+    def rmatvec(self, r, out=None):
+        out = np.zeros(self.theta.shape[0]) if out is None else out
+        out[:] = 0.0
         for s, S in self._blocks():
             out += r[s:s + S.shape[0]] @ S
         return out
 
 
 class ReluFeatures1D(Features):
-    """Exact S g and S^T r for sigma(z) = max(z, s z), d = 1, by prefix sums over sorted kinks."""
+    """Exact S g and S^T r for sigma(z) = max(z, s z) = s z + c relu(z), c = 1 - s, d = 1.
+
+    With the data sorted, x_(1) <= ... <= x_(n), and the neurons with w > 0
+    (w < 0) sorted by their kinks t = -b / w, data point x sees the positive
+    neurons pos[:k+(x)] and the negative ones neg[k-(x):] active, so
+
+        (S g)(x) = s (x G_w + G_b) + c (x W(x) + B(x)) + sum_{w_q = 0} sigma(b_q) g_q,
+
+    G_w = sum_{w_q != 0} w_q g_q, W(x) = P+_w[k+(x)] + P-_w[end] - P-_w[k-(x)]
+    with P+-_w the prefix sums of w g over pos and neg (B, G_b alike with b).
+    Symmetrically (S^T r)_q = w_q R_x(q) + b_q R(q) with prefix sums of r and
+    r x over the sorted data. O(n + m) per product; the permutations, index
+    arrays and work buffers are made once, so a product allocates nothing
+    (fresh pages for large temporaries cost more than the arithmetic here).
+    """
 
     def __init__(self, sigma, x, theta):
         super().__init__(sigma, x, theta)
-        self.s = sigma.slope
-        xs = x[:, 0]
+        self.s, self.c = sigma.slope, 1.0 - sigma.slope
         w, b = theta[:, 0], theta[:, 1]
-        self.w, self.b = w, b
-        self.pos, self.neg = np.flatnonzero(w > 0), np.flatnonzero(w < 0)
-        self.zero_active = (w == 0) & (b > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = -b / w
-        # S g: neurons sorted by kink; data point j sees the positive neurons with t < x_j
-        self.pos = self.pos[np.argsort(t[self.pos], kind="stable")]
-        self.neg = self.neg[np.argsort(t[self.neg], kind="stable")]
-        self.kpos = np.searchsorted(t[self.pos], xs, side="left")  # pos[:kpos] active
-        self.kneg = np.searchsorted(t[self.neg], xs, side="right")  # neg[kneg:] active
-        # S^T r: data sorted; positive neuron q sees x_j > t_q, negative one x_j < t_q
-        self.order = np.argsort(xs, kind="stable")
-        xsorted = xs[self.order]
-        self.xsorted = xsorted
-        self.mpos = np.searchsorted(xsorted, t[self.pos], side="right")  # order[mpos:] active
-        self.mneg = np.searchsorted(xsorted, t[self.neg], side="left")  # order[:mneg] active
+        pos, neg = np.flatnonzero(w > 0), np.flatnonzero(w < 0)
+        self.pos = pos[np.argsort(t[pos], kind="stable")]
+        self.neg = neg[np.argsort(t[neg], kind="stable")]
+        self.flat = np.flatnonzero(w == 0)  # constant neurons sigma(b_q)
+        self.sigma_flat = sigma(b[self.flat])
+        self.order = np.argsort(x[:, 0], kind="stable")
+        self.xs = x[self.order, 0]
+        self.kpos = np.searchsorted(t[self.pos], self.xs, side="left")  # x_(j) sees pos[:kpos_j]
+        self.kneg = np.searchsorted(t[self.neg], self.xs, side="right")  # and neg[kneg_j:]
+        self.mpos = np.searchsorted(self.xs, t[self.pos], side="right")  # pos[i] sees x_(mpos_i:)
+        self.mneg = np.searchsorted(self.xs, t[self.neg], side="left")  # neg[i] sees x_(:mneg_i)
+        self.wp, self.bp, self.wn, self.bn = w[self.pos], b[self.pos], w[self.neg], b[self.neg]
+        n, npos, nneg = len(self.xs), len(self.pos), len(self.neg)
+        self._n = np.empty((2, n))
+        self._pn = np.empty((2, n + 1))
+        self._p, self._q = np.empty((2, npos)), np.empty((2, nneg))
+        self._cp, self._cn = np.empty((2, npos + 1)), np.empty((2, nneg + 1))
+        for c in (self._pn, self._cp, self._cn):
+            c[:, 0] = 0.0
 
-    def matvec(self, g):
-        x = self.x[:, 0]
-        gw, gb = g * self.w, g * self.b
-        out = self.s * (x * gw.sum() + gb.sum())
-        cw = np.concatenate([[0.0], np.cumsum(gw[self.pos])])
-        cb = np.concatenate([[0.0], np.cumsum(gb[self.pos])])
-        relu = x * cw[self.kpos] + cb[self.kpos]
-        cw = np.concatenate([[0.0], np.cumsum(gw[self.neg][::-1])])[::-1]  # suffix sums
-        cb = np.concatenate([[0.0], np.cumsum(gb[self.neg][::-1])])[::-1]
-        relu += x * cw[self.kneg] + cb[self.kneg]
-        relu += np.dot(g[self.zero_active], self.b[self.zero_active])
-        return out + (1.0 - self.s) * relu
+    def matvec(self, g, out=None):
+        out = np.empty(len(self.xs)) if out is None else out
+        s, c = self.s, self.c
+        (gp, tp), (gn, tn) = self._p, self._q
+        cp, cn = self._cp, self._cn
+        for idx, wq, bq, gq, tq, cq in ((self.pos, self.wp, self.bp, gp, tp, cp),
+                                        (self.neg, self.wn, self.bn, gn, tn, cn)):
+            np.take(g, idx, out=gq)
+            np.cumsum(np.multiply(gq, wq, out=tq), out=cq[0, 1:])  # prefix sums of w g
+            np.cumsum(np.multiply(gq, bq, out=tq), out=cq[1, 1:])  # and of b g
+        a, tmp = self._n
+        slope = s * cp[0, -1] + cn[0, -1]  # s G_w + c P-_w[end]
+        offset = s * cp[1, -1] + cn[1, -1] + np.dot(self.sigma_flat, g[self.flat])
+        np.subtract(np.take(cp[0], self.kpos, out=a), np.take(cn[0], self.kneg, out=tmp), out=a)
+        if s:
+            a *= c
+        a += slope
+        a *= self.xs
+        np.subtract(np.take(cp[1], self.kpos, out=tmp), np.take(cn[1], self.kneg, out=out), out=tmp)
+        if s:
+            tmp *= c
+        a += tmp
+        a += offset
+        out[self.order] = a
+        return out
 
-    def rmatvec(self, r):
-        rs = r[self.order]
-        rx = rs * self.xsorted
-        out = self.s * (self.w * rx.sum() + self.b * rs.sum())
-        relu = np.zeros_like(out)
-        suf_r = np.concatenate([np.cumsum(rs[::-1])[::-1], [0.0]])
-        suf_rx = np.concatenate([np.cumsum(rx[::-1])[::-1], [0.0]])
-        relu[self.pos] = self.w[self.pos] * suf_rx[self.mpos] + self.b[self.pos] * suf_r[self.mpos]
-        pre_r = np.concatenate([[0.0], np.cumsum(rs)])
-        pre_rx = np.concatenate([[0.0], np.cumsum(rx)])
-        relu[self.neg] = self.w[self.neg] * pre_rx[self.mneg] + self.b[self.neg] * pre_r[self.mneg]
-        relu[self.zero_active] = self.b[self.zero_active] * rs.sum()
-        return out + (1.0 - self.s) * relu
+    def rmatvec(self, r, out=None):
+        out = np.empty(self.theta.shape[0]) if out is None else out
+        s, c = self.s, self.c
+        rs, rx = self._n
+        np.take(r, self.order, out=rs)
+        np.multiply(rs, self.xs, out=rx)
+        pr, prx = self._pn
+        np.cumsum(rs, out=pr[1:])
+        np.cumsum(rx, out=prx[1:])
+        R, RX = pr[-1], prx[-1]
+        # pos: w (RX - c prx[m]) + b (R - c pr[m]); neg: w (s RX + c prx[m]) + b (s R + c pr[m])
+        for idx, m, wq, bq, (u, v), sign, base in ((self.pos, self.mpos, self.wp, self.bp, self._p, -c, 1.0),
+                                                      (self.neg, self.mneg, self.wn, self.bn, self._q, c, s)):
+            np.take(prx, m, out=u)
+            u *= sign
+            u += base * RX
+            u *= wq
+            np.take(pr, m, out=v)
+            v *= sign
+            v += base * R
+            v *= bq
+            u += v
+            out[idx] = u
+        out[self.flat] = self.sigma_flat * R
+        return out
 
 
 class MonomialFeatures(Features):
@@ -208,11 +257,11 @@ class MonomialFeatures(Features):
             Q.append(coef * np.prod(theta**counts, axis=1))
         self.P, self.Q = np.column_stack(P), np.column_stack(Q)
 
-    def matvec(self, g):
-        return self.P @ (self.Q.T @ g)
+    def matvec(self, g, out=None):
+        return np.dot(self.P, self.Q.T @ g, out=out)
 
-    def rmatvec(self, r):
-        return self.Q @ (self.P.T @ r)
+    def rmatvec(self, r, out=None):
+        return np.dot(self.Q, self.P.T @ r, out=out)
 
 
 def features(sigma: Activation, x: np.ndarray, theta: np.ndarray, method: str = "auto") -> Features:
@@ -246,21 +295,22 @@ class DataOperator:
         self.quadrature = Quadrature(H, quadrature_degree)
         self.x = np.ascontiguousarray(x, dtype=float)
         self.S = features(self.sigma, self.x, self.quadrature.theta, method)
+        self._g = np.empty(self.quadrature.num_points)  # work buffer: a value per quadrature point
         self.comm: MPI.Comm = H.space.comm
 
     @property
     def n(self) -> int:
         return self.x.shape[0]
 
-    def apply(self, U) -> np.ndarray:
+    def apply(self, U, out: np.ndarray | None = None) -> np.ndarray:
         """Phi U = (f_U(x_j))_j on every rank (an MPI sum over the ranks' cells)."""
-        f = self.S.matvec(self.quadrature.weights(U))
+        f = self.S.matvec(self.quadrature.weights(U, self._g), out)
         self.comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
         return f
 
     def adjoint(self, r: np.ndarray, out) -> None:
         """out = Phi^T r (owned dofs of a PETSc vector); r is replicated on all ranks."""
-        self.quadrature.transpose(self.S.rmatvec(r), out)
+        self.quadrature.transpose(self.S.rmatvec(r, self._g), out)
 
     def predict(self, U, x: np.ndarray) -> np.ndarray:
         """f_U at new points x (m, d), on every rank."""

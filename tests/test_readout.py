@@ -286,7 +286,10 @@ def test_mpi_two_ranks_give_the_serial_network(tmp_path):
                           env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name, ser in cases(MPI.COMM_SELF).items():
-        rtol = 1e-9 if name.startswith("solved") else 1e-13
+        # the solved density itself differs between 1 and 2 ranks by rounding amplified by the
+        # system's conditioning (measured 6e-10 to 7e-10 relative in the output weights, 1.3e-9
+        # after the refit's own least-squares solve): the 1e-8 bar; interpolated ones 1e-13
+        rtol = 1e-8 if name.startswith("solved") else 1e-13
         for rank in range(2):
             par = Network.load(f"{out}.{name}.{rank}.npz")
             assert par.width == ser.width, name
