@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end at their smallest sizes and print their tables.
+
+Timings are not asserted (they are the scripts' output, not a test); what is
+asserted is that each script completes, prints every row, and that the
+accuracy figures it reports (which do not depend on the machine) hold.
+"""
+
+import re
+import sys
+
+import pytest
+
+from conftest import run
+
+
+def _figure(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in the output:\n{text}"
+    return float(match.group(1))
+
+
+@pytest.mark.mpi
+def test_stationary_benchmark_quick_under_mpirun():
+    proc = run([sys.executable, "benchmarks/stationary.py", "--quick"], ranks=2, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert len(re.findall(r"^\| \d+\^2 \| \d+ \| [12] \|", out, re.M)) == 6  # three meshes x {1, 2} ranks
+    assert _figure(r"relative difference: E_alpha ([0-9.e+-]+)", out) <= 1e-6
+    assert _figure(r"test RMSE ([0-9.e+-]+) \(target", out) <= 1e-6
+    assert _figure(r"spread (\d+)%", out) <= 20
+
+
+@pytest.mark.mpi
+def test_flow_benchmark_quick_under_mpirun():
+    proc = run([sys.executable, "benchmarks/flow.py", "--quick", "--repeats", "1"], ranks=2, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fastest flow: implicit Euler" in proc.stdout
+
+
+def test_versus_particles_benchmark_short_budget():
+    proc = run([sys.executable, "benchmarks/versus_particles.py", "--budget", "1", "--pilot", "0.2"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for problem in ("1-D sin", "2-D smooth"):
+        for solver in ("gd", "adam"):
+            assert re.search(rf"^{problem}, {solver}: flowfem \(\w+\) \d+x faster", proc.stdout, re.M), proc.stdout
