@@ -10,7 +10,8 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 
 from flowfem.activations import activation
-from flowfem.operator import DataOperator, DenseFeatures, MonomialFeatures, ReluFeatures1D, features
+from flowfem.operator import (DataOperator, DenseFeatures, MonomialFeatures, ReluFeatures1D, ReluTreeFeatures,
+                              features)
 from flowfem.sobolev import WeightedH1
 from flowfem.space import Space
 
@@ -29,6 +30,51 @@ def test_sorted_relu_products_are_exact(name):
     g, r = rng.normal(size=500), rng.normal(size=300)
     assert np.allclose(S.matvec(g), D @ g, rtol=0, atol=1e-12 * np.abs(D).sum(axis=1).max())
     assert np.allclose(S.rmatvec(r), D.T @ r, rtol=0, atol=1e-12 * np.abs(D).sum(axis=0).max())
+
+
+def _assert_products_match_dense(S, rng, tol=1e-13):
+    """S g and S^T r against the dense S, entry by entry, to rounding: relative to the sums of
+    the terms' magnitudes, plus tol |x~_j| sum_q |theta_q| |g_q| (and alike for S^T r), the
+    rounding of the prefix sums over all points (which can leave 1e-17 where S^T r is 0)."""
+    D = S.dense()
+    g, r = rng.normal(size=D.shape[1]), rng.normal(size=D.shape[0])
+    xn = np.linalg.norm(np.hstack([S.x, np.ones((S.x.shape[0], 1))]), axis=1)
+    tn = np.linalg.norm(S.theta, axis=1)
+    assert np.all(np.abs(S.matvec(g) - D @ g) <= tol * (np.abs(D) @ np.abs(g) + xn * (tn @ np.abs(g))))
+    assert np.all(np.abs(S.rmatvec(r) - D.T @ r) <= tol * (np.abs(D).T @ np.abs(r) + tn * (xn @ np.abs(r))))
+    out_n, out_m = np.full(D.shape[0], np.nan), np.full(D.shape[1], np.nan)  # out= fills every entry
+    assert np.array_equal(S.matvec(g, out_n), S.matvec(g)) and np.array_equal(S.rmatvec(r, out_m), S.rmatvec(r))
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu:0.2"])
+@pytest.mark.parametrize("d,leaf", [(1, 4), (2, 1), (2, 16), (3, 8)])
+def test_relu_tree_products_are_exact(name, d, leaf):
+    """Awkward cases on purpose: repeated neurons and data, w = 0, data on the neurons' hyperplanes, tiny leaves."""
+    rng = np.random.default_rng(d * 100 + leaf)
+    x = rng.uniform(-1, 1, (200, d))
+    theta = rng.normal(size=(700, d + 1))
+    theta[:10] = theta[10:20]  # repeated neurons: zero-radius nodes
+    theta[20:30, :d] = 0.0  # constant neurons
+    x[:5] = x[5:10]
+    x[10] = 0.0
+    theta[40, -1] = -x[11] @ theta[40, :d]  # x_11 exactly on neuron 40's hyperplane (up to rounding)
+    S = ReluTreeFeatures(activation(name), x, theta, leaf_size=leaf)
+    assert S.C.nnz < 200 * 700  # the tree skipped most entries
+    _assert_products_match_dense(S, rng)
+
+
+def test_relu_tree_on_quadrature_points_and_empty_ranks():
+    """Real quadrature points on the sphere (P2, 30k points), and a rank without points."""
+    rng = np.random.default_rng(3)
+    H = WeightedH1(Space.sphere(3), degree=2)
+    x = rng.uniform(-1, 1, (150, 2))
+    theta = DataOperator(H, "relu", x).quadrature.theta
+    S = ReluTreeFeatures(activation("relu"), x, theta)
+    # about n sqrt(m) cut-leaf entries: far below the n m of the dense matrix
+    assert S.C.nnz < 0.15 * x.shape[0] * max(1, theta.shape[0])
+    _assert_products_match_dense(S, rng)
+    empty = ReluTreeFeatures(activation("leaky_relu:0.1"), x, np.zeros((0, 3)))
+    assert empty.matvec(np.zeros(0)).tolist() == [0.0] * 150 and empty.rmatvec(np.ones(150)).shape == (0,)
 
 
 @pytest.mark.parametrize("k,d", [(1, 1), (2, 2), (3, 1), (4, 2)])
@@ -55,11 +101,16 @@ def test_dense_blocks_match_one_block():
 def test_auto_method_choice_and_errors():
     x1, x2, th = np.zeros((3, 1)), np.zeros((3, 2)), np.zeros((4, 2))
     assert isinstance(features(activation("relu"), x1, th), ReluFeatures1D)
-    assert isinstance(features(activation("relu"), x2, np.zeros((4, 3))), DenseFeatures)
+    assert isinstance(features(activation("relu"), x2, np.zeros((4, 3))), ReluTreeFeatures)
+    assert isinstance(features(activation("relu"), x2, np.zeros((4, 3)), repeated=False), DenseFeatures)
     assert isinstance(features(activation("monomial:2"), x2, np.zeros((4, 3))), MonomialFeatures)
     assert isinstance(features(activation("tanh"), x1, th), DenseFeatures)
     with pytest.raises(ValueError, match="relu1d needs"):
         features(activation("tanh"), x1, th, "relu1d")
+    with pytest.raises(ValueError, match="relu_tree needs relu"):
+        features(activation("tanh"), x2, np.zeros((4, 3)), "relu_tree")
+    with pytest.raises(ValueError, match="relu1d needs 1-D inputs"):
+        features(activation("relu"), x2, np.zeros((4, 3)), "relu1d")
     with pytest.raises(ValueError, match="unknown data-operator method"):
         features(activation("relu"), x1, th, "fast")
 
