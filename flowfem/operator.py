@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import scipy.sparse
@@ -51,6 +52,7 @@ from flowfem.activations import Activation, activation as _activation  # noqa: E
 from flowfem.sobolev import WeightedH1  # noqa: E402
 
 METHODS = ("auto", "dense", "relu1d", "relu_tree", "monomial")
+TREE_MAX_ENTRIES = 2**27  # stored entries of a relu tree per rank (12 bytes each: 1.5 GiB)
 
 
 class Quadrature:
@@ -247,6 +249,10 @@ class ReluFeatures1D(Features):
         return out
 
 
+class StorageLimit(ValueError):
+    """A fast representation of S would need more memory than allowed."""
+
+
 class ReluTreeFeatures(Features):
     """Exact S g and S^T r for sigma(z) = max(z, s z) = s z + c relu(z), c = 1 - s, any d: a k-d tree over theta.
 
@@ -264,12 +270,21 @@ class ReluTreeFeatures(Features):
     (n m^(2/3) in a volume) against the n m of a dense product.
     """
 
-    def __init__(self, sigma, x, theta, leaf_size: int = 16, chunk: int = 4096):
+    def __init__(self, sigma, x, theta, leaf_size: int = 8, chunk: int = 4096, max_entries: int | None = None):
         super().__init__(sigma, x, theta)
+        max_entries = TREE_MAX_ENTRIES if max_entries is None else max_entries
         self.s, self.c = sigma.slope, 1.0 - sigma.slope
         self.xt = np.hstack([x, np.ones((x.shape[0], 1))])
         self._build_tree(leaf_size)
-        parts = [self._traverse(j, min(j + chunk, x.shape[0])) for j in range(0, x.shape[0], chunk)]
+        n, parts, stored = x.shape[0], [], 0
+        for j in range(0, n, chunk):  # in chunks of data points: bounded memory while building
+            parts.append(self._traverse(j, min(j + chunk, n)))
+            stored += parts[-1][0].nnz + parts[-1][1].nnz
+            if stored * n / min(j + chunk, n) > max_entries:
+                raise StorageLimit(
+                    f"the relu tree for {n} data points and {theta.shape[0]} quadrature points would store "
+                    f"about {stored * n / min(j + chunk, n):.2g} entries (limit {max_entries:.2g})"
+                )
         self.P = scipy.sparse.vstack([p for p, _ in parts], format="csr")  # (n, nodes): maximal positive nodes
         self.C = scipy.sparse.vstack([c for _, c in parts], format="csr")  # (n, m in tree order): cut leaves
 
@@ -387,7 +402,8 @@ def features(sigma: Activation, x: np.ndarray, theta: np.ndarray, method: str = 
     """The fastest exact representation of S for this sigma and d (``method`` forces one).
 
     ``repeated=False`` is for a single product: then relu with d >= 2 is
-    evaluated densely, since building its tree costs a few dense products.
+    evaluated densely, since building its tree costs a few dense products;
+    so it is too (with a warning) if the tree would exceed its storage limit.
     """
     if method not in METHODS:
         raise ValueError(f"unknown data-operator method {method!r}: choose one of {', '.join(METHODS)}")
@@ -399,7 +415,8 @@ def features(sigma: Activation, x: np.ndarray, theta: np.ndarray, method: str = 
         raise ValueError("method relu1d needs 1-D inputs; relu_tree takes any")
     if method == "monomial" and not mono_ok:
         raise ValueError("method monomial needs the activation monomial:k")
-    if method == "auto":
+    auto = method == "auto"
+    if auto:
         if relu and x.shape[1] == 1:
             method = "relu1d"
         elif relu and repeated:
@@ -407,6 +424,12 @@ def features(sigma: Activation, x: np.ndarray, theta: np.ndarray, method: str = 
         elif mono_ok:
             method = "monomial"
         else:
+            method = "dense"
+    if method == "relu_tree" and auto:
+        try:
+            return ReluTreeFeatures(sigma, x, theta)
+        except StorageLimit as e:
+            warnings.warn(f"{e}: evaluating sigma densely instead (O(n m) work per product, bounded memory)")
             method = "dense"
     return {"relu1d": ReluFeatures1D, "relu_tree": ReluTreeFeatures, "monomial": MonomialFeatures,
             "dense": DenseFeatures}[method](sigma, x, theta)

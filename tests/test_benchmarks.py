@@ -37,6 +37,13 @@ def test_flow_benchmark_quick_under_mpirun():
     assert "fastest flow: implicit Euler" in proc.stdout
 
 
+def test_operator_benchmark_quick():
+    proc = run([sys.executable, "benchmarks/operator.py", "--quick"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\| (?:sphere|box) .*\| ([0-9.e+-]+) \|$", proc.stdout, re.M)
+    assert len(rows) == 2 and all(float(d) <= 1e-12 for d in rows), proc.stdout  # tree = dense to rounding
+
+
 def test_versus_particles_benchmark_short_budget():
     proc = run([sys.executable, "benchmarks/versus_particles.py", "--budget", "1", "--pilot", "0.2"], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,7 +11,7 @@ from mpi4py import MPI
 
 from flowfem.activations import activation
 from flowfem.operator import (DataOperator, DenseFeatures, MonomialFeatures, ReluFeatures1D, ReluTreeFeatures,
-                              features)
+                              StorageLimit, features)
 from flowfem.sobolev import WeightedH1
 from flowfem.space import Space
 
@@ -61,6 +61,20 @@ def test_relu_tree_products_are_exact(name, d, leaf):
     S = ReluTreeFeatures(activation(name), x, theta, leaf_size=leaf)
     assert S.C.nnz < 200 * 700  # the tree skipped most entries
     _assert_products_match_dense(S, rng)
+
+
+def test_relu_tree_storage_limit_falls_back_to_dense_with_a_warning(monkeypatch):
+    rng = np.random.default_rng(4)
+    x, theta = rng.uniform(-1, 1, (300, 2)), rng.normal(size=(400, 3))
+    assert isinstance(features(activation("relu"), x, theta), ReluTreeFeatures)
+    with pytest.raises(StorageLimit, match="would store about"):
+        ReluTreeFeatures(activation("relu"), x, theta, chunk=50, max_entries=1000)
+    monkeypatch.setattr("flowfem.operator.TREE_MAX_ENTRIES", 1000)
+    with pytest.warns(UserWarning, match="evaluating sigma densely"):
+        S = features(activation("relu"), x, theta)
+    assert isinstance(S, DenseFeatures)
+    with pytest.raises(StorageLimit):  # a method asked for by name is not swapped silently
+        features(activation("relu"), x, theta, "relu_tree")
 
 
 def test_relu_tree_on_quadrature_points_and_empty_ranks():
