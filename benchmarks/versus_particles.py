@@ -31,24 +31,21 @@ ratio t* / (time including the failed attempts) is the headline.
 Targets (from the issue): flowfem >= 50x faster on the 1-D problem, >= 10x on the 2-D problem,
 measured in the same run on the same machine. Timings on a shared machine are noisy.
 
-Measured once (serial, 2-core machine shared with other jobs at load ~3, so every wall time is
-inflated and noisy; 252 s in all):
+Measured on 2026-11-25 (serial, idle 2-core machine, 200 s in all), after the 2-D relu
+products moved to the k-d tree (:class:`flowfem.operator.ReluTreeFeatures`):
 
     problem     particles  lr    e* (best in 40 s)  t* [s]  flowfem reaching e*        direct  cg
-    1-D sin     gd         1     1.33e-01            5.9    box 2x2 P1 (6.6e-02)        11x     100x
-    1-D sin     adam       0.1   1.49e-03           38.7    box 8x8 P1 (1.1e-03)        27x     226x
-    2-D smooth  gd         1     5.15e-02           15.2    sphere r=0 P2 (4.4e-02)     27x     91x
-    2-D smooth  adam       0.1   1.16e-02           40.0    sphere r=2 P2 (4.9e-03)     16x     1x
+    1-D sin     gd         1     8.34e-02           40.0    box 2x2 P1 (6.6e-02)        205x    4217x
+    1-D sin     adam       0.1   7.76e-04           39.7    box 16x16 P1 (2.0e-04)      47x     309x
+    2-D smooth  gd         1     5.15e-02            5.4    sphere r=0 P2 (4.4e-02)     25x     145x
+    2-D smooth  adam       0.1   6.72e-03           39.8    sphere r=2 P2 (5.0e-03)     31x     74x
 
-(ratios t* / flowfem time including the failed coarser attempts.) With flowfem's faster solver
-for each row both targets are met: 1-D 100x and 226x (cg); 2-D 91x (cg) and 16x (direct). The
-solver is chosen after the fact here, as the learning rate is for the particles (whose pilot
-runs are not counted either); with one solver fixed in advance, cg misses the 2-D Adam row and
-direct misses the 1-D targets (11x, 27x). The cg solver is no
-good in the 2-D case that needs alpha = 1e-8 on 642 dofs (37 s: hundreds of CG iterations, each
-applying the dense ReLU feature matrix twice); the direct solver's ~0.5 s floor is forming
-Phi^T column by column. GD plateaus early (t* well under the budget); Adam was still improving
-at 40 s.
+(ratios t* / flowfem time including the failed coarser attempts.) With the cg solver fixed in
+advance every target is met (1-D 4217x and 309x, 2-D 145x and 74x); the direct solver, whose
+~0.2 s floor is forming Phi^T column by column, misses the 1-D Adam row (47x). Before the tree
+the 2-D cg rows paid hundreds of CG iterations each applying the dense relu features twice
+(Adam row: 1x). GD plateaus early or crawls (e* far above Adam's); Adam was still improving at
+40 s. Particle runs are noisy: an earlier run on a loaded machine had GD's 1-D e* = 1.3e-1 at 6 s.
 """
 
 from __future__ import annotations
