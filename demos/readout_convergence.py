@@ -69,7 +69,7 @@ RULES = ("quadrature", "sample", "refit")
 def evaluate(net: Network, x: np.ndarray) -> np.ndarray:
     """f_N(x) with the fastest exact feature representation (for ReLU on 1-D inputs: prefix sums
     over the neurons sorted by their kink, so a million neurons cost little)."""
-    return features(net.activation, x, np.column_stack([net.W, net.b])).matvec(net.a)
+    return features(net.activation, x, np.column_stack([net.W, net.b]), repeated=False).matvec(net.a)
 
 
 def slope(N, values) -> float:

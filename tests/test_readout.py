@@ -35,7 +35,7 @@ def _solved(space, activation="relu", degree=1, alpha=1e-4, noise=None, n=100, w
 
 def _f(net: Network, x):
     """f_N(x) with the fastest exact feature representation (prefix sums for ReLU, d = 1)."""
-    return features(net.activation, x, np.column_stack([net.W, net.b])).matvec(net.a)
+    return features(net.activation, x, np.column_stack([net.W, net.b]), repeated=False).matvec(net.a)
 
 
 def _slope(N, err):
