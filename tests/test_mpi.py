@@ -13,12 +13,13 @@ pytestmark = pytest.mark.mpi
 
 # test files whose every test is collective-safe and rank-count agnostic
 PARALLEL_FILES = ["tests/test_operator.py", "tests/test_stationary.py", "tests/test_convergence.py",
-                  "tests/test_space.py", "tests/test_readout.py", "tests/test_flow.py", "tests/test_newton.py"]
+                  "tests/test_space.py", "tests/test_readout.py", "tests/test_flow.py", "tests/test_newton.py",
+                  "tests/test_particle_density.py", "tests/test_compare.py"]
 
 
 def test_suite_passes_under_mpirun_2():
-    files = [f for f in PARALLEL_FILES if os.path.exists(os.path.join(ROOT, f))]
-    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], ranks=2, timeout=1800)
+    assert all(os.path.exists(os.path.join(ROOT, f)) for f in PARALLEL_FILES)  # none dropped silently
+    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PARALLEL_FILES], ranks=2, timeout=1800)
     summary = re.findall(r"(\d+) passed", r.stdout)
     assert r.returncode == 0 and len(summary) == 2, r.stdout[-3000:] + r.stderr[-3000:]
     assert "failed" not in r.stdout and "error" not in r.stdout.lower().split("passed")[-1]
