@@ -61,6 +61,7 @@ from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem.functional import Functional  # noqa: E402
+from flowfem.io import fill_by_coordinates, read_density_file  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.stationary import LinearSolver, NewtonSolver, _LinearSolverPC, newton, solve  # noqa: E402
 
@@ -651,50 +652,12 @@ def gaussian(H: WeightedH1, scale: float = 1.0, amplitude: float = 1.0) -> dolfi
 
 def density_from_file(H: WeightedH1, path: str) -> dolfinx.fem.Function:
     """A density.npz (flowfem solve/flow) on the same mesh, matched dof by dof through the coordinates."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "density.npz")
-
-    def read():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if not {"theta", "u"} <= set(f.files):
-                    raise ValueError(f"{path!r} is not a flowfem density (arrays theta and u are missing)")
-                return f["theta"], f["u"]
-        except (OSError, EOFError) as e:
-            raise ValueError(f"cannot read the initial density {path!r} ({e})") from None
-        except ValueError as e:
-            if "flowfem density" in str(e):
-                raise
-            raise ValueError(f"cannot read the initial density {path!r} ({e})") from None
-
-    theta, values = on_root(H.space.comm, read)
+    data = on_root(H.space.comm, lambda: read_density_file(path, {"theta", "u"}, "the initial density"))
     u = H.function("u0")
-    _fill(u, theta, values, f"the initial density {path!r}", "it was computed on a different mesh or "
-          "element degree; use the same --domain, --mesh-size and --degree")
+    fill_by_coordinates(u, data["theta"], data["u"], f"the initial density {os.fspath(path)!r}",
+                        "it was computed on a different mesh or element degree; use the same --domain, "
+                        "--mesh-size and --degree")
     return u
-
-
-def _fill(u: dolfinx.fem.Function, theta: np.ndarray, values: np.ndarray, what: str, hint: str) -> None:
-    """Set u's dofs from (coordinates, values), exactly (values are copied, not interpolated); collective."""
-    V = u.function_space
-    gdim = V.mesh.geometry.dim
-    X = V.tabulate_dof_coordinates()[:, :gdim]
-    ok = theta.ndim == 2 and theta.shape[1] == gdim and len(theta) == V.dofmap.index_map.size_global
-    table = {tuple(k): v for k, v in zip(np.round(theta, 10).tolist(), values)} if ok else {}
-    missing = 0
-    if ok:
-        out = np.empty(len(X))
-        for i, k in enumerate(np.round(X, 10).tolist()):
-            v = table.get(tuple(k))
-            if v is None:
-                missing += 1
-            else:
-                out[i] = v
-    missing = V.mesh.comm.allreduce(missing if ok else 1, op=MPI.SUM)
-    if missing:
-        raise CollectiveError(f"{what} does not match this mesh's {V.dofmap.index_map.size_global} dofs: {hint}")
-    u.x.array[:] = out
 
 
 def project_network(H: WeightedH1, network, activation=None) -> dolfinx.fem.Function:
@@ -1116,7 +1079,7 @@ def load_checkpoint(path: str, flow: Flow, fingerprint: dict | None = None) -> t
             raise CheckpointError(f"checkpoint {manifest['path']!r} belongs to a different problem ({details}); "
                                   "resume with the options of the run that wrote it")
     u = H.function("u0")
-    _fill(u, theta, values, f"checkpoint {manifest['path']!r}", "it was written for another mesh")
+    fill_by_coordinates(u, theta, values, f"checkpoint {manifest['path']!r}", "it was written for another mesh")
     U = to_vector(u)
     log = manifest["log"]
     for r in log:

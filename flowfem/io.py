@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from flowfem.mpi import on_root  # first: loads MPI before dolfinx
+from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolfinx
 
 import dolfinx.fem  # noqa: E402
 import dolfinx.io  # noqa: E402
@@ -104,24 +104,49 @@ def save_density(path: str, u: dolfinx.fem.Function, space: Space, settings: dic
                  **{k: np.array(v) for k, v in settings.items()})
 
 
-def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1, dolfinx.fem.Function, dict]:
-    """Read density.npz back as (H, u, settings) distributed over comm."""
+def read_density_file(path: str, required: set, what: str = "density file") -> dict:
+    """The arrays of a density.npz (or DIR/density.npz); a clear error if unreadable or incomplete."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "density.npz")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"cannot read {what} {path!r} ({e}); give a density.npz written by flowfem solve") from None
+    missing = set(required) - set(data)
+    if missing:
+        raise ValueError(f"{path!r} is not a flowfem density: arrays {sorted(missing)} are missing")
+    return data
 
-    def read():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                data = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"cannot read density file {path!r} ({e}); give a density.npz written by flowfem solve") from None
-        missing = {"points", "cells", "cell_type", "geometry_degree", "element_degree", "theta", "u"} - set(data)
-        if missing:
-            raise ValueError(f"{path!r} is not a flowfem density: arrays {sorted(missing)} are missing")
-        return data
 
-    data = on_root(comm, read)
+def fill_by_coordinates(u: dolfinx.fem.Function, theta: np.ndarray, values: np.ndarray, what: str, hint: str) -> None:
+    """Set u's dofs from (dof coordinates, values), exactly (copied, not interpolated). Collective:
+    if any rank finds a dof without a value, every rank raises."""
+    V = u.function_space
+    gdim = V.mesh.geometry.dim
+    X = V.tabulate_dof_coordinates()[:, :gdim]
+    ok = theta.ndim == 2 and theta.shape[1] == gdim and len(theta) == V.dofmap.index_map.size_global
+    table = {tuple(k): v for k, v in zip(np.round(theta, 10).tolist(), values)} if ok else {}
+    out = np.empty(len(X))
+    missing = 0
+    if ok:
+        for i, k in enumerate(np.round(X, 10).tolist()):
+            v = table.get(tuple(k))
+            if v is None:
+                missing += 1
+            else:
+                out[i] = v
+    missing = V.mesh.comm.allreduce(missing if ok else 1, op=MPI.SUM)
+    if missing:
+        raise CollectiveError(f"{what} does not match this mesh's {V.dofmap.index_map.size_global} dofs: {hint}")
+    u.x.array[:] = out
+
+
+def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1, dolfinx.fem.Function, dict]:
+    """Read density.npz back as (H, u, settings) distributed over comm."""
+    required = {"points", "cells", "cell_type", "geometry_degree", "element_degree", "theta", "u"}
+    data = on_root(comm, lambda: read_density_file(path, required))
     arrays = MeshArrays(data["points"], data["cells"], str(data["cell_type"]), int(data["geometry_degree"]),
                         str(data.get("domain", "file")))
     space = Space(arrays if comm.rank == 0 else None, comm)
@@ -130,12 +155,8 @@ def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1
     H = WeightedH1(space, settings.get("weight", "uniform"), float(settings.get("kappa", 1.0)),
                    int(data["element_degree"]))
     u = H.function("density")
-    X = H.V.tabulate_dof_coordinates()[:, : space.gdim]
-    table = {tuple(k): v for k, v in zip(np.round(data["theta"], 10).tolist(), data["u"])}
-    try:
-        u.x.array[:] = [table[tuple(k)] for k in np.round(X, 10).tolist()]
-    except KeyError:
-        raise ValueError(f"{path!r}: dof coordinates do not match the stored mesh; the file is damaged") from None
+    fill_by_coordinates(u, data["theta"], data["u"], f"the density {os.fspath(path)!r}",
+                        "its dof coordinates do not match its own mesh; the file is damaged")
     return H, u, settings
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 
 from mpi4py import MPI
 
-from conftest import BIN, MPIRUN, ROOT, run
+from conftest import BIN, ROOT, run
 from flowfem import data, io
 from flowfem import flow as fl
 from flowfem.network import Network
@@ -233,6 +232,18 @@ def test_density_file_round_trip(shared_tmp):
     other = Problem(Space.box(1, 5, 2.0), "relu")
     with pytest.raises(ValueError, match="does not match this mesh"):
         fl.initial_density(other.H, path)
+    garbage = os.path.join(shared_tmp, "garbage.npz")
+    if comm.rank == 0:
+        with open(garbage, "wb") as f:
+            f.write(b"not an archive")
+    comm.Barrier()
+    with pytest.raises(ValueError, match="cannot read the initial density"):  # on every rank
+        fl.initial_density(problem.H, "density:" + garbage)
+    # the density of flowfem readout: the same mesh and values, and the same collective check
+    H, v, settings = io.load_density(path)
+    owned = lambda w: w.x.array[: w.function_space.dofmap.index_map.size_local]  # noqa: E731
+    assert settings["alpha"] == 0.05
+    assert comm.allreduce(np.sum(owned(v) ** 2)) == pytest.approx(comm.allreduce(np.sum(owned(u) ** 2)), rel=1e-14)
 
 
 @pytest.mark.parametrize("degree", [1, 2, 3])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from flowfem import particles as fp
-from flowfem.activations import activation
 from flowfem.loss import loss
 
 ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "softplus", "monomial:2", "monomial:3"]
