@@ -427,6 +427,13 @@ def cmd_compare(args, comm) -> None:
         print(f"wrote {args.out}/: " + ", ".join(files))
 
 
+def _add_output_directory_arguments(g, no_plot_help: str) -> None:
+    """--out DIR (written atomically), --force and --no-plot: the same for solve, flow and compare."""
+    g.add_argument("--out", required=True, help="output directory (created; written atomically)")
+    g.add_argument("--force", action="store_true", help="replace an existing output directory")
+    g.add_argument("--no-plot", action="store_true", help=no_plot_help)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="flowfem",
@@ -448,9 +455,7 @@ def parser() -> argparse.ArgumentParser:
                         "same linear solver, stopping at ||dE|| <= rtol ||dE(0)||")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="extra PETSc option for the solver, e.g. ksp_monitor= or pc_gamg_threshold=0.02 (repeatable)")
-    g.add_argument("--out", required=True, help="output directory (created; written atomically)")
-    g.add_argument("--force", action="store_true", help="replace an existing output directory")
-    g.add_argument("--no-plot", action="store_true", help="skip figure.png")
+    _add_output_directory_arguments(g, "skip figure.png")
     p.set_defaults(run=cmd_solve)
 
     p = sub.add_parser("flow", help="the gradient flow of E_alpha in the L2 or H1 metric, with checkpoints",
@@ -500,9 +505,7 @@ def parser() -> argparse.ArgumentParser:
                         "the run that wrote it")
     g.add_argument("--write-every", type=int, default=1, help="trajectory frame every N steps (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
-    g.add_argument("--out", required=True, help="output directory (created; written atomically)")
-    g.add_argument("--force", action="store_true", help="replace an existing output directory")
-    g.add_argument("--no-plot", action="store_true", help="skip energy.png")
+    _add_output_directory_arguments(g, "skip energy.png")
     p.set_defaults(run=cmd_flow)
 
     p = sub.add_parser("mesh", help="write a parameter-space mesh (.msh or .xdmf)",
@@ -593,9 +596,7 @@ def parser() -> argparse.ArgumentParser:
                         "(default: lumped L2 projection, no extra smoothing)")
     g.add_argument("--mmd-bandwidth", type=float, default=None,
                    help="Gaussian kernel bandwidth of the MMD (default a tenth of the mesh's bounding-box diagonal)")
-    g.add_argument("--out", required=True, help="output directory (created; written atomically)")
-    g.add_argument("--force", action="store_true", help="replace an existing output directory")
-    g.add_argument("--no-plot", action="store_true", help="skip the figures")
+    _add_output_directory_arguments(g, "skip the figures")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(run=cmd_compare)
 
