@@ -49,6 +49,27 @@ def run(cmd, ranks: int = 1, timeout: float = 600, **kw) -> subprocess.Completed
                           env=env, **kw)
 
 
+def run_mpi_script(path, source: str, *args: str, timeout: float = 180) -> None:
+    """Write ``source`` to ``path`` and run it under mpirun -n 2 (argv[1:] = args, the test modules
+    importable); fail with its output unless it succeeds."""
+    path.write_text(source)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([ROOT, here]))
+    proc = subprocess.run([MPIRUN, "-n", "2", sys.executable, str(path), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def perturbations(U, rng, eps=(1e-1, 1e-3)):
+    """(eps, V, U + eps V) for random directions V (rank-local entries from rng): probes of a minimum."""
+    for e in eps:
+        V = U.duplicate()
+        V.array[:] = rng.standard_normal(V.getLocalSize())
+        W = U.copy()
+        W.axpy(e, V)
+        yield e, V, W
+
+
 def load_demo(name: str):
     """Import demos/NAME.py as a module (the demos are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "demos", f"{name}.py"))

@@ -14,7 +14,7 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 
 from mpi4py import MPI
 
-from conftest import BIN, run
+from conftest import BIN, perturbations, run
 from flowfem import data
 from flowfem.loss import LOGISTIC
 from flowfem.problem import Problem
@@ -65,12 +65,7 @@ def test_optimality_and_minimality():
     g0 = E.gradient(E.vector()).norm()
     assert E.gradient(U).norm() <= 1e-11 * g0  # dE_alpha(U) = 0: the Euler-Lagrange equation
     E0 = E(U)
-    rng = np.random.default_rng(comm.rank)
-    for eps in (1e-1, 1e-3):
-        V = U.duplicate()
-        V.array[:] = rng.standard_normal(V.getLocalSize())
-        W = U.copy()
-        W.axpy(eps, V)
+    for eps, V, W in perturbations(U, np.random.default_rng(comm.rank)):
         assert E(W) > E0
     assert result.info.history[-1] <= 1e-12 * result.info.history[0]
     accuracy = np.mean(np.sign(result.predict(ds.x)) == ds.y)

@@ -1,13 +1,12 @@
 """Particle solvers (flowfem.particles): gradients, descent, optimality, seeding, MPI."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
+from conftest import run_mpi_script
 from flowfem import particles as fp
 from flowfem.loss import loss
 
@@ -227,17 +226,8 @@ def test_mpi_two_ranks_match_serial(tmp_path):
     pytest.importorskip("mpi4py")
     from mpi4py import MPI
 
-    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
-    if not os.path.exists(mpirun):
-        pytest.skip(f"no mpirun next to {sys.executable}")
-    script = tmp_path / "mpi_particles.py"
-    script.write_text(SCRIPT)
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), here]))
     out = str(tmp_path / "out")
-    proc = subprocess.run([mpirun, "-n", "2", sys.executable, str(script), out, here],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_mpi_script(tmp_path / "mpi_particles.py", SCRIPT, out, os.path.dirname(os.path.abspath(__file__)), timeout=120)
     ranks = [np.load(f"{out}.{r}.npz") for r in range(2)]
     for name, kw in RUNS.items():
         x, y, xt, yt = _mpi_data(kw.get("loss", "squared"))

@@ -10,8 +10,6 @@ Tolerances are stated where they are used:
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -20,6 +18,7 @@ from mpi4py import MPI
 
 import dolfinx.fem
 
+from conftest import run_mpi_script
 from flowfem import data, readout as ro
 from flowfem.network import Network
 from flowfem.operator import features
@@ -274,17 +273,8 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.mpi
 def test_mpi_two_ranks_give_the_serial_network(tmp_path):
-    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
-    if not os.path.exists(mpirun):
-        pytest.skip(f"no mpirun next to {sys.executable}")
-    script = tmp_path / "mpi_readout.py"
-    script.write_text(SCRIPT)
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), here]))
     out = str(tmp_path / "net")
-    proc = subprocess.run([mpirun, "-n", "2", sys.executable, str(script), out, here],
-                          env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_mpi_script(tmp_path / "mpi_readout.py", SCRIPT, out, os.path.dirname(os.path.abspath(__file__)))
     for name, ser in cases(MPI.COMM_SELF).items():
         # the solved density itself differs between 1 and 2 ranks by rounding amplified by the
         # system's conditioning (measured 6e-10 to 7e-10 relative in the output weights, 1.3e-9

@@ -14,6 +14,7 @@ import dolfinx.fem.petsc
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from conftest import perturbations
 from flowfem import data
 from flowfem.problem import Problem
 from flowfem.space import Space
@@ -94,12 +95,7 @@ def test_solution_is_the_minimiser():
     grad = E.gradient(U)
     assert grad.norm() <= 1e-9 * E.rhs().norm()
     E0 = E(U)
-    rng = np.random.default_rng(comm.rank)
-    for eps in (1e-1, 1e-3):
-        V = U.duplicate()
-        V.array[:] = rng.standard_normal(V.getLocalSize())
-        W = U.copy()
-        W.axpy(eps, V)
+    for eps, V, W in perturbations(U, np.random.default_rng(comm.rank)):
         # quadratic E: E(U + eps V) - E(U) = eps^2/2 V^T K V > 0 exactly (gradient zero)
         KV = E.vector()
         KV.array[:] = 0
