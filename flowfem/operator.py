@@ -474,17 +474,25 @@ class DataOperator:
         self.comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
         return f
 
-    def columns(self) -> np.ndarray:
-        """Phi^T as a dense (owned dofs, n) array: small problems only (direct solver, tests)."""
-        S = self.S.dense()  # (n, nq_local)
+    def columns(self, block_entries: int = 2**22) -> np.ndarray:
+        """Phi^T as a dense (owned dofs, n) array: small problems only (direct solver, tests).
+
+        Built from blocks of data points, Phi^T[:, J] = Psi^T W S[J, :]^T, so S is never whole
+        in memory; ghost rows are summed into their owners column by column.
+        """
         q = self.quadrature
-        contrib = np.einsum("cqk,cqj->ckj", q.Wpsi, S.T.reshape(*q.Wpsi.shape[:2], -1))
-        out = np.zeros((q._work.x.array.size, self.n))
-        np.add.at(out, q.dofs.ravel(), contrib.reshape(-1, self.n))
-        # sum ghost rows into their owners, column by column
+        theta = q.theta
+        ncells, nqp, k = q.Wpsi.shape
+        rows = np.repeat(np.arange(ncells * nqp), k)  # quadrature point of each entry of W Psi
+        PsiTW = scipy.sparse.csr_matrix((q.Wpsi.ravel(), (np.repeat(q.dofs, nqp, axis=0).ravel(), rows)),
+                                        shape=(q._work.x.array.size, ncells * nqp))
         result = np.empty((q.num_owned, self.n))
-        for j in range(self.n):
-            q._work.x.array[:] = out[:, j]
-            q._work.x.scatter_reverse(dolfinx.la.InsertMode.add)
-            result[:, j] = q._work.x.array[: q.num_owned]
+        block = max(1, block_entries // max(1, theta.shape[0]))
+        for j0 in range(0, self.n, block):
+            S = self.sigma(self.x[j0:j0 + block] @ theta[:, :-1].T + theta[:, -1])  # (block, nq_local)
+            local = PsiTW @ S.T  # (owned + ghost dofs, block)
+            for j in range(local.shape[1]):
+                q._work.x.array[:] = local[:, j]
+                q._work.x.scatter_reverse(dolfinx.la.InsertMode.add)
+                result[:, j0 + j] = q._work.x.array[: q.num_owned]
         return result

@@ -156,3 +156,16 @@ def test_data_operator_is_symmetric_pair():
     Phi.adjoint(r, V)
     assert np.dot(Phi.apply(U), r) == pytest.approx(U.dot(V), rel=1e-12)
     assert np.allclose(Phi.predict(U, x), Phi.apply(U), rtol=1e-13)
+
+
+def test_columns_are_phi_transpose_in_any_block_size():
+    """Phi^T built from blocks of data points: column j is Phi^T e_j, whatever the block size."""
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-1, 1, (23, 2))
+    Phi = DataOperator(WeightedH1(Space.sphere(1), degree=2), "relu", x)
+    C = Phi.columns()
+    assert np.allclose(Phi.columns(block_entries=1), C, rtol=0, atol=1e-14 * np.abs(C).max())  # one point per block
+    V = Phi.H.A.createVecRight()
+    for j in (0, 11, 22):
+        Phi.adjoint(np.eye(23)[j], V)
+        assert np.allclose(C[:, j], V.array_r, rtol=0, atol=1e-13 * np.abs(C).max())
