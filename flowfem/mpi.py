@@ -12,6 +12,7 @@ every rank.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, TypeVar
 
 try:
@@ -20,6 +21,29 @@ except ImportError:
     pass
 
 from mpi4py import MPI
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_blas_thread_per_rank() -> None:
+    """Under mpirun, one BLAS thread per rank unless the user set a thread count.
+
+    P ranks with T BLAS threads each on P cores oversubscribe them, and
+    OpenBLAS threads spin while they wait: measured under mpirun -n 2 on
+    2 cores, a product with a 2e5-vector took 14 ms instead of 2 ms.
+    Libraries loaded from now on read the variables; threadpoolctl limits
+    those already loaded (NumPy's, if it was imported first).
+    """
+    if MPI.COMM_WORLD.size == 1 or any(v in os.environ for v in THREAD_VARIABLES):
+        return
+    for v in THREAD_VARIABLES:
+        os.environ[v] = "1"
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(1)
+
+
+one_blas_thread_per_rank()
 
 T = TypeVar("T")
 

@@ -44,7 +44,7 @@ def run(cmd, ranks: int = 1, timeout: float = 600, **kw) -> subprocess.Completed
     """Run a command (under mpirun -n ranks if ranks > 1); capture text output."""
     if ranks > 1:
         cmd = [MPIRUN, "-n", str(ranks)] + list(cmd)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(kw.pop("env", os.environ), PYTHONUNBUFFERED="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=kw.pop("cwd", ROOT),
                           env=env, **kw)
 

@@ -65,3 +65,15 @@ def test_one_and_two_ranks_agree(tmp_path, domain, activation, solver):
     assert np.linalg.norm(one["u"] - two["u"]) <= 1e-8 * np.linalg.norm(one["u"])
     assert np.linalg.norm(one["f"] - two["f"]) <= 1e-8 * np.linalg.norm(one["f"])
     assert float(one["energy"]) == pytest.approx(float(two["energy"]), rel=1e-10)
+
+
+def test_one_blas_thread_per_rank_unless_the_user_sets_one():
+    """P ranks x T BLAS threads on P cores oversubscribe: under mpirun flowfem limits BLAS to one
+    thread per rank (even with NumPy imported first), and leaves a user's setting alone."""
+    code = ("import numpy, flowfem, threadpoolctl; "
+            "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    r = run([sys.executable, "-c", code], ranks=2, env=env)
+    assert r.returncode == 0 and re.findall(r"\[\d+\]", r.stdout) == ["[1]", "[1]"], r.stdout + r.stderr  # lines may interleave
+    r = run([sys.executable, "-c", code], ranks=2, env=dict(env, OPENBLAS_NUM_THREADS="2"))
+    assert r.returncode == 0 and re.findall(r"\[\d+\]", r.stdout) == ["[2]", "[2]"], r.stdout + r.stderr
