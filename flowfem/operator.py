@@ -8,7 +8,7 @@ discretised with a quadrature rule (theta_q, q_q) on the cells of the mesh:
 
 where Psi_qk = psi_k(theta_q) evaluates the basis functions and W holds the
 weights q_q |det J|. So Phi = S W Psi with S_jq = sigma(theta_q . x~_j).
-Psi is sparse (cellwise) and applied with NumPy on each rank's own cells;
+W Psi is a sparse matrix (a row per point) on each rank's own cells;
 S is never stored as an n x nq matrix. It is applied by one of
 :class:`Features`' subclasses:
 
@@ -47,6 +47,7 @@ import dolfinx.fem  # noqa: E402
 import dolfinx.la  # noqa: E402
 import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
+from petsc4py import PETSc  # noqa: E402
 
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -56,7 +57,7 @@ TREE_MAX_ENTRIES = 2**27  # stored entries of a relu tree per rank (12 bytes eac
 
 
 class Quadrature:
-    """The rule (theta_q, q_q |det J|) on this rank's cells and the cellwise matrix W Psi."""
+    """The rule (theta_q, q_q |det J|) on this rank's cells and the sparse matrix W Psi (points x local dofs)."""
 
     def __init__(self, H: WeightedH1, degree: int | None = None):
         mesh, V = H.space.mesh, H.V
@@ -70,13 +71,32 @@ class Quadrature:
         theta = dolfinx.fem.Expression(ufl.SpatialCoordinate(mesh), X).eval(mesh, cells)
         psi = dolfinx.fem.Expression(detJ * ufl.TrialFunction(V), X).eval(mesh, cells)
         self.theta = theta.reshape(-1, mesh.geometry.dim)  # (ncells * nqp, d + 1)
-        self.Wpsi = psi.reshape(len(cells), len(q), -1) * q[None, :, None]  # (ncells, nqp, ndofs_cell)
-        self.dofs = V.dofmap.list[cells]  # local dof indices, owned and ghost
-        self._cell_values = np.empty(self.dofs.shape)  # work buffer: U or (Psi^T W h) per cell
+        Wpsi = psi.reshape(len(cells), len(q), -1) * q[None, :, None]  # (ncells, nqp, ndofs_cell)
+        dofs = V.dofmap.list[cells]  # local dof indices, owned and ghost
+        npoints, k = self.theta.shape[0], dofs.shape[1]
         im = V.dofmap.index_map
         self.num_owned = im.size_local
+        # (W Psi)_{q, i} = q_q |det J| psi_i(theta_q): a row per point, a column per local dof
+        self.matrix = scipy.sparse.csr_matrix(
+            (Wpsi.ravel(), (np.repeat(np.arange(npoints), k), np.repeat(dofs, len(q), axis=0).ravel())),
+            shape=(npoints, im.size_local + im.num_ghosts))
+        self._matrix = self._petsc(self.matrix)
         self._work = dolfinx.fem.Function(V)
+        self._local = PETSc.Vec().createWithArray(self._work.x.array, comm=MPI.COMM_SELF)  # owned + ghost values
         self.comm = mesh.comm
+
+    @staticmethod
+    def _petsc(m: scipy.sparse.csr_matrix) -> PETSc.Mat:
+        """The same matrix as a sequential PETSc AIJ (products into existing arrays, no allocation)."""
+        return PETSc.Mat().createAIJ(size=m.shape, comm=MPI.COMM_SELF, csr=(
+            m.indptr.astype(PETSc.IntType), m.indices.astype(PETSc.IntType), m.data))
+
+    def permute(self, order: np.ndarray) -> None:
+        """Renumber the points: the new point i is the old point order[i]."""
+        self.theta = self.theta[order]
+        self.matrix = self.matrix[order]
+        self._matrix.destroy()
+        self._matrix = self._petsc(self.matrix)
 
     @property
     def num_points(self) -> int:
@@ -88,17 +108,18 @@ class Quadrature:
         w = self._work
         w.x.array[: self.num_owned] = U.array_r
         w.x.scatter_forward()
-        np.take(w.x.array, self.dofs, out=self._cell_values)
         out = np.empty(self.num_points) if out is None else out
-        np.einsum("cqk,ck->cq", self.Wpsi, self._cell_values, out=out.reshape(self.Wpsi.shape[:2]))
+        g = PETSc.Vec().createWithArray(out, comm=MPI.COMM_SELF)
+        self._matrix.mult(self._local, g)
+        g.destroy()
         return out
 
     def transpose(self, h: np.ndarray, out) -> None:
         """out = Psi^T W h, i.e. the vector of integral h v d theta over all test functions v."""
+        hv = PETSc.Vec().createWithArray(np.ascontiguousarray(h, dtype=float), comm=MPI.COMM_SELF)
+        self._matrix.multTranspose(hv, self._local)  # into the owned and ghost entries of _work
+        hv.destroy()
         w = self._work
-        contrib = self._cell_values
-        np.einsum("cqk,cq->ck", self.Wpsi, h.reshape(self.Wpsi.shape[:2]), out=contrib)
-        w.x.array[:] = np.bincount(self.dofs.ravel(), contrib.ravel(), minlength=w.x.array.size)
         w.x.scatter_reverse(dolfinx.la.InsertMode.add)
         out.array[:] = w.x.array[: self.num_owned]
 
@@ -154,98 +175,96 @@ class DenseFeatures(Features):
 
 
 class ReluFeatures1D(Features):
-    """Exact S g and S^T r for sigma(z) = max(z, s z) = s z + c relu(z), c = 1 - s, d = 1.
+    """Exact S g and S^T r for sigma(z) = max(z, s z) = s z + c relu(z), c = 1 - s, d = 1, by prefix sums.
 
-    With the data sorted, x_(1) <= ... <= x_(n), and the neurons with w > 0
-    (w < 0) sorted by their kinks t = -b / w, data point x sees the positive
-    neurons pos[:k+(x)] and the negative ones neg[k-(x):] active, so
+    A neuron with w != 0 has its kink at t = -b / w and is active (relu = w x + b)
+    for x > t if w > 0 (sign e = +1), for x < t if w < 0 (e = -1). In the
+    order of the kinks (at ties w < 0 first), the neurons with t < x, and
+    those with w < 0 and t = x, form a prefix of length k(x); so with
+    T[k] = sum_{i < k} e_i (w_i, b_i) g_i and N = sum_{w < 0} (w, b) g,
 
-        (S g)(x) = s (x G_w + G_b) + c (x W(x) + B(x)) + sum_{w_q = 0} sigma(b_q) g_q,
+        (S g)(x) = (x, 1) . (s G + c (T[k(x)] + N)) + sum_{w = 0} sigma(b) g,   G = sum (w, b) g.
 
-    G_w = sum_{w_q != 0} w_q g_q, W(x) = P+_w[k+(x)] + P-_w[end] - P-_w[k-(x)]
-    with P+-_w the prefix sums of w g over pos and neg (B, G_b alike with b).
-    Symmetrically (S^T r)_q = w_q R_x(q) + b_q R(q) with prefix sums of r and
-    r x over the sorted data. O(n + m) per product; the permutations, index
-    arrays and work buffers are made once, so a product allocates nothing
-    (fresh pages for large temporaries cost more than the arithmetic here).
+    With the data sorted and R[m] = sum_{j < m} (r_j x_j, r_j), neuron q sees
+    the data x_j > t (w > 0), R[n] - R[m], or x_j < t (w < 0), R[m], so
+
+        (S^T r)_q = (s + c [w_q > 0]) (w_q, b_q) . R[n] - c e_q (w_q, b_q) . R[m_q].
+
+    O(n + m) per product. The neurons need not come sorted: :meth:`kink_order`
+    gives the order in which they do, and then every gather over them is a slice.
     """
+
+    @staticmethod
+    def kink_order(theta: np.ndarray) -> np.ndarray:
+        """The neurons with w != 0 by kink (w < 0 first at ties), then those with w = 0."""
+        w, b = theta[:, 0], theta[:, 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = -b / w
+        moving = np.flatnonzero(w != 0)
+        moving = moving[np.lexsort((w[moving] > 0, t[moving]))]
+        return np.concatenate([moving, np.flatnonzero(w == 0)])
 
     def __init__(self, sigma, x, theta):
         super().__init__(sigma, x, theta)
         self.s, self.c = sigma.slope, 1.0 - sigma.slope
-        w, b = theta[:, 0], theta[:, 1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = -b / w
-        pos, neg = np.flatnonzero(w > 0), np.flatnonzero(w < 0)
-        self.pos = pos[np.argsort(t[pos], kind="stable")]
-        self.neg = neg[np.argsort(t[neg], kind="stable")]
-        self.flat = np.flatnonzero(w == 0)  # constant neurons sigma(b_q)
-        self.sigma_flat = sigma(b[self.flat])
-        self.order = np.argsort(x[:, 0], kind="stable")
-        self.xs = x[self.order, 0]
-        self.kpos = np.searchsorted(t[self.pos], self.xs, side="left")  # x_(j) sees pos[:kpos_j]
-        self.kneg = np.searchsorted(t[self.neg], self.xs, side="right")  # and neg[kneg_j:]
-        self.mpos = np.searchsorted(self.xs, t[self.pos], side="right")  # pos[i] sees x_(mpos_i:)
-        self.mneg = np.searchsorted(self.xs, t[self.neg], side="left")  # neg[i] sees x_(:mneg_i)
-        self.wp, self.bp, self.wn, self.bn = w[self.pos], b[self.pos], w[self.neg], b[self.neg]
-        n, npos, nneg = len(self.xs), len(self.pos), len(self.neg)
-        self._n = np.empty((2, n))
-        self._pn = np.empty((2, n + 1))
-        self._p, self._q = np.empty((2, npos)), np.empty((2, nneg))
-        self._cp, self._cn = np.empty((2, npos + 1)), np.empty((2, nneg + 1))
-        for c in (self._pn, self._cp, self._cn):
-            c[:, 0] = 0.0
+        order = self.kink_order(theta)
+        nm = int(np.count_nonzero(theta[:, 0]))
+        self.moving = slice(0, nm) if np.array_equal(order, np.arange(theta.shape[0])) else order[:nm]
+        self.flat = order[nm:]
+        self.sigma_flat = sigma(theta[self.flat, 1])  # w = 0: the constant sigma(b)
+        w, b = theta[order[:nm], 0], theta[order[:nm], 1]  # in kink order
+        e = np.where(w > 0, 1.0, -1.0)
+        self.w, self.b, self.cew, self.ceb = w, b, self.c * e * w, self.c * e * b
+        self.negative = (e < 0).astype(float)
+        self.coef = self.s + self.c * (e > 0)
+        t = -b / w
+        self.data_order = np.argsort(x[:, 0], kind="stable")
+        self.xs = x[self.data_order, 0]
+        pos = e > 0
+        self.k = (np.searchsorted(t[pos], self.xs, side="left")  # kinks below x: the active prefix
+                  + np.searchsorted(t[~pos], self.xs, side="right"))
+        self.m = np.where(pos, np.searchsorted(self.xs, t, side="right"), np.searchsorted(self.xs, t, side="left"))
+        n = x.shape[0]
+        self._g = np.empty(nm) if isinstance(self.moving, np.ndarray) else None
+        self._v, self._h = np.empty(nm), np.empty(nm)
+        self._T = np.zeros((2, nm + 1))  # prefix sums of c e w g and c e b g
+        self._R = np.zeros((2, n + 1))  # prefix sums of r x and r over the sorted data
+        self._a, self._f = np.empty(n), np.empty(n)
 
     def matvec(self, g, out=None):
-        out = np.empty(len(self.xs)) if out is None else out
-        s, c = self.s, self.c
-        (gp, tp), (gn, tn) = self._p, self._q
-        cp, cn = self._cp, self._cn
-        for idx, wq, bq, gq, tq, cq in ((self.pos, self.wp, self.bp, gp, tp, cp),
-                                        (self.neg, self.wn, self.bn, gn, tn, cn)):
-            np.take(g, idx, out=gq)
-            np.cumsum(np.multiply(gq, wq, out=tq), out=cq[0, 1:])  # prefix sums of w g
-            np.cumsum(np.multiply(gq, bq, out=tq), out=cq[1, 1:])  # and of b g
-        a, tmp = self._n
-        slope = s * cp[0, -1] + cn[0, -1]  # s G_w + c P-_w[end]
-        offset = s * cp[1, -1] + cn[1, -1] + np.dot(self.sigma_flat, g[self.flat])
-        np.subtract(np.take(cp[0], self.kpos, out=a), np.take(cn[0], self.kneg, out=tmp), out=a)
-        if s:
-            a *= c
-        a += slope
+        out = np.empty(self.xs.size) if out is None else out
+        gm = g[self.moving] if self._g is None else np.take(g, self.moving, out=self._g)
+        v, T, a, f = self._v, self._T, self._a, self._f
+        const = []
+        for k, ce in enumerate((self.cew, self.ceb)):
+            np.multiply(gm, ce, out=v)
+            np.cumsum(v, out=T[k, 1:])
+            cN = -(self.negative @ v)  # c sum_{w < 0} (w or b) g
+            const.append(cN + (self.s / self.c) * (T[k, -1] + 2 * cN))  # + s G
+        np.take(T[0], self.k, out=a)
+        a += const[0]
         a *= self.xs
-        np.subtract(np.take(cp[1], self.kpos, out=tmp), np.take(cn[1], self.kneg, out=out), out=tmp)
-        if s:
-            tmp *= c
-        a += tmp
-        a += offset
-        out[self.order] = a
+        np.take(T[1], self.k, out=f)
+        f += a
+        f += const[1] + self.sigma_flat @ g[self.flat]
+        out[self.data_order] = f
         return out
 
     def rmatvec(self, r, out=None):
         out = np.empty(self.theta.shape[0]) if out is None else out
-        s, c = self.s, self.c
-        rs, rx = self._n
-        np.take(r, self.order, out=rs)
-        np.multiply(rs, self.xs, out=rx)
-        pr, prx = self._pn
-        np.cumsum(rs, out=pr[1:])
-        np.cumsum(rx, out=prx[1:])
-        R, RX = pr[-1], prx[-1]
-        # pos: w (RX - c prx[m]) + b (R - c pr[m]); neg: w (s RX + c prx[m]) + b (s R + c pr[m])
-        for idx, m, wq, bq, (u, v), sign, base in ((self.pos, self.mpos, self.wp, self.bp, self._p, -c, 1.0),
-                                                      (self.neg, self.mneg, self.wn, self.bn, self._q, c, s)):
-            np.take(prx, m, out=u)
-            u *= sign
-            u += base * RX
-            u *= wq
-            np.take(pr, m, out=v)
-            v *= sign
-            v += base * R
-            v *= bq
-            u += v
-            out[idx] = u
-        out[self.flat] = self.sigma_flat * R
+        R, h, v = self._R, self._h, self._v
+        rs = np.take(r, self.data_order, out=self._f)
+        np.cumsum(rs, out=R[1, 1:])
+        np.cumsum(np.multiply(rs, self.xs, out=self._a), out=R[0, 1:])
+        np.multiply(self.w, R[0, -1], out=h)
+        h += np.multiply(self.b, R[1, -1], out=v)
+        h *= self.coef
+        for k, ce in enumerate((self.cew, self.ceb)):
+            np.take(R[k], self.m, out=v)
+            v *= ce
+            h -= v
+        out[self.moving] = h
+        out[self.flat] = self.sigma_flat * R[1, -1]
         return out
 
 
@@ -397,42 +416,42 @@ class MonomialFeatures(Features):
         return np.dot(self.Q, self.P.T @ r, out=out)
 
 
-def features(sigma: Activation, x: np.ndarray, theta: np.ndarray, method: str = "auto",
-             repeated: bool = True) -> Features:
-    """The fastest exact representation of S for this sigma and d (``method`` forces one).
+def resolve_method(sigma: Activation, d: int, method: str = "auto", repeated: bool = True) -> str:
+    """The feature-product method for this sigma and input dimension d (``method`` forces one).
 
-    ``repeated=False`` is for a single product: then relu with d >= 2 is
-    evaluated densely, since building its tree costs a few dense products;
-    so it is too (with a warning) if the tree would exceed its storage limit.
+    auto: relu1d for relu on 1-D inputs, relu_tree for relu on more (unless
+    ``repeated`` is False: for a single product, where building the tree costs
+    a few dense products), monomial for z^k, dense otherwise.
     """
     if method not in METHODS:
         raise ValueError(f"unknown data-operator method {method!r}: choose one of {', '.join(METHODS)}")
     relu = sigma.degree == 1 and sigma.power == 0  # monomial:1 is 1-homogeneous too
-    mono_ok = sigma.power > 0
     if method in ("relu1d", "relu_tree") and not relu:
         raise ValueError(f"method {method} needs relu or leaky_relu")
-    if method == "relu1d" and x.shape[1] != 1:
+    if method == "relu1d" and d != 1:
         raise ValueError("method relu1d needs 1-D inputs; relu_tree takes any")
-    if method == "monomial" and not mono_ok:
+    if method == "monomial" and not sigma.power > 0:
         raise ValueError("method monomial needs the activation monomial:k")
-    auto = method == "auto"
-    if auto:
-        if relu and x.shape[1] == 1:
-            method = "relu1d"
-        elif relu and repeated:
-            method = "relu_tree"
-        elif mono_ok:
-            method = "monomial"
-        else:
-            method = "dense"
-    if method == "relu_tree" and auto:
+    if method != "auto":
+        return method
+    if relu:
+        return "relu1d" if d == 1 else "relu_tree" if repeated else "dense"
+    return "monomial" if sigma.power > 0 else "dense"
+
+
+def features(sigma: Activation, x: np.ndarray, theta: np.ndarray, method: str = "auto",
+             repeated: bool = True) -> Features:
+    """The fastest exact representation of S (see :func:`resolve_method`). With method auto, a
+    relu tree over its storage limit gives way (with a warning) to the dense evaluation."""
+    chosen = resolve_method(sigma, x.shape[1], method, repeated)
+    if chosen == "relu_tree" and method == "auto":
         try:
             return ReluTreeFeatures(sigma, x, theta)
         except StorageLimit as e:
             warnings.warn(f"{e}: evaluating sigma densely instead (O(n m) work per product, bounded memory)")
-            method = "dense"
+            chosen = "dense"
     return {"relu1d": ReluFeatures1D, "relu_tree": ReluTreeFeatures, "monomial": MonomialFeatures,
-            "dense": DenseFeatures}[method](sigma, x, theta)
+            "dense": DenseFeatures}[chosen](sigma, x, theta)
 
 
 # -- Phi ---------------------------------------------------------------------------------
@@ -448,6 +467,8 @@ class DataOperator:
         self.method = method
         self.quadrature = Quadrature(H, quadrature_degree)
         self.x = np.ascontiguousarray(x, dtype=float)
+        if resolve_method(self.sigma, self.x.shape[1], method) == "relu1d":  # points in kink order: no gathers
+            self.quadrature.permute(ReluFeatures1D.kink_order(self.quadrature.theta))
         self.S = features(self.sigma, self.x, self.quadrature.theta, method)
         self._g = np.empty(self.quadrature.num_points)  # work buffer: a value per quadrature point
         self.comm: MPI.Comm = H.space.comm
@@ -482,10 +503,7 @@ class DataOperator:
         """
         q = self.quadrature
         theta = q.theta
-        ncells, nqp, k = q.Wpsi.shape
-        rows = np.repeat(np.arange(ncells * nqp), k)  # quadrature point of each entry of W Psi
-        PsiTW = scipy.sparse.csr_matrix((q.Wpsi.ravel(), (np.repeat(q.dofs, nqp, axis=0).ravel(), rows)),
-                                        shape=(q._work.x.array.size, ncells * nqp))
+        PsiTW = q.matrix.T.tocsr()
         result = np.empty((q.num_owned, self.n))
         block = max(1, block_entries // max(1, theta.shape[0]))
         for j0 in range(0, self.n, block):
