@@ -251,11 +251,16 @@ class ReluFeatures1D(Features):
         return out
 
     def rmatvec(self, r, out=None):
-        out = np.empty(self.theta.shape[0]) if out is None else out
-        R, h, v = self._R, self._h, self._v
+        R = self._R
         rs = np.take(r, self.data_order, out=self._f)
         np.cumsum(rs, out=R[1, 1:])
         np.cumsum(np.multiply(rs, self.xs, out=self._a), out=R[0, 1:])
+        return self._from_prefix_sums(R, out)
+
+    def _from_prefix_sums(self, R, out=None):
+        """S^T r from the prefix sums R = (sum r x, sum r) over the sorted data."""
+        out = np.empty(self.theta.shape[0]) if out is None else out
+        h, v = self._h, self._v
         np.multiply(self.w, R[0, -1], out=h)
         h += np.multiply(self.b, R[1, -1], out=v)
         h *= self.coef
@@ -266,6 +271,62 @@ class ReluFeatures1D(Features):
         out[self.moving] = h
         out[self.flat] = self.sigma_flat * R[1, -1]
         return out
+
+    def distribute(self, comm: MPI.Comm) -> None:
+        """Share the O(n) work of :meth:`normal` over the ranks of comm, which all hold the same data
+        (and each its own neurons): rank p takes the sorted data points n p / P ... n (p + 1) / P - 1."""
+        n, nm, P = self.xs.size, self.w.size, comm.size
+        bounds = [n * p // P for p in range(P + 1)]
+        self.comm, self.counts = comm, np.diff(bounds)
+        self.chunk = slice(bounds[comm.rank], bounds[comm.rank + 1])
+        self.chunk_order = self.data_order[self.chunk]
+        # neuron i (kink order) is in the active prefix of the sorted data points j >= J_i
+        self.J = np.searchsorted(self.k, np.arange(nm), side="right")
+        self._hist = np.zeros((2, n + 1))
+        m = self.counts[comm.rank]
+        self._chunk = np.empty((2, m))
+        self._rc = np.empty((2, m))
+
+    def _add_lower_chunks(self, prefix):
+        """Chunk-local prefix sums (2, m) -> global ones: add the totals of the lower ranks' chunks."""
+        totals = prefix[:, -1].copy() if prefix.shape[1] else np.zeros(2)
+        lower = np.zeros(2)
+        self.comm.Exscan(totals, lower, op=MPI.SUM)  # lower ranks' totals (rank 0: left at 0)
+        if self.comm.rank > 0:
+            prefix += lower[:, None]
+
+    def normal(self, g, D, scale, out=None):
+        """S^T diag(scale D) S g, D in the data's order. Each rank adds its neurons' (w, b) g into
+        bins of the sorted data (a difference array), the bins are summed and scattered over the
+        ranks (MPI_Reduce_scatter), each rank turns its chunk into predictions f and r = scale D f
+        and prefix sums of (r x, r), which are gathered (MPI_Allgatherv) for the neurons."""
+        comm, s, c = self.comm, self.s, self.c
+        gm = g[self.moving] if self._g is None else np.take(g, self.moving, out=self._g)
+        v, hist, W = self._v, self._hist, self._chunk
+        hist[:] = 0.0
+        for k, ce in enumerate((self.cew, self.ceb)):
+            np.multiply(gm, ce, out=v)  # c e (w, b) g
+            cN = -(self.negative @ v)  # c N
+            hist[k, 0] = cN + (s / c) * (v.sum() + 2 * cN)  # c N + s G: every data point
+            np.add.at(hist[k], self.J, v)
+        hist[1, 0] += self.sigma_flat @ g[self.flat]  # the constant neurons
+        for k in range(2):
+            comm.Reduce_scatter(hist[k, :-1], W[k], recvcounts=self.counts, op=MPI.SUM)
+        self._add_lower_chunks(np.cumsum(W, axis=1, out=W))
+        xs = self.xs[self.chunk]
+        f = W[0]
+        f *= xs
+        f += W[1]  # f_j = x_j W(x_j) + B(x_j) on this chunk
+        r, rx = self._rc
+        np.take(D, self.chunk_order, out=r)
+        r *= f
+        r *= scale
+        np.multiply(r, xs, out=rx)
+        self._add_lower_chunks(np.cumsum(self._rc, axis=1, out=self._rc))
+        R = self._R
+        comm.Allgatherv(self._rc[1], [R[0, 1:], self.counts])  # prefix sums of r x
+        comm.Allgatherv(self._rc[0], [R[1, 1:], self.counts])  # and of r
+        return self._from_prefix_sums(R, out)
 
 
 class StorageLimit(ValueError):
@@ -471,7 +532,10 @@ class DataOperator:
             self.quadrature.permute(ReluFeatures1D.kink_order(self.quadrature.theta))
         self.S = features(self.sigma, self.x, self.quadrature.theta, method)
         self._g = np.empty(self.quadrature.num_points)  # work buffer: a value per quadrature point
+        self._f = np.empty(self.n)  # work buffer: a value per data point
         self.comm: MPI.Comm = H.space.comm
+        if isinstance(self.S, ReluFeatures1D):
+            self.S.distribute(self.comm)
 
     @property
     def n(self) -> int:
@@ -486,6 +550,21 @@ class DataOperator:
     def adjoint(self, r: np.ndarray, out) -> None:
         """out = Phi^T r (owned dofs of a PETSc vector); r is replicated on all ranks."""
         self.quadrature.transpose(self.S.rmatvec(r, self._g), out)
+
+    def normal(self, U, D: np.ndarray, out) -> None:
+        """out = Phi^T diag(D) Phi U / n, the data term of the Hessian (owned dofs of a PETSc vector).
+
+        For relu in 1-D the O(n) part is shared over the ranks (:meth:`ReluFeatures1D.normal`);
+        otherwise Phi U is summed over the ranks and Phi^T applied to D Phi U / n on each."""
+        g = self.quadrature.weights(U, self._g)
+        if isinstance(self.S, ReluFeatures1D):
+            self.quadrature.transpose(self.S.normal(g, D, 1.0 / self.n, g), out)
+            return
+        f = self.S.matvec(g, self._f)
+        self.comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
+        f *= D
+        f /= self.n
+        self.adjoint(f, out)
 
     def predict(self, U, x: np.ndarray) -> np.ndarray:
         """f_U at new points x (m, d), on every rank."""

@@ -68,15 +68,11 @@ class _NormalOperator:
     def __init__(self, E: Functional, D: np.ndarray, G=None, shift: float = 0.0):
         self.E, self.D, self.G, self.shift = E, D, G, shift
         self.tmp = E.vector()
-        self.f = np.empty(E.n)  # work buffer: Phi x, then D Phi x / n
 
     def mult(self, mat, x, y):
-        E, f = self.E, self.f
+        E = self.E
         E.H.A.mult(x, y)
-        E.Phi.apply(x, f)
-        f *= self.D
-        f /= E.n
-        E.Phi.adjoint(f, self.tmp)
+        E.Phi.normal(x, self.D, self.tmp)
         y.aypx(E.alpha, self.tmp)
         if self.shift:
             self.G.mult(x, self.tmp)

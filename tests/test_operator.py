@@ -169,3 +169,47 @@ def test_columns_are_phi_transpose_in_any_block_size():
     for j in (0, 11, 22):
         Phi.adjoint(np.eye(23)[j], V)
         assert np.allclose(C[:, j], V.array_r, rtol=0, atol=1e-13 * np.abs(C).max())
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu:0.3"])
+@pytest.mark.parametrize("n", [1, 57, 300])
+def test_relu1d_normal_with_the_data_split_over_the_ranks(name, n):
+    """S^T diag(D) S g / n with the O(n) work split over the ranks = the plain products with the
+    predictions summed over the ranks; each rank its own neurons (w = 0 and repeated kinks among
+    them), the same data (ties, points on kinks; n = 1 leaves a rank without data)."""
+    comm = MPI.COMM_WORLD
+    rng = np.random.default_rng(100 + comm.rank)
+    theta = rng.normal(size=(400, 2))
+    theta[:6, 0] = 0.0
+    theta[6:12] = theta[12:18]
+    data = np.random.default_rng(7)
+    x = data.uniform(-2, 2, (n, 1))
+    x[: n // 2] = x[n // 2: 2 * (n // 2)]
+    x[-1, 0] = -theta[30, 1] / theta[30, 0] if comm.rank == 0 else x[-1, 0]
+    x = comm.bcast(x, root=0)
+    D = data.uniform(0.5, 2.0, n)
+    S = ReluFeatures1D(activation(name), x, theta)
+    S.distribute(comm)
+    g = rng.normal(size=400)
+    f = S.matvec(g)
+    comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
+    expected = S.rmatvec(D * f / n)
+    got = S.normal(g, D, 1.0 / n)
+    assert np.allclose(got, expected, rtol=1e-12, atol=1e-13 * np.abs(expected).max())
+
+
+def test_normal_operator_equals_adjoint_of_apply():
+    """Phi^T diag(D) Phi U / n by DataOperator.normal (split relu path and the generic one)."""
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-3, 3, (150, 1))
+    D = rng.uniform(0.1, 3.0, 150)
+    for sigma in ("relu", "tanh"):
+        H = WeightedH1(Space.box(1, 9, 4.0), degree=2)
+        Phi = DataOperator(H, sigma, x)
+        U = H.A.createVecRight()
+        U.array[:] = np.random.default_rng(MPI.COMM_WORLD.rank).normal(size=U.getLocalSize())
+        a, b = H.A.createVecRight(), H.A.createVecRight()
+        Phi.normal(U, D, a)
+        Phi.adjoint(D * Phi.apply(U) / 150, b)
+        b.axpy(-1.0, a)
+        assert b.norm() <= 1e-12 * a.norm(), sigma
