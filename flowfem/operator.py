@@ -167,7 +167,7 @@ class DenseFeatures(Features):
         return out
 
     def rmatvec(self, r, out=None):
-        out = np.zeros(self.theta.shape[0]) if out is None else out
+        out = np.empty(self.theta.shape[0]) if out is None else out
         out[:] = 0.0
         for s, S in self._blocks():
             out += r[s:s + S.shape[0]] @ S
@@ -192,6 +192,8 @@ class ReluFeatures1D(Features):
 
     O(n + m) per product. The neurons need not come sorted: :meth:`kink_order`
     gives the order in which they do, and then every gather over them is a slice.
+    :meth:`normal` applies S^T diag(D) S with the O(n) part split over MPI ranks
+    that hold the same data and each their own neurons.
     """
 
     @staticmethod
@@ -302,7 +304,7 @@ class ReluFeatures1D(Features):
         and prefix sums of (r x, r), which are gathered (MPI_Allgatherv) for the neurons."""
         comm, s, c = self.comm, self.s, self.c
         gm = g[self.moving] if self._g is None else np.take(g, self.moving, out=self._g)
-        v, hist, W = self._v, self._hist, self._chunk
+        v, hist, WB = self._v, self._hist, self._chunk
         hist[:] = 0.0
         for k, ce in enumerate((self.cew, self.ceb)):
             np.multiply(gm, ce, out=v)  # c e (w, b) g
@@ -311,21 +313,21 @@ class ReluFeatures1D(Features):
             np.add.at(hist[k], self.J, v)
         hist[1, 0] += self.sigma_flat @ g[self.flat]  # the constant neurons
         for k in range(2):
-            comm.Reduce_scatter(hist[k, :-1], W[k], recvcounts=self.counts, op=MPI.SUM)
-        self._add_lower_chunks(np.cumsum(W, axis=1, out=W))
+            comm.Reduce_scatter(hist[k, :-1], WB[k], recvcounts=self.counts, op=MPI.SUM)
+        self._add_lower_chunks(np.cumsum(WB, axis=1, out=WB))  # (W(x_j), B(x_j)) on this chunk
         xs = self.xs[self.chunk]
-        f = W[0]
+        f = WB[0]
         f *= xs
-        f += W[1]  # f_j = x_j W(x_j) + B(x_j) on this chunk
-        r, rx = self._rc
-        np.take(D, self.chunk_order, out=r)
+        f += WB[1]  # f_j = x_j W(x_j) + B(x_j)
+        rc = self._rc
+        r = np.take(D, self.chunk_order, out=rc[1])
         r *= f
         r *= scale
-        np.multiply(r, xs, out=rx)
-        self._add_lower_chunks(np.cumsum(self._rc, axis=1, out=self._rc))
+        np.multiply(r, xs, out=rc[0])
+        self._add_lower_chunks(np.cumsum(rc, axis=1, out=rc))  # prefix sums of (r x, r)
         R = self._R
-        comm.Allgatherv(self._rc[1], [R[0, 1:], self.counts])  # prefix sums of r x
-        comm.Allgatherv(self._rc[0], [R[1, 1:], self.counts])  # and of r
+        for k in range(2):
+            comm.Allgatherv(rc[k], [R[k, 1:], self.counts])
         return self._from_prefix_sums(R, out)
 
 
