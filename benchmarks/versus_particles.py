@@ -26,7 +26,8 @@ operator, the solve, and the test prediction; not timed: Python imports and JIT 
 measured: ``direct`` (MUMPS on alpha A + Woodbury for the data term: for small meshes) and ``cg``
 (matrix-free CG + GAMG: for any size). Reported: the time of the solve that reaches e*, and the
 time **including the failed coarser attempts** (what a user without foreknowledge pays); the
-ratio t* / (time including the failed attempts) is the headline.
+ratio t* / (time including the failed attempts) with the default solver, cg, is the headline
+(the direct solver's ratio is shown beside it, not chosen after the fact).
 
 Targets (from the issue): flowfem >= 50x faster on the 1-D problem, >= 10x on the 2-D problem,
 measured in the same run on the same machine. Timings on a shared machine are noisy.
@@ -178,17 +179,16 @@ def table(rows) -> str:
                          f"{p['best']:.2e} | {p['time']:.2f} | {solver} | " + " | ".join(cells)
                          + f" | {target[r['problem']]}x |")
     lines.append("")
-    for r in rows:  # the headline: flowfem's faster solver on this problem, failed coarser attempts included
-        ratios = {s: r[s]["ratio"] for s in ("direct", "cg") if r[s]["reached"]}
-        if not ratios:
-            lines.append(f"{r['problem']}, {r['method']}: flowfem did not reach e* within its sequence")
-            continue
-        best = max(ratios, key=ratios.get)
-        other = ", ".join(f"{s} {v:.0f}x" for s, v in ratios.items() if s != best)
+    for r in rows:  # the headline: flowfem's default solver (cg, fixed in advance), failed coarser attempts included
         t = target[r["problem"]]
-        lines.append(f"{r['problem']}, {r['method']}: flowfem ({best}) {ratios[best]:.0f}x faster to e* = "
-                     f"{r['particles']['best']:.2e}" + (f" ({other})" if other else "")
-                     + f"; target {t}x: {'met' if ratios[best] >= t else 'NOT met'}")
+        if not r["cg"]["reached"]:
+            lines.append(f"{r['problem']}, {r['method']}: flowfem (cg) did not reach e* within its sequence; "
+                         f"target {t}x: NOT met")
+            continue
+        ratio = r["cg"]["ratio"]
+        direct = f" (direct {r['direct']['ratio']:.0f}x)" if r["direct"]["reached"] else " (direct: not reached)"
+        lines.append(f"{r['problem']}, {r['method']}: flowfem (cg) {ratio:.0f}x faster to e* = "
+                     f"{r['particles']['best']:.2e}{direct}; target {t}x: {'met' if ratio >= t else 'NOT met'}")
     return "\n".join(lines)
 
 
