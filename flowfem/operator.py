@@ -233,16 +233,24 @@ class ReluFeatures1D(Features):
         self._R = np.zeros((2, n + 1))  # prefix sums of r x and r over the sorted data
         self._a, self._f = np.empty(n), np.empty(n)
 
+    def _in_kink_order(self, g):
+        """The values of g at the neurons with w != 0, in kink order (a view when they come sorted)."""
+        return g[self.moving] if self._g is None else np.take(g, self.moving, out=self._g)
+
+    def _everywhere(self, v):
+        """c N + s G for one component, given v = c e (w or b) g: the part every data point sees."""
+        cN = -(self.negative @ v)
+        return cN + (self.s / self.c) * (v.sum() + 2 * cN)
+
     def matvec(self, g, out=None):
         out = np.empty(self.xs.size) if out is None else out
-        gm = g[self.moving] if self._g is None else np.take(g, self.moving, out=self._g)
+        gm = self._in_kink_order(g)
         v, T, a, f = self._v, self._T, self._a, self._f
         const = []
         for k, ce in enumerate((self.cew, self.ceb)):
             np.multiply(gm, ce, out=v)
             np.cumsum(v, out=T[k, 1:])
-            cN = -(self.negative @ v)  # c sum_{w < 0} (w or b) g
-            const.append(cN + (self.s / self.c) * (T[k, -1] + 2 * cN))  # + s G
+            const.append(self._everywhere(v))
         np.take(T[0], self.k, out=a)
         a += const[0]
         a *= self.xs
@@ -302,14 +310,13 @@ class ReluFeatures1D(Features):
         bins of the sorted data (a difference array), the bins are summed and scattered over the
         ranks (MPI_Reduce_scatter), each rank turns its chunk into predictions f and r = scale D f
         and prefix sums of (r x, r), which are gathered (MPI_Allgatherv) for the neurons."""
-        comm, s, c = self.comm, self.s, self.c
-        gm = g[self.moving] if self._g is None else np.take(g, self.moving, out=self._g)
+        comm = self.comm
+        gm = self._in_kink_order(g)
         v, hist, WB = self._v, self._hist, self._chunk
         hist[:] = 0.0
         for k, ce in enumerate((self.cew, self.ceb)):
             np.multiply(gm, ce, out=v)  # c e (w, b) g
-            cN = -(self.negative @ v)  # c N
-            hist[k, 0] = cN + (s / c) * (v.sum() + 2 * cN)  # c N + s G: every data point
+            hist[k, 0] = self._everywhere(v)
             np.add.at(hist[k], self.J, v)
         hist[1, 0] += self.sigma_flat @ g[self.flat]  # the constant neurons
         for k in range(2):
@@ -558,12 +565,11 @@ class DataOperator:
 
         For relu in 1-D the O(n) part is shared over the ranks (:meth:`ReluFeatures1D.normal`);
         otherwise Phi U is summed over the ranks and Phi^T applied to D Phi U / n on each."""
-        g = self.quadrature.weights(U, self._g)
         if isinstance(self.S, ReluFeatures1D):
+            g = self.quadrature.weights(U, self._g)
             self.quadrature.transpose(self.S.normal(g, D, 1.0 / self.n, g), out)
             return
-        f = self.S.matvec(g, self._f)
-        self.comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
+        f = self.apply(U, self._f)
         f *= D
         f /= self.n
         self.adjoint(f, out)
