@@ -30,7 +30,8 @@ def one_blas_thread_per_rank() -> None:
 
     P ranks with T BLAS threads each on P cores oversubscribe them, and
     OpenBLAS threads spin while they wait: measured under mpirun -n 2 on
-    2 cores, a product with a 2e5-vector took 14 ms instead of 2 ms.
+    2 cores, a data-operator product with two dot products over 2e5 points
+    took 14 ms instead of 2 ms.
     Libraries loaded from now on read the variables; threadpoolctl limits
     those already loaded (NumPy's, if it was imported first).
     """
