@@ -26,7 +26,7 @@ time steps of :mod:`flowfem.flow`):
   K^{-1} = P^{-1} - Z D^{1/2} (n I + D^{1/2} C^T Z D^{1/2})^{-1} D^{1/2} Z^T,
   C = Phi^T (ndofs x n, stored as owned rows on each rank), Z = P^{-1} C.
   A new D costs one dense n x n factorisation; a new shift s one MUMPS
-  factorisation and n solves.
+  factorisation and one solve with n right-hand sides.
 
 The same :class:`LinearSolver` serves every Newton step (its data weight D is
 updated in place, the GAMG hierarchy or the MUMPS factors are kept).
@@ -173,14 +173,14 @@ class LinearSolver:
         E = self.E
         if not hasattr(self, "C"):
             self.C = E.Phi.columns()
-        self.Z = np.empty_like(self.C)
-        b, z = E.vector(), E.vector()
-        for j in range(E.n):
-            b.array[:] = self.C[:, j]
-            self.ksp.solve(b, z)
-            self.Z[:, j] = z.array_r
-        b.destroy()
-        z.destroy()
+        sizes = (self.C.shape[0], E.H.ndofs), (PETSc.DECIDE, E.n)
+        B = PETSc.Mat().createDense(sizes, array=np.asfortranarray(self.C), comm=self.comm)
+        Z = PETSc.Mat().createDense(sizes, comm=self.comm)
+        Z.setUp()
+        self.ksp.matSolve(B, Z)  # all n right-hand sides in one MUMPS solve
+        self.Z = Z.getDenseArray().copy()
+        B.destroy()
+        Z.destroy()
         self.CtZ = self.C.T @ self.Z
         self.comm.Allreduce(MPI.IN_PLACE, self.CtZ, op=MPI.SUM)
         self._capacitance()
