@@ -37,6 +37,18 @@ class Activation:
         """True if sigma is positively homogeneous (allowed on the circle and sphere)."""
         return self.degree is not None
 
+    def require_homogeneous(self, domain: str) -> None:
+        """Raise ValueError unless sigma may live on ``domain`` ("circle" or "sphere").
+
+        A density on a circle or sphere of directions theta / |theta| represents
+        sigma(theta . x~) = |theta|^p sigma(theta / |theta| . x~) only when sigma is
+        positively p-homogeneous.
+        """
+        if not self.homogeneous:
+            raise ValueError(
+                f"the {domain} carries densities of directions, which represent only positively homogeneous "
+                f"activations; {self.name} is not: use relu, leaky_relu or monomial:k, or a box or ball domain")
+
     def __call__(self, z: Array) -> Array:
         return self.sigma(z)
 

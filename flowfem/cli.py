@@ -82,18 +82,12 @@ def _load_data(args, comm):
 def _make_space(args, train, comm):
     """The parameter mesh for the data's input dimension; domain and activation checked before meshing."""
     from flowfem.activations import activation
-    from flowfem.space import Space
+    from flowfem.space import Space, check_parameter_dim
 
-    if args.domain in ("circle", "sphere") and not activation(args.activation).homogeneous:
-        raise ValueError(
-            f"the {args.domain} carries densities of directions, which represent only positively homogeneous "
-            f"activations; {args.activation} is not: use relu, leaky_relu or monomial:k, or a box or ball domain")
+    if args.domain in ("circle", "sphere"):
+        activation(args.activation).require_homogeneous(args.domain)
     space = Space.make(args.domain, train.d, args.mesh_size, args.radius, comm)
-    if space.input_dim != train.d:
-        raise ValueError(
-            f"the data have d = {train.d} inputs but the mesh {args.domain!r} has parameter dimension "
-            f"{space.gdim} (networks on d = {space.input_dim} inputs); use a mesh of dimension {train.d + 1}"
-        )
+    check_parameter_dim(train.d, space.gdim, "the data")
     return space
 
 

@@ -63,6 +63,7 @@ from petsc4py import PETSc  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.io import fill_by_coordinates, read_density_file  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
+from flowfem.space import check_parameter_dim  # noqa: E402
 from flowfem.stationary import LinearSolver, NewtonSolver, _LinearSolverPC, newton, solve  # noqa: E402
 
 METRICS = ("L2", "H1")
@@ -680,9 +681,7 @@ def project_network(H: WeightedH1, network, activation=None) -> dolfinx.fem.Func
                          "project a network with the problem's activation")
     gdim = H.space.gdim
     theta = np.column_stack([network.W, network.b])
-    if theta.shape[1] != gdim:
-        raise ValueError(f"the network has inputs of dimension {network.input_dim}, the parameter mesh "
-                         f"dimension {gdim} (inputs d = {gdim - 1})")
+    check_parameter_dim(network.input_dim, gdim, "the network")
     a = network.a.astype(float).copy()
     manifold = H.space.homogeneous_only
     if manifold:

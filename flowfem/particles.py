@@ -607,6 +607,7 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
     import ufl
     from mpi4py import MPI
     from petsc4py import PETSc
+    from flowfem.space import check_parameter_dim
 
     if isinstance(source, ParticleResult):
         if source.network is None:
@@ -643,18 +644,14 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
     tdim, gdim = mesh.topology.dim, mesh.geometry.dim
     theta0 = np.column_stack([net.W, net.b])
     c0 = net.a.copy()
-    if theta0.shape[1] != gdim:
-        raise ValueError(f"the network has d = {net.input_dim} inputs, so its neurons live in dimension "
-                         f"{net.input_dim + 1}, but the mesh has parameter dimension {gdim}")
+    check_parameter_dim(net.input_dim, gdim, "the network")
     directions = tdim < gdim
     theta, c = theta0.copy(), c0.copy()
     N = len(c)
     moved = np.zeros(N, dtype=bool)
     dropped = np.zeros(N, dtype=bool)
     if directions:
-        if not act.homogeneous:
-            raise ValueError(f"the {'circle' if tdim == 1 else 'sphere'} carries densities of directions, "
-                             f"which represent only positively homogeneous activations; {act.name} is not")
+        act.require_homogeneous("circle" if tdim == 1 else "sphere")
         r = np.linalg.norm(theta, axis=1)
         zero = r == 0  # sigma(0 . x~) = 0: such a neuron contributes nothing
         theta[zero] = np.eye(gdim)[-1]

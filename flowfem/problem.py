@@ -49,12 +49,8 @@ class Problem:
                  alpha: float = 1e-4, kappa: float = 1.0, degree: int = 1, loss: str = "squared",
                  quadrature_degree: int | None = None, method: str = "auto"):
         self.activation = _activation(activation)
-        if space.homogeneous_only and not self.activation.homogeneous:
-            raise ValueError(
-                f"the {space.domain} carries densities of directions, which represent only positively "
-                f"homogeneous activations; {self.activation.name} is not: use relu, leaky_relu or "
-                "monomial:k, or a box or ball domain"
-            )
+        if space.homogeneous_only:
+            self.activation.require_homogeneous(space.domain)
         if not (np.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
         self.space = space

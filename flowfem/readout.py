@@ -168,12 +168,8 @@ def quadrature_neurons(u: dolfinx.fem.Function, activation: Activation | str, de
     mesh = V.mesh
     tdim, gdim = mesh.topology.dim, mesh.geometry.dim
     directions = tdim < gdim
-    if directions and not act.homogeneous:
-        raise ValueError(
-            f"the density lives on a {'circle' if tdim == 1 else 'sphere'} of directions, which "
-            f"represents only positively homogeneous activations; {act.name} is not: use relu, "
-            "leaky_relu or monomial:k"
-        )
+    if directions:
+        act.require_homogeneous("circle" if tdim == 1 else "sphere")
     if degree is None:
         degree = 2 * V.element.basix_element.degree
     if V.element.needs_dof_transformations or V.dofmap.index_map_bs != 1:

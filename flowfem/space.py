@@ -262,6 +262,18 @@ def _check_input_dim(d: int) -> None:
         )
 
 
+def check_parameter_dim(d: int, gdim: int, what: str) -> None:
+    """Raise ValueError unless inputs of dimension d fit a parameter mesh of dimension gdim = d + 1.
+
+    ``what`` names the owner of the inputs ("the data", "the network") in the message.
+    """
+    if d + 1 != gdim:
+        raise ValueError(
+            f"{what} has d = {d} inputs, so its neurons theta = (w, b) live in dimension {d + 1}, but the "
+            f"parameter mesh has dimension {gdim} (inputs of dimension {gdim - 1}): use a mesh of dimension "
+            f"{d + 1}")
+
+
 # -- the distributed mesh ------------------------------------------------------------
 
 
