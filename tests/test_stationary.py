@@ -121,3 +121,47 @@ def test_cg_iterations_do_not_grow_with_refinement():
     its = [Problem(Space.box(1, n, 4.0), "relu", alpha=1e-5).fit(train.x, train.y).iterations
            for n in (32, 64, 128)]
     assert max(its) <= 1.2 * min(its), its  # iterations bounded under refinement
+
+
+# -- every solve meets its tolerance or says so ----------------------------------------
+
+
+def _ill_conditioned(solver_power):
+    """sin data with sigma = z^k on the box of radius 4: the data term reaches |theta|^(2k) ~ 4^(2k)."""
+    train = data.synthetic("sin", 300, seed=0)
+    return Problem(Space.box(1, 16, 4.0), f"monomial:{solver_power}", alpha=1e-4), train
+
+
+@pytest.mark.parametrize("solver,power", [("direct", 8), ("cg", 50)])
+def test_a_solve_above_its_tolerance_raises(solver, power):
+    from flowfem.stationary import NotConverged, solve
+
+    problem, train = _ill_conditioned(power)
+    E = problem.functional(train.x, train.y)
+    with pytest.raises(NotConverged, match="relative residual of .* above the requested 1.0e-10"):
+        solve(E, solver, rtol=1e-10)
+    U, info = solve(E, solver, rtol=1e-10, allow_unconverged=True)
+    assert not info.converged and info.residual > 1e-10
+    K_U = E.vector()  # the reported residual is the true one, recomputed here
+    E.H.A.mult(U, K_U)
+    K_U.scale(E.alpha)
+    t = E.vector()
+    E.Phi.normal(U, np.ones(E.n), t)
+    K_U.axpy(1.0, t)
+    b = E.rhs()
+    K_U.aypx(-1.0, b)
+    assert K_U.norm() / b.norm() == pytest.approx(info.residual, rel=1e-6)
+
+
+@pytest.mark.parametrize("power", [3, 5])
+def test_direct_solve_is_refined_to_its_tolerance(power):
+    """Woodbury alone misses rtol when the data term dwarfs alpha A; refinement recovers it."""
+    from flowfem.stationary import solve
+
+    problem, train = _ill_conditioned(power)
+    E = problem.functional(train.x, train.y)
+    U_direct, info = solve(E, "direct", rtol=1e-12)
+    U_cg, _ = solve(E, "cg", rtol=1e-12)
+    assert info.converged and info.residual <= 1e-12
+    # U is ill-determined here (cond K ~ 1e12), but E_alpha(U) - E_alpha(U*) = |U - U*|_K^2 / 2 is not
+    assert E(U_direct) == pytest.approx(E(U_cg), rel=1e-10)
