@@ -35,7 +35,8 @@ def _petsc_options(pairs: list[str]) -> dict:
 def _add_problem_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True,
-                   help="a CSV (header x1..xd,y) or NPZ (arrays x, y) file, or a synthetic set: sin, step, two_moons")
+                   help="a CSV (header naming columns x1..xd and y, in any order) or NPZ (arrays x, y) file, "
+                        "or a synthetic set: sin, step, two_moons")
     g.add_argument("--test-data", help="held-out data file (default: a fresh synthetic sample, or 20%% of the file)")
     g.add_argument("--n", type=int, default=1000, help="points of a synthetic training set (default 1000)")
     g.add_argument("--seed", type=int, default=0, help="seed of synthetic data and the test split (default 0)")
@@ -55,72 +56,33 @@ def _add_problem_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_data(args, comm):
-    """Training and test sets, read on rank 0 and broadcast."""
+    """Training and test sets (:func:`flowfem.data.train_test`), read on rank 0 and broadcast."""
     from flowfem import data
 
-    def read():
-        if args.data in data.SYNTHETIC:
-            train = data.synthetic(args.data, args.n, args.seed)
-            test = data.synthetic(args.data, max(args.n, 1000), args.seed + 1)
-        else:
-            full = data.load(args.data)
-            if args.test_data:
-                train, test = full, data.load(args.test_data)
-            else:
-                perm = np.random.default_rng(args.seed).permutation(full.n)
-                k = max(1, full.n // 5) if full.n > 1 else 0
-                test = data.Dataset(full.x[perm[:k]], full.y[perm[:k]], full.name + "-test")
-                train = data.Dataset(full.x[perm[k:]], full.y[perm[k:]], full.name)
-        if test.d != train.d:
-            raise ValueError(f"test data have d = {test.d} inputs, training data d = {train.d}")
-        data.check(train.x, train.y)
-        return train, test
-
-    return on_root(comm, read)
-
-
-def _make_space(args, train, comm):
-    """The parameter mesh for the data's input dimension; domain and activation checked before meshing."""
-    from flowfem.activations import activation
-    from flowfem.space import Space, check_parameter_dim
-
-    if args.domain in ("circle", "sphere"):
-        activation(args.activation).require_homogeneous(args.domain)
-    space = Space.make(args.domain, train.d, args.mesh_size, args.radius, comm)
-    check_parameter_dim(train.d, space.gdim, "the data")
-    return space
+    return on_root(comm, lambda: data.train_test(args.data, args.n, args.seed, args.test_data))
 
 
 def cmd_solve(args, comm) -> None:
     from flowfem import io
-    from flowfem.problem import Problem
+    from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
     train, test = _load_data(args, comm)
     t0 = time.perf_counter()
-    space = _make_space(args, train, comm)
+    space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
-    E = problem.functional(train.x, train.y)
-    t1 = time.perf_counter()
+    mesh_seconds = time.perf_counter() - t0
     result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc)
-    t2 = time.perf_counter()
-    loss, reg = result.parts
-    metrics = dict(
-        energy=loss + reg, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
-        solver=args.solver, train_rmse=result.rmse(train.x, train.y), test_rmse=result.rmse(test.x, test.y),
-        n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=space.num_cells,
-        ranks=comm.size, domain=space.domain, activation=problem.activation.name, alpha=args.alpha,
-        kappa=args.kappa, weight=args.weight, degree=args.degree, setup_seconds=t1 - t0, solve_seconds=t2 - t1,
-        data=args.data,
-    )
-    metrics.update(_loss_metrics(args, result, train, test))
-    del E
+    metrics = io.solve_metrics(result, train, test)
+    metrics.update(data=args.data, mesh_seconds=mesh_seconds)
     with io.output_directory(args.out, comm, args.force) as tmp:
-        io.write_solution(tmp, result, train, test, metrics, plot=not args.no_plot)
+        io.write_solution(tmp, result, io.settings(result.functional), metrics, train, test, plot=not args.no_plot)
     if comm.rank == 0:
-        print(f"E_alpha = {metrics['energy']:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
+        loss, reg = result.parts
+        print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
         print(f"{args.solver}: {result.iterations} iterations, relative residual {result.residual:.2e}, "
-              f"{t2 - t1:.2f} s on {comm.size} rank(s), {problem.H.ndofs} dofs, n = {train.n}")
+              f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
+              f"{problem.H.ndofs} dofs, n = {train.n}")
         print(f"RMSE train {metrics['train_rmse']:.3e}, test {metrics['test_rmse']:.3e}")
         if args.loss != "squared":
             print(f"Newton ({args.loss} loss): ||dE|| per iteration "
@@ -130,17 +92,6 @@ def cmd_solve(args, comm) -> None:
               + ("" if args.no_plot else ", figure.png"))
 
 
-def _loss_metrics(args, result, train, test) -> dict:
-    """The loss's name; for a nonlinear loss Newton's residual history and the classification accuracy."""
-    out = dict(loss_function=args.loss)
-    if args.loss != "squared":
-        out.update(newton_residuals=list(result.info.history),
-                   linear_iterations=list(getattr(result.info, "linear_iterations", [])),
-                   train_accuracy=float(np.mean(np.sign(result.predict(train.x)) == train.y)),
-                   test_accuracy=float(np.mean(np.sign(result.predict(test.x)) == test.y)))
-    return out
-
-
 def cmd_flow(args, comm) -> None:
     """The gradient flow of E_alpha from an initial density: energy log, trajectory, checkpoints."""
     import math
@@ -148,7 +99,7 @@ def cmd_flow(args, comm) -> None:
 
     from flowfem import flow as fl
     from flowfem import io
-    from flowfem.problem import Problem
+    from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
     if not (args.tau > 0 and math.isfinite(args.tau)):
@@ -167,7 +118,7 @@ def cmd_flow(args, comm) -> None:
         raise ValueError(f"--t-end {args.t_end}: the final time must be positive")
     train, test = _load_data(args, comm)
     t0 = time.perf_counter()
-    space = _make_space(args, train, comm)
+    space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     E = problem.functional(train.x, train.y)
     flow = fl.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
@@ -201,13 +152,8 @@ def cmd_flow(args, comm) -> None:
                               max_steps=args.max_steps, tol=args.tol, state=state, checkpoints=checkpoints,
                               writer=writer, progress=not args.quiet)
         t3 = time.perf_counter()
-        u = problem.H.function("density")
-        u.x.petsc_vec.array[:] = U.array_r
-        u.x.scatter_forward()
-        io.write_vtx(os.path.join(tmp, "density.bp"), u, result.times[-1])
-        settings = dict(activation=problem.activation.name, weight=str(problem.H.weight), kappa=problem.H.kappa,
-                        alpha=problem.alpha, loss=problem.loss.name, quadrature_degree=E.Phi.quadrature.degree)
-        io.save_density(os.path.join(tmp, "density.npz"), u, space, settings)
+        settings = io.settings(E)
+        io.write_density(tmp, io.function(problem.H, U), space, settings, result.times[-1])
         summary = dict(
             settings, data=args.data, n_train=train.n, ndofs=problem.H.ndofs, ranks=comm.size, domain=space.domain,
             initial=args.initial, resumed_from=getattr(state, "path", None), steps_taken=result.steps,
@@ -291,52 +237,20 @@ def cmd_predict(args, comm) -> None:
 
     def work():
         net = Network.load(args.network)
-        if args.data in data.SYNTHETIC:
-            x, y = data.synthetic(args.data, args.n, args.seed).x, None
-        else:
-            x, y = _read_inputs(args.data)
-        x, _ = data.check(x, None, net.input_dim, what=f"inputs {args.data!r}", max_dim=None)
+        inputs = data.get(args.data, args.n, args.seed, require_y=False)
+        x, _ = data.check(inputs.x, None, net.input_dim, what=f"inputs {args.data!r}",
+                          takes=f"the network {args.network!r}")
         f = net(x)
-        header = ",".join([f"x{i + 1}" for i in range(x.shape[1])] + ["f"])
-        table = np.column_stack([x, f])
-        if args.out:
-            tmp = args.out + ".tmp"
-            np.savetxt(tmp, table, delimiter=",", header=header, comments="")
-            import os
-
-            os.replace(tmp, args.out)
-        else:
-            np.savetxt(sys.stdout, table, delimiter=",", header=header, comments="")
-        if y is not None and args.out:
-            return f"wrote {args.out}: {len(f)} predictions, RMSE against y {np.sqrt(np.mean((f - y) ** 2)):.4e}"
-        return f"wrote {args.out}: {len(f)} predictions" if args.out else None
+        data.save_predictions(args.out or sys.stdout, x, f)
+        if not args.out:
+            return None
+        if inputs.y is None:
+            return f"wrote {args.out}: {len(f)} predictions"
+        return f"wrote {args.out}: {len(f)} predictions, RMSE against y {np.sqrt(np.mean((f - inputs.y) ** 2)):.4e}"
 
     message = on_root(comm, work)
     if comm.rank == 0 and message:
         print(message)
-
-
-def _read_inputs(path: str):
-    """x (and y if present) from a CSV with header x1..xd[,y] or an NPZ with x [and y]."""
-    import os
-
-    if not os.path.isfile(path):
-        raise ValueError(f"input file {path!r} does not exist")
-    if path.lower().endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f.files:
-                raise ValueError(f"{path!r} needs an array 'x'")
-            return f["x"], (f["y"] if "y" in f.files else None)
-    with open(path) as fh:
-        header = [h.strip() for h in fh.readline().split(",")]
-    cols = [i for i, h in enumerate(header) if h.startswith("x")]
-    if not cols:
-        raise ValueError(f"{path!r}: the CSV header must name the input columns x1..xd")
-    try:
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    except ValueError as e:
-        raise ValueError(f"{path!r} cannot be read as numbers: {e}") from None
-    return table[:, cols], (table[:, header.index("y")] if "y" in header else None)
 
 
 def cmd_landscape(args, comm) -> None:
@@ -384,9 +298,7 @@ def cmd_landscape(args, comm) -> None:
 
 def cmd_compare(args, comm) -> None:
     """FE solve, FE readouts and particle solvers side by side: tables, figures, densities (flowfem.compare)."""
-    import os
-
-    from flowfem import compare
+    from flowfem import compare, io
 
     def ints(name, text):
         try:
@@ -397,14 +309,9 @@ def cmd_compare(args, comm) -> None:
     def words(text):
         return [w.strip() for w in text.split(",") if w.strip()]
 
-    def free():
-        out = os.path.abspath(args.out)
-        if os.path.exists(out) and not args.force and os.listdir(out):
-            raise ValueError(f"output directory {out!r} exists and is not empty; pass --force to replace it")
-
     if getattr(args, "loss", "squared") != "squared":
         raise ValueError(f"--loss {args.loss}: compare fits the squared loss (particles and FE alike); drop --loss")
-    on_root(comm, free)  # before the runs, not after them
+    on_root(comm, lambda: io.check_free(args.out, args.force))  # before the runs, not after them
     train, test = _load_data(args, comm)
     result = compare.compare(
         train, test, widths=ints("--widths", args.widths), seeds=ints("--seeds", args.seeds),
@@ -536,7 +443,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="evaluate a saved network on inputs (no dolfinx needed)",
                        description="Evaluate a network .npz (from flowfem readout or Network.save) at the rows of "
-                                   "a CSV (header x1..xd[,y]) or NPZ (x[, y]) file, or a synthetic set.")
+                                   "a CSV (header naming columns x1..xd in any order, and y for an RMSE) or NPZ (x[, y]) file, "
+                                   "or a synthetic set.")
     p.add_argument("--network", required=True, help="network .npz")
     p.add_argument("--data", required=True, help="inputs: CSV, NPZ, or sin/step/two_moons")
     p.add_argument("--n", type=int, default=1000, help="points of a synthetic set")
@@ -552,7 +460,7 @@ def parser() -> argparse.ArgumentParser:
                                    "Prints H's eigenvalues, the stationarity check and, per mu, the kind and the "
                                    "escape direction of saddles.")
     p.add_argument("--network", required=True, help="network .npz (Network.save, flowfem readout)")
-    p.add_argument("--data", required=True, help="CSV (header x1..xd,y), NPZ (x, y), or sin/step/two_moons")
+    p.add_argument("--data", required=True, help="CSV (header naming x1..xd and y), NPZ (x, y), or sin/step/two_moons")
     p.add_argument("--n", type=int, default=200, help="points of a synthetic set (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default 0)")
     p.add_argument("--neuron", type=int, default=None, help="the neuron to split (default: each in turn)")

@@ -114,7 +114,7 @@ class Comparison:
     runs: list[Run]
     settings: dict
     result: object  # the FE solve's flowfem.problem.Result
-    density: object  # u* as a dolfinx Function (see fe_density)
+    density: object  # u* as a dolfinx Function (the FE solve's Result.density)
     particles: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleResult
     networks: dict = field(default_factory=dict)  # (rule, N requested, seed) -> Network of a readout
     densities: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleDensity
@@ -197,7 +197,7 @@ class Comparison:
             d.function.name = f"particles_{m}_N{N}_seed{s}"
         gathered = [io.gather_dofs(f) for f in fields] if plot else []  # collective
         with io.output_directory(out, comm, force) as tmp:
-            _write_fields(os.path.join(tmp, "densities.bp"), fields)
+            io.write_vtx(os.path.join(tmp, "densities.bp"), fields)
             error = None
             if comm.rank == 0:
                 try:
@@ -230,13 +230,6 @@ class Comparison:
             f.write("\n")
         if plot:
             _figures(tmp, self, gathered)
-
-
-def _write_fields(path, fields):
-    import dolfinx.io
-
-    with dolfinx.io.VTXWriter(fields[0].function_space.mesh.comm, path, fields, engine="BP4") as w:
-        w.write(0.0)
 
 
 def _write_csv(path, columns, rows):
@@ -282,20 +275,6 @@ def read_csv(path: str) -> list[dict]:
 
 
 # -- distances between densities ---------------------------------------------------------
-
-
-def fe_density(result):
-    """u* of a flowfem Result as a dolfinx Function that holds no PETSc vector.
-
-    (``Result.density`` fills the Function through its PETSc vector. Used as a coefficient of a
-    form compiled for the first time, such a Function stays referenced on rank 0 only; once
-    freed on the other ranks, the next PETSc vector made on its communicator hangs.)
-    """
-    u = result.problem.H.function("density")
-    u.x.array[: u.function_space.dofmap.index_map.size_local] = result.U.array_r
-    u.x.scatter_forward()
-    return u
-
 
 
 def l2_distance(u, v) -> float:
@@ -393,7 +372,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     number smooths them with a kernel of that standard deviation; ``mmd_bandwidth`` None is a
     tenth of the diameter of the parameter mesh's bounding box.
     """
-    from flowfem.problem import Problem
+    from flowfem.problem import Problem, make_space
     from flowfem.space import Space
 
     widths = _ints("widths", widths, 1)
@@ -433,10 +412,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     # -- the FE solve ------------------------------------------------------------------
     comm.Barrier()
     t0 = time.perf_counter()
-    space = Space.make(domain, train.d, mesh_size, radius, comm)
-    if space.input_dim != train.d:
-        raise ValueError(f"the data have d = {train.d} inputs but the mesh {domain!r} holds networks on "
-                         f"d = {space.input_dim} inputs; use a mesh of dimension {train.d + 1}")
+    space = make_space(domain, train.d, mesh_size, radius, act.name, comm)
     problem = Problem(space, act.name, weight, alpha, kappa, degree)
     result = problem.fit(x, y)
     fe_seconds = time.perf_counter() - t0
@@ -460,7 +436,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
                         seconds, None, None, ranks, "completed", how))
         say(f"FE readout {rule} N={neurons.width} seed={seed}: test RMSE {runs[-1].test_rmse:.3e}")
 
-    u_star = fe_density(result)
+    u_star = result.density
     base = None
     if "sample" in readouts or "refit" in readouts:
         t = time.perf_counter()
@@ -473,7 +449,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
             t = time.perf_counter()
             coarse = Problem(Space.make(domain, train.d, size, radius, comm), act.name, weight, alpha, kappa, degree)
             res_c = coarse.fit(x, y)
-            neurons = ro.quadrature_neurons(fe_density(res_c), act, degree=1)
+            neurons = ro.quadrature_neurons(res_c.density, act, degree=1)
             readout_run("quadrature", N, None, neurons, time.perf_counter() - t,
                         f"midpoint rule (one neuron per cell) of a fresh FE solve on the {desc}, same alpha, kappa, "
                         f"omega ({res_c.iterations} CG iterations); time: mesh + solve + readout; {ranks} rank(s)")

@@ -1,7 +1,27 @@
-"""Data sets (x_j, y_j), j = 1..n: validation, files and seeded synthetic sets.
+"""Data sets (x_j, y_j), j = 1..n: the one reader of data files, the one check of arrays, synthetic sets.
 
-Files: CSV with a header naming the columns x1..xd and y, or NPZ with arrays
-``x`` (n, d) and ``y`` (n,). Synthetic sets (seeded):
+Every entry point (``Problem``, ``Result``, ``particles.train``, ``Network``,
+``readout.refit``, the ``flowfem`` command) reads files with :func:`load` and
+checks arrays with :func:`check`; nothing else parses data.
+
+Files, columns taken **by name**:
+
+* CSV (UTF-8, a byte-order mark is allowed) whose first line is a header.
+  ``x1..xd`` are the inputs, in numeric order wherever they stand in the
+  file and without gaps; ``y`` is the target; ``f`` (the prediction column
+  of flowfem's own ``predictions.csv``) is ignored, so that file reads back
+  as data. Whitespace around names and a leading ``#`` (as ``np.savetxt``
+  writes it) are allowed. Any other column (``xerr``, ``z``, ``x0``), a
+  repeated name, a gap (``x1,x3``) or several outputs ``y1..ym`` (not
+  supported yet: the density carries one output) are refused by name; so is
+  a file without a header.
+* NPZ with arrays ``x`` (n, d) or (n,) and ``y`` (n,) or (n, 1), nothing else.
+
+``y`` is optional only for inputs to ``flowfem predict`` (``require_y=False``).
+Arrays, from a file or not, pass :func:`check`: x (n, d) (a 1-D x is one
+column), y (n,) or (n, 1), both finite; y comes back as (n,).
+
+Synthetic sets (seeded):
 
 * ``sin``:       x ~ U[-1, 1], y = sin(pi x);
 * ``step``:      x ~ U[-1, 1], y = sign(x) (labels in {-1, +1});
@@ -11,21 +31,26 @@ Files: CSV with a header naming the columns x1..xd and y, or NPZ with arrays
 
 from __future__ import annotations
 
+import csv
 import os
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 SYNTHETIC = ("sin", "step", "two_moons")
-MAX_INPUT_DIM = 2
+IGNORED = ("f",)  # flowfem's prediction column: predictions.csv reads back as data
+_INPUT = re.compile(r"x([1-9][0-9]*)")
+_OUTPUT = re.compile(r"y([0-9]+)")
 
 
 @dataclass
 class Dataset:
-    """Inputs x (n, d) and targets y (n,)."""
+    """Inputs x (n, d) and targets y (n,) (None: inputs only, see :func:`load`)."""
 
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | None
     name: str = "data"
 
     @property
@@ -38,11 +63,15 @@ class Dataset:
 
 
 def check(x, y=None, input_dim: int | None = None, what: str = "data",
-          max_dim: int | None = MAX_INPUT_DIM) -> tuple[np.ndarray, np.ndarray | None]:
-    """x as a float (n, d) array (a 1-D x is one column) and y as (n,); ValueError names what is wrong.
+          takes: str = "the network") -> tuple[np.ndarray, np.ndarray | None]:
+    """x as a float (n, d) array and y as a float (n,) array: the one check of data arrays.
 
-    ``max_dim`` is the largest d a parameter mesh can hold (None: no limit, for finite networks).
+    x: (n, d) with n, d >= 1, or (n,) for d = 1. y: (n,) or (n, 1), or None (returned as None).
+    Both finite. ``input_dim``, if given, is the d that ``takes`` (a network, neurons) expects;
+    a parameter mesh's d is checked by :func:`flowfem.space.check_parameter_dim`.
+    Raises ValueError naming ``what`` and the problem (shape, first non-finite row).
     """
+    shape = np.shape(x)
     try:
         x = np.asarray(x, dtype=float)
     except (TypeError, ValueError):
@@ -50,25 +79,15 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{what}: inputs x have shape {x.shape}; expected (n, d) with n >= 1")
+        raise ValueError(f"{what}: inputs x have shape {shape}; expected (n, d) with n >= 1, or (n,) for d = 1")
+    if input_dim is not None and x.shape[1] != input_dim:
+        raise ValueError(f"{what}: inputs have shape {shape}; {takes} takes (n, {input_dim})")
     if not np.all(np.isfinite(x)):
         bad = int(np.argwhere(~np.isfinite(x))[0, 0])
         raise ValueError(f"{what}: inputs x contain NaN or inf (first at row {bad}); remove or fill those rows")
-    d = x.shape[1]
-    if max_dim is not None and d > max_dim:
-        raise ValueError(
-            f"{what}: inputs have dimension d = {d}, which needs a {d + 1}-D parameter mesh; "
-            "flowfem meshes parameter spaces of dimension 2 or 3 only (d = 1 or 2): reduce the "
-            "inputs' dimension first"
-        )
-    if input_dim is not None and d != input_dim:
-        raise ValueError(
-            f"{what}: inputs have dimension d = {d} but the parameter mesh holds networks on "
-            f"d = {input_dim} inputs (parameters of dimension {input_dim + 1}); use a mesh of "
-            f"dimension {d + 1}"
-        )
     if y is None:
         return x, None
+    shape = np.shape(y)
     try:
         y = np.asarray(y, dtype=float)
     except (TypeError, ValueError):
@@ -76,44 +95,118 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"{what}: targets y have shape {y.shape}; expected ({x.shape[0]},), one per input")
+        raise ValueError(f"{what}: targets y have shape {shape}; expected ({x.shape[0]},) or "
+                         f"({x.shape[0]}, 1), one per input")
     if not np.all(np.isfinite(y)):
         bad = int(np.argwhere(~np.isfinite(y))[0, 0])
         raise ValueError(f"{what}: targets y contain NaN or inf (first at row {bad}); remove or fill those rows")
     return x, y
 
 
-def load(path: str | os.PathLike) -> Dataset:
-    """Read a CSV (header x1..xd,y) or NPZ (arrays x, y) file and check it."""
+def columns(names: list[str], what: str = "data") -> tuple[list[int], int | None]:
+    """Positions of x1..xd (in that order) and of y (None if absent) among the column ``names``.
+
+    Raises ValueError naming the offending columns: empty, repeated, unknown, several outputs
+    y1..ym, or inputs with gaps (see the module docstring).
+    """
+    names = [n.strip() for n in names]
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    if empty:
+        raise ValueError(f"{what}: column {empty[0]} of the header has no name; name every column")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what}: column(s) {_quoted(repeated)} appear more than once in the header")
+    outputs = [n for n in names if _OUTPUT.fullmatch(n)]
+    if outputs:
+        raise ValueError(f"{what}: column(s) {_quoted(outputs)}: several outputs y1..ym are not supported yet; "
+                         "name the one target column y")
+    unknown = [n for n in names if not (_INPUT.fullmatch(n) or n == "y" or n in IGNORED)]
+    if unknown:
+        raise ValueError(f"{what}: unknown column(s) {_quoted(unknown)}; the columns are x1..xd (inputs), y "
+                         "(target) and f (ignored): rename or remove the others")
+    inputs = {int(_INPUT.fullmatch(n).group(1)): i for i, n in enumerate(names) if _INPUT.fullmatch(n)}
+    if not inputs:
+        raise ValueError(f"{what}: no input columns; name the inputs x1..xd")
+    missing = [f"x{k}" for k in range(1, len(inputs) + 1) if k not in inputs]  # d names, so a gap shows below d
+    if missing:
+        d, found = len(inputs), ", ".join(f"x{k}" for k in sorted(inputs))
+        raise ValueError(f"{what}: input column(s) {', '.join(missing)} missing (found {found}): name the "
+                         f"{d} inputs x1..x{d}, without gaps")
+    return [inputs[k] for k in sorted(inputs)], (names.index("y") if "y" in names else None)
+
+
+def _quoted(names) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: str, what: str) -> tuple[np.ndarray, list[int], int | None]:
+    """The numbers below the header, the positions of x1..xd and of y (see :func:`columns`)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: drops a byte-order mark
+            names = next(csv.reader([fh.readline().lstrip().removeprefix("#")]), [])
+            if not names:
+                raise ValueError(f"{what} is empty: write a header (e.g. x1,y) and one row per data point")
+            if all(_is_number(n) for n in names):
+                header = ",".join([f"x{i + 1}" for i in range(max(len(names) - 1, 1))] + ["y"])
+                raise ValueError(f"{what} has no header: make its first line name the columns, e.g. {header} "
+                                 "(inputs x1..xd in any order, target y)")
+            xcols, ycol = columns(names, what)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # a header without rows: refused below
+                table = np.loadtxt(fh, delimiter=",", ndmin=2)
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} is not UTF-8 text; write the CSV as UTF-8") from None
+    except ValueError as e:
+        if str(e).startswith(what):
+            raise
+        raise ValueError(f"{what}: the rows below the header are not numbers ({e}; rows counted from 0 "
+                         "below the header)") from None
+    if table.size == 0:
+        raise ValueError(f"{what} has a header but no rows of data")
+    if table.shape[1] != len(names):
+        raise ValueError(f"{what}: rows have {table.shape[1]} columns, the header names {len(names)}")
+    return table, xcols, ycol
+
+
+def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
+    """Read a CSV or NPZ data file (see the module docstring) and :func:`check` it.
+
+    ``require_y`` False: a file without y is read as inputs only (Dataset.y is None).
+    Raises ValueError (one line, naming the file and the problem).
+    """
     path = os.fspath(path)
+    what = f"data file {path!r}"
     ext = os.path.splitext(path)[1].lower()
     if not os.path.isfile(path):
-        raise ValueError(f"data file {path!r} does not exist")
-    try:
-        if ext == ".npz":
+        raise ValueError(f"{what} does not exist")
+    if ext == ".npz":
+        try:
             with np.load(path, allow_pickle=False) as f:
-                if "x" not in f.files or "y" not in f.files:
-                    raise ValueError(f"data file {path!r} needs arrays 'x' and 'y' (it has {f.files})")
-                x, y = f["x"], f["y"]
-        elif ext == ".csv":
-            with open(path) as fh:
-                header = [h.strip() for h in fh.readline().split(",")]
-            xcols = [i for i, h in enumerate(header) if h.startswith("x")]
-            if "y" not in header or not xcols:
-                raise ValueError(
-                    f"data file {path!r}: the CSV header must name columns x1..xd and y, got {header}"
-                )
-            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-            if table.shape[1] != len(header):
-                raise ValueError(f"data file {path!r}: rows have {table.shape[1]} columns, header {len(header)}")
-            x, y = table[:, xcols], table[:, header.index("y")]
-        else:
-            raise ValueError(f"data file {path!r}: use a .csv or .npz file")
-    except ValueError as e:
-        if str(e).startswith("data file"):
-            raise
-        raise ValueError(f"data file {path!r} cannot be read: {e}") from None
-    x, y = check(x, y, what=f"data file {path!r}", max_dim=None)  # meshing limits are checked by the solvers
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"{what} cannot be read as NPZ ({e})") from None
+        unknown = sorted(set(arrays) - {"x", "y"})
+        if unknown:
+            raise ValueError(f"{what}: unknown array(s) {_quoted(unknown)}; an NPZ data file holds x and y only")
+        if "x" not in arrays:
+            raise ValueError(f"{what} has no array 'x' of inputs (n, d)")
+        x, y = arrays["x"], arrays.get("y")
+    elif ext == ".csv":
+        table, xcols, ycol = _read_csv(path, what)
+        x, y = table[:, xcols], (None if ycol is None else table[:, ycol])
+    else:
+        raise ValueError(f"{what}: use a .csv or .npz file")
+    if y is None and require_y:
+        raise ValueError(f"{what} has no targets y: add a column (CSV) or array (NPZ) named y")
+    x, y = check(x, y, what=what)
     return Dataset(x, y, os.path.splitext(os.path.basename(path))[0])
 
 
@@ -141,16 +234,57 @@ def synthetic(name: str, n: int = 200, seed: int = 0, noise: float | None = None
     return Dataset(x, y, name)
 
 
-def get(spec: str, n: int = 200, seed: int = 0) -> Dataset:
-    """A synthetic set by name, or a data file by path."""
-    return synthetic(spec, n, seed) if spec in SYNTHETIC else load(spec)
+def get(spec: str, n: int = 200, seed: int = 0, require_y: bool = True) -> Dataset:
+    """A synthetic set by name, or a data file by path (:func:`load`)."""
+    return synthetic(spec, n, seed) if spec in SYNTHETIC else load(spec, require_y)
+
+
+def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None) -> tuple[Dataset, Dataset]:
+    """Training and test sets for ``spec`` (a synthetic name or a file).
+
+    The test set is ``test`` (a file or a synthetic name) if given; else, for a synthetic set, a
+    fresh sample of max(n, 1000) points with seed + 1, and for a file a random fifth of its rows
+    (permutation seeded by ``seed``; the rest is the training set). Raises ValueError if the
+    two have different input dimensions.
+    """
+    if spec in SYNTHETIC:
+        train = synthetic(spec, n, seed)
+        held_out = None if test else synthetic(spec, max(n, 1000), seed + 1)
+    else:
+        full = load(spec)
+        if test:
+            train, held_out = full, None
+        else:
+            perm = np.random.default_rng(seed).permutation(full.n)
+            k = max(1, full.n // 5) if full.n > 1 else 0
+            held_out = Dataset(full.x[perm[:k]], full.y[perm[:k]], full.name + "-test")
+            train = Dataset(full.x[perm[k:]], full.y[perm[k:]], full.name)
+    if held_out is None:
+        held_out = get(test, max(n, 1000), seed + 1)
+    if held_out.d != train.d:
+        raise ValueError(f"test data have d = {held_out.d} inputs, training data d = {train.d}")
+    return train, held_out
 
 
 def save(dataset: Dataset, path: str | os.PathLike) -> None:
-    """Write a CSV (header x1..xd,y) or NPZ file."""
+    """Write a CSV (header x1..xd,y) or NPZ file that :func:`load` reads back exactly."""
     path = os.fspath(path)
     if path.lower().endswith(".npz"):
         np.savez(path, x=dataset.x, y=dataset.y)
     else:
         header = ",".join([f"x{i + 1}" for i in range(dataset.d)] + ["y"])
         np.savetxt(path, np.column_stack([dataset.x, dataset.y]), delimiter=",", header=header, comments="")
+
+
+def save_predictions(target, x: np.ndarray, f: np.ndarray, y: np.ndarray | None = None) -> None:
+    """Write predictions f (n,) at inputs x (n, d) as CSV with header x1..xd[,y],f (y: targets, if
+    given). ``target`` is a path (written under a temporary name, then renamed) or a text stream.
+    :func:`load` reads the file back as data (f is ignored)."""
+    names = [f"x{i + 1}" for i in range(x.shape[1])] + ([] if y is None else ["y"]) + ["f"]
+    table = np.column_stack([x] + ([] if y is None else [y]) + [f])
+    if not isinstance(target, (str, os.PathLike)):
+        np.savetxt(target, table, delimiter=",", header=",".join(names), comments="")
+        return
+    tmp = os.fspath(target) + ".tmp"
+    np.savetxt(tmp, table, delimiter=",", header=",".join(names), comments="")
+    os.replace(tmp, target)

@@ -7,12 +7,17 @@ An output directory holds
                      (``points``, ``cells``, ``cell_type``, ``geometry_degree``),
                      the element degree, the dof coordinates ``theta`` and
                      values ``u``, and the problem's settings;
-* ``predictions.csv`` columns x1..xd, y, f (test points);
+* ``predictions.csv`` columns x1..xd, y, f (test points; reads back as data, f ignored);
 * ``metrics.json``   E_alpha, its parts, solver iterations and residual, errors, timings;
 * ``figure.png``     the density and the fit.
 
 Directories are written under a temporary name and renamed when complete,
 so an error never leaves a half-written output directory.
+
+A dof vector U becomes a Function only through :func:`function` (or
+:func:`assign` into an existing one), and a density file is written only by
+:func:`write_density`; what a density file records of the problem is
+:func:`settings`, what a solve's metrics.json holds :func:`solve_metrics`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolf
 import dolfinx.fem  # noqa: E402
 import dolfinx.io  # noqa: E402
 from mpi4py import MPI  # noqa: E402
+from petsc4py import PETSc  # noqa: E402
 
+from flowfem import data as _data  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.space import MeshArrays, Space  # noqa: E402
 
@@ -41,8 +48,7 @@ def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, f
     path = os.path.abspath(os.fspath(path))
 
     def make():
-        if os.path.exists(path) and not force and os.listdir(path):
-            raise ValueError(f"output directory {path!r} exists and is not empty; pass --force to replace it")
+        check_free(path, force)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
 
@@ -64,6 +70,13 @@ def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, f
         comm.Barrier()
 
 
+def check_free(path: str | os.PathLike, force: bool = False) -> None:
+    """Raise ValueError if ``path`` is a non-empty directory and not ``force``."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not force and os.listdir(path):
+        raise ValueError(f"output directory {path!r} exists and is not empty; pass --force to replace it")
+
+
 def write_json(path: str, obj: dict, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
     """Write obj as indented JSON from rank 0."""
     if comm.rank == 0:
@@ -72,10 +85,70 @@ def write_json(path: str, obj: dict, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
             f.write("\n")
 
 
-def write_vtx(path: str, u: dolfinx.fem.Function, t: float = 0.0) -> None:
-    """Write u to a VTX (.bp) directory for ParaView (collective)."""
-    with dolfinx.io.VTXWriter(u.function_space.mesh.comm, path, [u], engine="BP4") as w:
+def write_vtx(path: str, u: dolfinx.fem.Function | list[dolfinx.fem.Function], t: float = 0.0) -> None:
+    """Write u (or several Functions on one mesh, as fields of one file) to a VTX (.bp) directory
+    for ParaView, at time t (collective)."""
+    fields = list(u) if isinstance(u, (list, tuple)) else [u]
+    with dolfinx.io.VTXWriter(fields[0].function_space.mesh.comm, path, fields, engine="BP4") as w:
         w.write(t)
+
+
+def assign(u: dolfinx.fem.Function, U: PETSc.Vec | np.ndarray) -> None:
+    """u := U, U a PETSc vector in the dof layout or an array of u's owned dof values; ghost values
+    are updated (collective).
+
+    The values go into ``u.x.array`` and never through ``u.x.petsc_vec``: a Function whose
+    PETSc vector has been made, used as a coefficient of a form compiled for the first time,
+    stays referenced on rank 0 only; once it is freed on the other ranks, the next PETSc vector
+    made on its communicator hangs (seen in :mod:`flowfem.compare`). Raises ValueError if U
+    does not hold exactly the owned dofs.
+    """
+    imap = u.function_space.dofmap.index_map
+    n = imap.size_local * u.function_space.dofmap.index_map_bs
+    values = U.array_r if isinstance(U, PETSc.Vec) else np.asarray(U, dtype=float)
+    if values.shape != (n,):
+        raise ValueError(f"dof values of shape {values.shape}; this rank owns ({n},) dofs of {u.name!r}")
+    u.x.array[:n] = values
+    u.x.scatter_forward()
+
+
+def function(H: WeightedH1, U: PETSc.Vec | np.ndarray, name: str = "density") -> dolfinx.fem.Function:
+    """u_h = sum_i U_i phi_i as a new Function on H's space named ``name`` (collective; see :func:`assign`)."""
+    u = H.function(name)
+    assign(u, U)
+    return u
+
+
+def settings(E) -> dict:
+    """What a density file records of the functional E (a :class:`flowfem.functional.Functional`)
+    so that :func:`load_density` and ``flowfem readout`` can rebuild the problem: activation,
+    weight omega, kappa, alpha, loss and the quadrature degree of the data operator."""
+    return dict(activation=E.Phi.sigma.name, weight=str(E.H.weight), kappa=E.H.kappa, alpha=E.alpha,
+                loss=E.loss.name, quadrature_degree=E.Phi.quadrature.degree)
+
+
+def solve_metrics(result, train, test) -> dict:
+    """The numbers of a :class:`flowfem.problem.Result` that a solve's metrics.json holds.
+
+    E_alpha and its parts (``loss`` is the data term), iterations, residual, train and test
+    RMSE, sizes, the problem's settings (its loss under ``loss_function``), the operator's and
+    the solve's seconds; for a nonlinear loss also Newton's residuals ||dE_alpha(U_k)||, the
+    inner iterations of each step and the accuracy of sign f. Collective (predictions).
+    """
+    problem, info = result.problem, result.info
+    loss, reg = result.parts
+    metrics = {("loss_function" if k == "loss" else k): v for k, v in settings(result.functional).items()}
+    metrics.update(
+        energy=result.energy, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
+        solver=info.solver, train_rmse=result.rmse(train.x, train.y), test_rmse=result.rmse(test.x, test.y),
+        n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
+        ranks=problem.space.comm.size, domain=problem.space.domain, degree=problem.H.degree,
+        setup_seconds=result.setup_seconds, solve_seconds=result.solve_seconds)
+    if not problem.loss.quadratic:
+        metrics.update(newton_residuals=list(info.history), linear_iterations=list(info.linear_iterations),
+                       train_accuracy=float(np.mean(np.sign(result.predict(train.x)) == train.y)),
+                       test_accuracy=float(np.mean(np.sign(result.predict(test.x)) == test.y)))
+    return metrics
 
 
 def gather_dofs(u: dolfinx.fem.Function) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
@@ -160,27 +233,29 @@ def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1
     return H, u, settings
 
 
-def write_solution(directory: str, result, train, test, metrics: dict, plot: bool = True) -> None:
-    """Write density.bp, density.npz, predictions.csv, metrics.json and figure.png (collective)."""
+def write_density(directory: str, u: dolfinx.fem.Function, space: Space, settings: dict, t: float = 0.0) -> None:
+    """Write u as density.bp (ParaView, at time t) and density.npz (:func:`save_density`) into
+    ``directory`` (collective)."""
+    write_vtx(os.path.join(directory, "density.bp"), u, t)
+    save_density(os.path.join(directory, "density.npz"), u, space, settings)
+
+
+def write_solution(directory: str, result, settings: dict, metrics: dict, train, test, plot: bool = True) -> None:
+    """Write density.bp, density.npz (with ``settings``), predictions.csv (f_{u*} on ``test``),
+    metrics.json (``metrics``) and figure.png of a :class:`flowfem.problem.Result` (collective)."""
     from flowfem import plot as _plot
 
-    comm = result.problem.space.comm
-    u = result.density
-    write_vtx(os.path.join(directory, "density.bp"), u)
-    p = result.problem
-    settings = dict(activation=p.activation.name, weight=str(p.H.weight), kappa=p.H.kappa,
-                    alpha=p.alpha, loss=p.loss.name, quadrature_degree=result.functional.Phi.quadrature.degree)
-    save_density(os.path.join(directory, "density.npz"), u, p.space, settings)
+    space = result.problem.space
+    comm = space.comm
+    write_density(directory, result.density, space, settings)
     f_test = result.predict(test.x)
     if comm.rank == 0:
-        header = ",".join([f"x{i + 1}" for i in range(test.d)] + ["y", "f"])
-        np.savetxt(os.path.join(directory, "predictions.csv"), np.column_stack([test.x, test.y, f_test]),
-                   delimiter=",", header=header, comments="")
+        _data.save_predictions(os.path.join(directory, "predictions.csv"), test.x, f_test, test.y)
     write_json(os.path.join(directory, "metrics.json"), metrics, comm)
     if plot:
         xg = _plot.grid(train.x)
         fg = result.predict(xg)
-        theta, values = gather_dofs(u)
+        theta, values = gather_dofs(result.density)
         if comm.rank == 0:
-            _plot.solution_figure(os.path.join(directory, "figure.png"), theta, values, p.space.domain,
+            _plot.solution_figure(os.path.join(directory, "figure.png"), theta, values, space.domain,
                                   train.x, train.y, xg, fg, title=f"{train.name}: test RMSE {metrics.get('test_rmse', float('nan')):.2e}")

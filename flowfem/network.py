@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowfem.activations import Activation, activation
+from flowfem.data import check
 
 
 @dataclass
@@ -65,16 +66,8 @@ class Network:
         return out
 
     def _check_x(self, x) -> np.ndarray:
-        x = np.asarray(x, dtype=float)
-        if x.ndim == 1 and self.input_dim == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(
-                f"inputs have shape {x.shape}; this network takes (n, {self.input_dim})"
-            )
-        if not np.all(np.isfinite(x)):
-            raise ValueError("inputs contain NaN or inf")
-        return x
+        """x as (n, d) through :func:`flowfem.data.check` (ValueError unless d = input_dim and finite)."""
+        return check(x, None, self.input_dim, what="network inputs", takes="this network")[0]
 
     # -- files ---------------------------------------------------------------
 

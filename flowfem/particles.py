@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flowfem import data as _data
 from flowfem.activations import Activation, activation as _activation
 from flowfem.loss import Loss, loss as _loss
 from flowfem.network import Network
@@ -238,21 +239,6 @@ class ParticleResult:
         return float(self.history["objective"][-1])
 
 
-def _check_data(x, y, name):
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2 or len(x) == 0 or y.shape != (len(x),):
-        raise ValueError(
-            f"{name}: inputs have shape {x.shape} and targets {y.shape}; "
-            "pass inputs (n, d) (or (n,) when d = 1) and targets (n,) with n >= 1"
-        )
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError(f"{name}: inputs or targets contain NaN or inf; clean the data")
-    return x, y
-
-
 def _positive(name, value, strict=True):
     ok = np.isfinite(value) and (value > 0 if strict else value >= 0)
     if not ok:
@@ -283,14 +269,16 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
                  MPI.COMM_WORLD when mpi4py is importable, else serial).
     betas, eps   Adam's moment decay rates and denominator offset.
     """
-    x, y = _check_data(x, y, "training data")
+    if y is None:  # data.check reads None as "no targets", which training cannot do without
+        raise ValueError("training data: targets y are missing; pass y of shape (n,) or (n, 1)")
+    x, y = _data.check(x, y, what="training data")
     n, d = x.shape
     act, lss = _activation(activation), _loss(loss)
     lss.check_labels(y)
     if (x_test is None) != (y_test is None):
         raise ValueError("pass both x_test and y_test, or neither")
     if x_test is not None:
-        x_test, y_test = _check_data(x_test, y_test, "test data")
+        x_test, y_test = _data.check(x_test, y_test, what="test data")
         if x_test.shape[1] != d:
             raise ValueError(f"x_test has {x_test.shape[1]} columns but x has {d}; use the same features")
         lss.check_labels(y_test)

@@ -4,8 +4,14 @@
                       weight="gaussian:2", alpha=1e-4, kappa=1.0)
     result = problem.fit(x, y)          # one parallel linear solve
     result.density                      # dolfinx Function u* on the parameter mesh
-    result.predict(x_test)              # f_{u*}(x_test), on every rank
-    result.energy, result.iterations, result.residual
+    result.energy, result.parts, result.iterations, result.residual   # plain numbers
+    result.predict(x_test)              # f_{u*}(x_test), on every rank (collective)
+
+``fit`` builds the data operator once and keeps what it derives: the
+density as a Function, E_alpha and its parts, the solver's numbers and
+timings are stored on every rank, so reading them on one rank alone (``if
+rank == 0: print(result.energy)``) is safe. ``predict`` and ``rmse``
+evaluate the distributed density: call them on every rank.
 
 With ``loss="logistic"`` (labels in {-1, +1}) the Euler-Lagrange equation is
 nonlinear and ``fit`` runs Newton's method (PETSc SNES with a line search),
@@ -23,6 +29,7 @@ otherwise), or one of them by name.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,16 +37,33 @@ import numpy as np
 from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 
 import dolfinx.fem  # noqa: E402
+from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
+from flowfem.io import function  # noqa: E402
 from flowfem.loss import loss as _loss  # noqa: E402
 from flowfem.operator import DataOperator  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
-from flowfem.space import Space  # noqa: E402
+from flowfem.space import Space, check_parameter_dim  # noqa: E402
 from flowfem.stationary import SolveInfo, newton, solve  # noqa: E402
+
+
+def make_space(domain: str, d: int, size=None, radius: float = 4.0, activation: str = "relu",
+               comm: MPI.Comm = MPI.COMM_WORLD) -> Space:
+    """The parameter mesh ``Space.make(domain, d, size, radius)`` for networks on d inputs.
+
+    What needs no mesh is checked before meshing (the circle and sphere hold only positively
+    homogeneous activations: ValueError otherwise); a mesh file's dimension after reading
+    (it must be d + 1: ValueError otherwise).
+    """
+    if domain in ("circle", "sphere"):
+        _activation(activation).require_homogeneous(domain)
+    space = Space.make(domain, d, size, radius, comm)
+    check_parameter_dim(d, space.gdim, "the data")
+    return space
 
 
 class Problem:
@@ -59,22 +83,35 @@ class Problem:
         self.H = WeightedH1(space, weight, kappa, degree)
         self.quadrature_degree, self.method = quadrature_degree, method
 
+    def _inputs(self, x, y, what: str):
+        """x (n, d), y (n,) or None, checked by :func:`flowfem.data.check` and against the mesh."""
+        x, y = _data.check(x, y, what=what)
+        check_parameter_dim(x.shape[1], self.space.gdim, what)
+        return x, y
+
     def functional(self, x, y) -> Functional:
-        """E_alpha for the data (x, y)."""
-        x, y = _data.check(x, y, self.space.input_dim)
+        """E_alpha for the data (x (n, d) or (n,), y (n,) or (n, 1)); builds the data operator Phi."""
+        x, y = self._inputs(x, y, "the data")
         Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method)
         return Functional(self.H, Phi, y, self.alpha, self.loss)
 
     def fit(self, x, y, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None) -> "Result":
         """The minimiser of E_alpha on the data (x, y): one linear solve (squared loss), or Newton
         (other losses) stopping at ||dE_alpha(U)|| <= rtol ||dE_alpha(0)||, the linear solves inside
-        to rtol as well (``petsc_options`` starting with snes_ go to the SNES)."""
+        to rtol as well (``petsc_options`` starting with snes_ go to the SNES). Collective.
+
+        The data operator is built once; the Result stores the density, E_alpha, its parts and
+        the timings of building that operator and of the solve."""
+        t0 = time.perf_counter()
         E = self.functional(x, y)
+        t1 = time.perf_counter()
         if E.loss.quadratic:
             U, info = solve(E, solver, rtol, petsc_options)
         else:
             U, info = newton(E, None, solver, rtol=rtol, linear_rtol=rtol, petsc_options=petsc_options)
-        return Result(self, E, U, info)
+        t2 = time.perf_counter()
+        loss, reg = E.parts(U)
+        return Result(self, E, U, info, function(self.H, U, "density"), loss + reg, (loss, reg), t1 - t0, t2 - t1)
 
     def flow(self, x, y, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",
              rtol: float = 1e-10, petsc_options: dict | None = None, **kwargs):
@@ -86,45 +123,43 @@ class Problem:
 
 @dataclass
 class Result:
-    """The optimal density and how it was found."""
+    """The optimal density and how it was found.
+
+    Every attribute is a plain value that :meth:`Problem.fit` computed, the same on every rank
+    (the timings are each rank's own clock): reading one on a single rank is safe. Only
+    :meth:`predict` and :meth:`rmse` communicate (they evaluate the distributed density) and
+    are collective: call them on every rank.
+    """
 
     problem: Problem
     functional: Functional
-    U: PETSc.Vec
+    U: PETSc.Vec  # the owned dof values of u*
     info: SolveInfo
-
-    @property
-    def density(self) -> dolfinx.fem.Function:
-        """u* as a dolfinx Function (ghost values updated)."""
-        u = self.problem.H.function("density")
-        u.x.array[: self.U.getLocalSize()] = self.U.array_r  # no PETSc vector on u: see flowfem/compare.py
-        u.x.scatter_forward()
-        return u
-
-    @property
-    def energy(self) -> float:
-        """E_alpha(u*)."""
-        return self.functional(self.U)
-
-    @property
-    def parts(self) -> tuple[float, float]:
-        """(data term, regulariser) of E_alpha(u*)."""
-        return self.functional.parts(self.U)
+    density: dolfinx.fem.Function  # u* on the parameter mesh, ghost values updated
+    energy: float  # E_alpha(u*)
+    parts: tuple[float, float]  # (data term (1/n) sum l(f_j, y_j), regulariser (alpha/2) ||u*||^2_{H^1_omega})
+    setup_seconds: float  # building the data operator Phi (and E_alpha) that the solve used
+    solve_seconds: float  # the solve (GAMG or MUMPS set-up included)
 
     @property
     def iterations(self) -> int:
+        """CG iterations (cg), 1 (direct), or Newton steps (nonlinear loss)."""
         return self.info.iterations
 
     @property
     def residual(self) -> float:
-        """Final relative residual ||b - K U|| / ||b|| of the linear system."""
+        """Final relative residual ||b - K U|| / ||b|| of the linear system (Newton: ||dE|| / ||dE(0)||)."""
         return self.info.residual
 
     def predict(self, x) -> np.ndarray:
-        """f_{u*}(x) at the rows of x (m, d), returned on every rank."""
-        x, _ = _data.check(x, None, self.problem.space.input_dim, what="prediction inputs")
+        """f_{u*}(x_j) = sum_q sigma(theta_q . x~_j) g_q at the rows of x ((m, d), or (m,) for d = 1):
+        shape (m,), returned on every rank. Collective (an MPI sum over the ranks' cells).
+        Raises ValueError for inputs of the wrong shape or dimension, NaN or inf."""
+        x, _ = self.problem._inputs(x, None, "prediction inputs")
         return self.functional.Phi.predict(self.U, x)
 
     def rmse(self, x, y) -> float:
-        """Root mean square error of f_{u*} on (x, y)."""
-        return float(np.sqrt(np.mean((self.predict(x) - np.asarray(y, dtype=float)) ** 2)))
+        """sqrt((1/m) sum_j (f_{u*}(x_j) - y_j)^2) for x (m, d) or (m,), y (m,) or (m, 1).
+        Collective (see :meth:`predict`)."""
+        x, y = self.problem._inputs(x, y, "the data")
+        return float(np.sqrt(np.mean((self.functional.Phi.predict(self.U, x) - y) ** 2)))

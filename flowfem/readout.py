@@ -278,7 +278,7 @@ def objective(network: Network | Neurons, x, y, alpha: float = 0.0, weight: Weig
     """
     from flowfem.loss import loss as _loss
 
-    x, y = _data.check(x, y, what="objective data", max_dim=None)
+    x, y = _data.check(x, y, what="objective data")
     if isinstance(network, Neurons):
         pen = np.sum(omega(weight, network.theta) * network.weight * network.value**2)
         f = network.features(x) @ network.a

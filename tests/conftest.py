@@ -82,3 +82,18 @@ def load_demo(name: str):
 def shared_tmp(tmp_path):
     """A temporary directory that every MPI rank sees (rank 0's tmp_path)."""
     return MPI.COMM_WORLD.bcast(str(tmp_path), root=0)
+
+
+@pytest.fixture
+def operator_count(monkeypatch):
+    """A list that grows by one at every construction of the data operator Phi."""
+    from flowfem.operator import DataOperator
+
+    built, init = [], DataOperator.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DataOperator, "__init__", counting)
+    return built

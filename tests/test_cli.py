@@ -50,6 +50,9 @@ def _bad_files(tmp_path):
     np.savez(tmp_path / "shape.npz", x=x[:, None], y=x[:-2])
     np.savez(tmp_path / "d3.npz", x=np.zeros((20, 3)), y=x)
     (tmp_path / "garbage.msh").write_bytes(b"\x00\x01 not a mesh")
+    np.savetxt(tmp_path / "xerr.csv", np.column_stack([x, 0 * x, x]), delimiter=",", header="x1,xerr,y", comments="")
+    np.savetxt(tmp_path / "headerless.csv", np.column_stack([x, x]), delimiter=",")
+    np.savetxt(tmp_path / "outputs.csv", np.column_stack([x, x, x]), delimiter=",", header="x1,y1,y2", comments="")
 
 
 BAD = [
@@ -66,6 +69,10 @@ BAD = [
     (["--data", "sin", "--domain", "sphere"], "the sphere parametrises inputs of dimension 2"),
     (["--data", "sin", "--kappa", "0"], "kappa"),
     (["--data", "sin", "--weight", "gaussian:-1"], "scale"),
+    (["--data", "{tmp}/xerr.csv"], "unknown column(s) 'xerr'"),
+    (["--data", "{tmp}/headerless.csv"], "has no header: make its first line name the columns, e.g. x1,y"),
+    (["--data", "{tmp}/outputs.csv"], "several outputs y1..ym are not supported yet"),
+    (["--data", "sin", "--test-data", "{tmp}/xerr.csv"], "unknown column(s) 'xerr'"),
 ]
 
 
@@ -151,3 +158,93 @@ def test_readout_and_predict_refuse_bad_input(tmp_path):
         r = run(cmd)
         assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (cmd, r.stderr)
     assert not (tmp_path / "n.npz").exists()
+
+
+def test_solve_builds_the_data_operator_once(tmp_path, operator_count, capsys):
+    """One Phi per solve, and the set-up time reported is that operator's."""
+    from flowfem import cli
+
+    assert cli.main(["solve", "--data", "sin", "--n", "200", "--mesh-size", "8", "--no-plot",
+                     "--out", str(tmp_path / "out")]) == 0
+    assert len(operator_count) == 1
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0 < m["setup_seconds"] and 0 < m["solve_seconds"] and "data operator" in capsys.readouterr().out
+
+
+# -- every command reads data columns by name --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def by_name(tmp_path_factory):
+    """The same 2-D data with the header x1,x2,y and with y,x2,x1; inputs x1,x2 and x2,x1; a network."""
+    from flowfem.network import Network
+
+    tmp = tmp_path_factory.mktemp("by_name")
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (120, 2))
+    y = np.maximum(x[:, 0] - 0.2, 0.0) + 0.3 * x[:, 1]  # not symmetric in x1 and x2
+    np.savetxt(tmp / "ordered.csv", np.column_stack([x, y]), delimiter=",", header="x1,x2,y", comments="")
+    np.savetxt(tmp / "shuffled.csv", np.column_stack([y, x[:, 1], x[:, 0]]), delimiter=",", header="y,x2,x1",
+               comments="")
+    np.savetxt(tmp / "in_ordered.csv", x, delimiter=",", header="x1,x2", comments="")
+    np.savetxt(tmp / "in_shuffled.csv", x[:, ::-1], delimiter=",", header="x2,x1", comments="")
+    Network([[1.0, -2.0], [0.5, 1.5]], [0.1, -0.2], [1.0, 2.0], "tanh").save(str(tmp / "net.npz"))
+    return tmp
+
+
+def test_solve_reads_columns_by_name(by_name, tmp_path):
+    m = []
+    for name in ("ordered", "shuffled"):
+        r = solve(tmp_path, "--data", str(by_name / f"{name}.csv"), "--mesh-size", "4", "--radius", "2",
+                  "--no-plot", out=name)
+        assert r.returncode == 0, r.stderr
+        m.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert m[0]["energy"] == m[1]["energy"] and m[0]["test_rmse"] == m[1]["test_rmse"] < 0.1
+
+
+def test_flow_reads_columns_by_name(by_name, tmp_path):
+    logs = []
+    for name in ("ordered", "shuffled"):
+        r = run([FLOWFEM, "flow", "--data", str(by_name / f"{name}.csv"), "--mesh-size", "4", "--radius", "2",
+                 "--max-steps", "2", "--no-reference", "--no-plot", "--quiet", "--out", str(tmp_path / name)],
+                timeout=300)
+        assert r.returncode == 0, r.stderr
+        logs.append(json.loads((tmp_path / name / "energy.json").read_text())["steps"])
+    assert [s["energy"] for s in logs[0]] == [s["energy"] for s in logs[1]]
+
+
+def test_compare_reads_columns_by_name(by_name, tmp_path):
+    runs = []
+    for name in ("ordered", "shuffled"):
+        r = run([FLOWFEM, "compare", "--data", str(by_name / f"{name}.csv"), "--mesh-size", "4", "--radius", "2",
+                 "--widths", "8", "--seeds", "0", "--methods", "gd", "--steps", "5", "--readout", "sample",
+                 "--quiet", "--no-plot", "--out", str(tmp_path / name)], timeout=300)
+        assert r.returncode == 0, r.stderr
+        runs.append(json.loads((tmp_path / name / "results.json").read_text())["runs"])
+    assert [(r["method"], r["test_rmse"], r["train_loss"]) for r in runs[0]] == \
+           [(r["method"], r["test_rmse"], r["train_loss"]) for r in runs[1]]
+
+
+def test_predict_reads_columns_by_name(by_name, tmp_path):
+    out = []
+    for name in ("in_ordered", "in_shuffled", "shuffled"):
+        r = run([FLOWFEM, "predict", "--network", str(by_name / "net.npz"), "--data", str(by_name / f"{name}.csv"),
+                 "--out", str(tmp_path / f"{name}.csv")])
+        assert r.returncode == 0, r.stderr
+        out.append(np.loadtxt(tmp_path / f"{name}.csv", delimiter=",", skiprows=1))
+    assert "RMSE against y" in r.stdout  # a target column, when present, is used for the RMSE only
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
+    (tmp_path / "bad.csv").write_text("x1,x2,xerr\n0.1,0.2,0.3\n")
+    r = run([FLOWFEM, "predict", "--network", str(by_name / "net.npz"), "--data", str(tmp_path / "bad.csv")])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown column(s) 'xerr'" in r.stderr, r.stderr
+
+
+def test_landscape_reads_columns_by_name(by_name, tmp_path):
+    reports = []
+    for name in ("ordered", "shuffled"):
+        r = run([FLOWFEM, "landscape", "--network", str(by_name / "net.npz"), "--data", str(by_name / f"{name}.csv"),
+                 "--mu", "0.5", "--json", str(tmp_path / f"{name}.json")], timeout=120)
+        assert r.returncode == 0, r.stderr
+        reports.append({k: v for k, v in json.loads((tmp_path / f"{name}.json").read_text()).items() if k != "data"})
+    assert reports[0] == reports[1]

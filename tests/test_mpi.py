@@ -7,14 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, run, run_mpi_script
 
 pytestmark = pytest.mark.mpi
 
 # test files whose every test is collective-safe and rank-count agnostic
 PARALLEL_FILES = ["tests/test_operator.py", "tests/test_stationary.py", "tests/test_convergence.py",
                   "tests/test_space.py", "tests/test_readout.py", "tests/test_flow.py", "tests/test_newton.py",
-                  "tests/test_particle_density.py", "tests/test_compare.py"]
+                  "tests/test_particle_density.py", "tests/test_compare.py", "tests/test_problem.py"]
 
 
 def test_suite_passes_under_mpirun_2():
@@ -42,7 +42,7 @@ result = Problem(space, activation, "gaussian:2", alpha=1e-4, kappa=0.5, degree=
     train.x, train.y, solver=solver, rtol=1e-13)
 theta, u = io.gather_dofs(result.density)
 f = result.predict(train.x)
-energy = result.energy  # collective: evaluate on every rank
+energy = result.energy
 if MPI.COMM_WORLD.rank == 0:
     np.savez(out, theta=theta, u=u, f=f, energy=energy, ranks=MPI.COMM_WORLD.size)
 """
@@ -65,6 +65,30 @@ def test_one_and_two_ranks_agree(tmp_path, domain, activation, solver):
     assert np.linalg.norm(one["u"] - two["u"]) <= 1e-8 * np.linalg.norm(one["u"])
     assert np.linalg.norm(one["f"] - two["f"]) <= 1e-8 * np.linalg.norm(one["f"])
     assert float(one["energy"]) == pytest.approx(float(two["energy"]), rel=1e-10)
+
+
+ONE_RANK_READS = """
+import flowfem
+from mpi4py import MPI
+from flowfem import data
+from flowfem.problem import Problem
+from flowfem.space import Space
+
+train = data.synthetic("sin", 200, seed=0)
+result = Problem(Space.box(1, 16, 4.0), "relu", alpha=1e-4).fit(train.x, train.y)
+if MPI.COMM_WORLD.rank == 0:  # no other rank takes part: these must not communicate
+    loss, reg = result.parts
+    assert result.energy == loss + reg and result.iterations > 0 and result.residual < 1e-9
+    assert result.density.x.array.size > 0 and result.setup_seconds > 0
+    print(f"E_alpha = {result.energy:.6e}")
+f = result.predict(train.x)  # collective: every rank
+assert f.shape == (200,)
+"""
+
+
+def test_result_values_can_be_read_on_one_rank(tmp_path):
+    """``if rank == 0: print(result.energy)`` finishes (it hung while energy was computed on demand)."""
+    run_mpi_script(tmp_path / "one_rank.py", ONE_RANK_READS, timeout=120)
 
 
 def test_one_blas_thread_per_rank_unless_the_user_sets_one():
