@@ -58,16 +58,18 @@ def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, f
         yield tmp
         ok = True
     finally:
-        ok = comm.allreduce(ok, op=MPI.LAND)
+        all_ok = comm.allreduce(ok, op=MPI.LAND)  # every rank reaches this, also on an error path
         comm.Barrier()
         if comm.rank == 0:
-            if ok:
+            if all_ok:
                 if os.path.exists(path):
                     shutil.rmtree(path)
                 os.replace(tmp, path)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
         comm.Barrier()
+    if not all_ok:  # this rank finished its part, another did not: fail here too
+        raise CollectiveError(f"writing {path!r} failed on another rank; nothing was written")
 
 
 def check_free(path: str | os.PathLike, force: bool = False) -> None:
@@ -78,10 +80,12 @@ def check_free(path: str | os.PathLike, force: bool = False) -> None:
 
 
 def write_json(path: str, obj: dict, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
-    """Write obj as indented JSON from rank 0."""
+    """Write obj as indented JSON from rank 0; NaN or inf anywhere in obj is a ValueError (strict JSON,
+    and a number flowfem must never report as a result)."""
     if comm.rank == 0:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
         with open(path, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write(text)
             f.write("\n")
 
 
@@ -140,6 +144,7 @@ def solve_metrics(result, train, test) -> dict:
     metrics = {("loss_function" if k == "loss" else k): v for k, v in settings(result.functional).items()}
     metrics.update(
         energy=result.energy, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
+        converged=result.info.converged,
         solver=info.solver, train_rmse=result.rmse(train.x, train.y), test_rmse=result.rmse(test.x, test.y),
         n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
         ranks=problem.space.comm.size, domain=problem.space.domain, degree=problem.H.degree,

@@ -95,22 +95,32 @@ class Problem:
         Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method)
         return Functional(self.H, Phi, y, self.alpha, self.loss)
 
-    def fit(self, x, y, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None) -> "Result":
+    def fit(self, x, y, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None,
+            allow_unconverged: bool = False) -> "Result":
         """The minimiser of E_alpha on the data (x, y): one linear solve (squared loss), or Newton
         (other losses) stopping at ||dE_alpha(U)|| <= rtol ||dE_alpha(0)||, the linear solves inside
         to rtol as well (``petsc_options`` starting with snes_ go to the SNES). Collective.
 
         The data operator is built once; the Result stores the density, E_alpha, its parts and
-        the timings of building that operator and of the solve."""
+        the timings of building that operator and of the solve.
+
+        Raises :class:`flowfem.stationary.NotConverged` if the true residual (Newton: ||dE_alpha||)
+        ends above rtol, unless ``allow_unconverged`` (then ``result.info.converged`` is False), and
+        ValueError if E_alpha(u*) or u* is not finite (e.g. a degenerate mesh)."""
         t0 = time.perf_counter()
         E = self.functional(x, y)
         t1 = time.perf_counter()
         if E.loss.quadratic:
-            U, info = solve(E, solver, rtol, petsc_options)
+            U, info = solve(E, solver, rtol, petsc_options, allow_unconverged=allow_unconverged)
         else:
-            U, info = newton(E, None, solver, rtol=rtol, linear_rtol=rtol, petsc_options=petsc_options)
+            U, info = newton(E, None, solver, rtol=rtol, linear_rtol=rtol, petsc_options=petsc_options,
+                             allow_unconverged=allow_unconverged)
         t2 = time.perf_counter()
         loss, reg = E.parts(U)
+        finite = E.H.space.comm.allreduce(bool(np.all(np.isfinite(U.array_r))), op=MPI.LAND)
+        if not (finite and np.isfinite(loss) and np.isfinite(reg)):
+            raise ValueError(f"the solve produced a non-finite result (E_alpha = {loss + reg}); check the mesh "
+                             "(cells of zero size?), the data and alpha")
         return Result(self, E, U, info, function(self.H, U, "density"), loss + reg, (loss, reg), t1 - t0, t2 - t1)
 
     def flow(self, x, y, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
+from flowfem.mpi import CollectiveError  # first: loads MPI before dolfinx
 
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
@@ -75,10 +75,12 @@ class SolveInfo:
     converged: bool = True
 
 
-class NotConverged(RuntimeError):
-    """A solve ended above its requested tolerance (raised unless unconverged results are allowed)."""
+class NotConverged(CollectiveError):
+    """A solve ended above its requested tolerance (raised on every rank, unless unconverged results
+    are allowed): an error the user can fix (alpha, rtol, solver), so the CLI reports it in one line."""
 
 
+_KSP_REASONS = {v: k for k, v in vars(PETSc.KSP.ConvergedReason).items() if isinstance(v, int)}
 MAX_REFINEMENTS = 20  # direct: steps of iterative refinement (cg: at most 3 restarts from its iterate)
 
 
@@ -268,8 +270,11 @@ class LinearSolver:
                     break  # else CG's recursive residual drifted from the true one: restart
             self.ksp.setInitialGuessNonzero(False)
             if reason < 0 and not self.allow_unconverged:  # a breakdown, even inside Newton
+                if reason == PETSc.KSP.ConvergedReason.DIVERGED_NANORINF:
+                    raise NotConverged("the linear system holds a non-finite number (NaN or inf): inputs so "
+                                       "large that sigma(theta . x~)^2 overflows? rescale the data")
                 raise NotConverged(
-                    f"CG did not converge (PETSc reason {reason}) after {its} iterations; "
+                    f"CG did not converge (PETSc {_KSP_REASONS.get(reason, reason)}) after {its} iterations; "
                     "try a larger alpha, a looser rtol or solver='direct'"
                 )
         else:
@@ -362,7 +367,7 @@ class _LinearSolverPC:
     def apply(self, pc, x, y):
         try:
             self.its.append(self.lin.solve(x, y, check=False).iterations)
-        except RuntimeError as e:  # report after SNES returns; a zero step stops the line search
+        except (RuntimeError, NotConverged) as e:  # report after SNES returns; a zero step stops the line search
             self.error = e
             y.set(0.0)
 
@@ -391,14 +396,15 @@ class NewtonSolver:
     def __init__(self, E: Functional, solver: str = "cg", rtol: float = 1e-10, atol: float = 0.0,
                  max_it: int = 50, linear_rtol: float = 1e-10, G: PETSc.Mat | None = None,
                  petsc_options: dict | None = None, linear_atol: float = 0.0,
-                 pc_shift_factor: float | None = None):
+                 pc_shift_factor: float | None = None, allow_unconverged: bool = False):
         opts = dict(petsc_options or {})
         snes_opts = {k.lstrip("-"): v for k, v in opts.items() if k.lstrip("-").startswith("snes_")}
         lin_opts = {k: v for k, v in opts.items() if not k.lstrip("-").startswith("snes_")}
         self.E, self.G = E, G
         self.rtol, self.atol, self.max_it = rtol, atol, max_it
+        self.allow_unconverged = allow_unconverged
         self.lin = LinearSolver(E, None, solver, linear_rtol, petsc_options=lin_opts, G=G, atol=linear_atol,
-                                pc_shift_factor=pc_shift_factor)
+                                pc_shift_factor=pc_shift_factor, allow_unconverged=allow_unconverged)
         self.shift, self.anchor, self.g = 0.0, None, None
         self._work = E.vector()
         self.snes = None
@@ -501,14 +507,17 @@ class NewtonSolver:
             raise RuntimeError(f"a Newton step's linear solve failed: {self.pc.error}")
         if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINE_SEARCH and history[-1] <= self.rounding_floor(U):
             reason = 1  # ||F|| is as small as rounding allows (a tolerance below it cannot be met)
+        r0 = history[0] if history and history[0] > 0 else 1.0
+        if reason <= 0 and self.allow_unconverged:
+            return NewtonInfo("newton-" + self.lin.solver, its, history[-1] / r0, reason, history,
+                              converged=False, linear_iterations=list(self.pc.its))
         if reason <= 0:
             name = _SNES_REASONS.get(reason, str(reason))
-            raise RuntimeError(
+            raise NotConverged(
                 f"Newton did not converge (SNES {name}) after {its} iterations; residuals "
                 + ", ".join(f"{r:.2e}" for r in history)
                 + ": try a larger alpha, more iterations (snes_max_it) or a looser rtol"
             )
-        r0 = history[0] if history and history[0] > 0 else 1.0
         return NewtonInfo("newton-" + self.lin.solver, its, history[-1] / r0, reason, history,
                           linear_iterations=list(self.pc.its))
 
@@ -533,14 +542,16 @@ class NewtonSolver:
 
 def newton(E: Functional, U0: PETSc.Vec | None = None, solver: str = "cg", rtol: float = 1e-10,
            atol: float = 0.0, max_it: int = 50, linear_rtol: float = 1e-12,
-           petsc_options: dict | None = None) -> tuple[PETSc.Vec, NewtonInfo]:
+           petsc_options: dict | None = None, allow_unconverged: bool = False) -> tuple[PETSc.Vec, NewtonInfo]:
     """The minimiser U* of E_alpha for any convex loss by Newton's method (SNES, line search).
 
     Stops when ||dE_alpha(U)|| <= max(rtol ||dE_alpha(U0)||, atol); U0 defaults to 0.
-    The info's ``history`` is the residual ||dE_alpha(U_k)|| of every iteration.
+    The info's ``history`` is the residual ||dE_alpha(U_k)|| of every iteration. Raises
+    :class:`NotConverged` if Newton fails, unless ``allow_unconverged`` (``info.converged`` False).
     """
     U = E.vector() if U0 is None else U0.copy()
-    ns = NewtonSolver(E, solver, rtol, atol, max_it, linear_rtol, petsc_options=petsc_options)
+    ns = NewtonSolver(E, solver, rtol, atol, max_it, linear_rtol, petsc_options=petsc_options,
+                      allow_unconverged=allow_unconverged)
     try:
         info = ns.solve(U)
     finally:

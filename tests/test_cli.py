@@ -248,3 +248,16 @@ def test_landscape_reads_columns_by_name(by_name, tmp_path):
         assert r.returncode == 0, r.stderr
         reports.append({k: v for k, v in json.loads((tmp_path / f"{name}.json").read_text()).items() if k != "data"})
     assert reports[0] == reports[1]
+
+
+def test_an_unconverged_solve_fails_unless_allowed(tmp_path):
+    """--solver direct with monomial:8 reached a residual of 22 and wrote it with exit 0."""
+    args = ["solve", "--data", "sin", "--n", "300", "--activation", "monomial:8", "--solver", "direct",
+            "--mesh-size", "16", "--no-plot"]
+    r = run([FLOWFEM, *args, "--out", str(tmp_path / "a")])
+    assert r.returncode == 2 and "relative residual of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+    r = run([FLOWFEM, *args, "--allow-unconverged", "--out", str(tmp_path / "b")])
+    assert r.returncode == 0 and "NOT CONVERGED" in r.stdout
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["converged"] is False and metrics["residual"] > 1e-10

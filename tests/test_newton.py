@@ -19,7 +19,7 @@ from flowfem import data
 from flowfem.loss import LOGISTIC
 from flowfem.problem import Problem
 from flowfem.space import Space
-from flowfem.stationary import LinearSolver, newton, solve
+from flowfem.stationary import LinearSolver, NotConverged, newton, solve
 from test_stationary import dense_system, gather
 
 comm = MPI.COMM_WORLD
@@ -146,8 +146,10 @@ def test_refuses_non_binary_labels():
 def test_newton_failure_is_reported():
     problem, ds = logistic_problem()
     E = problem.functional(ds.x, ds.y)
-    with pytest.raises(RuntimeError, match="Newton did not converge"):
+    with pytest.raises(NotConverged, match="Newton did not converge"):
         newton(E, max_it=1, rtol=1e-13)
+    U, info = newton(E, max_it=1, rtol=1e-13, allow_unconverged=True)
+    assert not info.converged and info.iterations == 1 and info.residual > 1e-13
 
 
 @pytest.mark.mpi

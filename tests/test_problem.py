@@ -92,3 +92,23 @@ def test_a_swapped_header_gives_the_same_fit(shared_tmp):
     fits = [problem.fit(ds.x, ds.y) for ds in (data.load(ordered), data.load(swapped))]
     np.testing.assert_array_equal(fits[0].U.array_r, fits[1].U.array_r)
     assert fits[0].rmse(x, y) == fits[1].rmse(x, y) < 0.1
+
+
+def test_a_non_finite_result_is_an_error_never_a_number():
+    """Inputs of size 1e200 overflow sigma(theta . x~)^2: the solve must fail, not report E_alpha = nan."""
+    from flowfem.stationary import NotConverged
+
+    x = np.linspace(-1.0, 1.0, 50) * 1e200
+    problem = Problem(Space.box(1, 8, 4.0), "relu", alpha=1e-4)
+    with pytest.raises((ValueError, NotConverged), match="non-finite|relative residual of nan"):
+        problem.fit(x, np.sin(x / 1e200))
+
+
+def test_json_results_refuse_nan(tmp_path):
+    from flowfem import io
+
+    path = tmp_path / "metrics.json"
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            io.write_json(str(path), {"energy": 1.0, "nested": {"loss": [0.5, bad]}}, MPI.COMM_SELF)
+        assert not path.exists()
