@@ -166,7 +166,8 @@ def gather_dofs(u: dolfinx.fem.Function) -> tuple[np.ndarray, np.ndarray] | tupl
     if comm.rank != 0:
         return None, None
     X, values = np.vstack(Xs), np.concatenate(us)
-    order = np.lexsort(np.round(X, 10).T[::-1])
+    scale = max(float(np.abs(X).max(initial=0.0)), np.finfo(float).tiny)
+    order = np.lexsort(np.round(X / scale, 10).T[::-1])  # rounding relative to the mesh's size: any units
     return X[order], values[order]
 
 
@@ -199,26 +200,32 @@ def read_density_file(path: str, required: set, what: str = "density file") -> d
 
 
 def fill_by_coordinates(u: dolfinx.fem.Function, theta: np.ndarray, values: np.ndarray, what: str, hint: str) -> None:
-    """Set u's dofs from (dof coordinates, values), exactly (copied, not interpolated). Collective:
-    if any rank finds a dof without a value, every rank raises."""
+    """Set u's dofs from (dof coordinates theta (N, gdim), values (N,)), exactly (copied, not
+    interpolated), for any partition of the mesh. Collective: if any rank finds a dof without a
+    value, every rank raises CollectiveError.
+
+    Each dof takes the value of the nearest saved coordinate within a tolerance of 1e-6 times the
+    smallest distance between two saved dofs: scale-free (a mesh in millimetres or in metres), and
+    far below any dof spacing, so no dof can take its neighbour's value.
+    """
+    import scipy.spatial
+
     V = u.function_space
     gdim = V.mesh.geometry.dim
     X = V.tabulate_dof_coordinates()[:, :gdim]
-    ok = theta.ndim == 2 and theta.shape[1] == gdim and len(theta) == V.dofmap.index_map.size_global
-    table = {tuple(k): v for k, v in zip(np.round(theta, 10).tolist(), values)} if ok else {}
-    out = np.empty(len(X))
-    missing = 0
+    ok = (theta.ndim == 2 and theta.shape[1] == gdim and len(theta) == V.dofmap.index_map.size_global
+          and len(values) == len(theta) and len(theta) >= 2 and bool(np.all(np.isfinite(theta))))
+    missing = 1
     if ok:
-        for i, k in enumerate(np.round(X, 10).tolist()):
-            v = table.get(tuple(k))
-            if v is None:
-                missing += 1
-            else:
-                out[i] = v
-    missing = V.mesh.comm.allreduce(missing if ok else 1, op=MPI.SUM)
+        tree = scipy.spatial.cKDTree(theta)
+        spacing = tree.query(theta, k=2)[0][:, 1].min()
+        distance, nearest = tree.query(X, k=1)
+        found = distance <= 1e-6 * spacing
+        missing = int(len(X) - np.count_nonzero(found)) if spacing > 0 else 1
+        u.x.array[found] = values[nearest[found]]
+    missing = V.mesh.comm.allreduce(missing, op=MPI.SUM)
     if missing:
         raise CollectiveError(f"{what} does not match this mesh's {V.dofmap.index_map.size_global} dofs: {hint}")
-    u.x.array[:] = out
 
 
 def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1, dolfinx.fem.Function, dict]:

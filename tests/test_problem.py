@@ -112,3 +112,25 @@ def test_json_results_refuse_nan(tmp_path):
         with pytest.raises(ValueError):
             io.write_json(str(path), {"energy": 1.0, "nested": {"loss": [0.5, bad]}}, MPI.COMM_SELF)
         assert not path.exists()
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1.0, 4e3, 1e7])
+def test_density_values_are_matched_to_dofs_at_any_scale(scale):
+    """Saved dof coordinates differ from this partition's by rounding: match relative to the spacing.
+
+    Rounding coordinates to 10 decimals merged every dof of a 1e-9 mesh and missed dofs of a large one.
+    """
+    space = Space.box(2, 6, radius=scale)
+    H = Problem(space, "relu", degree=2).H
+    u = H.function("u")
+    theta, _ = io.gather_dofs(u)
+    theta = comm.bcast(theta, root=0)
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(len(theta))
+    noisy = theta * (1 + 1e-13 * rng.standard_normal(theta.shape))  # another partition's rounding
+    io.fill_by_coordinates(u, noisy, values, "test density", "")
+    X = H.V.tabulate_dof_coordinates()[:, :3]
+    expected = values[np.argmin(np.linalg.norm(X[:, None, :] - theta[None, :, :], axis=2), axis=1)]
+    assert np.array_equal(u.x.array, expected)
+    with pytest.raises(Exception, match="does not match"):  # a different mesh is refused, not mis-filled
+        io.fill_by_coordinates(u, theta * 1.01, values, "test density", "")
