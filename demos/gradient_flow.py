@@ -53,7 +53,7 @@ import sys
 import numpy as np
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
-from flowfem import data, io
+from flowfem import data, io, outputs
 from flowfem import flow as fl
 from flowfem.network import Network
 from flowfem.problem import Problem
@@ -245,7 +245,7 @@ def main(n: int = 2000, cells: int = 48, n_moons: int = 400, refinements: int = 
     if out is None:
         return dict(regression=regression(n, cells, alpha, comm, None),
                     classification=classification(n_moons, refinements, 1e-3, width, comm, None))
-    with io.output_directory(out, comm, force=True) as tmp:
+    with outputs.output_directory(out, comm, force=True) as tmp:
         metrics = dict(regression=regression(n, cells, alpha, comm, tmp),
                        classification=classification(n_moons, refinements, 1e-3, width, comm, tmp))
         io.write_json(os.path.join(tmp, "metrics.json"), fl._jsonable(metrics), comm)

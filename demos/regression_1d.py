@@ -35,7 +35,7 @@ import os
 import sys
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
-from flowfem import data, io
+from flowfem import data, io, outputs
 from flowfem.problem import Problem
 from flowfem.space import Space
 from mpi4py import MPI
@@ -79,7 +79,7 @@ def main(n: int = 5000, cells: int = 128, alpha: float = 1e-5, out: str | None =
     # reader); density.npz holds the dof coordinates and values for NumPy;
     # figure.png shows the density and the fit.
     if out is not None:
-        with io.output_directory(out, comm, force=True) as tmp:
+        with outputs.output_directory(out, comm, force=True) as tmp:
             io.write_solution(tmp, result, io.settings(result.functional), metrics, train, test)
         if comm.rank == 0:
             print(f"wrote {out}/ (density.bp for ParaView, density.npz, figure.png, metrics.json)")

@@ -344,9 +344,9 @@ def main(n=200, n_test=1000, mus=None, mu_start=0.25, steps=6000, lr=0.2, train_
     if verbose and comm.rank == 0:
         report(res)
     if out is not None:
-        from flowfem import io
+        from flowfem import outputs
 
-        with io.output_directory(out, comm, force=True) as tmp:  # collective
+        with outputs.output_directory(out, comm, force=True) as tmp:  # collective
             if comm.rank == 0:
                 figures(tmp, net, x, y, res)
         if verbose and comm.rank == 0:

@@ -63,7 +63,7 @@ def _load_data(args, comm):
 
 
 def cmd_solve(args, comm) -> None:
-    from flowfem import io
+    from flowfem import io, outputs
     from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
@@ -75,7 +75,7 @@ def cmd_solve(args, comm) -> None:
     result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc, args.allow_unconverged)
     metrics = io.solve_metrics(result, train, test)
     metrics.update(data=args.data, mesh_seconds=mesh_seconds)
-    with io.output_directory(args.out, comm, args.force) as tmp:
+    with outputs.output_directory(args.out, comm, args.force) as tmp:
         io.write_solution(tmp, result, io.settings(result.functional), metrics, train, test, plot=not args.no_plot)
     if comm.rank == 0:
         loss, reg = result.parts
@@ -101,7 +101,7 @@ def cmd_flow(args, comm) -> None:
     import os
 
     from flowfem import flow as fl
-    from flowfem import io
+    from flowfem import io, outputs
     from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
@@ -149,7 +149,7 @@ def cmd_flow(args, comm) -> None:
             args.resume if args.resume and os.path.isdir(args.resume)  # continue the same series
             else os.path.abspath(args.out).rstrip("/") + ".checkpoints")
         checkpoints = fl.Checkpoints(directory, args.checkpoint_every, fp, comm)
-    with io.output_directory(args.out, comm, args.force) as tmp:
+    with outputs.output_directory(args.out, comm, args.force) as tmp:
         with fl.TrajectoryWriter(os.path.join(tmp, "trajectory.bp"), problem.H, args.write_every) as writer:
             result = flow.run(U, t_end=t_end, tau=args.tau, growth=args.growth, tau_max=args.tau_max,
                               max_steps=args.max_steps, tol=args.tol, state=state, checkpoints=checkpoints,
@@ -301,7 +301,7 @@ def cmd_landscape(args, comm) -> None:
 
 def cmd_compare(args, comm) -> None:
     """FE solve, FE readouts and particle solvers side by side: tables, figures, densities (flowfem.compare)."""
-    from flowfem import compare, io
+    from flowfem import compare
 
     def ints(name, text):
         try:
@@ -314,7 +314,6 @@ def cmd_compare(args, comm) -> None:
 
     if getattr(args, "loss", "squared") != "squared":
         raise ValueError(f"--loss {args.loss}: compare fits the squared loss (particles and FE alike); drop --loss")
-    on_root(comm, lambda: io.check_free(args.out, args.force))  # before the runs, not after them
     train, test = _load_data(args, comm)
     result = compare.compare(
         train, test, widths=ints("--widths", args.widths), seeds=ints("--seeds", args.seeds),
@@ -517,7 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     args = parser().parse_args(argv)
     try:
-        args.run(args, comm)
+        if args.command in ("solve", "flow", "compare"):
+            from flowfem import outputs
+
+            # claim --out before the work: a second run on the same directory fails now, not after it
+            with outputs.reserve(args.out, comm, args.force):
+                args.run(args, comm)
+        else:
+            args.run(args, comm)
     except (ValueError, CollectiveError) as e:
         # every rank raises the same error (validation is replicated or collective)
         if comm.rank == 0:

@@ -187,7 +187,7 @@ class Comparison:
 
     def write(self, out: str, comm: MPI.Comm | None = None, force: bool = False, plot: bool = True) -> None:
         """Write every file of the module docstring into ``out`` (atomically; collective)."""
-        from flowfem import io
+        from flowfem import io, outputs
 
         comm = self.result.problem.space.comm if comm is None else comm
         u = self.density
@@ -196,7 +196,7 @@ class Comparison:
         for (m, N, s), d in self.densities.items():
             d.function.name = f"particles_{m}_N{N}_seed{s}"
         gathered = [io.gather_dofs(f) for f in fields] if plot else []  # collective
-        with io.output_directory(out, comm, force) as tmp:
+        with outputs.output_directory(out, comm, force) as tmp:
             io.write_vtx(os.path.join(tmp, "densities.bp"), fields)
             error = None
             if comm.rank == 0:

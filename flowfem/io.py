@@ -11,8 +11,10 @@ An output directory holds
 * ``metrics.json``   E_alpha, its parts, solver iterations and residual, errors, timings;
 * ``figure.png``     the density and the fit.
 
-Directories are written under a temporary name and renamed when complete,
-so an error never leaves a half-written output directory.
+Directories are written by :func:`flowfem.outputs.output_directory`: under a
+temporary name, renamed when complete, so an error never leaves a
+half-written output directory, and with a manifest that marks them as
+flowfem's own (``--force`` replaces nothing else).
 
 A dof vector U becomes a Function only through :func:`function` (or
 :func:`assign` into an existing one), and a density file is written only by
@@ -24,9 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -40,43 +39,6 @@ from petsc4py import PETSc  # noqa: E402
 from flowfem import data as _data  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.space import MeshArrays, Space  # noqa: E402
-
-
-@contextmanager
-def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, force: bool = False):
-    """Yield a temporary directory that becomes ``path`` only if the block finishes on every rank."""
-    path = os.path.abspath(os.fspath(path))
-
-    def make():
-        check_free(path, force)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
-
-    tmp = on_root(comm, make)
-    ok = False
-    try:
-        yield tmp
-        ok = True
-    finally:
-        all_ok = comm.allreduce(ok, op=MPI.LAND)  # every rank reaches this, also on an error path
-        comm.Barrier()
-        if comm.rank == 0:
-            if all_ok:
-                if os.path.exists(path):
-                    shutil.rmtree(path)
-                os.replace(tmp, path)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        comm.Barrier()
-    if not all_ok:  # this rank finished its part, another did not: fail here too
-        raise CollectiveError(f"writing {path!r} failed on another rank; nothing was written")
-
-
-def check_free(path: str | os.PathLike, force: bool = False) -> None:
-    """Raise ValueError if ``path`` is a non-empty directory and not ``force``."""
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not force and os.listdir(path):
-        raise ValueError(f"output directory {path!r} exists and is not empty; pass --force to replace it")
 
 
 def write_json(path: str, obj: dict, comm: MPI.Comm = MPI.COMM_WORLD) -> None:

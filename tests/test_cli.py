@@ -20,7 +20,8 @@ def test_solve_writes_every_promised_file(tmp_path):
     r = solve(tmp_path, "--data", "sin", "--n", "300", "--mesh-size", "16", "--alpha", "1e-4")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
-    assert sorted(os.listdir(out)) == ["density.bp", "density.npz", "figure.png", "metrics.json", "predictions.csv"]
+    assert sorted(os.listdir(out)) == [".flowfem-output.json", "density.bp", "density.npz", "figure.png", "metrics.json",
+                                       "predictions.csv"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["energy"] == pytest.approx(m["loss"] + m["regulariser"])
     assert m["iterations"] > 0 and m["residual"] < 1e-9 and m["test_rmse"] < 0.05
@@ -102,8 +103,11 @@ def test_existing_output_needs_force(tmp_path):
     r = solve(tmp_path, "--data", "sin", "--mesh-size", "8", "--no-plot")
     assert r.returncode == 2 and "--force" in r.stderr
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    r = solve(tmp_path, "--data", "sin", "--mesh-size", "8", "--no-plot", "--force")
-    assert r.returncode == 0 and not (tmp_path / "out" / "keep.txt").exists()
+    r = solve(tmp_path, "--data", "sin", "--mesh-size", "8", "--no-plot", "--force")  # not flowfem's: kept
+    assert r.returncode == 2 and "flowfem wrote" in r.stderr
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    (tmp_path / "out" / "keep.txt").unlink()  # an empty directory is free
+    assert solve(tmp_path, "--data", "sin", "--mesh-size", "8", "--no-plot").returncode == 0
 
 
 @pytest.mark.parametrize("domain,ext", [("box", "msh"), ("sphere", "xdmf"), ("circle", "msh")])

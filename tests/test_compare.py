@@ -16,6 +16,7 @@ from mpi4py import MPI
 
 from conftest import BIN, run
 from flowfem import compare, data
+from flowfem.outputs import MANIFEST
 from flowfem.space import Space
 
 FLOWFEM = os.path.join(BIN, "flowfem")
@@ -148,7 +149,7 @@ def test_command_writes_every_promised_file_serial_and_two_ranks(tmp_path):
         out = tmp_path / f"r{ranks}"
         r = run([FLOWFEM, "compare", *ARGS, "--out", str(out)], ranks=ranks, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert sorted(os.listdir(out)) == sorted(compare.FILES + compare.FIGURES)
+        assert sorted(os.listdir(out)) == sorted(compare.FILES + compare.FIGURES + (MANIFEST,))
         assert all((out / f).stat().st_size > 0 for f in compare.FILES + compare.FIGURES)
         assert "| FE solve |" in r.stdout and "wrote" in r.stdout
         runs = compare.read_csv(out / "runs.csv")
@@ -171,7 +172,7 @@ def test_command_under_mpirun_with_a_cold_jit_cache(tmp_path, monkeypatch):
     r = run([FLOWFEM, "compare", *ARGS, "--readout", "quadrature,sample,refit", "--density-width", "0.3",
              "--no-plot", "--out", str(tmp_path / "out")], ranks=2, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / "out")) == sorted(compare.FILES)
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(compare.FILES + (MANIFEST,))
 
 
 @pytest.mark.mpi

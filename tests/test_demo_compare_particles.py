@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ROOT, load_demo, run
 from flowfem import compare
+from flowfem.outputs import MANIFEST
 
 DEMO = os.path.join(ROOT, "demos", "compare_particles.py")
 CI_SIZE = dict(n=200, widths=(8, 32), seeds=(0, 1), steps=100, cells=12)  # what the script runs with CI set
@@ -36,7 +37,7 @@ def test_small_comparison(shared_tmp):
     for d in m["distances"].values():
         assert 0 < d["projection_error"] <= d["projection_bound"]
         assert d["l2"] > 0 and d["mmd"] > 0
-    assert sorted(os.listdir(out)) == sorted(compare.FILES + compare.FIGURES)
+    assert sorted(os.listdir(out)) == sorted(compare.FILES + compare.FIGURES + (MANIFEST,))
 
 
 @pytest.mark.mpi

@@ -504,8 +504,8 @@ def test_flow_command_outputs_and_errors(tmp_path):
     r = run([FLOWFEM, "flow", *[a for a in ARGS if a != "--no-plot"], "--tol", "1e-6", "--max-steps", "60",
              "--out", str(out)], timeout=300)
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(out)) == ["density.bp", "density.npz", "energy.csv", "energy.json", "energy.png",
-                                       "trajectory.bp"]
+    assert sorted(os.listdir(out)) == [".flowfem-output.json", "density.bp", "density.npz", "energy.csv",
+                                       "energy.json", "energy.png", "trajectory.bp"]
     doc = json.load(open(out / "energy.json"))
     assert doc["final_error"] <= 1e-6 and doc["frames"] == doc["steps_taken"] + 1
     table = np.genfromtxt(out / "energy.csv", delimiter=",", names=True)

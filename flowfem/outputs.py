@@ -1,0 +1,205 @@
+"""Output directories: claimed before the work, written whole, and never replacing what flowfem did not write.
+
+A command that writes a directory (``solve``, ``flow``, ``compare``, the demos)
+goes through three steps, all collective (rank 0 touches the file system, every
+rank gets the same answer or the same error):
+
+1. :func:`reserve` before the work starts: the target must be absent, an empty
+   directory, or, with ``force``, a directory that flowfem wrote (below); a lock
+   file ``.NAME.lock`` beside it (created with O_EXCL, holding host and pid) makes
+   a second run on the same target fail at once instead of silently overwriting
+   the first one's result. A lock left by a killed run on this host is taken over.
+2. :func:`output_directory` yields a hidden temporary directory beside the target
+   (with the user's umask, like any directory they create) for the files.
+3. When the block has succeeded on every rank, the manifest ``.flowfem-output.json``
+   (flowfem's version, the command line, the time, the files) is written into it,
+   and it replaces the target by renames; on any error it is removed and the
+   target is untouched.
+
+``force`` replaces only a directory whose manifest lists every entry in it: not
+the current directory, not a directory of the user's files, not a flowfem output
+to which the user added a file of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolfinx
+
+from mpi4py import MPI  # noqa: E402
+
+MANIFEST = ".flowfem-output.json"
+_reserved: set[str] = set()  # targets this process holds the lock of
+
+
+def version() -> str:
+    """flowfem's installed version."""
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    try:
+        return _version("flowfem")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown"
+
+
+def _owned_by_flowfem(path: str) -> str | None:
+    """None if ``path`` is a directory flowfem wrote (a manifest listing all its entries), else why not."""
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            listed = set(json.load(f)["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has no flowfem manifest (" + MANIFEST + ")"
+    foreign = sorted(set(os.listdir(path)) - listed - {MANIFEST})
+    if foreign:
+        return "holds files flowfem did not write: " + ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+    return None
+
+
+def check_free(path: str | os.PathLike, force: bool = False) -> None:
+    """Raise ValueError unless ``path`` may become an output directory (see the module docstring)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise ValueError(f"output {path!r} exists and is not a directory; choose another --out")
+    if not os.listdir(path):
+        return
+    if not force:
+        raise ValueError(f"output directory {path!r} exists and is not empty; pass --force to replace an "
+                         "earlier flowfem output, or choose another --out")
+    why = _owned_by_flowfem(path)
+    if why is not None:
+        raise ValueError(f"--force replaces only a directory that flowfem wrote; {path!r} {why}: "
+                         "choose another --out")
+
+
+def _lock_path(path: str) -> str:
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".lock")
+
+
+def _acquire(path: str, force: bool) -> str:
+    """Create the lock file beside ``path`` (taking over one left by a dead process on this host), then check."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = _lock_path(path)
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    host, pid = f.read().split()
+            except (OSError, ValueError):
+                host, pid = "", "0"
+            if attempt == 0 and host == socket.gethostname() and not _alive(int(pid)):
+                os.remove(lock)  # left by a run that was killed: take it over
+                continue
+            raise ValueError(f"another flowfem run (process {pid} on {host or 'an unknown host'}) is writing "
+                             f"{path!r}; wait for it, or delete {lock} if that run is gone") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        check_free(path, force)
+    except BaseException:
+        os.remove(lock)
+        raise
+    return lock
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+@contextmanager
+def reserve(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, force: bool = False):
+    """Hold ``path`` for this run (collective): checked and locked on entry, unlocked on exit.
+
+    Raises ValueError on every rank if the target is taken (see the module docstring).
+    Re-entrant: :func:`output_directory` inside a reserved block reuses the reservation.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if path in _reserved:
+        yield path
+        return
+    lock = on_root(comm, lambda: _acquire(path, force))
+    _reserved.add(path)
+    try:
+        yield path
+    finally:
+        _reserved.discard(path)
+        if comm.rank == 0 and os.path.exists(lock):
+            os.remove(lock)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, force: bool = False):
+    """Yield a temporary directory that becomes ``path`` only if the block finishes on every rank.
+
+    Collective. Raises ValueError (every rank) if ``path`` may not be written (module docstring),
+    CollectiveError on the ranks that finished if another rank failed inside the block.
+    """
+    path = os.path.abspath(os.fspath(path))
+    with reserve(path, comm, force):
+        def make():
+            tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: follow the umask like mkdir does
+            return tmp
+
+        tmp = on_root(comm, make)
+        ok = False
+        try:
+            yield tmp
+            ok = True
+        finally:
+            all_ok = comm.allreduce(ok, op=MPI.LAND)  # every rank reaches this, also on an error path
+            if all_ok:
+                on_root(comm, lambda: _finish(tmp, path, force))  # a failure there raises on every rank
+            else:
+                if comm.rank == 0:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                comm.Barrier()
+        if not all_ok:  # this rank finished its part, another did not: fail here too
+            raise CollectiveError(f"writing {path!r} failed on another rank; nothing was written")
+
+
+def _finish(tmp: str, path: str, force: bool) -> None:
+    """Write the manifest into tmp and put tmp in place of path (rank 0; under the lock)."""
+    try:
+        manifest = dict(flowfem=version(), command=[os.path.basename(sys.argv[0])] + sys.argv[1:],
+                        cwd=os.getcwd(), written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        files=sorted(os.listdir(tmp)))
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
+        check_free(path, force)  # again: the target may have changed since the reservation
+        old = None
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".old.", dir=os.path.dirname(path))
+            os.replace(path, os.path.join(old, "previous"))
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
