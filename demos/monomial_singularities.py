@@ -11,7 +11,7 @@
 # rank: there the neuromanifold may have a singularity, and gradient flows
 # on p see the function space through a degenerate lens.
 #
-# Two facts this demo measures, with `flowfem.landscape`:
+# Two facts this demo measures, with `flowfem.jacobian_rank`:
 #
 # * every hidden neuron carries a scaling symmetry (incoming weights times
 #   c, outgoing times c^-k), so the generic rank is at most
@@ -39,7 +39,7 @@
 # +
 import os
 
-from flowfem import landscape
+from flowfem import jacobian_rank
 
 # -
 
@@ -60,7 +60,7 @@ SMALL = {"widths": [[2, 2, 1], [2, 2, 2, 1]], "ks": [1, 3], "biases": [False]}
 
 def exact_is_cheap(widths, k, bias):
     """Exact rational rank only where the polynomials are small."""
-    return landscape.n_parameters(widths, bias) * k ** (len(widths) - 2) <= 60
+    return jacobian_rank.n_parameters(widths, bias) * k ** (len(widths) - 2) <= 60
 # -
 
 # ## One scan
@@ -75,8 +75,8 @@ def exact_is_cheap(widths, k, bias):
 # +
 def scan(widths, k, bias, seed):
     """Rows of the table for one architecture and degree."""
-    rows = landscape.scan_singularities(widths, k, bias=bias, n_random=3, rng=seed,
-                                        exact=exact_is_cheap(widths, k, bias))
+    rows = jacobian_rank.scan_singularities(widths, k, bias=bias, n_random=3, rng=seed,
+                                            exact=exact_is_cheap(widths, k, bias))
     return [
         {
             "widths": list(widths), "k": k, "bias": bias, "point": r.point, "rank": r.rank,
@@ -146,7 +146,7 @@ def summarise(rows):
         sub = [r["deficient"] for r in group if r["point"] in SUBNETWORKS]
         exact_ok = all(r["exact"] in (None, r["rank"]) for r in group)
         widths = group[0]["widths"]
-        symmetric = landscape.n_parameters(widths, key[2]) - sum(widths[1:-1])
+        symmetric = jacobian_rank.n_parameters(widths, key[2]) - sum(widths[1:-1])
         print(f"{key[0]:<13} k={key[1]} bias={str(key[2]):<5}: generic rank {group[0]['generic']:>2} "
               f"(expected {group[0]['expected']:>2}, P - hidden {symmetric:>2}), "
               f"subnetworks deficient {sum(sub)}/{len(sub)}"

@@ -58,7 +58,7 @@ import numpy as np
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from flowfem import data, readout
 from flowfem.network import Network
-from flowfem.operator import features
+from flowfem.operator import make_features
 from flowfem.problem import Problem
 from flowfem.space import Space
 from mpi4py import MPI
@@ -69,7 +69,7 @@ RULES = ("quadrature", "sample", "refit")
 def evaluate(net: Network, x: np.ndarray) -> np.ndarray:
     """f_N(x) with the fastest exact feature representation (for ReLU on 1-D inputs: prefix sums
     over the neurons sorted by their kink, so a million neurons cost little)."""
-    return features(net.activation, x, np.column_stack([net.W, net.b]), repeated=False).matvec(net.a)
+    return make_features(net.activation, x, net.theta, repeated=False).matvec(net.a)
 
 
 def slope(N, values) -> float:

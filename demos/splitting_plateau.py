@@ -18,7 +18,7 @@
 #
 # through mu (1 - mu) H: positive definite -> minimum (when the narrow network
 # is a strict minimum), a negative eigenvalue -> saddle, mu in {0, 1} ->
-# degenerate. `flowfem.landscape.classify_plateau` implements this; this demo
+# degenerate. `flowfem.plateau.classify_plateau` implements this; this demo
 # checks it against the eigenvalues of the full Hessian of the split network,
 # then shows what the plateau does to gradient descent and what flowfem does
 # instead.
@@ -29,7 +29,7 @@
 #    particle solver (`flowfem.particles.train`, mean-field gradient descent);
 # 2. the particle solver stops near, not at, a stationary point (|grad L|
 #    ~ 2e-5 after 2000 steps): the plateau theory needs an exact one, so we
-#    polish the student with Newton's method (`landscape.minimise`,
+#    polish the student with Newton's method (`plateau.minimise`,
 #    saddle-free Newton, quadratic convergence) to |grad L| ~ 1e-16, rounding
 #    level, in three steps;
 # 3. split its neuron: L along mu is flat to rounding, and the classification
@@ -67,7 +67,7 @@ import sys
 import numpy as np
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
-from flowfem import landscape as ls
+from flowfem import plateau as ls
 from flowfem import particles
 from mpi4py import MPI
 
@@ -124,7 +124,7 @@ def narrow_minimum(x, y, steps, lr, seed, comm):
 # several hundred width-1 and width-2 tanh/sigmoid networks we trained on
 # 1-D teacher data, only a handful had a definite H. A definite H, with a
 # segment of genuine minima on the line, is built from constructed data in
-# tests/test_landscape.py.
+# tests/test_plateau.py.
 
 # +
 def classify(net, x, y, mus):

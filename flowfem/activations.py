@@ -67,7 +67,10 @@ def _relu(slope: float) -> Activation:
     return Activation(
         name=name,
         sigma=(lambda z: np.maximum(z, 0.0)) if slope == 0.0 else (lambda z: np.maximum(z, slope * z)),
-        dsigma=lambda z: np.where(z > 0, 1.0, slope),
+        # relu: a cast, not np.where(z > 0, 1.0, 0.0), which is 6x slower (4e6 entries); the
+        # particle gradient evaluates sigma' at every step
+        dsigma=(lambda z: (np.asarray(z) > 0).astype(float)) if slope == 0.0
+        else (lambda z: np.where(z > 0, 1.0, slope)),
         d2sigma=lambda z: np.zeros_like(np.asarray(z, dtype=float)),
         degree=1,
         slope=slope,

@@ -261,7 +261,7 @@ def cmd_landscape(args, comm) -> None:
     import json
     import os
 
-    from flowfem import data, landscape
+    from flowfem import data, plateau
     from flowfem.network import Network
 
     def work():
@@ -281,18 +281,18 @@ def cmd_landscape(args, comm) -> None:
                              f"so choose 0..{net.width - 1}")
         polish = None
         if args.polish:
-            m = landscape.minimise(net, ds.x, ds.y, args.loss)
+            m = plateau.minimise(net, ds.x, ds.y, args.loss)
             net, polish = m.network, dict(iterations=m.iterations, gradient_norm=m.gradient_norm,
                                           converged=bool(m.converged))
-        report = landscape.plateau_report(net, ds.x, ds.y, mus, args.neuron, args.loss, args.gtol,
-                                          check=args.check)
+        report = plateau.plateau_report(net, ds.x, ds.y, mus, args.neuron, args.loss, args.gtol,
+                                        check=args.check)
         report.update(network=args.network, data=args.data, polish=polish)
         if args.json:
             tmp = args.json + ".tmp"
             with open(tmp, "w") as f:
                 json.dump(report, f, indent=1)
             os.replace(tmp, args.json)
-        return landscape.format_report(report) + (f"\nwrote {args.json}" if args.json else "")
+        return plateau.format_report(report) + (f"\nwrote {args.json}" if args.json else "")
 
     text = on_root(comm, work)
     if comm.rank == 0:

@@ -17,6 +17,7 @@ import numpy as np
 
 from flowfem.activations import Activation, activation
 from flowfem.data import check
+from flowfem.operator.features import evaluate
 
 
 @dataclass
@@ -53,16 +54,22 @@ class Network:
         """d, the input dimension."""
         return self.W.shape[1]
 
+    @property
+    def theta(self) -> np.ndarray:
+        """The neurons theta_i = (W_i, b_i) as rows, shape (N, d + 1)."""
+        return np.column_stack([self.W, self.b])
+
     def features(self, x: np.ndarray) -> np.ndarray:
         """sigma(x W^T + b), shape (n, N)."""
-        return self.activation(self._check_x(x) @ self.W.T + self.b)
+        return evaluate(self.activation, self._check_x(x), self.theta)
 
     def __call__(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
         """f_N at the rows of x (n, d), evaluated in batches of ``batch`` rows; shape (n,)."""
         x = self._check_x(x)
+        theta = self.theta
         out = np.empty(x.shape[0])
         for s in range(0, x.shape[0], batch):
-            out[s:s + batch] = self.activation(x[s:s + batch] @ self.W.T + self.b) @ self.a
+            out[s:s + batch] = evaluate(self.activation, x[s:s + batch], theta) @ self.a
         return out
 
     def _check_x(self, x) -> np.ndarray:

@@ -57,6 +57,7 @@ from flowfem import data as _data
 from flowfem.activations import Activation, activation as _activation
 from flowfem.loss import Loss, loss as _loss
 from flowfem.network import Network
+from flowfem.operator.features import evaluate
 
 __all__ = [
     "ParticleResult", "train", "objective", "gradient", "predict",
@@ -120,30 +121,21 @@ def _slice(N: int, comm) -> slice:
 
 # -- objective and gradient ----------------------------------------------------
 
-def _sigma(act: Activation, z: np.ndarray) -> np.ndarray:
-    """sigma(z); ReLU as np.maximum (same values as act.sigma, without its temporaries)."""
-    return np.maximum(z, 0.0) if act.name == "relu" else act.sigma(z)
-
-
-def _dsigma(act: Activation, z: np.ndarray) -> np.ndarray:
-    """sigma'(z); ReLU as the indicator z > 0 (as act.dsigma: 0 at the kink)."""
-    return (z > 0).astype(float) if act.name == "relu" else act.dsigma(z)
-
-
 def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, grad: bool):
     """(J, mean loss, f, dJ/dP for the local particles P or None)."""
     n, d = x.shape
-    W, b, a = P[:, :d], P[:, d], P[:, d + 1]
+    theta, a = P[:, :d + 1], P[:, d + 1]
     rows = max(1, _BLOCK // max(1, len(P)))
     blocks = [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
     buf = np.empty(n + 1)  # partial predictions and partial sum |P_i|^2: one Allreduce
     cache = None
     for s in blocks:
-        z = x[s] @ W.T + b
-        sz = _sigma(act, z)
+        if grad and len(blocks) == 1:  # sigma and sigma' from one product, kept for the gradient
+            cache = evaluate(act, x[s], theta, (0, 1))
+            sz = cache[0]
+        else:
+            sz = evaluate(act, x[s], theta)
         buf[s] = sz @ a
-        if len(blocks) == 1:
-            cache = (z, sz)
     buf[n] = np.sum(P * P)
     _allsum(comm, buf)
     f = buf[:n] / N
@@ -154,13 +146,10 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
     r = lss.d1(f, y) / n
     G = lam * P
     for s in blocks:
-        if cache is None:  # several blocks: recompute rather than store n x N arrays
-            z = x[s] @ W.T + b
-            sz = _sigma(act, z)
-        else:
-            z, sz = cache
+        # several blocks: recompute rather than store n x N arrays
+        sz, dz = evaluate(act, x[s], theta, (0, 1)) if cache is None else cache
         G[:, d + 1] += sz.T @ r[s]
-        g = (r[s, None] * _dsigma(act, z)) * a  # d(loss)/dz, (rows, N_local)
+        g = (r[s, None] * dz) * a  # d(loss)/dz, (rows, N_local)
         G[:, :d] += g.T @ x[s]
         G[:, d] += g.sum(axis=0)
     return J, data, f, G / N

@@ -69,7 +69,7 @@ import dolfinx.fem  # noqa: E402
 from flowfem import data as _data  # noqa: E402
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.network import Network  # noqa: E402
-from flowfem.operator import features  # noqa: E402
+from flowfem.operator.features import evaluate  # noqa: E402
 from flowfem.sobolev import Weight  # noqa: E402
 
 RULES = ("quadrature", "sample", "refit")
@@ -154,7 +154,7 @@ class Neurons:
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """sigma(theta_i . x~_j) as an (n, N) array."""
-        return self.activation(x @ self.theta[:, :-1].T + self.theta[:, -1])
+        return evaluate(self.activation, x, self.theta)
 
 
 def quadrature_neurons(u: dolfinx.fem.Function, activation: Activation | str, degree: int | None = None,
@@ -253,7 +253,7 @@ def refit(neurons: Neurons, x: np.ndarray, y: np.ndarray, alpha: float,
 
     def solve() -> np.ndarray:
         scale = np.sqrt(neurons.weight / omega(weight, neurons.theta))  # v = z * scale / q
-        C = features(neurons.activation, x, neurons.theta, "dense").dense() * scale
+        C = evaluate(neurons.activation, x, neurons.theta) * scale
         if alpha == 0:
             z = np.linalg.lstsq(C, y, rcond=None)[0]
         elif N <= n:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from flowfem import data, landscape, particles, readout
+from flowfem import data, particles, plateau, readout
 from flowfem.network import Network
 
 
@@ -208,4 +208,4 @@ def test_a_target_column_gives_the_same_particles_readout_network_and_landscape(
     a, b = readout.refit(neurons, x, y, 1e-3), readout.refit(neurons, x, y[:, None], 1e-3)
     np.testing.assert_array_equal(a.value, b.value)
     assert readout.objective(net, x, y) == readout.objective(net, x, y[:, None])
-    assert landscape.objective(net, x, y) == landscape.objective(net, x, y[:, None])
+    assert plateau.objective(net, x, y) == plateau.objective(net, x, y[:, None])

@@ -1,4 +1,4 @@
-"""flowfem landscape: the printed and JSON classification equals landscape.classify_plateau
+"""flowfem landscape: the printed and JSON classification equals plateau.classify_plateau
 in-process; bad input is refused with one line, exit 2 and no JSON left behind."""
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run
-from flowfem import data, landscape as ls
+from flowfem import data, plateau as ls
 from flowfem.network import Network
 
 FLOWFEM = os.path.join(BIN, "flowfem")

@@ -1,10 +1,12 @@
 """The finite network (flowfem.network): evaluation, .npz files, PyTorch export."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import run
 from flowfem.network import Network
 
 ACTIVATIONS = ["relu", "leaky_relu:0.2", "tanh", "sigmoid", "softplus", "monomial:2", "monomial:3"]
@@ -42,6 +44,16 @@ def test_one_dimensional_inputs_and_bad_inputs():
         Network(np.zeros((3, 1)), np.zeros(2), np.zeros(3), "relu")
     with pytest.raises(ValueError, match="unknown activation"):
         Network(np.zeros((3, 1)), np.zeros(3), np.zeros(3), "swish")
+
+
+def test_evaluation_loads_no_dolfinx():
+    """The network evaluates sigma(theta . x~) with the data operator's kernel
+    (flowfem.operator.features); neither it nor the modules that evaluate finite networks with
+    it may load dolfinx: `flowfem predict` and `flowfem landscape` run without it."""
+    code = ("import sys, flowfem.network, flowfem.plateau, flowfem.jacobian_rank, flowfem.particles; "
+            "print(sorted(m for m in ('dolfinx', 'basix', 'ufl', 'petsc4py') if m in sys.modules))")
+    r = run([sys.executable, "-c", code])
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
 # -- files ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from mpi4py import MPI
 
 from flowfem.activations import activation
 from flowfem.operator import (DataOperator, DenseFeatures, MonomialFeatures, ReluFeatures1D, ReluTreeFeatures,
-                              StorageLimit, features)
+                              StorageLimit, evaluate, make_features as features)
 from flowfem.sobolev import WeightedH1
 from flowfem.space import Space
 
@@ -69,7 +69,7 @@ def test_relu_tree_storage_limit_falls_back_to_dense_with_a_warning(monkeypatch)
     assert isinstance(features(activation("relu"), x, theta), ReluTreeFeatures)
     with pytest.raises(StorageLimit, match="would store about"):
         ReluTreeFeatures(activation("relu"), x, theta, chunk=50, max_entries=1000)
-    monkeypatch.setattr("flowfem.operator.TREE_MAX_ENTRIES", 1000)
+    monkeypatch.setattr("flowfem.operator.features.relu_tree.TREE_MAX_ENTRIES", 1000)
     with pytest.warns(UserWarning, match="evaluating sigma densely"):
         S = features(activation("relu"), x, theta)
     assert isinstance(S, DenseFeatures)
@@ -127,6 +127,19 @@ def test_auto_method_choice_and_errors():
         features(activation("relu"), x2, np.zeros((4, 3)), "relu1d")
     with pytest.raises(ValueError, match="unknown data-operator method"):
         features(activation("relu"), x1, th, "fast")
+
+
+def test_evaluate_is_sigma_and_its_derivatives_of_one_product():
+    """evaluate: the one dense sigma^(k)(x~ theta^T) of network, readout, particles and plateau."""
+    rng = np.random.default_rng(9)
+    x, theta = rng.uniform(-1, 1, (11, 2)), rng.normal(size=(5, 3))
+    act = activation("tanh")
+    z = np.array([[t[:2] @ xj + t[2] for t in theta] for xj in x])
+    s, s1, s2 = evaluate(act, x, theta, (0, 1, 2))
+    assert np.allclose(s, np.tanh(z), rtol=1e-14) and np.array_equal(evaluate(act, x, theta), s)
+    assert np.allclose(s1, act.dsigma(z), rtol=1e-14) and np.allclose(s2, act.d2sigma(z), rtol=1e-13)
+    with pytest.raises(ValueError, match="derivatives 0, 1 and 2"):
+        evaluate(act, x, theta, 3)
 
 
 @pytest.mark.parametrize("domain,measure", [("box", 36.0), ("sphere", 4 * np.pi), ("circle", 2 * np.pi)])

@@ -21,7 +21,7 @@ import dolfinx.fem
 from conftest import run_mpi_script
 from flowfem import data, readout as ro
 from flowfem.network import Network
-from flowfem.operator import features
+from flowfem.operator import make_features as features
 from flowfem.problem import Problem
 from flowfem.space import Space
 

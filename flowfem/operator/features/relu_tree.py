@@ -1,0 +1,144 @@
+"""S for relu and leaky relu on inputs of any dimension: a k-d tree over the points.
+
+On a tree node entirely on one side of the hyperplane theta . x~_j = 0 relu
+is linear (or zero), so only the leaves the hyperplane cuts need sigma
+pointwise; about n sqrt(m) stored entries on a surface mesh. Exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+from flowfem.operator.features.base import Features, StorageLimit, augment, is_relu
+
+TREE_MAX_ENTRIES = 2**27  # stored entries of a relu tree per rank (12 bytes each: 1.5 GiB)
+
+
+class ReluTreeFeatures(Features):
+    """Exact S g and S^T r for sigma(z) = max(z, s z) = s z + c relu(z), c = 1 - s, any d: a k-d tree over theta.
+
+    If a tree node's bounding ball (centre m, radius rho) lies on the positive
+    side of the hyperplane theta . x~ = 0, i.e. m . x~ > rho |x~|, then
+    relu(theta . x~) = theta . x~ on all its points; on the negative side it is
+    0. One traversal finds for each data point x the maximal positive nodes
+    N+(x) and the leaves the hyperplane cuts, C(x), and
+
+        (S g)(x) = s x~ . Theta^T g + c [x~ . sum_{nu in N+(x)} M_nu + sum_{q in C(x)} relu(theta_q . x~) g_q],
+
+    M_nu = sum_{q in nu} theta_q g_q (differences of prefix sums in tree order:
+    O(m) for all nodes). S^T r likewise, with the transposed sparse matrices.
+    Only the cut leaves' entries are stored, about n sqrt(m) on a surface mesh
+    (n m^(2/3) in a volume) against the n m of a dense product.
+    """
+
+    name = "relu_tree"
+    single_use = False  # building the tree costs a few dense products
+
+    @classmethod
+    def needs(cls, sigma, d):
+        return None if is_relu(sigma) else "relu or leaky_relu"
+
+    def __init__(self, sigma, x, theta, leaf_size: int = 8, chunk: int = 4096, max_entries: int | None = None):
+        super().__init__(sigma, x, theta)
+        max_entries = TREE_MAX_ENTRIES if max_entries is None else max_entries
+        self.s, self.c = sigma.slope, 1.0 - sigma.slope
+        self.xt = augment(x)
+        self._build_tree(leaf_size)
+        n, parts, stored = x.shape[0], [], 0
+        for j in range(0, n, chunk):  # in chunks of data points: bounded memory while building
+            parts.append(self._traverse(j, min(j + chunk, n)))
+            stored += parts[-1][0].nnz + parts[-1][1].nnz
+            if stored * n / min(j + chunk, n) > max_entries:
+                raise StorageLimit(
+                    f"the relu tree for {n} data points and {theta.shape[0]} quadrature points would store "
+                    f"about {stored * n / min(j + chunk, n):.2g} entries (limit {max_entries:.2g})"
+                )
+        self.P = scipy.sparse.vstack([p for p, _ in parts], format="csr")  # (n, nodes): maximal positive nodes
+        self.C = scipy.sparse.vstack([c for _, c in parts], format="csr")  # (n, m in tree order): cut leaves
+
+    def _build_tree(self, leaf_size):
+        """Balanced k-d tree: node i holds the points perm[start_i:end_i], children left_i and left_i + 1 (-1: leaf)."""
+        theta = self.theta
+        m, D = theta.shape
+        perm = np.arange(m)
+        start, end, left, centre, radius = [0], [m], [-1], [], []
+        i = 0
+        while i < len(start):
+            a, b = start[i], end[i]
+            pts = theta[perm[a:b]]
+            lo, hi = pts.min(axis=0, initial=np.inf), pts.max(axis=0, initial=-np.inf)
+            mid = 0.5 * (lo + hi) if b > a else np.zeros(D)
+            centre.append(mid)
+            radius.append(np.sqrt(((pts - mid) ** 2).sum(axis=1).max(initial=0.0)))
+            if b - a > leaf_size:  # split at the median of the widest coordinate
+                half = (b - a) // 2
+                perm[a:b] = perm[a:b][np.argpartition(pts[:, np.argmax(hi - lo)], half)]
+                left[i] = len(start)
+                start += [a, a + half]
+                end += [a + half, b]
+                left += [-1, -1]
+            i += 1
+        self.perm, self.theta_t = perm, theta[perm]
+        self.start, self.end, self.left = np.array(start), np.array(end), np.array(left)
+        self.centre, self.radius = np.array(centre), np.array(radius)
+
+    def _traverse(self, j0, j1):
+        """For data points j0..j1-1: the rows of P (1 at maximal positive nodes) and of C (cut leaves' relu)."""
+        xt = self.xt[j0:j1]
+        xnorm = np.linalg.norm(xt, axis=1)
+        cnorm = np.linalg.norm(self.centre, axis=1)
+        J, N = np.arange(xt.shape[0]), np.zeros(xt.shape[0], dtype=np.int64)
+        pos, cut = [], []
+        while J.size:
+            z = np.einsum("jk,jk->j", xt[J], self.centre[N])
+            lim = self.radius[N] * xnorm[J]
+            tol = 1e-13 * (cnorm[N] + self.radius[N]) * xnorm[J]  # rounding in z and lim
+            positive, negative = z - lim > tol, z + lim < -tol
+            pos.append((J[positive], N[positive]))
+            rest = ~(positive | negative)
+            J, N = J[rest], N[rest]
+            leaf = self.left[N] < 0
+            cut.append((J[leaf], N[leaf]))
+            J, N = np.repeat(J[~leaf], 2), (self.left[N[~leaf]][:, None] + np.arange(2)).ravel()
+        rows = j1 - j0
+        pj, pn = (np.concatenate(a) for a in zip(*pos))
+        P = scipy.sparse.csr_matrix((np.ones(pj.size), (pj, pn)), shape=(rows, len(self.start)))
+        cj, cn = (np.concatenate(a) for a in zip(*cut))
+        length = self.end[cn] - self.start[cn]
+        i = np.repeat(cj, length)  # one entry per (data point, point of a cut leaf)
+        q = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length - self.start[cn], length)
+        z = np.einsum("jk,jk->j", xt[i], self.theta_t[q])
+        keep = z > 0
+        C = scipy.sparse.csr_matrix((z[keep], (i[keep], q[keep])), shape=(rows, len(self.perm)))
+        return P, C
+
+    def matvec(self, g, out=None):
+        gt = g[self.perm]
+        prefix = np.zeros((gt.size + 1, self.xt.shape[1]))
+        np.cumsum(self.theta_t * gt[:, None], axis=0, out=prefix[1:])
+        M = prefix[self.end] - prefix[self.start]  # node moments sum theta_q g_q
+        f = np.einsum("jk,jk->j", self.xt, self.P @ M)
+        f += self.C @ gt
+        if self.s:
+            f *= self.c
+            f += self.s * (self.xt @ (self.theta.T @ g))
+        if out is None:
+            return f
+        out[:] = f
+        return out
+
+    def rmatvec(self, r, out=None):
+        Q = self.P.T @ (self.xt * r[:, None])  # per node: sum over the data it is maximal positive for
+        m = self.perm.size
+        acc = np.empty((m + 1, Q.shape[1]))  # pushed down to the points: sum over the ancestors' Q
+        for k in range(Q.shape[1]):
+            acc[:, k] = (np.bincount(self.start, Q[:, k], minlength=m + 1)
+                         - np.bincount(self.end, Q[:, k], minlength=m + 1))
+        np.cumsum(acc, axis=0, out=acc)
+        out = np.empty(m) if out is None else out
+        out[self.perm] = np.einsum("qk,qk->q", self.theta_t, acc[:m]) + self.C.T @ r
+        if self.s:
+            out *= self.c
+            out += self.s * (self.theta @ (self.xt.T @ r))
+        return out

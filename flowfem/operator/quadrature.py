@@ -1,0 +1,93 @@
+"""The quadrature of the data operator: the rule (theta_q, q_q) on this rank's cells and W Psi.
+
+On the cells of each rank, basix's rule of degree 2 p (p the element degree)
+gives points theta_q and weights q_q |det J| (|det J| the length or area
+element on the circle and sphere). (W Psi)_qk = q_q |det J| psi_k(theta_q) is
+a sparse matrix, a row per point and a column per local dof (owned and
+ghost), so that g = W Psi U is the weight of every point and Psi^T W h
+assembles integral h v d theta into a dof vector with a reverse scatter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
+
+import basix  # noqa: E402
+import dolfinx.fem  # noqa: E402
+import dolfinx.la  # noqa: E402
+import ufl  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+from petsc4py import PETSc  # noqa: E402
+
+from flowfem.sobolev import WeightedH1  # noqa: E402
+
+
+class Quadrature:
+    """The rule (theta_q, q_q |det J|) on this rank's cells and the sparse matrix W Psi (points x local dofs)."""
+
+    def __init__(self, H: WeightedH1, degree: int | None = None):
+        mesh, V = H.space.mesh, H.V
+        self.degree = degree = 2 * H.degree if degree is None else int(degree)
+        cell = mesh.topology.cell_type.name
+        X, q = basix.make_quadrature(getattr(basix.CellType, cell), degree)
+        J = ufl.Jacobian(mesh)
+        detJ = ufl.sqrt(ufl.det(J.T * J))  # |det J|, and the area element on the circle and sphere
+        tdim = mesh.topology.dim
+        cells = np.arange(mesh.topology.index_map(tdim).size_local, dtype=np.int32)
+        theta = dolfinx.fem.Expression(ufl.SpatialCoordinate(mesh), X).eval(mesh, cells)
+        psi = dolfinx.fem.Expression(detJ * ufl.TrialFunction(V), X).eval(mesh, cells)
+        self.theta = theta.reshape(-1, mesh.geometry.dim)  # (ncells * nqp, d + 1)
+        Wpsi = psi.reshape(len(cells), len(q), -1) * q[None, :, None]  # (ncells, nqp, ndofs_cell)
+        dofs = V.dofmap.list[cells]  # local dof indices, owned and ghost
+        npoints, k = self.theta.shape[0], dofs.shape[1]
+        im = V.dofmap.index_map
+        self.num_owned = im.size_local
+        # (W Psi)_{q, i} = q_q |det J| psi_i(theta_q): a row per point, a column per local dof
+        self.matrix = scipy.sparse.csr_matrix(
+            (Wpsi.ravel(), (np.repeat(np.arange(npoints), k), np.repeat(dofs, len(q), axis=0).ravel())),
+            shape=(npoints, im.size_local + im.num_ghosts))
+        self._matrix = self._petsc(self.matrix)
+        self._work = dolfinx.fem.Function(V)
+        self._local = PETSc.Vec().createWithArray(self._work.x.array, comm=MPI.COMM_SELF)  # owned + ghost values
+        self.comm = mesh.comm
+
+    @staticmethod
+    def _petsc(m: scipy.sparse.csr_matrix) -> PETSc.Mat:
+        """The same matrix as a sequential PETSc AIJ (products into existing arrays, no allocation)."""
+        return PETSc.Mat().createAIJ(size=m.shape, comm=MPI.COMM_SELF, csr=(
+            m.indptr.astype(PETSc.IntType), m.indices.astype(PETSc.IntType), m.data))
+
+    def permute(self, order: np.ndarray) -> None:
+        """Renumber the points: the new point i is the old point order[i]."""
+        self.theta = self.theta[order]
+        self.matrix = self.matrix[order]
+        self._matrix.destroy()
+        self._matrix = self._petsc(self.matrix)
+
+    @property
+    def num_points(self) -> int:
+        """Quadrature points on this rank."""
+        return self.theta.shape[0]
+
+    def weights(self, U, out: np.ndarray | None = None) -> np.ndarray:
+        """g = W Psi U: the weight q_q |det J| u(theta_q) of every local quadrature point."""
+        w = self._work
+        w.x.array[: self.num_owned] = U.array_r
+        w.x.scatter_forward()
+        out = np.empty(self.num_points) if out is None else out
+        g = PETSc.Vec().createWithArray(out, comm=MPI.COMM_SELF)
+        self._matrix.mult(self._local, g)
+        g.destroy()
+        return out
+
+    def transpose(self, h: np.ndarray, out) -> None:
+        """out = Psi^T W h, i.e. the vector of integral h v d theta over all test functions v."""
+        hv = PETSc.Vec().createWithArray(np.ascontiguousarray(h, dtype=float), comm=MPI.COMM_SELF)
+        self._matrix.multTranspose(hv, self._local)  # into the owned and ghost entries of _work
+        hv.destroy()
+        w = self._work
+        w.x.scatter_reverse(dolfinx.la.InsertMode.add)
+        out.array[:] = w.x.array[: self.num_owned]
