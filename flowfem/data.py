@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flowfem.files import replacing
+
 SYNTHETIC = ("sin", "step", "two_moons")
 MAX_INPUT_DIM = 2
 
@@ -147,10 +149,13 @@ def get(spec: str, n: int = 200, seed: int = 0) -> Dataset:
 
 
 def save(dataset: Dataset, path: str | os.PathLike) -> None:
-    """Write a CSV (header x1..xd,y) or NPZ file."""
+    """Write a CSV (header x1..xd,y) or NPZ file, atomically (safe on every MPI rank at once:
+    :func:`flowfem.files.replacing`)."""
     path = os.fspath(path)
-    if path.lower().endswith(".npz"):
-        np.savez(path, x=dataset.x, y=dataset.y)
-    else:
-        header = ",".join([f"x{i + 1}" for i in range(dataset.d)] + ["y"])
-        np.savetxt(path, np.column_stack([dataset.x, dataset.y]), delimiter=",", header=header, comments="")
+    npz = path.lower().endswith(".npz")
+    with replacing(path, ".npz" if npz else "") as tmp:
+        if npz:
+            np.savez(tmp, x=dataset.x, y=dataset.y)
+        else:
+            header = ",".join([f"x{i + 1}" for i in range(dataset.d)] + ["y"])
+            np.savetxt(tmp, np.column_stack([dataset.x, dataset.y]), delimiter=",", header=header, comments="")
