@@ -37,7 +37,11 @@ from flowfem.space import MeshArrays, Space  # noqa: E402
 
 @contextmanager
 def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, force: bool = False):
-    """Yield a temporary directory that becomes ``path`` only if the block finishes on every rank."""
+    """Yield a temporary directory that becomes ``path`` only if the block finishes on every rank.
+
+    An error in the block removes the directory if rank 0 raised it; on other ranks alone it
+    ends the run (:mod:`flowfem.mpi`), which may leave the directory behind.
+    """
     path = os.path.abspath(os.fspath(path))
 
     def make():
@@ -47,21 +51,19 @@ def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, f
         return tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
 
     tmp = on_root(comm, make)
-    ok = False
     try:
         yield tmp
-        ok = True
-    finally:
-        ok = comm.allreduce(ok, op=MPI.LAND)
-        comm.Barrier()
+    except BaseException:
+        # no collective here: the other ranks may be waiting in another one (a mismatch would hang)
         if comm.rank == 0:
-            if ok:
-                if os.path.exists(path):
-                    shutil.rmtree(path)
-                os.replace(tmp, path)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        comm.Barrier()
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    comm.Barrier()
+    if comm.rank == 0:
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    comm.Barrier()
 
 
 def write_json(path: str, obj: dict, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
