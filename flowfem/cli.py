@@ -5,7 +5,8 @@
     flowfem mesh sphere --size 3 --out sphere.msh
 
 Every error is one line ``flowfem: error: ...`` naming the problem and the
-fix, with exit status 2 on every rank and no output directory left behind.
+fix, with exit status 2 on every rank and no output directory left behind
+(``FLOWFEM_DEBUG=1`` prints the traceback instead; see :mod:`flowfem.mpi`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import traceback
 
 import numpy as np
 
-from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolfinx
+from flowfem.mpi import fail_together, message, on_root  # first: loads MPI before dolfinx
 
 from mpi4py import MPI  # noqa: E402
 
@@ -191,22 +192,47 @@ def cmd_mesh(args, comm) -> None:
     from flowfem import space as sp
 
     def make():
-        d = args.d
-        if args.domain == "box":
-            arrays = sp.box_arrays(d, int(args.size or 32), args.radius)
-        elif args.domain == "ball":
-            arrays = sp.ball_arrays(d, float(args.size or 0.25), args.radius)
-        elif args.domain == "circle":
-            arrays = sp.circle_arrays(int(args.size or 64), args.geometry_degree)
-        elif args.domain == "sphere":
-            arrays = sp.sphere_arrays(int(3 if args.size is None else args.size), args.geometry_degree)
-        else:
-            raise ValueError(f"unknown domain {args.domain!r}: choose box, ball, circle or sphere")
+        d = args.d if args.d is not None else 2 if args.domain == "sphere" else 1
+        arrays = sp.check_mesh(sp.named_arrays(args.domain, d, args.size, args.radius, args.geometry_degree))
         arrays.write(args.out)
         return f"wrote {args.out}: {len(arrays.cells)} {arrays.cell_type}s, {len(arrays.points)} nodes, " \
                f"parameter dimension {arrays.gdim}"
 
-    print(on_root(comm, make)) if comm.rank == 0 else on_root(comm, make)
+    text = on_root(comm, make)
+    if comm.rank == 0:
+        print(text)
+
+
+def _positive_number(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return v
+
+
+def _mesh_size(text: str) -> float:
+    """argparse type: a finite number >= 0 (which numbers a domain takes, space.named_arrays checks)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (np.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line ``PROG: error: ...``, exit status 2, printed by rank 0 only
+    (every rank parses the same arguments)."""
+
+    def error(self, text: str):
+        if MPI.COMM_WORLD.rank == 0:
+            print(f"{self.prog}: error: {text} (see {self.prog} --help)", file=sys.stderr)
+        self.exit(2)
 
 
 def cmd_readout(args, comm) -> None:
@@ -338,7 +364,7 @@ def _add_output_directory_arguments(g, no_plot_help: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="flowfem",
         description="Train shallow networks f(x) = integral sigma(w.x + b) u(w, b) d(w, b) by finite elements "
                     "on parameter space: minimise E_alpha(u) = mean loss + alpha/2 ||u||^2_{H^1_omega}. "
@@ -418,11 +444,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mesh", help="write a parameter-space mesh (.msh or .xdmf)",
                        description="Make a parameter mesh for networks on d inputs and write it with meshio.")
-    p.add_argument("domain", help="box, ball, circle or sphere")
-    p.add_argument("--d", type=int, default=1, help="input dimension (box, ball): 1 or 2 (default 1)")
-    p.add_argument("--size", type=float, default=None,
-                   help="cells per side (box), element size (ball), cells (circle), refinements (sphere)")
-    p.add_argument("--radius", type=float, default=4.0, help="half-width (box) or radius (ball)")
+    p.add_argument("domain", choices=["box", "ball", "circle", "sphere"], help="box, ball, circle or sphere")
+    p.add_argument("--d", type=int, default=None,
+                   help="input dimension: 1 or 2 (box, ball; default 1), 1 (circle), 2 (sphere)")
+    p.add_argument("--size", type=_mesh_size, default=None,
+                   help="cells per side (box, a positive integer, default 32), element size (ball, > 0, default "
+                        "0.25), arcs (circle, an integer >= 3, default 64) or refinements (sphere, an integer "
+                        ">= 0, default 3)")
+    p.add_argument("--radius", type=_positive_number, default=4.0, help="half-width (box) or radius (ball), > 0")
     p.add_argument("--geometry-degree", type=int, default=2, choices=[1, 2],
                    help="circle and sphere: 2 for curved cells (default), 1 for flat")
     p.add_argument("--out", required=True, help="file to write: NAME.msh or NAME.xdmf")
@@ -513,6 +542,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     comm = MPI.COMM_WORLD
     args = parser().parse_args(argv)
     try:
@@ -524,18 +555,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.run(args, comm)
         else:
             args.run(args, comm)
-    except (ValueError, CollectiveError) as e:
-        # every rank raises the same error (validation is replicated or collective)
-        if comm.rank == 0:
-            print(f"flowfem: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  (any error: one line, status 2, every rank ends)
+        line = (traceback.format_exc().rstrip() if os.environ.get("FLOWFEM_DEBUG")
+                else f"flowfem: error: {message(e)}")
+        fail_together(comm, line)  # rank 0 says it once if every rank failed; else aborts them all
         return 2
-    except Exception:
-        # an unexpected failure may be on one rank only: end all of them
-        traceback.print_exc()
-        sys.stderr.flush()
-        if comm.size > 1:
-            comm.Abort(1)
-        return 1
     return 0
 
 

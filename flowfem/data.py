@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flowfem.files import replacing
+
 SYNTHETIC = ("sin", "step", "two_moons")
 IGNORED = ("f",)  # flowfem's prediction column: predictions.csv reads back as data
 _INPUT = re.compile(r"x([1-9][0-9]*)")
@@ -267,24 +269,26 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
 
 
 def save(dataset: Dataset, path: str | os.PathLike) -> None:
-    """Write a CSV (header x1..xd,y) or NPZ file that :func:`load` reads back exactly."""
+    """Write a CSV (header x1..xd,y) or NPZ file that :func:`load` reads back exactly, atomically
+    (safe on every MPI rank at once: :func:`flowfem.files.replacing`)."""
     path = os.fspath(path)
-    if path.lower().endswith(".npz"):
-        np.savez(path, x=dataset.x, y=dataset.y)
-    else:
-        header = ",".join([f"x{i + 1}" for i in range(dataset.d)] + ["y"])
-        np.savetxt(path, np.column_stack([dataset.x, dataset.y]), delimiter=",", header=header, comments="")
+    npz = path.lower().endswith(".npz")
+    with replacing(path, ".npz" if npz else "") as tmp:
+        if npz:
+            np.savez(tmp, x=dataset.x, y=dataset.y)
+        else:
+            header = ",".join([f"x{i + 1}" for i in range(dataset.d)] + ["y"])
+            np.savetxt(tmp, np.column_stack([dataset.x, dataset.y]), delimiter=",", header=header, comments="")
 
 
 def save_predictions(target, x: np.ndarray, f: np.ndarray, y: np.ndarray | None = None) -> None:
     """Write predictions f (n,) at inputs x (n, d) as CSV with header x1..xd[,y],f (y: targets, if
-    given). ``target`` is a path (written under a temporary name, then renamed) or a text stream.
-    :func:`load` reads the file back as data (f is ignored)."""
+    given). ``target`` is a path (written whole or not at all: :func:`flowfem.files.replacing`) or a
+    text stream. :func:`load` reads the file back as data (f is ignored)."""
     names = [f"x{i + 1}" for i in range(x.shape[1])] + ([] if y is None else ["y"]) + ["f"]
     table = np.column_stack([x] + ([] if y is None else [y]) + [f])
     if not isinstance(target, (str, os.PathLike)):
         np.savetxt(target, table, delimiter=",", header=",".join(names), comments="")
         return
-    tmp = os.fspath(target) + ".tmp"
-    np.savetxt(tmp, table, delimiter=",", header=",".join(names), comments="")
-    os.replace(tmp, target)
+    with replacing(target) as tmp:
+        np.savetxt(tmp, table, delimiter=",", header=",".join(names), comments="")

@@ -1,19 +1,30 @@
-"""MPI start-up and collective error handling.
+"""MPI start-up and errors that end every rank.
 
 Importing this module first loads ``dolfinx_solver`` when it is installed
 (the PyPI wheel: it orders MPI ahead of dolfinx and petsc4py); with a conda
 or Docker dolfinx it is absent and nothing needs ordering.
 
-An error on one rank must end every rank, never hang: work that can fail
-differently on different ranks runs inside :func:`on_root` or
-:func:`agree`, which turn a failure anywhere into the same exception on
-every rank.
+An error on one rank must end every rank, never hang:
+
+* work that can fail differently on different ranks (reading files,
+  meshing on rank 0) runs inside :func:`on_root`, which turns any
+  ``Exception`` into the same :class:`CollectiveError` on every rank;
+* an exception that reaches the top of a script run on more than one rank
+  goes to :func:`end_every_rank` (installed as ``sys.excepthook``; the
+  ``flowfem`` command calls :func:`fail_together` itself): one
+  line on standard error and exit status 2 on every rank, if need be by
+  ``MPI_Abort`` (MPICH's mpirun then exits with the abort code, 2, after
+  its own line ``Abort(2) on node ...``). ``FLOWFEM_DEBUG=1`` prints the
+  full traceback instead of the line.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+import sys
+import time
+import traceback
+from typing import Callable, NoReturn, TypeVar
 
 try:
     import dolfinx_solver  # noqa: F401
@@ -23,6 +34,8 @@ except ImportError:
 from mpi4py import MPI
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+FAILURE_TAG = 30_411  # point-to-point tag of the end-of-run handshake: collective traffic never matches it
+GRACE_SECONDS = 5.0  # how long a failed rank waits for the others to fail too before it aborts them
 
 
 def one_blas_thread_per_rank() -> None:
@@ -53,29 +66,96 @@ class CollectiveError(ValueError):
     """A failure on some rank, raised identically on every rank."""
 
 
+def message(e: BaseException) -> str:
+    """One line for an exception: its text for a ValueError (flowfem's messages are written for the
+    user), ``Type: text`` otherwise (a bare KeyError's text alone would be just the key)."""
+    text = " ".join(str(e).split())
+    if isinstance(e, ValueError) and text:
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def on_root(comm: MPI.Comm, fn: Callable[[], T], bcast: bool = True) -> T | None:
-    """Run fn on rank 0; broadcast its result (or None if not bcast) or raise its error on every rank."""
+    """Run fn on rank 0; broadcast its result (or None if not bcast) or raise its error on every rank.
+
+    Any ``Exception`` of fn becomes a :class:`CollectiveError` with the text of :func:`message`
+    on every rank. KeyboardInterrupt (mpirun passes Ctrl-C to every rank) and SystemExit (an
+    explicit request to end this process) are not caught.
+    """
     result, error = None, None
     if comm.rank == 0:
         try:
             result = fn()
-        except (ValueError, OSError, KeyError, TypeError) as e:
-            error = str(e)
+        except Exception as e:  # noqa: BLE001  (any failure: the other ranks wait for this rank)
+            error = message(e)
     error = comm.bcast(error, root=0)
     if error is not None:
         raise CollectiveError(error)
     return comm.bcast(result, root=0) if bcast else result
 
 
-def agree(comm: MPI.Comm, fn: Callable[[], T]) -> T:
-    """Run fn on every rank; if it fails on any, raise the first failing rank's error on all."""
-    result, error = None, None
-    try:
-        result = fn()
-    except (ValueError, OSError, KeyError, TypeError) as e:
-        error = str(e)
-    errors = comm.allgather(error)
-    first = next((e for e in errors if e is not None), None)
-    if first is not None:
-        raise CollectiveError(first)
-    return result
+def fail_together(comm: MPI.Comm, line: str, grace: float = GRACE_SECONDS) -> None:
+    """On a rank that failed: print ``line`` once; return only if every rank of comm failed.
+
+    Every failed rank tells rank 0 by a point-to-point message (which cannot be mistaken for
+    the collective that healthy ranks may be waiting in). If all ranks report within ``grace``
+    seconds, rank 0 prints ``line``, releases the others and the function returns on every
+    rank: the caller ends normally. Otherwise the rank prints ``line`` and calls
+    ``comm.Abort(2)``: ranks that did not fail are blocked in a collective and would wait forever.
+    """
+    if comm.size == 1:
+        _print(line)
+        return
+    deadline = time.monotonic() + grace
+    if comm.rank == 0:
+        failed = 1
+        while failed < comm.size and time.monotonic() < deadline:
+            if comm.iprobe(source=MPI.ANY_SOURCE, tag=FAILURE_TAG):
+                comm.recv(source=MPI.ANY_SOURCE, tag=FAILURE_TAG)
+                failed += 1
+            else:
+                time.sleep(0.01)
+        _print(line)
+        if failed < comm.size:
+            _abort(comm)
+        MPI.Request.Waitall([comm.isend(None, dest=r, tag=FAILURE_TAG) for r in range(1, comm.size)])
+        return
+    told = comm.isend(None, dest=0, tag=FAILURE_TAG)
+    while time.monotonic() < deadline:
+        if comm.iprobe(source=0, tag=FAILURE_TAG):
+            comm.recv(source=0, tag=FAILURE_TAG)
+            told.wait()
+            return
+        time.sleep(0.01)
+    _print(line)
+    _abort(comm)
+
+
+def end_every_rank(exc_type, exc, tb) -> NoReturn:
+    """sys.excepthook under more than one rank: one line (or the traceback if FLOWFEM_DEBUG=1) and
+    exit status 2 on every rank, never a hang (with Python's own hook this rank would end and
+    the others wait for it forever)."""
+    if os.environ.get("FLOWFEM_DEBUG"):
+        line = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip()
+    else:
+        line = (f"{message(exc)} [rank {MPI.COMM_WORLD.rank} of {MPI.COMM_WORLD.size}; "
+                "FLOWFEM_DEBUG=1 shows the traceback]")
+    fail_together(MPI.COMM_WORLD, line)
+    sys.stdout.flush()
+    MPI.Finalize()  # every rank is here: end as a normal MPI program with status 2
+    os._exit(2)
+
+
+def _print(line: str) -> None:
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+
+
+def _abort(comm: MPI.Comm) -> NoReturn:
+    sys.stdout.flush()
+    time.sleep(0.2)  # let mpirun forward the line first: once seen lost (and MPICH's own) without a pause
+    comm.Abort(2)
+
+
+if MPI.COMM_WORLD.size > 1 and sys.excepthook is sys.__excepthook__:  # leave a hook the user installed
+    sys.excepthook = end_every_rank

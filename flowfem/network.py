@@ -17,6 +17,7 @@ import numpy as np
 
 from flowfem.activations import Activation, activation
 from flowfem.data import check
+from flowfem.files import replacing
 from flowfem.operator.features import evaluate
 
 
@@ -79,11 +80,13 @@ class Network:
     # -- files ---------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write W, b, a and the activation name to ``path`` (.npz), atomically."""
-        path = os.fspath(path)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, W=self.W, b=self.b, a=self.a, activation=np.array(self.activation.name))
-        os.replace(tmp, path)
+        """Write W, b, a and the activation name to ``path`` (.npz), atomically.
+
+        Safe when every MPI rank saves the same network to the same path at once, and when one
+        rank alone saves it (no collective): see :func:`flowfem.files.replacing`.
+        """
+        with replacing(path, ".npz") as tmp:
+            np.savez(tmp, W=self.W, b=self.b, a=self.a, activation=np.array(self.activation.name))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Network":

@@ -32,7 +32,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolfinx
+from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 
 from mpi4py import MPI  # noqa: E402
 
@@ -85,6 +85,21 @@ def _lock_path(path: str) -> str:
     return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".lock")
 
 
+def _temporary_prefix(path: str) -> str:
+    """Hidden temporary directories beside ``path`` carry the writer's pid: a later run removes those
+    of dead processes (an aborted run under mpirun cannot clean up after itself)."""
+    return f".{os.path.basename(path)}.{os.getpid()}."
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    prefix = "." + os.path.basename(path) + "."
+    directory = os.path.dirname(path)
+    for entry in os.listdir(directory):
+        pid = entry[len(prefix):].split(".", 1)[0] if entry.startswith(prefix) else ""
+        if pid.isdigit() and not _alive(int(pid)) and os.path.isdir(os.path.join(directory, entry)):
+            shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+
+
 def _acquire(path: str, force: bool) -> str:
     """Create the lock file beside ``path`` (taking over one left by a dead process on this host), then check."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -108,6 +123,7 @@ def _acquire(path: str, force: bool) -> str:
             f.write(me)
         break
     try:
+        _remove_stale_temporaries(path)
         check_free(path, force)
     except BaseException:
         os.remove(lock)
@@ -116,13 +132,20 @@ def _acquire(path: str, force: bool) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """True if process ``pid`` runs on this host (a zombie, dead but not yet reaped, does not)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return pid > 0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 @contextmanager
@@ -156,31 +179,30 @@ def _umask() -> int:
 def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, force: bool = False):
     """Yield a temporary directory that becomes ``path`` only if the block finishes on every rank.
 
-    Collective. Raises ValueError (every rank) if ``path`` may not be written (module docstring),
-    CollectiveError on the ranks that finished if another rank failed inside the block.
+    Collective. Raises ValueError (every rank) if ``path`` may not be written (module docstring).
+    An error inside the block on rank 0 removes the temporary directory; an error on other ranks
+    alone ends the run (:func:`flowfem.mpi.fail_together`), and the next run on ``path`` removes
+    what it left.
     """
     path = os.path.abspath(os.fspath(path))
     with reserve(path, comm, force):
         def make():
-            tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
+            tmp = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=os.path.dirname(path))
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: follow the umask like mkdir does
             return tmp
 
         tmp = on_root(comm, make)
-        ok = False
         try:
             yield tmp
-            ok = True
-        finally:
-            all_ok = comm.allreduce(ok, op=MPI.LAND)  # every rank reaches this, also on an error path
-            if all_ok:
-                on_root(comm, lambda: _finish(tmp, path, force))  # a failure there raises on every rank
-            else:
-                if comm.rank == 0:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                comm.Barrier()
-        if not all_ok:  # this rank finished its part, another did not: fail here too
-            raise CollectiveError(f"writing {path!r} failed on another rank; nothing was written")
+        except BaseException:
+            # no collective here: the other ranks may be inside another one (a mismatch would hang).
+            # An error on every rank reaches every rank's handler; one on some ranks only ends the
+            # run (flowfem.mpi.fail_together) before the barrier below lets anything be published.
+            if comm.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        comm.Barrier()  # every rank finished its part
+        on_root(comm, lambda: _finish(tmp, path, force))  # a failure there raises on every rank
 
 
 def _finish(tmp: str, path: str, force: bool) -> None:
@@ -195,7 +217,7 @@ def _finish(tmp: str, path: str, force: bool) -> None:
         check_free(path, force)  # again: the target may have changed since the reservation
         old = None
         if os.path.lexists(path):
-            old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".old.", dir=os.path.dirname(path))
+            old = tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=os.path.dirname(path))
             os.replace(path, os.path.join(old, "previous"))
         os.replace(tmp, path)
         if old is not None:

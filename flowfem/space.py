@@ -15,16 +15,23 @@ enough only for positively homogeneous activations (DESIGN.md section 1):
 
 Meshes are first made as plain arrays (:class:`MeshArrays`) on rank 0, so
 that the same arrays can be written with meshio (``.msh``, ``.xdmf``) or
-distributed over the MPI ranks as a dolfinx mesh (:class:`Space`).
+distributed over the MPI ranks as a dolfinx mesh (:class:`Space`). Every
+mesh passes :func:`check_mesh` before dolfinx sees it: dolfinx aborts the
+process (``free(): invalid next size``) on some invalid meshes instead of
+raising. A mesh may have fewer cells than there are ranks: ranks that own
+no cells contribute nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from flowfem.files import replacing
 from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 
 import basix.ufl  # noqa: E402
@@ -44,6 +51,9 @@ _MESHIO_CELLS = {
     "tetra10": ("tetrahedron", 2),
 }
 _TDIM = {"interval": 1, "triangle": 2, "tetrahedron": 3}
+DEFAULT_SIZES = {"box": 32, "ball": 0.25, "circle": 64, "sphere": 3}  # n, h, arcs, refinements
+FLAT = 1e-12  # relative to the mesh's size: coordinate noise dropped, cells of no measure refused
+NEARLY_PLANAR = 1e-3  # a mesh within this relative distance of a coordinate plane is a planar mesh
 
 
 @dataclass
@@ -70,7 +80,8 @@ class MeshArrays:
         return self.tdim < self.gdim
 
     def write(self, path: str | os.PathLike) -> None:
-        """Write with meshio (``.msh`` gmsh 4.1 or ``.xdmf``), atomically."""
+        """Write with meshio (``.msh`` gmsh 4.1 or ``.xdmf``), atomically: safe on every rank at once
+        (see :func:`flowfem.files.replacing`)."""
         import meshio
 
         path = os.fspath(path)
@@ -83,12 +94,11 @@ class MeshArrays:
         ext = os.path.splitext(path)[1].lower()
         if ext not in (".msh", ".xdmf"):
             raise ValueError(f"mesh file {path!r}: use the extension .msh or .xdmf")
-        tmp = os.path.join(os.path.dirname(path) or ".", "." + os.path.basename(path) + ".tmp" + ext)
-        if ext == ".msh":
-            meshio.write(tmp, m, file_format="gmsh", binary=False)
-        else:
-            meshio.xdmf.write(tmp, m, data_format="XML")
-        os.replace(tmp, path)
+        with replacing(path, ext) as tmp:
+            if ext == ".msh":
+                meshio.write(tmp, m, file_format="gmsh", binary=False)
+            else:
+                meshio.xdmf.write(tmp, m, data_format="XML")
 
 
 def _meshio_name(cell_type: str, degree: int) -> str:
@@ -109,8 +119,13 @@ def _vtk_perm(cell_type: str, num_nodes: int) -> np.ndarray:
 
 
 def box_arrays(d: int, n: int, radius: float) -> MeshArrays:
-    """[-R, R]^(d+1) split into n intervals per side: 2 n^2 triangles (d = 1) or 6 n^3 tetrahedra (d = 2)."""
+    """[-R, R]^(d+1) split into n intervals per side: 2 n^2 triangles (d = 1) or 6 n^3 tetrahedra (d = 2).
+
+    Raises ValueError unless d is 1 or 2, n a positive integer and R finite and positive.
+    """
     _check_input_dim(d)
+    n = _check_count("n", n, 1)
+    _check_positive(radius=radius)
     t = np.linspace(-radius, radius, n + 1)
     if d == 1:
         X, Y = np.meshgrid(t, t, indexing="ij")
@@ -137,8 +152,12 @@ def box_arrays(d: int, n: int, radius: float) -> MeshArrays:
 
 
 def ball_arrays(d: int, h: float, radius: float) -> MeshArrays:
-    """|theta| <= R meshed by gmsh with element size h: a disc (d = 1) or ball (d = 2)."""
+    """|theta| <= R meshed by gmsh with element size h: a disc (d = 1) or ball (d = 2).
+
+    Raises ValueError unless d is 1 or 2 and h, R are finite and positive.
+    """
     _check_input_dim(d)
+    _check_positive(h=h, radius=radius)
     import gmsh
 
     gmsh.initialize(interruptible=False)
@@ -169,7 +188,13 @@ def ball_arrays(d: int, h: float, radius: float) -> MeshArrays:
 
 
 def circle_arrays(n: int, degree: int = 2) -> MeshArrays:
-    """The unit circle as n arcs; degree 2 puts each arc's midpoint on the circle."""
+    """The unit circle as n arcs; degree 2 puts each arc's midpoint on the circle.
+
+    Raises ValueError unless n >= 3 is an integer (two arcs would join the same two vertices,
+    which dolfinx cannot tell apart) and degree is 1 or 2.
+    """
+    n = _check_count("circle arcs n", n, 3, "two arcs would join the same two vertices")
+    _check_geometry_degree(degree)
     phi = 2 * np.pi * np.arange(n) / n
     points = np.column_stack([np.cos(phi), np.sin(phi)])
     cells = np.column_stack([np.arange(n), (np.arange(n) + 1) % n])
@@ -181,7 +206,12 @@ def circle_arrays(n: int, degree: int = 2) -> MeshArrays:
 
 
 def sphere_arrays(refinements: int, degree: int = 2) -> MeshArrays:
-    """The unit sphere: an icosahedron split ``refinements`` times (20 * 4^r triangles), nodes projected on S^2."""
+    """The unit sphere: an icosahedron split ``refinements`` times (20 * 4^r triangles), nodes projected on S^2.
+
+    Raises ValueError unless refinements >= 0 is an integer and degree is 1 or 2.
+    """
+    refinements = _check_count("sphere refinements", refinements, 0)
+    _check_geometry_degree(degree)
     g = (1 + 5**0.5) / 2
     points = np.array([[-1, g, 0], [1, g, 0], [-1, -g, 0], [1, -g, 0], [0, -1, g], [0, 1, g],
                        [0, -1, -g], [0, 1, -g], [g, 0, -1], [g, 0, 1], [-g, 0, -1], [-g, 0, 1]], float)
@@ -210,47 +240,186 @@ def _split_triangles(points, cells):
     return np.vstack([points, mids]), fine, np.column_stack([cells, m])
 
 
-def read_arrays(path: str | os.PathLike) -> MeshArrays:
-    """Read a mesh with meshio; the highest-dimensional cells are kept.
+def named_arrays(domain: str, d: int = 1, size: float | None = None, radius: float = 4.0,
+                 geometry_degree: int = 2) -> MeshArrays:
+    """The arrays of a named domain: ``size`` is n (box), h (ball), arcs (circle) or refinements (sphere).
 
-    A planar mesh (all z = 0) of triangles is a 2-D parameter domain (d = 1);
-    lines in the plane form a curve such as the circle; triangles in space
-    form a surface such as the sphere; tetrahedra a 3-D domain (d = 2).
+    ``size=None`` means :data:`DEFAULT_SIZES`; any other value, 0 included, is checked by the
+    generator. Raises ValueError for another domain, or the circle (sphere) with d != 1 (2).
     """
-    import contextlib
-    import io
+    if domain not in DEFAULT_SIZES:
+        raise ValueError(f"unknown domain {domain!r}: choose box, ball, circle, sphere or a .msh/.xdmf file")
+    size = DEFAULT_SIZES[domain] if size is None else size
+    if domain == "box":
+        return box_arrays(d, size, radius)
+    if domain == "ball":
+        return ball_arrays(d, size, radius)
+    if d != (1 if domain == "circle" else 2):
+        raise ValueError(
+            f"the {domain} parametrises inputs of dimension {1 if domain == 'circle' else 2}, "
+            f"but the data have d = {d}; use the {'sphere' if domain == 'circle' else 'circle'}, "
+            "a box or a ball"
+        )
+    if domain == "circle":
+        return circle_arrays(size, geometry_degree)
+    return sphere_arrays(size, geometry_degree)
 
+
+def read_arrays(path: str | os.PathLike) -> MeshArrays:
+    """Read a mesh with meshio: the cells of the highest dimension, checked by :func:`check_mesh`.
+
+    A planar mesh (all z = 0, up to noise of 1e-12 times its size) of triangles is a 2-D parameter
+    domain (d = 1); lines in the plane form a curve such as the circle; triangles in space form a
+    surface such as the sphere; tetrahedra a 3-D domain (d = 2). Cells of lower dimension (boundary
+    lines, points) are ignored. Raises ValueError with meshio's reason if meshio cannot read the
+    file, and if the highest-dimensional cells are of more than one type or of a type flowfem does
+    not take (quadrilaterals, hexahedra, ...): none is silently dropped.
+    """
     import meshio
 
     path = os.fspath(path)
+    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             m = meshio.read(path)
-    except (Exception, SystemExit) as e:  # meshio raises many kinds, and sometimes exits
+    except (Exception, SystemExit) as e:  # meshio raises many kinds, and on some prints its reason and exits
+        reason = f"{type(e).__name__}: {e}" if not isinstance(e, SystemExit) else (
+            "meshio: " + "; ".join(ln.strip() for ln in printed.getvalue().splitlines() if ln.strip()))
+        hint = (" (a dolfinx XDMF file with mesh tags holds several grids: write the mesh alone with "
+                "XDMFFile.write_mesh, or as gmsh .msh)" if "one grid" in reason else "")
         raise ValueError(
-            f"cannot read mesh file {path!r} ({type(e).__name__}: {e}); give a gmsh .msh or "
+            f"cannot read mesh file {path!r} ({reason}){hint}; give a gmsh .msh or "
             "a meshio/dolfinx .xdmf file of lines, triangles or tetrahedra"
         ) from None
-    blocks = [(b.type, b.data) for b in m.cells if b.type in _MESHIO_CELLS]
-    if not blocks:
+    if not any(b.dim > 0 for b in m.cells):
         raise ValueError(f"mesh file {path!r} has no lines, triangles or tetrahedra")
-    tdim = max(_TDIM[_MESHIO_CELLS[t][0]] for t, _ in blocks)
-    blocks = [(t, c) for t, c in blocks if _TDIM[_MESHIO_CELLS[t][0]] == tdim]
-    if len({t for t, _ in blocks}) > 1:
-        raise ValueError(f"mesh file {path!r} mixes cell types {sorted({t for t, _ in blocks})}")
-    name = blocks[0][0]
+    tdim = max(b.dim for b in m.cells)
+    top = sorted({b.type for b in m.cells if b.dim == tdim})
+    if len(top) > 1:
+        raise ValueError(f"mesh file {path!r} mixes cell types {top}: flowfem takes one type, lines, "
+                         "triangles or tetrahedra (of geometry degree 1 or 2); convert the others")
+    name = top[0]
+    if name not in _MESHIO_CELLS:
+        raise ValueError(f"mesh file {path!r} has {name} cells: flowfem takes lines, triangles or tetrahedra "
+                         "(of geometry degree 1 or 2); split them into simplices, e.g. without gmsh's "
+                         "Mesh.RecombineAll")
     cell_type, degree = _MESHIO_CELLS[name]
-    cells = np.vstack([c for _, c in blocks]).astype(np.int64)
+    cells = np.vstack([b.data for b in m.cells if b.type == name]).astype(np.int64)
     cells = cells[:, _vtk_perm(cell_type, cells.shape[1])]
-    points = np.asarray(m.points, dtype=float)
-    gdim = points.shape[1]
-    while gdim > tdim and np.allclose(points[:, gdim - 1], 0.0):  # drop trailing zero coordinates
-        gdim -= 1
+    return check_mesh(MeshArrays(np.asarray(m.points, dtype=float), cells, cell_type, degree, "file"),
+                      f"mesh file {path!r}")
+
+
+def check_mesh(arrays: MeshArrays, what: str = "the mesh") -> MeshArrays:
+    """The arrays, checked (and repaired where unambiguous) before dolfinx sees them.
+
+    With s = max |x| over the points of cells (the mesh's size), and ``what`` naming the mesh in
+    the messages, raises ValueError naming the first problem of:
+
+    * shapes: points (num_nodes, gdim) numbers; cells (num_cells >= 1, nodes) integers, with the
+      node count of the cell type and geometry degree;
+    * coordinates that are NaN or inf; node indices outside 0..num_nodes-1;
+    * a node repeated in a cell; two cells with the same vertices (the circle in two arcs);
+    * a cell of (near) zero measure: measure <= 1e-12 s L^(tdim-1), L its longest edge, i.e.
+      flat to rounding; the measure is the cell's own (length, area, volume) in gdim, so the
+      cells of the circle and sphere count too (degree-2 cells: that of their vertices);
+    * trailing coordinates (meshio stores 3): dropped while the cells have a lower dimension and
+      the coordinate is |x_k| <= 1e-12 s (a planar mesh stored with z = 0 or rounding noise);
+      refused, naming max |x_k|, if 1e-12 s < max |x_k| <= 1e-3 s (a planar mesh with noise, or
+      a surface too flat to be a domain of directions);
+    * parameter dimensions other than 2 and 3, an interval, cells more than one dimension below
+      the points (lines in 3-D).
+
+    Nodes that belong to no cell are allowed. Returns the arrays as float points (without the
+    dropped coordinates) and int64 cells.
+    """
+    points, cells = np.asarray(arrays.points), np.asarray(arrays.cells)
+    if arrays.cell_type not in _TDIM or arrays.degree not in (1, 2):
+        raise ValueError(f"{what}: cell type {arrays.cell_type!r} of geometry degree {arrays.degree}; flowfem "
+                         "takes intervals, triangles or tetrahedra of degree 1 or 2")
+    tdim = _TDIM[arrays.cell_type]
+    nodes = (tdim + 1) * (tdim + 2) // 2 if arrays.degree == 2 else tdim + 1
+    if points.ndim != 2 or points.dtype.kind not in "fiu" or points.shape[1] < 1:
+        raise ValueError(f"{what}: points must be a (num_nodes, gdim) array of numbers, not {points.dtype} "
+                         f"of shape {points.shape}")
+    if cells.ndim != 2 or cells.dtype.kind not in "iu" or cells.shape[1] != nodes:
+        raise ValueError(f"{what}: cells must be a (num_cells, {nodes}) integer array for "
+                         f"{arrays.cell_type}s of degree {arrays.degree}, not {cells.dtype} of shape {cells.shape}")
+    if len(cells) == 0:
+        raise ValueError(f"{what} has no cells")
+    bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{what}: node {bad[0]} has coordinates {points[bad[0]].tolist()}"
+                         f"{_more(bad)}: every coordinate must be finite")
+    bad = np.flatnonzero(((cells < 0) | (cells >= len(points))).any(axis=1))
+    if len(bad):
+        raise ValueError(f"{what}: cell {bad[0]} has nodes {cells[bad[0]].tolist()}{_more(bad)}, but the nodes "
+                         f"are numbered 0..{len(points) - 1}")
+    used = points[np.bincount(cells.ravel(), minlength=len(points)) > 0].astype(float)
+    scale = np.abs(used).max()
+    while used.shape[1] > tdim:  # a trailing coordinate that only stores the plane of a planar mesh
+        off = np.abs(used[:, -1]).max()
+        if off > NEARLY_PLANAR * scale:
+            break
+        if off > FLAT * scale:
+            raise ValueError(
+                f"{what}: the {arrays.cell_type}s lie within {off:.3g} of the plane x{used.shape[1]} = 0 "
+                f"(mesh size {scale:.3g}): set that coordinate to 0 for a {used.shape[1] - 1}-D mesh (noise "
+                f"up to {FLAT:g} times the size is dropped), or give a surface that is not flat")
+        used = used[:, :-1]
+    gdim = used.shape[1]
     if gdim == tdim == 1:
-        raise ValueError(f"mesh file {path!r} is an interval: parameter meshes need dimension d + 1 >= 2")
-    if gdim - tdim > 1:
-        raise ValueError(f"mesh file {path!r}: {cell_type} cells in {gdim}-D space are not a parameter domain")
-    return MeshArrays(points[:, :gdim].copy(), cells, cell_type, degree, "file")
+        raise ValueError(f"{what} is an interval: parameter meshes need dimension d + 1 >= 2")
+    if gdim - tdim > 1 or gdim < tdim:
+        raise ValueError(f"{what}: {arrays.cell_type} cells in {gdim}-D space are not a parameter domain")
+    _check_input_dim(gdim - 1)
+    repeated = np.flatnonzero((np.diff(np.sort(cells, axis=1), axis=1) == 0).any(axis=1))
+    if len(repeated):
+        raise ValueError(f"{what}: cell {repeated[0]} repeats a node, {cells[repeated[0]].tolist()}"
+                         f"{_more(repeated)}: every cell needs distinct nodes")
+    vertices = np.sort(cells[:, : tdim + 1], axis=1)
+    order = np.lexsort(vertices.T[::-1])  # equal vertex sets become neighbours
+    twin = np.flatnonzero((vertices[order[1:]] == vertices[order[:-1]]).all(axis=1))
+    if len(twin):
+        i, j = sorted(order[twin[0]:twin[0] + 2])
+        raise ValueError(f"{what}: cells {i} and {j} have the same vertices {vertices[j].tolist()}{_more(twin)}; "
+                         "remove duplicate cells" + (" (a closed curve needs at least 3 cells)" if tdim == 1 else ""))
+    x = points[:, :gdim].astype(float)
+    measure, longest = _simplex_sizes(x[cells[:, : tdim + 1]])
+    flat = np.flatnonzero(measure <= FLAT * scale * longest ** (tdim - 1))
+    if len(flat):
+        c = flat[0]
+        raise ValueError(f"{what}: cell {c} (nodes {cells[c].tolist()}) has {_MEASURE[tdim]} {measure[c]:.3g}, "
+                         f"zero to rounding for its edges of up to {longest[c]:.3g}{_more(flat)}: remove or repair "
+                         "degenerate cells")
+    return MeshArrays(x, cells.astype(np.int64), arrays.cell_type, arrays.degree, arrays.domain)
+
+
+_MEASURE = {1: "length", 2: "area", 3: "volume"}
+
+
+def _simplex_sizes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Measure in gdim and longest edge of simplices with vertices v (num_cells, tdim + 1, gdim).
+
+    Computed from the edge vectors so that a flat cell gives zero to rounding (a Gram determinant
+    would give its square root, ~1e-8 of the edge lengths).
+    """
+    tdim, gdim = v.shape[1] - 1, v.shape[2]
+    e = v[:, 1:] - v[:, :1]
+    if tdim == 1:
+        measure = np.linalg.norm(e[:, 0], axis=1)
+    elif tdim == gdim:
+        measure = np.abs(np.linalg.det(e)) / (2 if tdim == 2 else 6)
+    else:  # triangles in 3-D
+        measure = np.linalg.norm(np.cross(e[:, 0], e[:, 1]), axis=1) / 2
+    longest2 = np.zeros(len(v))
+    for a, b in zip(*np.triu_indices(tdim + 1, 1)):
+        np.maximum(longest2, ((v[:, a] - v[:, b]) ** 2).sum(axis=1), out=longest2)
+    return measure, np.sqrt(longest2)
+
+
+def _more(indices: np.ndarray) -> str:
+    return f" (and {len(indices) - 1} more)" if len(indices) > 1 else ""
 
 
 def _check_input_dim(d: int) -> None:
@@ -260,6 +429,21 @@ def _check_input_dim(d: int) -> None:
             "spaces of dimension 2 or 3 only, so the inputs must have d = 1 or 2 (reduce the "
             "inputs' dimension, e.g. by projecting them, first)"
         )
+
+
+def _check_count(name: str, v, minimum: int, why: str = "") -> int:
+    """v as an int; ValueError unless it is a whole number >= minimum (0 never means a default)."""
+    if not (np.isfinite(v) and v == int(v)):
+        raise ValueError(f"mesh parameter {name} = {v:g} must be a whole number")
+    if v < minimum:
+        raise ValueError(f"mesh parameter {name} = {v:g} must be positive" if minimum == 1 else
+                         f"{name} must be >= {minimum}, not {v:g}" + (f" ({why})" if why else ""))
+    return int(v)
+
+
+def _check_geometry_degree(degree) -> None:
+    if degree not in (1, 2):
+        raise ValueError(f"geometry degree {degree}: 1 (flat cells) or 2 (curved cells)")
 
 
 def check_parameter_dim(d: int, gdim: int, what: str) -> None:
@@ -278,19 +462,24 @@ def check_parameter_dim(d: int, gdim: int, what: str) -> None:
 
 
 class Space:
-    """Omega as a dolfinx mesh distributed over ``comm`` (built from arrays held on rank 0)."""
+    """Omega as a dolfinx mesh distributed over ``comm`` (built from arrays held on rank 0).
+
+    The arrays pass :func:`check_mesh` on rank 0 first; its ValueError reaches every rank.
+    Ranks may outnumber cells: a rank that owns no cells holds an empty part of the mesh.
+    """
 
     def __init__(self, arrays: MeshArrays | None, comm: MPI.Comm = MPI.COMM_WORLD):
-        meta = on_root(comm, lambda: (arrays.cell_type, arrays.degree, arrays.gdim,
-                                         arrays.cells.shape[1], arrays.domain))
+        checked = on_root(comm, lambda: check_mesh(arrays), bcast=False)  # None on the other ranks
+        meta = comm.bcast((checked.cell_type, checked.degree, checked.gdim, checked.cells.shape[1], checked.domain)
+                          if comm.rank == 0 else None, root=0)
         cell_type, degree, gdim, nodes, domain = meta
         element = basix.ufl.element("Lagrange", cell_type, degree, shape=(gdim,))
         if comm.rank == 0:
-            cells, points = arrays.cells, arrays.points
+            cells, points = checked.cells, checked.points
         else:
             cells, points = np.empty((0, nodes), np.int64), np.empty((0, gdim))
         self.mesh = dolfinx.mesh.create_mesh(comm, cells, ufl.Mesh(element), points)
-        self.arrays = arrays if comm.rank == 0 else None  # kept on rank 0 for writing
+        self.arrays = checked  # kept on rank 0 for writing
         self.domain = domain
         self.comm = comm
 
@@ -320,62 +509,46 @@ class Space:
     # -- constructors --------------------------------------------------------------
 
     @classmethod
+    def _on_root(cls, make, comm: MPI.Comm) -> "Space":
+        """The mesh of make() (called on rank 0: a failure there reaches every rank)."""
+        return cls(on_root(comm, make, bcast=False), comm)
+
+    @classmethod
     def box(cls, d: int = 1, n: int = 32, radius: float = 4.0, comm=MPI.COMM_WORLD) -> "Space":
         """[-radius, radius]^(d+1) with n cells per side."""
-        _check_input_dim(d)
-        _check_positive(n=n, radius=radius)
-        return cls(box_arrays(d, n, radius) if comm.rank == 0 else None, comm)
+        return cls._on_root(lambda: box_arrays(d, n, radius), comm)
 
     @classmethod
     def ball(cls, d: int = 1, h: float = 0.25, radius: float = 4.0, comm=MPI.COMM_WORLD) -> "Space":
         """The ball |theta| <= radius, element size h (gmsh)."""
-        _check_input_dim(d)
-        _check_positive(h=h, radius=radius)
-        return cls(ball_arrays(d, h, radius) if comm.rank == 0 else None, comm)
+        return cls._on_root(lambda: ball_arrays(d, h, radius), comm)
 
     @classmethod
     def circle(cls, n: int = 64, degree: int = 2, comm=MPI.COMM_WORLD) -> "Space":
-        """The unit circle S^1 (d = 1) in n arcs."""
-        _check_positive(n=n)
-        return cls(circle_arrays(n, degree) if comm.rank == 0 else None, comm)
+        """The unit circle S^1 (d = 1) in n >= 3 arcs."""
+        return cls._on_root(lambda: circle_arrays(n, degree), comm)
 
     @classmethod
     def sphere(cls, refinements: int = 3, degree: int = 2, comm=MPI.COMM_WORLD) -> "Space":
         """The unit sphere S^2 (d = 2): 20 * 4^refinements curved triangles."""
-        if refinements < 0:
-            raise ValueError("sphere refinements must be >= 0")
-        return cls(sphere_arrays(refinements, degree) if comm.rank == 0 else None, comm)
+        return cls._on_root(lambda: sphere_arrays(refinements, degree), comm)
 
     @classmethod
     def read(cls, path: str | os.PathLike, comm=MPI.COMM_WORLD) -> "Space":
         """A mesh file (.msh, .xdmf) read with meshio on rank 0; errors reach every rank."""
-        arrays = on_root(comm, lambda: read_arrays(path), bcast=False)
-        return cls(arrays, comm)
+        return cls._on_root(lambda: read_arrays(path), comm)
 
     @classmethod
     def make(cls, domain: str, d: int = 1, size: float | None = None, radius: float = 4.0,
              comm=MPI.COMM_WORLD) -> "Space":
-        """A named domain (box, ball, circle, sphere) or a mesh file; ``size`` is n, h or refinements."""
-        if domain == "box":
-            return cls.box(d, int(size or 32), radius, comm)
-        if domain == "ball":
-            return cls.ball(d, float(size or 0.25), radius, comm)
-        if domain in ("circle", "sphere"):
-            if d != (1 if domain == "circle" else 2):
-                raise ValueError(
-                    f"the {domain} parametrises inputs of dimension {1 if domain == 'circle' else 2}, "
-                    f"but the data have d = {d}; use the {'sphere' if domain == 'circle' else 'circle'}, "
-                    "a box or a ball"
-                )
-            if domain == "circle":
-                return cls.circle(int(size or 64), comm=comm)
-            return cls.sphere(int(3 if size is None else size), comm=comm)
+        """A named domain (:func:`named_arrays`: ``size`` is n, h, arcs or refinements; None for the
+        default) or a mesh file (.msh, .xdmf)."""
         if os.path.splitext(domain)[1].lower() in (".msh", ".xdmf"):
             return cls.read(domain, comm)
-        raise ValueError(f"unknown domain {domain!r}: choose box, ball, circle, sphere or a .msh/.xdmf file")
+        return cls._on_root(lambda: named_arrays(domain, d, size, radius), comm)
 
 
 def _check_positive(**values) -> None:
     for name, v in values.items():
         if not (np.isfinite(v) and v > 0):
-            raise ValueError(f"mesh parameter {name} = {v} must be positive")
+            raise ValueError(f"mesh parameter {name} = {v:g} must be positive")

@@ -120,6 +120,87 @@ def test_mesh_command_writes_a_readable_mesh(tmp_path, domain, ext):
     assert r.returncode == 0, r.stderr
 
 
+BAD_MESH = [
+    (["box", "--size", "0"], "flowfem: error: mesh parameter n = 0 must be positive"),  # not the default 32
+    (["box", "--size", "2.5"], "n = 2.5 must be a whole number"),
+    (["box", "--size", "nan"], "argument --size: nan must be a finite number >= 0"),
+    (["box", "--size", "-3"], "argument --size: -3 must be a finite number >= 0"),
+    (["box", "--size", "many"], "argument --size: 'many' is not a number"),
+    (["box", "--radius", "0"], "argument --radius: 0 must be a finite number > 0"),
+    (["box", "--radius=-1"], "argument --radius: -1 must be a finite number > 0"),
+    (["ball", "--radius", "inf"], "argument --radius: inf must be a finite number > 0"),
+    (["ball", "--radius", "nan"], "argument --radius: nan must be a finite number > 0"),
+    (["ball", "--size", "0"], "mesh parameter h = 0 must be positive"),
+    (["circle", "--size", "2"], "circle arcs n must be >= 3, not 2"),
+    (["sphere", "--size", "1.5"], "sphere refinements = 1.5 must be a whole number"),
+    (["sphere", "--d", "1"], "the sphere parametrises inputs of dimension 2"),
+    (["box", "--d", "3"], "input dimension d = 3"),
+    (["torus"], "argument domain: invalid choice: 'torus'"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_MESH, ids=[" ".join(a) for a, _ in BAD_MESH])
+def test_mesh_command_checks_its_arguments(tmp_path, args, message):
+    r = run([FLOWFEM, "mesh", *args, "--out", str(tmp_path / "m.msh")])
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowfem") and message in lines[0], r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_mesh_command_sizes_zero_and_defaults(tmp_path):
+    """Size 0 of the sphere is 0 refinements (the icosahedron), not the default 3."""
+    r = run([FLOWFEM, "mesh", "sphere", "--size", "0", "--out", str(tmp_path / "s.msh")])
+    assert r.returncode == 0 and "20 triangles" in r.stdout, r.stderr
+    r = run([FLOWFEM, "mesh", "circle", "--out", str(tmp_path / "c.xdmf")])
+    assert r.returncode == 0 and "64 intervals" in r.stdout, r.stderr
+    r = run([FLOWFEM, "mesh", "box", "--size", "1", "--radius", "0.5", "--out", str(tmp_path / "b.msh")])
+    assert r.returncode == 0 and "2 triangles" in r.stdout, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["b.msh", "c.xdmf", "s.msh"]
+
+
+def test_mesh_size_zero_is_refused_by_solve(tmp_path):
+    r = solve(tmp_path, "--data", "sin", "--mesh-size", "0", "--no-plot")
+    assert r.returncode == 2 and "n = 0 must be positive" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_fewer_cells_than_ranks(tmp_path):
+    """--mesh-size 1 is 2 triangles: on 3 ranks one owns none (before: a hang)."""
+    r = solve(tmp_path, "--data", "sin", "--n", "200", "--mesh-size", "1", "--no-plot", ranks=3)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (m["cells"], m["ranks"], m["ndofs"]) == (2, 3, 4) and m["residual"] < 1e-9
+
+
+def test_invalid_mesh_file_under_mpirun(tmp_path):
+    """One triangle with a repeated vertex (before: free(): invalid next size, SIGABRT)."""
+    (tmp_path / "bad.msh").write_text("\n".join([
+        "$MeshFormat", "2.2 0 8", "$EndMeshFormat", "$Nodes", "3", "1 -3 -3 0", "2 3 -3 0", "3 -3 3 0", "$EndNodes",
+        "$Elements", "1", "1 2 2 0 1 1 1 2", "$EndElements", ""]))
+    r = solve(tmp_path, "--data", "sin", "--domain", str(tmp_path / "bad.msh"), "--no-plot", ranks=2)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cell 0 repeats a node, [0, 0, 1]" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unexpected_error_is_one_line(monkeypatch, capsys):
+    """Not only ValueError: any exception is one line and status 2 (FLOWFEM_DEBUG=1: the traceback)."""
+    from flowfem import cli
+
+    def broken(args, comm):
+        raise KeyError("density")
+
+    monkeypatch.setattr(cli, "cmd_mesh", broken)
+    monkeypatch.delenv("FLOWFEM_DEBUG", raising=False)
+    assert cli.main(["mesh", "box", "--out", "m.msh"]) == 2
+    assert capsys.readouterr().err == "flowfem: error: KeyError: 'density'\n"
+    monkeypatch.setenv("FLOWFEM_DEBUG", "1")
+    assert cli.main(["mesh", "box", "--out", "m.msh"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last)") and "KeyError: 'density'" in err
+
+
 def test_help_explains():
     r = run([FLOWFEM, "solve", "--help"])
     assert r.returncode == 0

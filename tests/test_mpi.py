@@ -101,3 +101,229 @@ def test_one_blas_thread_per_rank_unless_the_user_sets_one():
     assert r.returncode == 0 and re.findall(r"\[\d+\]", r.stdout) == ["[1]", "[1]"], r.stdout + r.stderr  # lines may interleave
     r = run([sys.executable, "-c", code], ranks=2, env=dict(env, OPENBLAS_NUM_THREADS="2"))
     assert r.returncode == 0 and re.findall(r"\[\d+\]", r.stdout) == ["[2]", "[2]"], r.stdout + r.stderr
+
+
+# -- an error on any rank ends every rank: one line, exit status 2, never a hang ----------------
+
+FAILING = """
+import sys
+import flowfem
+from mpi4py import MPI
+from flowfem.mpi import on_root
+
+comm = MPI.COMM_WORLD
+case = sys.argv[1]
+
+
+def fail(kind, text):
+    raise {"RuntimeError": RuntimeError, "MemoryError": MemoryError, "ImportError": ImportError,
+           "KeyError": KeyError, "Exception": Exception, "ValueError": ValueError}[kind](text)
+
+
+kind, where = case.split("@")
+if where == "on_root":  # rank 0 fails inside on_root: every rank raises the CollectiveError
+    on_root(comm, lambda: fail(kind, f"{kind} in on_root"))
+elif where == "every":
+    fail(kind, f"{kind} on every rank")
+elif comm.rank == int(where):  # the other rank waits in a collective for this one
+    fail(kind, f"{kind} on rank {where} only")
+else:
+    comm.bcast(None, root=int(where)) if where == "0" else comm.Barrier()
+print("not reached", flush=True)
+"""
+
+CLI_FAILING = """
+import sys
+import flowfem
+from mpi4py import MPI
+from flowfem import cli
+
+
+def broken(args, comm):  # an unexpected error on rank 1 while rank 0 waits in a collective
+    if comm.rank == 1:
+        raise RuntimeError("no mesh today")
+    comm.Barrier()
+
+
+cli.cmd_mesh = broken
+sys.exit(cli.main(["mesh", "box", "--out", "never.msh"]))
+"""
+
+
+def _own_lines(stderr: str) -> list[str]:
+    """Standard error without MPICH's own line ``Abort(2) on node ...`` (printed by MPI_Abort)."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("Abort(")]
+
+
+@pytest.mark.parametrize("case, line", [
+    ("RuntimeError@1", "RuntimeError: RuntimeError on rank 1 only [rank 1 of 2;"),
+    ("RuntimeError@on_root", "RuntimeError: RuntimeError in on_root [rank 0 of 2;"),
+    ("MemoryError@0", "MemoryError: MemoryError on rank 0 only [rank 0 of 2;"),
+    ("MemoryError@on_root", "MemoryError: MemoryError in on_root"),
+    ("ImportError@1", "ImportError: ImportError on rank 1 only"),
+    ("KeyError@0", "KeyError: 'KeyError on rank 0 only'"),
+    ("Exception@on_root", "Exception: Exception in on_root"),  # what gmsh raises
+    ("ValueError@1", "ValueError on rank 1 only [rank 1 of 2;"),
+    ("ValueError@every", "ValueError on every rank [rank 0 of 2;"),
+])
+def test_an_uncaught_exception_on_any_rank_ends_every_rank(tmp_path, case, line):
+    """Before, a RuntimeError (MemoryError, ImportError, ...) on one rank left the other waiting forever."""
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING)
+    r = run([sys.executable, str(script), case], ranks=2, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "not reached" not in r.stdout
+    lines = _own_lines(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith(line) and "FLOWFEM_DEBUG=1" in lines[0], r.stderr
+    if "every" in case or "on_root" in case:  # every rank failed: a normal end, no MPI_Abort
+        assert "Abort(" not in r.stderr, r.stderr
+
+
+def test_flowfem_debug_prints_the_traceback(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING)
+    r = run([sys.executable, str(script), "RuntimeError@1"], ranks=2, timeout=120,
+            env=dict(os.environ, FLOWFEM_DEBUG="1"))
+    assert r.returncode == 2 and "Traceback (most recent call last)" in r.stderr, r.stderr
+    assert 'raise {"RuntimeError": RuntimeError' in r.stderr and "RuntimeError on rank 1 only" in r.stderr
+
+
+def test_the_command_ends_every_rank_on_an_unexpected_error(tmp_path):
+    script = tmp_path / "cli.py"
+    script.write_text(CLI_FAILING)
+    r = run([sys.executable, str(script)], ranks=2, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert _own_lines(r.stderr) == ["flowfem: error: RuntimeError: no mesh today"], r.stderr
+    assert os.listdir(tmp_path) == ["cli.py"]
+
+
+OUTPUT_FAILING = """
+import sys
+import numpy as np
+import flowfem
+from mpi4py import MPI
+from flowfem import outputs
+
+comm = MPI.COMM_WORLD
+where, out = sys.argv[1:3]
+with outputs.output_directory(out, comm) as tmp:
+    if where == "every" or comm.rank == int(where):
+        raise RuntimeError("writing failed")
+    comm.gather(np.ones(3), root=0)  # the other rank is in a collective of the block
+"""
+
+
+@pytest.mark.parametrize("where", ["1", "0", "every"])
+def test_an_error_inside_an_output_directory_ends_every_rank(tmp_path, where):
+    """Before, the failing rank met the others in a different collective (allreduce against gather)
+    on its way out of the block, and both waited forever."""
+    script = tmp_path / "out.py"
+    script.write_text(OUTPUT_FAILING)
+    r = run([sys.executable, str(script), where, str(tmp_path / "out")], ranks=2, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = _own_lines(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("RuntimeError: writing failed"), r.stderr
+    assert not (tmp_path / "out").exists()
+    if where != "1":  # rank 0 failed: it removed the temporary directory and the lock
+        assert os.listdir(tmp_path) == ["out.py"]
+    else:  # the run was aborted: the next run on the same target cleans up after it
+        r = run([sys.executable, str(script), "-1", str(tmp_path / "out")], ranks=2, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(tmp_path)) == ["out", "out.py"]
+
+
+# -- a mesh with fewer cells than ranks ---------------------------------------------------------
+
+FEW_CELLS = """
+import sys
+import numpy as np
+import flowfem
+from mpi4py import MPI
+from flowfem import data, io
+from flowfem.problem import Problem
+from flowfem.space import MeshArrays, Space
+
+case, activation, solver, out = sys.argv[1:5]
+root = MPI.COMM_WORLD.rank == 0
+if case == "triangle":
+    arrays = MeshArrays(np.array([[-3.0, -3], [3, -3], [-3, 3]]), np.array([[0, 1, 2]]), "triangle", 1, "file")
+else:
+    arrays = MeshArrays(np.array([[-2.0, -2, -2], [2, -2, -2], [-2, 2, -2], [-2, -2, 2]]), np.array([[0, 1, 2, 3]]),
+                        "tetrahedron", 1, "file")
+space = Space(arrays if root else None)
+train = data.synthetic("two_moons" if space.input_dim == 2 else "sin", 200, seed=3)
+result = Problem(space, activation, "uniform", alpha=1e-3, kappa=1.0, degree=2).fit(
+    train.x, train.y, solver=solver, rtol=1e-13)
+theta, u = io.gather_dofs(result.density)
+f = result.predict(train.x)
+energy = result.energy
+if root:
+    np.savez(out, theta=theta, u=u, f=f, energy=energy)
+"""
+
+
+@pytest.mark.parametrize("case, activation, solver", [
+    ("triangle", "relu", "cg"), ("tetrahedron", "relu", "direct"), ("triangle", "tanh", "direct")])
+def test_ranks_that_own_no_cells_contribute_nothing(tmp_path, case, activation, solver):
+    """One cell on 2 and 3 ranks: before, the ranks without cells failed (a reshape of an empty array)
+    and the others waited forever; now the solution is that of one rank."""
+    script = tmp_path / "few.py"
+    script.write_text(FEW_CELLS)
+    results = []
+    for ranks in (1, 2, 3):
+        out = tmp_path / f"r{ranks}.npz"
+        r = run([sys.executable, str(script), case, activation, solver, str(out)], ranks=ranks, timeout=120)
+        assert r.returncode == 0, r.stderr
+        results.append(np.load(out))
+    one = results[0]
+    for other in results[1:]:
+        assert np.array_equal(np.round(one["theta"], 10), np.round(other["theta"], 10))
+        assert np.linalg.norm(one["u"] - other["u"]) <= 1e-8 * np.linalg.norm(one["u"])
+        assert np.linalg.norm(one["f"] - other["f"]) <= 1e-8 * np.linalg.norm(one["f"])
+        assert float(one["energy"]) == pytest.approx(float(other["energy"]), rel=1e-10)
+
+
+# -- files saved from every rank at once ---------------------------------------------------------
+
+SAVING = """
+import os
+import sys
+import numpy as np
+import flowfem
+from mpi4py import MPI
+from flowfem import data
+from flowfem.network import Network
+from flowfem.space import box_arrays
+
+comm = MPI.COMM_WORLD
+directory = sys.argv[1]
+rng = np.random.default_rng(0)  # the same network and data on every rank
+net = Network(rng.standard_normal((50, 2)), rng.standard_normal(50), rng.standard_normal(50), "relu")
+ds = data.synthetic("two_moons", 500, seed=1)
+mesh = box_arrays(1, 6, 2.0)
+for _ in range(30):  # every rank, the same paths, at the same time
+    net.save(os.path.join(directory, "net.npz"))
+    data.save(ds, os.path.join(directory, "data.csv"))
+    data.save(ds, os.path.join(directory, "data.npz"))
+    mesh.write(os.path.join(directory, "mesh.msh"))
+if comm.rank == 0:  # one rank alone: no collective, no hang
+    net.save(os.path.join(directory, "root.npz"))
+comm.Barrier()
+back = Network.load(os.path.join(directory, "net.npz"))
+assert all(np.array_equal(getattr(back, k), getattr(net, k)) for k in ("W", "b", "a"))
+assert np.array_equal(Network.load(os.path.join(directory, "root.npz")).W, net.W)
+assert np.allclose(data.load(os.path.join(directory, "data.csv")).x, ds.x, rtol=1e-15)
+assert np.array_equal(data.load(os.path.join(directory, "data.npz")).x, ds.x)
+"""
+
+
+def test_every_rank_may_save_the_same_file(tmp_path):
+    """Before, the ranks shared one temporary name: one renamed the other's half-written file, or
+    found it gone (2 of 20 runs failed, then one hung)."""
+    script = tmp_path / "save.py"
+    script.write_text(SAVING)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run([sys.executable, str(script), str(out)], ranks=2, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(out)) == ["data.csv", "data.npz", "mesh.msh", "net.npz", "root.npz"]  # no temporary files

@@ -7,6 +7,7 @@ integral is summed over the ranks, and errors must reach every rank.
 
 import glob
 import os
+import re
 import shutil
 import tempfile
 
@@ -19,8 +20,8 @@ import dolfinx.fem  # noqa: E402
 import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from flowfem.space import (Space, ball_arrays, box_arrays, circle_arrays, read_arrays,  # noqa: E402
-                           sphere_arrays)
+from flowfem.space import (MeshArrays, Space, ball_arrays, box_arrays, circle_arrays, named_arrays,  # noqa: E402
+                           read_arrays, sphere_arrays)
 
 COMM = MPI.COMM_WORLD
 MESH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "meshes")
@@ -155,6 +156,138 @@ def test_bad_sizes_are_refused():
     raises_everywhere(lambda: Space.make("torus"), "unknown domain 'torus'")
 
 
+@pytest.mark.parametrize("domain, d, size, message", [
+    ("box", 1, 0, "n = 0 must be positive"),  # 0 is not the default 32
+    ("box", 1, 2.5, "n = 2.5 must be a whole number"),
+    ("box", 2, float("nan"), "n = nan must be a whole number"),
+    ("ball", 1, 0, "h = 0 must be positive"),
+    ("ball", 1, float("inf"), "h = inf must be positive"),
+    ("circle", 1, 0, "circle arcs n must be >= 3, not 0"),
+    ("circle", 1, 2, "circle arcs n must be >= 3, not 2 (two arcs would join the same two vertices)"),
+    ("circle", 1, 1, "circle arcs n must be >= 3"),
+    ("sphere", 2, 1.5, "sphere refinements = 1.5 must be a whole number"),
+])
+def test_sizes_are_checked_and_zero_is_not_the_default(domain, d, size, message):
+    raises_everywhere(lambda: Space.make(domain, d, size), re.escape(message))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        named_arrays(domain, d, size)
+
+
+def test_radius_is_checked():
+    for radius in (0.0, -1.0, float("nan"), float("inf")):
+        raises_everywhere(lambda: Space.make("box", 1, 4, radius), f"radius = {radius:g} must be positive")
+        raises_everywhere(lambda: Space.ball(1, 0.5, radius), f"radius = {radius:g} must be positive")
+
+
+def test_smallest_meshes_of_each_domain():
+    """Size 0 of the sphere is the icosahedron (0 refinements); the circle's smallest is a triangle."""
+    assert Space.make("sphere", 2, 0).num_cells == 20
+    assert Space.make("circle", 1, 3).num_cells == 3
+    assert Space.make("box", 1, 1).num_cells == 2
+    assert measure(Space.circle(3, degree=1)) == pytest.approx(3 * np.sqrt(3), rel=1e-13)
+
+
+# -- invalid meshes: refused on every rank before dolfinx sees them -------------------------
+
+_SQUARE = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+_TWO = np.array([[0, 1, 2], [1, 3, 2]])
+
+
+def _tri(points, cells, degree=1):
+    return MeshArrays(np.asarray(points, float), np.asarray(cells), "triangle", degree, "file")
+
+
+def _flat_sphere_cell():
+    """The icosahedron with one vertex moved onto the midpoint of an opposite edge of its first cell."""
+    a = sphere_arrays(0, 1)
+    v0, v1, v2 = a.cells[0]
+    a.points[v2] = (a.points[v0] + a.points[v1]) / 2
+    return a
+
+
+INVALID = {  # name -> (arrays maker, message)
+    "nan": (lambda: _tri([[0, 0], [1, np.nan], [0, 1]], [[0, 1, 2]]), r"node 1 has coordinates \[1.0, nan\]"),
+    "inf": (lambda: _tri(np.vstack([_SQUARE, [[np.inf, 0]]]), _TWO), r"node 4 .*inf.*must be finite"),
+    "index": (lambda: _tri(_SQUARE, [[0, 1, 4]]), r"cell 0 has nodes \[0, 1, 4\], but the nodes are numbered 0..3"),
+    "negative index": (lambda: _tri(_SQUARE, [[0, 1, 2], [-1, 1, 2]]), "cell 1 has nodes .* numbered 0..3"),
+    # one triangle with a repeated vertex: free(): invalid next size (SIGABRT) in dolfinx before
+    "repeated vertex": (lambda: _tri(_SQUARE[:3], [[0, 0, 1]]), r"cell 0 repeats a node, \[0, 0, 1\]"),
+    "repeated P2 node": (lambda: _tri(np.vstack([_SQUARE, [[0.5, 0], [0.5, 0.5]]]), [[0, 1, 2, 4, 5, 4]], 2),
+                         "cell 0 repeats a node"),
+    "repeated tetra vertex": (lambda: MeshArrays(np.eye(4)[:, :3], np.array([[0, 1, 2, 2]]), "tetrahedron", 1,
+                                                 "file"), "repeats a node"),
+    "duplicate cells": (lambda: _tri(_SQUARE, [[0, 1, 2], [1, 3, 2], [2, 1, 0]]),
+                        r"cells 0 and 2 have the same vertices \[0, 1, 2\]; remove duplicate cells"),
+    # the circle in two arcs: free(): invalid next size (SIGABRT) in dolfinx before
+    "circle of two arcs": (lambda: MeshArrays(np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1]]),
+                                              np.array([[0, 1, 2], [1, 0, 3]]), "interval", 2, "file"),
+                           r"cells 0 and 1 have the same vertices \[0, 1\]; remove duplicate cells "
+                           r"\(a closed curve needs at least 3 cells"),
+    "collinear triangle": (lambda: _tri([[0, 0], [1, 1], [2, 2], [0, 3]], [[0, 1, 2], [0, 2, 3]]),
+                           "cell 0 .* has area 0, zero to rounding"),
+    "near-zero area": (lambda: _tri([[0, 0], [2, 0], [1, 1e-13], [1, 3]], [[0, 1, 2], [0, 1, 3]]),
+                       "cell 0 .* has area 1e-13, zero to rounding"),
+    "coincident nodes": (lambda: _tri([[0, 0], [1, 0], [1, 0]], [[0, 1, 2]]), "has area 0"),
+    "flat tetrahedron": (lambda: MeshArrays(np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 1e-14]]),
+                                            np.array([[0, 1, 2, 3]]), "tetrahedron", 1, "file"), "has volume"),
+    "flat sphere triangle": (_flat_sphere_cell, "cell 0 .* has area 0"),
+    "zero-length arc": (lambda: MeshArrays(np.array([[1.0, 0], [0, 1], [-1, 0], [-1, 0]]),
+                                           np.array([[0, 1], [1, 2], [2, 3], [3, 0]]), "interval", 1, "file"),
+                        "cell 2 .* has length 0"),
+    "z noise": (lambda: _tri(np.column_stack([_SQUARE, [0, 1e-9, -2e-9, 0]]), _TWO),
+                r"lie within 2e-09 of the plane x3 = 0 \(mesh size 1\): set that coordinate to 0"),
+    "z noise 1e-4": (lambda: _tri(np.column_stack([_SQUARE, [0, 1e-4, 0, 0]]), _TWO), "lie within 0.0001"),
+    "no cells": (lambda: _tri(_SQUARE, np.zeros((0, 3), int)), "has no cells"),
+    "float cells": (lambda: _tri(_SQUARE, np.array([[0.0, 1, 2]])), r"cells must be a \(num_cells, 3\) integer"),
+    "wrong node count": (lambda: _tri(_SQUARE, [[0, 1, 2, 3]]), r"\(num_cells, 3\) integer array"),
+    "lines in 3-D": (lambda: MeshArrays(np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1]]),
+                                        np.array([[0, 1], [1, 2], [2, 0]]), "interval", 1, "file"),
+                     "interval cells in 3-D space are not a parameter domain"),
+}
+
+
+@pytest.mark.parametrize("name", list(INVALID))
+def test_invalid_mesh_is_refused_on_every_rank(name):
+    make, message = INVALID[name]
+    msg = raises_everywhere(lambda: Space(make() if COMM.rank == 0 else None), message)
+    assert msg.startswith("the mesh") and "\n" not in msg
+
+
+def test_the_circle_of_two_arcs_is_refused_by_name():
+    raises_everywhere(lambda: Space.circle(2), "circle arcs n must be >= 3")
+    raises_everywhere(lambda: Space.circle(2, degree=1), "circle arcs n must be >= 3")
+
+
+def test_tiny_out_of_plane_noise_is_dropped():
+    """z up to 1e-12 times the mesh's size is rounding: the mesh is planar (d = 1), not a surface."""
+    z = np.array([0, 3e-13, -4e-13, 0]) * 1e3  # up to 4e-13 of the size 1e3
+    s = Space(_tri(np.column_stack([_SQUARE * 1e3, z]), _TWO) if COMM.rank == 0 else None)
+    assert (s.gdim, s.mesh.topology.dim, s.num_cells) == (2, 2, 2) and not s.homogeneous_only
+    assert measure(s) == pytest.approx(1e6, rel=1e-14)
+
+
+def test_a_surface_is_not_taken_for_noise():
+    """A bent surface (|z| up to 1/10 of its size) stays a surface in 3-D; unused nodes are fine."""
+    points = np.vstack([np.column_stack([_SQUARE, [0, 0.1, -0.1, 0]]), [[50.0, 50, 50]]])
+    s = Space(_tri(points, _TWO) if COMM.rank == 0 else None)
+    assert (s.gdim, s.mesh.topology.dim, s.num_cells) == (3, 2, 2) and s.homogeneous_only
+
+
+def test_fine_cells_are_not_degenerate():
+    """Small but well-shaped cells (1e-9 of the mesh) pass: only cells flat to rounding are refused."""
+    points = np.array([[0.0, 0], [1e-9, 0], [0, 1e-9], [1, 1]])
+    s = Space(_tri(points, _TWO) if COMM.rank == 0 else None)
+    assert s.num_cells == 2 and measure(s) == pytest.approx(1e-9, rel=1e-6)
+
+
+def test_fewer_cells_than_ranks():
+    """One triangle on any number of ranks: ranks without cells hold an empty part of the mesh."""
+    s = Space(_tri(_SQUARE[:3] * 2, [[0, 1, 2]]) if COMM.rank == 0 else None)
+    assert s.num_cells == 1 and measure(s) == pytest.approx(2.0, rel=1e-14)
+    owned = COMM.allgather(s.mesh.topology.index_map(2).size_local)
+    assert sorted(owned) == [0] * (COMM.size - 1) + [1]
+
+
 # -- meshio round trips -----------------------------------------------------------
 
 ROUND_TRIP = {  # name -> (arrays maker, geometry degree, gdim, tdim)
@@ -251,6 +384,68 @@ def test_read_wrong_extension(shared_dir):
     COMM.barrier()
     raises_everywhere(lambda: Space.read(path), "cannot read mesh file .*mesh.txt")
     raises_everywhere(lambda: Space.make(path), "unknown domain")
+
+
+def _write_text(path, text: str):
+    _write_bytes(path, text.encode())
+
+
+def _gmsh22(nodes, elements) -> str:
+    """A gmsh 2.2 ASCII file: elements as (gmsh type, node numbers from 1)."""
+    lines = ["$MeshFormat", "2.2 0 8", "$EndMeshFormat", "$Nodes", str(len(nodes))]
+    lines += [f"{i + 1} {x} {y} 0" for i, (x, y) in enumerate(nodes)]
+    lines += ["$EndNodes", "$Elements", str(len(elements))]
+    lines += [f"{i + 1} {t} 2 0 1 " + " ".join(map(str, e)) for i, (t, e) in enumerate(elements)]
+    return "\n".join(lines + ["$EndElements", ""])
+
+
+_NODES = [(0, 0), (1, 0), (1, 1), (0, 1), (2, 0), (2, 1)]
+
+
+@pytest.mark.parametrize("elements, message", [
+    ([(2, (1, 2, 3)), (2, (1, 3, 4)), (3, (2, 5, 6, 3))], r"mixes cell types \['quad', 'triangle'\]"),
+    ([(3, (1, 2, 3, 4)), (3, (2, 5, 6, 3))], "has quad cells: flowfem takes lines, triangles or tetrahedra"),
+    ([(2, (1, 2, 3)), (9, (1, 2, 3, 4, 5, 6))], r"mixes cell types \['triangle', 'triangle6'\]"),
+], ids=["triangles and quads", "quads", "triangles of two degrees"])
+def test_mixed_cell_types_are_refused_not_dropped(shared_dir, elements, message):
+    """Before, quadrilaterals next to triangles were dropped silently (part of the mesh lost)."""
+    path = os.path.join(shared_dir, "mixed.msh")
+    _write_text(path, _gmsh22(_NODES, elements))
+    raises_everywhere(lambda: Space.read(path), message)
+
+
+def test_lower_dimensional_cells_are_ignored(shared_dir):
+    """Boundary lines and points of a triangle mesh are not cells of the domain."""
+    path = os.path.join(shared_dir, "with-boundary.msh")
+    _write_text(path, _gmsh22(_NODES, [(15, (1,)), (1, (1, 2)), (2, (1, 2, 3)), (2, (1, 3, 4))]))
+    s = Space.read(path)
+    assert (s.gdim, s.num_cells) == (2, 2) and measure(s) == pytest.approx(1.0, rel=1e-14)
+
+
+def test_invalid_mesh_file_names_the_file(shared_dir):
+    path = os.path.join(shared_dir, "repeated.msh")
+    _write_text(path, _gmsh22(_NODES, [(2, (1, 2, 2)), (2, (1, 3, 4))]))
+    msg = raises_everywhere(lambda: Space.read(path), "repeats a node")
+    assert msg.startswith(f"mesh file {path!r}: cell 0 repeats a node, [0, 1, 1]")
+    raises_everywhere(lambda: Space.make(path), "repeats a node")
+
+
+def test_dolfinx_xdmf_with_mesh_tags_gives_meshio_reason(shared_dir):
+    """meshio prints its reason and exits; the message must carry the reason, not 'SystemExit: 1'."""
+    import dolfinx.io
+    import dolfinx.mesh
+
+    path = os.path.join(shared_dir, "tagged.xdmf")
+    mesh = dolfinx.mesh.create_unit_square(COMM, 2, 2)
+    mesh.topology.create_connectivity(1, 2)
+    facets = dolfinx.mesh.exterior_facet_indices(mesh.topology)
+    tags = dolfinx.mesh.meshtags(mesh, 1, facets, np.ones(len(facets), np.int32))
+    tags.name = "boundary"
+    with dolfinx.io.XDMFFile(COMM, path, "w") as f:
+        f.write_mesh(mesh)
+        f.write_meshtags(tags, mesh.geometry)
+    msg = raises_everywhere(lambda: Space.read(path), "cannot read mesh file")
+    assert "Only supports one grid" in msg and "XDMFFile.write_mesh" in msg and "SystemExit" not in msg
 
 
 def test_read_interval_is_refused(shared_dir):

@@ -40,7 +40,8 @@ class Quadrature:
         theta = dolfinx.fem.Expression(ufl.SpatialCoordinate(mesh), X).eval(mesh, cells)
         psi = dolfinx.fem.Expression(detJ * ufl.TrialFunction(V), X).eval(mesh, cells)
         self.theta = theta.reshape(-1, mesh.geometry.dim)  # (ncells * nqp, d + 1)
-        Wpsi = psi.reshape(len(cells), len(q), -1) * q[None, :, None]  # (ncells, nqp, ndofs_cell)
+        ndofs_cell = V.dofmap.dof_layout.num_dofs  # not -1: a rank that owns no cells has an empty psi
+        Wpsi = psi.reshape(len(cells), len(q), ndofs_cell) * q[None, :, None]  # (ncells, nqp, ndofs_cell)
         dofs = V.dofmap.list[cells]  # local dof indices, owned and ghost
         npoints, k = self.theta.shape[0], dofs.shape[1]
         im = V.dofmap.index_map
