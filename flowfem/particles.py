@@ -64,7 +64,8 @@ __all__ = [
     "from_network", "to_network", "init_particles", "ParticleDensity", "density",
 ]
 
-_BLOCK = 1 << 22  # max entries of a (data rows x local neurons) work array
+_BLOCK = 1 << 22  # max entries of a (data rows x neurons) work array
+GROUPS = 64  # neurons are summed in this many fixed groups (fewer if N is smaller): see _groups
 _TRAINABLE = {"all": slice(None), "inner": slice(0, -1), "outer": slice(-1, None)}
 
 
@@ -110,34 +111,74 @@ def _allsum(comm, buf: np.ndarray) -> np.ndarray:
     return buf
 
 
+def _groups(N: int) -> np.ndarray:
+    """Bounds of the fixed neuron groups [i N / K, (i + 1) N / K), K = min(N, GROUPS).
+
+    Sums over neurons (the prediction f, |P|^2) are taken group by group and then over the groups
+    in this order, on any number of ranks: floating-point addition is not associative, and Adam
+    amplifies a rounding difference to a different trajectory within a few thousand steps.
+    """
+    K = min(N, GROUPS)
+    return (np.arange(K + 1) * N) // K
+
+
 def _slice(N: int, comm) -> slice:
-    """This rank's contiguous share of N neurons (the first N % p ranks get one more)."""
+    """This rank's contiguous share of N neurons: whole groups (:func:`_groups`), balanced."""
     p = _size(comm)
     r = 0 if comm is None else comm.Get_rank()
-    q, m = divmod(N, p)
-    lo = r * q + min(r, m)
-    return slice(lo, lo + q + (r < m))
+    bounds = _groups(N)
+    K = len(bounds) - 1
+    return slice(int(bounds[r * K // p]), int(bounds[(r + 1) * K // p]))
+
+
+def _offset(comm, m: int) -> int:
+    """Global index of this rank's first neuron (ranks hold consecutive slices)."""
+    if _size(comm) == 1:
+        return 0
+    return int(comm.exscan(m) or 0) if comm.Get_rank() > 0 else 0
+
+
+def _pieces(N: int, offset: int, m: int) -> list[slice]:
+    """The local neurons [offset, offset + m) cut at the group bounds: whole groups for _slice."""
+    cuts = np.unique(np.clip(_groups(N), offset, offset + m)) - offset
+    return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def _sum_pieces(comm, part: np.ndarray) -> np.ndarray:
+    """Sum the rows of every rank's (pieces, k) array, in global piece order (rank order)."""
+    if _size(comm) > 1:
+        part = np.vstack(comm.allgather(part))
+    return part.sum(axis=0)
 
 
 # -- objective and gradient ----------------------------------------------------
 
-def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, grad: bool):
-    """(J, mean loss, f, dJ/dP for the local particles P or None)."""
+def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, grad: bool,
+              offset: int | None = None):
+    """(J, mean loss, f, dJ/dP for the local particles P or None); P holds global neurons
+    [offset, offset + len(P)) (default: from the ranks' counts, in rank order).
+
+    Every sum runs in an order fixed by N alone (neuron groups of :func:`_groups`, data blocks of
+    their size), so that 1 and p ranks give the same bits when P are whole groups (:func:`_slice`).
+    """
     n, d = x.shape
     theta, a = P[:, :d + 1], P[:, d + 1]
-    rows = max(1, _BLOCK // max(1, len(P)))
+    pieces = _pieces(N, _offset(comm, len(P)) if offset is None else offset, len(P))
+    bounds = _groups(N)
+    rows = max(1, _BLOCK // int(np.diff(bounds).max()))
     blocks = [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
-    buf = np.empty(n + 1)  # partial predictions and partial sum |P_i|^2: one Allreduce
-    cache = None
-    for s in blocks:
-        if grad and len(blocks) == 1:  # sigma and sigma' from one product, kept for the gradient
-            cache = evaluate(act, x[s], theta, (0, 1))
-            sz = cache[0]
-        else:
-            sz = evaluate(act, x[s], theta)
-        buf[s] = sz @ a
-    buf[n] = np.sum(P * P)
-    _allsum(comm, buf)
+    part = np.empty((len(pieces), n + 1))  # per group: partial predictions and partial sum |P_i|^2
+    cache = {}
+    for j, c in enumerate(pieces):
+        for s in blocks:
+            if grad and len(blocks) == 1:  # sigma and sigma' from one product, kept for the gradient
+                cache[j] = evaluate(act, x[s], theta[c], (0, 1))
+                sz = cache[j][0]
+            else:
+                sz = evaluate(act, x[s], theta[c])
+            part[j, s] = sz @ a[c]
+        part[j, n] = np.sum(P[c] * P[c])
+    buf = _sum_pieces(comm, part)
     f = buf[:n] / N
     data = float(np.mean(lss.value(f, y)))
     J = data + 0.5 * lam * buf[n] / N
@@ -145,13 +186,14 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
         return J, data, f, None
     r = lss.d1(f, y) / n
     G = lam * P
-    for s in blocks:
-        # several blocks: recompute rather than store n x N arrays
-        sz, dz = evaluate(act, x[s], theta, (0, 1)) if cache is None else cache
-        G[:, d + 1] += sz.T @ r[s]
-        g = (r[s, None] * dz) * a  # d(loss)/dz, (rows, N_local)
-        G[:, :d] += g.T @ x[s]
-        G[:, d] += g.sum(axis=0)
+    for j, c in enumerate(pieces):
+        for s in blocks:
+            # several blocks: recompute rather than store n x N arrays
+            sz, dz = cache[j] if j in cache else evaluate(act, x[s], theta[c], (0, 1))
+            G[c, d + 1] += sz.T @ r[s]
+            g = (r[s, None] * dz) * a[c]  # d(loss)/dz, (rows, group size)
+            G[c, :d] += g.T @ x[s]
+            G[c, d] += g.sum(axis=0)
     return J, data, f, G / N
 
 
@@ -317,6 +359,7 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
 
     comm = _world() if comm is None else comm
     mine = _slice(N, comm)
+    groups = _pieces(N, mine.start, mine.stop - mine.start)
     P = P_all[mine].copy()
     del P_all
     mask = np.zeros(d + 2, dtype=bool)
@@ -331,7 +374,7 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by status
         for k in range(steps + 1):
-            J, data, _, G = _evaluate(P, x, y, act, lss, weight_decay, N, comm, grad=True)
+            J, data, _, G = _evaluate(P, x, y, act, lss, weight_decay, N, comm, grad=True, offset=mine.start)
             V = N * G * mask  # mean-field velocity of the trained coordinates
             if not np.isfinite(J):
                 status = "diverged"
@@ -341,10 +384,10 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
                     status = "time_limit"
             last = k == steps or status != "completed"
             if k % record_every == 0 or last:
-                gn = _allsum(comm, np.array([np.sum(V * V)]))[0]
+                gn = _sum_pieces(comm, np.array([[np.sum(V[c] * V[c])] for c in groups]).reshape(-1, 1))[0]
                 err = np.nan
                 if x_test is not None:
-                    ft = _evaluate(P, x_test, y_test, act, lss, 0.0, N, comm, grad=False)[2]
+                    ft = _evaluate(P, x_test, y_test, act, lss, 0.0, N, comm, grad=False, offset=mine.start)[2]
                     err = (np.sqrt(np.mean((ft - y_test) ** 2)) if lss.name == "squared"
                            else np.mean(np.where(ft >= 0, 1.0, -1.0) != y_test))
                 for key, val in zip(history, (k, time.perf_counter() - t0, J, data,

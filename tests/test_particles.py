@@ -233,9 +233,34 @@ def test_mpi_two_ranks_match_serial(tmp_path):
         x, y, xt, yt = _mpi_data(kw.get("loss", "squared"))
         ser = fp.train(x, y, 37, steps=60, seed=4, x_test=xt, y_test=yt, record_every=7,
                        comm=MPI.COMM_SELF, **kw)
-        for res in ranks:
+        for res in ranks:  # the same bits: every sum runs in an order fixed by N (particles._groups)
             assert int(res[name + "_ranks"]) == 2
-            P = res[name + "_particles"]
-            assert np.abs(P - ser.particles).max() <= 1e-10 * np.abs(ser.particles).max()
+            np.testing.assert_array_equal(res[name + "_particles"], ser.particles)
             for k in ("objective", "loss", "grad_norm", "test_error"):
-                np.testing.assert_allclose(res[name + "_" + k], ser.history[k], rtol=1e-10, atol=1e-14)
+                np.testing.assert_array_equal(res[name + "_" + k], ser.history[k])
+
+
+ADAM_LONG = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from mpi4py import MPI
+    from flowfem import data, particles as fp
+
+    tr, te = data.synthetic("sin", 1000, seed=0), data.synthetic("sin", 1000, seed=1)
+    r = fp.train(tr.x, tr.y, 256, method="adam", lr=0.03, steps=2000, seed=0, x_test=te.x, y_test=te.y,
+                 record_every=250, comm=MPI.COMM_WORLD if sys.argv[2] == "world" else MPI.COMM_SELF)
+    if MPI.COMM_WORLD.rank == 0:
+        np.savez(sys.argv[1], P=r.particles, test_error=r.history["test_error"])
+""")
+
+
+@pytest.mark.mpi
+def test_adam_trajectory_is_the_same_on_one_and_two_ranks(tmp_path):
+    """Adam amplifies rounding: with neuron sums split by rank the test RMSE after 2000 steps was
+    9.1e-3 serial and 2.5e-3 on 2 ranks (the issue saw 5.1e-3 against 2.9e-3)."""
+    pytest.importorskip("mpi4py")
+    run_mpi_script(tmp_path / "adam.py", ADAM_LONG, str(tmp_path / "two.npz"), "world", timeout=300)
+    run_mpi_script(tmp_path / "adam.py", ADAM_LONG, str(tmp_path / "one.npz"), "self", timeout=300)
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    np.testing.assert_array_equal(one["P"], two["P"])
+    np.testing.assert_array_equal(one["test_error"], two["test_error"])
