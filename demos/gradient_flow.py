@@ -53,8 +53,10 @@ import sys
 import numpy as np
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
-from flowfem import data, io, outputs
-from flowfem import flow as fl
+from flowfem import data, io, outputs, plot
+from flowfem.flow import Flow
+from flowfem.flow.initial import initial_density
+from flowfem.measure import project_network
 from flowfem.network import Network
 from flowfem.problem import Problem
 from flowfem.space import Space
@@ -94,16 +96,16 @@ def regression(n, cells, alpha, comm, out):
 
     # The flow in the L^2_omega metric with implicit Euler. The stationary
     # solution (one linear solve) is the reference for ||u - u*||.
-    flow = fl.Flow(E, "L2", "implicit_euler")
+    flow = Flow(E, "L2", "implicit_euler")
     U_star = flow.stationary()
 
     # The initial density: the Gaussian u0 = 2 exp(-|theta|^2 / 2), i.e.
     # neurons drawn from N(0, I) with total output weight about 4 pi.
-    U = fl.to_vector(fl.initial_density(problem.H, "gaussian:1:2"))
+    U = io.vector(initial_density(problem.H, "gaussian:1:2"))
 
     # Steps tau_k = 0.5 * 3^k until ||u - u*||_{L2} <= 1e-6 ||u*||: the early
     # steps resolve the fast transient, the late ones jump along the slow modes.
-    writer = fl.TrajectoryWriter(os.path.join(out, "trajectory_1d.bp"), problem.H) if out else None
+    writer = io.TrajectoryWriter(os.path.join(out, "trajectory_1d.bp"), problem.H) if out else None
     result, kept = snapshots(flow, U, steps={2, 5, 8}, tau=0.5, growth=3.0, tol=1e-6, max_steps=60,
                              writer=writer)
     if writer:
@@ -136,7 +138,7 @@ def regression(n, cells, alpha, comm, out):
     xg = np.linspace(-1, 1, 200)[:, None]
     fits = {k: E.Phi.predict(v[1][2], xg) for k, v in kept.items()}
     if out and comm.rank == 0:
-        fl.energy_figure(os.path.join(out, "energy_1d.png"), result, title="sin, Gaussian start")
+        plot.energy_figure(os.path.join(out, "energy_1d.png"), result, title="sin, Gaussian start")
         figure_1d(os.path.join(out, "densities_1d.png"), kept, fits, train, xg)
     flow.destroy()
     return metrics
@@ -155,7 +157,7 @@ def classification(n, refinements, alpha, width, comm, out):
 
     # The stationary density solves a nonlinear Euler-Lagrange equation:
     # Newton's method, each step one solve with the same linear solver.
-    flow = fl.Flow(E, "L2", "implicit_euler")
+    flow = Flow(E, "L2", "implicit_euler")
     U_star = flow.stationary()
     newton_history = list(flow.stationary_info.history)
 
@@ -165,7 +167,7 @@ def classification(n, refinements, alpha, width, comm, out):
     rng = np.random.default_rng(3)
     net = Network(rng.standard_normal((width, 2)), rng.standard_normal(width),
                   rng.standard_normal(width) / np.sqrt(width), "relu")
-    U = fl.to_vector(fl.project_network(problem.H, net))
+    U = io.vector(project_network(problem.H, net))
 
     # Each implicit Euler step is now a Newton solve of
     # G (U - U^k) / tau + dE(U) = 0 (the logistic loss is not quadratic).
@@ -189,7 +191,7 @@ def classification(n, refinements, alpha, width, comm, out):
               f"{metrics['newton_per_step']}, ||u - u*|| / ||u*|| = {result.errors[-1]:.2e}")
         print("  test accuracy at t = " + ", ".join(f"{t:.3g}: {a:.3f}" for t, a in metrics["accuracy"].items()))
     if out and comm.rank == 0:
-        fl.energy_figure(os.path.join(out, "energy_moons.png"), result, title="two moons, logistic")
+        plot.energy_figure(os.path.join(out, "energy_moons.png"), result, title="two moons, logistic")
         figure_moons(os.path.join(out, "moons.png"), kept, fields, train, xg, accuracy)
     flow.destroy()
     return metrics
@@ -248,7 +250,7 @@ def main(n: int = 2000, cells: int = 48, n_moons: int = 400, refinements: int = 
     with outputs.output_directory(out, comm, force=True) as tmp:
         metrics = dict(regression=regression(n, cells, alpha, comm, tmp),
                        classification=classification(n_moons, refinements, 1e-3, width, comm, tmp))
-        io.write_json(os.path.join(tmp, "metrics.json"), fl._jsonable(metrics), comm)
+        io.write_json(os.path.join(tmp, "metrics.json"), io.jsonable(metrics), comm)
     if comm.rank == 0:
         print(f"wrote {out}/: densities_1d.png, energy_1d.png, trajectory_1d.bp (ParaView), moons.png, "
               "energy_moons.png, metrics.json")

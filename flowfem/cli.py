@@ -101,8 +101,8 @@ def cmd_flow(args, comm) -> None:
     import math
     import os
 
-    from flowfem import flow as fl
-    from flowfem import io, outputs
+    from flowfem import io, outputs, plot
+    from flowfem.flow import checkpoint, driver, initial
     from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
@@ -125,42 +125,45 @@ def cmd_flow(args, comm) -> None:
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     E = problem.functional(train.x, train.y)
-    flow = fl.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
-                   petsc_options=petsc, step_rtol=args.step_rtol)
+    flow = driver.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
+                       petsc_options=petsc, step_rtol=args.step_rtol, adapt=False if args.fixed_steps else None)
     t1 = time.perf_counter()
     if not args.no_reference:
         flow.stationary()
     t2 = time.perf_counter()
-    fp = fl.fingerprint(flow, data=args.data, n_data=args.n, seed=args.seed, radius=args.radius,
-                        mesh_size=args.mesh_size, solver=args.solver, rtol=args.rtol, ts_rtol=args.ts_rtol,
-                        step_rtol=args.step_rtol,
-                        growth=args.growth, tau_max=args.tau_max, reference=not args.no_reference,
-                        petsc_options=petsc)
-    state = None
+    fp = checkpoint.fingerprint(flow, data=args.data, n_data=args.n, seed=args.seed, radius=args.radius,
+                                mesh_size=args.mesh_size, solver=args.solver, rtol=args.rtol, ts_rtol=args.ts_rtol,
+                                step_rtol=args.step_rtol, growth=args.growth, tau_max=args.tau_max,
+                                reference=not args.no_reference, petsc_options=petsc)
+    resumed = state = None
     if args.resume:
-        state, U = fl.load_checkpoint(args.resume, flow, fp)
+        resumed = checkpoint.load_checkpoint(args.resume, flow, fp)
+        state, U = resumed.state, resumed.U
         if comm.rank == 0:
-            print(f"resuming from {state.path}: step {state.step}, t = {state.t:.6g}"
-                  + (f" (written on {state.ranks} rank(s))" if state.ranks != comm.size else ""))
+            print(f"resuming from {resumed.path}: step {state.step}, t = {state.t:.6g}"
+                  + (f" (written on {resumed.ranks} rank(s))" if resumed.ranks != comm.size else ""))
     else:
-        U = fl.to_vector(fl.initial_density(problem.H, args.initial, problem.activation))
-    checkpoints = None
-    if args.checkpoint_every:
-        directory = args.checkpoint_dir or (
-            args.resume if args.resume and os.path.isdir(args.resume)  # continue the same series
-            else os.path.abspath(args.out).rstrip("/") + ".checkpoints")
-        checkpoints = fl.Checkpoints(directory, args.checkpoint_every, fp, comm)
+        U = io.vector(initial.initial_density(problem.H, args.initial, problem.activation))
+    # the checkpoints of this run (a resumed run continues its series): every K steps, and where Ctrl-C stops it
+    directory = args.checkpoint_dir or (
+        args.resume if args.resume and os.path.isdir(args.resume)
+        else os.path.dirname(resumed.path) if resumed else os.path.abspath(args.out).rstrip("/") + ".checkpoints")
+    checkpoints = checkpoint.Checkpoints(directory, args.checkpoint_every, fp, comm,
+                                         run=resumed.run if resumed else None)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
-        with fl.TrajectoryWriter(os.path.join(tmp, "trajectory.bp"), problem.H, args.write_every) as writer:
+        with io.TrajectoryWriter(os.path.join(tmp, "trajectory.bp"), problem.H, args.write_every) as writer, \
+                driver.Interrupt() as interrupt:
             result = flow.run(U, t_end=t_end, tau=args.tau, growth=args.growth, tau_max=args.tau_max,
                               max_steps=args.max_steps, tol=args.tol, state=state, checkpoints=checkpoints,
-                              writer=writer, progress=not args.quiet)
+                              writer=writer, progress=not args.quiet, stop=interrupt)
+        if result.interrupted:  # leaves no output directory; the checkpoint just written resumes the run
+            raise Interrupted(f"{result.stopped}; resume with: {_resume_command(args, comm, checkpoints.latest)}")
         t3 = time.perf_counter()
         settings = io.settings(E)
         io.write_density(tmp, io.function(problem.H, U), space, settings, result.times[-1])
         summary = dict(
             settings, data=args.data, n_train=train.n, ndofs=problem.H.ndofs, ranks=comm.size, domain=space.domain,
-            initial=args.initial, resumed_from=getattr(state, "path", None), steps_taken=result.steps,
+            initial=args.initial, resumed_from=resumed.path if resumed else None, steps_taken=result.steps,
             final_time=float(result.times[-1]), final_energy=float(result.energies[-1]),
             final_error=float(result.errors[-1]), setup_seconds=t1 - t0, stationary_seconds=t2 - t1,
             flow_seconds=t3 - t2, contraction_rate=result.contraction_rate(),
@@ -169,9 +172,9 @@ def cmd_flow(args, comm) -> None:
             frames=writer.frames, test_rmse=float(np.sqrt(np.mean((E.Phi.predict(U, test.x) - test.y) ** 2))))
         if problem.loss.name != "squared":
             summary["test_accuracy"] = float(np.mean(np.sign(E.Phi.predict(U, test.x)) == test.y))
-        fl.write_log(tmp, result, comm, extra=summary)
+        io.write_log(tmp, result, comm, extra=summary)
         if not args.no_plot and comm.rank == 0:
-            fl.energy_figure(os.path.join(tmp, "energy.png"), result, title=args.data)
+            plot.energy_figure(os.path.join(tmp, "energy.png"), result, title=args.data)
     if comm.rank == 0:
         last = result.log[-1]
         err = "" if not np.isfinite(last["error"]) else f", ||u - u*||_G / ||u*||_G = {last['error']:.3e}"
@@ -182,10 +185,31 @@ def cmd_flow(args, comm) -> None:
         print(f"linear iterations {int(lin.sum())} ({lin.mean() if len(lin) else 0:.1f} per step), flow "
               f"{t3 - t2:.2f} s, stationary solve {t2 - t1:.2f} s, on {comm.size} rank(s), {problem.H.ndofs} dofs, "
               f"n = {train.n}")
-        if checkpoints is not None:
+        if checkpoints.every is not None:
             print(f"checkpoints in {checkpoints.directory}/ (every {checkpoints.every} steps)")
         print(f"wrote {args.out}/: trajectory.bp ({writer.frames} frames, ParaView), density.bp, density.npz, "
               "energy.csv, energy.json" + ("" if args.no_plot else ", energy.png"))
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C: one line on stderr, exit status 130 (128 + SIGINT)."""
+
+
+def _resume_command(args, comm, path: str) -> str:
+    """The command line that continues an interrupted flow: its own, with --resume naming the checkpoint
+    written where it stopped."""
+    import shlex
+
+    argv, words, skip = list(args.argv), [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            words.append(a)
+    launcher = ["mpirun", "-n", str(comm.size)] if comm.size > 1 else []
+    return shlex.join(launcher + ["flowfem", *words, "--resume", path])
 
 
 def cmd_mesh(args, comm) -> None:
@@ -405,7 +429,7 @@ def parser() -> argparse.ArgumentParser:
                    help="L2: weighted mass M_omega (default); H1: the Sobolev metric a_omega")
     g.add_argument("--scheme", default="implicit_euler",
                    help="implicit_euler (default), crank_nicolson, theta:THETA (1/2..1), or bdf[:ORDER] "
-                        "(PETSc TS, adaptive steps; ts_* options via --petsc-option)")
+                        "(ORDER 1..6, default 2; steps chosen by the local error, see --ts-rtol, --fixed-steps)")
     g.add_argument("--initial", default="zero",
                    help="zero (default), gaussian[:S[:A]], density:PATH (a density.npz on this mesh) or "
                         "network:PATH (a network .npz, projected onto the mesh)")
@@ -418,6 +442,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--tol", type=float, default=None,
                    help="stop when ||u - u*||_G <= tol ||u*||_G (u* the stationary solution)")
     g.add_argument("--ts-rtol", type=float, default=1e-4, help="bdf: relative local error tolerance (default 1e-4)")
+    g.add_argument("--fixed-steps", action="store_true",
+                   help="bdf: take the steps --tau, --growth, --tau-max instead of choosing them by the local error")
     g.add_argument("--no-reference", action="store_true",
                    help="skip the stationary solve (no ||u - u*|| column, no energy gap)")
     g = p.add_argument_group("solver, checkpoints and output")
@@ -429,14 +455,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--step-rtol", type=float, default=1e-6,
                    help="each step's linear solves reduce its residual by this factor (default 1e-6)")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
-                   help="PETSc option: ts_* to the TS (e.g. ts_adapt_type=none, ts_monitor=), snes_* to Newton, "
-                        "others to the linear solver (repeatable)")
+                   help="PETSc option: snes_* to Newton (e.g. snes_monitor=), others to the linear solver "
+                        "(e.g. ksp_monitor=; repeatable)")
     g.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
-                   help="write a checkpoint every K steps (atomically; the last two are kept)")
+                   help="write a checkpoint every K steps (atomically; this run's last two are kept); Ctrl-C "
+                        "writes one too")
     g.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default OUT.checkpoints)")
     g.add_argument("--resume", default=None, metavar="DIR",
-                   help="continue from the newest checkpoint in DIR (or a checkpoint file); same options as "
-                        "the run that wrote it")
+                   help="continue from the newest checkpoint of the latest run in DIR (or a checkpoint file); "
+                        "same options as the run that wrote it")
     g.add_argument("--write-every", type=int, default=1, help="trajectory frame every N steps (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     _add_output_directory_arguments(g, "skip energy.png")
@@ -546,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     args = parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if args.command in ("solve", "flow", "compare"):
             from flowfem import outputs
@@ -555,6 +583,16 @@ def main(argv: list[str] | None = None) -> int:
                 args.run(args, comm)
         else:
             args.run(args, comm)
+    except Interrupted as e:
+        if comm.rank == 0:
+            print(f"flowfem: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside a flow's steps, or a second Ctrl-C
+        if comm.rank == 0:
+            print("flowfem: interrupted", file=sys.stderr)
+        if comm.size > 1:  # the other ranks may be waiting in a collective
+            comm.Abort(130)
+        return 130
     except Exception as e:  # noqa: BLE001  (any error: one line, status 2, every rank ends)
         line = (traceback.format_exc().rstrip() if os.environ.get("FLOWFEM_DEBUG")
                 else f"flowfem: error: {message(e)}")

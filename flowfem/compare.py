@@ -37,7 +37,7 @@ Python imports or JIT compilation. ``sample`` and ``refit`` rows include the mai
 they are read from.
 
 The particle densities: for the largest width and the first seed, each particle solver's
-measure is projected onto the FE mesh (:func:`flowfem.particles.density`) and compared with
+measure is projected onto the FE mesh (:func:`flowfem.measure.density`) and compared with
 u* as fields: the L2(d theta) distance and the maximum mean discrepancy with a Gaussian kernel
 of stated bandwidth (:func:`mmd`; u* enters through its midpoint rule, the particles as point
 masses where they were placed).
@@ -67,6 +67,7 @@ import dolfinx.fem  # noqa: E402
 import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
+from flowfem import measure  # noqa: E402
 from flowfem import particles as fp  # noqa: E402
 from flowfem.mpi import CollectiveError  # noqa: E402
 from flowfem import readout as ro  # noqa: E402
@@ -390,7 +391,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
             raise ValueError(f"learning rate of {m} must be positive, got {lr[m]!r}")
     if not (isinstance(steps, (int, np.integer)) and steps >= 0):
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if density_method not in fp.DENSITY_METHODS:
+    if density_method not in measure.DENSITY_METHODS:
         raise ValueError(f"density method {density_method!r}: choose lumped or kernel")
     act = _activation(activation)
     if "quadrature" in readouts:
@@ -504,7 +505,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         r = particles[(m, Nmax, s0)]
         if r.network is None:
             continue
-        pd = fp.density(r, problem.H.V, method=density_method, width=density_width)
+        pd = measure.density(r, problem.H.V, method=density_method, width=density_width)
         densities[(m, Nmax, s0)] = pd
         err = np.abs(pd.predict(xt) - r.network(xt))
         placed = (pd.theta[~pd.dropped], pd.c[~pd.dropped])

@@ -11,6 +11,9 @@ An output directory holds
 * ``metrics.json``   E_alpha, its parts, solver iterations and residual, errors, timings;
 * ``figure.png``     the density and the fit.
 
+A flow's directory holds ``trajectory.bp`` (:class:`TrajectoryWriter`) and
+``energy.csv``/``energy.json`` (:func:`write_log`) besides the density.
+
 Directories are written by :func:`flowfem.outputs.output_directory`: under a
 temporary name, renamed when complete, so an error never leaves a
 half-written output directory, and with a manifest that marks them as
@@ -83,6 +86,17 @@ def function(H: WeightedH1, U: PETSc.Vec | np.ndarray, name: str = "density") ->
     u = H.function(name)
     assign(u, U)
     return u
+
+
+def vector(u: dolfinx.fem.Function) -> PETSc.Vec:
+    """A new PETSc vector holding u's owned dof values, the reverse of :func:`function` (collective;
+    u's own PETSc vector is never made, see :func:`assign`)."""
+    imap = u.function_space.dofmap.index_map
+    n = imap.size_local * u.function_space.dofmap.index_map_bs
+    V = PETSc.Vec().createMPI((n, imap.size_global * u.function_space.dofmap.index_map_bs),
+                              comm=u.function_space.mesh.comm)
+    V.array[:] = u.x.array[:n]
+    return V
 
 
 def settings(E) -> dict:
@@ -233,3 +247,66 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
         if comm.rank == 0:
             _plot.solution_figure(os.path.join(directory, "figure.png"), theta, values, space.domain,
                                   train.x, train.y, xg, fg, title=f"{train.name}: test RMSE {metrics.get('test_rmse', float('nan')):.2e}")
+
+
+# -- the gradient flow's trajectory and energy log ------------------------------------------
+
+
+class TrajectoryWriter:
+    """The density over time as a VTX (ADIOS2) series for ParaView, one frame every ``every`` steps (collective)."""
+
+    def __init__(self, path: str, H: WeightedH1, every: int = 1):
+        if every < 1:
+            raise ValueError(f"write every {every} steps: give a positive number")
+        self.every = int(every)
+        self.u = H.function("density")
+        self.writer = dolfinx.io.VTXWriter(H.space.comm, path, [self.u], engine="BP4")
+        self.frames = 0
+
+    def write(self, t: float, U: PETSc.Vec) -> None:
+        assign(self.u, U)
+        self.writer.write(t)
+        self.frames += 1
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+LOG_COLUMNS = ("step", "t", "tau", "energy", "loss", "regulariser", "gap", "error", "newton_iterations",
+               "linear_iterations", "rejections", "seconds")
+
+
+def write_log(directory: str, result, comm: MPI.Comm, extra: dict | None = None) -> None:
+    """energy.csv (one row per step, :data:`LOG_COLUMNS`) and energy.json (the same, with the run's settings) of a
+    :class:`flowfem.flow.FlowResult`; rank 0 writes."""
+    if comm.rank != 0:
+        return
+    with open(os.path.join(directory, "energy.csv"), "w") as f:
+        f.write(",".join(LOG_COLUMNS) + "\n")
+        for r in result.log:
+            f.write(",".join(repr(int(r[k])) if k in ("step", "newton_iterations", "linear_iterations", "rejections")
+                             else repr(float(r[k])) for k in LOG_COLUMNS) + "\n")
+    doc = dict(metric=result.metric, scheme=result.scheme, lam=result.lam, energy_star=result.energy_star,
+               stopped=result.stopped, steps=result.log, **(extra or {}))
+    with open(os.path.join(directory, "energy.json"), "w") as f:
+        json.dump(jsonable(doc), f, indent=1)
+        f.write("\n")
+
+
+def jsonable(obj):
+    """obj with NumPy scalars as Python numbers and non-finite floats as None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -80,3 +80,47 @@ def solution_figure(path: str, theta, u, domain, x, y, xg, fg, title: str = "fit
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def energy_figure(path: str, result, title: str = "") -> None:
+    """A flow's E(t) - E* on a log scale with the theoretical exp(-2 lambda t) (E(0) - E*), and the error
+    ||u - u*||_G / ||u*||_G against exp(-lambda t) (``result``: a :class:`flowfem.flow.FlowResult`; call on one rank)."""
+    plt = _pyplot()
+    t, E = result.times, result.energies
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    lam = result.lam
+    if result.energy_star is not None:
+        gap = E - result.energy_star
+        pos = gap > 0
+        ax.semilogy(t[pos], gap[pos], "o-", ms=3, label=r"$E_\alpha(u(t)) - E_\alpha(u^*)$")
+        tt = np.linspace(0, t.max() if t.max() > 0 else 1.0, 400)
+        ax.semilogy(tt, gap[0] * np.exp(-2 * lam * tt), "k--", lw=1,
+                    label=rf"$e^{{-2\lambda t}}(E(0) - E^*)$, $\lambda$ = {lam:.3g}")
+        floor = max(gap[pos].min() if pos.any() else 1e-300, 1e-300)
+        ax.set_ylim(bottom=0.1 * floor, top=10 * max(gap[0], floor))
+        ax.set_ylabel("energy gap")
+    else:
+        ax.semilogy(t, E, "o-", ms=3, label=r"$E_\alpha(u(t))$")
+        ax.set_ylabel(r"$E_\alpha$")
+    ax.set_xlabel("t")
+    ax.legend()
+    ax.set_title(f"{result.scheme}, {result.metric} metric" + (f": {title}" if title else ""))
+    ax = axes[1]
+    err = result.errors
+    if np.isfinite(err).any():
+        ok = np.isfinite(err) & (err > 0)
+        ax.semilogy(t[ok], err[ok], "o-", ms=3, label=r"$\|u - u^*\|_G / \|u^*\|_G$")
+        tt = np.linspace(0, t.max() if t.max() > 0 else 1.0, 400)
+        ax.semilogy(tt, err[0] * np.exp(-lam * tt), "k--", lw=1, label=r"$e^{-\lambda t}$ bound")
+        ax.set_ylim(bottom=0.1 * err[ok].min(), top=10 * err[0])
+        ax.legend()
+    ax.set_xlabel("t")
+    ax.set_title("distance to the stationary density")
+    if t.max() > 0 and t[1:].min(initial=np.inf) > 0 and t.max() / t[1:].min() > 1e3:
+        for a in axes:  # geometric steps: show the decades
+            a.set_xscale("symlog", linthresh=t[1:].min())
+            a.set_xlim(left=0.0, right=1.5 * t.max())
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

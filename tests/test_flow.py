@@ -1,7 +1,8 @@
-"""The gradient flow: energy decay, the order of every registered time stepper against the exact flow
-(a matrix exponential, computed densely), convergence to the stationary solution with contraction rate
+"""The gradient flow: energy decay, convergence to the stationary solution with contraction rate
 >= lambda = alpha, initial densities, checkpoints (restart = uninterrupted run, bit for bit; damaged ones
-refused), and the `flowfem flow` command (SIGKILL mid-checkpoint and resume; 1 rank = 2 ranks).
+refused; each run rotates its own), and the `flowfem flow` command (SIGKILL mid-checkpoint and resume;
+--force over an earlier run; Ctrl-C and the resume command it names; 1 rank = 2 ranks). The order of
+every time stepper: tests/test_flow_schemes.py.
 
 The in-process tests run serially and under mpirun -n 2 (tests/test_mpi.py); tests marked mpi start
 processes themselves.
@@ -9,6 +10,9 @@ processes themselves.
 
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -21,14 +25,17 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 
 from mpi4py import MPI
 
-from conftest import BIN, ROOT, run
-from flowfem import data, io
-from flowfem import flow as fl
+from conftest import BIN, MPIRUN, ROOT, run
+from flowfem import data, io, plot
+from flowfem.flow import Flow
+from flowfem.flow import checkpoint as ck
+from flowfem.flow.driver import Progress, metric_matrix
+from flowfem.flow.initial import initial_density
 from flowfem.network import Network
 from flowfem.problem import Problem
 from flowfem.space import Space
 from flowfem.stationary import solve
-from test_stationary import dense_system, gather
+from test_stationary import dense_system
 
 comm = MPI.COMM_WORLD
 FLOWFEM = os.path.join(BIN, "flowfem")
@@ -69,7 +76,7 @@ def small_problem(alpha=0.05, loss="squared"):
 
 
 def u0(problem, spec="gaussian:1:2"):
-    return fl.to_vector(fl.initial_density(problem.H, spec))
+    return io.vector(initial_density(problem.H, spec))
 
 
 class Exact:
@@ -77,7 +84,7 @@ class Exact:
 
     def __init__(self, E, G_name):
         A, C = dense_system(E)
-        self.G = dense(fl.metric_matrix(E.H, G_name))
+        self.G = dense(metric_matrix(E.H, G_name))
         K = E.alpha * A + C @ C.T / E.n
         self.U_star = np.linalg.solve(K, C @ E.y / E.n)
         self.mu, self.V = scipy.linalg.eigh(K, self.G)
@@ -99,7 +106,7 @@ def test_implicit_euler_decreases_energy_at_every_step(metric, loss):
     """Minimising movement: E(U^{k+1}) + ||U^{k+1} - U^k||_G^2 / (2 tau) <= E(U^k), for every tau."""
     problem, E = small_problem(alpha=1e-3, loss=loss)
     for tau in (1e-3, 1.0, 1e3, 1e8):
-        flow = fl.Flow(E, metric, "implicit_euler", newton_rtol=1e-12)
+        flow = Flow(E, metric, "implicit_euler", newton_rtol=1e-12)
         U = u0(problem, "gaussian:0.7:3")
         prev = [U.copy(), E(U)]
         checked = []
@@ -120,41 +127,11 @@ def test_implicit_euler_decreases_energy_at_every_step(metric, loss):
         flow.destroy()
 
 
-SCHEME_CASES = [("implicit_euler", 1, {}), ("theta:0.75", 1, {}), ("theta", 2, {}), ("crank_nicolson", 2, {}),
-                ("bdf:1", 1, {"ts_adapt_type": "none"}), ("bdf", 2, {"ts_adapt_type": "none"})]
-
-
-def test_every_registered_scheme_is_tested():
-    assert set(fl.SCHEMES) <= {spec.split(":")[0] for spec, _, _ in SCHEME_CASES}
-
-
-@pytest.mark.parametrize("spec,order,opts", SCHEME_CASES, ids=[c[0] for c in SCHEME_CASES])
-def test_observed_order_matches_the_scheme(spec, order, opts):
-    """Error at T = 1 against the dense matrix exponential, L2 metric, tau = 1/16 .. 1/128."""
-    problem, E = small_problem()
-    exact = Exact(E, "L2")
-    U0 = u0(problem)
-    target = exact(gather(U0), 1.0)
-    taus, errors = [], []
-    for N in (16, 32, 64, 128):
-        flow = fl.Flow(E, "L2", spec, rtol=1e-13, petsc_options=opts)
-        assert flow.scheme.order == order
-        U = U0.copy()
-        result = flow.run(U, t_end=1.0, tau=1.0 / N)
-        assert result.steps == N and result.times[-1] == 1.0
-        taus.append(1.0 / N)
-        errors.append(exact.norm(gather(U) - target) / exact.norm(target))
-        flow.destroy()
-    slope = np.polyfit(np.log(taus), np.log(errors), 1)[0]
-    say(f"\n{spec}: errors {', '.join(f'{e:.2e}' for e in errors)}, observed order {slope:.3f} (scheme {order})")
-    assert abs(slope - order) <= 0.15, (slope, errors)
-
-
 @pytest.mark.parametrize("metric", ["L2", "H1"])
 def test_flow_reaches_the_stationary_solution_contracting_at_rate_alpha(metric):
     problem, E = small_problem()
     U_ref, info = solve(E, rtol=1e-13)  # the foundation solver
-    flow = fl.Flow(E, metric, "implicit_euler", rtol=1e-13)
+    flow = Flow(E, metric, "implicit_euler", rtol=1e-13)
     flow.set_reference(U_ref)
     U = u0(problem)
     result = flow.run(U, tau=0.5, growth=2.0, tol=1e-8, max_steps=200)
@@ -172,7 +149,7 @@ def test_flow_reaches_the_stationary_solution_contracting_at_rate_alpha(metric):
     flow.destroy()
     # the continuous flow (BDF2, tight error control): ||u(t) - u*|| <= exp(-alpha t) ||u(0) - u*||
     # and E(t) - E* <= exp(-2 alpha t) (E(0) - E*); observed rate against the exact flow's slowest mode
-    flow = fl.Flow(E, metric, "bdf", rtol=1e-13, ts_rtol=1e-7)
+    flow = Flow(E, metric, "bdf", rtol=1e-13, ts_rtol=1e-7)
     flow.set_reference(U_ref)
     U = u0(problem)
     result = flow.run(U, tau=1e-3, t_end=20.0)
@@ -189,7 +166,7 @@ def test_flow_reaches_the_stationary_solution_contracting_at_rate_alpha(metric):
 
 def test_logistic_flow_converges_to_the_newton_solution():
     problem, E = small_problem(alpha=1e-3, loss="logistic")
-    flow = fl.Flow(E, "L2", "implicit_euler")
+    flow = Flow(E, "L2", "implicit_euler")
     U_star = flow.stationary()
     assert flow.stationary_info.iterations > 2  # Newton, not one linear solve
     U = u0(problem, "zero")
@@ -208,13 +185,13 @@ def test_logistic_flow_converges_to_the_newton_solution():
 
 def test_zero_and_gaussian_initial_densities():
     problem, E = small_problem()
-    assert fl.initial_density(problem.H, "zero").x.array.max(initial=0.0) == 0.0
-    u = fl.initial_density(problem.H, "gaussian:1.5:2")
+    assert initial_density(problem.H, "zero").x.array.max(initial=0.0) == 0.0
+    u = initial_density(problem.H, "gaussian:1.5:2")
     X = problem.H.V.tabulate_dof_coordinates()[:, :2]
     assert np.allclose(u.x.array, 2 * np.exp(-np.sum(X**2, axis=1) / (2 * 1.5**2)))
     for bad in ("gaussian:-1", "gaussian:x", "uniform", "gaussian:1:2:3"):
         with pytest.raises(ValueError):
-            fl.initial_density(problem.H, bad)
+            initial_density(problem.H, bad)
 
 
 def test_density_file_round_trip(shared_tmp):
@@ -225,20 +202,20 @@ def test_density_file_round_trip(shared_tmp):
     path = os.path.join(shared_tmp, "density.npz")
     io.save_density(path, u, problem.space, dict(alpha=0.05))
     comm.Barrier()
-    v = fl.initial_density(problem.H, "density:" + path)
+    v = initial_density(problem.H, "density:" + path)
     assert np.array_equal(v.x.array, u.x.array)
-    w = fl.initial_density(problem.H, path)  # recognised from its arrays
+    w = initial_density(problem.H, path)  # recognised from its arrays
     assert np.array_equal(w.x.array, u.x.array)
     other = Problem(Space.box(1, 5, 2.0), "relu")
     with pytest.raises(ValueError, match="does not match this mesh"):
-        fl.initial_density(other.H, path)
+        initial_density(other.H, path)
     garbage = os.path.join(shared_tmp, "garbage.npz")
     if comm.rank == 0:
         with open(garbage, "wb") as f:
             f.write(b"not an archive")
     comm.Barrier()
     with pytest.raises(ValueError, match="cannot read the initial density"):  # on every rank
-        fl.initial_density(problem.H, "density:" + garbage)
+        initial_density(problem.H, "density:" + garbage)
     # the density of flowfem readout: the same mesh and values, and the same collective check
     H, v, settings = io.load_density(path)
     owned = lambda w: w.x.array[: w.function_space.dofmap.index_map.size_local]  # noqa: E731
@@ -257,37 +234,11 @@ def test_network_projection_is_exact_for_linear_features(degree, shared_tmp):
     if comm.rank == 0:
         net.save(path)
     comm.Barrier()
-    u = fl.initial_density(problem.H, "network:" + path)
+    u = initial_density(problem.H, "network:" + path)
     x = np.linspace(-1, 1, 7)[:, None]
     E = problem.functional(x, np.zeros(7))
     f = E.Phi.apply(u.x.petsc_vec)
     assert np.allclose(f, net(x), rtol=1e-10, atol=1e-10), (f, net(x))
-
-
-def test_network_projection_on_the_sphere_keeps_the_mass():
-    """relu on S^2: a neuron r vartheta counts r a at vartheta; integral u_h = sum_i r_i a_i (1 is in V_h)."""
-    rng = np.random.default_rng(1)
-    W, b, a = rng.standard_normal((40, 2)), rng.standard_normal(40), rng.standard_normal(40)
-    net = Network(W, b, a, "relu")
-    problem = Problem(Space.sphere(2), "relu")
-    u = fl.project_network(problem.H, net)
-    import dolfinx.fem
-    import ufl
-
-    mass = comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(u * ufl.dx)), op=MPI.SUM)
-    r = np.linalg.norm(np.column_stack([W, b]), axis=1)
-    assert mass == pytest.approx(np.sum(r * a), rel=1e-9)
-    # and the network it represents is close to the finite one
-    x = data.synthetic("two_moons", 50, seed=0).x
-    f = problem.functional(x, np.ones(50)).Phi.apply(u.x.petsc_vec)
-    assert np.linalg.norm(f - net(x)) <= 0.2 * np.linalg.norm(net(x))
-
-
-def test_network_outside_the_box_is_refused():
-    net = Network(np.array([[0.5], [5.0]]), np.array([0.0, 0.0]), np.array([1.0, 1.0]), "relu")
-    problem = Problem(Space.box(1, 4, 2.0), "relu")
-    with pytest.raises(ValueError, match="outside the parameter domain"):
-        fl.project_network(problem.H, net)
 
 
 # -- reporting ------------------------------------------------------------------------------------------
@@ -302,7 +253,7 @@ def test_progress_bar_only_on_a_terminal_of_rank_0():
 
     term, pipe = Terminal(), stdio.StringIO()
     for stream in (term, pipe):
-        bar = fl.Progress(comm, True, stream)
+        bar = Progress(comm, True, stream)
         bar.update(0.5, "step 3")
         bar.close()
     assert pipe.getvalue() == ""
@@ -311,20 +262,20 @@ def test_progress_bar_only_on_a_terminal_of_rank_0():
     else:
         assert term.getvalue() == ""
     quiet = Terminal()
-    fl.Progress(comm, False, quiet).update(1.0, "done")
+    Progress(comm, False, quiet).update(1.0, "done")
     assert quiet.getvalue() == ""
 
 
 def test_energy_log_files(shared_tmp):
     problem, E = small_problem()
-    flow = fl.Flow(E, "L2", "implicit_euler")
+    flow = Flow(E, "L2", "implicit_euler")
     flow.stationary()
     result = flow.run(u0(problem), tau=1.0, growth=3.0, max_steps=6)
-    fl.write_log(shared_tmp, result, comm, extra=dict(note="x"))
+    io.write_log(shared_tmp, result, comm, extra=dict(note="x"))
     if comm.rank == 0:
-        fl.energy_figure(os.path.join(shared_tmp, "energy.png"), result)
+        plot.energy_figure(os.path.join(shared_tmp, "energy.png"), result)
         table = np.genfromtxt(os.path.join(shared_tmp, "energy.csv"), delimiter=",", names=True)
-        assert list(table.dtype.names) == list(fl.LOG_COLUMNS) and len(table) == 7
+        assert list(table.dtype.names) == list(io.LOG_COLUMNS) and len(table) == 7
         assert np.allclose(table["gap"], table["energy"] - flow.energy_star)
         doc = json.load(open(os.path.join(shared_tmp, "energy.json")))
         assert doc["note"] == "x" and doc["lam"] == E.alpha and len(doc["steps"]) == 7
@@ -336,29 +287,30 @@ def test_energy_log_files(shared_tmp):
 
 
 @pytest.mark.parametrize("scheme,metric,loss", [("implicit_euler", "L2", "squared"), ("bdf", "H1", "squared"),
-                                                ("implicit_euler", "H1", "logistic")])
+                                                ("implicit_euler", "H1", "logistic"), ("bdf:3", "L2", "logistic")])
 def test_restart_equals_the_uninterrupted_run(shared_tmp, scheme, metric, loss):
     problem, E = small_problem(alpha=1e-3, loss=loss)
 
     def make():
-        flow = fl.Flow(E, metric, scheme)
+        flow = Flow(E, metric, scheme)
         flow.stationary()
         return flow
 
     flow = make()
-    fp = fl.fingerprint(flow)
+    fp = ck.fingerprint(flow)
     d1 = os.path.join(shared_tmp, "full")
     U = u0(problem)
-    full = flow.run(U, tau=0.01, growth=1.5, max_steps=9, checkpoints=fl.Checkpoints(d1, 3, fp))
+    full = flow.run(U, tau=0.01, growth=1.5, max_steps=9, checkpoints=ck.Checkpoints(d1, 3, fp))
     U_full = U.array_r.copy()
     flow.destroy()
     d2 = os.path.join(shared_tmp, "cut")
     flow = make()
-    flow.run(u0(problem), tau=0.01, growth=1.5, max_steps=5, checkpoints=fl.Checkpoints(d2, 3, fp))
+    flow.run(u0(problem), tau=0.01, growth=1.5, max_steps=5, checkpoints=ck.Checkpoints(d2, 3, fp))
     flow.destroy()
     flow = make()
-    state, U = fl.load_checkpoint(d2, flow, fl.fingerprint(flow))
-    assert state.step == 3 and os.path.basename(state.path) == "step-00000003.npz"
+    checkpoint = ck.load_checkpoint(d2, flow, ck.fingerprint(flow))
+    state, U = checkpoint.state, checkpoint.U
+    assert state.step == 3 and os.path.basename(checkpoint.path) == f"{checkpoint.run}.step-00000003.npz"
     resumed = flow.run(U, tau=123.0, growth=1.5, max_steps=9, state=state)  # tau comes from the checkpoint
     flow.destroy()
     assert np.array_equal(U.array_r, U_full)  # bit for bit
@@ -368,17 +320,18 @@ def test_restart_equals_the_uninterrupted_run(shared_tmp, scheme, metric, loss):
 
 def test_damaged_checkpoints_are_refused(shared_tmp):
     problem, E = small_problem()
-    flow = fl.Flow(E, "L2", "implicit_euler")
-    fp = fl.fingerprint(flow)
+    flow = Flow(E, "L2", "implicit_euler")
+    fp = ck.fingerprint(flow)
     d = os.path.join(shared_tmp, "ck")
-    flow.run(u0(problem), tau=0.1, max_steps=4, checkpoints=fl.Checkpoints(d, 2, fp))
-    good = os.path.join(d, "step-00000004.npz")
-    older = os.path.join(d, "step-00000002.npz")
+    checkpoints = ck.Checkpoints(d, 2, fp)
+    flow.run(u0(problem), tau=0.1, max_steps=4, checkpoints=checkpoints)
+    good = os.path.join(d, f"{checkpoints.run}.step-00000004.npz")
+    older = os.path.join(d, f"{checkpoints.run}.step-00000002.npz")
     comm.Barrier()
 
     def refused(path, match, fingerprint=fp):
-        with pytest.raises(fl.CheckpointError, match=match):
-            fl.load_checkpoint(path, flow, fingerprint)
+        with pytest.raises(ck.CheckpointError, match=match):
+            ck.load_checkpoint(path, flow, fingerprint)
         comm.Barrier()
 
     raw = open(good, "rb").read()  # read on every rank (the directory is shared)
@@ -410,11 +363,33 @@ def test_damaged_checkpoints_are_refused(shared_tmp):
     empty = os.path.join(shared_tmp, "empty")
     if comm.rank == 0:
         os.makedirs(empty)
-        open(os.path.join(empty, ".step-00000009.npz.tmp"), "wb").close()  # an interrupted write
+        open(os.path.join(empty, f".{checkpoints.run}.step-00000009.npz.tmp"), "wb").close()  # an interrupted write
     comm.Barrier()
     refused(empty, "no checkpoint in")
-    state, _ = fl.load_checkpoint(older, flow, fp)  # the older one is still good
-    assert state.step == 2
+    assert ck.load_checkpoint(older, flow, fp).state.step == 2  # the older one is still good
+    flow.destroy()
+
+
+def test_checkpoints_belong_to_their_run(shared_tmp):
+    """A second run in the same directory (as after flowfem flow --force) rotates only its own
+    checkpoints, and the directory resolves to the newest checkpoint of the run started last."""
+    problem, E = small_problem()
+    flow = Flow(E, "L2", "implicit_euler")
+    fp = ck.fingerprint(flow)
+    d = os.path.join(shared_tmp, "ck")
+    first, second = ck.Checkpoints(d, 2, fp), ck.Checkpoints(d, 2, fp)
+    assert first.run < second.run  # ids sort by start
+    flow.run(u0(problem), tau=0.1, max_steps=10, checkpoints=first)
+    flow.run(u0(problem), tau=0.1, max_steps=4, checkpoints=second)
+    names = sorted(os.listdir(d))
+    assert names == sorted([f"{first.run}.step-00000008.npz", f"{first.run}.step-00000010.npz",
+                            f"{second.run}.step-00000002.npz", f"{second.run}.step-00000004.npz"]), names
+    resumed = ck.load_checkpoint(d, flow, fp)
+    assert (resumed.run, resumed.state.step) == (second.run, 4)
+    # continuing the second run (its id) keeps rotating its own files only
+    flow.run(resumed.U, tau=0.1, max_steps=8, state=resumed.state, checkpoints=ck.Checkpoints(d, 2, fp, run=second.run))
+    assert sorted(os.listdir(d)) == sorted([f"{first.run}.step-00000008.npz", f"{first.run}.step-00000010.npz",
+                                            f"{second.run}.step-00000006.npz", f"{second.run}.step-00000008.npz"])
     flow.destroy()
 
 
@@ -442,23 +417,23 @@ def test_sigkill_mid_checkpoint_then_resume(tmp_path):
     full = tmp_path / "full"
     r = run([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "1", "--out", str(full)], timeout=300)
     assert r.returncode == 0, r.stderr
-    out, ck = tmp_path / "killed", tmp_path / "ck"
+    out, ckdir = tmp_path / "killed", tmp_path / "ck"
     env = dict(os.environ, FLOWFEM_CHECKPOINT_PAUSE="0.4")
-    proc = subprocess.Popen([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "1", "--checkpoint-dir", str(ck),
+    proc = subprocess.Popen([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "1", "--checkpoint-dir", str(ckdir),
                              "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline:  # wait until a write is in progress after at least two finished ones
-        names = os.listdir(ck) if ck.exists() else []
-        if any(n.endswith(".tmp") for n in names) and sum(n.startswith("step-") for n in names) >= 2:
+        names = os.listdir(ckdir) if ckdir.exists() else []
+        if any(n.endswith(".tmp") for n in names) and sum(n.endswith(".npz") for n in names) >= 2:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    names = sorted(os.listdir(ck))
+    names = sorted(os.listdir(ckdir))
     assert any(n.endswith(".tmp") for n in names), names  # killed mid-write
     assert not out.exists()  # no half-written output directory
-    r = run([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "1", "--resume", str(ck), "--out", str(out)],
+    r = run([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "1", "--resume", str(ckdir), "--out", str(out)],
             timeout=300)
     assert r.returncode == 0, r.stderr
     assert "resuming from" in r.stdout
@@ -466,7 +441,68 @@ def test_sigkill_mid_checkpoint_then_resume(tmp_path):
     theta2, u2 = _u(out)
     assert np.array_equal(theta1, theta2) and np.array_equal(u1, u2)
     assert _log(full) == _log(out)
-    assert not any(n.endswith(".tmp") for n in os.listdir(ck))  # the resumed run's writes all finished
+    assert not any(n.endswith(".tmp") for n in os.listdir(ckdir))  # the resumed run's writes all finished
+
+
+@pytest.mark.mpi
+def test_force_over_an_earlier_run_keeps_the_new_runs_checkpoints(tmp_path):
+    """flowfem flow --force over an earlier run: the new run's checkpoints survive the rotation beside
+    the earlier run's, and --resume continues the new run (not the earlier one, which went further)."""
+    out, first = tmp_path / "out", tmp_path / "first"
+    r = run([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "2", "--out", str(out)], timeout=300)
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(out, first)
+    r = run([FLOWFEM, "flow", *ARGS, "--max-steps", "4", "--checkpoint-every", "2", "--force", "--out", str(out)],
+            timeout=300)
+    assert r.returncode == 0, r.stderr
+    directory = str(out) + ".checkpoints"
+    steps = sorted((n.split(".")[0], n.split(".")[1]) for n in os.listdir(directory))
+    runs = sorted({run_id for run_id, _ in steps})
+    assert len(runs) == 2 and steps == [(runs[0], "step-00000012"), (runs[0], "step-00000014"),
+                                        (runs[1], "step-00000002"), (runs[1], "step-00000004")], steps
+    resumed = tmp_path / "resumed"
+    r = run([FLOWFEM, "flow", *ARGS, "--checkpoint-every", "2", "--resume", directory, "--out", str(resumed)],
+            timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {directory}/{runs[1]}.step-00000004.npz: step 4" in r.stdout
+    assert np.array_equal(_u(first)[1], _u(resumed)[1]) and _log(first) == _log(resumed)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_ctrl_c_ends_with_the_resume_command(tmp_path, ranks):
+    """SIGINT mid-run (to flowfem, or to mpirun, which passes it on): one line on stderr naming the command
+    that resumes, exit status 130, no output directory, every checkpoint intact; that command finishes the
+    run as if uninterrupted (bit for bit)."""
+    full, out = tmp_path / "full", tmp_path / "out"
+    r = run([FLOWFEM, "flow", *ARGS, "--out", str(full)], ranks=ranks, timeout=300)
+    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, FLOWFEM_CHECKPOINT_PAUSE="0.3")  # slow checkpoint writes: the run lasts > 1 s
+    launcher = [MPIRUN, "-n", str(ranks)] if ranks > 1 else []
+    proc = subprocess.Popen([*launcher, FLOWFEM, "flow", *ARGS, "--checkpoint-every", "3", "--out", str(out)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    directory = tmp_path / "out.checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (directory.exists() and any(n.endswith(".npz") for n in os.listdir(directory))):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 130, stderr
+    m = re.fullmatch(r"flowfem: interrupted at step (\d+), t = \S+; resume with: (.+)\n", stderr)
+    assert m, stderr
+    assert 3 <= int(m.group(1)) < 14
+    assert not out.exists()
+    names = os.listdir(directory)
+    assert not any(n.endswith(".tmp") for n in names), names
+    for name in names:  # verified: checksum, completeness
+        ck.read_checkpoint(str(directory / name))
+    command = shlex.split(m.group(2))
+    assert command[:len(launcher) + 2] == ["mpirun", "-n", str(ranks)][:len(launcher)] + ["flowfem", "flow"]
+    assert command[-2:] == ["--resume", str(directory / sorted(names)[-1])]  # the checkpoint written where it stopped
+    r = run([FLOWFEM, *command[len(launcher) + 1:]], ranks=ranks, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"step {m.group(1)}," in r.stdout
+    assert np.array_equal(_u(full)[1], _u(out)[1]) and _log(full) == _log(out)
 
 
 @pytest.mark.mpi

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.mpi
 # test files whose every test is collective-safe and rank-count agnostic
 PARALLEL_FILES = ["tests/test_operator.py", "tests/test_stationary.py", "tests/test_convergence.py",
                   "tests/test_space.py", "tests/test_readout.py", "tests/test_flow.py", "tests/test_newton.py",
-                  "tests/test_particle_density.py", "tests/test_compare.py", "tests/test_problem.py"]
+                  "tests/test_measure.py", "tests/test_compare.py", "tests/test_problem.py",
+                  "tests/test_flow_schemes.py"]
 
 
 def test_suite_passes_under_mpirun_2():

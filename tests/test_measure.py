@@ -1,4 +1,5 @@
-"""The density of the particles (flowfem.particles.density): the particle measure
+"""Measures on the parameter mesh (flowfem.measure): the L2 projection of a network's measure onto V_h
+(project_network), and the density of the particles (density): the particle measure
 mu = sum_i c_i delta_(theta_i) projected onto a parameter mesh.
 
 Mass consistency: integral u_h = sum of the placed c_i exactly, and the network of u_h,
@@ -18,7 +19,10 @@ import ufl
 from mpi4py import MPI
 
 from conftest import run
+from flowfem import data, measure
 from flowfem import particles as fp
+from flowfem.network import Network
+from flowfem.problem import Problem
 from flowfem.space import Space
 
 
@@ -54,7 +58,7 @@ def test_mass_is_conserved_and_placement_keeps_the_network(domain, method):
     d = 2 if domain == "sphere" else 1
     net = _network(300, d)
     space = Space.make(domain, d, {"box": 16, "circle": 32, "sphere": 2}[domain], 4.0)
-    pd = fp.density(net, space, method=method, width=0.3 if method == "kernel" else None)
+    pd = measure.density(net, space, method=method, width=0.3 if method == "kernel" else None)
     assert _integral(pd.function) == pytest.approx(pd.mass, rel=1e-11, abs=1e-14)
     assert not pd.dropped.any() and pd.dropped_mass == 0.0
     x = _inputs(d)
@@ -79,7 +83,7 @@ def test_lumped_projection_reproduces_the_predictions_as_h_shrinks():
     x = _inputs(1)
     h, err = [], []
     for n in (8, 16, 32, 64):
-        pd = fp.density(net, Space.box(1, n, 4.0))
+        pd = measure.density(net, Space.box(1, n, 4.0))
         e = np.abs(pd.predict(x) - net(x))
         assert np.all(e <= pd.bound(x))
         h.append(pd.h)
@@ -97,7 +101,7 @@ def test_directions_reproduce_the_predictions_as_h_shrinks(domain, sizes, rate):
     x = _inputs(d)
     h, err = [], []
     for size in sizes:
-        pd = fp.density(net, Space.make(domain, d, size))
+        pd = measure.density(net, Space.make(domain, d, size))
         e = np.abs(pd.predict(x) - net(x))
         assert np.all(e <= pd.bound(x))
         h.append(pd.h)
@@ -113,7 +117,7 @@ def test_kernel_smoothing_error_is_within_the_stated_bound():
     space = Space.box(1, 64, 4.0)
     errs = []
     for s in (0.1, 0.2, 0.4, 0.8):
-        pd = fp.density(net, space, method="kernel", width=s)
+        pd = measure.density(net, space, method="kernel", width=s)
         assert pd.width == s
         assert _integral(pd.function) == pytest.approx(pd.mass, rel=1e-10)
         e = np.abs(pd.predict(x) - net(x))
@@ -132,7 +136,7 @@ def test_particles_outside_are_clipped_or_dropped_and_reported():
     assert outside.sum() > 20
     space = Space.box(1, 32, 2.0)
     x = _inputs(1)
-    drop = fp.density(net, space)  # default for non-homogeneous activations
+    drop = measure.density(net, space)  # default for non-homogeneous activations
     assert drop.outside == "drop"
     np.testing.assert_array_equal(drop.dropped, outside)
     assert drop.dropped_mass == pytest.approx(net.a[outside].sum())
@@ -140,7 +144,7 @@ def test_particles_outside_are_clipped_or_dropped_and_reported():
     assert drop.mass + drop.dropped_mass == pytest.approx(net.a.sum())
     assert _integral(drop.function) == pytest.approx(drop.mass, rel=1e-11)
     assert np.all(np.abs(drop.predict(x) - net(x)) <= drop.bound(x))
-    clip = fp.density(net, space, outside="clip")
+    clip = measure.density(net, space, outside="clip")
     np.testing.assert_array_equal(clip.moved, outside)
     assert np.all(clip.shift[outside] > 0) and np.all(clip.shift[~outside] < 1e-12)
     assert np.abs(clip.theta[outside]).max() <= 2.0 + 1e-9  # on the boundary of the box
@@ -153,14 +157,13 @@ def test_trained_particles_and_a_higher_degree_space():
     interpolated from P1 exactly, so its predictions match the P1 density's. GD moves some
     neurons far out (|w| ~ 10); rescaled to just inside the boundary, with the particles near it
     they make the error O(h): 1.8 % of max |f| at h = 0.18."""
-    from flowfem import data
     from flowfem.sobolev import WeightedH1
 
     train = data.synthetic("sin", 200, seed=0)
     r = fp.train(train.x, train.y, 64, lr=1.0, steps=300, comm=MPI.COMM_SELF)
     space = Space.box(1, 64, 4.0)
-    p1 = fp.density(r, space)
-    p2 = fp.density(r, WeightedH1(space, degree=2).V)
+    p1 = measure.density(r, space)
+    p2 = measure.density(r, WeightedH1(space, degree=2).V)
     assert p2.function.function_space.element.basix_element.degree == 2
     x = _inputs(1)
     np.testing.assert_allclose(p2.predict(x), p1.predict(x), rtol=1e-10, atol=1e-12)
@@ -183,7 +186,7 @@ def test_bad_input_is_refused(kwargs, target, match):
     net = _network(20, kwargs.pop("d", 1), act=kwargs.pop("act", "relu"))
     space = Space.make(target, 1, 8 if target == "box" else 16)
     with pytest.raises(ValueError, match=match):
-        fp.density(net, space, **kwargs)
+        measure.density(net, space, **kwargs)
 
 
 def test_a_diverged_run_has_no_density():
@@ -191,9 +194,35 @@ def test_a_diverged_run_has_no_density():
     r = fp.train(x, 1e3 * x, 10, activation="monomial:3", lr=1e6, steps=50, comm=MPI.COMM_SELF)
     assert r.status == "diverged"
     with pytest.raises(ValueError, match="diverged"):
-        fp.density(r, Space.box(1, 4, 4.0))
+        measure.density(r, Space.box(1, 4, 4.0))
     with pytest.raises(TypeError, match="ParticleResult or a Network"):
-        fp.density(np.zeros((3, 3)), Space.box(1, 4, 4.0))
+        measure.density(np.zeros((3, 3)), Space.box(1, 4, 4.0))
+
+
+# -- the L2 projection of a network onto V_h ------------------------------------------------------------
+
+
+def test_network_projection_on_the_sphere_keeps_the_mass():
+    """relu on S^2: a neuron r vartheta counts r a at vartheta; integral u_h = sum_i r_i a_i (1 is in V_h)."""
+    rng = np.random.default_rng(1)
+    W, b, a = rng.standard_normal((40, 2)), rng.standard_normal(40), rng.standard_normal(40)
+    net = Network(W, b, a, "relu")
+    problem = Problem(Space.sphere(2), "relu")
+    u = measure.project_network(problem.H, net)
+    mass = MPI.COMM_WORLD.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(u * ufl.dx)), op=MPI.SUM)
+    r = np.linalg.norm(np.column_stack([W, b]), axis=1)
+    assert mass == pytest.approx(np.sum(r * a), rel=1e-9)
+    # and the network it represents is close to the finite one
+    x = data.synthetic("two_moons", 50, seed=0).x
+    f = problem.functional(x, np.ones(50)).Phi.apply(u.x.petsc_vec)
+    assert np.linalg.norm(f - net(x)) <= 0.2 * np.linalg.norm(net(x))
+
+
+def test_network_outside_the_box_is_refused():
+    net = Network(np.array([[0.5], [5.0]]), np.array([0.0, 0.0]), np.array([1.0, 1.0]), "relu")
+    problem = Problem(Space.box(1, 4, 2.0), "relu")
+    with pytest.raises(ValueError, match="outside the parameter domain"):
+        measure.project_network(problem.H, net)
 
 
 SCRIPT = """
@@ -201,7 +230,7 @@ import sys
 import numpy as np
 import flowfem
 from mpi4py import MPI
-from flowfem import io, particles as fp
+from flowfem import io, measure, particles as fp
 from flowfem.space import Space
 
 out = {}
@@ -210,7 +239,7 @@ for name, d, domain, size, kw in [("box", 1, "box", 16, {}), ("kernel", 1, "box"
     rng = np.random.default_rng(3)
     P = rng.normal(size=(101, d + 2)) * 1.5
     net = fp.to_network(P, "tanh" if name == "clip" else "relu")
-    pd = fp.density(net, Space.make(domain, d, size, 2.0 if name == "clip" else 4.0), **kw)
+    pd = measure.density(net, Space.make(domain, d, size, 2.0 if name == "clip" else 4.0), **kw)
     theta, u = io.gather_dofs(pd.function)
     out[name + "_u"], out[name + "_theta"] = u, theta
     out[name + "_c"], out[name + "_placed"] = pd.c, pd.theta

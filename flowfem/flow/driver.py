@@ -1,0 +1,441 @@
+"""Running the gradient flow: the step policy, the stop rule and the loop (:class:`Flow`).
+
+Steps are either given (:class:`Geometric`: tau, tau g, tau g^2, ... up to
+tau_max; g = 1 for constant steps) or chosen by local error control
+(:class:`ErrorControl`, for schemes with an error estimate: BDF). A run stops
+at t_end, after max_steps, when ||U - U*||_G <= tol ||U*||_G, or when
+interrupted (:class:`Interrupt`: Ctrl-C), whichever comes first. Each step
+is logged (time, step size, E_alpha and its two parts, the gap to E* and
+the distance to U* when the stationary solution is known, solver work);
+checkpoints (:mod:`flowfem.flow.checkpoint`) store the state between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
+
+from mpi4py import MPI  # noqa: E402
+from petsc4py import PETSc  # noqa: E402
+
+from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
+from flowfem.functional import Functional  # noqa: E402
+from flowfem.sobolev import WeightedH1  # noqa: E402
+from flowfem.stationary import NewtonSolver, newton, solve  # noqa: E402
+
+METRICS = ("L2", "H1")
+
+
+def metric_matrix(H: WeightedH1, metric: str) -> PETSc.Mat:
+    """G: the weighted mass matrix M (``L2``) or the H^1_omega matrix A (``H1``); ValueError otherwise."""
+    key = str(metric).upper()
+    if key == "L2":
+        return H.M
+    if key == "H1":
+        return H.A
+    raise ValueError(f"unknown metric {metric!r}: choose L2 (weighted mass) or H1 (the Sobolev metric a_omega)")
+
+
+@dataclass
+class FlowState:
+    """Where a run stands after ``step`` steps: time t, the next step size tau, the log so far, the
+    absolute error tolerance of adaptive steps, and the scheme's earlier states [(t_j, U^j)] (newest
+    first; empty for one-step schemes) as of this step."""
+
+    step: int = 0
+    t: float = 0.0
+    tau: float = 1.0
+    log: list = field(default_factory=list)
+    ts_atol: float | None = None
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class FlowResult:
+    """The final density and the energy log of a run (one dict per step, step 0 = initial state)."""
+
+    U: PETSc.Vec
+    log: list
+    lam: float
+    metric: str
+    scheme: str
+    energy_star: float | None = None
+    U_star: PETSc.Vec | None = None
+    stopped: str = ""
+    interrupted: bool = False
+
+    def column(self, key: str) -> np.ndarray:
+        return np.array([r[key] for r in self.log], dtype=float)
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.column("t")
+
+    @property
+    def energies(self) -> np.ndarray:
+        return self.column("energy")
+
+    @property
+    def errors(self) -> np.ndarray:
+        """||U_k - U*||_G / ||U*||_G (NaN without a reference)."""
+        return self.column("error")
+
+    @property
+    def steps(self) -> int:
+        return len(self.log) - 1
+
+    def contraction_rate(self) -> float:
+        """Observed rate r with ||U(t) - U*||_G = exp(-r t) ||U(0) - U*||_G at the last step."""
+        e, t = self.errors, self.times
+        ok = np.isfinite(e) & (e > 0)
+        if ok.sum() < 2 or t[ok][-1] <= t[ok][0]:
+            return float("nan")
+        return float(-np.log(e[ok][-1] / e[ok][0]) / (t[ok][-1] - t[ok][0]))
+
+
+class Progress:
+    """A one-line progress bar on stderr: rank 0 only, and only when stderr is a terminal."""
+
+    def __init__(self, comm: MPI.Comm, enabled: bool = True, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = bool(enabled) and comm.rank == 0 and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.started = False
+
+    def update(self, fraction: float, text: str) -> None:
+        if not self.enabled:
+            return
+        fraction = min(max(fraction, 0.0), 1.0) if np.isfinite(fraction) else 0.0
+        width = 30
+        bar = "#" * int(round(width * fraction)) + "." * (width - int(round(width * fraction)))
+        self.stream.write(f"\r[{bar}] {100 * fraction:5.1f}% {text}\033[K")
+        self.stream.flush()
+        self.started = True
+
+    def close(self) -> None:
+        if self.enabled and self.started:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- step policies --------------------------------------------------------------------------
+
+
+@dataclass
+class Geometric:
+    """Given steps: tau_{k+1} = min(growth tau_k, tau_max) (growth = 1: constant steps)."""
+
+    growth: float = 1.0
+    tau_max: float = math.inf
+
+    def next(self, planned: float, stats: StepStats) -> float:
+        return min(planned * self.growth, self.tau_max)
+
+
+@dataclass
+class ErrorControl:
+    """Local error control (PETSc TSAdapt ``basic``'s rule). With the weighted RMS norm
+
+        w = sqrt(mean_i (e_i / (atol + rtol max(|u_i|, |v_i|)))^2)
+
+    of a scheme's estimate e of the local error of a step v -> u, the step is
+    accepted iff w <= 1, and the next (or retried) step is
+    tau min(max(safety w^(-1/p), 0.1), 2) (safety halved after a
+    rejection), p the estimate's order, capped at tau_max.
+    """
+
+    rtol: float
+    atol: float
+    tau_max: float = math.inf
+    safety: float = 0.9
+    reject_safety: float = 0.5
+    clip: tuple = (0.1, 2.0)
+    max_rejections: int = 10
+
+    def norm(self, e: PETSc.Vec, u: PETSc.Vec, v: PETSc.Vec) -> float:
+        scale = self.atol + self.rtol * np.maximum(np.abs(u.array_r), np.abs(v.array_r))
+        local = np.array([np.sum((e.array_r / scale) ** 2), e.getLocalSize()], dtype=float)
+        total = e.getComm().tompi4py().allreduce(local, op=MPI.SUM)
+        return float(np.sqrt(total[0] / total[1]))
+
+    def propose(self, tau: float, w: float, order: int) -> tuple[bool, float]:
+        """(accept, next step size) for an error norm w of an estimate of order p."""
+        accept = w <= 1.0
+        safety = self.safety * (1.0 if accept else self.reject_safety)
+        factor = safety * w ** (-1.0 / order) if w > 0 else self.clip[1]
+        return accept, min(tau * min(max(factor, self.clip[0]), self.clip[1]), self.tau_max)
+
+    def next(self, planned: float, stats: StepStats) -> float:
+        return stats.next_tau
+
+
+class Interrupt:
+    """Ctrl-C (SIGINT) as a request to stop between steps: pass it to :meth:`Flow.run` as ``stop``.
+
+    Inside ``with Interrupt() as stop:`` the first SIGINT only sets a flag,
+    which the run checks after each step on every rank together (so all ranks
+    stop at the same step, and a checkpoint write in progress finishes); a
+    second SIGINT raises KeyboardInterrupt at once. Outside the main thread it
+    installs nothing.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+# -- the flow -------------------------------------------------------------------------------
+
+
+class Flow:
+    """The gradient flow G dU/dt = -dE_alpha(U) for a functional E, a metric and a time stepper.
+
+    ``solver`` (cg | direct) configures the linear solves of every step, which
+    stop (cg) at ||r|| <= max(step_rtol ||rhs||, rtol ||dE_alpha(0)||): each
+    step reduces its own residual by ``step_rtol``, down to the floor
+    ``rtol`` ||dE_alpha(0)|| (for the squared loss ||dE_alpha(0)|| =
+    ||Phi^T y / n||, the stationary right-hand side), which also is the
+    tolerance of :meth:`stationary`. The floor is relative to the data, not
+    to the step: late residuals lie in the slow modes, where a residual
+    costs more error than in a stationary solve, hence the default 1e-12.
+    The Newton tolerances ``newton_rtol`` (relative to the first residual)
+    and ``newton_atol`` apply to nonlinear losses. ``petsc_options`` keys
+    starting with ``snes_`` go to Newton (SNES), the rest to the linear
+    solver; ``ts_*`` keys are refused (there is no PETSc TS).
+
+    ``adapt``: choose the steps by :class:`ErrorControl` (default for schemes
+    with an error estimate, i.e. BDF) or take the given ones
+    (:class:`Geometric`; ``adapt=False``). ``ts_rtol`` / ``ts_atol`` are the
+    error control's tolerances (``ts_atol`` defaults to ts_rtol times the
+    largest |U| of the stationary or else the initial density, fixed when a
+    run starts). With ``pc_shift_factor`` f the preconditioner of the steps'
+    systems s G + K is rebuilt only when the shift crosses a power of f (see
+    :class:`flowfem.stationary.LinearSolver`).
+    """
+
+    def __init__(self, E: Functional, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",
+                 rtol: float = 1e-12, newton_rtol: float = 1e-10, newton_atol: float | None = None,
+                 ts_rtol: float = 1e-4, ts_atol: float | None = None, petsc_options: dict | None = None,
+                 step_rtol: float = 1e-6, pc_shift_factor: float | None = 4.0, adapt: bool | None = None):
+        self.E = E
+        self.G = metric_matrix(E.H, metric)  # validates the name
+        self.metric = str(metric).upper()
+        self.solver, self.rtol, self.step_rtol = solver, float(rtol), float(step_rtol)
+        self.pc_shift_factor = pc_shift_factor
+        self.newton_rtol = float(newton_rtol)
+        opts = {str(k).lstrip("-"): v for k, v in (petsc_options or {}).items()}
+        for key in opts:
+            if key.startswith("ts_"):
+                raise ValueError(f"PETSc option {key}: the flow's time steps are flowfem's own, not a PETSc TS; "
+                                 "give fixed steps with adapt=False (flowfem flow --fixed-steps) and the error "
+                                 "tolerance with ts_rtol (--ts-rtol)")
+        self.snes_options = {k: v for k, v in opts.items() if k.startswith("snes_")}
+        self.linear_options = {k: v for k, v in opts.items() if not k.startswith("snes_")}
+        cls, arg = parse_scheme(scheme)
+        self.adapt = cls.estimates_error if adapt is None else bool(adapt)
+        if self.adapt and not cls.estimates_error:
+            raise ValueError(f"{scheme}: adaptive steps need a scheme with an error estimate (bdf[:ORDER])")
+        if not (np.isfinite(ts_rtol) and ts_rtol > 0):
+            raise ValueError(f"ts_rtol = {ts_rtol}: the local error tolerance must be positive")
+        g0 = E.gradient(E.vector())
+        self.gradient_scale = max(g0.norm(), 1e-300)  # ||dE_alpha(0)||
+        g0.destroy()
+        if newton_atol is None:  # steps near the stationary state start from a tiny residual: the linear floor
+            newton_atol = self.rtol * self.gradient_scale
+        self.newton_atol = float(newton_atol)
+        self.ts_rtol, self.ts_atol_given = float(ts_rtol), ts_atol
+        self.ts_atol = float(ts_atol) if ts_atol is not None else float(ts_rtol)
+        self._scheme_cls, self._scheme_arg = cls, arg
+        self._scheme = None
+        self.scheme  # noqa: B018  (parse the scheme's parameter now: bad input fails here)
+        self.U_star: PETSc.Vec | None = None
+        self.energy_star: float | None = None
+        self.stationary_info = None
+        self.state: FlowState | None = None
+
+    @property
+    def lam(self) -> float:
+        """The contraction rate guaranteed in both metrics: lambda = alpha."""
+        return self.E.lam
+
+    @property
+    def scheme(self) -> Scheme:
+        if self._scheme is None:
+            self._scheme = self._scheme_cls(self, self._scheme_arg)
+        return self._scheme
+
+    def newton_solver(self) -> NewtonSolver:
+        """A Newton solver for the implicit stages F(U) = s G (U - W) + dE(U) - g = 0."""
+        opts = dict(self.linear_options, **self.snes_options)
+        return NewtonSolver(self.E, self.solver, self.newton_rtol, self.newton_atol, 50, self.step_rtol,
+                            G=self.G, petsc_options=opts, linear_atol=self.linear_atol,
+                            pc_shift_factor=self.pc_shift_factor)
+
+    @property
+    def linear_atol(self) -> float:
+        """The absolute floor of every step's linear solves: rtol ||dE_alpha(0)||."""
+        return self.rtol * self.gradient_scale
+
+    def norm(self, V: PETSc.Vec) -> float:
+        """||V||_G: the L^2_omega or the H^1_omega norm (:class:`flowfem.sobolev.WeightedH1`)."""
+        return self.E.H.l2_norm(V) if self.metric == "L2" else self.E.H.norm(V)
+
+    def stationary(self) -> PETSc.Vec:
+        """U*, the minimiser (one linear solve, or Newton for a nonlinear loss); kept as the reference."""
+        if self.U_star is None:
+            if self.E.loss.quadratic:
+                U, info = solve(self.E, self.solver, self.rtol, self.linear_options or None)
+            else:
+                U, info = newton(self.E, None, self.solver, rtol=min(self.newton_rtol, 1e-12),
+                                 linear_rtol=self.rtol, petsc_options=self.linear_options or None)
+            self.U_star, self.stationary_info = U, info
+            self.energy_star = self.E(U)
+        return self.U_star
+
+    def set_reference(self, U_star: PETSc.Vec) -> None:
+        """Use a known stationary solution U* for the error column and the energy gap."""
+        self.U_star = U_star
+        self.energy_star = self.E(U_star)
+
+    def record(self, U: PETSc.Vec, step: int, t: float, tau: float, stats: StepStats | None,
+               seconds: float) -> dict:
+        """One row of the energy log."""
+        loss, reg = self.E.parts(U)
+        error = float("nan")
+        if self.U_star is not None:
+            D = U.copy()
+            D.axpy(-1.0, self.U_star)
+            ref = self.norm(self.U_star)
+            error = self.norm(D) / ref if ref > 0 else self.norm(D)
+            D.destroy()
+        gap = loss + reg - self.energy_star if self.energy_star is not None else float("nan")
+        return dict(step=step, t=t, tau=tau, energy=loss + reg, loss=loss, regulariser=reg, gap=gap,
+                    error=error, newton_iterations=stats.newton_iterations if stats else 0,
+                    linear_iterations=stats.linear_iterations if stats else 0,
+                    rejections=stats.rejections if stats else 0, seconds=seconds)
+
+    def _stop(self, state: FlowState, t_end: float, max_steps: int, tol: float | None, stop) -> str:
+        """Why the run ends before the next step ("" if it goes on); collective."""
+        last = state.log[-1]
+        if tol is not None and last["error"] <= tol:
+            return f"||u - u*|| / ||u*|| = {last['error']:.2e} <= tol = {tol:g}"
+        if state.t >= t_end:
+            return f"t = t_end = {t_end:g}"
+        if state.step >= max_steps:
+            return f"max_steps = {max_steps} steps"
+        if stop is not None and self.E.H.space.comm.allreduce(bool(stop()), op=MPI.LOR):
+            return f"interrupted at step {state.step}, t = {state.t:.6g}"
+        return ""
+
+    def run(self, U: PETSc.Vec, t_end: float = math.inf, tau: float = 1.0, growth: float = 1.0,
+            tau_max: float = math.inf, max_steps: int = 10**6, tol: float | None = None,
+            state: FlowState | None = None, checkpoints=None, writer=None, progress: bool = False,
+            callback=None, stop=None) -> FlowResult:
+        """Flow from U (modified in place) until t_end, max_steps, ||U - U*||_G <= tol ||U*||_G or ``stop()``.
+
+        Steps: tau, then tau * growth, ... up to tau_max, or (``adapt``) as
+        the error control proposes starting from tau. ``state`` continues a
+        checkpointed run (:func:`flowfem.flow.checkpoint.load_checkpoint`),
+        ``checkpoints`` (:class:`flowfem.flow.checkpoint.Checkpoints`) writes
+        them, ``writer`` (:class:`flowfem.io.TrajectoryWriter`) the
+        trajectory. ``stop``: a callable (e.g. :class:`Interrupt`) asked after
+        every step; when it returns True on any rank the run ends there, with a
+        checkpoint if ``checkpoints`` is given, and ``result.interrupted``.
+        ``callback(record, U)`` is called after every step on every rank.
+        """
+        if not (tau > 0 and np.isfinite(tau)):
+            raise ValueError(f"time step tau = {tau} must be positive and finite")
+        if not (growth >= 1.0 and np.isfinite(growth)):
+            raise ValueError(f"step growth factor {growth} must be >= 1 (1: constant steps)")
+        if not tau_max > 0:
+            raise ValueError(f"largest step tau_max = {tau_max} must be positive")
+        if tol is not None and self.U_star is None:
+            raise ValueError("stopping at a tolerance on ||u - u*|| needs the stationary solution: "
+                             "call stationary() (or set_reference) first")
+        if not (np.isfinite(t_end) or max_steps < 10**6 or tol is not None):
+            raise ValueError("the flow needs an end: give t_end, max_steps or tol")
+        comm = self.E.H.space.comm
+        if self.ts_atol_given is None:
+            if state is not None and state.ts_atol is not None:
+                self.ts_atol = state.ts_atol
+            else:
+                ref = self.U_star if self.U_star is not None else U
+                self.ts_atol = self.ts_rtol * max(ref.norm(PETSc.NormType.INFINITY), 1e-300)
+        control = ErrorControl(self.ts_rtol, self.ts_atol, tau_max) if self.adapt else None
+        policy = control or Geometric(growth, tau_max)
+        scheme = self.scheme
+        clock = time.perf_counter()
+        if state is None:
+            state = FlowState(0, 0.0, float(tau), [], self.ts_atol)
+            state.log.append(self.record(U, 0, 0.0, 0.0, None, 0.0))
+            if writer is not None:
+                writer.write(0.0, U)
+        scheme.set_history(state.history)
+        offset = state.log[-1]["seconds"] if state.log else 0.0
+        bar = Progress(comm, progress)
+        saved = -1
+        try:
+            while not (stopped := self._stop(state, t_end, max_steps, tol, stop)):
+                planned = step_tau = min(state.tau, tau_max)
+                final = state.t + step_tau >= t_end * (1 - 1e-12)
+                if final:  # land on t_end
+                    step_tau = t_end - state.t
+                stats = scheme.step(U, state.t, step_tau, control)
+                state.t = t_end if final and stats.tau == step_tau else state.t + stats.tau
+                state.step += 1
+                state.tau = policy.next(planned, stats)
+                rec = self.record(U, state.step, state.t, stats.tau, stats, offset + time.perf_counter() - clock)
+                state.log.append(rec)
+                if writer is not None and state.step % writer.every == 0:
+                    writer.write(state.t, U)
+                if checkpoints is not None and checkpoints.due(state.step):
+                    checkpoints.save(self, state, U)
+                    saved = state.step
+                if callback is not None:
+                    callback(rec, U)
+                fractions = [state.t / t_end if np.isfinite(t_end) else 0.0, state.step / max_steps]
+                if tol is not None and rec["error"] > 0 and state.log[0]["error"] > tol:
+                    fractions.append(np.log(state.log[0]["error"] / rec["error"])
+                                     / np.log(state.log[0]["error"] / tol))
+                bar.update(max(fractions), f"step {state.step} t={state.t:.3g} E={rec['energy']:.6e}"
+                           + (f" err={rec['error']:.1e}" if np.isfinite(rec["error"]) else ""))
+        finally:
+            bar.close()
+        interrupted = stopped.startswith("interrupted")
+        if interrupted and checkpoints is not None and saved != state.step:
+            checkpoints.save(self, state, U)  # resume exactly where the run stopped
+        if writer is not None and state.step % writer.every != 0:
+            writer.write(state.t, U)
+        state.history = [(s, V.copy()) for s, V in scheme.history()]
+        self.state = state
+        return FlowResult(U, state.log, self.lam, self.metric, scheme.label, self.energy_star, self.U_star, stopped,
+                          interrupted)
+
+    def destroy(self):
+        if self._scheme is not None:
+            self._scheme.destroy()
+            self._scheme = None

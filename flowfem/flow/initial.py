@@ -1,0 +1,93 @@
+"""Initial densities of the flow: ``zero``, ``gaussian[:S[:A]]``, a saved density (``density:PATH``, a
+density.npz on the same mesh) or a finite network (``network:PATH``) projected onto the mesh
+(:func:`flowfem.measure.project_network`)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from flowfem.mpi import on_root  # first: loads MPI before dolfinx
+
+import dolfinx.fem  # noqa: E402
+
+from flowfem.io import fill_by_coordinates, read_density_file  # noqa: E402
+from flowfem.measure import project_network  # noqa: E402
+from flowfem.sobolev import WeightedH1  # noqa: E402
+
+
+def gaussian(H: WeightedH1, scale: float = 1.0, amplitude: float = 1.0) -> dolfinx.fem.Function:
+    """u0(theta) = A exp(-|theta|^2 / (2 s^2)): the density of the usual initialisation law
+    N(0, s^2 I) up to its normalisation (on the circle and sphere, |theta| = 1: a constant)."""
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"the Gaussian initial density's scale s = {scale} must be positive")
+    if not np.isfinite(amplitude):
+        raise ValueError(f"the Gaussian initial density's amplitude {amplitude} must be finite")
+    u = H.function("u0")
+    gdim = H.space.gdim
+    u.interpolate(lambda x: amplitude * np.exp(-np.sum(x[:gdim] ** 2, axis=0) / (2 * scale**2)))
+    u.x.scatter_forward()
+    return u
+
+
+def density_from_file(H: WeightedH1, path: str) -> dolfinx.fem.Function:
+    """A density.npz (flowfem solve/flow) on the same mesh, matched dof by dof through the coordinates."""
+    data = on_root(H.space.comm, lambda: read_density_file(path, {"theta", "u"}, "the initial density"))
+    u = H.function("u0")
+    fill_by_coordinates(u, data["theta"], data["u"], f"the initial density {os.fspath(path)!r}",
+                        "it was computed on a different mesh or element degree; use the same --domain, "
+                        "--mesh-size and --degree")
+    return u
+
+
+def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfinx.fem.Function:
+    """u0 from a spec: ``zero``, ``gaussian[:S[:A]]``, ``density:PATH`` (a density.npz on this mesh) or
+    ``network:PATH`` (a network .npz, projected); a bare PATH is read as whichever of the two it is.
+    ValueError (on every rank) for a bad spec or file."""
+    spec = str(spec).strip()
+    kind, _, arg = spec.partition(":")
+    kind_l = kind.lower()
+    comm = H.space.comm
+    if kind_l == "zero":
+        return H.function("u0")
+    if kind_l == "gaussian":
+        parts = [p for p in arg.split(":") if p] if arg else []
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"initial density {spec!r}: write gaussian, gaussian:S or gaussian:S:A") from None
+        if len(values) > 2:
+            raise ValueError(f"initial density {spec!r}: write gaussian, gaussian:S or gaussian:S:A")
+        return gaussian(H, *values)
+    if kind_l in ("density", "network"):
+        path = arg
+    else:
+        path, kind_l = spec, None
+    if not on_root(comm, lambda: os.path.exists(path)):
+        raise ValueError(f"initial density {spec!r}: no file {path!r}; use zero, gaussian[:S[:A]], "
+                         "density:PATH or network:PATH")
+    if kind_l is None:
+        def sniff():
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    keys = set(f.files)
+            except Exception as e:  # noqa: BLE001  (any unreadable file)
+                raise ValueError(f"cannot read the initial density {path!r} ({e})") from None
+            if {"theta", "u"} <= keys:
+                return "density"
+            if {"W", "b", "a"} <= keys:
+                return "network"
+            raise ValueError(f"{path!r} is neither a density (theta, u) nor a network (W, b, a)")
+
+        kind_l = on_root(comm, sniff) if not os.path.isdir(path) else "density"
+    if kind_l == "density":
+        return density_from_file(H, path)
+    from flowfem.network import Network
+
+    def read():  # broadcast plain arrays: an Activation holds lambdas, which do not pickle
+        net = Network.load(path)
+        return net.W, net.b, net.a, net.activation.name
+
+    W, b, a, name = on_root(comm, read)
+    return project_network(H, Network(W, b, a, name), activation)
