@@ -11,13 +11,25 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.path.dirname(__file__), os.pardir, ".cache"))
 
 import flowfem  # noqa: E402,F401  (loads MPI before dolfinx)
+
+import dolfinx.fem  # noqa: E402
+import dolfinx.fem.petsc  # noqa: E402
+import scipy.linalg  # noqa: E402
+import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
+
+from flowfem import data, io  # noqa: E402
+from flowfem.flow.driver import metric_matrix  # noqa: E402
+from flowfem.flow.initial import initial_density  # noqa: E402
+from flowfem.problem import Problem  # noqa: E402
+from flowfem.space import Space  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 BIN = os.path.dirname(sys.executable)
@@ -97,3 +109,104 @@ def operator_count(monkeypatch):
 
     monkeypatch.setattr(DataOperator, "__init__", counting)
     return built
+
+
+def fitted_order(h, errors) -> float:
+    """Slope of log(errors) against log(h) by least squares: the observed order p of errors ~ C h^p
+    (negative for errors falling in h = N, a width or a count)."""
+    return float(np.polyfit(np.log(np.asarray(h, float)), np.log(np.asarray(errors, float)), 1)[0])
+
+
+# -- dense reference computations (small problems; on every rank) ---------------------------------
+
+comm = MPI.COMM_WORLD
+
+
+def say(*a):
+    if comm.rank == 0:
+        print(*a)
+
+
+def dense(mat) -> np.ndarray:
+    """A distributed PETSc matrix as a dense global array on every rank."""
+    lo, hi = mat.getOwnershipRange()
+    ai, aj, av = mat.getValuesCSR()
+    local = np.zeros((hi - lo, mat.getSize()[1]))
+    for r in range(hi - lo):
+        local[r, aj[ai[r]:ai[r + 1]]] = av[ai[r]:ai[r + 1]]
+    return np.vstack(comm.allgather(local))
+
+
+def vector(E, values: np.ndarray):
+    """A PETSc dof vector holding this rank's part of a global array."""
+    V = E.vector()
+    lo, hi = V.getOwnershipRange()
+    V.array[:] = values[lo:hi]
+    return V
+
+
+def small_problem(alpha=0.05, loss="squared"):
+    """49 dofs, 40 points: small enough for dense matrix exponentials."""
+    if loss == "squared":
+        ds = data.synthetic("sin", 40, seed=3)
+        problem = Problem(Space.box(1, 6, 2.0), "relu", "gaussian:1.5", alpha=alpha, kappa=0.5)
+    else:
+        ds = data.synthetic("two_moons", 60, seed=4)
+        problem = Problem(Space.sphere(1), "relu", "uniform", alpha=alpha, kappa=0.5, loss="logistic")
+    return problem, problem.functional(ds.x, ds.y)
+
+
+def u0(problem, spec="gaussian:1:2"):
+    return io.vector(initial_density(problem.H, spec))
+
+
+class Exact:
+    """The exact flow U(t) = U* + V exp(-mu t) V^T G (U0 - U*) of a quadratic E (K V = G V diag(mu))."""
+
+    def __init__(self, E, G_name):
+        A, C = dense_system(E)
+        self.G = dense(metric_matrix(E.H, G_name))
+        K = E.alpha * A + C @ C.T / E.n
+        self.U_star = np.linalg.solve(K, C @ E.y / E.n)
+        self.mu, self.V = scipy.linalg.eigh(K, self.G)
+
+    def __call__(self, U0: np.ndarray, t: float) -> np.ndarray:
+        c = self.V.T @ self.G @ (U0 - self.U_star)
+        return self.U_star + self.V @ (np.exp(-self.mu * t) * c)
+
+    def norm(self, v):
+        return float(np.sqrt(v @ self.G @ v))
+
+
+def _ufl_sigma(name, z):
+    return {"relu": lambda z: ufl.max_value(z, 0.0), "tanh": ufl.tanh,
+            "leaky_relu:0.1": lambda z: ufl.max_value(z, 0.1 * z), "monomial:3": lambda z: z**3}[name](z)
+
+
+def dense_system(E):
+    """(A, Phi^T) as dense global arrays on every rank, Phi assembled independently with UFL.
+
+    Column j of Phi^T is the vector of integral sigma(theta . x~_j) v d theta, assembled
+    by dolfinx with the same quadrature degree as flowfem's data operator.
+    """
+    H, Phi = E.H, E.Phi
+    V, mesh = H.V, H.space.mesh
+    lo, hi = H.A.getOwnershipRange()
+    A = dense(H.A)
+    xj = dolfinx.fem.Constant(mesh, np.zeros(E.Phi.x.shape[1] + 1))
+    theta = ufl.SpatialCoordinate(mesh)
+    v = ufl.TestFunction(V)
+    form = dolfinx.fem.form(_ufl_sigma(Phi.sigma.name, ufl.dot(theta, xj)) * v
+                            * ufl.dx(metadata={"quadrature_degree": Phi.quadrature.degree}))
+    C_local = np.empty((hi - lo, E.n))
+    for j in range(E.n):
+        xj.value[:] = np.append(E.Phi.x[j], 1.0)
+        b = dolfinx.fem.petsc.assemble_vector(form)
+        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        C_local[:, j] = b.array_r
+        b.destroy()
+    return A, np.vstack(comm.allgather(C_local))
+
+
+def gather(vec):
+    return np.concatenate(comm.allgather(vec.array_r.copy()))

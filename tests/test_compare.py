@@ -19,6 +19,8 @@ from flowfem import compare, data
 from flowfem.outputs import MANIFEST
 from flowfem.space import Space
 
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
+
 FLOWFEM = os.path.join(BIN, "flowfem")
 TINY = dict(widths=(8, 16), seeds=(0, 1), steps=40, mesh_size=8, alpha=1e-4,
             readouts=("quadrature", "sample", "refit"))

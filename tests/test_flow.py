@@ -19,82 +19,26 @@ import time
 
 import numpy as np
 import pytest
-import scipy.linalg
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 
 from mpi4py import MPI
 
-from conftest import BIN, MPIRUN, ROOT, run
-from flowfem import data, io, plot
+from conftest import BIN, MPIRUN, ROOT, Exact, run, say, small_problem, u0
+from flowfem import io, plot
 from flowfem.flow import Flow
 from flowfem.flow import checkpoint as ck
-from flowfem.flow.driver import Progress, metric_matrix
+from flowfem.flow.driver import Progress
 from flowfem.flow.initial import initial_density
 from flowfem.network import Network
 from flowfem.problem import Problem
 from flowfem.space import Space
 from flowfem.stationary import solve
-from test_stationary import dense_system
+
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
 
 comm = MPI.COMM_WORLD
 FLOWFEM = os.path.join(BIN, "flowfem")
-
-
-def say(*a):
-    if comm.rank == 0:
-        print(*a)
-
-
-def dense(mat) -> np.ndarray:
-    """A distributed PETSc matrix as a dense global array on every rank."""
-    lo, hi = mat.getOwnershipRange()
-    ai, aj, av = mat.getValuesCSR()
-    local = np.zeros((hi - lo, mat.getSize()[1]))
-    for r in range(hi - lo):
-        local[r, aj[ai[r]:ai[r + 1]]] = av[ai[r]:ai[r + 1]]
-    return np.vstack(comm.allgather(local))
-
-
-def vector(E, values: np.ndarray):
-    """A PETSc dof vector holding this rank's part of a global array."""
-    V = E.vector()
-    lo, hi = V.getOwnershipRange()
-    V.array[:] = values[lo:hi]
-    return V
-
-
-def small_problem(alpha=0.05, loss="squared"):
-    """49 dofs, 40 points: small enough for dense matrix exponentials."""
-    if loss == "squared":
-        ds = data.synthetic("sin", 40, seed=3)
-        problem = Problem(Space.box(1, 6, 2.0), "relu", "gaussian:1.5", alpha=alpha, kappa=0.5)
-    else:
-        ds = data.synthetic("two_moons", 60, seed=4)
-        problem = Problem(Space.sphere(1), "relu", "uniform", alpha=alpha, kappa=0.5, loss="logistic")
-    return problem, problem.functional(ds.x, ds.y)
-
-
-def u0(problem, spec="gaussian:1:2"):
-    return io.vector(initial_density(problem.H, spec))
-
-
-class Exact:
-    """The exact flow U(t) = U* + V exp(-mu t) V^T G (U0 - U*) of a quadratic E (K V = G V diag(mu))."""
-
-    def __init__(self, E, G_name):
-        A, C = dense_system(E)
-        self.G = dense(metric_matrix(E.H, G_name))
-        K = E.alpha * A + C @ C.T / E.n
-        self.U_star = np.linalg.solve(K, C @ E.y / E.n)
-        self.mu, self.V = scipy.linalg.eigh(K, self.G)
-
-    def __call__(self, U0: np.ndarray, t: float) -> np.ndarray:
-        c = self.V.T @ self.G @ (U0 - self.U_star)
-        return self.U_star + self.V @ (np.exp(-self.mu * t) * c)
-
-    def norm(self, v):
-        return float(np.sqrt(v @ self.G @ v))
 
 
 # -- energy, order, convergence ----------------------------------------------------------------------

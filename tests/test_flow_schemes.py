@@ -13,11 +13,13 @@ import pytest
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 
+from conftest import Exact, fitted_order, gather, say, small_problem, u0, vector  # noqa: E402
+
 from flowfem.flow import Flow
 from flowfem.flow import checkpoint as ck
 from flowfem.flow.schemes import SCHEMES, lagrange_derivative
-from test_flow import Exact, say, small_problem, u0, vector
-from test_stationary import gather
+
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
 
 BDF_ORDERS = range(1, 7)
 
@@ -73,7 +75,7 @@ def test_observed_order_matches_the_scheme(spec, order, kind, steps):
         taus.append(1.0 / N)
         errors.append(exact.norm(gather(U) - target) / exact.norm(target))
         flow.destroy()
-    slope = np.polyfit(np.log(taus), np.log(errors), 1)[0]
+    slope = fitted_order(taus, errors)
     say(f"\n{spec} ({kind}): errors {', '.join(f'{e:.2e}' for e in errors)}, observed order {slope:.3f} "
         f"(scheme {order})")
     assert abs(slope - order) <= 0.15, (slope, errors)

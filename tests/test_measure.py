@@ -18,12 +18,14 @@ import dolfinx.fem
 import ufl
 from mpi4py import MPI
 
-from conftest import run
+from conftest import fitted_order, run
 from flowfem import data, measure
 from flowfem import particles as fp
 from flowfem.network import Network
 from flowfem.problem import Problem
 from flowfem.space import Space
+
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
 
 
 def _network(N=400, d=1, seed=0, act="relu", scale=1.5):
@@ -45,8 +47,6 @@ def _inputs(d, n=201):
     return np.random.default_rng(7).uniform(-1, 1, (n, 2))
 
 
-def _slope(h, err):
-    return np.polyfit(np.log(h), np.log(err), 1)[0]
 
 
 @pytest.mark.parametrize("domain", ["box", "circle", "sphere"])
@@ -88,7 +88,7 @@ def test_lumped_projection_reproduces_the_predictions_as_h_shrinks():
         assert np.all(e <= pd.bound(x))
         h.append(pd.h)
         err.append(e.max())
-    assert _slope(h, err) >= 1.0, err
+    assert fitted_order(h, err) >= 1.0, err
     assert err[-1] < 1e-3
 
 
@@ -106,7 +106,7 @@ def test_directions_reproduce_the_predictions_as_h_shrinks(domain, sizes, rate):
         assert np.all(e <= pd.bound(x))
         h.append(pd.h)
         err.append(e.max())
-    assert _slope(h, err) >= rate, err
+    assert fitted_order(h, err) >= rate, err
 
 
 def test_kernel_smoothing_error_is_within_the_stated_bound():

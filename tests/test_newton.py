@@ -14,13 +14,14 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 
 from mpi4py import MPI
 
-from conftest import BIN, perturbations, run
+from conftest import BIN, dense_system, gather, perturbations, run
 from flowfem import data
 from flowfem.loss import LOGISTIC
 from flowfem.problem import Problem
 from flowfem.space import Space
 from flowfem.stationary import LinearSolver, NotConverged, newton, solve
-from test_stationary import dense_system, gather
+
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
 
 comm = MPI.COMM_WORLD
 

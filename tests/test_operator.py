@@ -15,6 +15,8 @@ from flowfem.operator import (DataOperator, DenseFeatures, MonomialFeatures, Rel
 from flowfem.sobolev import WeightedH1
 from flowfem.space import Space
 
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
+
 
 @pytest.mark.parametrize("name", ["relu", "leaky_relu:0.2"])
 def test_sorted_relu_products_are_exact(name):

@@ -15,6 +15,8 @@ from flowfem import data, io
 from flowfem.problem import Problem
 from flowfem.space import Space
 
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
+
 comm = MPI.COMM_WORLD
 
 

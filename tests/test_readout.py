@@ -18,12 +18,14 @@ from mpi4py import MPI
 
 import dolfinx.fem
 
-from conftest import run_mpi_script
+from conftest import fitted_order, run_mpi_script
 from flowfem import data, readout as ro
 from flowfem.network import Network
 from flowfem.operator import make_features as features
 from flowfem.problem import Problem
 from flowfem.space import Space
+
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
 
 
 def _solved(space, activation="relu", degree=1, alpha=1e-4, noise=None, n=100, weight="gaussian:2",
@@ -37,8 +39,6 @@ def _f(net: Network, x):
     return features(net.activation, x, np.column_stack([net.W, net.b]), repeated=False).matvec(net.a)
 
 
-def _slope(N, err):
-    return np.polyfit(np.log(N), np.log(err), 1)[0]
 
 
 X_TEST = np.linspace(-1, 1, 64)[:, None]
@@ -148,7 +148,7 @@ def test_midpoint_readout_converges_like_one_over_N(act):
         N.append(net.width)
         err.append(np.sqrt(np.mean((_f(net, X_TEST) - f) ** 2)))
     assert N == [72 * m**2 for m in (1, 2, 4, 8)]
-    assert _slope(N, err) <= -0.9, (N, err)
+    assert fitted_order(N, err) <= -0.9, (N, err)
     assert np.all(np.array(err[:-1]) / np.array(err[1:]) > 3.5)
 
 
@@ -166,7 +166,7 @@ def test_sampling_converges_like_one_over_sqrt_N():
         rms.append(np.sqrt(np.mean((preds - f) ** 2)))
         stderr = np.sqrt(np.mean((preds - f) ** 2, axis=0) / 16)
         assert np.all(np.abs(preds.mean(axis=0) - f) <= 4 * stderr + 1e-12)
-    assert -0.65 <= _slope(N, rms) <= -0.35, (N, rms)
+    assert -0.65 <= fitted_order(N, rms) <= -0.35, (N, rms)
 
 
 def test_sample_weights_and_seed():

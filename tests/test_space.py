@@ -16,12 +16,16 @@ import pytest
 
 from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 
+from conftest import fitted_order  # noqa: E402
+
 import dolfinx.fem  # noqa: E402
 import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from flowfem.space import (MeshArrays, Space, ball_arrays, box_arrays, circle_arrays, named_arrays,  # noqa: E402
                            read_arrays, sphere_arrays)
+
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
 
 COMM = MPI.COMM_WORLD
 MESH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "meshes")
@@ -114,7 +118,7 @@ def test_circle_length_orders():
         assert measure(Space.circle(n, degree=1)) == pytest.approx(2 * n * np.sin(np.pi / n), rel=1e-13)
     ns = np.array([8, 16, 32, 64])
     errors = [abs(measure(Space.circle(int(n)), qdeg=8) - 2 * np.pi) for n in ns]
-    order = -np.polyfit(np.log(ns), np.log(errors), 1)[0]
+    order = -fitted_order(ns, errors)
     assert order > 3.8, (errors, order)
 
 
@@ -133,8 +137,7 @@ def test_sphere_area_orders():
     curved = [4 * np.pi - measure(Space.sphere(int(r), degree=2), qdeg=8) for r in refinements]
     flat = [4 * np.pi - measure(Space.sphere(int(r), degree=1)) for r in refinements]
     assert min(curved) > 0 and min(flat) > 0
-    order_curved = np.polyfit(np.log(h), np.log(curved), 1)[0]
-    order_flat = np.polyfit(np.log(h), np.log(flat), 1)[0]
+    order_curved, order_flat = fitted_order(h, curved), fitted_order(h, flat)
     assert order_curved > 3.8, (curved, order_curved)
     assert 1.8 < order_flat < 2.2, (flat, order_flat)
     assert curved[-1] < 1e-5

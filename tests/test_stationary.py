@@ -5,60 +5,19 @@ Runs serially and under mpirun -n 2 (tests/test_mpi.py).
 
 import numpy as np
 import pytest
-import ufl
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 
-import dolfinx.fem
-import dolfinx.fem.petsc
 from mpi4py import MPI
-from petsc4py import PETSc
 
-from conftest import perturbations
+from conftest import dense_system, gather, perturbations
 from flowfem import data
 from flowfem.problem import Problem
 from flowfem.space import Space
 
+pytestmark = pytest.mark.parallel  # collective-safe, any rank count: rerun by tests/test_mpi.py
+
 comm = MPI.COMM_WORLD
-
-
-def _ufl_sigma(name, z):
-    return {"relu": lambda z: ufl.max_value(z, 0.0), "tanh": ufl.tanh,
-            "leaky_relu:0.1": lambda z: ufl.max_value(z, 0.1 * z), "monomial:3": lambda z: z**3}[name](z)
-
-
-def dense_system(E):
-    """(A, Phi^T) as dense global arrays on every rank, Phi assembled independently with UFL.
-
-    Column j of Phi^T is the vector of integral sigma(theta . x~_j) v d theta, assembled
-    by dolfinx with the same quadrature degree as flowfem's data operator.
-    """
-    H, Phi = E.H, E.Phi
-    V, mesh = H.V, H.space.mesh
-    lo, hi = H.A.getOwnershipRange()
-    N = H.ndofs
-    ai, aj, av = H.A.getValuesCSR()
-    A_local = np.zeros((hi - lo, N))
-    for r in range(hi - lo):
-        A_local[r, aj[ai[r]:ai[r + 1]]] = av[ai[r]:ai[r + 1]]
-    A = np.vstack(comm.allgather(A_local))
-    xj = dolfinx.fem.Constant(mesh, np.zeros(E.Phi.x.shape[1] + 1))
-    theta = ufl.SpatialCoordinate(mesh)
-    v = ufl.TestFunction(V)
-    form = dolfinx.fem.form(_ufl_sigma(Phi.sigma.name, ufl.dot(theta, xj)) * v
-                            * ufl.dx(metadata={"quadrature_degree": Phi.quadrature.degree}))
-    C_local = np.empty((hi - lo, E.n))
-    for j in range(E.n):
-        xj.value[:] = np.append(E.Phi.x[j], 1.0)
-        b = dolfinx.fem.petsc.assemble_vector(form)
-        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-        C_local[:, j] = b.array_r
-        b.destroy()
-    return A, np.vstack(comm.allgather(C_local))
-
-
-def gather(vec):
-    return np.concatenate(comm.allgather(vec.array_r.copy()))
 
 
 @pytest.mark.parametrize("activation,domain,weight", [
