@@ -81,7 +81,7 @@ FILES = ("table.md", "table.csv", "runs.csv", "curves.csv", "results.json", "den
 FIGURES = ("error_vs_width.png", "error_vs_time.png", "densities.png")
 RUN_COLUMNS = ("solver", "method", "width", "seed", "test_rmse", "train_loss", "objective",
                "objective_name", "seconds", "steps", "lr", "ranks", "status", "how")
-TABLE_COLUMNS = ("solver", "method", "width", "seeds", "test_rmse_mean", "test_rmse_std",
+TABLE_COLUMNS = ("solver", "method", "width", "seeds", "status", "test_rmse_mean", "test_rmse_std",
                  "test_rmse_min", "test_rmse_max", "train_loss_mean", "train_loss_std",
                  "objective_mean", "objective_std", "objective_name", "seconds_mean", "steps",
                  "lr", "ranks", "how")
@@ -135,9 +135,11 @@ class Comparison:
             tl = np.array([r.train_loss for r in rs])
             ob = np.array([r.objective for r in rs])
             steps = sorted({r.steps for r in rs if r.steps is not None})
+            counts = {k: sum(r.status == k for r in rs) for k in dict.fromkeys(r.status for r in rs)}
+            status = ", ".join(k if v == len(rs) else f"{k} {v} of {len(rs)}" for k, v in counts.items())
             rows.append(dict(
                 solver=solver, method=method, width=width,
-                seeds=" ".join(str(r.seed) for r in rs) if rs[0].seed is not None else "",
+                seeds=" ".join(str(r.seed) for r in rs) if rs[0].seed is not None else "", status=status,
                 test_rmse_mean=float(np.mean(e)), test_rmse_std=float(np.std(e)),
                 test_rmse_min=float(np.min(e)), test_rmse_max=float(np.max(e)),
                 train_loss_mean=float(np.mean(tl)), train_loss_std=float(np.std(tl)),
@@ -151,13 +153,14 @@ class Comparison:
 
     def markdown(self) -> str:
         """The aggregated table as Markdown (3 significant digits; the CSV has them all)."""
-        head = ["solver", "method", "N", "seeds", "test RMSE mean", "± std", "[min, max]",
+        head = ["solver", "method", "N", "seeds", "status", "test RMSE mean", "± std", "[min, max]",
                 "train loss", "objective", "objective name", "seconds", "steps", "lr", "ranks", "how"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         g = "{:.3g}".format
         for r in self.table():
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in [
                 r["solver"], r["method"], "" if r["width"] is None else str(r["width"]), r["seeds"],
+                r["status"] if r["status"] == "completed" else f"**{r['status']}**",
                 g(r["test_rmse_mean"]), g(r["test_rmse_std"]), f"[{g(r['test_rmse_min'])}, {g(r['test_rmse_max'])}]",
                 g(r["train_loss_mean"]), g(r["objective_mean"]), r["objective_name"], g(r["seconds_mean"]),
                 r["steps"], "" if r["lr"] == "" else g(r["lr"]), str(r["ranks"]), r["how"]]) + " |")

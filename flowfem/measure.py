@@ -377,8 +377,13 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
             if locate(np.zeros((1, gdim)))[2][0] > tol2:
                 raise ValueError("outside='rescale' moves neurons towards the origin, which is not in this "
                                  "parameter domain: use 'clip' or 'drop'")
-            t_in, t_out = np.zeros(len(idx)), np.ones(len(idx))
-            for _ in range(60):  # bisection on the ray: t_in theta inside, t_out theta outside
+            # bisection on the ray: t_in theta inside, t_out theta outside; t_out starts where the ray
+            # leaves the ball holding every vertex, so that a neuron at |theta| = 1e65 is placed as exactly
+            # as one just outside (from t_out = 1, 60 halvings ended at t_in = 0 and c / 0 = inf)
+            r_max = comm.allreduce(float(np.linalg.norm(x0, axis=1).max(initial=0.0)), op=MPI.MAX)
+            t_in = np.zeros(len(idx))
+            t_out = np.minimum(1.0, r_max * (1 + 1e-9) / np.linalg.norm(theta[idx], axis=1))
+            for _ in range(60):
                 t = 0.5 * (t_in + t_out)
                 inside = locate(t[:, None] * theta[idx])[2] <= tol2
                 t_in, t_out = np.where(inside, t, t_in), np.where(inside, t_out, t)

@@ -203,3 +203,22 @@ def test_command_needs_force_for_a_full_directory(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+@pytest.mark.parametrize("activation,lr,status", [("tanh", 100.0, "diverged"), ("relu", 1e6, "completed")])
+def test_a_failing_particle_run_is_flagged_and_the_comparison_goes_on(activation, lr, status):
+    """GD with a step far too large: tanh overflows (diverged), relu sends neurons to |theta| ~ 1e65
+    (completed, dead neurons), whose density projection divided by zero and aborted the comparison."""
+    train, test = data.synthetic("sin", 150, seed=0), data.synthetic("sin", 200, seed=1)
+    cmp = compare.compare(train, test, widths=(8,), seeds=(0,), steps=200, mesh_size=8, alpha=1e-4,
+                          methods=("gd", "adam"), lr={"gd": lr, "adam": 0.03}, activation=activation,
+                          readouts=("quadrature",))
+    rows = {(r["solver"], r["method"]): r for r in cmp.table()}
+    assert rows[("particles", "gd")]["status"] == status
+    assert rows[("particles", "adam")]["status"] == "completed"
+    assert np.isfinite(next(r for r in cmp.table() if r["solver"] == "FE solve")["test_rmse_mean"])
+    table = cmp.markdown()
+    assert ("**diverged**" in table) == (status == "diverged")
+    if status == "completed":  # projected, with finite numbers
+        d = cmp.distances["gd N=8 seed=0"]
+        assert np.isfinite(d["l2"]) and d["projection_error"] <= d["projection_bound"]
