@@ -18,7 +18,7 @@ import traceback
 
 import numpy as np
 
-from flowfem.mpi import fail_together, message, on_root  # first: loads MPI before dolfinx
+from flowfem.mpi import exit_now, fail_together, message, on_root  # first: loads MPI before dolfinx
 
 from mpi4py import MPI  # noqa: E402
 
@@ -597,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         line = (traceback.format_exc().rstrip() if os.environ.get("FLOWFEM_DEBUG")
                 else f"flowfem: error: {message(e)}")
         fail_together(comm, line)  # rank 0 says it once if every rank failed; else aborts them all
+        if getattr(sys.modules.get("flowfem.io"), "FAILED_WRITERS", None):
+            exit_now(2)  # a failed ADIOS2 writer would abort the process when destroyed at exit
         return 2
     return 0
 

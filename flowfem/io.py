@@ -54,12 +54,23 @@ def write_json(path: str, obj: dict, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
             f.write("\n")
 
 
+FAILED_WRITERS: list = []
+"""ADIOS2 writers whose write failed (e.g. on a full disk). Destroying one ends the process with
+std::terminate (its engine throws again from the C++ destructor), so they are kept here for the
+life of the process, and :mod:`flowfem.cli` leaves by ``os._exit`` when this list is not empty."""
+
+
 def write_vtx(path: str, u: dolfinx.fem.Function | list[dolfinx.fem.Function], t: float = 0.0) -> None:
     """Write u (or several Functions on one mesh, as fields of one file) to a VTX (.bp) directory
     for ParaView, at time t (collective)."""
     fields = list(u) if isinstance(u, (list, tuple)) else [u]
-    with dolfinx.io.VTXWriter(fields[0].function_space.mesh.comm, path, fields, engine="BP4") as w:
+    w = dolfinx.io.VTXWriter(fields[0].function_space.mesh.comm, path, fields, engine="BP4")
+    try:
         w.write(t)
+        w.close()
+    except Exception:
+        FAILED_WRITERS.append(w)
+        raise
 
 
 def assign(u: dolfinx.fem.Function, U: PETSc.Vec | np.ndarray) -> None:
@@ -265,11 +276,21 @@ class TrajectoryWriter:
 
     def write(self, t: float, U: PETSc.Vec) -> None:
         assign(self.u, U)
-        self.writer.write(t)
+        try:
+            self.writer.write(t)
+        except Exception:
+            FAILED_WRITERS.append(self.writer)  # see FAILED_WRITERS
+            raise
         self.frames += 1
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer in FAILED_WRITERS:
+            return
+        try:
+            self.writer.close()
+        except Exception:
+            FAILED_WRITERS.append(self.writer)
+            raise
 
     def __enter__(self):
         return self

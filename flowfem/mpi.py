@@ -21,6 +21,7 @@ An error on one rank must end every rank, never hang:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import traceback
@@ -68,8 +69,9 @@ class CollectiveError(ValueError):
 
 def message(e: BaseException) -> str:
     """One line for an exception: its text for a ValueError (flowfem's messages are written for the
-    user), ``Type: text`` otherwise (a bare KeyError's text alone would be just the key)."""
-    text = " ".join(str(e).split())
+    user), ``Type: text`` otherwise (a bare KeyError's text alone would be just the key). Terminal
+    colour codes (ADIOS2 colours its exceptions) are removed: the line may go to a log file."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
     if isinstance(e, ValueError) and text:
         return text
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -92,6 +94,16 @@ def on_root(comm: MPI.Comm, fn: Callable[[], T], bcast: bool = True) -> T | None
     if error is not None:
         raise CollectiveError(error)
     return comm.bcast(result, root=0) if bcast else result
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` now: flush the streams, finalise MPI, skip the interpreter's
+    clean-up (for objects whose destructors would abort it: :data:`flowfem.io.FAILED_WRITERS`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+    os._exit(code)
 
 
 def fail_together(comm: MPI.Comm, line: str, grace: float = GRACE_SECONDS) -> None:

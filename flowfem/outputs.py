@@ -32,7 +32,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from flowfem.mpi import on_root  # first: loads MPI before dolfinx
+from flowfem.mpi import message, on_root  # first: loads MPI before dolfinx
 
 from mpi4py import MPI  # noqa: E402
 
@@ -194,10 +194,18 @@ def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, f
         tmp = on_root(comm, make)
         try:
             yield tmp
-        except BaseException:
+        except Exception as e:
             # no collective here: the other ranks may be inside another one (a mismatch would hang).
             # An error on every rank reaches every rank's handler; one on some ranks only ends the
             # run (flowfem.mpi.fail_together) before the barrier below lets anything be published.
+            free = shutil.disk_usage(os.path.dirname(path)).free  # before the partial files are removed
+            if comm.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if free < 2**20:  # the usual cause; the writers' own messages (ADIOS2's) do not say it
+                raise OSError(f"writing {path!r} failed, the file system holding it is full ({free} bytes "
+                              f"free): {message(e)}") from e
+            raise
+        except BaseException:
             if comm.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -3,12 +3,13 @@
 import glob
 import os
 import re
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, run, run_mpi_script
+from conftest import BIN, ROOT, run, run_mpi_script
 
 pytestmark = pytest.mark.mpi
 
@@ -332,3 +333,26 @@ def test_every_rank_may_save_the_same_file(tmp_path):
     r = run([sys.executable, str(script), str(out)], ranks=2, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(os.listdir(out)) == ["data.csv", "data.npz", "mesh.msh", "net.npz", "root.npz"]  # no temporary files
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_full_disk_ends_every_rank_with_one_line(tmp_path, ranks):
+    """A 244 kB file system: 2 ranks hung (rank 0 in the output directory's allreduce, rank 1 inside
+    an ADIOS2 collective). Needs mount(2): root outside a container, as on the CI machine."""
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=244k", "tmpfs", str(full)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root outside a container")
+    try:
+        r = run([os.path.join(BIN, "flowfem"), "solve", "--data", "sin", "--mesh-size", "64", "--no-plot",
+                 "--out", str(full / "out")], ranks=ranks, timeout=120)
+        assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+        lines = _own_lines(r.stderr)
+        assert len(lines) == 1 and "is full" in lines[0] and "\x1b[" not in lines[0], r.stderr
+        assert not (full / "out").exists()
+    finally:
+        subprocess.run(["umount", "--lazy", str(full)], check=True)  # an aborted rank may still be exiting
