@@ -191,7 +191,7 @@ class Comparison:
 
     def write(self, out: str, comm: MPI.Comm | None = None, force: bool = False, plot: bool = True) -> None:
         """Write every file of the module docstring into ``out`` (atomically; collective)."""
-        from flowfem import io, outputs
+        from flowfem import io, outputs, plot
 
         comm = self.result.problem.space.comm if comm is None else comm
         u = self.density
@@ -233,7 +233,7 @@ class Comparison:
                       f, indent=2, sort_keys=True, allow_nan=True)
             f.write("\n")
         if plot:
-            _figures(tmp, self, gathered)
+            plot.comparison_figures(tmp, self, gathered)
 
 
 def _write_csv(path, columns, rows):
@@ -534,90 +534,3 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         density_width=density_width, mmd_bandwidth=mmd_bandwidth, ranks=ranks,
         fe_iterations=result.iterations, fe_residual=result.residual)
     return Comparison(runs, settings, result, u_star, particles, networks, densities, distances, train, test)
-
-
-# -- figures (rank 0) -------------------------------------------------------------------------
-
-_COLOURS = {"gd": "tab:blue", "adam": "tab:orange", "quadrature": "tab:green", "sample": "tab:purple",
-            "refit": "tab:red"}
-
-
-def _figures(directory: str, cmp: Comparison, gathered) -> None:
-    from flowfem import plot
-
-    plt = plot._pyplot()
-    table = cmp.table()
-    fe = next(r for r in table if r["solver"] == "FE solve")
-
-    # test error, train loss and own objective versus width
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    keys = [("test_rmse", "test RMSE"), ("train_loss", "train loss (1/n) sum (f - y)^2 / 2"),
-            ("objective", "own objective (differs by family)")]
-    for ax, (key, label) in zip(axes, keys):
-        for (solver, method) in dict.fromkeys((r["solver"], r["method"]) for r in table if r["width"]):
-            rows = sorted((r for r in table if r["solver"] == solver and r["method"] == method),
-                          key=lambda r: r["width"])
-            N = np.array([r["width"] for r in rows], float)
-            if key == "test_rmse":
-                mean = np.array([r["test_rmse_mean"] for r in rows])
-                err = [mean - [r["test_rmse_min"] for r in rows], np.array([r["test_rmse_max"] for r in rows]) - mean]
-            else:
-                mean = np.array([r[f"{key}_mean"] for r in rows])
-                std = np.array([r[f"{key}_std"] for r in rows])
-                err = [np.minimum(std, 0.999 * mean), std]
-            name = f"particles {method}" if solver == "particles" else f"FE readout {method}"
-            ax.errorbar(N, mean, yerr=err, marker="o" if solver == "particles" else "s", capsize=3,
-                        color=_COLOURS.get(method), ls="-" if solver == "particles" else "--", label=name)
-        ref = {"test_rmse": fe["test_rmse_mean"], "train_loss": fe["train_loss_mean"], "objective": fe["objective_mean"]}[key]
-        ax.axhline(ref, color="k", ls=":", label="FE solve (continuum)" if key != "objective" else "E_alpha(u*)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("width N")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    axes[0].set_title("mean over seeds, bars: min..max")
-    axes[2].set_title("each family's own objective (see table)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(directory, "error_vs_width.png"), dpi=110)
-    plt.close(fig)
-
-    # test error versus wall time
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    widths = cmp.settings["widths"]
-    for (m, N, s), r in cmp.particles.items():
-        h = r.history
-        k = widths.index(N)
-        ax.plot(np.maximum(h["time"], 1e-4), h["test_error"], color=_COLOURS[m],
-                alpha=0.35 + 0.65 * (k + 1) / len(widths), lw=1.5 if s == cmp.settings["seeds"][0] else 0.6,
-                label=f"{m} N={N}" if s == cmp.settings["seeds"][0] else None)
-    for r in cmp.runs:
-        if r.solver == "FE readout" and r.method == "quadrature":
-            ax.plot(r.seconds, r.test_rmse, "s", color=_COLOURS["quadrature"], ms=6)
-            ax.annotate(f"N={r.width}", (r.seconds, r.test_rmse), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.plot(fe["seconds_mean"], fe["test_rmse_mean"], "k*", ms=14, label="FE solve")
-    ax.plot([], [], "s", color=_COLOURS["quadrature"], label="FE readout quadrature (own solve)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"wall time [s] on {cmp.settings['ranks']} rank(s)")
-    ax.set_ylabel("test RMSE")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("particle training curves; FE solve as a point")
-    fig.tight_layout()
-    fig.savefig(os.path.join(directory, "error_vs_time.png"), dpi=110)
-    plt.close(fig)
-
-    # the FE density next to the particle densities
-    names = ["FE density u*"] + [f"particles {m}, N={N}, seed {s}" for (m, N, s) in cmp.densities]
-    fig, axes = plt.subplots(1, len(gathered), figsize=(5.2 * len(gathered), 4.4), squeeze=False)
-    domain = cmp.settings["domain"]
-    for ax, (theta, values), name, pd in zip(axes[0], gathered, names, [None] + list(cmp.densities.values())):
-        plot.density_axes(ax, theta, values, domain)
-        if pd is not None and theta.shape[1] == 2 and domain != "circle":
-            keep = ~pd.dropped
-            ax.plot(pd.theta[keep, 0], pd.theta[keep, 1], "k.", ms=1.5, alpha=0.5)
-        ax.set_title(name)
-    fig.tight_layout()
-    fig.savefig(os.path.join(directory, "densities.png"), dpi=110)
-    plt.close(fig)
