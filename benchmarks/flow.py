@@ -30,11 +30,11 @@ the stationary and implicit Euler rows are the best of ``--repeats`` runs,
 the slow comparison rows (BDF, theta, Crank-Nicolson) run once.
 """
 
-import argparse
 import time
 
 import numpy as np
 
+import common
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 
@@ -124,8 +124,7 @@ def main(quick: bool = False, repeats: int = 2, cells: int | None = None):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds), for a smoke test")
+    p = common.parser(__doc__)
     p.add_argument("--repeats", type=int, default=2, help="best of this many runs per row (default 2)")
     p.add_argument("--cells", type=int, default=None, help="cells per side (default 256; 64 with --quick)")
     a = p.parse_args()

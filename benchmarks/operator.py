@@ -14,11 +14,11 @@ largest difference between the two products relative to the largest entry of
 the dense one. Serial: each rank applies S to its own quadrature points.
 """
 
-import argparse
 import time
 
 import numpy as np
 
+import common
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 
@@ -74,6 +74,4 @@ def main(quick: bool = False):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds), for a smoke test")
-    main(p.parse_args().quick)
+    main(common.parser(__doc__).parse_args().quick)

@@ -17,12 +17,12 @@ Targets: solve <= 10 s on 2 ranks, memory <= 2 GB per rank, CG iterations
 within 20% across the meshes, speed-up >= 1.6x, exact/fast difference <= 1e-6.
 """
 
-import argparse
 import resource
 import time
 
 import numpy as np
 
+import common
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 
@@ -118,6 +118,4 @@ def main(quick: bool = False):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds), for a smoke test")
-    main(p.parse_args().quick)
+    main(common.parser(__doc__).parse_args().quick)
