@@ -347,3 +347,16 @@ def test_an_unconverged_solve_fails_unless_allowed(tmp_path):
     assert r.returncode == 0 and "NOT CONVERGED" in r.stdout
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["converged"] is False and metrics["residual"] > 1e-10
+
+
+def test_test_data_is_used_with_synthetic_training_data(tmp_path):
+    """--test-data was silently ignored when --data named a synthetic set."""
+    x = np.linspace(-0.9, 0.9, 37)
+    (tmp_path / "held_out.csv").write_text("x1,y\n" + "".join(f"{v:.17g},{np.sin(3 * v):.17g}\n" for v in x))
+    r = solve(tmp_path, "--data", "sin", "--test-data", str(tmp_path / "held_out.csv"), "--mesh-size", "8",
+              "--no-plot")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n_test"] == 37
+    predicted = np.loadtxt(tmp_path / "out" / "predictions.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(np.sort(predicted[:, 0]), x)
