@@ -20,17 +20,23 @@ import numpy as np
 
 from flowfem.mpi import exit_now, fail_together, message, on_root  # first: loads MPI before dolfinx
 
+from flowfem.arguments import command_line  # noqa: E402
+from flowfem.files import check_writable, replacing  # noqa: E402
+
 from mpi4py import MPI  # noqa: E402
 
 
 def _petsc_options(pairs: list[str]) -> dict:
+    """--petsc-option KEY=VALUE pairs as a dict, checked by :func:`flowfem.petsc_options.parse`."""
+    from flowfem.petsc_options import parse
+
     opts = {}
     for p in pairs or []:
         key, sep, value = p.partition("=")
         if not sep or not key:
             raise ValueError(f"--petsc-option {p!r}: write it as KEY=VALUE, e.g. ksp_rtol=1e-8")
         opts[key.lstrip("-")] = value
-    return opts
+    return parse(opts)
 
 
 def _add_problem_arguments(p: argparse.ArgumentParser) -> None:
@@ -216,6 +222,7 @@ def cmd_mesh(args, comm) -> None:
     from flowfem import space as sp
 
     def make():
+        check_writable(args.out, "mesh file")  # before meshing, which may take long
         d = args.d if args.d is not None else 2 if args.domain == "sphere" else 1
         arrays = sp.check_mesh(sp.named_arrays(args.domain, d, args.size, args.radius, args.geometry_degree))
         arrays.write(args.out)
@@ -235,6 +242,17 @@ def _positive_number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (np.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return v
+
+
+def _tolerance(text: str) -> float:
+    """argparse type: a number with 0 < rtol < 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a number with 0 < rtol < 1, e.g. 1e-10")
     return v
 
 
@@ -263,7 +281,11 @@ def cmd_readout(args, comm) -> None:
     from flowfem import io
     from flowfem.readout import readout
 
+    on_root(comm, lambda: check_writable(args.out, "network file"))  # before the work
     H, u, settings = io.load_density(args.density, comm)
+    if "activation" not in settings:
+        raise ValueError(f"the density {args.density!r} records no activation: it was not written by "
+                         "flowfem solve; solve again")
     x = y = None
     if args.rule == "refit":
         if not args.data:
@@ -289,17 +311,16 @@ def cmd_predict(args, comm) -> None:
     from flowfem.network import Network
 
     def work():
+        if args.out:
+            check_writable(args.out, "predictions file")
         net = Network.load(args.network)
         inputs = data.get(args.data, args.n, args.seed, require_y=False)
         x, _ = data.check(inputs.x, None, net.input_dim, what=f"inputs {args.data!r}",
                           takes=f"the network {args.network!r}")
-        f = net(x)
+        f = net(x)  # everything is computed before anything is written
+        rmse = "" if inputs.y is None else f", RMSE against y {np.sqrt(np.mean((f - inputs.y) ** 2)):.4e}"
         data.save_predictions(args.out or sys.stdout, x, f)
-        if not args.out:
-            return None
-        if inputs.y is None:
-            return f"wrote {args.out}: {len(f)} predictions"
-        return f"wrote {args.out}: {len(f)} predictions, RMSE against y {np.sqrt(np.mean((f - inputs.y) ** 2)):.4e}"
+        return f"wrote {args.out}: {len(f)} predictions{rmse}" if args.out else None
 
     message = on_root(comm, work)
     if comm.rank == 0 and message:
@@ -309,7 +330,6 @@ def cmd_predict(args, comm) -> None:
 def cmd_landscape(args, comm) -> None:
     """Classify the splitting plateaus of a saved network on a data set (NumPy only, on rank 0)."""
     import json
-    import os
 
     from flowfem import data, plateau
     from flowfem.network import Network
@@ -319,8 +339,8 @@ def cmd_landscape(args, comm) -> None:
             mus = [float(m) for m in args.mu.split(",")]
         except ValueError:
             raise ValueError(f"--mu {args.mu!r}: write numbers separated by commas, e.g. -1,0,0.5,1,2") from None
-        if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-            raise ValueError(f"--json {args.json!r}: its directory does not exist; create it first")
+        if args.json:
+            check_writable(args.json, "--json file")
         net = Network.load(args.network)
         ds = data.get(args.data, args.n, args.seed)
         if ds.d != net.input_dim:
@@ -338,10 +358,9 @@ def cmd_landscape(args, comm) -> None:
                                         check=args.check)
         report.update(network=args.network, data=args.data, polish=polish)
         if args.json:
-            tmp = args.json + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(report, f, indent=1)
-            os.replace(tmp, args.json)
+            text = json.dumps(report, indent=1)
+            with replacing(args.json) as tmp, open(tmp, "w") as f:
+                f.write(text)
         return plateau.format_report(report) + (f"\nwrote {args.json}" if args.json else "")
 
     text = on_root(comm, work)
@@ -402,7 +421,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("solver and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
                    help="cg: matrix-free CG + GAMG (any size); direct: MUMPS + Woodbury (small problems)")
-    g.add_argument("--rtol", type=float, default=1e-10,
+    g.add_argument("--rtol", type=_tolerance, default=1e-10,
                    help="relative residual ||b - K U|| / ||b|| the solve must reach, checked after it ends "
                         "(default 1e-10)")
     g.add_argument("--allow-unconverged", action="store_true",
@@ -575,14 +594,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if args.command in ("solve", "flow", "compare"):
-            from flowfem import outputs
+        with command_line():  # messages name options (--width N), not Python arguments (width=N)
+            if args.command in ("solve", "flow", "compare"):
+                from flowfem import outputs
 
-            # claim --out before the work: a second run on the same directory fails now, not after it
-            with outputs.reserve(args.out, comm, args.force):
+                # claim --out before the work: a second run on the same directory fails now, not after it
+                with outputs.reserve(args.out, comm, args.force):
+                    args.run(args, comm)
+            else:
                 args.run(args, comm)
-        else:
-            args.run(args, comm)
     except Interrupted as e:
         if comm.rank == 0:
             print(f"flowfem: {e}", file=sys.stderr)

@@ -72,6 +72,7 @@ from flowfem import particles as fp  # noqa: E402
 from flowfem.mpi import CollectiveError  # noqa: E402
 from flowfem import readout as ro  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
+from flowfem.arguments import positive  # noqa: E402
 from flowfem.data import Dataset  # noqa: E402
 
 READOUTS = ("quadrature", "sample", "refit")
@@ -350,7 +351,7 @@ def coarse_size(domain: str, d: int, width: int, radius: float) -> tuple[float, 
             h = (8 * math.sqrt(2) * math.pi * radius**3 / width) ** (1 / 3)
         return h, f"ball h={h:.3g}"
     raise ValueError(f"the quadrature readout at a given width needs a named domain (box, ball, circle, sphere), "
-                     f"not the mesh file {domain!r}: use --readout sample or refit")
+                     f"not the mesh file {domain!r}: use the readouts sample or refit")
 
 
 def _ints(name, values, minimum):
@@ -394,6 +395,13 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
             raise ValueError(f"learning rate of {m} must be positive, got {lr[m]!r}")
     if not (isinstance(steps, (int, np.integer)) and steps >= 0):
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    # checked now, not after the FE solve: the particle runs and the densities come last
+    positive("weight_decay", weight_decay, strict=False)
+    positive("init_scale", init_scale, strict=False)
+    for name, value in (("time_limit", time_limit), ("mmd_bandwidth", mmd_bandwidth),
+                        ("density_width", density_width if density_method == "kernel" else None)):
+        if value is not None:
+            positive(name, value)
     if density_method not in measure.DENSITY_METHODS:
         raise ValueError(f"density method {density_method!r}: choose lumped or kernel")
     act = _activation(activation)

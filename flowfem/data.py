@@ -39,7 +39,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowfem.files import replacing
+from flowfem import arguments, memory
+from flowfem.arguments import integer
+from flowfem.files import check_readable, read_npz, replacing
 
 SYNTHETIC = ("sin", "step", "two_moons")
 IGNORED = ("f",)  # flowfem's prediction column: predictions.csv reads back as data
@@ -73,6 +75,8 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
     a parameter mesh's d is checked by :func:`flowfem.space.check_parameter_dim`.
     Raises ValueError naming ``what`` and the problem (shape, first non-finite row).
     """
+    if x is None:
+        raise ValueError(f"{what}: inputs x are missing (None); pass x of shape (n, d), or (n,) for d = 1")
     shape = np.shape(x)
     try:
         x = np.asarray(x, dtype=float)
@@ -83,7 +87,9 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{what}: inputs x have shape {shape}; expected (n, d) with n >= 1, or (n,) for d = 1")
     if input_dim is not None and x.shape[1] != input_dim:
-        raise ValueError(f"{what}: inputs have shape {shape}; {takes} takes (n, {input_dim})")
+        names = "x1" if input_dim == 1 else f"x1..x{input_dim}"
+        raise ValueError(f"{what}: inputs have shape {shape}; {takes} takes (n, {input_dim}): give "
+                         f"{input_dim} input column(s), {names} in a data file")
     if not np.all(np.isfinite(x)):
         bad = int(np.argwhere(~np.isfinite(x))[0, 0])
         raise ValueError(f"{what}: inputs x contain NaN or inf (first at row {bad}); remove or fill those rows")
@@ -184,17 +190,16 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
     ``require_y`` False: a file without y is read as inputs only (Dataset.y is None).
     Raises ValueError (one line, naming the file and the problem).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"data file must be named by a path (str), got {path!r} ({type(path).__name__})")
     path = os.fspath(path)
     what = f"data file {path!r}"
     ext = os.path.splitext(path)[1].lower()
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise ValueError(f"{what} does not exist")
     if ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"{what} cannot be read as NPZ ({e})") from None
+        arrays = read_npz(path, "data file", "an NPZ data file holds arrays x (n, d) and y (n,), e.g. written "
+                                              "by np.savez(path, x=x, y=y)")
         unknown = sorted(set(arrays) - {"x", "y"})
         if unknown:
             raise ValueError(f"{what}: unknown array(s) {_quoted(unknown)}; an NPZ data file holds x and y only")
@@ -202,6 +207,7 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
             raise ValueError(f"{what} has no array 'x' of inputs (n, d)")
         x, y = arrays["x"], arrays.get("y")
     elif ext == ".csv":
+        check_readable(path, "data file", "give a CSV file with a header naming x1..xd and y")
         table, xcols, ycol = _read_csv(path, what)
         x, y = table[:, xcols], (None if ycol is None else table[:, ycol])
     else:
@@ -214,9 +220,12 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
 
 def synthetic(name: str, n: int = 200, seed: int = 0, noise: float | None = None) -> Dataset:
     """A seeded synthetic data set (see the module docstring)."""
+    n = integer("n", n, ">= 1 (the number of points)")
     if n < 1:
         raise ValueError(f"synthetic data: n = {n} must be at least 1")
-    rng = np.random.default_rng(seed)
+    # x, y, labels, angles, noise and the temporaries of making them: about 12 doubles a point (d <= 2)
+    memory.require(96.0 * n, f"a synthetic data set of n = {n} points", "use fewer points")
+    rng = np.random.default_rng(arguments.seed(seed))
     if name == "sin":
         x = rng.uniform(-1, 1, (n, 1))
         y = np.sin(np.pi * x[:, 0]) + (noise or 0.0) * rng.standard_normal(n)
@@ -257,7 +266,7 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
         if test:
             train, held_out = full, None
         else:
-            perm = np.random.default_rng(seed).permutation(full.n)
+            perm = np.random.default_rng(arguments.seed(seed)).permutation(full.n)
             k = max(1, full.n // 5) if full.n > 1 else 0
             held_out = Dataset(full.x[perm[:k]], full.y[perm[:k]], full.name + "-test")
             train = Dataset(full.x[perm[k:]], full.y[perm[k:]], full.name)

@@ -1,22 +1,51 @@
-"""Files written whole or not at all, from any number of processes at once.
+"""Files the user names: written whole or not at all, read with every failure in one sentence.
 
-A writer fills a temporary file next to the target and renames it over the
-target (``os.replace``, atomic on POSIX within one file system): a reader
-never sees half a file, and an error leaves the old file (or none). The
-temporary name holds the process id and a random token, so that every MPI
-rank may save the same file at the same time (``mpirun -n 2 python
+Writing. A writer fills a temporary file next to the target and renames it
+over the target (``os.replace``, atomic on POSIX within one file system): a
+reader never sees half a file, and an error leaves the old file (or none).
+The temporary name holds the process id and a random token, so that every
+MPI rank may save the same file at the same time (``mpirun -n 2 python
 script.py`` with ``net.save("net.npz")`` on each rank): each rank writes its
 own temporary file, the renames follow one another, and the last one wins.
 With a fixed temporary name the ranks would write into and rename each
 other's file. No collective is involved, so saving on one rank alone is
-safe too.
+safe too. A target that cannot be written (no such directory, a directory,
+no permission) is refused before anything is written, by
+:func:`check_writable`, which commands call before their work too.
+
+Reading. :func:`check_readable` and :func:`read_npz` turn every way a
+user's file can fail to read (missing, a directory, no permission, empty,
+not an archive, a single .npy, a pickle, a truncated or corrupt archive, a
+damaged compressed array, an array of Python objects) into one ValueError
+``cannot read WHAT 'PATH': REASON; HINT``: data files, network files and
+density files all go through them.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import zipfile
+import zlib
 from contextlib import contextmanager
+
+import numpy as np
+
+
+def check_writable(path: str | os.PathLike, what: str = "output file") -> None:
+    """Raise ValueError unless a file can be created or replaced at ``path``: its directory exists
+    and may be written into, and ``path`` is not a directory."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"cannot write {what} {path!r}: it is a directory; give a file name")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"cannot write {what} {path!r}: {directory!r} is a file, not a directory")
+    if not os.path.isdir(directory):
+        raise ValueError(f"cannot write {what} {path!r}: its directory does not exist; create {directory!r} first")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {what} {path!r}: no permission to write into {directory!r}")
 
 
 @contextmanager
@@ -24,15 +53,99 @@ def replacing(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path, unique to this process, that becomes ``path`` when the block ends.
 
     ``suffix`` ends the temporary name (writers such as ``np.savez`` and meshio choose the format
-    by the extension). On an error the temporary file is removed and ``path`` is left untouched.
+    by the extension). A target that cannot be written raises ValueError before the block
+    (:func:`check_writable`); an OSError while writing (a full disk) raises ValueError naming
+    ``path``. On any error the temporary file is removed and ``path`` is left untouched.
     """
     path = os.fspath(path)
+    check_writable(path)
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise ValueError(f"cannot write {path!r}: {e.strerror or e}") from None
         raise
+
+
+def reason(e: OSError) -> str:
+    """An OSError in words: not found, a directory, permission denied, or the system's text."""
+    if e.errno == errno.ENOENT:
+        return "not found"
+    if e.errno == errno.EISDIR:
+        return "it is a directory, not a file"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file stands where a directory belongs"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return e.strerror or str(e)
+
+
+def check_readable(path: str | os.PathLike, what: str, hint: str) -> None:
+    """Raise ValueError ``cannot read WHAT 'PATH': REASON; HINT`` unless ``path`` is a file this
+    process can open for reading (missing, a directory, no permission), or is not a path at all."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{what} must be named by a path (str), got {path!r} ({type(path).__name__})")
+    path = os.fspath(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path!r}: {reason(e)}; {hint}") from None
+    if os.path.isdir(path):  # open() of a directory succeeds on some systems
+        raise ValueError(f"cannot read {what} {path!r}: it is a directory, not a file; {hint}")
+
+
+def read_npz(path: str | os.PathLike, what: str, hint: str,
+             kind: str = "a zip archive of .npy arrays") -> dict[str, np.ndarray]:
+    """Every array of an .npz archive, read whole with ``allow_pickle=False``.
+
+    ``what`` names the file ("network file"), ``kind`` what it should be, for a file that is no
+    archive at all ("a flowfem network (...)"), ``hint`` how to make a good one.
+
+    Raises ValueError ``cannot read WHAT 'PATH': REASON; HINT`` for a file that is missing, a
+    directory or unreadable, empty, a single .npy array, a pickle, not a zip archive, a damaged
+    (truncated, corrupt) archive, an array whose compressed data or header are damaged, an array
+    of Python objects (refused: loading it would run code), or a member that is not a .npy array.
+    """
+    check_readable(path, what, hint)
+    path = os.fspath(path)
+
+    def fail(reason: str):
+        return ValueError(f"cannot read {what} {path!r}: {reason}; {hint}")
+
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if not magic:
+        raise fail("the file is empty")
+    if magic.startswith(b"\x93NUMPY"):
+        raise fail("it is a single .npy array (np.save), not an .npz archive of named arrays (np.savez)")
+    if magic.startswith(b"\x80"):
+        raise fail("it contains pickled objects (a pickle file), which flowfem refuses to load (it could run code)")
+    if not magic.startswith(b"PK"):
+        raise fail(f"it is not {kind}, so it cannot be read as NPZ")
+    arrays, key = {}, None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for key in f.files:
+                arrays[key] = f[key]
+                if not isinstance(arrays[key], np.ndarray):  # NpzFile returns other members as bytes
+                    raise fail(f"member {key!r} is not a .npy array")
+    except zipfile.BadZipFile as e:
+        raise fail(f"the zip archive is damaged, truncated or changed in transfer ({e})") from None
+    except (zlib.error, EOFError) as e:
+        raise fail(f"array {key!r} is damaged: its data do not decompress ({e})") from None
+    except ValueError as e:
+        if str(e).startswith("cannot read"):
+            raise
+        if "allow_pickle" in str(e) or "pickled" in str(e):
+            raise fail(f"array {key!r} contains pickled objects (dtype object), which flowfem refuses to "
+                       "load (it could run code)") from None
+        raise fail(f"array {key!r} is damaged ({' '.join(str(e).split())})") from None
+    except OSError as e:
+        raise fail(reason(e)) from None
+    return arrays

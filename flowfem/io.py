@@ -40,6 +40,7 @@ from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
+from flowfem.files import read_npz  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.space import MeshArrays, Space  # noqa: E402
 
@@ -172,17 +173,13 @@ def save_density(path: str, u: dolfinx.fem.Function, space: Space, settings: dic
 
 def read_density_file(path: str, required: set, what: str = "density file") -> dict:
     """The arrays of a density.npz (or DIR/density.npz); a clear error if unreadable or incomplete."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
         path = os.path.join(path, "density.npz")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"cannot read {what} {path!r} ({e}); give a density.npz written by flowfem solve") from None
+    data = read_npz(path, what, "give a density.npz written by flowfem solve (or its output directory)",
+                    "a flowfem density (a zip archive of .npy arrays)")
     missing = set(required) - set(data)
     if missing:
-        raise ValueError(f"{path!r} is not a flowfem density: arrays {sorted(missing)} are missing")
+        raise ValueError(f"{os.fspath(path)!r} is not a flowfem density: arrays {sorted(missing)} are missing")
     return data
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from flowfem.activations import Activation, activation
 from flowfem.data import check
-from flowfem.files import replacing
+from flowfem.files import read_npz, replacing
 from flowfem.operator.features import evaluate
 
 
@@ -32,9 +32,16 @@ class Network:
 
     def __post_init__(self):
         self.activation = activation(self.activation)
-        self.W = np.array(self.W, dtype=float, ndmin=2)
-        self.b = np.array(self.b, dtype=float).reshape(-1)
-        self.a = np.array(self.a, dtype=float).reshape(-1)
+        for key in ("W", "b", "a"):
+            value = getattr(self, key)
+            try:
+                if value is None:
+                    raise TypeError
+                setattr(self, key, np.array(value, dtype=float, ndmin=2 if key == "W" else 0))
+            except (TypeError, ValueError):
+                raise ValueError(f"network array {key} must be numbers (W (N, d), b (N,), a (N,)), got "
+                                 f"{type(value).__name__}") from None
+        self.b, self.a = self.b.reshape(-1), self.a.reshape(-1)
         N = self.W.shape[0]
         if self.W.ndim != 2 or self.b.shape != (N,) or self.a.shape != (N,):
             raise ValueError(
@@ -91,38 +98,14 @@ class Network:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Network":
         """Read a network written by :meth:`save`; refuses pickled objects, other files and wrong shapes."""
+        hint = "write it with Network.save or flowfem readout"
+        arrays = read_npz(path, "network file", hint,
+                          "a flowfem network (a zip archive of .npy arrays W, b, a, activation)")
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
-                magic = fh.read(6)
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read network file ({e})") from None
-        if magic.startswith(b"\x93NUMPY"):
-            raise ValueError(f"{path}: a single .npy array, not a flowfem network .npz archive; "
-                             "write it with Network.save")
-        if magic.startswith(b"\x80"):
-            raise ValueError(f"{path}: contains pickled objects, which flowfem refuses to load; "
-                             "save plain numeric arrays with Network.save")
-        if not magic.startswith(b"PK"):
-            raise ValueError(f"{path}: not a flowfem network .npz archive; write it with Network.save")
-        try:
-            f = np.load(path, allow_pickle=False)
-        except (OSError, EOFError, ValueError) as e:
-            raise ValueError(f"{path}: cannot read network file ({e})") from None
-        with f:
-            missing = {"W", "b", "a", "activation"} - set(f.files)
-            if missing:
-                raise ValueError(
-                    f"{path}: not a flowfem network, arrays {sorted(missing)} missing "
-                    "(expected W, b, a, activation; write it with Network.save)"
-                )
-            try:
-                arrays = {k: f[k] for k in ("W", "b", "a", "activation")}
-            except ValueError:
-                raise ValueError(
-                    f"{path}: contains pickled objects, which flowfem refuses to load; "
-                    "save plain numeric arrays W, b, a and a string activation"
-                ) from None
+        missing = {"W", "b", "a", "activation"} - set(arrays)
+        if missing:
+            raise ValueError(f"{path}: not a flowfem network, arrays {sorted(missing)} missing "
+                             f"(expected W, b, a, activation; {hint})")
         for k in ("W", "b", "a"):
             if arrays[k].dtype.kind not in "fiu":
                 raise ValueError(f"{path}: array {k} has dtype {arrays[k].dtype}, expected numbers")

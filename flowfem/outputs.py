@@ -34,6 +34,9 @@ from contextlib import contextmanager
 
 from flowfem.mpi import message, on_root  # first: loads MPI before dolfinx
 
+from flowfem.arguments import spell  # noqa: E402
+from flowfem.files import reason  # noqa: E402
+
 from mpi4py import MPI  # noqa: E402
 
 MANIFEST = ".flowfem-output.json"
@@ -69,16 +72,16 @@ def check_free(path: str | os.PathLike, force: bool = False) -> None:
     if not os.path.lexists(path):
         return
     if not os.path.isdir(path) or os.path.islink(path):
-        raise ValueError(f"output {path!r} exists and is not a directory; choose another --out")
+        raise ValueError(f"output {path!r} exists and is not a directory; choose another output directory")
     if not os.listdir(path):
         return
     if not force:
-        raise ValueError(f"output directory {path!r} exists and is not empty; pass --force to replace an "
-                         "earlier flowfem output, or choose another --out")
+        raise ValueError(f"output directory {path!r} exists and is not empty; pass {spell('force')} to replace "
+                         "an earlier flowfem output, or choose another output directory")
     why = _owned_by_flowfem(path)
     if why is not None:
-        raise ValueError(f"--force replaces only a directory that flowfem wrote; {path!r} {why}: "
-                         "choose another --out")
+        raise ValueError(f"{spell('force')} replaces only a directory that flowfem wrote; {path!r} {why}: "
+                         "choose another output directory")
 
 
 def _lock_path(path: str) -> str:
@@ -98,6 +101,15 @@ def _remove_stale_temporaries(path: str) -> None:
         pid = entry[len(prefix):].split(".", 1)[0] if entry.startswith(prefix) else ""
         if pid.isdigit() and not _alive(int(pid)) and os.path.isdir(os.path.join(directory, entry)):
             shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+
+
+def _acquire_or_explain(path: str, force: bool) -> str:
+    """:func:`_acquire`, with a file system's refusal (no permission, a file where a directory
+    belongs) as a ValueError naming ``path``."""
+    try:
+        return _acquire(path, force)
+    except OSError as e:
+        raise ValueError(f"cannot create output directory {path!r}: {reason(e)} ({e.filename})") from None
 
 
 def _acquire(path: str, force: bool) -> str:
@@ -159,7 +171,7 @@ def reserve(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, force: boo
     if path in _reserved:
         yield path
         return
-    lock = on_root(comm, lambda: _acquire(path, force))
+    lock = on_root(comm, lambda: _acquire_or_explain(path, force))
     _reserved.add(path)
     try:
         yield path

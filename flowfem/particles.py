@@ -52,6 +52,9 @@ import numpy as np
 
 from flowfem import data as _data
 from flowfem.activations import Activation, activation as _activation
+from flowfem import memory
+from flowfem import arguments
+from flowfem.arguments import positive, spell
 from flowfem.loss import Loss, loss as _loss
 from flowfem.network import Network
 from flowfem.operator.features import evaluate
@@ -267,12 +270,6 @@ class ParticleResult:
         return float(self.history["objective"][-1])
 
 
-def _positive(name, value, strict=True):
-    ok = np.isfinite(value) and (value > 0 if strict else value >= 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
-
-
 def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0.1,
           steps=1000, weight_decay=0.0, temperature=0.0, seed=0, x_test=None, y_test=None,
           record_every=None, time_limit=None, comm=None, init=None, init_scale=1.0,
@@ -296,6 +293,9 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     comm         mpi4py communicator over which the neurons are split (default
                  MPI.COMM_WORLD when mpi4py is importable, else serial).
     betas, eps   Adam's moment decay rates and denominator offset.
+
+    Raises ValueError for arguments of the wrong type or range, and for a width whose
+    particles would not fit in memory (:func:`flowfem.memory.require`), before any work.
     """
     if y is None:  # data.check reads None as "no targets", which training cannot do without
         raise ValueError("training data: targets y are missing; pass y of shape (n,) or (n, 1)")
@@ -314,12 +314,13 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
         raise ValueError(f"method {method!r} is unknown: choose 'gd' or 'adam'")
     if trainable not in _TRAINABLE:
         raise ValueError(f"trainable {trainable!r} is unknown: choose 'all', 'inner' or 'outer'")
-    _positive("lr", lr)
-    _positive("weight_decay", weight_decay, strict=False)
-    _positive("temperature", temperature, strict=False)
-    _positive("init_scale", init_scale, strict=False)
+    positive("lr", lr)
+    positive("weight_decay", weight_decay, strict=False)
+    positive("temperature", temperature, strict=False)
+    positive("init_scale", init_scale, strict=False)
+    seed = arguments.seed(seed)
     if time_limit is not None:
-        _positive("time_limit", time_limit)
+        positive("time_limit", time_limit)
     if not (isinstance(steps, (int, np.integer)) and steps >= 0):
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if record_every is None:
@@ -329,9 +330,16 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1 and eps > 0):
         raise ValueError(f"Adam needs 0 <= betas < 1 and eps > 0, got betas={betas}, eps={eps}")
 
+    comm = _world() if comm is None else comm
     if init is None:
-        if not (isinstance(width, (int, np.integer)) and width >= 1):
+        if arguments.integer("width", width, ">= 1 (the number of neurons)") < 1:
             raise ValueError(f"width must be an integer >= 1 (the number of neurons), got {width!r}")
+        # on every rank: all N particles and the noise drawn for all, the rank's particles, Adam's moments,
+        # the gradient and the velocity (about 10 arrays of N (d + 2) doubles), and three feature blocks
+        # (sigma, sigma', a product) of at most max(_BLOCK, N) entries each (see _evaluate)
+        features = 3 * 8.0 * min(n * width, max(_BLOCK, width))
+        memory.require(80.0 * width * (d + 2) + features, f"training {width} particles",
+                       f"use a smaller {spell('width', 'N')}", comm if _size(comm) > 1 else None)
         P_all = init_particles(int(width), d, seed, init_scale)
     else:
         if isinstance(init, Network):
@@ -354,7 +362,6 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
             raise ValueError(f"width={width} but init has {len(P_all)} neurons; omit width")
     N = len(P_all)
 
-    comm = _world() if comm is None else comm
     mine = _slice(N, comm)
     groups = _pieces(N, mine.start, mine.stop - mine.start)
     P = P_all[mine].copy()

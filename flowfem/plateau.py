@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flowfem import memory
+from flowfem.arguments import positive
 from flowfem.loss import loss as _loss
 from flowfem.network import Network
 from flowfem.operator.features import augment, evaluate
@@ -113,10 +115,19 @@ def gradient(network: Network, x, y, loss="squared", weight_decay: float = 0.0) 
 
 
 def hessian(network: Network, x, y, loss="squared", weight_decay: float = 0.0) -> np.ndarray:
-    """hess L = (1/n) sum_j (l''_j J_j J_j^T + l'_j hess_p f(x_j)) + weight_decay I (module docstring)."""
+    """hess L = (1/n) sum_j (l''_j J_j J_j^T + l'_j hess_p f(x_j)) + weight_decay I (module docstring).
+
+    Dense, P x P with P = N (d + 2): a network too wide for it to fit in memory is refused
+    (ValueError) before anything is allocated.
+    """
     x, y, ell = _data(network, x, y, loss)
     n = x.shape[0]
     N, d = network.W.shape
+    P = N * (d + 2)
+    # the Hessian, its weighted copy and an eigendecomposition's eigenvectors and workspace (4 P^2),
+    # the Jacobian and its weighted copy (2 n P), the features (4 n N)
+    memory.require(8.0 * (4 * P * P + 2 * n * P + 4 * n * N), f"the dense Hessian of a network of width {N} "
+                   f"({P} parameters)", "use a narrower network (the plateau analysis is for small widths)")
     xt, s, s1, s2 = _features(network, x)
     J = _jacobian(network, x, s, s1)
     f = s @ network.a
@@ -411,6 +422,7 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
         if not -N <= k < N:
             raise ValueError(f"neuron index {k} is out of range: the network has width {N}, "
                              f"so choose 0..{N - 1} (or a negative index counting from the end)")
+    gtol, rtol = positive("gtol", gtol), positive("rtol", rtol)
     mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
     if not mus or not np.all(np.isfinite(mus)):
         raise ValueError(f"mu values {mus}: give at least one finite number")

@@ -41,14 +41,17 @@ from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
+from flowfem import memory  # noqa: E402
+from flowfem.arguments import integer, number  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.io import function  # noqa: E402
 from flowfem.loss import loss as _loss  # noqa: E402
-from flowfem.operator import DataOperator  # noqa: E402
+from flowfem.operator import METHODS, DataOperator  # noqa: E402
+from flowfem.petsc_options import parse as parse_petsc_options  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.space import Space, check_parameter_dim  # noqa: E402
-from flowfem.stationary import SolveInfo, newton, solve  # noqa: E402
+from flowfem.stationary import SolveInfo, check_tolerances, newton, solve  # noqa: E402
 
 
 def make_space(domain: str, d: int, size=None, radius: float = 4.0, activation: str = "relu",
@@ -66,26 +69,70 @@ def make_space(domain: str, d: int, size=None, radius: float = 4.0, activation: 
     return space
 
 
+def solve_bytes(cells: int, tdim: int, gdim: int, degree: int, quadrature_degree: int) -> float:
+    """An estimate of the memory of a fit on a mesh of ``cells`` cells beyond the mesh itself:
+    100 k^2 + 8 nq (k + 2 gdim + 4) bytes per cell, k = binom(tdim + p, p) the dofs of a cell of
+    degree p, nq <= ((quadrature_degree + 2) // 2)^tdim its quadrature points. The k^2 term is the
+    matrix A, its copy P = alpha A and the GAMG hierarchy (entries per cell ~ k^2), the nq term
+    the quadrature points, weights and W Psi of the data operator. Measured (peak RSS, one rank,
+    n = 200): 700, 3260 and 10200 bytes per cell for P1, P2 and P3 triangles, 3460 and 18000 for
+    P1 and P2 tetrahedra, against 1250, 4600, 12300, 2500 and 14300 here. Not counted: memory
+    that grows with the data (the relu tree stores at most 1.5 GiB per rank)."""
+    from math import comb
+
+    k = comb(tdim + degree, degree)
+    nq = ((quadrature_degree + 2) // 2) ** tdim
+    return cells * (100.0 * k * k + 8.0 * nq * (k + 2 * gdim + 4))
+
+
 class Problem:
-    """min over u in H^1_omega of E_alpha(u) on the parameter space ``space``."""
+    """min over u in H^1_omega of E_alpha(u) on the parameter space ``space``.
+
+    Arguments are checked before anything is built: ``space`` a :class:`~flowfem.space.Space`,
+    ``alpha`` and ``kappa`` numbers > 0, ``degree`` an integer 1, 2 or 3, ``quadrature_degree``
+    None or an integer >= 0, ``method`` one of :data:`flowfem.operator.METHODS`; a mesh on which
+    a fit would not fit in memory (:func:`solve_bytes`) is refused. ValueError otherwise.
+    """
 
     def __init__(self, space: Space, activation: str = "relu", weight: str = "uniform",
                  alpha: float = 1e-4, kappa: float = 1.0, degree: int = 1, loss: str = "squared",
                  quadrature_degree: int | None = None, method: str = "auto"):
+        if not isinstance(space, Space):
+            raise ValueError(f"Problem needs a flowfem Space (e.g. Space.box(1, 32, 4.0)) as its first argument, "
+                             f"got {space!r} ({type(space).__name__})")
         self.activation = _activation(activation)
         if space.homogeneous_only:
             self.activation.require_homogeneous(space.domain)
+        alpha = number("alpha", alpha, "> 0")
         if not (np.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
+        degree = integer("degree", degree, "1, 2 or 3 (the Lagrange degree of the density)")
+        if quadrature_degree is not None:
+            quadrature_degree = integer("quadrature_degree", quadrature_degree, ">= 0 (None: twice the degree)")
+            if quadrature_degree < 0:
+                raise ValueError(f"quadrature_degree = {quadrature_degree} must be >= 0 (None: twice the degree)")
+        if method not in METHODS:
+            raise ValueError(f"unknown data-operator method {method!r}: choose one of {', '.join(METHODS)}")
         self.space = space
-        self.alpha = float(alpha)
+        self.alpha = alpha
         self.loss = _loss(loss)
+        if degree in (1, 2, 3):  # else WeightedH1 refuses it
+            tdim = space.mesh.topology.dim
+            qdeg = 2 * degree if quadrature_degree is None else quadrature_degree
+            memory.require(solve_bytes(space.num_cells, tdim, space.gdim, degree, qdeg) / space.comm.size,
+                           f"a fit on {space.num_cells} cells with elements of degree {degree} (quadrature "
+                           f"degree {qdeg})", "use a coarser mesh or a lower degree", space.comm)
         self.H = WeightedH1(space, weight, kappa, degree)
         self.quadrature_degree, self.method = quadrature_degree, method
 
-    def _inputs(self, x, y, what: str):
-        """x (n, d), y (n,) or None, checked by :func:`flowfem.data.check` and against the mesh."""
+    def _inputs(self, x, y, what: str, fitted: bool = False):
+        """x (n, d), y (n,) or None, checked by :func:`flowfem.data.check` and against the mesh
+        (``fitted``: inputs of the fitted density, whose dimension is the data's, not the mesh's to choose)."""
         x, y = _data.check(x, y, what=what)
+        d = self.space.input_dim
+        if fitted and x.shape[1] != d:
+            raise ValueError(f"{what} has d = {x.shape[1]} inputs, but the density was fitted on inputs of "
+                             f"dimension {d}: give x of shape (m, {d})")
         check_parameter_dim(x.shape[1], self.space.gdim, what)
         return x, y
 
@@ -106,7 +153,12 @@ class Problem:
 
         Raises :class:`flowfem.stationary.NotConverged` if the true residual (Newton: ||dE_alpha||)
         ends above rtol, unless ``allow_unconverged`` (then ``result.info.converged`` is False), and
-        ValueError if E_alpha(u*) or u* is not finite (e.g. a degenerate mesh)."""
+        ValueError if E_alpha(u*) or u* is not finite (e.g. a degenerate mesh), for targets y None,
+        an rtol outside (0, 1) or petsc_options that are not a dict of PETSc options."""
+        if y is None:
+            raise ValueError("fit needs targets y (n,) or (n, 1), one per row of x; got None")
+        check_tolerances(rtol)
+        parse_petsc_options(petsc_options)
         t0 = time.perf_counter()
         E = self.functional(x, y)
         t1 = time.perf_counter()
@@ -165,11 +217,13 @@ class Result:
         """f_{u*}(x_j) = sum_q sigma(theta_q . x~_j) g_q at the rows of x ((m, d), or (m,) for d = 1):
         shape (m,), returned on every rank. Collective (an MPI sum over the ranks' cells).
         Raises ValueError for inputs of the wrong shape or dimension, NaN or inf."""
-        x, _ = self.problem._inputs(x, None, "prediction inputs")
+        x, _ = self.problem._inputs(x, None, "prediction inputs", fitted=True)
         return self.functional.Phi.predict(self.U, x)
 
     def rmse(self, x, y) -> float:
         """sqrt((1/m) sum_j (f_{u*}(x_j) - y_j)^2) for x (m, d) or (m,), y (m,) or (m, 1).
         Collective (see :meth:`predict`)."""
-        x, y = self.problem._inputs(x, y, "the data")
+        x, y = self.problem._inputs(x, y, "the data", fitted=True)
+        if y is None:
+            raise ValueError("rmse needs targets y (m,) or (m, 1), one per row of x; got None")
         return float(np.sqrt(np.mean((self.functional.Phi.predict(self.U, x) - y) ** 2)))

@@ -51,7 +51,9 @@ so every rank holds the same network and it does not depend on the number
 of ranks. Sampling draws from that gathered list with a NumPy Generator
 seeded identically on every rank; the refit is solved on rank 0 and
 broadcast. Memory: every rank holds all quadrature points (as it must hold
-the network), O(N (d + 3)) doubles.
+the network), O(N (d + 3)) doubles; a width that would not fit in memory is
+refused before anything is allocated (:func:`readout_bytes`,
+:func:`flowfem.memory.require`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ import basix  # noqa: E402
 import dolfinx.fem  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
+from flowfem import arguments, memory  # noqa: E402
+from flowfem.arguments import integer, number, spell  # noqa: E402
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.network import Network  # noqa: E402
 from flowfem.operator.features import evaluate  # noqa: E402
@@ -91,15 +95,11 @@ def reference_rule(cell: str, degree: int, subdivisions: int = 1) -> tuple[np.nd
     """
     if cell not in ("interval", "triangle", "tetrahedron"):
         raise ValueError(f"readout needs simplex cells (interval, triangle, tetrahedron), not {cell}")
-    if int(degree) != degree or degree < 0:
-        raise ValueError(f"quadrature degree {degree} must be a non-negative integer (1 = midpoint rule)")
-    if int(subdivisions) != subdivisions or subdivisions < 1:
-        raise ValueError(f"subdivisions = {subdivisions} must be a positive integer")
-    X, q = basix.make_quadrature(getattr(basix.CellType, cell), int(degree))
+    degree, m = _check_rule(degree, subdivisions)
+    X, q = basix.make_quadrature(getattr(basix.CellType, cell), degree)
     if q.min() <= 0:  # e.g. the 5-point degree-3 rule on tetrahedra: neurons need weights q_i > 0
-        X, q = basix.make_quadrature(getattr(basix.CellType, cell), int(degree),
-                                     rule=basix.QuadratureType.gauss_jacobi)
-    D, m = X.shape[1], int(subdivisions)
+        X, q = basix.make_quadrature(getattr(basix.CellType, cell), degree, rule=basix.QuadratureType.gauss_jacobi)
+    D = X.shape[1]
     if m == 1:
         return X, q
     points, weights = [], []
@@ -117,6 +117,33 @@ def reference_rule(cell: str, degree: int, subdivisions: int = 1) -> tuple[np.nd
             points.append(xi[0] + X @ E.T)
             weights.append(q * abs(np.linalg.det(E)))
     return np.vstack(points), np.concatenate(weights)
+
+
+def _check_rule(degree, subdivisions) -> tuple[int, int]:
+    """(degree, subdivisions) as ints; ValueError unless degree >= 0 and subdivisions >= 1 are integers."""
+    degree = integer("degree", degree, ">= 0 (the quadrature degree; 1 = midpoint rule)")
+    if degree < 0:
+        raise ValueError(f"quadrature degree {degree} must be a non-negative integer (1 = midpoint rule)")
+    subdivisions = integer("subdivisions", subdivisions, ">= 1")
+    if subdivisions < 1:
+        raise ValueError(f"subdivisions = {subdivisions} must be a positive integer")
+    return degree, subdivisions
+
+
+def rule_size(tdim: int, degree: int, subdivisions: int = 1) -> int:
+    """An upper bound of the points of :func:`reference_rule` on a simplex of dimension tdim:
+    ((degree + 2) // 2)^tdim points (the collapsed Gauss-Jacobi rule; basix's default rules of
+    low degree have fewer) in each of subdivisions^tdim sub-simplices."""
+    return ((degree + 2) // 2) ** tdim * subdivisions**tdim
+
+
+def readout_bytes(neurons: int, gdim: int, tdim: int) -> float:
+    """An estimate of the peak memory of :func:`quadrature_neurons` per rank for N = ``neurons``:
+    8 (3 gdim + gdim tdim + tdim^2 + 14) bytes per neuron, counting the points, Jacobians,
+    |det J| and values of the rule on the rank's cells, the gathered copies (every rank holds
+    all neurons) and the network. Measured (peak RSS, one rank, readout and save): 192 (box,
+    d = 1), 272 (box, d = 2) and 256 (sphere) bytes per neuron against 224, 328 and 264 here."""
+    return 8.0 * (3 * gdim + gdim * tdim + tdim**2 + 14) * neurons
 
 
 # -- neurons --------------------------------------------------------------------------
@@ -174,6 +201,11 @@ def quadrature_neurons(u: dolfinx.fem.Function, activation: Activation | str, de
         degree = 2 * V.element.basix_element.degree
     if V.element.needs_dof_transformations or V.dofmap.index_map_bs != 1:
         raise ValueError("readout needs a scalar Lagrange density (the space of a flowfem Problem)")
+    degree, subdivisions = _check_rule(degree, subdivisions)
+    width = mesh.topology.index_map(tdim).size_global * rule_size(tdim, degree, subdivisions)
+    memory.require(readout_bytes(width, gdim, tdim),  # before the rule: its points alone may not fit
+                   f"a readout with about {width:.2g} neurons (cells x points per cell of degree {degree} x "
+                   f"subdivisions^{tdim})", "use fewer subdivisions or a lower quadrature degree", mesh.comm)
     X, q = reference_rule(mesh.topology.cell_type.name, degree, subdivisions)
     num_local = mesh.topology.index_map(tdim).size_local
     u.x.scatter_forward()
@@ -211,15 +243,19 @@ def sample_neurons(base: Neurons, width: int, seed: int = 0) -> Neurons:
     g_q = q_q u_q; the sampled neuron carries a_i = sign(g_q) sum |g| / N (its weight is the
     importance weight q_q / (N p_q)). Same seed and same base: same neurons on every rank.
     """
-    if int(width) != width or width < 1:
+    width = integer("width", width, ">= 1 (the number of neurons to draw)")
+    if width < 1:
         raise ValueError(f"width = {width} must be a positive integer (the number of neurons to draw)")
+    gdim = base.theta.shape[1]  # the drawn indices, their points, weights and values, and the network
+    memory.require(8.0 * (2 * gdim + 8) * width, f"a sample of width {width}",
+                   f"use a smaller {spell('width', 'N')}")
     g = base.a
     mass = np.abs(g)
     total = mass.sum()
     if not total > 0:
         raise ValueError("the density is zero at every quadrature point: there is nothing to sample from")
     p = mass / total
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(arguments.seed(seed))
     idx = np.sort(rng.choice(p.size, size=int(width), p=p))
     return replace(base, theta=base.theta[idx], weight=base.weight[idx] / (width * p[idx]),
                    value=base.value[idx])
@@ -242,6 +278,7 @@ def refit(neurons: Neurons, x: np.ndarray, y: np.ndarray, alpha: float,
     (then broadcast) in the smaller of the N x N and n x n forms.
     """
     x, y = _data.check(x, y, neurons.theta.shape[1] - 1, what="refit data")
+    alpha = number("alpha", alpha, ">= 0")
     if not (np.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"refit alpha = {alpha} must be >= 0 (0: plain least squares)")
     n, N = x.shape[0], neurons.width
@@ -336,11 +373,11 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
         if width is not None:
             raise ValueError(
                 f"width = {width}: a quadrature readout's width is set by the mesh and the rule "
-                "(cells x points per cell x subdivisions^D); choose degree and subdivisions, or "
-                "use rule='sample' for a given width"
+                f"(cells x points per cell x subdivisions^D); choose {spell('degree', 'K')} and "
+                f"{spell('subdivisions', 'M')}, or use {spell('rule', repr('sample'))} for a given width"
             )
     elif width is None:
-        raise ValueError("sampling needs the width N: pass width=N (the number of neurons to draw)")
+        raise ValueError(f"sampling needs the width N: pass {spell('width', 'N')} (the number of neurons to draw)")
 
     neurons = quadrature_neurons(u, act, degree, subdivisions)
     if rule == "sample" or (rule == "refit" and points == "sample"):

@@ -22,6 +22,7 @@ import dolfinx.fem  # noqa: E402
 import dolfinx.fem.petsc  # noqa: E402
 import ufl  # noqa: E402
 
+from flowfem.arguments import integer, number  # noqa: E402
 from flowfem.space import Space  # noqa: E402
 
 
@@ -63,9 +64,10 @@ class WeightedH1:
     """H^1_omega discretised by degree-p Lagrange elements on a Space."""
 
     def __init__(self, space: Space, weight: Weight | str = "uniform", kappa: float = 1.0, degree: int = 1):
+        kappa = number("kappa", kappa, "> 0")
         if not (np.isfinite(kappa) and kappa > 0):
             raise ValueError(f"kappa = {kappa} must be positive (it sets how smooth the density is)")
-        if degree not in (1, 2, 3):
+        if integer("degree", degree, "1, 2 or 3 (the Lagrange degree of the density)") not in (1, 2, 3):
             raise ValueError(f"element degree {degree}: choose 1, 2 or 3")
         self.space = space
         self.weight = Weight.parse(weight)

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowfem.files import replacing
+from flowfem import memory
+from flowfem.arguments import integer, number
+from flowfem.files import check_readable, replacing
 from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 
 import basix.ufl  # noqa: E402
@@ -52,6 +54,13 @@ _MESHIO_CELLS = {
 }
 _TDIM = {"interval": 1, "triangle": 2, "tetrahedron": 3}
 DEFAULT_SIZES = {"box": 32, "ball": 0.25, "circle": 64, "sphere": 3}  # n, h, arcs, refinements
+# Peak memory per cell of making a mesh and building the dolfinx mesh from it on one rank, measured
+# (peak RSS over 1e5..1e6 cells): box 414 (tetrahedra) and 434 (triangles), circle 455, sphere 696
+# (curved triangles), ball 1005 (gmsh tetrahedra, gmsh's own data included). Writing with meshio
+# (flowfem mesh) peaked lower: 140..450.
+MESH_BYTES_PER_CELL = {"box": 450, "circle": 460, "sphere": 700, "ball": 1000}
+# cells of gmsh's ball for element size h: about c (R / h)^(d+1), c measured for h = R/100..R/2
+BALL_CELLS = {1: 7.26, 2: 19.2}
 FLAT = 1e-12  # relative to the mesh's size: coordinate noise dropped, cells of no measure refused
 NEARLY_PLANAR = 1e-3  # a mesh within this relative distance of a coordinate plane is a planar mesh
 
@@ -123,9 +132,11 @@ def box_arrays(d: int, n: int, radius: float) -> MeshArrays:
 
     Raises ValueError unless d is 1 or 2, n a positive integer and R finite and positive.
     """
-    _check_input_dim(d)
+    d = _check_input_dim(d)
     n = _check_count("n", n, 1)
     _check_positive(radius=radius)
+    cells = 2 * n**2 if d == 1 else 6 * n**3
+    _require_memory("box", cells, f"a box mesh with n = {n} cells per side", "use fewer cells per side")
     t = np.linspace(-radius, radius, n + 1)
     if d == 1:
         X, Y = np.meshgrid(t, t, indexing="ij")
@@ -154,10 +165,17 @@ def box_arrays(d: int, n: int, radius: float) -> MeshArrays:
 def ball_arrays(d: int, h: float, radius: float) -> MeshArrays:
     """|theta| <= R meshed by gmsh with element size h: a disc (d = 1) or ball (d = 2).
 
-    Raises ValueError unless d is 1 or 2 and h, R are finite and positive.
+    Raises ValueError unless d is 1 or 2 and h, R are finite and positive, if the mesh would not
+    fit in memory (about :data:`BALL_CELLS` (R / h)^(d+1) cells), and if gmsh fails, makes no
+    cells, or makes far fewer than h asks for (it coarsens some requests silently).
     """
-    _check_input_dim(d)
+    d = _check_input_dim(d)
     _check_positive(h=h, radius=radius)
+    ratio = float(radius) / float(h)
+    expected = BALL_CELLS[d] * ratio ** (d + 1) if ratio < 1e100 else np.inf
+    shape = "disc" if d == 1 else "ball"
+    _require_memory("ball", expected, f"a {shape} mesh of radius {radius:g} with element size h = {h:g}",
+                    "use a larger element size h")
     import gmsh
 
     gmsh.initialize(interruptible=False)
@@ -175,8 +193,20 @@ def ball_arrays(d: int, h: float, radius: float) -> MeshArrays:
         tags, coords, _ = gmsh.model.mesh.getNodes()
         etype = 2 if d == 1 else 4
         _, node_tags = gmsh.model.mesh.getElementsByType(etype)
+    except Exception as e:  # gmsh raises Exception with its (or OpenCASCADE's) last error
+        raise ValueError(f"gmsh could not mesh the {shape} of radius {radius:g} with element size h = {h:g} "
+                         f"({' '.join(str(e).split())}); choose a radius and h nearer 1 (e.g. radius 4, h 0.25)"
+                         ) from None
     finally:
         gmsh.finalize()
+    made = len(node_tags) // (d + 2)
+    if made == 0:
+        raise ValueError(f"gmsh made no cells for the {shape} of radius {radius:g} with element size h = {h:g}; "
+                         "choose a radius and h nearer 1 (e.g. radius 4, h 0.25)")
+    if expected > 1000 and made < expected / 4:  # seen: R = 4, h = 0.005 gave 6469 cells, h = 0.1 11776
+        raise ValueError(f"gmsh made {made} cells for the {shape} of radius {radius:g} with element size "
+                         f"h = {h:g}, where about {expected:.2g} were expected: it did not keep to h; use a larger "
+                         "h, or mesh the ball yourself and pass the .msh file")
     points = coords.reshape(-1, 3)[:, : d + 1]
     index = np.zeros(int(tags.max()) + 1, dtype=np.int64)
     index[tags.astype(np.int64)] = np.arange(len(tags))
@@ -195,6 +225,7 @@ def circle_arrays(n: int, degree: int = 2) -> MeshArrays:
     """
     n = _check_count("circle arcs n", n, 3, "two arcs would join the same two vertices")
     _check_geometry_degree(degree)
+    _require_memory("circle", n, f"a circle of {n} arcs", "use fewer arcs")
     phi = 2 * np.pi * np.arange(n) / n
     points = np.column_stack([np.cos(phi), np.sin(phi)])
     cells = np.column_stack([np.arange(n), (np.arange(n) + 1) % n])
@@ -212,6 +243,8 @@ def sphere_arrays(refinements: int, degree: int = 2) -> MeshArrays:
     """
     refinements = _check_count("sphere refinements", refinements, 0)
     _check_geometry_degree(degree)
+    _require_memory("sphere", 20 * 4 ** min(refinements, 64), f"a sphere refined {refinements} times",
+                    "use fewer refinements")
     g = (1 + 5**0.5) / 2
     points = np.array([[-1, g, 0], [1, g, 0], [-1, -g, 0], [1, -g, 0], [0, -1, g], [0, 1, g],
                        [0, -1, -g], [0, 1, -g], [g, 0, -1], [g, 0, 1], [-g, 0, -1], [-g, 0, 1]], float)
@@ -277,14 +310,19 @@ def read_arrays(path: str | os.PathLike) -> MeshArrays:
     """
     import meshio
 
+    check_readable(path, "mesh file", "give a gmsh .msh or a meshio/dolfinx .xdmf file")
     path = os.fspath(path)
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"cannot read mesh file {path!r}: the file is empty; give a gmsh .msh or a meshio/dolfinx "
+                         ".xdmf file")
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             m = meshio.read(path)
     except (Exception, SystemExit) as e:  # meshio raises many kinds, and on some prints its reason and exits
-        reason = f"{type(e).__name__}: {e}" if not isinstance(e, SystemExit) else (
-            "meshio: " + "; ".join(ln.strip() for ln in printed.getvalue().splitlines() if ln.strip()))
+        said = str(e) if not isinstance(e, SystemExit) else "; ".join(
+            ln.strip() for ln in printed.getvalue().splitlines() if ln.strip())
+        reason = f"meshio: {' '.join(said.split()) or type(e).__name__}; damaged, truncated or not a mesh?"
         hint = (" (a dolfinx XDMF file with mesh tags holds several grids: write the mesh alone with "
                 "XDMFFile.write_mesh, or as gmsh .msh)" if "one grid" in reason else "")
         raise ValueError(
@@ -422,17 +460,26 @@ def _more(indices: np.ndarray) -> str:
     return f" (and {len(indices) - 1} more)" if len(indices) > 1 else ""
 
 
-def _check_input_dim(d: int) -> None:
+def _require_memory(domain: str, cells: float, what: str, fix: str) -> None:
+    """Refuse a mesh of about ``cells`` cells that would not fit in memory (:data:`MESH_BYTES_PER_CELL`)."""
+    count = f"{cells:.2g}" if cells < 1e300 else "more than 1e300"
+    memory.require(MESH_BYTES_PER_CELL[domain] * cells, f"{what} ({count} cells)", fix)
+
+
+def _check_input_dim(d) -> int:
+    d = integer("the input dimension d", d, "(1 or 2)")
     if d not in (1, 2):
         raise ValueError(
             f"input dimension d = {d} needs a {d + 1}-D parameter mesh; flowfem meshes parameter "
             "spaces of dimension 2 or 3 only, so the inputs must have d = 1 or 2 (reduce the "
             "inputs' dimension, e.g. by projecting them, first)"
         )
+    return d
 
 
 def _check_count(name: str, v, minimum: int, why: str = "") -> int:
     """v as an int; ValueError unless it is a whole number >= minimum (0 never means a default)."""
+    v = number(f"mesh parameter {name}", v, f"(a whole number >= {minimum})")
     if not (np.isfinite(v) and v == int(v)):
         raise ValueError(f"mesh parameter {name} = {v:g} must be a whole number")
     if v < minimum:
@@ -442,7 +489,7 @@ def _check_count(name: str, v, minimum: int, why: str = "") -> int:
 
 
 def _check_geometry_degree(degree) -> None:
-    if degree not in (1, 2):
+    if integer("geometry degree", degree, "1 or 2") not in (1, 2):
         raise ValueError(f"geometry degree {degree}: 1 (flat cells) or 2 (curved cells)")
 
 
@@ -543,6 +590,10 @@ class Space:
              comm=MPI.COMM_WORLD) -> "Space":
         """A named domain (:func:`named_arrays`: ``size`` is n, h, arcs or refinements; None for the
         default) or a mesh file (.msh, .xdmf)."""
+        if not isinstance(domain, (str, os.PathLike)):
+            raise ValueError(f"domain must be box, ball, circle, sphere or a .msh/.xdmf file name, got {domain!r} "
+                             f"({type(domain).__name__})")
+        domain = os.fspath(domain)
         if os.path.splitext(domain)[1].lower() in (".msh", ".xdmf"):
             return cls.read(domain, comm)
         return cls._on_root(lambda: named_arrays(domain, d, size, radius), comm)
@@ -550,5 +601,6 @@ class Space:
 
 def _check_positive(**values) -> None:
     for name, v in values.items():
+        v = number(f"mesh parameter {name}", v, "> 0")
         if not (np.isfinite(v) and v > 0):
             raise ValueError(f"mesh parameter {name} = {v:g} must be positive")

@@ -41,6 +41,13 @@ an info marked ``converged=False``).
 
 The same :class:`LinearSolver` serves every Newton step (its data weight D is
 updated in place, the GAMG hierarchy or the MUMPS factors are kept).
+
+PETSc options, flowfem's defaults and the user's (``petsc_options``), go to
+each KSP and SNES under its own prefix through
+:class:`flowfem.petsc_options.SolverOptions`: a PETSc error they cause, or a
+user's option PETSc never reads, is a ValueError naming them. Tolerances are
+checked first (:func:`check_tolerances`), and the direct solver refuses a
+problem whose dense n x ndofs and n x n matrices would not fit in memory.
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ from flowfem.mpi import CollectiveError  # first: loads MPI before dolfinx
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
+from flowfem import memory  # noqa: E402
+from flowfem import petsc_options as petsc_options_  # noqa: E402
+from flowfem.arguments import number, petsc_option, spell  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 
 SOLVERS = ("cg", "direct")
@@ -73,6 +83,21 @@ class SolveInfo:
     reason: int = 0
     history: list = field(default_factory=list)
     converged: bool = True
+
+
+def check_tolerances(rtol, atol=0.0) -> tuple[float, float]:
+    """(rtol, atol) as floats; ValueError unless 0 <= rtol < 1 and atol >= 0 are finite and one of
+    them is positive (a solve stops at ||residual|| <= max(rtol ||B||, atol): with both zero it
+    never could)."""
+    rtol = number("rtol", rtol, "with 0 < rtol < 1")
+    atol = number("atol", atol, ">= 0")
+    if not (0 <= rtol < 1):
+        raise ValueError(f"rtol = {rtol}: the relative residual a solve must reach is a number with 0 < rtol < 1")
+    if not (np.isfinite(atol) and atol >= 0):
+        raise ValueError(f"atol = {atol}: the absolute residual a solve must reach is a finite number >= 0")
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol = 0: no solve reaches a residual of exactly 0; give a tolerance with 0 < rtol < 1")
+    return rtol, atol
 
 
 class NotConverged(CollectiveError):
@@ -123,10 +148,11 @@ class LinearSolver:
             raise ValueError(f"unknown solver {solver!r}: choose cg or direct")
         if shift and G is None:
             raise ValueError("a shifted operator s G + K needs the metric matrix G")
-        self.E, self.solver, self.rtol, self.max_it = E, solver, rtol, max_it
+        self.rtol, self.atol = check_tolerances(rtol, atol)  # cg stops at ||B - K X|| <= max(rtol ||B||, atol)
+        self.E, self.solver, self.max_it = E, solver, max_it
         self.allow_unconverged = allow_unconverged
-        self.atol = float(atol)  # cg stops at ||B - K X|| <= max(rtol ||B||, atol)
-        self.petsc_options = dict(petsc_options or {})
+        self.petsc_options = petsc_options_.parse(petsc_options)
+        self.options = None  # the SolverOptions of the current KSP
         self.D = np.ones(E.n) if D is None else np.asarray(D, dtype=float).copy()
         self.G, self.shift = G, float(shift)
         self.pc_shift_factor = pc_shift_factor if solver == "cg" and pc_shift_factor else None
@@ -142,8 +168,13 @@ class LinearSolver:
         if solver == "direct" and E.H.ndofs * E.n > DIRECT_LIMIT:
             raise ValueError(
                 f"the direct solver needs a dense {E.n} x {E.H.ndofs} matrix; this problem is too "
-                "large for it: use solver='cg'"
+                f"large for it: use {spell('solver', repr('cg'))}"
             )
+        if solver == "direct":  # C and Z (owned dofs x n), C^T Z and the capacitance's LU (n x n)
+            owned = E.H.A.getLocalSize()[0]
+            memory.require(8 * (2 * owned * E.n + 3 * E.n**2),
+                           f"the direct solver for n = {E.n} data points and {E.H.ndofs} dofs",
+                           f"use {spell('solver', repr('cg'))}, or fewer data points", comm)
         self.P = None
         self.ksp = None
         self._stale = True  # the preconditioner is built at the first solve (after any set_shift)
@@ -162,11 +193,12 @@ class LinearSolver:
         self.setups += 1
         if self.ksp is not None:
             self.ksp.destroy()
+            self.options.clear()
         solver = self.solver
         prefix = f"flowfem_{solver}_{next(_prefix)}_"  # same sequence on every rank
         self.ksp = PETSc.KSP().create(self.comm)
         self.ksp.setOptionsPrefix(prefix)
-        opts = PETSc.Options()
+        defaults = {}
         if solver == "cg":
             self.ksp.setOperators(self.K, self.P)
             self.ksp.setType("cg")
@@ -176,20 +208,21 @@ class LinearSolver:
             pc.setUseAmat(False)  # smooth with alpha A on every level, not with the shell K
             # two V-cycles and a drop threshold of 0.02 in the aggregation graph: measured on relu/sin,
             # n = 2e4, meshes 128^2..512^2, CG iterations 56/57/59 instead of 63/67/75 with the defaults
-            opts[prefix + "pc_mg_multiplicative_cycles"] = 2
-            opts[prefix + "pc_gamg_threshold"] = 0.02
+            defaults = {"pc_mg_multiplicative_cycles": 2, "pc_gamg_threshold": 0.02}
             self.ksp.setTolerances(rtol=self.rtol, atol=self.atol, max_it=self.max_it)
         else:
             self.ksp.setOperators(self.P)
             self.ksp.setType("preonly")
             self.ksp.getPC().setType("lu")
             self.ksp.getPC().setFactorSolverType("mumps")
-        for k, v in self.petsc_options.items():
-            opts[prefix + k.lstrip("-")] = v
-        self.ksp.setFromOptions()
-        self.ksp.setUp()
-        if solver == "direct":
-            self._woodbury()
+        name = "the cg solver (KSP cg, PC gamg)" if solver == "cg" else "the direct solver (PC lu with MUMPS)"
+        self.options = petsc_options_.SolverOptions(prefix, defaults, self.petsc_options, name)
+        self.options.apply()
+        with self.options.errors("the set-up"):
+            self.ksp.setFromOptions()
+            self.ksp.setUp()
+            if solver == "direct":
+                self._woodbury()
 
     def _woodbury(self):
         """C = Phi^T, Z = P^{-1} C and C^T Z (once per shift); the capacitance for the current D."""
@@ -250,10 +283,16 @@ class LinearSolver:
         raises :class:`NotConverged` unless the solver allows unconverged results;
         Newton's inner solves pass ``check=False`` (Newton checks ||dE|| itself).
         """
-        history = []
         if self._stale:
             self._setup()
             self._stale = False
+        with self.options.errors("a solve"):
+            info = self._solve(B, X, check)
+        self.options.check_used()
+        return info
+
+    def _solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool) -> SolveInfo:
+        history = []
         bnorm = B.norm()
         target = max(self.rtol * bnorm, self.atol)
         R = B.duplicate()
@@ -275,7 +314,7 @@ class LinearSolver:
                                        "large that sigma(theta . x~)^2 overflows? rescale the data")
                 raise NotConverged(
                     f"CG did not converge (PETSc {_KSP_REASONS.get(reason, reason)}) after {its} iterations; "
-                    "try a larger alpha, a looser rtol or solver='direct'"
+                    f"try a larger alpha, a looser rtol or {spell('solver', repr('direct'))}"
                 )
         else:
             self._woodbury_solve(B, X)
@@ -302,8 +341,8 @@ class LinearSolver:
             raise NotConverged(
                 f"the {self.solver} solve reached a relative residual of {residual:.2e}, above the requested "
                 f"{requested:.1e} (the system is too ill-conditioned for it in double precision): use a larger "
-                "alpha, " + ("solver cg, " if self.solver == "direct" else "")
-                + "a looser rtol, or allow unconverged results (--allow-unconverged)")
+                "alpha, " + (f"{spell('solver', repr('cg'))}, " if self.solver == "direct" else "")
+                + f"a looser rtol, or allow unconverged results ({spell('allow_unconverged')})")
         return SolveInfo(self.solver, its, residual, reason, history, converged)
 
     def _residual(self, B: PETSc.Vec, X: PETSc.Vec, R: PETSc.Vec) -> float:
@@ -325,6 +364,8 @@ class LinearSolver:
         for obj in (self.ksp, self.K, self.P):
             if obj is not None:
                 obj.destroy()
+        if self.options is not None:
+            self.options.clear()
 
 
 def solve(E: Functional, solver: str = "cg", rtol: float = 1e-10,
@@ -338,8 +379,10 @@ def solve(E: Functional, solver: str = "cg", rtol: float = 1e-10,
         raise ValueError(f"the one-solve minimiser needs the squared loss, not {E.loss.name}; use newton()")
     lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged)
     U = E.vector()
-    info = lin.solve(E.rhs(), U)
-    lin.destroy()
+    try:
+        info = lin.solve(E.rhs(), U)
+    finally:  # also on NotConverged: its PETSc options leave the database
+        lin.destroy()
     return U, info
 
 
@@ -367,8 +410,8 @@ class _LinearSolverPC:
     def apply(self, pc, x, y):
         try:
             self.its.append(self.lin.solve(x, y, check=False).iterations)
-        except (RuntimeError, NotConverged) as e:  # report after SNES returns; a zero step stops the line search
-            self.error = e
+        except ValueError as e:  # NotConverged, PETSc errors (LinearSolver words them): reported after SNES
+            self.error = e       # returns; a zero step stops the line search
             y.set(0.0)
 
 
@@ -390,25 +433,29 @@ class NewtonSolver:
 
     Options under ``petsc_options`` starting with ``snes_`` go to the SNES
     (e.g. ``snes_monitor``, ``snes_linesearch_type``), the others to the
-    linear solver.
+    linear solver; for the squared loss, which needs no SNES, all go to the
+    linear solver (so that snes_ options are refused as unused there).
     """
 
     def __init__(self, E: Functional, solver: str = "cg", rtol: float = 1e-10, atol: float = 0.0,
                  max_it: int = 50, linear_rtol: float = 1e-10, G: PETSc.Mat | None = None,
                  petsc_options: dict | None = None, linear_atol: float = 0.0,
                  pc_shift_factor: float | None = None, allow_unconverged: bool = False):
-        opts = dict(petsc_options or {})
-        snes_opts = {k.lstrip("-"): v for k, v in opts.items() if k.lstrip("-").startswith("snes_")}
-        lin_opts = {k: v for k, v in opts.items() if not k.lstrip("-").startswith("snes_")}
+        opts = petsc_options_.parse(petsc_options)
+        newton = not E.loss.quadratic
+        snes_opts = {k: v for k, v in opts.items() if newton and k.startswith("snes_")}
+        lin_opts = {k: v for k, v in opts.items() if k not in snes_opts}
         self.E, self.G = E, G
-        self.rtol, self.atol, self.max_it = rtol, atol, max_it
+        self.rtol, self.atol = check_tolerances(rtol, atol)
+        self.max_it = max_it
         self.allow_unconverged = allow_unconverged
         self.lin = LinearSolver(E, None, solver, linear_rtol, petsc_options=lin_opts, G=G, atol=linear_atol,
                                 pc_shift_factor=pc_shift_factor, allow_unconverged=allow_unconverged)
         self.shift, self.anchor, self.g = 0.0, None, None
         self._work = E.vector()
         self.snes = None
-        if not E.loss.quadratic:
+        self.options = None
+        if newton:
             self._make_snes(snes_opts)
 
     def _make_snes(self, snes_opts: dict):
@@ -428,11 +475,11 @@ class NewtonSolver:
         pc.setPythonContext(self.pc)
         snes.getLineSearch().setType("bt")
         snes.setTolerances(rtol=self.rtol, atol=self.atol, stol=0.0, max_it=self.max_it)
-        options = PETSc.Options()
-        for k, v in snes_opts.items():
-            options[prefix + k] = v
-        snes.setFromOptions()
         self.snes = snes
+        self.options = petsc_options_.SolverOptions(prefix, {}, snes_opts, "Newton (SNES newtonls)")
+        self.options.apply()
+        with self.options.errors("the set-up"):
+            snes.setFromOptions()
 
     # -- F, J and the objective ------------------------------------------------------
 
@@ -491,7 +538,9 @@ class NewtonSolver:
 
     def solve(self, U: PETSc.Vec, shift: float = 0.0, anchor: PETSc.Vec | None = None,
               g: PETSc.Vec | None = None) -> NewtonInfo:
-        """Solve F(U) = 0 in place, starting from U. Raises RuntimeError if Newton fails."""
+        """Solve F(U) = 0 in place, starting from U. Raises :class:`NotConverged` if Newton fails
+        (unless unconverged results are allowed) and ValueError if PETSc fails (see
+        :class:`flowfem.petsc_options.SolverOptions`)."""
         if shift and anchor is None:
             raise ValueError("a time step (shift > 0) needs the previous state U_0")
         self.shift, self.anchor, self.g = float(shift), anchor, g
@@ -500,11 +549,15 @@ class NewtonSolver:
             return self._solve_affine(U)
         self.pc.its, self.pc.error = [], None
         self.snes.setConvergenceHistory(reset=True)
-        self.snes.solve(None, U)
+        with self.options.errors("a solve"):
+            self.snes.solve(None, U)
         history = [float(r) for r in self.snes.getConvergenceHistory()[0]]
         reason, its = self.snes.getConvergedReason(), self.snes.getIterationNumber()
-        if self.pc.error is not None:
-            raise RuntimeError(f"a Newton step's linear solve failed: {self.pc.error}")
+        if self.pc.error is not None:  # the same on every rank: the inner solves are collective
+            if isinstance(self.pc.error, NotConverged):
+                raise NotConverged(f"a Newton step's linear solve failed: {self.pc.error}")
+            raise self.pc.error
+        self.options.check_used()
         if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINE_SEARCH and history[-1] <= self.rounding_floor(U):
             reason = 1  # ||F|| is as small as rounding allows (a tolerance below it cannot be met)
         r0 = history[0] if history and history[0] > 0 else 1.0
@@ -516,7 +569,8 @@ class NewtonSolver:
             raise NotConverged(
                 f"Newton did not converge (SNES {name}) after {its} iterations; residuals "
                 + ", ".join(f"{r:.2e}" for r in history)
-                + ": try a larger alpha, more iterations (snes_max_it) or a looser rtol"
+                + f": try a larger alpha, more iterations ({petsc_option('snes_max_it', '200')}), a looser "
+                f"rtol, or allow unconverged results ({spell('allow_unconverged')})"
             )
         return NewtonInfo("newton-" + self.lin.solver, its, history[-1] / r0, reason, history,
                           linear_iterations=list(self.pc.its))
@@ -537,6 +591,7 @@ class NewtonSolver:
     def destroy(self):
         if self.snes is not None:
             self.snes.destroy()
+            self.options.clear()
         self.lin.destroy()
 
 

@@ -1,0 +1,120 @@
+"""Arguments: the one check of scalar arguments, and the one way a message names an argument.
+
+Every public function checks the type of its scalar arguments with
+:func:`number` and :func:`integer` (:func:`positive` and :func:`seed` add the
+range) before using them, so that a string, None or a float where a count
+belongs is refused in flowfem's words,
+
+    alpha must be a number > 0, got '1e-4' (str)
+    degree must be an integer 1, 2 or 3, got 1.0 (float)
+
+and not by NumPy or PETSc several calls deeper (``ufunc 'isfinite' not
+supported``, ``'tuple' object has no attribute 'cell'``). The range of a
+value is checked where its meaning is (each with its own message).
+
+A message that names the fix names it as its reader writes it: the Python
+argument ``width=N`` for a caller of the API, the option ``--width N`` for a
+user of the ``flowfem`` command. Shared code writes :func:`spell` ("pass
+{spell('width', 'N')}") and :func:`named` (the checks above name their
+argument with it); :func:`command_line` (entered by ``flowfem``'s ``main``)
+switches every message to the options' spelling.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import numbers
+from contextlib import contextmanager
+
+import numpy as np
+
+_COMMAND_LINE = contextvars.ContextVar("flowfem_command_line", default=False)
+
+
+@contextmanager
+def command_line():
+    """Within the block, :func:`spell` names command-line options (``--width N``)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def spell(name: str, value: str = "True") -> str:
+    """An argument with a value as the reader writes it.
+
+    ``value`` is written as in Python (``"'cg'"``, ``"N"``, ``"True"``). The API spelling is
+    ``name=value``; on the command line it is ``--name value`` with ``_`` written ``-``, quotes
+    dropped, and a flag (value ``True``) without a value: spell("solver", "'cg'") is
+    ``solver='cg'`` or ``--solver cg``; spell("allow_unconverged") ``allow_unconverged=True``
+    or ``--allow-unconverged``.
+    """
+    if not _COMMAND_LINE.get():
+        return f"{name}={value}"
+    option = "--" + name.replace("_", "-")
+    return option if value == "True" else f"{option} {value.strip(chr(39))}"
+
+
+def petsc_option(key: str, value: str) -> str:
+    """A PETSc option as the reader passes it: ``petsc_options={'snes_max_it': '100'}`` (API) or
+    ``--petsc-option snes_max_it=100`` (command line)."""
+    if _COMMAND_LINE.get():
+        return f"--petsc-option {key}={value}"
+    return f"petsc_options={{{key!r}: {value!r}}}"
+
+
+def named(name: str) -> str:
+    """An argument's name as the reader knows it: ``time_limit`` (API) or ``--time-limit`` (command
+    line); a description with spaces ("mesh parameter n") stays as it is."""
+    if _COMMAND_LINE.get() and name.isidentifier():
+        return "--" + name.replace("_", "-")
+    return name
+
+
+def _got(value) -> str:
+    """The refused value and its type: ``'1e-4' (str)``."""
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def number(name: str, value, requirement: str = "") -> float:
+    """``value`` as a float if it is a real number (int, float or a NumPy scalar; not bool, str,
+    None or an array); else ValueError "NAME must be a number REQUIREMENT, got VALUE (TYPE)".
+
+    NaN and inf pass: the caller's range check names them with the value's meaning.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{named(name)} must be a number{' ' + requirement if requirement else ''}, "
+                         f"got {_got(value)}")
+    return float(value)
+
+
+def positive(name: str, value, strict: bool = True) -> float:
+    """``value`` as a float if it is a finite number > 0 (``strict``) or >= 0; else ValueError
+    "NAME must be a finite number > 0, got VALUE" (with the type if it is not a number)."""
+    bound = "> 0" if strict else ">= 0"
+    value = number(name, value, bound)
+    if not (np.isfinite(value) and (value > 0 if strict else value >= 0)):
+        raise ValueError(f"{named(name)} must be a finite number {bound}, got {value!r}")
+    return value
+
+
+def seed(value) -> int:
+    """A seed of NumPy's random generators: an integer >= 0; else ValueError."""
+    value = integer("seed", value, ">= 0")
+    if value < 0:
+        raise ValueError(f"{named('seed')} must be an integer >= 0, got {value}")
+    return value
+
+
+def integer(name: str, value, requirement: str = "") -> int:
+    """``value`` as an int if it is an integer (int or a NumPy integer; not bool, a float such
+    as 1.0, str or None); else ValueError "NAME must be an integer REQUIREMENT, got VALUE (TYPE)".
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{named(name)} must be an integer{' ' + requirement if requirement else ''}, "
+                         f"got {_got(value)}")
+    return int(value)
