@@ -29,7 +29,8 @@ from petsc4py import PETSc  # noqa: E402
 from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
-from flowfem.stationary import NewtonSolver, newton, solve  # noqa: E402
+from flowfem.petsc_options import parse as parse_options  # noqa: E402
+from flowfem.stationary import NewtonSolver, check_tolerances, newton, solve  # noqa: E402
 
 METRICS = ("L2", "H1")
 
@@ -244,10 +245,10 @@ class Flow:
         self.E = E
         self.G = metric_matrix(E.H, metric)  # validates the name
         self.metric = str(metric).upper()
-        self.solver, self.rtol, self.step_rtol = solver, float(rtol), float(step_rtol)
+        self.solver, self.rtol, self.step_rtol = solver, check_tolerances(rtol)[0], check_tolerances(step_rtol)[0]
         self.pc_shift_factor = pc_shift_factor
-        self.newton_rtol = float(newton_rtol)
-        opts = {str(k).lstrip("-"): v for k, v in (petsc_options or {}).items()}
+        self.newton_rtol = check_tolerances(newton_rtol)[0]
+        opts = {str(k).lstrip("-"): v for k, v in parse_options(petsc_options or {}).items()}
         for key in opts:
             if key.startswith("ts_"):
                 raise ValueError(f"PETSc option {key}: the flow's time steps are flowfem's own, not a PETSc TS; "

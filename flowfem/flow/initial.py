@@ -12,6 +12,7 @@ from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 
 import dolfinx.fem  # noqa: E402
 
+from flowfem.files import read_npz  # noqa: E402
 from flowfem.io import fill_by_coordinates, read_density_file  # noqa: E402
 from flowfem.measure import project_network  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -69,11 +70,8 @@ def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfi
                          "density:PATH or network:PATH")
     if kind_l is None:
         def sniff():
-            try:
-                with np.load(path, allow_pickle=False) as f:
-                    keys = set(f.files)
-            except Exception as e:  # noqa: BLE001  (any unreadable file)
-                raise ValueError(f"cannot read the initial density {path!r} ({e})") from None
+            keys = set(read_npz(path, "the initial density", "give a density.npz of flowfem solve or a network "
+                                "of flowfem readout"))
             if {"theta", "u"} <= keys:
                 return "density"
             if {"W", "b", "a"} <= keys:
