@@ -222,7 +222,7 @@ def cmd_mesh(args, comm) -> None:
     from flowfem import space as sp
 
     def make():
-        check_writable(args.out, "mesh file")  # before meshing, which may take long
+        check_writable(args.out, "mesh file", args.force)  # before meshing, which may take long
         d = args.d if args.d is not None else 2 if args.domain == "sphere" else 1
         arrays = sp.check_mesh(sp.named_arrays(args.domain, d, args.size, args.radius, args.geometry_degree))
         arrays.write(args.out)
@@ -281,7 +281,7 @@ def cmd_readout(args, comm) -> None:
     from flowfem import io
     from flowfem.readout import readout
 
-    on_root(comm, lambda: check_writable(args.out, "network file"))  # before the work
+    on_root(comm, lambda: check_writable(args.out, "network file", args.force))  # before the work
     H, u, settings = io.load_density(args.density, comm)
     if "activation" not in settings:
         raise ValueError(f"the density {args.density!r} records no activation: it was not written by "
@@ -312,7 +312,7 @@ def cmd_predict(args, comm) -> None:
 
     def work():
         if args.out:
-            check_writable(args.out, "predictions file")
+            check_writable(args.out, "predictions file", args.force)
         net = Network.load(args.network)
         inputs = data.get(args.data, args.n, args.seed, require_y=False)
         x, _ = data.check(inputs.x, None, net.input_dim, what=f"inputs {args.data!r}",
@@ -340,7 +340,7 @@ def cmd_landscape(args, comm) -> None:
         except ValueError:
             raise ValueError(f"--mu {args.mu!r}: write numbers separated by commas, e.g. -1,0,0.5,1,2") from None
         if args.json:
-            check_writable(args.json, "--json file")
+            check_writable(args.json, "--json file", args.force)
         net = Network.load(args.network)
         ds = data.get(args.data, args.n, args.seed)
         if ds.d != net.input_dim:
@@ -501,6 +501,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--geometry-degree", type=int, default=2, choices=[1, 2],
                    help="circle and sphere: 2 for curved cells (default), 1 for flat")
     p.add_argument("--out", required=True, help="file to write: NAME.msh or NAME.xdmf")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_mesh)
 
     p = sub.add_parser("readout", help="turn a solved density into a finite network (.npz)",
@@ -521,6 +522,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--alpha", type=float, default=None, help="refit regularisation (default: the solve's alpha)")
     p.add_argument("--out", required=True, help="network file to write (.npz: arrays W, b, a, activation)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_readout)
 
     p = sub.add_parser("predict", help="evaluate a saved network on inputs (no dolfinx needed)",
@@ -532,6 +534,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="points of a synthetic set")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set")
     p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f); default: standard output")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("landscape", help="classify the splitting plateaus of a saved network (NumPy only)",
@@ -555,6 +558,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="also classify by the eigenvalues of the split network's full Hessian")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--force", action="store_true", help="replace the --json file if it exists (default: refuse)")
     p.set_defaults(run=cmd_landscape)
     p = sub.add_parser("compare", help="FE solve and readouts against particle solvers (GD, Adam): table, figures",
                        description="For one data set: the FE solve, FE readouts at several widths N and the particle "

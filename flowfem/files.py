@@ -33,13 +33,17 @@ from contextlib import contextmanager
 import numpy as np
 
 
-def check_writable(path: str | os.PathLike, what: str = "output file") -> None:
+def check_writable(path: str | os.PathLike, what: str = "output file", force: bool | None = None) -> None:
     """Raise ValueError unless a file can be created or replaced at ``path``: its directory exists
-    and may be written into, and ``path`` is not a directory."""
+    and may be written into, and ``path`` is not a directory. With ``force`` given (the command
+    line's --force), an existing file is replaced only if ``force`` is true: a command never
+    overwrites a file the user did not ask it to."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"cannot write {what} {path!r}: it is a directory; give a file name")
+    if force is False and os.path.lexists(path):
+        raise ValueError(f"{what} {path!r} exists; pass --force to replace it, or choose another name")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"cannot write {what} {path!r}: {directory!r} is a file, not a directory")
     if not os.path.isdir(directory):

@@ -92,3 +92,26 @@ def test_output_directories_follow_the_umask(tmp_path, umask):
     r = _solve(out, preexec_fn=lambda: os.umask(umask))
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+def test_file_outputs_never_replace_a_file_without_force(tmp_path):
+    """readout, predict, mesh and landscape --json overwrote an existing file silently."""
+    mine = "x1\n0.5\n"
+    for name, cmd in [
+        ("mesh.msh", [FLOWFEM, "mesh", "box", "--size", "4", "--out"]),
+        ("pred.csv", [FLOWFEM, "predict", "--network", str(tmp_path / "net.npz"), "--data", "sin", "--n", "10",
+                      "--out"]),
+    ]:
+        target = tmp_path / name
+        target.write_text(mine)
+        if name == "pred.csv":  # a network to predict with
+            from flowfem.network import Network
+            import numpy as np
+
+            Network(np.ones((2, 1)), np.zeros(2), np.ones(2), "relu").save(tmp_path / "net.npz")
+        r = run([*cmd, str(target)], timeout=120)
+        assert r.returncode == 2 and "exists; pass --force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert target.read_text() == mine
+        r = run([*cmd, str(target), "--force"], timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert target.read_text() != mine
