@@ -234,37 +234,24 @@ def cmd_mesh(args, comm) -> None:
         print(text)
 
 
-def _positive_number(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (np.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
-    return v
+def _number_in(ok, allowed: str):
+    """An argparse type: a number v with ok(v); ``allowed`` says which in the error."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text} must be {allowed}")
+        return v
+
+    return parse
 
 
-def _tolerance(text: str) -> float:
-    """argparse type: a number with 0 < rtol < 1."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be a number with 0 < rtol < 1, e.g. 1e-10")
-    return v
-
-
-def _mesh_size(text: str) -> float:
-    """argparse type: a finite number >= 0 (which numbers a domain takes, space.named_arrays checks)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (np.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
-    return v
+_positive_number = _number_in(lambda v: np.isfinite(v) and v > 0, "a finite number > 0")
+_tolerance = _number_in(lambda v: 0 < v < 1, "a number with 0 < rtol < 1, e.g. 1e-10")
+# which numbers a domain takes (whole cells, an element size), space.named_arrays checks
+_mesh_size = _number_in(lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 class _Parser(argparse.ArgumentParser):
