@@ -192,7 +192,7 @@ class Comparison:
 
     def write(self, out: str, comm: MPI.Comm | None = None, force: bool = False, plot: bool = True) -> None:
         """Write every file of the module docstring into ``out`` (atomically; collective)."""
-        from flowfem import io, outputs, plot
+        from flowfem import io, outputs
 
         comm = self.result.problem.space.comm if comm is None else comm
         u = self.density
@@ -233,8 +233,10 @@ class Comparison:
                                      table=self.table(), distances=self.distances)),
                       f, indent=2, sort_keys=True, allow_nan=True)
             f.write("\n")
-        if plot:
-            plot.comparison_figures(tmp, self, gathered)
+        if plot:  # the flag, not the module: import the figure function by name
+            from flowfem.plot import comparison_figures
+
+            comparison_figures(tmp, self, gathered)
 
 
 def _write_csv(path, columns, rows):
