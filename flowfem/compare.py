@@ -215,6 +215,8 @@ class Comparison:
 
     def _write_root(self, tmp: str, gathered, plot: bool) -> None:
         """The tables, curves, JSON and figures (rank 0 only)."""
+        from flowfem import io
+
         with open(os.path.join(tmp, "table.md"), "w") as f:
             f.write(self.markdown())
         _write_csv(os.path.join(tmp, "table.csv"), TABLE_COLUMNS, self.table())
@@ -229,9 +231,9 @@ class Comparison:
         _write_csv(os.path.join(tmp, "curves.csv"),
                    ("method", "width", "seed", "step", "time", "objective", "loss", "test_rmse"), curves)
         with open(os.path.join(tmp, "results.json"), "w") as f:
-            json.dump(_jsonable(dict(settings=self.settings, runs=[asdict(r) for r in self.runs],
+            json.dump(io.jsonable(dict(settings=self.settings, runs=[asdict(r) for r in self.runs],
                                      table=self.table(), distances=self.distances)),
-                      f, indent=2, sort_keys=True, allow_nan=True)
+                      f, indent=2, sort_keys=True, allow_nan=False)  # a diverged run's inf is null
             f.write("\n")
         if plot:  # the flag, not the module: import the figure function by name
             from flowfem.plot import comparison_figures
@@ -246,20 +248,6 @@ def _write_csv(path, columns, rows):
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
                         for k in columns})
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 def read_csv(path: str) -> list[dict]:

@@ -318,10 +318,11 @@ def write_log(directory: str, result, comm: MPI.Comm, extra: dict | None = None)
 
 
 def jsonable(obj):
-    """obj with NumPy scalars as Python numbers and non-finite floats as None (JSON has no NaN)."""
+    """obj with NumPy scalars and arrays as Python numbers and lists, keys as strings, and non-finite
+    floats as None (JSON has no NaN)."""
     if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
         return [jsonable(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
         return float(obj) if np.isfinite(obj) else None
