@@ -305,7 +305,8 @@ class LinearSolver:
                 history += list(self.ksp.getConvergenceHistory())
                 its += self.ksp.getIterationNumber()
                 reason = self.ksp.getConvergedReason()
-                if reason < 0 or self._residual(B, X, R) <= target:
+                rnorm = self._residual(B, X, R)  # the true residual, also the one reported
+                if reason < 0 or rnorm <= target:
                     break  # else CG's recursive residual drifted from the true one: restart
             self.ksp.setInitialGuessNonzero(False)
             if reason < 0 and not self.allow_unconverged:  # a breakdown, even inside Newton
@@ -329,10 +330,10 @@ class LinearSolver:
                 if not rnorm <= 0.5 * previous:  # stagnates: the Woodbury inverse is too inaccurate
                     if not rnorm <= previous:
                         X.axpy(-1.0, dX)  # keep the better iterate
+                        rnorm = previous
                     break
             dX.destroy()
         self.iterations_total += its
-        rnorm = self._residual(B, X, R)
         R.destroy()
         residual = rnorm / bnorm if bnorm > 0 else rnorm
         converged = bool(np.isfinite(rnorm) and rnorm <= target)
