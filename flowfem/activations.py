@@ -63,7 +63,9 @@ def _sigmoid(z: Array) -> Array:
 
 def _relu(slope: float) -> Activation:
     """sigma(z) = max(z, slope z) (0 <= slope < 1); sigma'' = 0 away from the kink."""
-    name = "relu" if slope == 0.0 else f"leaky_relu:{slope:g}"
+    # repr, the shortest text that reads back as the same float: a network file or export that
+    # stores the name rebuilds the same slope (":g" would keep 6 digits)
+    name = "relu" if slope == 0.0 else f"leaky_relu:{slope!r}"
     return Activation(
         name=name,
         sigma=(lambda z: np.maximum(z, 0.0)) if slope == 0.0 else (lambda z: np.maximum(z, slope * z)),
