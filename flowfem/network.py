@@ -5,7 +5,8 @@ A small NumPy class that runs anywhere (no dolfinx, no MPI). It is what
 :mod:`flowfem.particles` trains. Saved as ``.npz`` with arrays only
 (``W`` (N, d), ``b`` (N,), ``a`` (N,), ``activation`` a string), loaded with
 ``allow_pickle=False``. :meth:`Network.state_dict` gives the layout of
-``torch.nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, 1))``.
+``torch.nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, 1))``; :mod:`flowfem.export` writes
+it as ONNX, safetensors or a ``.pt`` state dict.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class Network:
         """sigma(x W^T + b), shape (n, N)."""
         return evaluate(self.activation, self._check_x(x), self.theta)
 
+    def __repr__(self) -> str:
+        return f"Network(width={self.width}, input_dim={self.input_dim}, activation={self.activation.name!r})"
+
     def __call__(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
         """f_N at the rows of x (n, d), evaluated in batches of ``batch`` rows; shape (n,)."""
         x = self._check_x(x)
@@ -79,6 +83,12 @@ class Network:
         for s in range(0, x.shape[0], batch):
             out[s:s + batch] = evaluate(self.activation, x[s:s + batch], theta) @ self.a
         return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """f_N(x_j) = sum_i a_i sigma(W_i . x_j + b_i) at the rows of x ((n, d), or (n,) for d = 1):
+        shape (n,), like :meth:`flowfem.problem.Result.predict` (and the same as ``net(x)``).
+        Raises ValueError for inputs of the wrong shape or dimension, NaN or inf."""
+        return self(x)
 
     def _check_x(self, x) -> np.ndarray:
         """x as (n, d) through :func:`flowfem.data.check` (ValueError unless d = input_dim and finite)."""
@@ -116,16 +126,36 @@ class Network:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
-    # -- PyTorch ---------------------------------------------------------------
+    # -- other frameworks: PyTorch, ONNX, safetensors ------------------------------
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Arrays for nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, 1)).load_state_dict."""
-        return {
+    def state_dict(self, tensors: bool = False) -> dict:
+        """The weights in the layout of ``nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, 1))``:
+        ``0.weight`` W (N, d), ``0.bias`` b (N,), ``2.weight`` a as a row (1, N), ``2.bias`` 0 (1,),
+        float64 copies.
+
+        NumPy arrays by default; with ``tensors=True`` torch tensors, which
+        ``model.load_state_dict`` takes (it refuses NumPy arrays)::
+
+            model = nn.Sequential(nn.Linear(d, N), nn.Tanh(), nn.Linear(N, 1)).double()
+            model.load_state_dict(net.state_dict(tensors=True))
+
+        (:meth:`to_torch` builds that model with the right activation.) ImportError saying
+        ``pip install torch`` when ``tensors=True`` and torch is not installed.
+        """
+        arrays = {
             "0.weight": self.W.copy(),
             "0.bias": self.b.copy(),
             "2.weight": self.a[None, :].copy(),
             "2.bias": np.zeros(1),
         }
+        if not tensors:
+            return arrays
+        try:
+            import torch
+        except ImportError:
+            raise ImportError("state_dict(tensors=True) needs PyTorch: pip install torch "
+                              "(or use the NumPy arrays of state_dict())") from None
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
     def to_torch(self):
         """The network as a float64 ``torch.nn.Sequential`` (needs torch installed)."""
@@ -158,5 +188,19 @@ class Network:
         model = torch.nn.Sequential(
             torch.nn.Linear(self.input_dim, self.width), layer, torch.nn.Linear(self.width, 1)
         ).double()
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in self.state_dict().items()})
+        model.load_state_dict(self.state_dict(tensors=True))
         return model
+
+    def to_onnx(self, path: str | os.PathLike) -> None:
+        """Write the network as an ONNX graph (float64, input ``x`` (batch, d), output ``f``
+        (batch, 1)), atomically: :func:`flowfem.export.to_onnx`."""
+        from flowfem.export import to_onnx  # onnx is loaded only by those who export
+
+        to_onnx(self, path)
+
+    def to_safetensors(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state_dict` and the activation name as safetensors, atomically:
+        :func:`flowfem.export.to_safetensors`."""
+        from flowfem.export import to_safetensors
+
+        to_safetensors(self, path)

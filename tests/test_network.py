@@ -32,6 +32,19 @@ def test_network_is_the_sum_of_its_neurons():
     np.testing.assert_array_equal(net(x, batch=3), net(x))
 
 
+def test_predict_is_the_call_with_result_predicts_shape():
+    """Network.predict(x) is f_N at the rows of x, shape (n,) as Result.predict returns; repr is one
+    short line, not the weight arrays."""
+    net = _net("tanh", N=300)
+    x = _x()
+    f = net.predict(x)
+    assert f.shape == (50,)
+    np.testing.assert_array_equal(f, net(x))
+    assert _net("relu", d=1).predict(np.linspace(-1, 1, 4)).shape == (4,)  # (n,) inputs when d = 1
+    assert repr(net) == "Network(width=300, input_dim=2, activation='tanh')"
+    assert repr(_net("leaky_relu:0.2", d=1)) == "Network(width=7, input_dim=1, activation='leaky_relu:0.2')"
+
+
 def test_one_dimensional_inputs_and_bad_inputs():
     net = _net(d=1)
     x = np.linspace(-1, 1, 5)
