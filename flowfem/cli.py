@@ -314,6 +314,30 @@ def cmd_predict(args, comm) -> None:
         print(message)
 
 
+def cmd_export(args, comm) -> None:
+    """Write a saved network as ONNX, safetensors or a PyTorch .pt state dict (no dolfinx; on rank 0)."""
+    import importlib.util
+    import os
+
+    from flowfem import export
+    from flowfem.network import Network
+
+    out = args.out or os.path.splitext(args.network)[0] + export.FORMATS[args.format]
+
+    def work():
+        check_writable(out, "exported network file", args.force)  # before the work
+        if args.format == "torch" and importlib.util.find_spec("torch") is None:
+            raise ValueError("--format torch writes a PyTorch state dict and needs PyTorch: pip install torch, "
+                             "or choose --format onnx or safetensors")
+        net = Network.load(args.network)
+        export.write(net, out, args.format)
+        return f"wrote {out}: {args.format}, width {net.width}, {net.activation.name}, inputs d = {net.input_dim}"
+
+    text = on_root(comm, work)
+    if comm.rank == 0:
+        print(text)
+
+
 def cmd_landscape(args, comm) -> None:
     """Classify the splitting plateaus of a saved network on a data set (NumPy only, on rank 0)."""
     import json
@@ -523,6 +547,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f); default: standard output")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("export", help="write a saved network as ONNX, safetensors or a PyTorch .pt state dict",
+                       description="Write a network .npz (from flowfem readout or Network.save) as the float64 "
+                                   "two-layer perceptron nn.Sequential(nn.Linear(d, N), activation, nn.Linear(N, 1)): "
+                                   "onnx (graph x (batch, d) -> f (batch, 1), runs in onnxruntime), safetensors "
+                                   "(tensors 0.weight, 0.bias, 2.weight, 2.bias; the activation in the metadata) or "
+                                   "torch (a .pt state dict for load_state_dict; needs PyTorch).")
+    p.add_argument("--network", required=True, help="network .npz (flowfem readout, Network.save)")
+    p.add_argument("--format", required=True, choices=["onnx", "safetensors", "torch"], help="file format")
+    p.add_argument("--out", default=None,
+                   help="file to write (default: the --network path with suffix .onnx, .safetensors or .pt)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("landscape", help="classify the splitting plateaus of a saved network (NumPy only)",
                        description="Split neuron i of a network into two copies with output weights mu a_i and "
