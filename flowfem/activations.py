@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from flowfem.arguments import unknown
+
 Array = np.ndarray
 
 
@@ -138,7 +140,5 @@ def activation(spec: str | Activation) -> Activation:
             return _monomial(k)
     except ValueError:
         pass
-    raise ValueError(
-        f"unknown activation {spec!r}: choose one of {', '.join(NAMES)} "
-        "(leaky_relu:SLOPE with 0 <= SLOPE < 1, monomial:K with K >= 1)"
-    )
+    raise ValueError(unknown("activation", str(spec), NAMES,
+                             "(leaky_relu:SLOPE with 0 <= SLOPE < 1, monomial:K with K >= 1)"))

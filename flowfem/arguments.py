@@ -18,11 +18,17 @@ user of the ``flowfem`` command. Shared code writes :func:`spell` ("pass
 {spell('width', 'N')}") and :func:`named` (the checks above name their
 argument with it); :func:`command_line` (entered by ``flowfem``'s ``main``)
 switches every message to the options' spelling.
+
+A name that is none of the choices (an activation, a domain, a loss, a
+scheme, a rule, a synthetic data set, ...) is refused with :func:`unknown`,
+which suggests the closest choice: ``unknown synthetic data set 'sine': did
+you mean 'sin'? choose one of sin, step, two_moons``.
 """
 
 from __future__ import annotations
 
 import contextvars
+import difflib
 import numbers
 from contextlib import contextmanager
 
@@ -118,3 +124,20 @@ def integer(name: str, value, requirement: str = "") -> int:
         raise ValueError(f"{named(name)} must be an integer{' ' + requirement if requirement else ''}, "
                          f"got {_got(value)}")
     return int(value)
+
+
+def closest(name, choices) -> str | None:
+    """The choice that ``name`` most likely misspells (difflib's ratio >= 0.6, case ignored), or None."""
+    words = {str(c).lower(): str(c) for c in choices}
+    match = difflib.get_close_matches(str(name).strip().lower(), list(words), n=1, cutoff=0.6)
+    return words[match[0]] if match else None
+
+
+def unknown(what: str, name, choices, hint: str = "") -> str:
+    """The message for a ``name`` that is none of ``choices``: "unknown WHAT 'NAME': did you mean
+    'CLOSEST'? choose one of A, B, C HINT" (the suggestion only when one is close, see :func:`closest`).
+    Every parser of a name raises ValueError with it."""
+    guess = closest(name, choices)
+    suggestion = f" did you mean {guess!r}?" if guess is not None else ""
+    return (f"unknown {what} {name!r}:{suggestion} choose one of {', '.join(map(str, choices))}"
+            + (f" {hint}" if hint else ""))

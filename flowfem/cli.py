@@ -12,6 +12,7 @@ fix, with exit status 2 on every rank and no output directory left behind
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -20,8 +21,9 @@ import numpy as np
 
 from flowfem.mpi import exit_now, fail_together, message, on_root  # first: loads MPI before dolfinx
 
-from flowfem.arguments import command_line  # noqa: E402
+from flowfem.arguments import closest, command_line  # noqa: E402
 from flowfem.files import check_writable, replacing  # noqa: E402
+from flowfem import provenance  # noqa: E402  (early: its clock starts the run's wall time)
 
 from mpi4py import MPI  # noqa: E402
 
@@ -43,23 +45,69 @@ def _add_problem_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True,
                    help="a CSV (header naming columns x1..xd and y, in any order) or NPZ (arrays x, y) file, "
-                        "or a synthetic set: sin, step, two_moons")
-    g.add_argument("--test-data", help="held-out data file (default: a fresh synthetic sample, or 20%% of the file)")
-    g.add_argument("--n", type=int, default=1000, help="points of a synthetic training set (default 1000)")
-    g.add_argument("--seed", type=int, default=0, help="seed of synthetic data and the test split (default 0)")
+                        "or a synthetic set: sin (y = sin(pi x)), step (y = sign x), two_moons (labels -1/+1, "
+                        "d = 2)")
+    g.add_argument("--test-data",
+                   help="held-out data: a file or a synthetic set (default: a fresh synthetic sample of max(N, 1000) "
+                        "points with seed SEED + 1, or a random 20%% of the --data file's rows)")
+    g.add_argument("--n", type=int, default=1000, help="points of a synthetic training set (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of synthetic data and of the test split of a file (default: %(default)s)")
     g = p.add_argument_group("parameter space")
     g.add_argument("--domain", default="box",
-                   help="box, ball, circle (d=1), sphere (d=2), or a .msh/.xdmf mesh file (default box)")
+                   help="box [-R, R]^(d+1), ball |theta| <= R, circle S^1 (d = 1), sphere S^2 (d = 2), or a .msh/.xdmf "
+                        "mesh file (default: %(default)s)")
     g.add_argument("--mesh-size", type=float, default=None,
-                   help="cells per side (box, default 32), element size (ball, 0.25), cells (circle, 64) or refinements (sphere, 3)")
-    g.add_argument("--radius", type=float, default=4.0, help="half-width of the box / radius of the ball (default 4)")
-    g.add_argument("--degree", type=int, default=1, help="Lagrange degree of the density (1, 2 or 3; default 1)")
+                   help="box: cells per side (default 32); ball: element size h in parameter units (default "
+                        "0.25); circle: arcs (default 64); sphere: refinements of the icosahedron (default 3); "
+                        "not with a mesh file")
+    g.add_argument("--radius", type=_positive_number, default=None,
+                   help="box: half-width R, ball: radius R, in parameter units (those of w and b) (default: 4); "
+                        "not with the circle, the sphere (radius 1) or a mesh file")
+    g.add_argument("--degree", type=int, default=1,
+                   help="Lagrange degree of the density: 1, 2 or 3 (default: %(default)s)")
     g = p.add_argument_group("functional E_alpha")
     g.add_argument("--activation", default="relu",
-                   help="relu, leaky_relu[:SLOPE], tanh, sigmoid, softplus, monomial:K (default relu)")
-    g.add_argument("--alpha", type=float, default=1e-4, help="regularisation alpha > 0 (default 1e-4)")
-    g.add_argument("--kappa", type=float, default=1.0, help="smoothness weight kappa > 0 in the H1 norm (default 1)")
-    g.add_argument("--weight", default="uniform", help="omega: uniform or gaussian[:S] (default uniform)")
+                   help="sigma: relu, leaky_relu[:SLOPE] (0 <= SLOPE < 1, default 0.01), tanh, sigmoid, softplus, "
+                        "monomial:K (z^K, K >= 1) (default: %(default)s)")
+    g.add_argument("--alpha", type=float, default=1e-4, help="regularisation alpha > 0 (default: %(default)g)")
+    g.add_argument("--kappa", type=float, default=1.0,
+                   help="smoothness weight kappa > 0 in the H1 norm (default: %(default)g)")
+    g.add_argument("--weight", default="uniform",
+                   help="omega(theta) in the H1 norm: uniform, or gaussian[:S] = exp(-|theta|^2 / (2 S^2)) with S "
+                        "> 0 its standard deviation in parameter units (default S = 1) (default: %(default)s)")
+
+
+DEFAULT_RADIUS = 4.0  # half-width of the box, radius of the ball: the default of --radius
+
+
+def _domain_options(args) -> tuple:
+    """Refuse the mesh options that ``args.domain`` would ignore; fill in the radius. Returns the
+    (mesh size, radius) the domain is made with, None where it takes none (for the record).
+
+    A mesh file has its own cells and coordinates (no --mesh-size, no --radius); the circle and
+    sphere are the unit circle and sphere, densities of directions (no --radius). ValueError
+    (exit status 2) names the option and what to do instead.
+    """
+    from flowfem.space import DEFAULT_SIZES
+
+    domain = str(args.domain)
+    is_file = os.path.splitext(domain)[1].lower() in (".msh", ".xdmf")
+    size_option = "--mesh-size" if hasattr(args, "mesh_size") else "--size"
+    size = getattr(args, "mesh_size", getattr(args, "size", None))
+    if is_file and size is not None:
+        raise ValueError(f"{size_option} {size:g} does not apply to the mesh file {domain!r}, which has its own "
+                         f"cells: drop {size_option}")
+    if args.radius is not None and is_file:
+        raise ValueError(f"--radius {args.radius:g} does not apply to the mesh file {domain!r}: its coordinates "
+                         "are the parameters; drop --radius")
+    if args.radius is not None and domain in ("circle", "sphere"):
+        raise ValueError(f"--radius {args.radius:g} does not apply to the {domain}: it is the unit {domain}, "
+                         "holding densities of directions: drop --radius")
+    if args.radius is None:
+        args.radius = DEFAULT_RADIUS  # unused by the other domains, but the API takes a number
+    return (None if is_file else DEFAULT_SIZES.get(domain) if size is None else size,
+            args.radius if domain in ("box", "ball") else None)
 
 
 def _load_data(args, comm):
@@ -81,23 +129,27 @@ def cmd_solve(args, comm) -> None:
     mesh_seconds = time.perf_counter() - t0
     result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc, args.allow_unconverged)
     metrics = io.solve_metrics(result, train, test)
-    metrics.update(data=args.data, mesh_seconds=mesh_seconds)
+    metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
         io.write_solution(tmp, result, io.settings(result.functional), metrics, train, test, plot=not args.no_plot)
     if comm.rank == 0:
         loss, reg = result.parts
         print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
-        print(f"{args.solver}: {result.iterations} iterations, relative residual {result.residual:.2e}, "
-              f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
-              f"{problem.H.ndofs} dofs, n = {train.n}")
-        print(f"RMSE train {metrics['train_rmse']:.3e}, test {metrics['test_rmse']:.3e}")
+        where = (f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
+                 f"{problem.H.ndofs} dofs, n = {train.n}")
+        if problem.loss.quadratic:
+            print(f"{args.solver}: {result.iterations} iterations, relative residual {result.residual:.2e}, {where}")
+            print(f"RMSE train {metrics['train_rmse']:.3e}, test {metrics['test_rmse']:.3e}")
+        else:
+            print(f"Newton ({args.loss} loss): {result.iterations} iterations ({args.solver}: "
+                  f"{metrics['linear_iterations_total']} inner iterations in all), ||dE|| / ||dE(0)|| "
+                  f"{result.residual:.2e}, {where}; ||dE|| per iteration "
+                  + " ".join(f"{r:.2e}" for r in metrics["newton_residuals"]))
+            print(f"accuracy train {metrics['train_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}; mean "
+                  f"{args.loss} loss train {metrics['train_loss']:.4e}, test {metrics['test_loss']:.4e}")
         if not result.info.converged:
             print(f"warning: NOT CONVERGED (relative residual {result.residual:.2e} > rtol {args.rtol:.1e}); "
                   "metrics.json says converged: false")
-        if args.loss != "squared":
-            print(f"Newton ({args.loss} loss): ||dE|| per iteration "
-                  + " ".join(f"{r:.2e}" for r in metrics["newton_residuals"])
-                  + f"; accuracy train {metrics['train_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}")
         print(f"wrote {args.out}/: density.bp (ParaView), density.npz, predictions.csv, metrics.json"
               + ("" if args.no_plot else ", figure.png"))
 
@@ -105,7 +157,6 @@ def cmd_solve(args, comm) -> None:
 def cmd_flow(args, comm) -> None:
     """The gradient flow of E_alpha from an initial density: energy log, trajectory, checkpoints."""
     import math
-    import os
 
     from flowfem import io, outputs, plot
     from flowfem.flow import checkpoint, driver, initial
@@ -175,9 +226,8 @@ def cmd_flow(args, comm) -> None:
             flow_seconds=t3 - t2, contraction_rate=result.contraction_rate(),
             linear_iterations=int(result.column("linear_iterations").sum()),
             stationary_iterations=getattr(flow.stationary_info, "iterations", None),
-            frames=writer.frames, test_rmse=float(np.sqrt(np.mean((E.Phi.predict(U, test.x) - test.y) ** 2))))
-        if problem.loss.name != "squared":
-            summary["test_accuracy"] = float(np.mean(np.sign(E.Phi.predict(U, test.x)) == test.y))
+            frames=writer.frames, **io.fit_scores(problem.loss, E.Phi.predict(U, test.x), test.y, "test"))
+        summary.update(provenance.record(args, comm, *args.mesh_options))
         io.write_log(tmp, result, comm, extra=summary)
         if not args.no_plot and comm.rank == 0:
             plot.energy_figure(os.path.join(tmp, "energy.png"), result, title=args.data)
@@ -255,13 +305,39 @@ _mesh_size = _number_in(lambda v: np.isfinite(v) and v >= 0, "a finite number >=
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line ``PROG: error: ...``, exit status 2, printed by rank 0 only
-    (every rank parses the same arguments)."""
+    """Usage errors as one line ``flowfem: error: ... (see PROG --help)``, the same start as every
+    other error of the command whichever subcommand's parser found it, exit status 2, printed by
+    rank 0 only (every rank parses the same arguments). A value that is none of an option's
+    choices names the closest (:func:`flowfem.arguments.unknown`)."""
 
     def error(self, text: str):
         if MPI.COMM_WORLD.rank == 0:
-            print(f"{self.prog}: error: {text} (see {self.prog} --help)", file=sys.stderr)
+            print(f"flowfem: error: {text} (see {self.prog} --help)", file=sys.stderr)
         self.exit(2)
+
+    def _check_value(self, action, value):
+        # argparse's own check (a private method: Python 3.14's suggest_on_error does this, 3.12 and 3.13 cannot)
+        if action.choices is not None and value not in action.choices:
+            guess = closest(value, action.choices)
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}"
+                                         + (f": did you mean {guess!r}?" if guess is not None else "")
+                                         + f" (choose from {', '.join(map(str, action.choices))})")
+
+
+class _Version(argparse.Action):
+    """--version: flowfem's, dolfinx's and PETSc's versions (:func:`flowfem.provenance.versions`, which
+    imports neither), then exit."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from flowfem.provenance import versions
+
+        v = versions()
+        if MPI.COMM_WORLD.rank == 0:
+            print(f"flowfem {v['flowfem']} (dolfinx {v['dolfinx']}, PETSc {v['petsc']}, Python {v['python']})")
+        parser.exit(0)
 
 
 def cmd_readout(args, comm) -> None:
@@ -403,6 +479,8 @@ def cmd_compare(args, comm) -> None:
         alpha=args.alpha, kappa=args.kappa, weight=args.weight, degree=args.degree, readouts=words(args.readout),
         density_method="kernel" if args.density_width else "lumped", density_width=args.density_width,
         mmd_bandwidth=args.mmd_bandwidth, data_name=args.data, comm=comm, progress=not args.quiet)
+    result.settings.update(provenance.record(args, comm, *args.mesh_options),
+                           quadrature_degree=result.result.functional.Phi.quadrature.degree)
     result.write(args.out, comm, args.force, plot=not args.no_plot)
     if comm.rank == 0:
         print(result.markdown())
@@ -424,6 +502,7 @@ def parser() -> argparse.ArgumentParser:
                     "on parameter space: minimise E_alpha(u) = mean loss + alpha/2 ||u||^2_{H^1_omega}. "
                     "Run under mpirun -n P for P ranks.",
     )
+    top.add_argument("--version", action=_Version, help="print flowfem's, dolfinx's and PETSc's versions and exit")
     sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("solve", help="the optimal density: one linear solve of the Euler-Lagrange equation",
                        description="Minimise E_alpha with one solve of (alpha A + Phi^T Phi / n) U = Phi^T y / n "
@@ -431,18 +510,20 @@ def parser() -> argparse.ArgumentParser:
     _add_problem_arguments(p)
     g = p.add_argument_group("solver and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
-                   help="cg: matrix-free CG + GAMG (any size); direct: MUMPS + Woodbury (small problems)")
+                   help="cg: matrix-free CG + GAMG (any size); direct: MUMPS + Woodbury (small problems) "
+                        "(default: %(default)s)")
     g.add_argument("--rtol", type=_tolerance, default=1e-10,
                    help="relative residual ||b - K U|| / ||b|| the solve must reach, checked after it ends "
-                        "(default 1e-10)")
+                        "(default: %(default)g)")
     g.add_argument("--allow-unconverged", action="store_true",
                    help="keep a result whose residual stays above --rtol, marked converged: false in "
                         "metrics.json (default: such a solve fails with exit status 2)")
     g.add_argument("--loss", default="squared", choices=["squared", "logistic"],
                    help="squared: one linear solve; logistic (labels -1/+1): Newton (SNES) whose steps use the "
-                        "same linear solver, stopping at ||dE|| <= rtol ||dE(0)||")
+                        "same linear solver, stopping at ||dE|| <= rtol ||dE(0)|| (default: %(default)s)")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
-                   help="extra PETSc option for the solver, e.g. ksp_monitor= or pc_gamg_threshold=0.02 (repeatable)")
+                   help="extra PETSc option for the solver, e.g. ksp_monitor= or pc_gamg_threshold=0.02 (repeatable; "
+                        "default: none)")
     _add_output_directory_arguments(g, "skip figure.png")
     p.set_defaults(run=cmd_solve)
 
@@ -454,63 +535,73 @@ def parser() -> argparse.ArgumentParser:
     _add_problem_arguments(p)
     g = p.add_argument_group("flow")
     g.add_argument("--loss", default="squared", choices=["squared", "logistic"],
-                   help="squared, or logistic (labels -1/+1; each implicit step is a Newton solve)")
+                   help="squared, or logistic (labels -1/+1; each implicit step is a Newton solve) "
+                        "(default: %(default)s)")
     g.add_argument("--metric", default="L2", choices=["L2", "H1"],
-                   help="L2: weighted mass M_omega (default); H1: the Sobolev metric a_omega")
+                   help="L2: weighted mass M_omega; H1: the Sobolev metric a_omega (default: %(default)s)")
     g.add_argument("--scheme", default="implicit_euler",
-                   help="implicit_euler (default), crank_nicolson, theta:THETA (1/2..1), or bdf[:ORDER] "
-                        "(ORDER 1..6, default 2; steps chosen by the local error, see --ts-rtol, --fixed-steps)")
+                   help="implicit_euler, crank_nicolson, theta:THETA (1/2..1), or bdf[:ORDER] (ORDER 1..6, default "
+                        "2; steps chosen by the local error, see --ts-rtol, --fixed-steps) (default: %(default)s)")
     g.add_argument("--initial", default="zero",
-                   help="zero (default), gaussian[:S[:A]], density:PATH (a density.npz on this mesh) or "
-                        "network:PATH (a network .npz, projected onto the mesh)")
-    g.add_argument("--tau", type=float, default=1.0, help="(first) time step (default 1)")
+                   help="zero; gaussian[:S[:A]], u = A exp(-|theta|^2 / (2 S^2)) with S its standard deviation in "
+                        "parameter units and A its height (default S = 1, A = 1); density:PATH (a density.npz on "
+                        "this mesh); network:PATH (a network .npz, projected onto the mesh) (default: %(default)s)")
+    g.add_argument("--tau", type=float, default=1.0, help="(first) time step, in flow time t (default: %(default)g)")
     g.add_argument("--growth", type=float, default=1.0,
-                   help="multiply the step by this after every step (geometric steps; default 1: constant)")
-    g.add_argument("--tau-max", type=float, default=float("inf"), help="largest time step (default no limit)")
-    g.add_argument("--t-end", type=float, default=None, help="final time (default: none)")
-    g.add_argument("--max-steps", type=int, default=1000, help="at most this many steps (default 1000)")
+                   help="multiply the step by this after every step (geometric steps; 1: constant) "
+                        "(default: %(default)g)")
+    g.add_argument("--tau-max", type=float, default=float("inf"),
+                   help="largest time step, in flow time t (default: %(default)g, no limit)")
+    g.add_argument("--t-end", type=float, default=None, help="final flow time t (default: none, see --max-steps)")
+    g.add_argument("--max-steps", type=int, default=1000, help="at most this many steps (default: %(default)s)")
     g.add_argument("--tol", type=float, default=None,
-                   help="stop when ||u - u*||_G <= tol ||u*||_G (u* the stationary solution)")
-    g.add_argument("--ts-rtol", type=float, default=1e-4, help="bdf: relative local error tolerance (default 1e-4)")
+                   help="stop when ||u - u*||_G <= tol ||u*||_G (u* the stationary solution) (default: none)")
+    g.add_argument("--ts-rtol", type=float, default=1e-4,
+                   help="bdf: relative local error tolerance (default: %(default)g)")
     g.add_argument("--fixed-steps", action="store_true",
                    help="bdf: take the steps --tau, --growth, --tau-max instead of choosing them by the local error")
     g.add_argument("--no-reference", action="store_true",
                    help="skip the stationary solve (no ||u - u*|| column, no energy gap)")
     g = p.add_argument_group("solver, checkpoints and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
-                   help="linear solves of every step: cg (CG + GAMG) or direct (MUMPS + Woodbury, small problems)")
+                   help="linear solves of every step: cg (CG + GAMG) or direct (MUMPS + Woodbury, small problems) "
+                        "(default: %(default)s)")
     g.add_argument("--rtol", type=float, default=1e-12,
                    help="linear solves stop at rtol ||dE(0)|| at the latest; also the stationary solve's "
-                        "tolerance (default 1e-12)")
+                        "tolerance (default: %(default)g)")
     g.add_argument("--step-rtol", type=float, default=1e-6,
-                   help="each step's linear solves reduce its residual by this factor (default 1e-6)")
+                   help="each step's linear solves reduce its residual by this factor (default: %(default)g)")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="PETSc option: snes_* to Newton (e.g. snes_monitor=), others to the linear solver "
-                        "(e.g. ksp_monitor=; repeatable)")
+                        "(e.g. ksp_monitor=; repeatable; default: none)")
     g.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                    help="write a checkpoint every K steps (atomically; this run's last two are kept); Ctrl-C "
-                        "writes one too")
-    g.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default OUT.checkpoints)")
+                        "writes one too (default: only at Ctrl-C)")
+    g.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUT.checkpoints)")
     g.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest checkpoint of the latest run in DIR (or a checkpoint file); "
-                        "same options as the run that wrote it")
-    g.add_argument("--write-every", type=int, default=1, help="trajectory frame every N steps (default 1)")
+                        "same options as the run that wrote it (default: start at t = 0)")
+    g.add_argument("--write-every", type=int, default=1, help="trajectory frame every N steps (default: %(default)s)")
     g.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     _add_output_directory_arguments(g, "skip energy.png")
     p.set_defaults(run=cmd_flow)
 
     p = sub.add_parser("mesh", help="write a parameter-space mesh (.msh or .xdmf)",
                        description="Make a parameter mesh for networks on d inputs and write it with meshio.")
-    p.add_argument("domain", choices=["box", "ball", "circle", "sphere"], help="box, ball, circle or sphere")
+    p.add_argument("domain", choices=["box", "ball", "circle", "sphere"],
+                   help="box [-R, R]^(d+1), ball |theta| <= R, circle S^1 or sphere S^2")
     p.add_argument("--d", type=int, default=None,
-                   help="input dimension: 1 or 2 (box, ball; default 1), 1 (circle), 2 (sphere)")
+                   help="input dimension d (the mesh has dimension d + 1): 1 or 2 (box, ball; default 1), "
+                        "1 (circle), 2 (sphere)")
     p.add_argument("--size", type=_mesh_size, default=None,
-                   help="cells per side (box, a positive integer, default 32), element size (ball, > 0, default "
-                        "0.25), arcs (circle, an integer >= 3, default 64) or refinements (sphere, an integer "
-                        ">= 0, default 3)")
-    p.add_argument("--radius", type=_positive_number, default=4.0, help="half-width (box) or radius (ball), > 0")
+                   help="cells per side (box, a positive integer, default 32), element size h in parameter units "
+                        "(ball, > 0, default 0.25), arcs (circle, an integer >= 3, default 64) or refinements "
+                        "(sphere, an integer >= 0, default 3)")
+    p.add_argument("--radius", type=_positive_number, default=None,
+                   help="half-width (box) or radius (ball) R > 0, in parameter units (default: 4); not with the "
+                        "circle or sphere (radius 1)")
     p.add_argument("--geometry-degree", type=int, default=2, choices=[1, 2],
-                   help="circle and sphere: 2 for curved cells (default), 1 for flat")
+                   help="circle and sphere: 2 for curved cells, 1 for flat (default: %(default)s)")
     p.add_argument("--out", required=True, help="file to write: NAME.msh or NAME.xdmf")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_mesh)
@@ -521,17 +612,26 @@ def parser() -> argparse.ArgumentParser:
                                    "midpoint rule in 2-D parameter space), sample (N neurons drawn from |u|, "
                                    "O(N^-1/2)), refit (output weights re-fitted by least squares on --data).")
     p.add_argument("--density", required=True, help="output directory of flowfem solve (or its density.npz)")
-    p.add_argument("--rule", default="quadrature", choices=["quadrature", "sample", "refit"])
-    p.add_argument("--width", type=int, default=None, help="N for sample (and refit with --points sample)")
+    p.add_argument("--rule", default="quadrature", choices=["quadrature", "sample", "refit"],
+                   help="quadrature: one neuron per quadrature point of each cell, a_i = u(theta_i) times its "
+                        "weight; sample: --width neurons drawn from |u|; refit: the neurons of --points with "
+                        "output weights re-fitted by least squares on --data (default: %(default)s)")
+    p.add_argument("--width", type=int, default=None,
+                   help="N for sample (and refit with --points sample) (default: none, required there)")
     p.add_argument("--degree", type=int, default=None,
-                   help="quadrature degree per cell (1 = midpoint: one neuron per cell; default: the solve's rule)")
-    p.add_argument("--subdivisions", type=int, default=1, help="split each cell into m^D for more neurons")
-    p.add_argument("--points", default="quadrature", choices=["quadrature", "sample"], help="neurons for refit")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample rule and of synthetic --data")
-    p.add_argument("--data", default=None, help="training data for refit: a file or sin/step/two_moons")
-    p.add_argument("--n", type=int, default=1000, help="points of synthetic --data")
+                   help="quadrature degree per cell (1 = midpoint: one neuron per cell) (default: the solve's rule)")
+    p.add_argument("--subdivisions", type=int, default=1,
+                   help="split each cell into m^D subcells (D the mesh dimension) for more neurons "
+                        "(default: %(default)s)")
+    p.add_argument("--points", default="quadrature", choices=["quadrature", "sample"],
+                   help="refit: where its neurons come from, the quadrature or the sample rule (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sample rule and of synthetic --data (default: %(default)s)")
+    p.add_argument("--data", default=None,
+                   help="training data for refit: a file or sin/step/two_moons (default: none, required there)")
+    p.add_argument("--n", type=int, default=1000, help="points of synthetic --data (default: %(default)s)")
     p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--alpha", type=float, default=None, help="refit regularisation (default: the solve's alpha)")
+    p.add_argument("--alpha", type=float, default=None, help="refit regularisation > 0 (default: the solve's alpha)")
     p.add_argument("--out", required=True, help="network file to write (.npz: arrays W, b, a, activation)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_readout)
@@ -540,10 +640,10 @@ def parser() -> argparse.ArgumentParser:
                        description="Evaluate a network .npz (from flowfem readout or Network.save) at the rows of "
                                    "a CSV (header naming columns x1..xd in any order, and y for an RMSE) or NPZ (x[, y]) file, "
                                    "or a synthetic set.")
-    p.add_argument("--network", required=True, help="network .npz")
+    p.add_argument("--network", required=True, help="network .npz (flowfem readout, Network.save)")
     p.add_argument("--data", required=True, help="inputs: CSV, NPZ, or sin/step/two_moons")
-    p.add_argument("--n", type=int, default=1000, help="points of a synthetic set")
-    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set")
+    p.add_argument("--n", type=int, default=1000, help="points of a synthetic set (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f); default: standard output")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_predict)
@@ -570,18 +670,19 @@ def parser() -> argparse.ArgumentParser:
                                    "escape direction of saddles.")
     p.add_argument("--network", required=True, help="network .npz (Network.save, flowfem readout)")
     p.add_argument("--data", required=True, help="CSV (header naming x1..xd and y), NPZ (x, y), or sin/step/two_moons")
-    p.add_argument("--n", type=int, default=200, help="points of a synthetic set (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default 0)")
-    p.add_argument("--neuron", type=int, default=None, help="the neuron to split (default: each in turn)")
+    p.add_argument("--n", type=int, default=200, help="points of a synthetic set (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
+    p.add_argument("--neuron", type=int, default=None, help="the neuron to split, 0..width-1 (default: each in turn)")
     p.add_argument("--mu", default="-1,0,0.25,0.5,0.75,1,2",
-                   help="comma-separated output-weight fractions (default -1,0,0.25,0.5,0.75,1,2); "
-                        "write --mu=-1,... when the first is negative")
-    p.add_argument("--loss", default="squared", help="squared or logistic (labels -1/+1)")
-    p.add_argument("--gtol", type=float, default=1e-8, help="stationarity tolerance on |grad L| (default 1e-8)")
+                   help="comma-separated output-weight fractions; write --mu=-1,... when the first is negative "
+                        "(default: %(default)s)")
+    p.add_argument("--loss", default="squared", help="squared or logistic (labels -1/+1) (default: %(default)s)")
+    p.add_argument("--gtol", type=float, default=1e-8,
+                   help="stationarity tolerance on |grad L| (default: %(default)g)")
     p.add_argument("--polish", action="store_true", help="minimise the network by Newton's method first")
     p.add_argument("--check", action="store_true",
                    help="also classify by the eigenvalues of the split network's full Hessian")
-    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file (default: none)")
     p.add_argument("--force", action="store_true", help="replace the --json file if it exists (default: refuse)")
     p.set_defaults(run=cmd_landscape)
     p = sub.add_parser("compare", help="FE solve and readouts against particle solvers (GD, Adam): table, figures",
@@ -591,23 +692,28 @@ def parser() -> argparse.ArgumentParser:
                                    "to the projected particle densities) and figures. Squared loss.")
     _add_problem_arguments(p)
     g = p.add_argument_group("comparison")
-    g.add_argument("--widths", default="16,64,256", help="widths N, comma-separated (default 16,64,256)")
-    g.add_argument("--seeds", default="0,1,2", help="seeds of the particle runs and sampled readouts (default 0,1,2)")
-    g.add_argument("--methods", default="gd,adam", help="particle solvers: gd, adam (default gd,adam)")
-    g.add_argument("--steps", type=int, default=1000, help="particle steps per run (default 1000)")
-    g.add_argument("--lr-gd", type=float, default=1.0, help="GD step size in mean-field time (default 1)")
-    g.add_argument("--lr-adam", type=float, default=0.03, help="Adam step size (default 0.03)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="particle weight decay lam (default 0)")
-    g.add_argument("--init-scale", type=float, default=1.0, help="particles start i.i.d. N(0, s^2) (default 1)")
-    g.add_argument("--time-limit", type=float, default=None, help="wall seconds per particle run (default none)")
+    g.add_argument("--widths", default="16,64,256", help="widths N, comma-separated (default: %(default)s)")
+    g.add_argument("--seeds", default="0,1,2",
+                   help="seeds of the particle runs and sampled readouts (default: %(default)s)")
+    g.add_argument("--methods", default="gd,adam", help="particle solvers: gd, adam (default: %(default)s)")
+    g.add_argument("--steps", type=int, default=1000, help="particle steps per run (default: %(default)s)")
+    g.add_argument("--lr-gd", type=float, default=1.0, help="GD step size in mean-field time (default: %(default)g)")
+    g.add_argument("--lr-adam", type=float, default=0.03, help="Adam step size (default: %(default)g)")
+    g.add_argument("--weight-decay", type=float, default=0.0,
+                   help="particle weight decay lam (default: %(default)g)")
+    g.add_argument("--init-scale", type=float, default=1.0,
+                   help="particles start i.i.d. N(0, s^2), s in parameter units (default: %(default)g)")
+    g.add_argument("--time-limit", type=float, default=None,
+                   help="wall-clock seconds per particle run (default: none)")
     g.add_argument("--readout", default="quadrature,refit",
                    help="FE readout rules at width N: quadrature (FE solve on ~N cells, midpoint rule), sample, "
-                        "refit (default quadrature,refit)")
+                        "refit (default: %(default)s)")
     g.add_argument("--density-width", type=float, default=None,
-                   help="smooth the particle densities with a kernel of this standard deviation "
-                        "(default: lumped L2 projection, no extra smoothing)")
+                   help="smooth the particle densities with a kernel of this standard deviation, in parameter "
+                        "units (default: lumped L2 projection, no extra smoothing)")
     g.add_argument("--mmd-bandwidth", type=float, default=None,
-                   help="Gaussian kernel bandwidth of the MMD (default a tenth of the mesh's bounding-box diagonal)")
+                   help="Gaussian kernel bandwidth of the MMD, in parameter units (default: a tenth of the "
+                        "mesh's bounding-box diagonal)")
     _add_output_directory_arguments(g, "skip the figures")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(run=cmd_compare)
@@ -616,13 +722,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     comm = MPI.COMM_WORLD
     args = parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if getattr(args, "out", None):  # once, for every message and file name: "out/" is "out"
+        args.out = os.path.normpath(args.out)
     try:
         with command_line():  # messages name options (--width N), not Python arguments (width=N)
+            if hasattr(args, "radius"):  # before any work: mesh options the domain would ignore are refused
+                args.mesh_options = _domain_options(args)
             if args.command in ("solve", "flow", "compare"):
                 from flowfem import outputs
 

@@ -72,7 +72,7 @@ from flowfem import particles as fp  # noqa: E402
 from flowfem.mpi import CollectiveError  # noqa: E402
 from flowfem import readout as ro  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
-from flowfem.arguments import positive  # noqa: E402
+from flowfem.arguments import positive, unknown  # noqa: E402
 from flowfem.data import Dataset  # noqa: E402
 
 READOUTS = ("quadrature", "sample", "refit")
@@ -373,12 +373,12 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     widths = _ints("widths", widths, 1)
     seeds = _ints("seeds", seeds, 0)
     methods, readouts = list(methods), list(readouts)
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ValueError(f"particle methods {bad} are unknown: choose from {', '.join(METHODS)}")
-    bad = [r for r in readouts if r not in READOUTS]
-    if bad:
-        raise ValueError(f"readout rules {bad} are unknown: choose from {', '.join(READOUTS)}")
+    for name in methods:
+        if name not in METHODS:
+            raise ValueError(unknown("particle method", name, METHODS))
+    for name in readouts:
+        if name not in READOUTS:
+            raise ValueError(unknown("readout rule", name, READOUTS))
     lr = dict(DEFAULT_LR) | dict(lr or {})
     for m in methods:
         if not (np.isfinite(lr[m]) and lr[m] > 0):

@@ -196,7 +196,8 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
     what = f"data file {path!r}"
     ext = os.path.splitext(path)[1].lower()
     if not os.path.lexists(path):
-        raise ValueError(f"{what} does not exist")
+        guess = arguments.closest(path, SYNTHETIC) if not ext else None  # 'sine' is sooner a misspelt 'sin'
+        raise ValueError(f"{what} does not exist" + (f"; did you mean the synthetic set {guess!r}?" if guess else ""))
     if ext == ".npz":
         arrays = read_npz(path, "data file", "an NPZ data file holds arrays x (n, d) and y (n,), e.g. written "
                                               "by np.savez(path, x=x, y=y)")
@@ -241,7 +242,7 @@ def synthetic(name: str, n: int = 200, seed: int = 0, noise: float | None = None
         x += (0.1 if noise is None else noise) * rng.standard_normal(x.shape)
         y = np.where(label == 1, 1.0, -1.0)
     else:
-        raise ValueError(f"unknown synthetic data set {name!r}: choose one of {', '.join(SYNTHETIC)}")
+        raise ValueError(arguments.unknown("synthetic data set", name, SYNTHETIC))
     return Dataset(x, y, name)
 
 

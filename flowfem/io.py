@@ -119,28 +119,40 @@ def settings(E) -> dict:
                 loss=E.loss.name, quadrature_degree=E.Phi.quadrature.degree)
 
 
+def fit_scores(loss, f: np.ndarray, y: np.ndarray, prefix: str) -> dict:
+    """How well predictions f (n,) fit targets y (n,) under ``loss`` (a :class:`flowfem.loss.Loss`):
+    {PREFIX_rmse: sqrt(mean (f - y)^2)} for the squared loss; for a classification loss (labels
+    -1/+1) {PREFIX_accuracy: mean(sign f == y), PREFIX_loss: mean l(f, y)} instead, since the
+    RMSE of logits against +-1 labels measures nothing."""
+    if loss.quadratic:
+        return {f"{prefix}_rmse": float(np.sqrt(np.mean((f - y) ** 2)))}
+    return {f"{prefix}_accuracy": float(np.mean(np.sign(f) == y)), f"{prefix}_loss": float(np.mean(loss.value(f, y)))}
+
+
 def solve_metrics(result, train, test) -> dict:
     """The numbers of a :class:`flowfem.problem.Result` that a solve's metrics.json holds.
 
-    E_alpha and its parts (``loss`` is the data term), iterations, residual, train and test
-    RMSE, sizes, the problem's settings (its loss under ``loss_function``), the operator's and
-    the solve's seconds; for a nonlinear loss also Newton's residuals ||dE_alpha(U_k)||, the
-    inner iterations of each step and the accuracy of sign f. Collective (predictions).
+    E_alpha and its parts (``loss`` is the data term), iterations, residual, the fit on train
+    and test data (:func:`fit_scores`: RMSE, or accuracy and mean loss), sizes, the problem's
+    settings (its loss under ``loss_function``), the operator's and the solve's seconds; for a
+    nonlinear loss also Newton's iterations (``iterations`` too), residuals ||dE_alpha(U_k)||
+    and the inner (CG) iterations of each step and their total. Collective (predictions).
     """
     problem, info = result.problem, result.info
     loss, reg = result.parts
     metrics = {("loss_function" if k == "loss" else k): v for k, v in settings(result.functional).items()}
     metrics.update(
         energy=result.energy, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
-        converged=result.info.converged,
-        solver=info.solver, train_rmse=result.rmse(train.x, train.y), test_rmse=result.rmse(test.x, test.y),
+        converged=result.info.converged, solver=info.solver,
+        **fit_scores(problem.loss, result.predict(train.x), train.y, "train"),
+        **fit_scores(problem.loss, result.predict(test.x), test.y, "test"),
         n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
         ranks=problem.space.comm.size, domain=problem.space.domain, degree=problem.H.degree,
         setup_seconds=result.setup_seconds, solve_seconds=result.solve_seconds)
     if not problem.loss.quadratic:
-        metrics.update(newton_residuals=list(info.history), linear_iterations=list(info.linear_iterations),
-                       train_accuracy=float(np.mean(np.sign(result.predict(train.x)) == train.y)),
-                       test_accuracy=float(np.mean(np.sign(result.predict(test.x)) == test.y)))
+        metrics.update(newton_iterations=info.iterations, newton_residuals=list(info.history),
+                       linear_iterations=list(info.linear_iterations),
+                       linear_iterations_total=int(sum(info.linear_iterations)))
     return metrics
 
 
@@ -253,8 +265,10 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
         fg = result.predict(xg)
         theta, values = gather_dofs(result.density)
         if comm.rank == 0:
+            fit = (f"test RMSE {metrics['test_rmse']:.2e}" if "test_rmse" in metrics
+                   else f"test accuracy {metrics['test_accuracy']:.3f}")
             _plot.solution_figure(os.path.join(directory, "figure.png"), theta, values, space.domain,
-                                  train.x, train.y, xg, fg, title=f"{train.name}: test RMSE {metrics.get('test_rmse', float('nan')):.2e}")
+                                  train.x, train.y, xg, fg, title=f"{train.name}: {fit}")
 
 
 # -- the gradient flow's trajectory and energy log ------------------------------------------

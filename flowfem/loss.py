@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from flowfem.arguments import unknown
+
 
 def _s(z):
     """Logistic sigmoid 1 / (1 + exp(-z)), without overflow."""
@@ -62,4 +64,4 @@ def loss(spec: str | Loss) -> Loss:
     try:
         return LOSSES[str(spec).lower()]
     except KeyError:
-        raise ValueError(f"unknown loss {spec!r}: choose squared or logistic") from None
+        raise ValueError(unknown("loss", str(spec), tuple(LOSSES))) from None

@@ -42,7 +42,7 @@ from petsc4py import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem import memory  # noqa: E402
-from flowfem.arguments import integer, number  # noqa: E402
+from flowfem.arguments import integer, number, unknown  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.io import function  # noqa: E402
@@ -112,7 +112,7 @@ class Problem:
             if quadrature_degree < 0:
                 raise ValueError(f"quadrature_degree = {quadrature_degree} must be >= 0 (None: twice the degree)")
         if method not in METHODS:
-            raise ValueError(f"unknown data-operator method {method!r}: choose one of {', '.join(METHODS)}")
+            raise ValueError(unknown("data-operator method", method, METHODS))
         self.space = space
         self.alpha = alpha
         self.loss = _loss(loss)

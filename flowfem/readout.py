@@ -70,7 +70,7 @@ import dolfinx.fem  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem import arguments, memory  # noqa: E402
-from flowfem.arguments import integer, number, spell  # noqa: E402
+from flowfem.arguments import integer, number, spell, unknown  # noqa: E402
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.network import Network  # noqa: E402
 from flowfem.operator.features import evaluate  # noqa: E402
@@ -348,9 +348,9 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
     The same network is returned on every rank and does not depend on the number of ranks.
     """
     if rule not in RULES:
-        raise ValueError(f"unknown readout rule {rule!r}: choose one of {', '.join(RULES)}")
+        raise ValueError(unknown("readout rule", rule, RULES))
     if points not in POINTS:
-        raise ValueError(f"unknown readout points {points!r}: choose quadrature or sample")
+        raise ValueError(unknown("readout points", points, POINTS))
     if isinstance(source, dolfinx.fem.Function):
         if activation is None:
             raise ValueError("readout of a dolfinx Function needs the activation (e.g. activation='relu')")

@@ -22,7 +22,7 @@ import dolfinx.fem  # noqa: E402
 import dolfinx.fem.petsc  # noqa: E402
 import ufl  # noqa: E402
 
-from flowfem.arguments import integer, number  # noqa: E402
+from flowfem.arguments import integer, number, unknown  # noqa: E402
 from flowfem.space import Space  # noqa: E402
 
 
@@ -35,7 +35,7 @@ class Weight:
 
     def __post_init__(self):
         if self.kind not in ("uniform", "gaussian"):
-            raise ValueError(f"unknown weight {self.kind!r}: choose uniform or gaussian:S")
+            raise ValueError(unknown("weight", self.kind, ("uniform", "gaussian"), "(gaussian:S, S > 0)"))
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"the Gaussian weight's scale s = {self.scale} must be positive")
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowfem import memory
-from flowfem.arguments import integer, number
+from flowfem.arguments import integer, number, unknown
 from flowfem.files import check_readable, replacing
 from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 
@@ -281,7 +281,7 @@ def named_arrays(domain: str, d: int = 1, size: float | None = None, radius: flo
     generator. Raises ValueError for another domain, or the circle (sphere) with d != 1 (2).
     """
     if domain not in DEFAULT_SIZES:
-        raise ValueError(f"unknown domain {domain!r}: choose box, ball, circle, sphere or a .msh/.xdmf file")
+        raise ValueError(unknown("domain", domain, tuple(DEFAULT_SIZES), "or a .msh/.xdmf mesh file"))
     size = DEFAULT_SIZES[domain] if size is None else size
     if domain == "box":
         return box_arrays(d, size, radius)

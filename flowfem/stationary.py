@@ -64,7 +64,7 @@ from petsc4py import PETSc  # noqa: E402
 
 from flowfem import memory  # noqa: E402
 from flowfem import petsc_options as petsc_options_  # noqa: E402
-from flowfem.arguments import number, petsc_option, spell  # noqa: E402
+from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 
 SOLVERS = ("cg", "direct")
@@ -145,7 +145,7 @@ class LinearSolver:
                  G: PETSc.Mat | None = None, shift: float = 0.0, atol: float = 0.0,
                  pc_shift_factor: float | None = None, allow_unconverged: bool = False):
         if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}: choose cg or direct")
+            raise ValueError(unknown("solver", solver, SOLVERS))
         if shift and G is None:
             raise ValueError("a shifted operator s G + K needs the metric matrix G")
         self.rtol, self.atol = check_tolerances(rtol, atol)  # cg stops at ||B - K X|| <= max(rtol ||B||, atol)

@@ -26,6 +26,7 @@ from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
+from flowfem.arguments import unknown  # noqa: E402
 from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -42,7 +43,7 @@ def metric_matrix(H: WeightedH1, metric: str) -> PETSc.Mat:
         return H.M
     if key == "H1":
         return H.A
-    raise ValueError(f"unknown metric {metric!r}: choose L2 (weighted mass) or H1 (the Sobolev metric a_omega)")
+    raise ValueError(unknown("metric", metric, ("L2", "H1"), "(L2: weighted mass; H1: the Sobolev metric a_omega)"))
 
 
 @dataclass

@@ -12,10 +12,14 @@ from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 
 import dolfinx.fem  # noqa: E402
 
+from flowfem.arguments import closest  # noqa: E402
 from flowfem.files import read_npz  # noqa: E402
 from flowfem.io import fill_by_coordinates, read_density_file  # noqa: E402
 from flowfem.measure import project_network  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
+
+
+KINDS = ("zero", "gaussian", "density", "network")
 
 
 def gaussian(H: WeightedH1, scale: float = 1.0, amplitude: float = 1.0) -> dolfinx.fem.Function:
@@ -66,8 +70,10 @@ def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfi
     else:
         path, kind_l = spec, None
     if not on_root(comm, lambda: os.path.exists(path)):
-        raise ValueError(f"initial density {spec!r}: no file {path!r}; use zero, gaussian[:S[:A]], "
-                         "density:PATH or network:PATH")
+        guess = closest(kind, KINDS) if kind_l is None else None  # 'gausian' is sooner a misspelt kind than a file
+        raise ValueError(f"initial density {spec!r}: no file {path!r};"
+                         + (f" did you mean {guess!r}?" if guess else "")
+                         + " use zero, gaussian[:S[:A]], density:PATH or network:PATH")
     if kind_l is None:
         def sniff():
             keys = set(read_npz(path, "the initial density", "give a density.npz of flowfem solve or a network "

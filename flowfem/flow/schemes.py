@@ -26,6 +26,8 @@ from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 
 from petsc4py import PETSc  # noqa: E402
 
+from flowfem.arguments import unknown  # noqa: E402
+
 
 @dataclass
 class StepStats:
@@ -51,8 +53,7 @@ def parse_scheme(spec: str) -> tuple[type["Scheme"], str | None]:
     """``name`` or ``name:parameter`` -> (class, parameter); ValueError for an unknown name."""
     name, _, arg = str(spec).strip().lower().partition(":")
     if name not in SCHEMES:
-        raise ValueError(f"unknown time stepper {spec!r}: choose one of {', '.join(sorted(SCHEMES))} "
-                         "(theta:THETA, bdf:ORDER)")
+        raise ValueError(unknown("time stepper", spec, sorted(SCHEMES), "(theta:THETA, bdf:ORDER)"))
     return SCHEMES[name], (arg or None)
 
 

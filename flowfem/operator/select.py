@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from flowfem.activations import Activation
+from flowfem.arguments import unknown
 from flowfem.operator.features import REGISTRY, DenseFeatures, Features, StorageLimit
 
 METHODS = ("auto",) + tuple(impl.name for impl in REGISTRY)
@@ -28,7 +29,7 @@ def implementation(sigma: Activation, d: int, method: str = "auto", repeated: bo
     method or what a named method needs ("method relu1d needs 1-D inputs; ...").
     """
     if method not in METHODS:
-        raise ValueError(f"unknown data-operator method {method!r}: choose one of {', '.join(METHODS)}")
+        raise ValueError(unknown("data-operator method", method, METHODS))
     if method == "auto":
         return next(impl for impl in REGISTRY if impl.accepts(sigma, d) and (repeated or impl.single_use))
     impl = next(impl for impl in REGISTRY if impl.name == method)
