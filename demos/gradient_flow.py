@@ -105,7 +105,7 @@ def regression(n, cells, alpha, comm, out):
 
     # Steps tau_k = 0.5 * 3^k until ||u - u*||_{L2} <= 1e-6 ||u*||: the early
     # steps resolve the fast transient, the late ones jump along the slow modes.
-    writer = io.TrajectoryWriter(os.path.join(out, "trajectory_1d.bp"), problem.H) if out else None
+    writer = io.TrajectoryWriter(os.path.join(out, "trajectory_1d.xdmf"), problem.H) if out else None
     result, kept = snapshots(flow, U, steps={2, 5, 8}, tau=0.5, growth=3.0, tol=1e-6, max_steps=60,
                              writer=writer)
     if writer:
@@ -252,7 +252,7 @@ def main(n: int = 2000, cells: int = 48, n_moons: int = 400, refinements: int = 
                        classification=classification(n_moons, refinements, 1e-3, width, comm, tmp))
         io.write_json(os.path.join(tmp, "metrics.json"), io.jsonable(metrics), comm)
     if comm.rank == 0:
-        print(f"wrote {out}/: densities_1d.png, energy_1d.png, trajectory_1d.bp (ParaView), moons.png, "
+        print(f"wrote {out}/: densities_1d.png, energy_1d.png, trajectory_1d.xdmf (ParaView), moons.png, "
               "energy_moons.png, metrics.json")
     return metrics
 

@@ -150,7 +150,7 @@ def cmd_solve(args, comm) -> None:
         if not result.info.converged:
             print(f"warning: NOT CONVERGED (relative residual {result.residual:.2e} > rtol {args.rtol:.1e}); "
                   "metrics.json says converged: false")
-        print(f"wrote {args.out}/: density.bp (ParaView), density.npz, predictions.csv, metrics.json"
+        print(f"wrote {args.out}/: density.bp, density.xdmf/.h5 (ParaView), density.npz, predictions.csv, metrics.json"
               + ("" if args.no_plot else ", figure.png"))
 
 
@@ -208,8 +208,14 @@ def cmd_flow(args, comm) -> None:
     checkpoints = checkpoint.Checkpoints(directory, args.checkpoint_every, fp, comm,
                                          run=resumed.run if resumed else None)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
-        with io.TrajectoryWriter(os.path.join(tmp, "trajectory.bp"), problem.H, args.write_every) as writer, \
+        with io.TrajectoryWriter(os.path.join(tmp, "trajectory.xdmf"), problem.H, args.write_every) as writer, \
                 driver.Interrupt() as interrupt:
+            if resumed:  # the frames up to the checkpoint, saved beside it: the trajectory goes on from step 0
+                frames, missing = checkpoint.saved_frames(resumed, comm)
+                if frames is not None:
+                    writer.replay(frames["theta"], frames["steps"], frames["times"], frames["values"])
+                if missing and comm.rank == 0:
+                    print(f"warning: {missing}", file=sys.stderr)
             result = flow.run(U, t_end=t_end, tau=args.tau, growth=args.growth, tau_max=args.tau_max,
                               max_steps=args.max_steps, tol=args.tol, state=state, checkpoints=checkpoints,
                               writer=writer, progress=not args.quiet, stop=interrupt)
@@ -243,8 +249,8 @@ def cmd_flow(args, comm) -> None:
               f"n = {train.n}")
         if checkpoints.every is not None:
             print(f"checkpoints in {checkpoints.directory}/ (every {checkpoints.every} steps)")
-        print(f"wrote {args.out}/: trajectory.bp ({writer.frames} frames, ParaView), density.bp, density.npz, "
-              "energy.csv, energy.json" + ("" if args.no_plot else ", energy.png"))
+        print(f"wrote {args.out}/: trajectory.xdmf/.h5 ({writer.frames} frames), density.bp, density.xdmf/.h5, "
+              "density.npz, energy.csv, energy.json" + ("" if args.no_plot else ", energy.png"))
 
 
 class Interrupted(Exception):
@@ -529,7 +535,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flow", help="the gradient flow of E_alpha in the L2 or H1 metric, with checkpoints",
                        description="Integrate g(du/dt, v) = -dE_alpha(u)[v] (g: L2_omega mass or the H1_omega "
-                                   "metric) from an initial density; write the trajectory (VTX, ParaView), the final "
+                                   "metric) from an initial density; write the trajectory (XDMF time series: ParaView, VTK, meshio), the final "
                                    "density, an energy log (CSV/JSON) and a figure of the energy gap against "
                                    "exp(-2 lambda t). Errors are measured against the stationary solution.")
     _add_problem_arguments(p)

@@ -45,8 +45,9 @@ masses where they were placed).
 Output (:meth:`Comparison.write`): the table as Markdown and CSV (``table.md``,
 ``table.csv``: mean, standard deviation, min and max over seeds), every run (``runs.csv``),
 the particle training curves (``curves.csv``), all numbers and settings (``results.json``),
-the densities for ParaView (``densities.bp``: u* and the projected particle densities as
-fields of one file) and the figures ``error_vs_width.png``, ``error_vs_time.png``,
+the densities for ParaView (``densities.bp``, VTX, and ``densities.xdmf`` + ``densities.h5``,
+XDMF for any VTK build and meshio: u* and the projected particle densities as fields of one
+file) and the figures ``error_vs_width.png``, ``error_vs_time.png``,
 ``densities.png``.
 """
 
@@ -78,7 +79,8 @@ from flowfem.data import Dataset  # noqa: E402
 READOUTS = ("quadrature", "sample", "refit")
 METHODS = ("gd", "adam")
 DEFAULT_LR = {"gd": 1.0, "adam": 0.03}
-FILES = ("table.md", "table.csv", "runs.csv", "curves.csv", "results.json", "densities.bp")
+FILES = ("table.md", "table.csv", "runs.csv", "curves.csv", "results.json", "densities.bp",
+         "densities.xdmf", "densities.h5")
 FIGURES = ("error_vs_width.png", "error_vs_time.png", "densities.png")
 RUN_COLUMNS = ("solver", "method", "width", "seed", "test_rmse", "train_loss", "objective",
                "objective_name", "seconds", "steps", "lr", "ranks", "status", "how")
@@ -203,6 +205,7 @@ class Comparison:
         gathered = [io.gather_dofs(f) for f in fields] if plot else []  # collective
         with outputs.output_directory(out, comm, force) as tmp:
             io.write_vtx(os.path.join(tmp, "densities.bp"), fields)
+            io.write_xdmf(os.path.join(tmp, "densities.xdmf"), fields)
             error = None
             if comm.rank == 0:
                 try:

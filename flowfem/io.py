@@ -2,7 +2,9 @@
 
 An output directory holds
 
-* ``density.bp``     the density u for ParaView (VTX, ADIOS2);
+* ``density.bp``     the density u for ParaView (VTX, ADIOS2: exact at every degree);
+* ``density.xdmf``   the same as XDMF + HDF5 (``density.h5``), read by VTK's XDMF readers
+                     (vtkXdmfReader, ParaView's) and by meshio (:func:`write_xdmf`);
 * ``density.npz``    the same for NumPy and for ``flowfem readout``: the mesh
                      (``points``, ``cells``, ``cell_type``, ``geometry_degree``),
                      the element degree, the dof coordinates ``theta`` and
@@ -11,7 +13,7 @@ An output directory holds
 * ``metrics.json``   E_alpha, its parts, solver iterations and residual, errors, timings;
 * ``figure.png``     the density and the fit.
 
-A flow's directory holds ``trajectory.bp`` (:class:`TrajectoryWriter`) and
+A flow's directory holds ``trajectory.xdmf`` + ``trajectory.h5`` (:class:`TrajectoryWriter`) and
 ``energy.csv``/``energy.json`` (:func:`write_log`) besides the density.
 
 Directories are written by :func:`flowfem.outputs.output_directory`: under a
@@ -72,6 +74,93 @@ def write_vtx(path: str, u: dolfinx.fem.Function | list[dolfinx.fem.Function], t
     except Exception:
         FAILED_WRITERS.append(w)
         raise
+
+
+def geometry_function(u: dolfinx.fem.Function) -> dolfinx.fem.Function:
+    """u itself when its Lagrange degree is the mesh's geometry degree, else u interpolated into the
+    Lagrange space of that degree (a new Function of the same name; collective).
+
+    XDMF stores a function only at the nodes of the mesh's geometry (dolfinx refuses any other
+    degree). A P1 density on a curved degree-2 mesh (circle, sphere) is interpolated exactly (P1 is a
+    subspace of P2 on the same cells); a P2 or P3 density on a straight mesh keeps its vertex values
+    only: density.npz and density.bp hold it at its own degree.
+    """
+    V = u.function_space
+    degree = V.mesh.geometry.cmaps[0].degree
+    if V.element.basix_element.degree == degree:
+        return u
+    w = dolfinx.fem.Function(dolfinx.fem.functionspace(V.mesh, ("Lagrange", degree)), name=u.name)
+    w.interpolate(u)
+    return w
+
+
+def require_space(path: str, nbytes: float, comm: MPI.Comm) -> None:
+    """Raise OSError on every rank unless the file system holding ``path`` has nbytes + 1 MiB free.
+
+    dolfinx's XDMF writer ends the process on a full disk (an assertion inside HDF5) instead of
+    raising, so every XDMF write is checked first: an error then says what is wrong, and the output
+    directory is removed (:func:`flowfem.outputs.output_directory`)."""
+    import shutil
+
+    directory = os.path.dirname(os.path.abspath(path))
+    free = on_root(comm, lambda: shutil.disk_usage(directory).free)
+    if free < nbytes + 2**20:
+        raise OSError(f"the file system is full: writing {os.path.basename(path)!r} needs about {int(nbytes)} "
+                      f"bytes and 1 MiB to spare, {free} bytes are free")
+
+
+def xdmf_bytes(mesh: dolfinx.mesh.Mesh, frames: int = 0) -> float:
+    """About the bytes an XDMF file of ``mesh`` (0 frames) or of ``frames`` more values at its geometry
+    nodes adds to disk: 8-byte coordinates and node indices, and 4 kB of HDF5 and XML per array."""
+    nodes = mesh.geometry.index_map().size_global
+    if frames:
+        return frames * (8.0 * nodes + 4096)
+    cells = mesh.topology.index_map(mesh.topology.dim).size_global
+    return 8.0 * nodes * mesh.geometry.dim + 8.0 * cells * mesh.geometry.dofmaps[0].shape[1] + 8192
+
+
+def write_xdmf(path: str, u: dolfinx.fem.Function | list[dolfinx.fem.Function], t: float = 0.0) -> None:
+    """Write u (or several Functions on one mesh, as fields of one file) as XDMF + HDF5 at time t:
+    ``path`` (XML, .xdmf) and the same name with .h5 (the arrays), the mesh once, each Function at
+    the mesh's geometry nodes (:func:`geometry_function`); collective, one pair of files for any
+    number of ranks. OSError if the disk has no room (:func:`require_space`)."""
+    fields = list(u) if isinstance(u, (list, tuple)) else [u]
+    mesh = fields[0].function_space.mesh
+    require_space(path, xdmf_bytes(mesh) + xdmf_bytes(mesh, len(fields)), mesh.comm)
+    with dolfinx.io.XDMFFile(mesh.comm, path, "w") as f:
+        f.write_mesh(mesh)
+        for field in fields:
+            f.write_function(geometry_function(field), t)
+    inline_mesh(path, mesh.comm)
+
+
+def inline_mesh(path: str, comm: MPI.Comm) -> None:
+    """Copy the mesh's Topology and Geometry into each Grid of a closed XDMF file written by dolfinx, in
+    place of its ``xi:include``, and declare the coordinates and values as 8-byte floats: VTK's XDMF (2)
+    reader, ``vtkXdmfReader`` (the one in the pip vtk), crashes on the include and reads a float array
+    without a declared precision as 4-byte floats. The copies name the same HDF5 arrays (flowfem's meshes
+    and densities are float64): the .h5 file is unchanged. Rank 0 rewrites the XML (dolfinx writes it
+    from rank 0 too)."""
+    import copy
+    import xml.etree.ElementTree as ET
+
+    if comm.rank != 0:
+        return
+    tree = ET.parse(path)
+    domain = tree.getroot().find("Domain")
+    mesh = domain.find("Grid")  # dolfinx writes the mesh first
+    parts = [mesh.find("Topology"), mesh.find("Geometry")]
+    for grid in domain.iter("Grid"):
+        for include in [e for e in grid if e.tag.endswith("}include")]:
+            at = list(grid).index(include)
+            grid.remove(include)
+            for k, part in enumerate(parts):
+                grid.insert(at + k, copy.deepcopy(part))
+    for item in domain.iter("DataItem"):
+        if "NumberType" not in item.attrib:  # the topology is Int; the rest float64
+            item.set("NumberType", "Float")
+            item.set("Precision", "8")
+    tree.write(path, encoding="utf-8", xml_declaration=True)
 
 
 def assign(u: dolfinx.fem.Function, U: PETSc.Vec | np.ndarray) -> None:
@@ -242,14 +331,15 @@ def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1
 
 
 def write_density(directory: str, u: dolfinx.fem.Function, space: Space, settings: dict, t: float = 0.0) -> None:
-    """Write u as density.bp (ParaView, at time t) and density.npz (:func:`save_density`) into
-    ``directory`` (collective)."""
+    """Write u as density.bp (VTX), density.xdmf + density.h5 (:func:`write_xdmf`), both at time t,
+    and density.npz (:func:`save_density`) into ``directory`` (collective)."""
     write_vtx(os.path.join(directory, "density.bp"), u, t)
+    write_xdmf(os.path.join(directory, "density.xdmf"), u, t)
     save_density(os.path.join(directory, "density.npz"), u, space, settings)
 
 
 def write_solution(directory: str, result, settings: dict, metrics: dict, train, test, plot: bool = True) -> None:
-    """Write density.bp, density.npz (with ``settings``), predictions.csv (f_{u*} on ``test``),
+    """Write density.bp, density.xdmf/.h5, density.npz (with ``settings``), predictions.csv (f_{u*} on ``test``),
     metrics.json (``metrics``) and figure.png of a :class:`flowfem.problem.Result` (collective)."""
     from flowfem import plot as _plot
 
@@ -275,33 +365,78 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
 
 
 class TrajectoryWriter:
-    """The density over time as a VTX (ADIOS2) series for ParaView, one frame every ``every`` steps (collective)."""
+    """The density over time as an XDMF time series for ParaView, VTK and meshio, one frame every
+    ``every`` steps (collective): ``path`` (.xdmf, the XML) and the same name with .h5 (the arrays),
+    the mesh written once and then one array of values per frame, at the mesh's geometry nodes
+    (:func:`geometry_function`). Frames are written by :meth:`write` (time t, dof vector U, step).
+
+    After :meth:`track` the frames written since the last :meth:`take` are also kept on rank 0 as
+    (step, t, values) with the values sorted by the dof coordinates ``theta`` (rank-count independent,
+    as in a checkpoint): a flow saves them with each checkpoint (:mod:`flowfem.flow.checkpoint`), and
+    a run resumed from it writes them first (:meth:`replay`), so its trajectory holds every frame from
+    step 0 once. Kept frames cost ndofs * 8 bytes each on rank 0 until the next checkpoint. Each write
+    first checks the disk's room (:func:`require_space`: OSError).
+    """
 
     def __init__(self, path: str, H: WeightedH1, every: int = 1):
         if every < 1:
             raise ValueError(f"write every {every} steps: give a positive number")
         self.every = int(every)
         self.u = H.function("density")
-        self.writer = dolfinx.io.VTXWriter(H.space.comm, path, [self.u], engine="BP4")
+        self.out = geometry_function(self.u)  # the Function written: u itself or its interpolant
+        self.path, self.comm = path, H.space.comm
+        require_space(path, xdmf_bytes(H.space.mesh), self.comm)
+        self.file = dolfinx.io.XDMFFile(H.space.comm, path, "w")
+        self.file.write_mesh(H.space.mesh)
         self.frames = 0
+        self.kept: list | None = None  # None: not tracking
+        self.start = -1
+        self.theta: np.ndarray | None = None
 
-    def write(self, t: float, U: PETSc.Vec) -> None:
+    def write(self, t: float, U: PETSc.Vec, step: int = 0) -> None:
         assign(self.u, U)
-        try:
-            self.writer.write(t)
-        except Exception:
-            FAILED_WRITERS.append(self.writer)  # see FAILED_WRITERS
-            raise
+        if self.out is not self.u:
+            self.out.interpolate(self.u)
+        self._write(t, step)
+
+    def _write(self, t: float, step: int) -> None:
+        require_space(self.path, xdmf_bytes(self.out.function_space.mesh, 1), self.comm)
+        self.file.write_function(self.out, t)
         self.frames += 1
+        if self.kept is not None:
+            values = gather_dofs(self.out)[1]
+            if values is not None:
+                self.kept.append((int(step), float(t), values))
+
+    def track(self, start: int) -> None:
+        """Keep the frames written from now on (of steps > start) until :meth:`take` (collective)."""
+        self.theta = gather_dofs(self.out)[0]
+        self.kept, self.start = [], int(start)
+
+    def take(self, step: int) -> dict | None:
+        """The kept frames of steps in (start, step] on rank 0, as arrays ``theta`` (N, gdim), ``start``,
+        ``steps`` (m,), ``times`` (m,) and ``values`` (m, N); the next take starts after ``step``.
+        None when not tracking, and on the other ranks."""
+        if self.kept is None:
+            return None
+        kept, start = self.kept, self.start
+        self.kept, self.start = [], int(step)
+        if self.comm.rank != 0:
+            return None
+        return dict(theta=self.theta, start=np.array(start), steps=np.array([k for k, _, _ in kept], dtype=np.int64),
+                    times=np.array([t for _, t, _ in kept], dtype=float),
+                    values=np.array([v for _, _, v in kept], dtype=float).reshape(len(kept), len(self.theta)))
+
+    def replay(self, theta: np.ndarray, steps: np.ndarray, times: np.ndarray, values: np.ndarray) -> None:
+        """Write frames saved by :meth:`take` (any number of ranks; theta, times and values given on every
+        rank) before the run continues: the values are copied onto the dofs by coordinates (collective)."""
+        for step, t, v in zip(steps, times, values):
+            fill_by_coordinates(self.out, theta, v, "a saved trajectory frame", "it was written for another mesh")
+            self._write(float(t), int(step))
 
     def close(self) -> None:
-        if self.writer in FAILED_WRITERS:
-            return
-        try:
-            self.writer.close()
-        except Exception:
-            FAILED_WRITERS.append(self.writer)
-            raise
+        self.file.close()
+        inline_mesh(self.path, self.comm)
 
     def __enter__(self):
         return self

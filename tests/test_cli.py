@@ -20,8 +20,8 @@ def test_solve_writes_every_promised_file(tmp_path):
     r = solve(tmp_path, "--data", "sin", "--n", "300", "--mesh-size", "16", "--alpha", "1e-4")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
-    assert sorted(os.listdir(out)) == [".flowfem-output.json", "density.bp", "density.npz", "figure.png", "metrics.json",
-                                       "predictions.csv"]
+    assert sorted(os.listdir(out)) == [".flowfem-output.json", "density.bp", "density.h5", "density.npz",
+                                       "density.xdmf", "figure.png", "metrics.json", "predictions.csv"]
     m = json.loads((out / "metrics.json").read_text())
     # the data term from E_alpha's parts against the RMSE of the predictions: (1/n) sum (f - y)^2 / 2
     assert m["loss"] == pytest.approx(m["train_rmse"] ** 2 / 2, rel=1e-8) and m["regulariser"] > 0

@@ -30,7 +30,8 @@ def test_flows_reach_the_stationary_densities(shared_tmp):
     assert h[-1] <= 1e-10 * h[0] and c["final_error"] <= 1e-6 and c["energy_monotone"]
     assert max(c["newton_per_step"]) >= 2  # each step is a genuine Newton solve
     assert c["final_accuracy"] >= 0.85 and c["final_accuracy"] > c["initial_accuracy"]
-    for name in ("densities_1d.png", "energy_1d.png", "moons.png", "energy_moons.png", "trajectory_1d.bp"):
+    for name in ("densities_1d.png", "energy_1d.png", "moons.png", "energy_moons.png", "trajectory_1d.xdmf",
+                 "trajectory_1d.h5"):
         assert os.path.exists(os.path.join(out, name)), name
     saved = json.load(open(os.path.join(out, "metrics.json")))
     assert saved["regression"]["steps"] == r["steps"]

@@ -354,6 +354,22 @@ def _log(out):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def _trajectory(out):
+    """The times and values of trajectory.xdmf's frames, read with meshio."""
+    import meshio
+
+    with meshio.xdmf.TimeSeriesReader(os.path.join(out, "trajectory.xdmf")) as r:
+        r.read_points_cells()
+        frames = [r.read_data(k) for k in range(r.num_steps)]
+    return [t for t, _, _ in frames], np.array([d["density"].ravel() for _, d, _ in frames])
+
+
+def _same_trajectory(a, b):
+    """Two runs' trajectories: the same strictly increasing times from 0, the same values, bit for bit."""
+    (ta, ua), (tb, ub) = _trajectory(a), _trajectory(b)
+    return ta == tb and ta[0] == 0.0 and bool(np.all(np.diff(ta) > 0)) and np.array_equal(ua, ub)
+
+
 @pytest.mark.mpi
 def test_sigkill_mid_checkpoint_then_resume(tmp_path):
     """A run killed (SIGKILL) while writing a checkpoint leaves the previous one intact; resuming from it
@@ -369,7 +385,7 @@ def test_sigkill_mid_checkpoint_then_resume(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline:  # wait until a write is in progress after at least two finished ones
         names = os.listdir(ckdir) if ckdir.exists() else []
-        if any(n.endswith(".tmp") for n in names) and sum(n.endswith(".npz") for n in names) >= 2:
+        if any(n.endswith(".tmp") for n in names) and sum(".step-" in n and n.endswith(".npz") for n in names) >= 2:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -385,6 +401,8 @@ def test_sigkill_mid_checkpoint_then_resume(tmp_path):
     theta2, u2 = _u(out)
     assert np.array_equal(theta1, theta2) and np.array_equal(u1, u2)
     assert _log(full) == _log(out)
+    # the frames up to the checkpoint once, none of those the killed run wrote after it twice
+    assert _same_trajectory(full, out)
     assert not any(n.endswith(".tmp") for n in os.listdir(ckdir))  # the resumed run's writes all finished
 
 
@@ -400,7 +418,7 @@ def test_force_over_an_earlier_run_keeps_the_new_runs_checkpoints(tmp_path):
             timeout=300)
     assert r.returncode == 0, r.stderr
     directory = str(out) + ".checkpoints"
-    steps = sorted((n.split(".")[0], n.split(".")[1]) for n in os.listdir(directory))
+    steps = sorted((n.split(".")[0], n.split(".")[1]) for n in os.listdir(directory) if ".step-" in n)
     runs = sorted({run_id for run_id, _ in steps})
     assert len(runs) == 2 and steps == [(runs[0], "step-00000012"), (runs[0], "step-00000014"),
                                         (runs[1], "step-00000002"), (runs[1], "step-00000004")], steps
@@ -410,6 +428,10 @@ def test_force_over_an_earlier_run_keeps_the_new_runs_checkpoints(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"resuming from {directory}/{runs[1]}.step-00000004.npz: step 4" in r.stdout
     assert np.array_equal(_u(first)[1], _u(resumed)[1]) and _log(first) == _log(resumed)
+    assert _same_trajectory(first, resumed)
+    frames = sorted(n for n in os.listdir(directory) if ".frames-" in n)  # not rotated: the chain back to step 0
+    assert frames == sorted([f"{runs[0]}.frames-{k:08d}.npz" for k in range(2, 15, 2)]
+                            + [f"{runs[1]}.frames-{k:08d}.npz" for k in range(2, 15, 2)]), frames
 
 
 @pytest.mark.mpi
@@ -438,6 +460,7 @@ def test_ctrl_c_ends_with_the_resume_command(tmp_path, ranks):
     assert not out.exists()
     names = os.listdir(directory)
     assert not any(n.endswith(".tmp") for n in names), names
+    names = [n for n in names if ".step-" in n]  # beside them the trajectory frames saved with each
     for name in names:  # verified: checksum, completeness
         ck.read_checkpoint(str(directory / name))
     command = shlex.split(m.group(2))
@@ -447,6 +470,7 @@ def test_ctrl_c_ends_with_the_resume_command(tmp_path, ranks):
     assert r.returncode == 0, r.stderr
     assert f"step {m.group(1)}," in r.stdout
     assert np.array_equal(_u(full)[1], _u(out)[1]) and _log(full) == _log(out)
+    assert _same_trajectory(full, out)
 
 
 @pytest.mark.mpi
@@ -476,6 +500,7 @@ def test_one_and_two_ranks_agree_and_two_rank_restart_is_exact(tmp_path):
     assert "step 15" in r.stdout
     assert np.array_equal(_u(full)[1], _u(resumed)[1])
     assert _log(full) == _log(resumed)
+    assert _same_trajectory(full, resumed)  # frames 0..15 saved with the checkpoints, 16..30 written after
 
 
 @pytest.mark.mpi
@@ -484,8 +509,9 @@ def test_flow_command_outputs_and_errors(tmp_path):
     r = run([FLOWFEM, "flow", *[a for a in ARGS if a != "--no-plot"], "--tol", "1e-6", "--max-steps", "60",
              "--out", str(out)], timeout=300)
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(out)) == [".flowfem-output.json", "density.bp", "density.npz", "energy.csv",
-                                       "energy.json", "energy.png", "trajectory.bp"]
+    assert sorted(os.listdir(out)) == [".flowfem-output.json", "density.bp", "density.h5", "density.npz",
+                                       "density.xdmf", "energy.csv", "energy.json", "energy.png", "trajectory.h5",
+                                       "trajectory.xdmf"]
     doc = json.load(open(out / "energy.json"))
     assert doc["final_error"] <= 1e-6 and doc["frames"] == doc["steps_taken"] + 1
     table = np.genfromtxt(out / "energy.csv", delimiter=",", names=True)

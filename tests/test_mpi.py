@@ -356,3 +356,25 @@ def test_a_full_disk_ends_every_rank_with_one_line(tmp_path, ranks):
         assert not (full / "out").exists()
     finally:
         subprocess.run(["umount", "--lazy", str(full)], check=True)  # an aborted rank may still be exiting
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_disk_filling_up_under_the_trajectory_ends_with_one_line(tmp_path, ranks):
+    """A flow whose trajectory (XDMF + HDF5) outgrows a 1.5 MB file system: HDF5 would end the process at
+    the first write that fails (an assertion, no exception), so every frame checks the room first: one
+    line saying the file system is full, exit status 2, nothing left behind."""
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(full)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root outside a container")
+    try:
+        r = run([os.path.join(BIN, "flowfem"), "flow", "--data", "sin", "--mesh-size", "32", "--max-steps", "300",
+                 "--fixed-steps", "--tau", "0.05", "--no-plot", "--quiet", "--out", str(full / "out")],
+                ranks=ranks, timeout=300)
+        assert r.returncode == 2, (r.returncode, r.stdout, r.stderr[-2000:])
+        lines = _own_lines(r.stderr)
+        assert len(lines) == 1 and "file system is full" in lines[0] and "trajectory.xdmf" in lines[0], r.stderr
+        assert os.listdir(full) == []
+    finally:
+        subprocess.run(["umount", "--lazy", str(full)], check=True)

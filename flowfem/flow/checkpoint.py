@@ -17,6 +17,15 @@ problem's fingerprint, the energy log) and the sha256 of all of it.
 :func:`load_checkpoint` restores U and the history value for value, so a
 resumed run on the same number of ranks repeats the uninterrupted one bit
 for bit.
+
+A run that writes a trajectory saves, just before each checkpoint, the
+frames written since its previous one as ``RUN.frames-00000012.npz``
+(:meth:`flowfem.io.TrajectoryWriter.take`: ``start``, the step before its
+first frame, and the frames' steps, times and values by dof coordinates
+``theta``). These files are not rotated: :func:`saved_frames` follows them
+back from the resumed step through each file's ``start`` to step 0, so a
+resumed run's trajectory holds every frame up to the checkpoint once, and
+none of those a crashed run wrote after it.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from flowfem.io import fill_by_coordinates, function, gather_dofs, jsonable, vec
 
 VERSION = 2
 _NAME = re.compile(r"^(run-\d{8}-\d{6}-\d{6})\.step-(\d{8})\.npz$")
+_FRAMES = "{run}.frames-{step:08d}.npz"
 
 
 class CheckpointError(CollectiveError):
@@ -113,8 +123,9 @@ class Checkpoints:
         """Whether the run writes a checkpoint after this step."""
         return self.every is not None and step % self.every == 0
 
-    def save(self, flow: Flow, state: FlowState, U: PETSc.Vec) -> str:
-        """Write the checkpoint of ``state`` (collective); returns its path."""
+    def save(self, flow: Flow, state: FlowState, U: PETSc.Vec, frames: dict | None = None) -> str:
+        """Write the checkpoint of ``state`` (collective), and first the trajectory ``frames`` since the
+        previous one if given (on rank 0; :meth:`flowfem.io.TrajectoryWriter.take`); returns its path."""
         theta, values = _gathered(flow, U)
         entries = flow.scheme.history()
         history = [_gathered(flow, V)[1] for _, V in entries]
@@ -128,20 +139,10 @@ class Checkpoints:
             H = np.array(history, dtype=float).reshape(len(history), len(values))
             digest = _checksum(theta, values, H, manifest)
             os.makedirs(self.directory, exist_ok=True)
-            tmp = os.path.join(self.directory, "." + name + ".tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    np.savez(f, theta=theta, u=values, history=H, manifest=np.array(manifest),
-                             sha256=np.array(digest))
-                    f.flush()
-                    os.fsync(f.fileno())
-                if self.pause:
-                    time.sleep(self.pause)
-                os.replace(tmp, path)
-            except BaseException:  # e.g. a second Ctrl-C: the previous checkpoints stay as they were
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-                raise
+            if frames is not None:  # before the checkpoint: no checkpoint without its frames
+                _write_atomically(self.directory, _FRAMES.format(run=self.run, step=state.step), frames)
+            _write_atomically(self.directory, name, dict(theta=theta, u=values, history=H, manifest=np.array(manifest),
+                                                         sha256=np.array(digest)), self.pause)
             fd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -153,6 +154,53 @@ class Checkpoints:
 
         self.latest = on_root(self.comm, write)
         return self.latest
+
+
+def _write_atomically(directory: str, name: str, arrays: dict, pause: float = 0.0) -> None:
+    """np.savez(arrays) to directory/name through a hidden temporary file, flushed to disk and renamed
+    (after ``pause`` seconds): a run killed meanwhile leaves the previous file intact."""
+    tmp = os.path.join(directory, "." + name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        if pause:
+            time.sleep(pause)
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:  # e.g. a second Ctrl-C: the previous checkpoints stay as they were
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def saved_frames(checkpoint: "Checkpoint", comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[dict | None, str]:
+    """The trajectory frames of steps 0..checkpoint step saved with a checkpoint's run (see the module
+    docstring), as arrays ``theta`` (N, gdim), ``steps``, ``times`` (m,) and ``values`` (m, N) on every
+    rank, and "" -- or (frames from the first step found, or None, and a sentence saying which frames are
+    missing) when a frames file is missing or unreadable (collective)."""
+
+    def read():
+        directory, step, parts = os.path.dirname(checkpoint.path), checkpoint.state.step, []
+        while step >= 0:
+            path = os.path.join(directory, _FRAMES.format(run=checkpoint.run, step=step))
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    part = {k: f[k] for k in ("theta", "start", "steps", "times", "values")}
+            except Exception as e:  # noqa: BLE001  (missing, zip or npy errors: the frames before are lost)
+                return parts, (f"the trajectory frames up to step {step} cannot be read from {path!r} "
+                               f"({type(e).__name__}); the trajectory starts after them")
+            parts.append(part)
+            step = int(part["start"])
+        return parts, ""
+
+    parts, missing = on_root(comm, read)
+    if not parts:
+        return None, missing
+    parts = parts[::-1]
+    return dict(theta=parts[0]["theta"], steps=np.concatenate([p["steps"] for p in parts]),
+                times=np.concatenate([p["times"] for p in parts]),
+                values=np.concatenate([p["values"] for p in parts])), missing
 
 
 def _run_files(directory: str, run: str | None = None) -> list[str]:

@@ -364,7 +364,8 @@ class Flow:
         checkpointed run (:func:`flowfem.flow.checkpoint.load_checkpoint`),
         ``checkpoints`` (:class:`flowfem.flow.checkpoint.Checkpoints`) writes
         them, ``writer`` (:class:`flowfem.io.TrajectoryWriter`) the
-        trajectory. ``stop``: a callable (e.g. :class:`Interrupt`) asked after
+        trajectory (with checkpoints, each saves the frames written since the
+        previous one). ``stop``: a callable (e.g. :class:`Interrupt`) asked after
         every step; when it returns True on any rank the run ends there, with a
         checkpoint if ``checkpoints`` is given, and ``result.interrupted``.
         ``callback(record, U)`` is called after every step on every rank.
@@ -391,11 +392,13 @@ class Flow:
         policy = control or Geometric(growth, tau_max)
         scheme = self.scheme
         clock = time.perf_counter()
+        if writer is not None and checkpoints is not None:  # its frames go with the checkpoints: a resumed run replays them
+            writer.track(-1 if state is None else state.step)
         if state is None:
             state = FlowState(0, 0.0, float(tau), [], self.ts_atol)
             state.log.append(self.record(U, 0, 0.0, 0.0, None, 0.0))
             if writer is not None:
-                writer.write(0.0, U)
+                writer.write(0.0, U, 0)
         scheme.set_history(state.history)
         offset = state.log[-1]["seconds"] if state.log else 0.0
         bar = Progress(comm, progress)
@@ -413,9 +416,9 @@ class Flow:
                 rec = self.record(U, state.step, state.t, stats.tau, stats, offset + time.perf_counter() - clock)
                 state.log.append(rec)
                 if writer is not None and state.step % writer.every == 0:
-                    writer.write(state.t, U)
+                    writer.write(state.t, U, state.step)
                 if checkpoints is not None and checkpoints.due(state.step):
-                    checkpoints.save(self, state, U)
+                    checkpoints.save(self, state, U, writer.take(state.step) if writer is not None else None)
                     saved = state.step
                 if callback is not None:
                     callback(rec, U)
@@ -429,9 +432,10 @@ class Flow:
             bar.close()
         interrupted = stopped.startswith("interrupted")
         if interrupted and checkpoints is not None and saved != state.step:
-            checkpoints.save(self, state, U)  # resume exactly where the run stopped
+            # resume exactly where the run stopped
+            checkpoints.save(self, state, U, writer.take(state.step) if writer is not None else None)
         if writer is not None and state.step % writer.every != 0:
-            writer.write(state.t, U)
+            writer.write(state.t, U, state.step)
         state.history = [(s, V.copy()) for s, V in scheme.history()]
         self.state = state
         return FlowResult(U, state.log, self.lam, self.metric, scheme.label, self.energy_star, self.U_star, stopped,
