@@ -1,7 +1,7 @@
 # # Gradient flow: from the initialisation law to the optimal density
 #
 # Training a shallow network by gradient descent moves its neurons. In the
-# density picture (DESIGN.md section 1) training is a *flow of the density*
+# density picture (docs/theory.md §7) training is a *flow of the density*
 # u(theta, t) on parameter space: in a metric g,
 #
 #     g(du/dt, v) = -dE_alpha(u)[v]   for all v,

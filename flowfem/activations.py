@@ -2,7 +2,7 @@
 
 Each activation knows whether it is positively homogeneous,
 sigma(r z) = r^p sigma(z) for r > 0; then f_u depends on u only through a
-density on the sphere S^d of directions (DESIGN.md section 1), and the
+density on the sphere S^d of directions (docs/theory.md §10), and the
 circle and sphere parameter domains may be used.
 
 Names accepted by :func:`activation`: ``relu``, ``leaky_relu`` (slope 0.01,

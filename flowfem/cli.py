@@ -247,10 +247,33 @@ def cmd_flow(args, comm) -> None:
         print(f"linear iterations {int(lin.sum())} ({lin.mean() if len(lin) else 0:.1f} per step), flow "
               f"{t3 - t2:.2f} s, stationary solve {t2 - t1:.2f} s, on {comm.size} rank(s), {problem.H.ndofs} dofs, "
               f"n = {train.n}")
+        if result.stopped.startswith("max_steps"):
+            print(_max_steps_warning(args, flow, last, t_end))
         if checkpoints.every is not None:
             print(f"checkpoints in {checkpoints.directory}/ (every {checkpoints.every} steps)")
         print(f"wrote {args.out}/: trajectory.xdmf/.h5 ({writer.frames} frames), density.bp, density.xdmf/.h5, "
               "density.npz, energy.csv, energy.json" + ("" if args.no_plot else ", energy.png"))
+
+
+def _max_steps_warning(args, flow, last: dict, t_end: float) -> str:
+    """The line a flow prints when --max-steps ended it: what it did not reach, how far it still is from u*
+    (distance and energy gap, when the stationary solution is known) and which option to change."""
+    goal = (f"--tol {args.tol:g}" if args.tol is not None
+            else f"--t-end {t_end:g}" if np.isfinite(t_end) else "the stationary state")
+    if np.isfinite(last["error"]):
+        left = f"still ||u - u*|| / ||u*|| = {last['error']:.3g} and E - E* = {last['gap']:.3g} from u*"
+    else:
+        left = "the distance to u* is not known (--no-reference)"
+    if flow.adapt:  # BDF: the error control chooses the steps
+        fix = f"raise --max-steps or loosen --ts-rtol (now {args.ts_rtol:g})"
+    elif args.t_end is not None or args.growth > 1:
+        fix = (f"raise --max-steps, or --tau / --growth (now {args.tau:g} / {args.growth:g}; implicit steps are "
+               "stable at any size)")
+    else:
+        fix = ("take growing steps, which are stable at any size: e.g. --tau 0.5 --growth 3 --tol 1e-6 "
+               "(or raise --max-steps)")
+    return (f"warning: stopped at --max-steps {args.max_steps} (t = {last['t']:.6g}) before reaching {goal}: "
+            f"{left}; {fix}")
 
 
 class Interrupted(Exception):
@@ -420,6 +443,9 @@ def cmd_export(args, comm) -> None:
         print(text)
 
 
+LANDSCAPE_NEURONS_SHOWN = 3  # tables printed by default; a readout's thousands would be thousands of lines
+
+
 def cmd_landscape(args, comm) -> None:
     """Classify the splitting plateaus of a saved network on a data set (NumPy only, on rank 0)."""
     import json
@@ -454,7 +480,8 @@ def cmd_landscape(args, comm) -> None:
             text = json.dumps(report, indent=1)
             with replacing(args.json) as tmp, open(tmp, "w") as f:
                 f.write(text)
-        return plateau.format_report(report) + (f"\nwrote {args.json}" if args.json else "")
+        text = plateau.format_report(report, None if args.all else LANDSCAPE_NEURONS_SHOWN)
+        return text + (f"\nwrote {args.json}" if args.json else "")
 
     text = on_root(comm, work)
     if comm.rank == 0:
@@ -688,6 +715,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--polish", action="store_true", help="minimise the network by Newton's method first")
     p.add_argument("--check", action="store_true",
                    help="also classify by the eigenvalues of the split network's full Hessian")
+    p.add_argument("--all", action="store_true",
+                   help=f"print the table of every neuron (default: counts per kind over all neurons and the "
+                        f"tables of the first {LANDSCAPE_NEURONS_SHOWN})")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file (default: none)")
     p.add_argument("--force", action="store_true", help="replace the --json file if it exists (default: refuse)")
     p.set_defaults(run=cmd_landscape)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -458,9 +459,31 @@ def _vec(values, fmt: str) -> str:
     return "[" + ", ".join(format(float(v), fmt) for v in values) + "]"
 
 
-def format_report(report: dict) -> str:
+def summary(report: dict) -> list[str]:
+    """Counts over every (neuron, mu) row of a :func:`plateau_report`: kinds of the points and definiteness
+    of the inner Hessians, with a note when every H vanishes (sigma'' = 0 at the data, e.g. relu)."""
+    kinds = Counter(pt["kind"] for nr in report["neurons"] for pt in nr["points"])
+    inner = Counter(nr["definiteness"] for nr in report["neurons"])
+    rows = sum(kinds.values())
+    out = [f"summary: {len(report['neurons'])} neuron(s) x {len(report['mus'])} mu = {rows} points: "
+           + ", ".join(f"{kinds[k]} {k}" for k in ("minimum", "saddle", "degenerate") if kinds[k])
+           + "; inner Hessians " + ", ".join(f"{c} {k}" for k, c in sorted(inner.items()))]
+    if all(not np.any(nr["inner_eigenvalues"]) for nr in report["neurons"]):
+        act = report["activation"]
+        piecewise_linear = act.split(":")[0] in ("relu", "leaky_relu") or act == "monomial:1"
+        why = ("monomial:1 is linear" if act == "monomial:1" else f"{act} has sigma'' = 0 away from its kink"
+               if piecewise_linear else "the residuals l'(f(x_j), y_j) or the output weights a_i vanish")
+        out.append(f"  every inner Hessian is 0 ({why}), so second order decides nothing"
+                   + ("; split a network with a smooth activation (tanh, sigmoid, softplus)" if piecewise_linear
+                      else ""))
+    return out
+
+
+def format_report(report: dict, neurons: int | None = None) -> str:
     """The text ``flowfem landscape`` prints for a :func:`plateau_report` (optional extra keys:
-    network, data (names) and polish (dict of iterations, gradient_norm, converged))."""
+    network, data (names) and polish (dict of iterations, gradient_norm, converged)): the narrow
+    network, the :func:`summary` counts, and the table of every mu for the first ``neurons`` neurons
+    (None: all of them)."""
     r = report
     src = f"{r['network']}: " if "network" in r else ""
     data = f"data {r['data']}" if "data" in r else "data"
@@ -477,8 +500,10 @@ def format_report(report: dict) -> str:
     else:
         out.append(f"  NOT a strict local minimum (needs |grad L| <= {r['gtol']:g} and a positive definite "
                    "Hessian): the classification below does not apply; rerun with --polish (Newton) first")
+    out += summary(r)
     check = any("brute_force" in pt for nr in r["neurons"] for pt in nr["points"])
-    for nr in r["neurons"]:
+    shown = r["neurons"] if neurons is None else r["neurons"][:neurons]
+    for nr in shown:
         out.append(f"neuron {nr['index']}: w = {_vec(nr['w'], '.4g')}, "
                    f"b = {nr['b']:.4g}, a = {nr['a']:.4g}")
         out.append(f"  inner Hessian eigenvalues {_vec(nr['inner_eigenvalues'], '.3e')}"
@@ -493,4 +518,7 @@ def format_report(report: dict) -> str:
                 agree = "" if pt["brute_force"] == pt["kind"] else "  DISAGREES"
                 line += f"   {pt['brute_force']} (min eigenvalue {pt['split_min_eigenvalue']:.2e}){agree}"
             out.append(line.rstrip())
+    if len(shown) < len(r["neurons"]):
+        out.append(f"... {len(r['neurons']) - len(shown)} more neuron(s) not shown: --all prints every row, "
+                   "--json FILE writes them all")
     return "\n".join(out)

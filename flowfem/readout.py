@@ -4,7 +4,7 @@ A quadrature rule (theta_i, q_i) on Omega turns the network of a density,
 
     f_u(x) = integral_Omega sigma(theta . x~) u(theta) d theta,
 
-into a shallow network of width N (DESIGN.md section 1, "Readout"):
+into a shallow network of width N (docs/theory.md §9):
 
     f_N(x) = sum_i a_i sigma(theta_i . x~),   w_i, b_i = theta_i,  a_i = q_i u(theta_i).
 

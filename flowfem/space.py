@@ -10,7 +10,7 @@ feature is sigma(theta . x~) with x~ = (x, 1). Omega is meshed:
 
 The circle and the sphere are manifold meshes (geometric dimension d + 1,
 topological dimension d). They carry densities of *directions*, which is
-enough only for positively homogeneous activations (DESIGN.md section 1):
+enough only for positively homogeneous activations (docs/theory.md §10):
 ``Space.homogeneous_only`` says so.
 
 Meshes are first made as plain arrays (:class:`MeshArrays`) on rank 0, so

@@ -518,6 +518,7 @@ def test_flow_command_outputs_and_errors(tmp_path):
     assert np.all(np.diff(table["energy"]) <= 0) and table["error"][-1] <= 1e-6
     assert np.allclose(table["energy"], table["loss"] + table["regulariser"])
     assert r.stderr == ""  # no progress bar without a terminal
+    assert "warning:" not in r.stdout  # it reached --tol
     # the final density starts a new flow (density:PATH), which is already converged
     r = run([FLOWFEM, "flow", *ARGS, "--initial", f"density:{out}/density.npz", "--max-steps", "1",
              "--out", str(tmp_path / "again")], timeout=300)
@@ -533,3 +534,22 @@ def test_flow_command_outputs_and_errors(tmp_path):
         assert r.returncode == 2, (extra, r.stderr)
         assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not bad.exists()
+
+
+@pytest.mark.mpi
+def test_flow_that_stops_at_max_steps_says_so(tmp_path):
+    """A run ended by --max-steps before its tolerance prints one warning line with the distance and the
+    energy gap still left and the option to change; with --no-reference it says the distance is unknown."""
+    r = run([FLOWFEM, "flow", *ARGS, "--tol", "1e-6", "--max-steps", "2", "--out", str(tmp_path / "a")], timeout=300)
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stdout.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1, r.stdout
+    doc = json.load(open(tmp_path / "a" / "energy.json"))
+    last = doc["steps"][-1]
+    assert doc["stopped"].startswith("max_steps") and last["error"] > 1e-6
+    assert warnings[0].startswith("warning: stopped at --max-steps 2 (t = ") and "before reaching --tol 1e-06" in warnings[0]
+    assert f"||u - u*|| / ||u*|| = {last['error']:.3g} and E - E* = {last['gap']:.3g}" in warnings[0]
+    assert "--growth" in warnings[0] and "--max-steps" in warnings[0].split(";")[1]
+    r = run([FLOWFEM, "flow", *ARGS, "--max-steps", "2", "--no-reference", "--out", str(tmp_path / "b")], timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "before reaching the stationary state: the distance to u* is not known (--no-reference)" in r.stdout

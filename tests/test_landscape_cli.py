@@ -138,3 +138,40 @@ def test_classification_of_the_fixture_is_meaningful(files):
         warnings.simplefilter("error")
         for i in (0, 1):
             assert ls.classify_plateau(net, i, ds.x, ds.y, MUS).valid
+
+
+def test_wide_network_is_summarised_unless_all(files):
+    """By default: counts per kind over every neuron and mu, tables of the first three neurons and a line
+    naming --all; --all prints every neuron's table. The counts equal the JSON report's."""
+    tmp, ds, _ = files
+    rng = np.random.default_rng(5)
+    Network(rng.standard_normal((5, 1)), rng.standard_normal(5), rng.standard_normal(5), "tanh").save(
+        str(tmp / "wide.npz"))
+    out = tmp / "wide.json"
+    r = landscape("--network", tmp / "wide.npz", "--data", tmp / "d.csv", f"--mu={','.join(map(str, MUS))}",
+                  "--json", out)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    kinds = [pt["kind"] for nr in report["neurons"] for pt in nr["points"]]
+    summary = next(ln for ln in r.stdout.splitlines() if ln.startswith("summary:"))
+    assert summary.startswith(f"summary: 5 neuron(s) x {len(MUS)} mu = {len(kinds)} points: ")
+    for kind in ("minimum", "saddle", "degenerate"):
+        assert (f"{kinds.count(kind)} {kind}" in summary) == (kind in kinds), summary
+    assert [ln.split(":")[0] for ln in r.stdout.splitlines() if ln.startswith("neuron ")] == \
+        ["neuron 0", "neuron 1", "neuron 2"]
+    assert "... 2 more neuron(s) not shown: --all prints every row" in r.stdout
+    r = landscape("--network", tmp / "wide.npz", "--data", tmp / "d.csv", f"--mu={','.join(map(str, MUS))}", "--all")
+    assert r.returncode == 0, r.stderr
+    assert [ln.split(":")[0] for ln in r.stdout.splitlines() if ln.startswith("neuron ")] == \
+        [f"neuron {i}" for i in range(5)]
+    assert "not shown" not in r.stdout
+
+
+def test_relu_network_is_said_to_be_degenerate(files):
+    """relu has sigma'' = 0 away from its kink: every inner Hessian is 0, and the summary says why."""
+    tmp, _, _ = files
+    Network([[1.0], [-2.0]], [0.3, 0.1], [0.5, 1.0], "relu").save(str(tmp / "relu.npz"))
+    r = landscape("--network", tmp / "relu.npz", "--data", tmp / "d.csv", "--mu", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "summary: 2 neuron(s) x 1 mu = 2 points: 2 degenerate" in r.stdout
+    assert "every inner Hessian is 0" in r.stdout and "smooth activation" in r.stdout

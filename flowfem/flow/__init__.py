@@ -1,6 +1,6 @@
 """The gradient flow of E_alpha: the density's parabolic evolution toward the minimiser.
 
-In a metric g, the flow is (DESIGN.md section 1)
+In a metric g, the flow is (docs/theory.md §7; time stepping §8)
 
     g(du/dt, v) = -dE_alpha(u)[v]   for all v,
 

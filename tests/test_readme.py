@@ -1,0 +1,194 @@
+"""Every example in README.md runs as written.
+
+The commands are parsed out of README.md, not listed here, so a command added
+to the README (by anyone) is run too:
+
+* every line of an indented (4 spaces) or fenced code block that starts with
+  ``flowfem `` or ``mpirun -n P flowfem `` (a ``$ `` prompt and ``\\``
+  continuation lines are allowed) is one command. They run in README order,
+  in one fresh directory, through ``.venv/bin`` (``flowfem``, ``mpirun``),
+  so that later commands read what earlier ones wrote (``readout`` reads
+  ``results/sin``). The directory holds a copy of ``meshes/`` and the files
+  the README says stand for the user's own: ``data.csv`` (header x1,y) and
+  ``inputs.csv`` (header x1);
+* every ```` ```python ```` block is one script, run in a directory of its own.
+
+Each command must exit 0, print no ``warning:`` line (a README flow that
+stops at --max-steps, a solve that does not converge) and at most
+``MAX_LINES`` lines (the landscape example once printed 20,485). A flow must
+reach its tolerance and a landscape must apply (a strict local minimum).
+Every subcommand of ``flowfem`` must have at least one README example, so a
+renamed or removed subcommand fails here twice: its README command fails, and
+the new name has no example.
+
+Small sizes: the README's command text is run unchanged; only for the
+subcommands in ``SMALL`` are size options appended that the README line does
+not set itself (argparse takes the last value): ``compare`` runs 2 widths, 1
+seed and 50 steps instead of minutes of particle training. Everything else
+runs at the README's own size (about 1 minute in all on 2 busy cores).
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BIN, ROOT
+from flowfem import data
+
+pytestmark = pytest.mark.mpi  # starts processes (one command runs under mpirun); not rerun inside the MPI suite
+
+README = os.path.join(ROOT, "README.md")
+MAX_LINES = 100
+# size options appended (when the README line does not give them) to keep the test short
+SMALL = {"compare": ["--widths", "8,16", "--seeds", "0", "--steps", "50"]}
+COMMAND = re.compile(r"^(\$ )?(mpirun -n \d+ )?flowfem ")
+
+
+def code_blocks(text: str) -> list[tuple[str, list[str]]]:
+    """(language, lines) of every fenced block (language "" if none given) and every indented block
+    (language "", lines without their 4-space indent) of a Markdown text."""
+    blocks, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        fence = re.match(r"^\s*```+\s*(\w*)", line)
+        if fence:
+            body, i = [], i + 1
+            while i < len(lines) and not re.match(r"^\s*```", lines[i]):
+                body.append(lines[i])
+                i += 1
+            blocks.append((fence.group(1).lower(), body))
+        elif line.startswith("    ") and (i == 0 or not lines[i - 1].strip()):
+            body = []
+            while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+                body.append(lines[i][4:])
+                i += 1
+            blocks.append(("", body))
+            continue
+        i += 1
+    return blocks
+
+
+def readme_commands(text: str) -> list[str]:
+    """The flowfem command lines of the README's code blocks, in order (continuations joined)."""
+    commands = []
+    for lang, body in code_blocks(text):
+        if lang == "python":
+            continue
+        joined, pending = [], ""
+        for line in body:
+            if line.rstrip().endswith("\\"):
+                pending += line.rstrip()[:-1].strip() + " "
+                continue
+            joined.append(pending + line.strip())
+            pending = ""
+        commands += [c.removeprefix("$ ") for c in joined if COMMAND.match(c)]
+    return commands
+
+
+def python_snippets(text: str) -> list[str]:
+    return ["\n".join(body) + "\n" for lang, body in code_blocks(text) if lang == "python"]
+
+
+def subcommand(argv: list[str]) -> str:
+    return argv[argv.index("flowfem") + 1]
+
+
+TEXT = open(README, encoding="utf-8").read()
+COMMANDS = readme_commands(TEXT)
+SNIPPETS = python_snippets(TEXT)
+
+
+def environment() -> dict:
+    """The test's environment with .venv/bin first on PATH: the README's `flowfem` and `mpirun`."""
+    return dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""), PYTHONUNBUFFERED="1")
+
+
+class Session:
+    """The README's commands run in order in one directory, each once, when a test first needs it."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.results: list[subprocess.CompletedProcess] = []
+        shutil.copytree(os.path.join(ROOT, "meshes"), directory / "meshes")
+        data.save(data.synthetic("sin", 300, seed=7), str(directory / "data.csv"))
+        x = np.random.default_rng(8).uniform(-1, 1, 20)
+        np.savetxt(directory / "inputs.csv", x, header="x1", comments="", delimiter=",")
+
+    def argv(self, command: str) -> list[str]:
+        argv = shlex.split(command)
+        for option in SMALL.get(subcommand(argv), [])[::2]:
+            if option not in argv:
+                i = SMALL[subcommand(argv)].index(option)
+                argv += SMALL[subcommand(argv)][i:i + 2]
+        env = environment()
+        argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+        return argv
+
+    def result(self, k: int) -> subprocess.CompletedProcess:
+        while len(self.results) <= k:
+            argv = self.argv(COMMANDS[len(self.results)])
+            self.results.append(subprocess.run(argv, cwd=self.directory, env=environment(), capture_output=True,
+                                               text=True, timeout=600))
+        return self.results[k]
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    return Session(tmp_path_factory.mktemp("readme"))
+
+
+def test_the_readme_has_commands_and_a_python_example():
+    assert len(COMMANDS) >= 10 and SNIPPETS
+    assert all(subcommand(shlex.split(c)) for c in COMMANDS)
+
+
+def test_every_subcommand_has_a_readme_example():
+    from flowfem.cli import parser
+
+    subparsers = next(a for a in parser()._actions if a.dest == "command")
+    shown = {subcommand(shlex.split(c)) for c in COMMANDS}
+    missing = sorted(set(subparsers.choices) - shown)
+    assert not missing, f"flowfem subcommands without an example in README.md's command block: {missing}"
+
+
+@pytest.mark.parametrize("k", range(len(COMMANDS)), ids=COMMANDS)
+def test_readme_command_runs_as_written(session, k):
+    r = session.result(k)
+    shown = f"$ {shlex.join(session.argv(COMMANDS[k]))}\n{r.stdout}\n{r.stderr}"
+    assert r.returncode == 0, shown
+    lines = r.stdout.splitlines()
+    assert 0 < len(lines) <= MAX_LINES, shown
+    assert not [ln for ln in lines if ln.startswith("warning:")], shown
+    command = subcommand(shlex.split(COMMANDS[k]))
+    if command == "flow":  # the README's flow reaches its tolerance (or end time), not --max-steps
+        assert "max_steps" not in lines[0], shown
+    if command == "landscape":  # and its landscape is one where the classification applies
+        assert "a strict local minimum: the classification applies" in r.stdout, shown
+
+
+@pytest.mark.parametrize("k", range(len(SNIPPETS)))
+def test_readme_python_example_runs_as_written(tmp_path, k):
+    script = tmp_path / "example.py"
+    script.write_text(SNIPPETS[k])
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=environment(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, SNIPPETS[k] + r.stdout + r.stderr
+    assert r.stderr == "", r.stderr
+
+
+def test_the_parser_finds_what_a_reader_sees():
+    """Indented and fenced blocks, prompts and continuations; prose, errors and python blocks are not commands."""
+    text = ("Run\n\n    flowfem solve --data sin \\\n        --out a\n    make demo\n\n"
+            "flowfem trains networks; `flowfem mesh` in prose.\n\n"
+            "```sh\n$ mpirun -n 2 flowfem export --network n.npz\n```\n\n"
+            "      flowfem: error: a message\n\n"
+            "```python\nimport flowfem\n```\n")
+    assert readme_commands(text) == ["flowfem solve --data sin --out a",
+                                     "mpirun -n 2 flowfem export --network n.npz"]
+    assert python_snippets(text) == ["import flowfem\n"]
