@@ -11,7 +11,9 @@ to the README (by anyone) is run too:
   ``results/sin``). The directory holds a copy of ``meshes/`` and the files
   the README says stand for the user's own: ``data.csv`` (header x1,y) and
   ``inputs.csv`` (header x1);
-* every ```` ```python ```` block is one script, run in a directory of its own.
+* every ```` ```python ```` block is one script; they run in README order in
+  one directory of their own, as a reader runs them (the export example
+  loads the ``net.npz`` that the first example saved).
 
 Each command must exit 0, print no ``warning:`` line (a README flow that
 stops at --max-steps, a solve that does not converge) and at most
@@ -172,12 +174,30 @@ def test_readme_command_runs_as_written(session, k):
         assert "a strict local minimum: the classification applies" in r.stdout, shown
 
 
+class Scripts:
+    """The README's Python examples run in order in one directory, each once, when a test first needs it."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.results: list[subprocess.CompletedProcess] = []
+
+    def result(self, k: int) -> subprocess.CompletedProcess:
+        while len(self.results) <= k:
+            script = self.directory / f"example{len(self.results)}.py"
+            script.write_text(SNIPPETS[len(self.results)])
+            self.results.append(subprocess.run([sys.executable, str(script)], cwd=self.directory,
+                                               env=environment(), capture_output=True, text=True, timeout=600))
+        return self.results[k]
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory):
+    return Scripts(tmp_path_factory.mktemp("readme-python"))
+
+
 @pytest.mark.parametrize("k", range(len(SNIPPETS)))
-def test_readme_python_example_runs_as_written(tmp_path, k):
-    script = tmp_path / "example.py"
-    script.write_text(SNIPPETS[k])
-    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=environment(), capture_output=True,
-                       text=True, timeout=600)
+def test_readme_python_example_runs_as_written(scripts, k):
+    r = scripts.result(k)
     assert r.returncode == 0, SNIPPETS[k] + r.stdout + r.stderr
     assert r.stderr == "", r.stderr
 
