@@ -35,7 +35,9 @@
 #
 # 1. Regression in 1-D (y = sin(pi x)): a Gaussian initial density (the
 #    initialisation law N(0, s^2 I) of the neurons) flows to u*; we watch the
-#    energy gap against exp(-2 alpha t) and the density at a few times.
+#    energy gap against the bound implicit Euler obeys, prod_k (1 + tau_k alpha)^-2
+#    (not exp(-2 alpha t): large implicit steps contract less than the continuous
+#    flow), and the density at a few times.
 # 2. Classification in 2-D (two moons, labels -1/+1) with ReLU neurons on the
 #    sphere S^2 of directions and the logistic loss. The flow starts where a
 #    random finite network stands (its neurons projected onto the mesh) and
@@ -78,12 +80,12 @@ def snapshots(flow, U, steps, **run):
 
 
 def gathered(flow, U):
-    """(theta, u, U copy) with the dof coordinates and values on rank 0 (collective)."""
+    """(theta, u, cells, U copy): dof coordinates, values and mesh cells on rank 0 (collective)."""
     u = flow.E.H.function("u")
     u.x.petsc_vec.array[:] = U.array_r
     u.x.scatter_forward()
-    theta, values = io.gather_dofs(u)
-    return theta, values, U.copy()
+    theta, values, cells = plot.gather(u)
+    return theta, values, cells, U.copy()
 
 
 def regression(n, cells, alpha, comm, out):
@@ -136,9 +138,10 @@ def regression(n, cells, alpha, comm, out):
               f"(largest ratio to that bound: {metrics['max_error_ratio']:.4f}); observed rate while tau alpha "
               f"<= 0.1 (t <= {t[early]:.3g}): {rate_early:.3g} >= alpha = {alpha}")
     xg = np.linspace(-1, 1, 200)[:, None]
-    fits = {k: E.Phi.predict(v[1][2], xg) for k, v in kept.items()}
+    fits = {k: E.Phi.predict(v[1][3], xg) for k, v in kept.items()}
     if out and comm.rank == 0:
-        plot.energy_figure(os.path.join(out, "energy_1d.png"), result, title="sin, Gaussian start")
+        plot.energy_figure(os.path.join(out, "energy_1d.png"), result, title="sin, Gaussian start",
+                           quadratic=True)
         figure_1d(os.path.join(out, "densities_1d.png"), kept, fits, train, xg)
     flow.destroy()
     return metrics
@@ -172,9 +175,9 @@ def classification(n, refinements, alpha, width, comm, out):
     # Each implicit Euler step is now a Newton solve of
     # G (U - U^k) / tau + dE(U) = 0 (the logistic loss is not quadratic).
     result, kept = snapshots(flow, U, steps={1, 3}, tau=1.0, growth=4.0, tol=1e-6, max_steps=60)
-    accuracy = {k: float(np.mean(np.sign(E.Phi.predict(v[1][2], test.x)) == test.y)) for k, v in kept.items()}
+    accuracy = {k: plot.accuracy(E.Phi.predict(v[1][3], test.x), test.y) for k, v in kept.items()}
     xg = data_grid(train.x)
-    fields = {k: E.Phi.predict(v[1][2], xg) for k, v in kept.items()}
+    fields = {k: E.Phi.predict(v[1][3], xg) for k, v in kept.items()}
     D = U.copy()
     D.axpy(-1.0, U_star)
     metrics = dict(steps=result.steps, final_error=float(result.errors[-1]),
@@ -191,7 +194,8 @@ def classification(n, refinements, alpha, width, comm, out):
               f"{metrics['newton_per_step']}, ||u - u*|| / ||u*|| = {result.errors[-1]:.2e}")
         print("  test accuracy at t = " + ", ".join(f"{t:.3g}: {a:.3f}" for t, a in metrics["accuracy"].items()))
     if out and comm.rank == 0:
-        plot.energy_figure(os.path.join(out, "energy_moons.png"), result, title="two moons, logistic")
+        plot.energy_figure(os.path.join(out, "energy_moons.png"), result, title="two moons, logistic",
+                           quadratic=False)
         figure_moons(os.path.join(out, "moons.png"), kept, fields, train, xg, accuracy)
     flow.destroy()
     return metrics
@@ -204,40 +208,47 @@ def data_grid(x):
 
 
 def figure_1d(path, kept, fits, train, xg):
-    from flowfem.plot import _pyplot, density_axes
-
-    plt = _pyplot()
+    """The density at a few times (one colour scale: the last, u*'s) above the fit at those times."""
+    plt = plot._pyplot()
     keys = sorted(kept)
-    fig, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6.4))
+    norm = plot.symmetric_norm(kept[keys[-1]][1][1])
+    fig, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6.6), layout="constrained")
+    clipped = False
     for j, k in enumerate(keys):
-        t, (theta, u, _) = kept[k][0], kept[k][1]
-        density_axes(axes[0, j], theta, u, "box")
-        axes[0, j].set_title(f"u at t = {t:.3g} (step {k})")
-        axes[1, j].plot(train.x[:, 0], train.y, ".", ms=2, alpha=0.3)
-        axes[1, j].plot(xg[:, 0], fits[k], "k")
+        t, (theta, u, cells, _) = kept[k][0], kept[k][1]
+        title = f"u at t = {t:.3g} (step {k})"
+        if np.abs(u).max() > norm.vmax * (1 + 1e-12):
+            title += f"\nclipped: max |u| = {np.abs(u).max():.3g}"
+            clipped = True
+        m = plot.density_axes(axes[0, j], theta, u, cells, norm=norm, title=title)
+        axes[1, j].plot(train.x[:, 0], train.y, ".", ms=2, alpha=0.3, label="data")
+        axes[1, j].plot(xg[:, 0], fits[k], "k", label="$f_u$")
+        axes[1, j].set_xlabel("x")
+        axes[1, j].set_ylabel("y, $f_u(x)$")
         axes[1, j].set_title(r"$f_u$" + f" at t = {t:.3g}")
-    fig.tight_layout()
+    axes[1, 0].legend(fontsize=8)
+    fig.colorbar(m, ax=list(axes[0]), label="u (scale of the last frame)", extend="both" if clipped else "neither")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def figure_moons(path, kept, fields, train, xg, accuracy):
-    from flowfem.plot import _pyplot, density_axes
-
-    plt = _pyplot()
+    """The density on S^2 at a few times (one colour scale: the last, u*'s) above the classifier:
+    f_u, its decision boundary f_u = 0 and the data by class, with the test accuracy."""
+    plt = plot._pyplot()
     keys = sorted(kept)
-    fig, axes = plt.subplots(2, len(keys), figsize=(3.8 * len(keys), 6.6))
-    g0, g1 = xg[:, 0].reshape(120, 120), xg[:, 1].reshape(120, 120)
+    norm = plot.symmetric_norm(kept[keys[-1]][1][1])
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.6 * len(keys), 7.0), layout="constrained")
+    clipped = False
     for j, k in enumerate(keys):
-        t, (theta, u, _) = kept[k][0], kept[k][1]
-        density_axes(axes[0, j], theta, u, "sphere")
-        axes[0, j].set_title(f"u on S^2 at t = {t:.3g}")
-        ax = axes[1, j]
-        ax.contourf(g0, g1, fields[k].reshape(g0.shape), levels=20, cmap="RdBu_r")
-        ax.contour(g0, g1, fields[k].reshape(g0.shape), levels=[0.0], colors="k", linewidths=1.5)
-        ax.scatter(train.x[:, 0], train.x[:, 1], c=train.y, s=4, cmap="RdBu_r", edgecolors="k", linewidths=0.1)
-        ax.set_title(f"f_u = 0 at t = {t:.3g}: test acc. {accuracy[k]:.3f}")
-    fig.tight_layout()
+        t, (theta, u, cells, _) = kept[k][0], kept[k][1]
+        title = f"u on S^2 at t = {t:.3g}"
+        if np.abs(u).max() > norm.vmax * (1 + 1e-12):
+            title += f"\nclipped: max |u| = {np.abs(u).max():.3g}"
+            clipped = True
+        m = plot.density_axes(axes[0, j], theta, u, cells, norm=norm, title=title)
+        plot.fit_axes(axes[1, j], train.x, train.y, xg, fields[k], "logistic", f"t = {t:.3g}", accuracy[k])
+    fig.colorbar(m, ax=list(axes[0]), label="u (scale of the last frame)", extend="both" if clipped else "neither")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

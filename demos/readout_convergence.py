@@ -153,19 +153,24 @@ def plot(metrics: dict, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), constrained_layout=True)
     N = np.array(metrics["N"])
-    for ax, key, title in [(axes[0], "error", r"$\|f_N - f_u\|_{L^2(\mathrm{data})}$"),
-                           (axes[1], "gap", r"$|E_\alpha[f_N] - E_\alpha[f_u]|$")]:
+    for ax, key, title, label in [
+            (axes[0], "error", r"$\|f_N - f_u\|_{L^2(\mathrm{data})}$", "readout error on the data"),
+            (axes[1], "gap", r"$|E_\alpha[f_N] - E_\alpha[f_u]|$", "energy gap to the continuum")]:
         for rule, marker in zip(RULES, "osd"):
             p = metrics["slope_" + key][rule]
             ax.loglog(N, metrics[key][rule], marker=marker, label=f"{rule} (slope {p:+.2f})")
         ax.loglog(N, metrics[key]["quadrature"][0] * N[0] / N, "k:", lw=1, label=r"$N^{-1}$")
         ax.loglog(N, metrics[key]["sample"][0] * np.sqrt(N[0] / N), "k--", lw=1, label=r"$N^{-1/2}$")
+        ax.set_xticks(N, [str(int(n)) for n in N])  # the widths run, not the decades
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("width N")
+        ax.set_ylabel(label)
         ax.set_title(title)
-        ax.legend()
+        ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: off the data
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -236,7 +236,8 @@ def cmd_flow(args, comm) -> None:
         summary.update(provenance.record(args, comm, *args.mesh_options))
         io.write_log(tmp, result, comm, extra=summary)
         if not args.no_plot and comm.rank == 0:
-            plot.energy_figure(os.path.join(tmp, "energy.png"), result, title=args.data)
+            plot.energy_figure(os.path.join(tmp, "energy.png"), result, title=args.data,
+                              quadratic=problem.loss.quadratic)
     if comm.rank == 0:
         last = result.log[-1]
         err = "" if not np.isfinite(last["error"]) else f", ||u - u*||_G / ||u*||_G = {last['error']:.3e}"

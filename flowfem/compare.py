@@ -202,7 +202,12 @@ class Comparison:
         fields = [u] + [d.function for d in self.densities.values()]
         for (m, N, s), d in self.densities.items():
             d.function.name = f"particles_{m}_N{N}_seed{s}"
-        gathered = [io.gather_dofs(f) for f in fields] if plot else []  # collective
+        if plot:  # the flag, not the module: import the gathering function by name
+            from flowfem.plot import gather
+
+            gathered = [gather(f) for f in fields]  # collective: coordinates, values and cells on rank 0
+        else:
+            gathered = []
         with outputs.output_directory(out, comm, force) as tmp:
             io.write_vtx(os.path.join(tmp, "densities.bp"), fields)
             io.write_xdmf(os.path.join(tmp, "densities.xdmf"), fields)

@@ -351,14 +351,7 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
         _data.save_predictions(os.path.join(directory, "predictions.csv"), test.x, f_test, test.y)
     write_json(os.path.join(directory, "metrics.json"), metrics, comm)
     if plot:
-        xg = _plot.grid(train.x)
-        fg = result.predict(xg)
-        theta, values = gather_dofs(result.density)
-        if comm.rank == 0:
-            fit = (f"test RMSE {metrics['test_rmse']:.2e}" if "test_rmse" in metrics
-                   else f"test accuracy {metrics['test_accuracy']:.3f}")
-            _plot.solution_figure(os.path.join(directory, "figure.png"), theta, values, space.domain,
-                                  train.x, train.y, xg, fg, title=f"{train.name}: {fit}")
+        _plot.write_solution_figure(os.path.join(directory, "figure.png"), result, train, test, f_test)
 
 
 # -- the gradient flow's trajectory and energy log ------------------------------------------

@@ -1,10 +1,30 @@
-"""Figures (matplotlib, Agg backend; drawn on rank 0 from gathered arrays)."""
+"""Figures (matplotlib, Agg backend): densities drawn on their mesh, fits, flow energy, comparisons.
+
+Every drawing function runs on rank 0 from arrays gathered beforehand by the
+collective :func:`gather` (dof coordinates, values and the mesh's cells as
+vertex-dof indices), so a figure is the same on any number of ranks.
+
+A density u on parameter space is drawn according to its mesh (:func:`kind`):
+
+* ``curve`` (the circle S^1, intervals in the plane): u against the direction angle;
+* ``plane`` (triangles in the plane, d = 1): tripcolor of the mesh's triangles in (w, b);
+* ``surface`` (triangles in space: the sphere S^2, d = 2): tripcolor in longitude and
+  latitude of theta/|theta| in degrees; triangles that cross the seam at +-180 degrees are
+  drawn on both sides, those around a pole are drawn as bands reaching latitude +-90;
+* ``volume`` (tetrahedra, d = 2): tripcolor of the exact cut of the mesh by the planes
+  b = const (:data:`SLICES` of them), one panel each, in (w1, w2).
+
+Panels that compare densities share one symmetric colour norm and one colour bar.
+"""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
+
+SLICES = 4  # panels of a density on a 3-D mesh: cuts at b = const
+POLE = 1.0 - 1e-9  # |z| of a unit vector at a pole (its longitude is undefined)
 
 
 def _pyplot():
@@ -16,30 +36,245 @@ def _pyplot():
     return plt
 
 
-def density_axes(ax, theta: np.ndarray, u: np.ndarray, domain: str) -> None:
-    """Draw u over parameter space: heat map (2-D), curve over the angle (circle), or map (sphere/3-D)."""
-    if theta.shape[1] == 2 and domain == "circle":
-        phi = np.arctan2(theta[:, 1], theta[:, 0])
+# -- gathering (collective) ---------------------------------------------------------------------
+
+
+def gather(u) -> tuple[np.ndarray, np.ndarray, np.ndarray] | tuple[None, None, None]:
+    """u's dof coordinates theta (N, gdim), values (N,) and cells (C, k) on rank 0 (None elsewhere).
+
+    Collective. Rows are in the global dof numbering; ``cells[c]`` are the rows of the k vertex
+    dofs of cell c (k = 2 intervals, 3 triangles, 4 tetrahedra; for P2 and higher the other
+    dofs are dropped: the figure is the P1 interpolant on the vertices). Each cell appears once
+    (owned cells only).
+    """
+    V = u.function_space
+    mesh = V.mesh
+    comm = mesh.comm
+    imap = V.dofmap.index_map
+    n = imap.size_local
+    tdim = mesh.topology.dim
+    owned_cells = mesh.topology.index_map(tdim).size_local
+    vertices = tdim + 1  # simplices: basix numbers the vertex dofs first
+    local = V.dofmap.list[:owned_cells, :vertices]
+    cells = imap.local_to_global(local.ravel().astype(np.int32)).reshape(local.shape)
+    X = V.tabulate_dof_coordinates()[:n, : mesh.geometry.dim]
+    parts = comm.gather((imap.local_range[0], X, u.x.array[:n].copy(), cells), root=0)
+    if comm.rank != 0:
+        return None, None, None
+    N = imap.size_global
+    theta, values = np.empty((N, X.shape[1])), np.empty(N)
+    for start, Xr, ur, _ in parts:
+        theta[start:start + len(ur)], values[start:start + len(ur)] = Xr, ur
+    return theta, values, np.vstack([p[3] for p in parts]).astype(np.int64)
+
+
+# -- densities ----------------------------------------------------------------------------------
+
+
+def kind(theta: np.ndarray, cells: np.ndarray) -> str:
+    """``curve``, ``plane``, ``surface`` or ``volume`` from the space dimension and cell size."""
+    gdim, k = theta.shape[1], cells.shape[1]
+    kinds = {(2, 2): "curve", (2, 3): "plane", (3, 3): "surface", (3, 4): "volume"}
+    if (gdim, k) not in kinds:
+        raise ValueError(f"no figure for cells of {k} vertices in {gdim}-D parameter space")
+    return kinds[(gdim, k)]
+
+
+def panels(theta: np.ndarray, cells: np.ndarray) -> int:
+    """Number of axes a density takes: :data:`SLICES` for a volume mesh, else 1."""
+    return SLICES if kind(theta, cells) == "volume" else 1
+
+
+def symmetric_norm(values: np.ndarray):
+    """Normalize(-m, m) with m = max |values| over the finite values (1 if none is nonzero): zero is the
+    colour map's middle."""
+    from matplotlib.colors import Normalize
+
+    values = np.asarray(values)
+    m = float(np.max(np.abs(values[np.isfinite(values)]), initial=0.0))  # a diverged run's inf sets no scale
+    return Normalize(-m if m > 0 else -1.0, m if m > 0 else 1.0)
+
+
+def _wrap(d):
+    """Angle differences in degrees mapped to [-180, 180)."""
+    return (np.asarray(d) + 180.0) % 360.0 - 180.0
+
+
+def _flat(x: np.ndarray, y: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """Triangles of zero area (to rounding): Agg's Gouraud shading draws them as white hairlines."""
+    a = (x[tris[:, 1]] - x[tris[:, 0]]) * (y[tris[:, 2]] - y[tris[:, 0]]) \
+        - (x[tris[:, 2]] - x[tris[:, 0]]) * (y[tris[:, 1]] - y[tris[:, 0]])
+    scale = max(np.ptp(x), np.ptp(y), np.finfo(float).tiny) ** 2
+    return np.abs(a) <= 1e-12 * scale
+
+
+def sphere_triangles(theta: np.ndarray, u: np.ndarray, cells: np.ndarray):
+    """The sphere's triangles in longitude/latitude degrees, ready for tripcolor.
+
+    Returns (lon (P,), lat (P,), values (P,), triangles (T, 3), source (T,)): each drawn
+    triangle has its own three points, ``source`` is the mesh cell it comes from. A cell whose
+    unwrapped longitudes leave [-180, 180] is drawn a second time shifted by -+360 (the axes
+    clip both halves at the seam); a cell around a pole, or with a vertex at a pole, becomes the
+    bands between its edges and latitude +-90 (value there: the pole vertex's, else the cell's
+    mean), so every cell is covered without a smear across the map.
+    """
+    r = np.linalg.norm(theta, axis=1)
+    z = theta[:, 2] / np.maximum(r, 1e-300)
+    lon = np.degrees(np.arctan2(theta[:, 1], theta[:, 0]))
+    lat = np.degrees(np.arcsin(np.clip(z, -1.0, 1.0)))
+    pole = np.abs(z) >= POLE
+    P, V, T, S = [], [], [], []  # points (lon, lat), values, triangles, source cells
+
+    def add(points, values, tris, c):
+        base = len(P)
+        P.extend(points)
+        V.extend(values)
+        for t in tris:
+            T.append([base + i for i in t])
+            S.append(c)
+
+    for c, (i, j, k) in enumerate(cells):
+        tri = [i, j, k]
+        winding = _wrap(lon[j] - lon[i]) + _wrap(lon[k] - lon[j]) + _wrap(lon[i] - lon[k])
+        rim = [v for v in tri if not pole[v]]
+        if pole[tri].any() or abs(winding) > 180.0:
+            # bands from each edge of the rim (the non-pole vertices) up to the pole
+            cap = 90.0 * np.sign(np.mean(z[tri]))
+            at_pole = [v for v in tri if pole[v]]
+            mean = float(u[at_pole[0]] if at_pole else np.mean(u[tri]))  # the pole vertex's value if it has one
+            edges = list(zip(rim, rim[1:] + rim[:1])) if len(rim) == 3 else [tuple(rim)] if len(rim) == 2 else []
+            for a, b in edges:
+                la = lon[a]
+                lb = la + _wrap(lon[b] - la)
+                add([(la, lat[a]), (lb, lat[b]), (lb, cap), (la, cap)], [u[a], u[b], mean, mean],
+                     [(0, 1, 2), (0, 2, 3)], c)
+        else:
+            la = lon[i]
+            add([(la, lat[i]), (la + _wrap(lon[j] - la), lat[j]), (la + _wrap(lon[k] - la), lat[k])],
+                [u[i], u[j], u[k]], [(0, 1, 2)], c)
+    P, V, T, S = np.array(P, float).reshape(-1, 2), np.array(V, float), np.array(T, int).reshape(-1, 3), np.array(S)
+    # the copies across the seam
+    lo, hi = P[T].min(axis=1)[:, 0], P[T].max(axis=1)[:, 0]
+    extra_P, extra_V, extra_T, extra_S = [P], [V], [T], [S]
+    count = len(P)
+    for cross, shift in ((lo < -180.0, 360.0), (hi > 180.0, -360.0)):
+        tris = T[cross]
+        pts = P[tris.ravel()] + [shift, 0.0]
+        extra_P.append(pts)
+        extra_V.append(V[tris.ravel()])
+        extra_T.append(count + np.arange(len(pts)).reshape(-1, 3))
+        extra_S.append(S[cross])
+        count += len(pts)
+    P, T, S = np.vstack(extra_P), np.vstack(extra_T), np.concatenate(extra_S)
+    keep = ~_flat(P[:, 0], P[:, 1], T)
+    return P[:, 0], P[:, 1], np.concatenate(extra_V), T[keep], S[keep]
+
+
+def slice_triangles(theta: np.ndarray, u: np.ndarray, cells: np.ndarray, b: float):
+    """The cut of a tetrahedral mesh by the plane theta_3 = b, with u's P1 interpolant on it.
+
+    Returns (w1 (P,), w2 (P,), values (P,), triangles (T, 3)): each tetrahedron that the plane
+    crosses gives a triangle or a quadrilateral (two triangles) with vertices on its edges,
+    values interpolated linearly along those edges. A vertex on the plane counts as above it,
+    so a face in the plane is cut once; cuts of zero area (through a vertex or an edge) are dropped.
+    """
+    s = theta[cells, 2] - b  # (C, 4)
+    above = s >= 0
+    n_above = above.sum(axis=1)
+    cut = (n_above > 0) & (n_above < 4)
+    C, s, above = cells[cut], s[cut], above[cut]
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    pts, vals, valid = [], [], []
+    for a, c in pairs:
+        crosses = above[:, a] != above[:, c]
+        t = np.where(crosses, s[:, a] / np.where(crosses, s[:, a] - s[:, c], 1.0), 0.0)[:, None]
+        pa, pc = theta[C[:, a], :2], theta[C[:, c], :2]
+        pts.append(pa + t * (pc - pa))
+        vals.append(u[C[:, a]] + t[:, 0] * (u[C[:, c]] - u[C[:, a]]))
+        valid.append(crosses)
+    pts, vals, valid = np.stack(pts, 1), np.stack(vals, 1), np.stack(valid, 1)  # (C, 6, 2), (C, 6), (C, 6)
+    # order each polygon's 3 or 4 points by angle about its centre (invalid points last)
+    centre = (pts * valid[..., None]).sum(1) / valid.sum(1)[:, None]
+    angle = np.where(valid, np.arctan2(pts[..., 1] - centre[:, None, 1], pts[..., 0] - centre[:, None, 0]), np.inf)
+    order = np.argsort(angle, axis=1)[:, :4]
+    pts = np.take_along_axis(pts, order[..., None], 1)
+    vals = np.take_along_axis(vals, order, 1)
+    quad = valid.sum(1) == 4
+    base = 4 * np.arange(len(C))
+    tris = np.vstack([np.column_stack([base, base + 1, base + 2]), np.column_stack([base, base + 2, base + 3])[quad]])
+    w1, w2 = pts[..., 0].ravel(), pts[..., 1].ravel()
+    tris = tris[~_flat(w1, w2, tris)]
+    used, tris = np.unique(tris, return_inverse=True)  # drop the unused fourth slot of triangles
+    return w1[used], w2[used], vals.ravel()[used], tris.reshape(-1, 3)
+
+
+def slice_levels(theta: np.ndarray, count: int = SLICES) -> np.ndarray:
+    """The b values of the cuts: centres of ``count`` equal parts of the mesh's range of theta_3."""
+    lo, hi = float(theta[:, 2].min()), float(theta[:, 2].max())
+    return lo + (hi - lo) * (np.arange(count) + 0.5) / count
+
+
+def density_axes(axes, theta: np.ndarray, u: np.ndarray, cells: np.ndarray, norm=None, title: str = "density u"):
+    """Draw u on its mesh into ``axes`` (one Axes, or :func:`panels` of them for a volume mesh).
+
+    ``norm``: the colour norm (default :func:`symmetric_norm` of u), shared by the caller's
+    panels. Returns the colour mappable (None for a curve); the caller adds the colour bar.
+    """
+    shape = kind(theta, cells)
+    axes = list(np.atleast_1d(axes))
+    norm = symmetric_norm(u) if norm is None else norm
+    ax = axes[0]
+    if shape == "curve":
+        phi = np.degrees(np.arctan2(theta[:, 1], theta[:, 0]))
         o = np.argsort(phi)
         ax.plot(phi[o], u[o])
-        ax.set_xlabel(r"direction angle of $\theta=(w,b)$")
+        ax.set_xlabel(r"direction angle of $\theta=(w,b)$ (degrees)")
         ax.set_ylabel("u")
-    elif theta.shape[1] == 2:
-        m = ax.tripcolor(theta[:, 0], theta[:, 1], u, shading="gouraud", cmap="RdBu_r",
-                         vmin=-np.abs(u).max(), vmax=np.abs(u).max())
-        ax.figure.colorbar(m, ax=ax, label="u")
+        ax.set_xlim(-180, 180)
+        ax.set_xticks(np.arange(-180, 181, 90))
+        ax.set_title(title)
+        return None
+    if shape == "plane":
+        m = ax.tripcolor(theta[:, 0], theta[:, 1], cells, u, shading="gouraud", cmap="RdBu_r", norm=norm)
         ax.set_xlabel("w")
         ax.set_ylabel("b")
         ax.set_aspect("equal")
-    else:
-        r = np.linalg.norm(theta, axis=1)
-        lon = np.arctan2(theta[:, 1], theta[:, 0])
-        lat = np.arcsin(np.clip(theta[:, 2] / np.maximum(r, 1e-300), -1, 1))
-        m = ax.scatter(lon, lat, c=u, s=4, cmap="RdBu_r", vmin=-np.abs(u).max(), vmax=np.abs(u).max())
-        ax.figure.colorbar(m, ax=ax, label="u")
-        ax.set_xlabel(r"longitude of $\theta$")
-        ax.set_ylabel(r"latitude of $\theta$")
-    ax.set_title("density u")
+        ax.set_title(title)
+        return m
+    if shape == "surface":
+        lon, lat, values, tris, _ = sphere_triangles(theta, u, cells)
+        m = ax.tripcolor(lon, lat, tris, values, shading="gouraud", cmap="RdBu_r", norm=norm)
+        ax.set_xlim(-180, 180)
+        ax.set_ylim(-90, 90)
+        ax.set_xticks(np.arange(-180, 181, 90))
+        ax.set_yticks(np.arange(-90, 91, 45))
+        ax.set_aspect("equal")
+        ax.set_xlabel(r"longitude of $\theta/|\theta|$: atan2($w_2$, $w_1$) (degrees)")
+        ax.set_ylabel(r"latitude: arcsin($b/|\theta|$) (degrees)")
+        ax.set_title(title)
+        return m
+    if len(axes) != SLICES:
+        raise ValueError(f"a density on a 3-D mesh is drawn as {SLICES} slices: give {SLICES} axes, got {len(axes)}")
+    lo, hi = theta[:, :2].min(axis=0), theta[:, :2].max(axis=0)
+    m = None
+    for ax, b in zip(axes, slice_levels(theta)):
+        w1, w2, values, tris = slice_triangles(theta, u, cells, b)
+        m = ax.tripcolor(w1, w2, tris, values, shading="gouraud", cmap="RdBu_r", norm=norm)
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_aspect("equal")
+        ax.set_xlabel(r"$w_1$")
+        ax.set_ylabel(r"$w_2$")
+        ax.set_title(f"{title}, b = {b:.3g}")
+    return m
+
+
+def _colorbar(fig, mappable, axes, label="u", extend="neither"):
+    if mappable is not None:
+        fig.colorbar(mappable, ax=list(np.ravel(axes)), label=label, extend=extend, shrink=0.9)
+
+
+# -- fits ----------------------------------------------------------------------------------------
 
 
 def grid(x: np.ndarray) -> np.ndarray:
@@ -51,81 +286,171 @@ def grid(x: np.ndarray) -> np.ndarray:
     return np.column_stack([g0.ravel(), g1.ravel()])
 
 
-def fit_axes(ax, x: np.ndarray, y: np.ndarray, xg: np.ndarray, fg: np.ndarray, title: str = "fit") -> None:
-    """1-D: data and f_u; 2-D: f_u over the data's box, its zero level and the data coloured by y.
+def accuracy(f: np.ndarray, y: np.ndarray) -> float:
+    """Share of labels y in {-1, +1} that sign(f) predicts (f = 0 counts as wrong)."""
+    return float(np.mean(np.sign(f) == y))
 
-    ``xg`` = grid(x) and ``fg`` the predictions there (computed collectively beforehand).
+
+def fit_axes(ax, x: np.ndarray, y: np.ndarray, xg: np.ndarray, fg: np.ndarray, loss: str = "squared",
+             title: str = "fit", test_accuracy: float | None = None):
+    """Draw the fit f_u with the data (x (n, d), y (n,)); ``xg`` = grid(x), ``fg`` f_u there.
+
+    d = 1: the data and the curve f_u. d = 2, squared loss: a heat map of f_u over the data's
+    box with the data coloured by y in the same colour norm (a point's colour against its
+    background is its residual). d = 2, logistic loss: the heat map of f_u, the decision
+    boundary f_u = 0 and the data by class; the title gives ``test_accuracy`` (required).
+    Returns the heat map's mappable (None for d = 1); the caller adds the colour bar.
     """
+    classify = loss == "logistic"
+    if classify and test_accuracy is None:
+        raise ValueError("a classification figure states its accuracy: give test_accuracy")
+    if classify:
+        title = f"{title}: test accuracy {test_accuracy:.3f}"
+    ax.set_title(title)
     if x.shape[1] == 1:
         ax.plot(x[:, 0], y, ".", ms=3, alpha=0.5, label="data")
         ax.plot(xg[:, 0], fg, "k", lw=1.5, label=r"$f_u$")
+        if classify:
+            ax.axhline(0.0, color="grey", lw=0.8, ls=":", label="decision level f = 0")
         ax.set_xlabel("x")
-        ax.legend()
-    else:
-        g0, g1 = xg[:, 0].reshape(120, 120), xg[:, 1].reshape(120, 120)
-        f = fg.reshape(g0.shape)
-        m = ax.contourf(g0, g1, f, levels=20, cmap="RdBu_r")
+        ax.set_ylabel("y (labels -1/+1), $f_u(x)$" if classify else "y, $f_u(x)$")
+        ax.legend(fontsize=8)
+        return None
+    from matplotlib.colors import Normalize
+
+    g0, g1 = xg[:, 0].reshape(120, 120), xg[:, 1].reshape(120, 120)
+    f = fg.reshape(g0.shape)
+    ax.set_xlabel("x1")
+    ax.set_ylabel("x2")
+    ax.set_aspect("equal")
+    if classify:
+        m = ax.pcolormesh(g0, g1, f, shading="gouraud", cmap="RdBu_r", norm=symmetric_norm(f))
         ax.contour(g0, g1, f, levels=[0.0], colors="k", linewidths=1.5)
-        ax.scatter(x[:, 0], x[:, 1], c=y, s=6, cmap="RdBu_r", edgecolors="k", linewidths=0.2)
-        ax.figure.colorbar(m, ax=ax, label=r"$f_u$")
-        ax.set_xlabel("x1")
-        ax.set_ylabel("x2")
-    ax.set_title(title)
+        for label, colour, marker in ((-1, "tab:blue", "o"), (1, "tab:red", "^")):
+            sel = y == label
+            ax.scatter(x[sel, 0], x[sel, 1], s=10, c=colour, marker=marker, edgecolors="k", linewidths=0.3,
+                       label=f"y = {label:+d}")
+        ax.plot([], [], "k", lw=1.5, label="decision boundary $f_u = 0$")
+        ax.legend(fontsize=7, loc="best")
+        return m
+    norm = Normalize(min(f.min(), y.min()), max(f.max(), y.max()))  # one scale: f_u and y
+    m = ax.pcolormesh(g0, g1, f, shading="gouraud", cmap="viridis", norm=norm)
+    ax.scatter(x[:, 0], x[:, 1], c=y, s=12, cmap="viridis", norm=norm, edgecolors="w", linewidths=0.4)
+    return m
 
 
-def solution_figure(path: str, theta, u, domain, x, y, xg, fg, title: str = "fit") -> None:
-    """The density next to the fit, saved as PNG (call on one rank)."""
+def solution_figure(path: str, theta, u, cells, x, y, xg, fg, loss: str = "squared", title: str = "fit",
+                    test_accuracy: float | None = None):
+    """The density on its mesh next to the fit, saved as PNG (call on one rank; arrays from
+    :func:`gather`, :func:`grid` and the collective predictions). Returns the (closed) Figure."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    density_axes(axes[0], theta, u, domain)
-    fit_axes(axes[1], x, y, xg, fg, title)
-    fig.tight_layout()
+    n = panels(theta, cells)
+    fig = plt.figure(figsize=(14, 7) if n > 1 else (12, 4.6), layout="constrained")
+    if n > 1:  # the slices in a square block on the left, the fit on the right
+        left, right = fig.subfigures(1, 2, width_ratios=[1.1, 1])
+        dens_axes = left.subplots(2, (n + 1) // 2).ravel()
+        fit_ax = right.subplots(1, 1)
+        owner_d, owner_f = left, right
+    else:
+        dens_axes, fit_ax = fig.subplots(1, 2)
+        owner_d = owner_f = fig
+    m = density_axes(dens_axes, theta, u, cells)
+    _colorbar(owner_d, m, dens_axes)
+    mf = fit_axes(fit_ax, x, y, xg, fg, loss, title, test_accuracy)
+    _colorbar(owner_f, mf, fit_ax, label="$f_u(x)$ (logit)" if loss == "logistic" else "$f_u(x)$; points: data y, same scale")
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
-def energy_figure(path: str, result, title: str = "") -> None:
-    """A flow's E(t) - E* on a log scale with the theoretical exp(-2 lambda t) (E(0) - E*), and the error
-    ||u - u*||_G / ||u*||_G against exp(-lambda t) (``result``: a :class:`flowfem.flow.FlowResult`; call on one rank)."""
+def write_solution_figure(path: str, result, train, test, f_test: np.ndarray):
+    """figure.png of a :class:`flowfem.problem.Result` (collective: predictions and gathering on
+    every rank, drawing on rank 0). ``f_test``: f_u on the test inputs, for the title (test RMSE,
+    or test accuracy for the logistic loss). Returns the (closed) Figure on rank 0, else None."""
+    loss = result.problem.loss.name
+    xg = grid(train.x)
+    fg = result.predict(xg)
+    theta, values, cells = gather(result.density)
+    if result.problem.space.comm.rank != 0:
+        return None
+    if loss == "logistic":
+        return solution_figure(path, theta, values, cells, train.x, train.y, xg, fg, loss, train.name,
+                               accuracy(f_test, test.y))
+    rmse = float(np.sqrt(np.mean((f_test - test.y) ** 2)))
+    return solution_figure(path, theta, values, cells, train.x, train.y, xg, fg, loss,
+                           f"{train.name}: f_u and data, test RMSE {rmse:.2e}")
+
+
+# -- the gradient flow ----------------------------------------------------------------------------
+
+
+PLATEAU = 2.0  # the distance bound is drawn down to this times the smallest distance the run reached
+
+
+def energy_figure(path: str, result, title: str = "", quadratic: bool = False):
+    """A flow's energy gap E(t) - E* and distance ||u - u*||_G / ||u*||_G against t (log scales),
+    each with the bound proven for the scheme that ran (:func:`flowfem.flow.bounds.flow_bounds`; ``quadratic``: the
+    loss is the squared loss, which proves more). ``result``: a :class:`flowfem.flow.FlowResult`;
+    call on one rank. Steps are drawn as markers at t_k > 0 (log axis when they span 1.5 decades);
+    the values at t = 0 are in the legend.
+
+    The bounds are for exact solves. The computed distance stops falling where the inexact
+    solves (of the steps and of u*; tolerances rtol and step_rtol of :class:`flowfem.flow.Flow`,
+    amplified by the conditioning ~ 1/alpha) meet it, and the computed gap at the rounding of E:
+    the distance bound is drawn down to :data:`PLATEAU` x the smallest distance reached, the gap
+    bound down to 64 ulps of E, both floors marked where the run reaches them.
+    Returns the (closed) Figure."""
     plt = _pyplot()
-    t, E = result.times, result.energies
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    t, E, err = result.times, result.energies, result.errors
+    from flowfem.flow.bounds import flow_bounds
+
+    err_bound, gap_bound, label = flow_bounds(result, quadratic)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    later = t > 0
     ax = axes[0]
-    lam = result.lam
     if result.energy_star is not None:
         gap = E - result.energy_star
-        pos = gap > 0
-        ax.semilogy(t[pos], gap[pos], "o-", ms=3, label=r"$E_\alpha(u(t)) - E_\alpha(u^*)$")
-        tt = np.linspace(0, t.max() if t.max() > 0 else 1.0, 400)
-        ax.semilogy(tt, gap[0] * np.exp(-2 * lam * tt), "k--", lw=1,
-                    label=rf"$e^{{-2\lambda t}}(E(0) - E^*)$, $\lambda$ = {lam:.3g}")
-        floor = max(gap[pos].min() if pos.any() else 1e-300, 1e-300)
-        ax.set_ylim(bottom=0.1 * floor, top=10 * max(gap[0], floor))
-        ax.set_ylabel("energy gap")
+        floor = 64 * np.finfo(float).eps * max(abs(result.energy_star), abs(E).max())
+        shown = later & (gap > floor)  # below a few ulps of E* the gap is rounding, not the flow
+        ax.loglog(t[shown], gap[shown], "o-", ms=3, label=rf"$E_\alpha(u_k) - E_\alpha(u^*)$ ($t=0$: {gap[0]:.3g})")
+        if gap_bound is not None:
+            ax.loglog(t[later], np.maximum(gap_bound[later], floor), "k--", lw=1,
+                      label=f"proven bound: gap(0) x ({label})$^2$")
+        if (gap[later] <= 1e3 * floor).any():  # marked only where the run reaches it
+            ax.axhline(floor, color="grey", lw=0.8, ls=":", label=r"rounding level of $E_\alpha$ (64 ulps)")
+        ax.set_ylabel(r"energy gap $E_\alpha(u_k) - E_\alpha(u^*)$")
     else:
-        ax.semilogy(t, E, "o-", ms=3, label=r"$E_\alpha(u(t))$")
-        ax.set_ylabel(r"$E_\alpha$")
+        ax.semilogx(t[later], E[later], "o-", ms=3, label=rf"$E_\alpha(u_k)$ ($t=0$: {E[0]:.4g})")
+        ax.set_ylabel(r"$E_\alpha(u_k)$")
     ax.set_xlabel("t")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.set_title(f"{result.scheme}, {result.metric} metric" + (f": {title}" if title else ""))
     ax = axes[1]
-    err = result.errors
-    if np.isfinite(err).any():
-        ok = np.isfinite(err) & (err > 0)
-        ax.semilogy(t[ok], err[ok], "o-", ms=3, label=r"$\|u - u^*\|_G / \|u^*\|_G$")
-        tt = np.linspace(0, t.max() if t.max() > 0 else 1.0, 400)
-        ax.semilogy(tt, err[0] * np.exp(-lam * tt), "k--", lw=1, label=r"$e^{-\lambda t}$ bound")
-        ax.set_ylim(bottom=0.1 * err[ok].min(), top=10 * err[0])
-        ax.legend()
+    ok = later & np.isfinite(err) & (err > 0)
+    if ok.any():
+        ax.loglog(t[ok], err[ok], "o-", ms=3, label=rf"$\|u_k - u^*\|_G / \|u^*\|_G$ ($t=0$: {err[0]:.3g})")
+        if err_bound is not None:
+            reached = PLATEAU * err[ok].min()
+            ax.loglog(t[later], np.maximum(err_bound[later], reached), "k--", lw=1,
+                      label=f"proven bound: e(0) x {label}")
+            if (err_bound[later] < reached).any():
+                ax.axhline(reached, color="grey", lw=0.8, ls=":",
+                           label=f"accuracy reached by the inexact solves ({PLATEAU:g} x smallest)")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no stationary solution: no distance", transform=ax.transAxes, ha="center")
     ax.set_xlabel("t")
-    ax.set_title("distance to the stationary density")
-    if t.max() > 0 and t[1:].min(initial=np.inf) > 0 and t.max() / t[1:].min() > 1e3:
-        for a in axes:  # geometric steps: show the decades
-            a.set_xscale("symlog", linthresh=t[1:].min())
-            a.set_xlim(left=0.0, right=1.5 * t.max())
-    fig.tight_layout()
+    ax.set_ylabel(r"$\|u_k - u^*\|_G / \|u^*\|_G$" + f" ({result.metric})")
+    ax.set_title("distance to the stationary density" + ("" if err_bound is not None else f"\n({label})"))
+    tl = t[later]
+    for a in axes:
+        if len(tl) and tl.max() < 30 * tl.min():  # under 1.5 decades a log axis labels crowded minor ticks
+            a.set_xscale("linear")
+            a.xaxis.set_major_locator(plt.MaxNLocator(6))
+        a.grid(True, which="major", alpha=0.3)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
 # -- flowfem compare --------------------------------------------------------------------------
@@ -134,17 +459,26 @@ _COLOURS = {"gd": "tab:blue", "adam": "tab:orange", "quadrature": "tab:green", "
             "refit": "tab:red"}
 
 
-def comparison_figures(directory: str, cmp, gathered) -> None:
+def comparison_figures(directory: str, cmp, gathered) -> dict:
     """error_vs_width.png, error_vs_time.png and densities.png of a :class:`flowfem.compare.Comparison`
-    (rank 0; ``gathered``: (theta, u) of the FE and particle densities, gathered)."""
+    (rank 0; ``gathered``: (theta, u, cells) of the FE and particle densities, from :func:`gather`).
+
+    densities.png shares one symmetric colour norm, set by the FE density u*: a particle density
+    beyond it is clipped (the colour bar's ends), and its panel title says so with its max |u|.
+    Returns the (closed) Figures by file name.
+    """
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     plt = _pyplot()
+    figures = {}
     table = cmp.table()
     fe = next(r for r in table if r["solver"] == "FE solve")
 
     # test error, train loss and own objective versus width
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
     keys = [("test_rmse", "test RMSE"), ("train_loss", "train loss (1/n) sum (f - y)^2 / 2"),
             ("objective", "own objective (differs by family)")]
+    widths = sorted({r["width"] for r in table if r["width"]})
     for ax, (key, label) in zip(axes, keys):
         for (solver, method) in dict.fromkeys((r["solver"], r["method"]) for r in table if r["width"]):
             rows = sorted((r for r in table if r["solver"] == solver and r["method"] == method),
@@ -164,24 +498,30 @@ def comparison_figures(directory: str, cmp, gathered) -> None:
         ax.axhline(ref, color="k", ls=":", label="FE solve (continuum)" if key != "objective" else "E_alpha(u*)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # the widths themselves as ticks; on the y axis only decades are labelled (minor ticks unlabelled)
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_locator(LogLocator(base=10, numticks=6))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("width N")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     axes[0].set_title("mean over seeds, bars: min..max")
+    axes[1].set_title("train loss (the data term shared by all)")
     axes[2].set_title("each family's own objective (see table)")
-    fig.tight_layout()
     fig.savefig(os.path.join(directory, "error_vs_width.png"), dpi=110)
     plt.close(fig)
+    figures["error_vs_width.png"] = fig
 
     # test error versus wall time
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    widths = cmp.settings["widths"]
+    fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     for (m, N, s), r in cmp.particles.items():
         h = r.history
-        k = widths.index(N)
+        k = cmp.settings["widths"].index(N)
         ax.plot(np.maximum(h["time"], 1e-4), h["test_error"], color=_COLOURS[m],
-                alpha=0.35 + 0.65 * (k + 1) / len(widths), lw=1.5 if s == cmp.settings["seeds"][0] else 0.6,
+                alpha=0.35 + 0.65 * (k + 1) / len(cmp.settings["widths"]),
+                lw=1.5 if s == cmp.settings["seeds"][0] else 0.6,
                 label=f"{m} N={N}" if s == cmp.settings["seeds"][0] else None)
     for r in cmp.runs:
         if r.solver == "FE readout" and r.method == "quadrature":
@@ -191,25 +531,40 @@ def comparison_figures(directory: str, cmp, gathered) -> None:
     ax.plot([], [], "s", color=_COLOURS["quadrature"], label="FE readout quadrature (own solve)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=6))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"wall time [s] on {cmp.settings['ranks']} rank(s)")
     ax.set_ylabel("test RMSE")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("particle training curves; FE solve as a point")
-    fig.tight_layout()
     fig.savefig(os.path.join(directory, "error_vs_time.png"), dpi=110)
     plt.close(fig)
+    figures["error_vs_time.png"] = fig
 
-    # the FE density next to the particle densities
+    # the FE density next to the particle densities, in u*'s colour scale
     names = ["FE density u*"] + [f"particles {m}, N={N}, seed {s}" for (m, N, s) in cmp.densities]
-    fig, axes = plt.subplots(1, len(gathered), figsize=(5.2 * len(gathered), 4.4), squeeze=False)
-    domain = cmp.settings["domain"]
-    for ax, (theta, values), name, pd in zip(axes[0], gathered, names, [None] + list(cmp.densities.values())):
-        density_axes(ax, theta, values, domain)
-        if pd is not None and theta.shape[1] == 2 and domain != "circle":
+    theta0, u0, cells0 = gathered[0]
+    norm = symmetric_norm(u0)
+    n = panels(theta0, cells0)
+    rows, cols = (len(gathered), n) if n > 1 else (1, len(gathered))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows + 0.6), squeeze=False, layout="constrained")
+    clipped = False
+    m = None
+    for j, ((theta, values, cells), name, pd) in enumerate(zip(gathered, names, [None] + list(cmp.densities.values()))):
+        top = float(np.abs(values).max(initial=0.0))
+        if top > norm.vmax * (1 + 1e-12):
+            name += f"\n(clipped: max |u| = {top:.3g})"
+            clipped = True
+        ax_j = axes[j] if n > 1 else axes[0, j]
+        m = density_axes(ax_j, theta, values, cells, norm=norm, title=name) or m
+        if pd is not None and kind(theta, cells) == "plane":
             keep = ~pd.dropped
-            ax.plot(pd.theta[keep, 0], pd.theta[keep, 1], "k.", ms=1.5, alpha=0.5)
-        ax.set_title(name)
-    fig.tight_layout()
+            ax_j.plot(pd.theta[keep, 0], pd.theta[keep, 1], "k.", ms=1.5, alpha=0.5, label="particles")
+            ax_j.legend(fontsize=7, loc="lower right")
+    _colorbar(fig, m, axes, label=f"u (one scale for all panels, set by u*: |u| <= {norm.vmax:.3g})",
+              extend="both" if clipped else "neither")
     fig.savefig(os.path.join(directory, "densities.png"), dpi=110)
     plt.close(fig)
+    figures["densities.png"] = fig
+    return figures

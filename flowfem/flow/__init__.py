@@ -24,7 +24,9 @@ The package:
 * :mod:`~flowfem.flow.driver`      :class:`Flow`: step policy (given or error-controlled steps), stop rule,
   the run loop and its energy log;
 * :mod:`~flowfem.flow.checkpoint`  checkpoints of one run: fingerprint, save, load;
-* :mod:`~flowfem.flow.initial`     initial densities.
+* :mod:`~flowfem.flow.initial`     initial densities;
+* :mod:`~flowfem.flow.bounds`      the contraction bounds proven for the scheme a run used (the energy
+  figure draws these, not e^(-alpha t), which large implicit steps do not obey).
 
 The trajectory and the energy log are written by :mod:`flowfem.io`
 (``TrajectoryWriter``, ``write_log``), the energy figure is drawn by
