@@ -36,7 +36,8 @@
 # (ParaView: open it with the ADIOS2 VTX reader; the FE density and each
 # particle density are fields of the same mesh, to colour by in turn or to
 # show in linked views). With the environment variable CI set it runs at a
-# small size.
+# small size. On a terminal a progress bar shows which run of how many is
+# going and each particle run's steps (under mpirun: with FLOWFEM_PROGRESS=1).
 
 import os
 import sys
@@ -69,7 +70,7 @@ def main(n: int = 1000, widths=(16, 64, 256), seeds=(0, 1, 2), steps: int = 2000
     result = compare.compare(
         train, test, widths=widths, seeds=seeds, methods=("gd", "adam"), lr={"gd": 1.0, "adam": 0.03},
         steps=steps, weight_decay=0.0, domain="box", mesh_size=cells, radius=4.0, alpha=alpha, kappa=1.0,
-        readouts=("quadrature", "refit"), data_name="sin", comm=comm, progress=False)
+        readouts=("quadrature", "refit"), data_name="sin", comm=comm, progress=True)
 
     # ## The densities
     # For the largest width, each particle solver's measure is projected onto

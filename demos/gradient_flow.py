@@ -74,7 +74,7 @@ def snapshots(flow, U, steps, **run):
             kept[rec["step"]] = (rec["t"], gathered(flow, U))
 
     kept[0] = (0.0, gathered(flow, U))
-    result = flow.run(U, callback=keep, **run)
+    result = flow.run(U, callback=keep, progress=True, **run)
     kept[result.steps] = (result.times[-1], gathered(flow, U))
     return result, kept
 

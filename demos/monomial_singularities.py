@@ -33,13 +33,16 @@
 # Jacobian is also formed in exact rational arithmetic and its rank
 # computed exactly (`exact`).
 #
-# Run it with `python demos/monomial_singularities.py`; with the environment
-# variable CI set it runs a small version in well under a second.
+# Run it with `python demos/monomial_singularities.py` (or under
+# `mpirun -n P`, which splits the configurations over the ranks; rank 0
+# prints the table); with the environment variable CI set it runs a small
+# version in well under a second.
 
 # +
 import os
 
-from flowfem import jacobian_rank
+from flowfem import jacobian_rank, progress
+from mpi4py import MPI
 
 # -
 
@@ -106,14 +109,21 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def main(widths=None, ks=None, biases=None, seed=0, verbose=True):
-    """Scan every (widths, k, bias); print the table and return its rows (dicts)."""
+def main(widths=None, ks=None, biases=None, seed=0, verbose=True, comm=MPI.COMM_WORLD):
+    """Scan every (widths, k, bias), rank r taking every P-th configuration from the r-th (each scan
+    is NumPy on one process, seeded by ``seed`` alone: the rows do not depend on P); rank 0 prints
+    the table; every rank returns all the rows (dicts), in the order of the configurations."""
     config = SMALL if os.environ.get("CI") else FULL
     widths = config["widths"] if widths is None else widths
     ks = config["ks"] if ks is None else ks
     biases = config["biases"] if biases is None else biases
-    rows = [row for w in widths for k in ks for bias in biases for row in scan(w, k, bias, seed)]
-    if verbose:
+    configs = [(w, k, bias) for w in widths for k in ks for bias in biases]
+    mine = configs[comm.rank::comm.size]
+    # rank 0's share stands for the whole run's progress (shares differ by at most one configuration)
+    done = [scan(w, k, bias, seed) for w, k, bias in progress.bar(iterable=mine, desc="scan", unit="config")]
+    shares = comm.allgather(done)
+    rows = [row for i in range(len(configs)) for row in shares[i % comm.size][i // comm.size]]
+    if verbose and comm.rank == 0:
         print(format_table(rows))
         summarise(rows)
     return rows

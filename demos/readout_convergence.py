@@ -87,7 +87,7 @@ def main(cells: int = 16, n: int = 400, sizes=(1, 2, 4, 8), seeds: int = 16, ref
     x, y = train.x, train.y
     space = Space.box(d=1, n=cells, radius=4.0, comm=comm)
     problem = Problem(space, activation="relu", weight="gaussian:2", alpha=alpha, kappa=1.0, degree=1)
-    result = problem.fit(x, y, solver="cg", rtol=1e-12)
+    result = problem.fit(x, y, solver="cg", rtol=1e-12, progress=True)
     regulariser = result.parts[1]  # (alpha/2) ||u||^2, the same for every f_N below
 
     # ## The continuum network f_u

@@ -63,7 +63,7 @@ def main(n: int = 5000, cells: int = 128, alpha: float = 1e-5, out: str | None =
     problem = Problem(space, activation="relu", weight="uniform", alpha=alpha, kappa=1.0, degree=1)
 
     # ## One solve
-    result = problem.fit(train.x, train.y, solver="cg", rtol=1e-10)
+    result = problem.fit(train.x, train.y, solver="cg", rtol=1e-10, progress=True)
     # E_alpha, its parts, the solver's numbers are plain values of the result (safe to read on
     # one rank); the RMSEs evaluate the distributed density, so every rank computes them.
     metrics = io.solve_metrics(result, train, test)

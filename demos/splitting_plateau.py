@@ -101,7 +101,7 @@ def make_data(n, seed):
 # +
 def narrow_minimum(x, y, steps, lr, seed, comm):
     run = particles.train(x, y, width=1, activation=ACTIVATION, method="gd", lr=lr, steps=steps,
-                          seed=seed, comm=comm)
+                          seed=seed, comm=comm, progress=True)
     polished = ls.minimise(run.network, x, y, gtol=1e-12)
     p = comm.bcast(ls.parameters(polished.network), root=0)
     return run, polished, ls.with_parameters(polished.network, p)
@@ -182,7 +182,8 @@ def plateau_runs(net, x, y, mu, steps, lr, comm, x_test, y_test, seed=1):
     runs = {}
     for name, start in starts.items():
         r = particles.train(x, y, init=start, activation=ACTIVATION, method="gd", lr=lr, steps=steps,
-                            record_every=max(1, steps // 300), comm=comm, x_test=x_test, y_test=y_test)
+                            record_every=max(1, steps // 300), comm=comm, x_test=x_test, y_test=y_test,
+                            progress=True)
         h = r.history
         left = np.flatnonzero(h["loss"] < (1 - 1e-3) * L0)
         stay = np.flatnonzero(np.abs(h["loss"] - L0) > 1e-9 * L0)

@@ -127,7 +127,8 @@ def cmd_solve(args, comm) -> None:
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     mesh_seconds = time.perf_counter() - t0
-    result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc, args.allow_unconverged)
+    result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc, args.allow_unconverged,
+                         progress=not args.quiet)
     metrics = io.solve_metrics(result, train, test)
     metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
@@ -186,7 +187,7 @@ def cmd_flow(args, comm) -> None:
                        petsc_options=petsc, step_rtol=args.step_rtol, adapt=False if args.fixed_steps else None)
     t1 = time.perf_counter()
     if not args.no_reference:
-        flow.stationary()
+        flow.stationary(progress=not args.quiet)
     t2 = time.perf_counter()
     fp = checkpoint.fingerprint(flow, data=args.data, n_data=args.n, seed=args.seed, radius=args.radius,
                                 mesh_size=args.mesh_size, solver=args.solver, rtol=args.rtol, ts_rtol=args.ts_rtol,
@@ -475,7 +476,7 @@ def cmd_landscape(args, comm) -> None:
             net, polish = m.network, dict(iterations=m.iterations, gradient_norm=m.gradient_norm,
                                           converged=bool(m.converged))
         report = plateau.plateau_report(net, ds.x, ds.y, mus, args.neuron, args.loss, args.gtol,
-                                        check=args.check)
+                                        check=args.check, progress=not args.quiet)
         report.update(network=args.network, data=args.data, polish=polish)
         if args.json:
             text = json.dumps(report, indent=1)
@@ -529,6 +530,10 @@ def _add_output_directory_arguments(g, no_plot_help: str) -> None:
     g.add_argument("--no-plot", action="store_true", help=no_plot_help)
 
 
+QUIET_HELP = ("no progress bar (one shows on standard error only on a terminal, on rank 0; under mpirun "
+              "with FLOWFEM_PROGRESS=1; FLOWFEM_PROGRESS=0 turns bars off everywhere)")
+
+
 def parser() -> argparse.ArgumentParser:
     top = _Parser(
         prog="flowfem",
@@ -558,6 +563,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="extra PETSc option for the solver, e.g. ksp_monitor= or pc_gamg_threshold=0.02 (repeatable; "
                         "default: none)")
+    g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _add_output_directory_arguments(g, "skip figure.png")
     p.set_defaults(run=cmd_solve)
 
@@ -616,7 +622,7 @@ def parser() -> argparse.ArgumentParser:
                    help="continue from the newest checkpoint of the latest run in DIR (or a checkpoint file); "
                         "same options as the run that wrote it (default: start at t = 0)")
     g.add_argument("--write-every", type=int, default=1, help="trajectory frame every N steps (default: %(default)s)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
+    g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _add_output_directory_arguments(g, "skip energy.png")
     p.set_defaults(run=cmd_flow)
 
@@ -721,6 +727,7 @@ def parser() -> argparse.ArgumentParser:
                         f"tables of the first {LANDSCAPE_NEURONS_SHOWN})")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file (default: none)")
     p.add_argument("--force", action="store_true", help="replace the --json file if it exists (default: refuse)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=cmd_landscape)
     p = sub.add_parser("compare", help="FE solve and readouts against particle solvers (GD, Adam): table, figures",
                        description="For one data set: the FE solve, FE readouts at several widths N and the particle "
@@ -752,7 +759,7 @@ def parser() -> argparse.ArgumentParser:
                    help="Gaussian kernel bandwidth of the MMD, in parameter units (default: a tenth of the "
                         "mesh's bounding-box diagonal)")
     _add_output_directory_arguments(g, "skip the figures")
-    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=cmd_compare)
 
     return top

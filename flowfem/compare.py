@@ -69,6 +69,7 @@ import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from flowfem import measure  # noqa: E402
+from flowfem import progress as progress_  # noqa: E402
 from flowfem import particles as fp  # noqa: E402
 from flowfem.mpi import CollectiveError  # noqa: E402
 from flowfem import readout as ro  # noqa: E402
@@ -373,7 +374,9 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     its learning rate (defaults :data:`DEFAULT_LR`); ``time_limit`` caps each particle run's wall
     seconds; ``density_width`` None projects the particles with the lumped L2 projection, a
     number smooths them with a kernel of that standard deviation; ``mmd_bandwidth`` None is a
-    tenth of the diameter of the parameter mesh's bounding box.
+    tenth of the diameter of the parameter mesh's bounding box. ``progress``: a bar of the runs
+    done out of all, with the last one's result, and one of each particle run's steps
+    (:mod:`flowfem.progress`: rank 0, on a terminal).
     """
     from flowfem.problem import Problem, make_space
     from flowfem.space import Space
@@ -409,9 +412,10 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     x, y, xt, yt = train.x, train.y, test.x, test.y
     n = len(y)
 
-    def say(msg):
-        if progress and comm.rank == 0:
-            print(msg, flush=True)
+    def done(bar, msg):
+        """One run more done; the bar shows the last one's result."""
+        bar.set_postfix_str(msg, refresh=False)
+        bar.update(1)
 
     def train_loss(f):
         return float(np.mean(0.5 * (f - y) ** 2))
@@ -419,114 +423,124 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     def rmse(f):
         return float(np.sqrt(np.mean((f - yt) ** 2)))
 
-    # -- the FE solve ------------------------------------------------------------------
-    comm.Barrier()
-    t0 = time.perf_counter()
-    space = make_space(domain, train.d, mesh_size, radius, act.name, comm)
-    problem = Problem(space, act.name, weight, alpha, kappa, degree)
-    result = problem.fit(x, y)
-    fe_seconds = time.perf_counter() - t0
-    loss, reg = result.parts
-    fe_test = result.rmse(xt, yt)
-    fe_how = (f"one CG+GAMG solve ({result.iterations} iterations, residual {result.residual:.0e}) on the "
-              f"{space.domain} ({space.num_cells} cells, P{degree}, {problem.H.ndofs} dofs), alpha={alpha:g}, "
-              f"kappa={kappa:g}, omega {problem.H.weight}; time: mesh + assembly + solve; {ranks} rank(s)")
-    runs = [Run("FE solve", "E_alpha minimiser", None, None, fe_test, loss, loss + reg,
-                "E_alpha(u*) = loss + alpha/2 ||u*||^2_H1_omega", fe_seconds, None, None, ranks, "completed", fe_how)]
-    say(f"FE solve: test RMSE {fe_test:.3e} in {fe_seconds:.2f} s")
-    networks = {}
-    E_name = "E_alpha,N = loss + alpha/2 sum_i omega_i a_i^2 / q_i"
+    # one bar over the runs (FE solve, readouts, particle runs, particle densities), each particle run's
+    # steps in a second bar below it
+    readout_runs = len(widths) * (int("quadrature" in readouts)
+                                  + len(seeds) * sum(r in readouts for r in ("sample", "refit")))
+    total = 1 + readout_runs + len(methods) * (len(widths) * len(seeds) + 1)
+    with progress_.bar(progress, total=total, desc="compare", unit="run") as bar:
+        # -- the FE solve ------------------------------------------------------------------
+        comm.Barrier()
+        t0 = time.perf_counter()
+        space = make_space(domain, train.d, mesh_size, radius, act.name, comm)
+        problem = Problem(space, act.name, weight, alpha, kappa, degree)
+        result = problem.fit(x, y)
+        fe_seconds = time.perf_counter() - t0
+        loss, reg = result.parts
+        fe_test = result.rmse(xt, yt)
+        fe_how = (f"one CG+GAMG solve ({result.iterations} iterations, residual {result.residual:.0e}) on the "
+                  f"{space.domain} ({space.num_cells} cells, P{degree}, {problem.H.ndofs} dofs), alpha={alpha:g}, "
+                  f"kappa={kappa:g}, omega {problem.H.weight}; time: mesh + assembly + solve; {ranks} rank(s)")
+        runs = [Run("FE solve", "E_alpha minimiser", None, None, fe_test, loss, loss + reg,
+                    "E_alpha(u*) = loss + alpha/2 ||u*||^2_H1_omega", fe_seconds, None, None, ranks, "completed",
+                    fe_how)]
+        done(bar, f"FE solve: test RMSE {fe_test:.2e}")
+        networks = {}
+        E_name = "E_alpha,N = loss + alpha/2 sum_i omega_i a_i^2 / q_i"
 
-    def readout_run(rule, N_req, seed, neurons, seconds, how):
-        net = neurons.network()
-        networks[(rule, N_req, seed)] = net
-        f = net(x)
-        obj = ro.objective(neurons, x, y, alpha, problem.H.weight)
-        runs.append(Run("FE readout", rule, neurons.width, seed, rmse(net(xt)), train_loss(f), obj, E_name,
-                        seconds, None, None, ranks, "completed", how))
-        say(f"FE readout {rule} N={neurons.width} seed={seed}: test RMSE {runs[-1].test_rmse:.3e}")
+        def readout_run(rule, N_req, seed, neurons, seconds, how):
+            net = neurons.network()
+            networks[(rule, N_req, seed)] = net
+            f = net(x)
+            obj = ro.objective(neurons, x, y, alpha, problem.H.weight)
+            runs.append(Run("FE readout", rule, neurons.width, seed, rmse(net(xt)), train_loss(f), obj, E_name,
+                            seconds, None, None, ranks, "completed", how))
+            done(bar, f"{rule} N={neurons.width}: test RMSE {runs[-1].test_rmse:.2e}")
 
-    u_star = result.density
-    base = None
-    if "sample" in readouts or "refit" in readouts:
-        t = time.perf_counter()
-        base = ro.quadrature_neurons(u_star, act)
-        base_seconds = time.perf_counter() - t
-    for N in widths:
-        if "quadrature" in readouts:
-            size, desc = coarse_size(domain, train.d, N, radius)
-            comm.Barrier()
+        u_star = result.density
+        base = None
+        if "sample" in readouts or "refit" in readouts:
             t = time.perf_counter()
-            coarse = Problem(Space.make(domain, train.d, size, radius, comm), act.name, weight, alpha, kappa, degree)
-            res_c = coarse.fit(x, y)
-            neurons = ro.quadrature_neurons(res_c.density, act, degree=1)
-            readout_run("quadrature", N, None, neurons, time.perf_counter() - t,
-                        f"midpoint rule (one neuron per cell) of a fresh FE solve on the {desc}, same alpha, kappa, "
-                        f"omega ({res_c.iterations} CG iterations); time: mesh + solve + readout; {ranks} rank(s)")
-        for rule in ("sample", "refit"):
-            if rule not in readouts:
-                continue
-            for s in seeds:
-                t = time.perf_counter()
-                neurons = ro.sample_neurons(base, N, s)
-                how = "N neurons drawn from |u*| (the main solve's quadrature points), one draw per seed"
-                if rule == "refit":
-                    neurons = ro.refit(neurons, x, y, alpha, problem.H.weight, comm)
-                    how += f", output weights refitted by least squares with alpha={alpha:g}"
-                readout_run(rule, N, s, neurons, fe_seconds + base_seconds + time.perf_counter() - t,
-                            how + f"; time includes the FE solve; {ranks} rank(s)")
-
-    # -- particles -----------------------------------------------------------------------
-    particles = {}
-    J_name = f"J = loss + lam/2 (1/N) sum |(w,b,a)|^2, lam={weight_decay:g}"
-    for m in methods:
+            base = ro.quadrature_neurons(u_star, act)
+            base_seconds = time.perf_counter() - t
         for N in widths:
-            for s in seeds:
+            if "quadrature" in readouts:
+                size, desc = coarse_size(domain, train.d, N, radius)
                 comm.Barrier()
-                r = fp.train(x, y, N, activation=act.name, loss="squared", method=m, lr=lr[m], steps=steps,
-                             weight_decay=weight_decay, seed=s, x_test=xt, y_test=yt, record_every=record_every,
-                             time_limit=time_limit, comm=comm, init_scale=init_scale)
-                particles[(m, N, s)] = r
-                h = r.history
-                how = (f"{m}, lr={lr[m]:g}, {int(h['step'][-1])} of {steps} steps"
-                       + (f" (time limit {time_limit:g} s)" if time_limit else "")
-                       + f", weight decay {weight_decay:g}, init N(0, {init_scale:g}^2) from the seed, "
-                       f"mean-field scaling, full batch; {ranks} rank(s), neurons split over ranks")
-                runs.append(Run("particles", m, N, s, float(h["test_error"][-1]), float(h["loss"][-1]),
-                                float(h["objective"][-1]), J_name, float(h["time"][-1]), int(h["step"][-1]),
-                                float(lr[m]), ranks, r.status, how))
-                say(f"particles {m} N={N} seed={s}: test RMSE {runs[-1].test_rmse:.3e} ({r.status}, "
-                    f"{runs[-1].seconds:.2f} s)")
+                t = time.perf_counter()
+                coarse = Problem(Space.make(domain, train.d, size, radius, comm), act.name, weight, alpha, kappa,
+                                 degree)
+                res_c = coarse.fit(x, y)
+                neurons = ro.quadrature_neurons(res_c.density, act, degree=1)
+                readout_run("quadrature", N, None, neurons, time.perf_counter() - t,
+                            f"midpoint rule (one neuron per cell) of a fresh FE solve on the {desc}, same alpha, "
+                            f"kappa, omega ({res_c.iterations} CG iterations); time: mesh + solve + readout; "
+                            f"{ranks} rank(s)")
+            for rule in ("sample", "refit"):
+                if rule not in readouts:
+                    continue
+                for s in seeds:
+                    t = time.perf_counter()
+                    neurons = ro.sample_neurons(base, N, s)
+                    how = "N neurons drawn from |u*| (the main solve's quadrature points), one draw per seed"
+                    if rule == "refit":
+                        neurons = ro.refit(neurons, x, y, alpha, problem.H.weight, comm)
+                        how += f", output weights refitted by least squares with alpha={alpha:g}"
+                    readout_run(rule, N, s, neurons, fe_seconds + base_seconds + time.perf_counter() - t,
+                                how + f"; time includes the FE solve; {ranks} rank(s)")
 
-    # -- densities -------------------------------------------------------------------------
-    mesh = space.mesh
-    x0 = mesh.geometry.x[:, : space.gdim]
-    lo = comm.allreduce(float(x0.min()) if len(x0) else np.inf, op=MPI.MIN)
-    hi = comm.allreduce(float(x0.max()) if len(x0) else -np.inf, op=MPI.MAX)
-    if mmd_bandwidth is None:
-        mmd_bandwidth = 0.1 * (hi - lo) * math.sqrt(space.gdim)
-    fe_measure = density_measure(u_star, act)
-    fe_l2 = l2_norm(u_star)
-    fe_mmd = mmd(fe_measure, (np.zeros((0, space.gdim)), np.zeros(0)), mmd_bandwidth, comm)
-    densities, distances = {}, {}
-    Nmax, s0 = max(widths), seeds[0]
-    for m in methods:
-        r = particles[(m, Nmax, s0)]
-        if r.network is None:
-            continue
-        pd = measure.density(r, problem.H.V, method=density_method, width=density_width)
-        densities[(m, Nmax, s0)] = pd
-        err = np.abs(pd.predict(xt) - r.network(xt))
-        placed = (pd.theta[~pd.dropped], pd.c[~pd.dropped])
-        dist_mmd = mmd(fe_measure, placed, mmd_bandwidth, comm)
-        l2 = l2_distance(u_star, pd.function)
-        distances[f"{m} N={Nmax} seed={s0}"] = dict(
-            l2=l2, l2_relative=l2 / fe_l2 if fe_l2 > 0 else np.nan, mmd=dist_mmd,
-            mmd_relative=dist_mmd / fe_mmd if fe_mmd > 0 else np.nan,
-            projection_error=float(err.max()), projection_bound=float(pd.bound(xt).max()),
-            mass=pd.mass, moved=int(pd.moved.sum()), dropped=int(pd.dropped.sum()),
-            dropped_mass=pd.dropped_mass, h=pd.h)
-        say(f"density of {m} N={Nmax}: L2 distance to u* {l2:.3e}, MMD {dist_mmd:.3e}")
+        # -- particles -----------------------------------------------------------------------
+        particles = {}
+        J_name = f"J = loss + lam/2 (1/N) sum |(w,b,a)|^2, lam={weight_decay:g}"
+        for m in methods:
+            for N in widths:
+                for s in seeds:
+                    comm.Barrier()
+                    r = fp.train(x, y, N, activation=act.name, loss="squared", method=m, lr=lr[m], steps=steps,
+                                 weight_decay=weight_decay, seed=s, x_test=xt, y_test=yt, record_every=record_every,
+                                 time_limit=time_limit, comm=comm, init_scale=init_scale, progress=progress,
+                                 leave=False)
+                    particles[(m, N, s)] = r
+                    h = r.history
+                    how = (f"{m}, lr={lr[m]:g}, {int(h['step'][-1])} of {steps} steps"
+                           + (f" (time limit {time_limit:g} s)" if time_limit else "")
+                           + f", weight decay {weight_decay:g}, init N(0, {init_scale:g}^2) from the seed, "
+                           f"mean-field scaling, full batch; {ranks} rank(s), neurons split over ranks")
+                    runs.append(Run("particles", m, N, s, float(h["test_error"][-1]), float(h["loss"][-1]),
+                                    float(h["objective"][-1]), J_name, float(h["time"][-1]), int(h["step"][-1]),
+                                    float(lr[m]), ranks, r.status, how))
+                    done(bar, f"{m} N={N} seed {s}: test RMSE {runs[-1].test_rmse:.2e} ({r.status})")
+
+        # -- densities -------------------------------------------------------------------------
+        mesh = space.mesh
+        x0 = mesh.geometry.x[:, : space.gdim]
+        lo = comm.allreduce(float(x0.min()) if len(x0) else np.inf, op=MPI.MIN)
+        hi = comm.allreduce(float(x0.max()) if len(x0) else -np.inf, op=MPI.MAX)
+        if mmd_bandwidth is None:
+            mmd_bandwidth = 0.1 * (hi - lo) * math.sqrt(space.gdim)
+        fe_measure = density_measure(u_star, act)
+        fe_l2 = l2_norm(u_star)
+        fe_mmd = mmd(fe_measure, (np.zeros((0, space.gdim)), np.zeros(0)), mmd_bandwidth, comm)
+        densities, distances = {}, {}
+        Nmax, s0 = max(widths), seeds[0]
+        for m in methods:
+            r = particles[(m, Nmax, s0)]
+            if r.network is None:
+                done(bar, f"density of {m} N={Nmax}: none (diverged)")
+                continue
+            pd = measure.density(r, problem.H.V, method=density_method, width=density_width)
+            densities[(m, Nmax, s0)] = pd
+            err = np.abs(pd.predict(xt) - r.network(xt))
+            placed = (pd.theta[~pd.dropped], pd.c[~pd.dropped])
+            dist_mmd = mmd(fe_measure, placed, mmd_bandwidth, comm)
+            l2 = l2_distance(u_star, pd.function)
+            distances[f"{m} N={Nmax} seed={s0}"] = dict(
+                l2=l2, l2_relative=l2 / fe_l2 if fe_l2 > 0 else np.nan, mmd=dist_mmd,
+                mmd_relative=dist_mmd / fe_mmd if fe_mmd > 0 else np.nan,
+                projection_error=float(err.max()), projection_bound=float(pd.bound(xt).max()),
+                mass=pd.mass, moved=int(pd.moved.sum()), dropped=int(pd.dropped.sum()),
+                dropped_mass=pd.dropped_mass, h=pd.h)
+            done(bar, f"density of {m} N={Nmax}: L2 distance to u* {l2:.2e}")
 
     seconds = comm.bcast([r.seconds for r in runs], root=0)  # rank 0's clock: the same rows everywhere
     for r, sec in zip(runs, seconds):

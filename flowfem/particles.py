@@ -54,6 +54,7 @@ from flowfem import data as _data
 from flowfem.activations import Activation, activation as _activation
 from flowfem import memory
 from flowfem import arguments
+from flowfem import progress as progress_
 from flowfem.arguments import positive, spell
 from flowfem.loss import Loss, loss as _loss
 from flowfem.network import Network
@@ -273,7 +274,7 @@ class ParticleResult:
 def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0.1,
           steps=1000, weight_decay=0.0, temperature=0.0, seed=0, x_test=None, y_test=None,
           record_every=None, time_limit=None, comm=None, init=None, init_scale=1.0,
-          trainable="all", betas=(0.9, 0.999), eps=1e-8) -> ParticleResult:
+          trainable="all", betas=(0.9, 0.999), eps=1e-8, progress=False, leave=True) -> ParticleResult:
     """Train N particles on the data (x (n, d), y (n,)); see the module docstring for the maths.
 
     width        N; may be omitted when ``init`` is given.
@@ -293,6 +294,8 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     comm         mpi4py communicator over which the neurons are split (default
                  MPI.COMM_WORLD when mpi4py is importable, else serial).
     betas, eps   Adam's moment decay rates and denominator offset.
+    progress     a bar of the steps with J at the last recorded step (:mod:`flowfem.progress`:
+                 rank 0, on a terminal); ``leave=False`` clears it when training ends.
 
     Raises ValueError for arguments of the wrong type or range, and for a width whose
     particles would not fit in memory (:func:`flowfem.memory.require`), before any work.
@@ -376,7 +379,8 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     history = {k: [] for k in ("step", "time", "objective", "loss", "grad_norm", "test_error")}
     status = "completed"
     t0 = time.perf_counter()
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by status
+    bar = progress_.bar(progress, total=steps, desc=f"{method} N={N}", unit="step", leave=leave)
+    with bar, np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by status
         for k in range(steps + 1):
             J, data, _, G = _evaluate(P, x, y, act, lss, weight_decay, N, comm, grad=True, offset=mine.start)
             V = N * G * mask  # mean-field velocity of the trained coordinates
@@ -397,8 +401,10 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
                 for key, val in zip(history, (k, time.perf_counter() - t0, J, data,
                                               np.sqrt(gn / N), err)):
                     history[key].append(val)
+                bar.set_postfix_str(f"J {J:.4e}", refresh=False)
             if last:
                 break
+            bar.update(1)
             if method == "gd":
                 P -= lr * V
             else:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flowfem import memory
+from flowfem import progress as progress_
 from flowfem.arguments import positive
 from flowfem.loss import loss as _loss
 from flowfem.network import Network
@@ -396,7 +397,7 @@ def plateau_flatness(network: Network, i: int, x, y, mus, loss="squared") -> Fla
 
 
 def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gtol: float = 1e-8,
-                   rtol: float = 1e-8, check: bool = False) -> dict:
+                   rtol: float = 1e-8, check: bool = False, progress: bool = False) -> dict:
     """The classification of :func:`classify_plateau` for the given neurons (default all), as plain
     Python numbers and lists (ready for JSON).
 
@@ -412,7 +413,7 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
     network (:func:`split_hessian_eigenvalues`), and ``split_min_eigenvalue``, its smallest
     eigenvalue. The narrow network's gradient and Hessian are computed once for all
     neurons. Out-of-range neurons raise ValueError (not IndexError) so that callers can
-    report them as bad input.
+    report them as bad input. ``progress``: a bar of the neurons done (:mod:`flowfem.progress`).
     """
     x, y, _ = _data(network, x, y, loss)
     N = network.width
@@ -432,7 +433,7 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
                   loss=_loss(loss).name, n=int(x.shape[0]), objective=objective(network, x, y, loss),
                   gradient_norm=g, narrow_min_eigenvalue=lam_min, valid=valid, gtol=gtol, rtol=rtol,
                   mus=mus, neurons=[])
-    for k in neurons:
+    for k in progress_.bar(progress, iterable=neurons, desc="landscape", unit="neuron"):
         k = k % N
         plateau = _classify_line(network, k, x, y, mus, loss, rtol, (g, lam_min, valid))
         lam, V = plateau.inner.eigenvalues, plateau.inner.eigenvectors

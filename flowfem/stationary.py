@@ -63,6 +63,7 @@ from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem import memory  # noqa: E402
+from flowfem import progress as progress_  # noqa: E402
 from flowfem import petsc_options as petsc_options_  # noqa: E402
 from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
@@ -138,12 +139,17 @@ class LinearSolver:
     sqrt(f)), and a slowly varying shift (adaptive time steps) costs few
     setups. s_p depends on s alone, so the preconditioner does not depend on
     the history of shifts.
+
+    With ``progress`` (cg) each solve shows a bar of CG iterations and the
+    residual ratio ||r|| / ||B|| against rtol (:mod:`flowfem.progress`: rank 0,
+    on a terminal); the KSP monitor that feeds it is installed only then.
     """
 
     def __init__(self, E: Functional, D: np.ndarray | None = None, solver: str = "cg",
                  rtol: float = 1e-10, max_it: int = 2000, petsc_options: dict | None = None,
                  G: PETSc.Mat | None = None, shift: float = 0.0, atol: float = 0.0,
-                 pc_shift_factor: float | None = None, allow_unconverged: bool = False):
+                 pc_shift_factor: float | None = None, allow_unconverged: bool = False,
+                 progress: bool = False):
         if solver not in SOLVERS:
             raise ValueError(unknown("solver", solver, SOLVERS))
         if shift and G is None:
@@ -151,6 +157,7 @@ class LinearSolver:
         self.rtol, self.atol = check_tolerances(rtol, atol)  # cg stops at ||B - K X|| <= max(rtol ||B||, atol)
         self.E, self.solver, self.max_it = E, solver, max_it
         self.allow_unconverged = allow_unconverged
+        self.progress = progress
         self.petsc_options = petsc_options_.parse(petsc_options)
         self.options = None  # the SolverOptions of the current KSP
         self.D = np.ones(E.n) if D is None else np.asarray(D, dtype=float).copy()
@@ -299,15 +306,26 @@ class LinearSolver:
         if self.solver == "cg":
             self.ksp.setConvergenceHistory()
             its = 0
-            for restart in range(1 + 3):
-                self.ksp.setInitialGuessNonzero(restart > 0)  # a restart continues from X
-                self.ksp.solve(B, X)
-                history += list(self.ksp.getConvergenceHistory())
-                its += self.ksp.getIterationNumber()
-                reason = self.ksp.getConvergedReason()
-                rnorm = self._residual(B, X, R)  # the true residual, also the one reported
-                if reason < 0 or rnorm <= target:
-                    break  # else CG's recursive residual drifted from the true one: restart
+            # without progress (every solve inside a flow or Newton) not even a disabled bar is made
+            bar = progress_.bar(desc="CG", unit="it") if self.progress else None
+            monitored = bar is not None and not bar.disable
+            if monitored:
+                self.ksp.setMonitor(self._monitor(bar, bnorm, target))
+            try:
+                for restart in range(1 + 3):
+                    self.ksp.setInitialGuessNonzero(restart > 0)  # a restart continues from X
+                    self.ksp.solve(B, X)
+                    history += list(self.ksp.getConvergenceHistory())
+                    its += self.ksp.getIterationNumber()
+                    reason = self.ksp.getConvergedReason()
+                    rnorm = self._residual(B, X, R)  # the true residual, also the one reported
+                    if reason < 0 or rnorm <= target:
+                        break  # else CG's recursive residual drifted from the true one: restart
+            finally:
+                if monitored:
+                    self.ksp.cancelMonitor()
+                if bar is not None:
+                    bar.close()
             self.ksp.setInitialGuessNonzero(False)
             if reason < 0 and not self.allow_unconverged:  # a breakdown, even inside Newton
                 if reason == PETSc.KSP.ConvergedReason.DIVERGED_NANORINF:
@@ -346,6 +364,19 @@ class LinearSolver:
                 + f"a looser rtol, or allow unconverged results ({spell('allow_unconverged')})")
         return SolveInfo(self.solver, its, residual, reason, history, converged)
 
+    @staticmethod
+    def _monitor(bar, bnorm: float, target: float):
+        """A KSP monitor that advances ``bar`` by one per CG iteration (its = 0 is the initial residual,
+        also after a restart) and shows ||r|| / ||B|| against the relative target."""
+        scale = bnorm if bnorm > 0 else 1.0
+
+        def monitor(ksp, its, rnorm):
+            if its > 0:
+                bar.update(1)
+            bar.set_postfix_str(f"||r||/||b|| {rnorm / scale:.1e} (rtol {target / scale:.0e})", refresh=False)
+
+        return monitor
+
     def _residual(self, B: PETSc.Vec, X: PETSc.Vec, R: PETSc.Vec) -> float:
         """R = B - K X; returns ||R||."""
         self.K.mult(X, R)
@@ -369,16 +400,17 @@ class LinearSolver:
             self.options.clear()
 
 
-def solve(E: Functional, solver: str = "cg", rtol: float = 1e-10,
-          petsc_options: dict | None = None, allow_unconverged: bool = False) -> tuple[PETSc.Vec, SolveInfo]:
+def solve(E: Functional, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None,
+          allow_unconverged: bool = False, progress: bool = False) -> tuple[PETSc.Vec, SolveInfo]:
     """The minimiser U* of E_alpha (squared loss): one solve of (alpha A + Phi^T Phi / n) U = Phi^T y / n.
 
     Raises :class:`NotConverged` if ||b - K U|| > rtol ||b|| at the end, unless ``allow_unconverged``
-    (then ``info.converged`` is False).
+    (then ``info.converged`` is False). ``progress``: a bar of the CG iterations (see :class:`LinearSolver`).
     """
     if not E.loss.quadratic:
         raise ValueError(f"the one-solve minimiser needs the squared loss, not {E.loss.name}; use newton()")
-    lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged)
+    lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged,
+                       progress=progress)
     U = E.vector()
     try:
         info = lin.solve(E.rhs(), U)
@@ -436,12 +468,17 @@ class NewtonSolver:
     (e.g. ``snes_monitor``, ``snes_linesearch_type``), the others to the
     linear solver; for the squared loss, which needs no SNES, all go to the
     linear solver (so that snes_ options are refused as unused there).
+
+    With ``progress`` each (SNES) solve shows a bar of Newton steps, the
+    ratio ||F|| / ||F(U_0)|| against rtol and the CG iterations so far
+    (:mod:`flowfem.progress`); its SNES monitor is installed only then.
     """
 
     def __init__(self, E: Functional, solver: str = "cg", rtol: float = 1e-10, atol: float = 0.0,
                  max_it: int = 50, linear_rtol: float = 1e-10, G: PETSc.Mat | None = None,
                  petsc_options: dict | None = None, linear_atol: float = 0.0,
-                 pc_shift_factor: float | None = None, allow_unconverged: bool = False):
+                 pc_shift_factor: float | None = None, allow_unconverged: bool = False,
+                 progress: bool = False):
         opts = petsc_options_.parse(petsc_options)
         newton = not E.loss.quadratic
         snes_opts = {k: v for k, v in opts.items() if newton and k.startswith("snes_")}
@@ -450,6 +487,7 @@ class NewtonSolver:
         self.rtol, self.atol = check_tolerances(rtol, atol)
         self.max_it = max_it
         self.allow_unconverged = allow_unconverged
+        self.progress = progress
         self.lin = LinearSolver(E, None, solver, linear_rtol, petsc_options=lin_opts, G=G, atol=linear_atol,
                                 pc_shift_factor=pc_shift_factor, allow_unconverged=allow_unconverged)
         self.shift, self.anchor, self.g = 0.0, None, None
@@ -550,8 +588,18 @@ class NewtonSolver:
             return self._solve_affine(U)
         self.pc.its, self.pc.error = [], None
         self.snes.setConvergenceHistory(reset=True)
-        with self.options.errors("a solve"):
-            self.snes.solve(None, U)
+        bar = progress_.bar(desc="Newton", unit="step") if self.progress else None  # as in LinearSolver
+        monitored = bar is not None and not bar.disable
+        if monitored:
+            self.snes.setMonitor(self._monitor(bar))
+        try:
+            with self.options.errors("a solve"):
+                self.snes.solve(None, U)
+        finally:
+            if monitored:
+                self.snes.cancelMonitor()
+            if bar is not None:
+                bar.close()
         history = [float(r) for r in self.snes.getConvergenceHistory()[0]]
         reason, its = self.snes.getConvergedReason(), self.snes.getIterationNumber()
         if self.pc.error is not None:  # the same on every rank: the inner solves are collective
@@ -576,6 +624,21 @@ class NewtonSolver:
         return NewtonInfo("newton-" + self.lin.solver, its, history[-1] / r0, reason, history,
                           linear_iterations=list(self.pc.its))
 
+    def _monitor(self, bar):
+        """A SNES monitor that advances ``bar`` by one per Newton step and shows ||F|| / ||F(U_0)||
+        against rtol and the inner CG iterations so far."""
+        first = []
+
+        def monitor(snes, its, fnorm):
+            if its == 0:
+                first[:] = [fnorm if fnorm > 0 else 1.0]
+            else:
+                bar.update(1)
+            bar.set_postfix_str(f"||dE||/||dE0|| {fnorm / first[0]:.1e} (rtol {self.rtol:.0e}), "
+                                f"{sum(self.pc.its)} CG its", refresh=False)
+
+        return monitor
+
     def _solve_affine(self, U: PETSc.Vec) -> NewtonInfo:
         """Squared loss: F is affine with Jacobian s G + K, so one correction solve is exact."""
         F = self.residual(U, self.E.vector())
@@ -597,17 +660,18 @@ class NewtonSolver:
 
 
 def newton(E: Functional, U0: PETSc.Vec | None = None, solver: str = "cg", rtol: float = 1e-10,
-           atol: float = 0.0, max_it: int = 50, linear_rtol: float = 1e-12,
-           petsc_options: dict | None = None, allow_unconverged: bool = False) -> tuple[PETSc.Vec, NewtonInfo]:
+           atol: float = 0.0, max_it: int = 50, linear_rtol: float = 1e-12, petsc_options: dict | None = None,
+           allow_unconverged: bool = False, progress: bool = False) -> tuple[PETSc.Vec, NewtonInfo]:
     """The minimiser U* of E_alpha for any convex loss by Newton's method (SNES, line search).
 
     Stops when ||dE_alpha(U)|| <= max(rtol ||dE_alpha(U0)||, atol); U0 defaults to 0.
     The info's ``history`` is the residual ||dE_alpha(U_k)|| of every iteration. Raises
     :class:`NotConverged` if Newton fails, unless ``allow_unconverged`` (``info.converged`` False).
+    ``progress``: a bar of the Newton steps (see :class:`NewtonSolver`).
     """
     U = E.vector() if U0 is None else U0.copy()
     ns = NewtonSolver(E, solver, rtol, atol, max_it, linear_rtol, petsc_options=petsc_options,
-                      allow_unconverged=allow_unconverged)
+                      allow_unconverged=allow_unconverged, progress=progress)
     try:
         info = ns.solve(U)
     finally:

@@ -49,6 +49,7 @@ def test_script_under_mpirun(tmp_path, monkeypatch):
     r = run([sys.executable, DEMO], ranks=2, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "on 2 rank(s)" in r.stdout
+    assert r.stdout.count("| solver |") == 1 and r.stdout.count("FE solve: test RMSE") == 1  # printed by rank 0 only
     out = tmp_path / "results" / "compare_particles"
     assert (out / "densities.png").stat().st_size > 0 and (out / "densities.bp").exists()
     parallel = [row for row in compare.read_csv(out / "runs.csv") if row["solver"] == "particles"]

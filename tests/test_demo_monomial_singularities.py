@@ -1,12 +1,15 @@
-"""Run demos/monomial_singularities.py at small size and check its table."""
+"""Run demos/monomial_singularities.py at small size and check its table; under mpirun -n 2 the table is
+printed once and equals the serial one."""
 
+import os
 import pathlib
+import sys
 
-from conftest import load_demo
+import pytest
+
+from conftest import ROOT, load_demo, run
 
 DEMO = pathlib.Path(__file__).resolve().parents[1] / "demos" / "monomial_singularities.py"
-
-
 
 
 def test_demo_table(capsys):
@@ -40,3 +43,14 @@ def test_demo_table(capsys):
     assert len(checked) >= 40
     assert all(r["exact"] == r["rank"] for r in checked)
     assert all(r["dropped"] < 1e-13 and r["kept"] > 1e-6 for r in rows)
+
+
+@pytest.mark.mpi
+def test_table_printed_once_under_mpirun(tmp_path):
+    """The configurations are split over the ranks and gathered: rank 0 prints the serial table, once."""
+    env = dict(os.environ, CI="1", PYTHONPATH=ROOT)
+    serial = run([sys.executable, str(DEMO)], cwd=tmp_path, env=env, timeout=300)
+    parallel = run([sys.executable, str(DEMO)], ranks=2, cwd=tmp_path, env=env, timeout=300)
+    assert serial.returncode == 0 and parallel.returncode == 0, serial.stderr + parallel.stderr
+    assert parallel.stdout.count("widths        k bias") == 1 and parallel.stdout == serial.stdout
+    assert parallel.stdout.count("subnetworks deficient") == 4  # SMALL: 2 widths x 2 degrees x 1 bias

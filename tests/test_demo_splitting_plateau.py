@@ -79,4 +79,5 @@ def test_demo_under_mpirun(tmp_path, monkeypatch):
     r = run([sys.executable, str(DEMO)], ranks=2, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "2 rank(s)" in r.stdout and "agrees with the full Hessian at 31/31" in r.stdout
+    assert r.stdout.count("classification:") == 1  # printed by rank 0 only
     assert (tmp_path / "results" / "splitting_plateau" / "training_curves.png").exists()

@@ -28,7 +28,6 @@ from conftest import BIN, MPIRUN, ROOT, Exact, run, say, small_problem, u0
 from flowfem import io, plot
 from flowfem.flow import Flow
 from flowfem.flow import checkpoint as ck
-from flowfem.flow.driver import Progress
 from flowfem.flow.initial import initial_density
 from flowfem.network import Network
 from flowfem.problem import Problem
@@ -186,28 +185,6 @@ def test_network_projection_is_exact_for_linear_features(degree, shared_tmp):
 
 
 # -- reporting ------------------------------------------------------------------------------------------
-
-
-def test_progress_bar_only_on_a_terminal_of_rank_0():
-    import io as stdio
-
-    class Terminal(stdio.StringIO):
-        def isatty(self):
-            return True
-
-    term, pipe = Terminal(), stdio.StringIO()
-    for stream in (term, pipe):
-        bar = Progress(comm, True, stream)
-        bar.update(0.5, "step 3")
-        bar.close()
-    assert pipe.getvalue() == ""
-    if comm.rank == 0:
-        assert "50.0% step 3" in term.getvalue() and term.getvalue().endswith("\n")
-    else:
-        assert term.getvalue() == ""
-    quiet = Terminal()
-    Progress(comm, False, quiet).update(1.0, "done")
-    assert quiet.getvalue() == ""
 
 
 def test_energy_log_files(shared_tmp):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
+from flowfem import progress as progress_  # noqa: E402
 from flowfem.arguments import unknown  # noqa: E402
 from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
@@ -101,30 +101,6 @@ class FlowResult:
         if ok.sum() < 2 or t[ok][-1] <= t[ok][0]:
             return float("nan")
         return float(-np.log(e[ok][-1] / e[ok][0]) / (t[ok][-1] - t[ok][0]))
-
-
-class Progress:
-    """A one-line progress bar on stderr: rank 0 only, and only when stderr is a terminal."""
-
-    def __init__(self, comm: MPI.Comm, enabled: bool = True, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = bool(enabled) and comm.rank == 0 and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.started = False
-
-    def update(self, fraction: float, text: str) -> None:
-        if not self.enabled:
-            return
-        fraction = min(max(fraction, 0.0), 1.0) if np.isfinite(fraction) else 0.0
-        width = 30
-        bar = "#" * int(round(width * fraction)) + "." * (width - int(round(width * fraction)))
-        self.stream.write(f"\r[{bar}] {100 * fraction:5.1f}% {text}\033[K")
-        self.stream.flush()
-        self.started = True
-
-    def close(self) -> None:
-        if self.enabled and self.started:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # -- step policies --------------------------------------------------------------------------
@@ -306,14 +282,16 @@ class Flow:
         """||V||_G: the L^2_omega or the H^1_omega norm (:class:`flowfem.sobolev.WeightedH1`)."""
         return self.E.H.l2_norm(V) if self.metric == "L2" else self.E.H.norm(V)
 
-    def stationary(self) -> PETSc.Vec:
-        """U*, the minimiser (one linear solve, or Newton for a nonlinear loss); kept as the reference."""
+    def stationary(self, progress: bool = False) -> PETSc.Vec:
+        """U*, the minimiser (one linear solve, or Newton for a nonlinear loss); kept as the reference.
+        ``progress``: a bar of its CG iterations (Newton steps), see :mod:`flowfem.progress`."""
         if self.U_star is None:
             if self.E.loss.quadratic:
-                U, info = solve(self.E, self.solver, self.rtol, self.linear_options or None)
+                U, info = solve(self.E, self.solver, self.rtol, self.linear_options or None, progress=progress)
             else:
                 U, info = newton(self.E, None, self.solver, rtol=min(self.newton_rtol, 1e-12),
-                                 linear_rtol=self.rtol, petsc_options=self.linear_options or None)
+                                 linear_rtol=self.rtol, petsc_options=self.linear_options or None,
+                                 progress=progress)
             self.U_star, self.stationary_info = U, info
             self.energy_star = self.E(U)
         return self.U_star
@@ -353,6 +331,18 @@ class Flow:
             return f"interrupted at step {state.step}, t = {state.t:.6g}"
         return ""
 
+    @staticmethod
+    def _show(bar, state: FlowState, rec: dict, t_end: float, max_steps: int, tol: float | None) -> None:
+        """Advance the progress bar to the fraction of the run done (see :meth:`run`)."""
+        fractions = [state.t / t_end if np.isfinite(t_end) else 0.0, state.step / max_steps]
+        e0 = state.log[0]["error"]
+        if tol is not None and rec["error"] > 0 and e0 > tol:
+            fractions.append(np.log(e0 / rec["error"]) / np.log(e0 / tol))
+        fraction = min(max(max(fractions), 0.0), 1.0)
+        bar.set_postfix_str(f"step {state.step}, t {state.t:.3g}, E {rec['energy']:.6e}"
+                            + (f", err {rec['error']:.1e}" if np.isfinite(rec["error"]) else ""), refresh=False)
+        bar.update(fraction - bar.n)
+
     def run(self, U: PETSc.Vec, t_end: float = math.inf, tau: float = 1.0, growth: float = 1.0,
             tau_max: float = math.inf, max_steps: int = 10**6, tol: float | None = None,
             state: FlowState | None = None, checkpoints=None, writer=None, progress: bool = False,
@@ -368,7 +358,10 @@ class Flow:
         previous one). ``stop``: a callable (e.g. :class:`Interrupt`) asked after
         every step; when it returns True on any rank the run ends there, with a
         checkpoint if ``checkpoints`` is given, and ``result.interrupted``.
-        ``callback(record, U)`` is called after every step on every rank.
+        ``callback(record, U)`` is called after every step on every rank. ``progress``: a bar
+        (:mod:`flowfem.progress`) of the fraction of the run done, the larger of t / t_end, steps /
+        max_steps and, with ``tol``, log(e_0 / e) / log(e_0 / tol) (e = ||U - U*||_G / ||U*||_G), with
+        the step, t, E_alpha and e.
         """
         if not (tau > 0 and np.isfinite(tau)):
             raise ValueError(f"time step tau = {tau} must be positive and finite")
@@ -381,7 +374,6 @@ class Flow:
                              "call stationary() (or set_reference) first")
         if not (np.isfinite(t_end) or max_steps < 10**6 or tol is not None):
             raise ValueError("the flow needs an end: give t_end, max_steps or tol")
-        comm = self.E.H.space.comm
         if self.ts_atol_given is None:
             if state is not None and state.ts_atol is not None:
                 self.ts_atol = state.ts_atol
@@ -401,7 +393,8 @@ class Flow:
                 writer.write(0.0, U, 0)
         scheme.set_history(state.history)
         offset = state.log[-1]["seconds"] if state.log else 0.0
-        bar = Progress(comm, progress)
+        bar = progress_.bar(progress, total=1.0, desc="flow",
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
         saved = -1
         try:
             while not (stopped := self._stop(state, t_end, max_steps, tol, stop)):
@@ -422,12 +415,8 @@ class Flow:
                     saved = state.step
                 if callback is not None:
                     callback(rec, U)
-                fractions = [state.t / t_end if np.isfinite(t_end) else 0.0, state.step / max_steps]
-                if tol is not None and rec["error"] > 0 and state.log[0]["error"] > tol:
-                    fractions.append(np.log(state.log[0]["error"] / rec["error"])
-                                     / np.log(state.log[0]["error"] / tol))
-                bar.update(max(fractions), f"step {state.step} t={state.t:.3g} E={rec['energy']:.6e}"
-                           + (f" err={rec['error']:.1e}" if np.isfinite(rec["error"]) else ""))
+                if not bar.disable:
+                    self._show(bar, state, rec, t_end, max_steps, tol)
         finally:
             bar.close()
         interrupted = stopped.startswith("interrupted")
