@@ -129,7 +129,12 @@ class Comparison:
 
     def table(self) -> list[dict]:
         """Rows aggregated over seeds: mean, std, min and max of the test RMSE; mean and std of the
-        train loss and objective; one row per (solver, method, width)."""
+        train loss and objective; one row per (solver, method, width). A group with a diverged run
+        (inf) has mean inf and std NaN (undefined), written as null in results.json."""
+
+        def std(a: np.ndarray) -> float:  # np.std of an inf is NaN too, but through an inf - inf warning
+            return float(np.std(a)) if np.all(np.isfinite(a)) else float("nan")
+
         groups: dict = {}
         for r in self.runs:
             groups.setdefault((r.solver, r.method, r.width), []).append(r)
@@ -144,10 +149,10 @@ class Comparison:
             rows.append(dict(
                 solver=solver, method=method, width=width,
                 seeds=" ".join(str(r.seed) for r in rs) if rs[0].seed is not None else "", status=status,
-                test_rmse_mean=float(np.mean(e)), test_rmse_std=float(np.std(e)),
+                test_rmse_mean=float(np.mean(e)), test_rmse_std=std(e),
                 test_rmse_min=float(np.min(e)), test_rmse_max=float(np.max(e)),
-                train_loss_mean=float(np.mean(tl)), train_loss_std=float(np.std(tl)),
-                objective_mean=float(np.mean(ob)), objective_std=float(np.std(ob)),
+                train_loss_mean=float(np.mean(tl)), train_loss_std=std(tl),
+                objective_mean=float(np.mean(ob)), objective_std=std(ob),
                 objective_name=rs[0].objective_name, seconds_mean=float(np.mean([r.seconds for r in rs])),
                 steps=" ".join(map(str, steps)), lr="" if rs[0].lr is None else rs[0].lr,
                 ranks=rs[0].ranks, how=rs[0].how))
