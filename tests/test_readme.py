@@ -5,15 +5,18 @@ to the README (by anyone) is run too:
 
 * every line of an indented (4 spaces) or fenced code block that starts with
   ``flowfem `` or ``mpirun -n P flowfem `` (a ``$ `` prompt and ``\\``
-  continuation lines are allowed) is one command. They run in README order,
-  in one fresh directory, through ``.venv/bin`` (``flowfem``, ``mpirun``),
-  so that later commands read what earlier ones wrote (``readout`` reads
-  ``results/sin``). The directory holds a copy of ``meshes/`` and the files
-  the README says stand for the user's own: ``data.csv`` (header x1,y) and
-  ``inputs.csv`` (header x1);
-* every ```` ```python ```` block is one script; they run in README order in
-  one directory of their own, as a reader runs them (the export example
-  loads the ``net.npz`` that the first example saved).
+  continuation lines are allowed) is one command;
+* every ```` ```python ```` block is one script.
+
+Commands and scripts run interleaved in README order, in one fresh
+directory, as a reader following the README runs them: later examples read
+what earlier ones wrote (``readout`` reads ``results/sin``, the export
+example loads ``net.npz``), and an example must not trip over a file an
+earlier one left (a Python example that saved ``net.npz`` once made the
+later ``flowfem readout --out net.npz`` refuse to replace it). Commands run
+through ``.venv/bin`` (``flowfem``, ``mpirun``). The directory holds a copy
+of ``meshes/`` and the files the README says stand for the user's own:
+``data.csv`` (header x1,y) and ``inputs.csv`` (header x1).
 
 Each command must exit 0, print no ``warning:`` line (a README flow that
 stops at --max-steps, a solve that does not converge) and at most
@@ -76,11 +79,13 @@ def code_blocks(text: str) -> list[tuple[str, list[str]]]:
     return blocks
 
 
-def readme_commands(text: str) -> list[str]:
-    """The flowfem command lines of the README's code blocks, in order (continuations joined)."""
-    commands = []
+def readme_examples(text: str) -> list[tuple[str, str]]:
+    """("command", line) for every flowfem command line (continuations joined) and ("python", script) for
+    every Python block of a Markdown text, in the order of the text."""
+    examples = []
     for lang, body in code_blocks(text):
         if lang == "python":
+            examples.append(("python", "\n".join(body) + "\n"))
             continue
         joined, pending = [], ""
         for line in body:
@@ -89,12 +94,17 @@ def readme_commands(text: str) -> list[str]:
                 continue
             joined.append(pending + line.strip())
             pending = ""
-        commands += [c.removeprefix("$ ") for c in joined if COMMAND.match(c)]
-    return commands
+        examples += [("command", c.removeprefix("$ ")) for c in joined if COMMAND.match(c)]
+    return examples
+
+
+def readme_commands(text: str) -> list[str]:
+    """The flowfem command lines of the README's code blocks, in order (continuations joined)."""
+    return [t for kind, t in readme_examples(text) if kind == "command"]
 
 
 def python_snippets(text: str) -> list[str]:
-    return ["\n".join(body) + "\n" for lang, body in code_blocks(text) if lang == "python"]
+    return [t for kind, t in readme_examples(text) if kind == "python"]
 
 
 def subcommand(argv: list[str]) -> str:
@@ -102,8 +112,9 @@ def subcommand(argv: list[str]) -> str:
 
 
 TEXT = open(README, encoding="utf-8").read()
-COMMANDS = readme_commands(TEXT)
-SNIPPETS = python_snippets(TEXT)
+EXAMPLES = readme_examples(TEXT)
+COMMANDS = [t for kind, t in EXAMPLES if kind == "command"]
+SNIPPETS = [t for kind, t in EXAMPLES if kind == "python"]
 
 
 def environment() -> dict:
@@ -112,7 +123,8 @@ def environment() -> dict:
 
 
 class Session:
-    """The README's commands run in order in one directory, each once, when a test first needs it."""
+    """The README's examples (commands and Python scripts) run in README order in one directory, each
+    once, when a test first needs it (or one after it)."""
 
     def __init__(self, directory):
         self.directory = directory
@@ -132,12 +144,21 @@ class Session:
         argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
         return argv
 
-    def result(self, k: int) -> subprocess.CompletedProcess:
-        while len(self.results) <= k:
-            argv = self.argv(COMMANDS[len(self.results)])
+    def run(self, kind: str, k: int) -> subprocess.CompletedProcess:
+        """The result of the k-th example of this kind (running every example before it first)."""
+        target = [i for i, (kd, _) in enumerate(EXAMPLES) if kd == kind][k]
+        while len(self.results) <= target:
+            i = len(self.results)
+            kd, text = EXAMPLES[i]
+            if kd == "python":
+                script = self.directory.parent / f"{self.directory.name}-example{i}.py"
+                script.write_text(text)
+                argv = [sys.executable, str(script)]
+            else:
+                argv = self.argv(text)
             self.results.append(subprocess.run(argv, cwd=self.directory, env=environment(), capture_output=True,
                                                text=True, timeout=600))
-        return self.results[k]
+        return self.results[target]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +182,7 @@ def test_every_subcommand_has_a_readme_example():
 
 @pytest.mark.parametrize("k", range(len(COMMANDS)), ids=COMMANDS)
 def test_readme_command_runs_as_written(session, k):
-    r = session.result(k)
+    r = session.run("command", k)
     shown = f"$ {shlex.join(session.argv(COMMANDS[k]))}\n{r.stdout}\n{r.stderr}"
     assert r.returncode == 0, shown
     lines = r.stdout.splitlines()
@@ -174,30 +195,9 @@ def test_readme_command_runs_as_written(session, k):
         assert "a strict local minimum: the classification applies" in r.stdout, shown
 
 
-class Scripts:
-    """The README's Python examples run in order in one directory, each once, when a test first needs it."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.results: list[subprocess.CompletedProcess] = []
-
-    def result(self, k: int) -> subprocess.CompletedProcess:
-        while len(self.results) <= k:
-            script = self.directory / f"example{len(self.results)}.py"
-            script.write_text(SNIPPETS[len(self.results)])
-            self.results.append(subprocess.run([sys.executable, str(script)], cwd=self.directory,
-                                               env=environment(), capture_output=True, text=True, timeout=600))
-        return self.results[k]
-
-
-@pytest.fixture(scope="module")
-def scripts(tmp_path_factory):
-    return Scripts(tmp_path_factory.mktemp("readme-python"))
-
-
 @pytest.mark.parametrize("k", range(len(SNIPPETS)))
-def test_readme_python_example_runs_as_written(scripts, k):
-    r = scripts.result(k)
+def test_readme_python_example_runs_as_written(session, k):
+    r = session.run("python", k)
     assert r.returncode == 0, SNIPPETS[k] + r.stdout + r.stderr
     assert r.stderr == "", r.stderr
 
