@@ -75,14 +75,16 @@ def main(n: int = 5000, cells: int = 128, alpha: float = 1e-5, out: str | None =
         print(f"test RMSE = {metrics['test_rmse']:.3e}")
 
     # ## Output
-    # density.bp opens in ParaView (File > Open, choose the ADIOS2 VTX
-    # reader); density.npz holds the dof coordinates and values for NumPy;
-    # figure.png shows the density and the fit.
+    # density.xdmf (+ density.h5) opens in ParaView (File > Open, an XDMF
+    # reader) and in any VTK build; density.bp keeps the density at its own
+    # degree for ParaView's ADIOS2 VTX reader; density.npz holds the dof
+    # coordinates and values for NumPy; predictions.csv the test inputs,
+    # targets and f_u; figure.png shows the density and the fit.
     if out is not None:
         with outputs.output_directory(out, comm, force=True) as tmp:
             io.write_solution(tmp, result, io.settings(result.functional), metrics, train, test)
         if comm.rank == 0:
-            print(f"wrote {out}/ (density.bp for ParaView, density.npz, figure.png, metrics.json)")
+            print(f"wrote {out}/ ({', '.join(sorted(f for f in os.listdir(out) if not f.startswith('.')))})")
     return metrics
 
 
