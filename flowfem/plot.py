@@ -335,7 +335,7 @@ def fit_axes(ax, x: np.ndarray, y: np.ndarray, xg: np.ndarray, fg: np.ndarray, l
         return m
     norm = Normalize(min(f.min(), y.min()), max(f.max(), y.max()))  # one scale: f_u and y
     m = ax.pcolormesh(g0, g1, f, shading="gouraud", cmap="viridis", norm=norm)
-    ax.scatter(x[:, 0], x[:, 1], c=y, s=12, cmap="viridis", norm=norm, edgecolors="w", linewidths=0.4)
+    ax.scatter(x[:, 0], x[:, 1], c=y, s=12, cmap="viridis", norm=norm, edgecolors="k", linewidths=0.3)
     return m
 
 
