@@ -238,3 +238,40 @@ def test_missing_frames_are_reported(shared_tmp):
     assert list(frames["steps"]) == [3, 4]
     assert "frames up to step 2 cannot be read" in missing and "frames-00000002.npz" in missing
     flow.destroy()
+
+
+def test_a_resume_interrupted_before_its_first_step_keeps_the_saved_frames(shared_tmp):
+    """Ctrl-C right after --resume, before a step: the checkpoint and frames file it resumed from stay as they
+    were (a second save there once replaced the frames of steps 3..4 by none, starting at step 4, and the next
+    resume looped on that file forever); a frames file that does not lead back to an earlier step is reported."""
+    problem, E = small_problem(alpha=1e-3)
+    flow = _flow(E)
+    fp = ck.fingerprint(flow)
+    directory = os.path.join(shared_tmp, "early.ck")
+    with io.TrajectoryWriter(os.path.join(shared_tmp, "early.xdmf"), problem.H) as writer:
+        flow.run(u0(problem), tau=0.01, max_steps=4, writer=writer, checkpoints=ck.Checkpoints(directory, 2, fp))
+    flow.destroy()
+    frames_file = os.path.join(directory, f"{ck.load_checkpoint(directory, _flow(E), fp).run}.frames-00000004.npz")
+    before = open(frames_file, "rb").read()
+    flow = _flow(E)
+    resumed = ck.load_checkpoint(directory, flow, fp)
+    with io.TrajectoryWriter(os.path.join(shared_tmp, "early-resumed.xdmf"), problem.H) as writer:
+        result = flow.run(resumed.U, tau=0.01, max_steps=8, state=resumed.state, writer=writer,
+                          checkpoints=ck.Checkpoints(directory, 2, fp, run=resumed.run), stop=lambda: True)
+    assert result.interrupted and flow.state.step == 4
+    flow.destroy()
+    MPI.COMM_WORLD.barrier()
+    assert open(frames_file, "rb").read() == before
+    flow = _flow(E)
+    again = ck.load_checkpoint(directory, flow, fp)
+    frames, missing = ck.saved_frames(again)
+    assert missing == "" and list(frames["steps"]) == [0, 1, 2, 3, 4]
+    MPI.COMM_WORLD.barrier()
+    if MPI.COMM_WORLD.rank == 0:  # a damaged file whose start is its own step: reported, not followed forever
+        with np.load(frames_file) as f:
+            arrays = {k: f[k] for k in f.files}
+        np.savez(frames_file, **dict(arrays, start=np.array(4)))
+    MPI.COMM_WORLD.barrier()
+    frames, missing = ck.saved_frames(again)
+    assert frames is None and "is damaged" in missing and "frames-00000004.npz" in missing
+    flow.destroy()

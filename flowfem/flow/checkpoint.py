@@ -190,6 +190,9 @@ def saved_frames(checkpoint: "Checkpoint", comm: MPI.Comm = MPI.COMM_WORLD) -> t
             except Exception as e:  # noqa: BLE001  (missing, zip or npy errors: the frames before are lost)
                 return parts, (f"the trajectory frames up to step {step} cannot be read from {path!r} "
                                f"({type(e).__name__}); the trajectory starts after them")
+            if not int(part["start"]) < step:  # each file leads back to an earlier one: never a cycle
+                return parts, (f"the trajectory frames file {path!r} is damaged (it starts at step "
+                               f"{int(part['start'])}, not before step {step}); the trajectory starts after it")
             parts.append(part)
             step = int(part["start"])
         return parts, ""

@@ -386,6 +386,9 @@ class Flow:
         clock = time.perf_counter()
         if writer is not None and checkpoints is not None:  # its frames go with the checkpoints: a resumed run replays them
             writer.track(-1 if state is None else state.step)
+        # the step whose checkpoint exists: a resumed run's own, so that one interrupted before its first step
+        # does not write that checkpoint (and its frames file) again, with no frames
+        saved = -1 if state is None else state.step
         if state is None:
             state = FlowState(0, 0.0, float(tau), [], self.ts_atol)
             state.log.append(self.record(U, 0, 0.0, 0.0, None, 0.0))
@@ -395,7 +398,6 @@ class Flow:
         offset = state.log[-1]["seconds"] if state.log else 0.0
         bar = progress_.bar(progress, total=1.0, desc="flow",
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
-        saved = -1
         try:
             while not (stopped := self._stop(state, t_end, max_steps, tol, stop)):
                 planned = step_tau = min(state.tau, tau_max)
