@@ -375,7 +375,7 @@ def cmd_readout(args, comm) -> None:
     from flowfem import io
     from flowfem.readout import readout
 
-    on_root(comm, lambda: check_writable(args.out, "network file", args.force))  # before the work
+    on_root(comm, lambda: check_writable(args.out, "network file", args.force, (args.density, args.data)))  # before the work
     H, u, settings = io.load_density(args.density, comm)
     if "activation" not in settings:
         raise ValueError(f"the density {args.density!r} records no activation: it was not written by "
@@ -406,7 +406,7 @@ def cmd_predict(args, comm) -> None:
 
     def work():
         if args.out:
-            check_writable(args.out, "predictions file", args.force)
+            check_writable(args.out, "predictions file", args.force, (args.network, args.data))
         net = Network.load(args.network)
         inputs = data.get(args.data, args.n, args.seed, require_y=False)
         x, _ = data.check(inputs.x, None, net.input_dim, what=f"inputs {args.data!r}",
@@ -432,7 +432,7 @@ def cmd_export(args, comm) -> None:
     out = args.out or os.path.splitext(args.network)[0] + export.FORMATS[args.format]
 
     def work():
-        check_writable(out, "exported network file", args.force)  # before the work
+        check_writable(out, "exported network file", args.force, (args.network,))  # before the work
         if args.format == "torch" and importlib.util.find_spec("torch") is None:
             raise ValueError("--format torch writes a PyTorch state dict and needs PyTorch: pip install torch, "
                              "or choose --format onnx or safetensors")
@@ -461,7 +461,7 @@ def cmd_landscape(args, comm) -> None:
         except ValueError:
             raise ValueError(f"--mu {args.mu!r}: write numbers separated by commas, e.g. -1,0,0.5,1,2") from None
         if args.json:
-            check_writable(args.json, "--json file", args.force)
+            check_writable(args.json, "--json file", args.force, (args.network, args.data))
         net = Network.load(args.network)
         ds = data.get(args.data, args.n, args.seed)
         if ds.d != net.input_dim:

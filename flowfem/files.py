@@ -33,15 +33,26 @@ from contextlib import contextmanager
 import numpy as np
 
 
-def check_writable(path: str | os.PathLike, what: str = "output file", force: bool | None = None) -> None:
+def check_writable(path: str | os.PathLike, what: str = "output file", force: bool | None = None,
+                   inputs: tuple = ()) -> None:
     """Raise ValueError unless a file can be created or replaced at ``path``: its directory exists
     and may be written into, and ``path`` is not a directory. With ``force`` given (the command
     line's --force), an existing file is replaced only if ``force`` is true: a command never
-    overwrites a file the user did not ask it to."""
+    overwrites a file the user did not ask it to. ``inputs``: what the command reads (files,
+    directories, or names such as ``sin`` that are no path): ``path`` may be none of those files
+    nor an existing file inside one of those directories, even with ``force`` (--force replaces
+    an earlier output, never the input being read)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"cannot write {what} {path!r}: it is a directory; give a file name")
+    if os.path.lexists(path):
+        for source in (os.fspath(s) for s in inputs if s is not None):
+            inside = os.path.isdir(source) and os.path.commonpath(
+                [os.path.realpath(source), os.path.realpath(path)]) == os.path.realpath(source)
+            if inside or (os.path.isfile(source) and os.path.samefile(source, path)):
+                raise ValueError(f"{what} {path!r} is {'in ' if inside else ''}the input {source!r} of this "
+                                 "command: writing it would destroy what the command reads; choose another name")
     if force is False and os.path.lexists(path):
         raise ValueError(f"{what} {path!r} exists; pass --force to replace it, or choose another name")
     if os.path.exists(directory) and not os.path.isdir(directory):

@@ -115,3 +115,41 @@ def test_file_outputs_never_replace_a_file_without_force(tmp_path):
         r = run([*cmd, str(target), "--force"], timeout=120)
         assert r.returncode == 0, r.stderr
         assert target.read_text() != mine
+
+
+def test_force_never_replaces_the_input_a_command_reads(tmp_path):
+    """--out (or --json) naming the command's own input, with --force: export wrote ONNX over the network it
+    read, landscape JSON over its network, predict CSV over its network or its data, readout a network over
+    the density it read. Every such output is refused, and the input is left as it was."""
+    import numpy as np
+
+    from flowfem import data
+    from flowfem.network import Network
+
+    net = tmp_path / "net.npz"
+    Network(np.ones((2, 1)), np.zeros(2), np.ones(2), "tanh").save(net)
+    same_suffix = tmp_path / "model.safetensors"  # export's default --out is the input itself
+    same_suffix.write_bytes(net.read_bytes())
+    points = tmp_path / "points.npz"
+    data.save(data.synthetic("sin", 20, seed=0), str(points))
+    assert _solve(tmp_path / "sol").returncode == 0
+    density = tmp_path / "sol" / "density.npz"
+    cases = [
+        ([FLOWFEM, "export", "--network", str(net), "--format", "onnx", "--out", str(net)], net),
+        ([FLOWFEM, "export", "--network", str(same_suffix), "--format", "safetensors"], same_suffix),
+        ([FLOWFEM, "landscape", "--network", str(net), "--data", "sin", "--json", str(net)], net),
+        ([FLOWFEM, "predict", "--network", str(net), "--data", "sin", "--out", str(net)], net),
+        ([FLOWFEM, "predict", "--network", str(net), "--data", str(points), "--out", str(points)], points),
+        ([FLOWFEM, "readout", "--density", str(tmp_path / "sol"), "--out", str(density)], density),
+        ([FLOWFEM, "readout", "--density", str(density), "--out", str(density)], density),
+    ]
+    for cmd, victim in cases:
+        before = victim.read_bytes()
+        r = run([*cmd, "--force"], timeout=120)
+        assert r.returncode == 2 and "the input" in r.stderr and "choose another name" in r.stderr, (cmd, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert victim.read_bytes() == before, cmd
+    # a new file inside the input directory is no input: allowed
+    r = run([FLOWFEM, "readout", "--density", str(tmp_path / "sol"), "--out", str(tmp_path / "sol" / "net.npz")],
+            timeout=120)
+    assert r.returncode == 0, r.stderr
