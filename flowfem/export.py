@@ -54,6 +54,7 @@ from flowfem.network import Network
 from flowfem.outputs import version
 
 OPSET = 17  # ONNX 1.12, IR version 8: onnxruntime runs it since its release 1.12
+ONNX_LIMIT = 2**31 - 2**24  # protobuf's 2 GiB per message, less room for the graph and the metadata
 FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "torch": ".pt"}  # format -> file suffix
 KEYS = ("0.weight", "0.bias", "2.weight", "2.bias")
 
@@ -107,7 +108,14 @@ def _activation_nodes(net: Network, z: str, out: str) -> tuple[list[onnx.NodePro
 def onnx_model(net: Network) -> onnx.ModelProto:
     """The network as a checked ONNX model: input ``x`` (batch, d), output ``f`` (batch, 1),
     float64, opset :data:`OPSET`, initializers named as the state dict (see the module docstring).
-    Run it with ``onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})``."""
+    Run it with ``onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})``.
+    ValueError, before any work, for a network whose weights exceed :data:`ONNX_LIMIT` bytes: an
+    ONNX model is one protobuf message, which cannot hold 2 GiB (safetensors has no such limit)."""
+    weights = 8 * (net.W.size + 2 * net.width + 1)
+    if weights > ONNX_LIMIT:
+        raise ValueError(f"a network of width {net.width} with d = {net.input_dim} inputs has {weights / 2**30:.2f} GiB "
+                         "of float64 weights, beyond the 2 GiB an ONNX file (one protobuf message) can hold: "
+                         "use --format safetensors (or torch)")
     initializers = [numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float64), k)
                     for k, v in net.state_dict().items()]
     sigma, constants = _activation_nodes(net, "z", "h")
