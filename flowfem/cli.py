@@ -191,7 +191,8 @@ def cmd_flow(args, comm) -> None:
     t2 = time.perf_counter()
     fp = checkpoint.fingerprint(flow, data=args.data, n_data=args.n, seed=args.seed, radius=args.radius,
                                 mesh_size=args.mesh_size, solver=args.solver, rtol=args.rtol, ts_rtol=args.ts_rtol,
-                                step_rtol=args.step_rtol, growth=args.growth, tau_max=args.tau_max,
+                                step_rtol=args.step_rtol, tau=args.tau, growth=args.growth, tau_max=args.tau_max,
+                                write_every=args.write_every,  # the resumed steps and frames continue the run's
                                 reference=not args.no_reference, petsc_options=petsc)
     resumed = state = None
     if args.resume:

@@ -409,6 +409,16 @@ def test_force_over_an_earlier_run_keeps_the_new_runs_checkpoints(tmp_path):
     frames = sorted(n for n in os.listdir(directory) if ".frames-" in n)  # not rotated: the chain back to step 0
     assert frames == sorted([f"{runs[0]}.frames-{k:08d}.npz" for k in range(2, 15, 2)]
                             + [f"{runs[1]}.frames-{k:08d}.npz" for k in range(2, 15, 2)]), frames
+    # a resume with another first step or frame spacing would silently keep the run's (the steps come from the
+    # checkpoint) or space its frames unevenly: refused, naming the option
+    for option, value, stored in (("--tau", "0.02", "0.05"), ("--write-every", "3", "1")):
+        args = [a if a != "0.05" or option != "--tau" else value for a in ARGS]
+        extra = [option, value] if option == "--write-every" else []
+        r = run([FLOWFEM, "flow", *args, *extra, "--resume", directory, "--out", str(tmp_path / "again")],
+                timeout=300)
+        key = option[2:].replace("-", "_")
+        assert r.returncode == 2 and f"{key}: checkpoint {stored}" in r.stderr, r.stderr
+        assert not os.path.exists(tmp_path / "again")
 
 
 @pytest.mark.mpi
