@@ -470,7 +470,7 @@ def cmd_landscape(args, comm) -> None:
                              f"takes d = {net.input_dim}; use data of the network's input dimension")
         if args.neuron is not None and not -net.width <= args.neuron < net.width:
             raise ValueError(f"--neuron {args.neuron} is out of range: the network has width {net.width}, "
-                             f"so choose 0..{net.width - 1}")
+                             f"so choose 0..{net.width - 1} (or -{net.width}..-1, counted from the last)")
         polish = None
         if args.polish:
             m = plateau.minimise(net, ds.x, ds.y, args.loss)

@@ -499,8 +499,10 @@ def format_report(report: dict, neurons: int | None = None) -> str:
     if r["valid"]:
         out.append("  a strict local minimum: the classification applies")
     else:
+        fix = ("the --polish by Newton did not reach one: start from another network (e.g. another readout "
+               "seed or width)" if r.get("polish") else "rerun with --polish (Newton) first")
         out.append(f"  NOT a strict local minimum (needs |grad L| <= {r['gtol']:g} and a positive definite "
-                   "Hessian): the classification below does not apply; rerun with --polish (Newton) first")
+                   f"Hessian): the classification below does not apply; {fix}")
     out += summary(r)
     check = any("brute_force" in pt for nr in r["neurons"] for pt in nr["points"])
     shown = r["neurons"] if neurons is None else r["neurons"][:neurons]

@@ -321,4 +321,10 @@ def test_format_report():
     rows = [ln.split() for ln in text.splitlines() if ln.strip().startswith(("-1 ", "0 ", "0.5 "))]
     assert [r[1] for r in rows] == [pt["kind"] for pt in rep["neurons"][0]["points"]]
     net, x, y = random_problem("tanh", "squared", N=2, d=1)
-    assert "NOT a strict local minimum" in ls.format_report(ls.plateau_report(net, x, y, [0.5], neurons=[0]))
+    rep = ls.plateau_report(net, x, y, [0.5], neurons=[0])
+    text = ls.format_report(rep)
+    assert "NOT a strict local minimum" in text and "rerun with --polish" in text
+    rep.update(polish=dict(iterations=500, gradient_norm=1e-3, converged=False))  # --polish given, no minimum:
+    text = ls.format_report(rep)  # the advice is not to give the --polish that was given
+    assert "NOT a strict local minimum" in text and "rerun with --polish" not in text
+    assert "the --polish by Newton did not reach one" in text
