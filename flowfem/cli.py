@@ -19,7 +19,7 @@ import traceback
 
 import numpy as np
 
-from flowfem.mpi import exit_now, fail_together, message, on_root  # first: loads MPI before dolfinx
+from flowfem.mpi import CollectiveInterrupt, exit_now, fail_together, message, on_root  # first: loads MPI
 
 from flowfem.arguments import closest, command_line  # noqa: E402
 from flowfem.files import check_writable, replacing  # noqa: E402
@@ -775,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "out", None):  # once, for every message and file name: "out/" is "out"
         args.out = os.path.normpath(args.out)
     try:
-        with command_line():  # messages name options (--width N), not Python arguments (width=N)
+        # under mpirun Ctrl-C stops every rank at one point (mpi.CollectiveInterrupt), none left in a collective
+        with command_line(), CollectiveInterrupt(comm):  # messages name options (--width N), not (width=N)
             if hasattr(args, "radius"):  # before any work: mesh options the domain would ignore are refused
                 args.mesh_options = _domain_options(args)
             if args.command in ("solve", "flow", "compare"):
@@ -791,10 +792,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"flowfem: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # outside a flow's steps, or a second Ctrl-C
-        if comm.rank == 0:
-            print("flowfem: interrupted", file=sys.stderr)
-        if comm.size > 1:  # the other ranks may be waiting in a collective
-            comm.Abort(130)
+        # one line; a rank left waiting in a collective (a second Ctrl-C) is aborted with the same status
+        fail_together(comm, "flowfem: interrupted", status=130)
         return 130
     except Exception as e:  # noqa: BLE001  (any error: one line, status 2, every rank ends)
         line = (traceback.format_exc().rstrip() if os.environ.get("FLOWFEM_DEBUG")

@@ -16,13 +16,21 @@ An error on one rank must end every rank, never hang:
   ``MPI_Abort`` (MPICH's mpirun then exits with the abort code, 2, after
   its own line ``Abort(2) on node ...``). ``FLOWFEM_DEBUG=1`` prints the
   full traceback instead of the line.
+
+Ctrl-C reaches every rank (mpirun passes it on), but a rank waiting inside
+a collective (a KSP's dot product) takes it only when that returns: a rank
+that left the collective on KeyboardInterrupt would leave the others
+waiting. :class:`CollectiveInterrupt` turns SIGINT into KeyboardInterrupt
+on every rank at the same point (:func:`on_root`, a linear solve's iteration).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Callable, NoReturn, TypeVar
@@ -82,8 +90,10 @@ def on_root(comm: MPI.Comm, fn: Callable[[], T], bcast: bool = True) -> T | None
 
     Any ``Exception`` of fn becomes a :class:`CollectiveError` with the text of :func:`message`
     on every rank. KeyboardInterrupt (mpirun passes Ctrl-C to every rank) and SystemExit (an
-    explicit request to end this process) are not caught.
+    explicit request to end this process) are not caught. Inside a :class:`CollectiveInterrupt`
+    it first raises KeyboardInterrupt on every rank if any rank had a Ctrl-C (:func:`check_interrupt`).
     """
+    check_interrupt(comm)  # Ctrl-C: every rank stops here, none waits in the bcast below
     result, error = None, None
     if comm.rank == 0:
         try:
@@ -106,14 +116,14 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def fail_together(comm: MPI.Comm, line: str, grace: float = GRACE_SECONDS) -> None:
+def fail_together(comm: MPI.Comm, line: str, grace: float = GRACE_SECONDS, status: int = 2) -> None:
     """On a rank that failed: print ``line`` once; return only if every rank of comm failed.
 
     Every failed rank tells rank 0 by a point-to-point message (which cannot be mistaken for
     the collective that healthy ranks may be waiting in). If all ranks report within ``grace``
     seconds, rank 0 prints ``line``, releases the others and the function returns on every
     rank: the caller ends normally. Otherwise the rank prints ``line`` and calls
-    ``comm.Abort(2)``: ranks that did not fail are blocked in a collective and would wait forever.
+    ``comm.Abort(status)``: ranks that did not fail are blocked in a collective and would wait forever.
     """
     if comm.size == 1:
         _print(line)
@@ -129,7 +139,7 @@ def fail_together(comm: MPI.Comm, line: str, grace: float = GRACE_SECONDS) -> No
                 time.sleep(0.01)
         _print(line)
         if failed < comm.size:
-            _abort(comm)
+            _abort(comm, status)
         MPI.Request.Waitall([comm.isend(None, dest=r, tag=FAILURE_TAG) for r in range(1, comm.size)])
         return
     told = comm.isend(None, dest=0, tag=FAILURE_TAG)
@@ -140,7 +150,7 @@ def fail_together(comm: MPI.Comm, line: str, grace: float = GRACE_SECONDS) -> No
             return
         time.sleep(0.01)
     _print(line)
-    _abort(comm)
+    _abort(comm, status)
 
 
 def end_every_rank(exc_type, exc, tb) -> NoReturn:
@@ -158,15 +168,64 @@ def end_every_rank(exc_type, exc, tb) -> NoReturn:
     os._exit(2)
 
 
+class CollectiveInterrupt:
+    """Ctrl-C under mpirun taken by every rank at the same point of a run.
+
+    Inside ``with CollectiveInterrupt(comm):`` (the ``flowfem`` command's whole run) a first SIGINT
+    only sets a flag; :func:`check_interrupt`, called collectively (by :func:`on_root`, as a KSP
+    monitor in every linear solve), raises KeyboardInterrupt on every rank if any rank has it, and
+    so does a normal exit from the block. A second SIGINT raises KeyboardInterrupt at once. Active
+    only on more than one rank, in the main thread, over Python's default SIGINT handler; a flow's
+    :class:`flowfem.flow.driver.Interrupt` takes SIGINT over between its steps.
+    """
+
+    current: CollectiveInterrupt | None = None
+
+    def __init__(self, comm: MPI.Comm):
+        self.comm, self.requested, self.active = comm, False, False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        self.active = (self.comm.size > 1 and threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self.active:
+            signal.signal(signal.SIGINT, self._handle)
+            CollectiveInterrupt.current = self
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.active:
+            return
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        CollectiveInterrupt.current = None
+        if exc_type is None:  # a SIGINT after the last check: still every rank together
+            check_interrupt(self.comm)
+
+
+def check_interrupt(comm: MPI.Comm, *monitor_args) -> None:
+    """Collective over comm: raise KeyboardInterrupt on every rank if a rank had SIGINT inside the
+    active :class:`CollectiveInterrupt` (of comm's ranks); nothing if none is active. The trailing
+    arguments are ignored: ``functools.partial(check_interrupt, comm)`` is a KSP monitor."""
+    active = CollectiveInterrupt.current
+    if active is None or MPI.Comm.Compare(comm, active.comm) == MPI.UNEQUAL:
+        return
+    if comm.allreduce(active.requested, op=MPI.LOR):
+        raise KeyboardInterrupt
+
+
 def _print(line: str) -> None:
     sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
 
 
-def _abort(comm: MPI.Comm) -> NoReturn:
+def _abort(comm: MPI.Comm, status: int = 2) -> NoReturn:
     sys.stdout.flush()
     time.sleep(0.2)  # let mpirun forward the line first: once seen lost (and MPICH's own) without a pause
-    comm.Abort(2)
+    comm.Abort(status)
 
 
 if MPI.COMM_WORLD.size > 1 and sys.excepthook is sys.__excepthook__:  # leave a hook the user installed

@@ -66,6 +66,19 @@ def _reason(error: PETSc.Error) -> str:
     return "; ".join(reversed(said)) or lines[0]  # the most specific sentence comes last
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether a PETSc error is a KeyboardInterrupt raised in a petsc4py Python callback: petsc4py
+    returns PETSC_ERR_PYTHON (101) to PETSc and raises PETSc.Error from the callback's exception (its
+    __cause__; the __context__ of an error a callback raised while handling another)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class SolverOptions:
     """The options of one PETSc solver under ``prefix``: ``defaults`` (flowfem's) and ``user``
     (after :func:`parse`), the user's winning. ``solver`` names the solver in messages
@@ -98,11 +111,14 @@ class SolverOptions:
     @contextmanager
     def errors(self, stage: str):
         """Within the block, a PETSc error becomes a ValueError naming ``stage`` ("the set-up"), the
-        user's options if there are any (the usual cause) and PETSc's reason; the options are cleared."""
+        user's options if there are any (the usual cause) and PETSc's reason; the options are cleared.
+        A PETSc error caused by Ctrl-C in a Python callback (error code 101) becomes KeyboardInterrupt."""
         try:
             yield
         except PETSc.Error as e:
             self.clear()
+            if _interrupted(e):  # Ctrl-C inside a Python callback (MatMult, PCApply, monitor): not a failure
+                raise KeyboardInterrupt from None
             if self.user:
                 raise ValueError(
                     f"PETSc failed in {stage} of {self.solver} with the options {self._written(self.user)}: "

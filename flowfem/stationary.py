@@ -52,12 +52,13 @@ problem whose dense n x ndofs and n x n matrices would not fit in memory.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from flowfem.mpi import CollectiveError  # first: loads MPI before dolfinx
+from flowfem.mpi import CollectiveError, CollectiveInterrupt, check_interrupt  # first: loads MPI before dolfinx
 
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
@@ -227,9 +228,16 @@ class LinearSolver:
         self.options.apply()
         with self.options.errors("the set-up"):
             self.ksp.setFromOptions()
+            self._check_interrupt()
             self.ksp.setUp()
             if solver == "direct":
                 self._woodbury()
+
+    def _check_interrupt(self):
+        """Under mpirun, in the flowfem command: a KSP monitor that stops every rank at the same iteration
+        on Ctrl-C (a rank that left a solve alone would leave the others waiting in its next dot product)."""
+        if CollectiveInterrupt.current is not None:
+            self.ksp.setMonitor(functools.partial(check_interrupt, self.comm))
 
     def _woodbury(self):
         """C = Phi^T, Z = P^{-1} C and C^T Z (once per shift); the capacitance for the current D."""
@@ -324,6 +332,7 @@ class LinearSolver:
             finally:
                 if monitored:
                     self.ksp.cancelMonitor()
+                    self._check_interrupt()
                 if bar is not None:
                     bar.close()
             self.ksp.setInitialGuessNonzero(False)

@@ -21,6 +21,7 @@ file or temporary file left) and through the API (the ValueError's message):
 
 import functools
 import io
+import itertools
 import os
 import pickle
 import struct
@@ -34,7 +35,7 @@ from petsc4py import PETSc
 
 from conftest import BIN, run
 
-from flowfem import cli, data, memory, particles, plateau, readout
+from flowfem import cli, data, memory, particles, plateau, readout, stationary
 from flowfem.network import Network
 from flowfem.problem import Problem
 from flowfem.space import Space
@@ -251,6 +252,35 @@ def test_rtol_is_checked_before_the_work(rtol, message, operator_count):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         problem.fit(train.x, train.y, rtol=rtol)
     assert operator_count == []  # refused before the data operator is built
+
+
+INTERRUPTED = [
+    (["solve", "--data", "sin"], 3),  # a CG iteration's MatMult (KSP)
+    (["solve", "--data", "sin", "--solver", "direct"], 0),  # the true residual after the MUMPS solve
+    (["solve", "--data", "step", "--loss", "logistic"], 5),  # inside SNES's python PC: a KSP in a SNES
+    (["flow", "--data", "sin", "--max-steps", "3", "--checkpoint-every", "1"], 3),  # the stationary solve
+]
+
+
+@pytest.mark.parametrize("args,call", INTERRUPTED, ids=[" ".join(a) for a, _ in INTERRUPTED])
+def test_ctrl_c_inside_a_petsc_callback_is_an_interrupt(tmp_path, monkeypatch, capsys, args, call):
+    """Ctrl-C while PETSc runs a Python callback came back out of KSPSolve as PETSc error 101 and was
+    reported as a failed solve (status 2): it is 'flowfem: interrupted', status 130, nothing left."""
+    monkeypatch.delenv("FLOWFEM_DEBUG", raising=False)
+    mult, calls = stationary._NormalOperator.mult, itertools.count()
+
+    def interrupted(self, mat, x, y):  # SIGINT's KeyboardInterrupt, raised where Python takes it
+        if next(calls) == call:
+            raise KeyboardInterrupt
+        mult(self, mat, x, y)
+
+    monkeypatch.setattr(stationary._NormalOperator, "mult", interrupted)
+    code = cli.main([*args, "--n", "200", "--mesh-size", "16", "--no-plot", "--quiet", "--out",
+                     str(tmp_path / "out")])
+    assert (code, capsys.readouterr().err) == (130, "flowfem: interrupted\n")
+    assert next(calls) == call + 1  # reached, and nothing multiplied after it: the run stopped there
+    assert os.listdir(tmp_path) == []  # no output, temporary directory, lock or checkpoint
+    assert _leftover_options() == []
 
 
 # -- gmsh ----------------------------------------------------------------------------------------

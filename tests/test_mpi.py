@@ -3,13 +3,14 @@
 import glob
 import os
 import re
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, run, run_mpi_script
+from conftest import BIN, MPIRUN, ROOT, run, run_mpi_script
 
 pytestmark = pytest.mark.mpi
 
@@ -333,6 +334,66 @@ def test_every_rank_may_save_the_same_file(tmp_path):
     r = run([sys.executable, str(script), str(out)], ranks=2, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(os.listdir(out)) == ["data.csv", "data.npz", "mesh.msh", "net.npz", "root.npz"]  # no temporary files
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_during_a_linear_solve_ends_every_rank_together(tmp_path):
+    """SIGINT to mpirun (which passes it to both ranks) inside CG: rank 0 took it in a MatMult and left
+    KSPSolve while rank 1 waited in a dot product, so it was a PETSc error 101, an MPI_Abort and a lock
+    left. Every rank now stops at the same iteration: one line, status 130, nothing left, no abort."""
+    out = tmp_path / "out"
+    cmd = [MPIRUN, "-n", "2", os.path.join(BIN, "flowfem"), "solve", "--data", "sin", "--n", "5000", "--mesh-size",
+           "256", "--rtol", "1e-10", "--no-plot", "--quiet", "--petsc-option", "ksp_monitor=", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # rank 0's "0 KSP Residual norm ...": CG has started (~37 iterations)
+            if "KSP Residual norm" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stdout, stderr)
+    lines = [ln for ln in _own_lines(stderr) if not ln.startswith("[mpiexec@")]  # mpiexec: "Sending Ctrl-C ..."
+    assert lines == ["flowfem: interrupted"] and "Abort(" not in stderr, stderr
+    assert "wrote" not in stdout
+    assert os.listdir(tmp_path) == []  # no output, temporary directory or lock
+
+
+CTRL_C_APART = """
+import os
+import signal
+import sys
+from mpi4py import MPI
+from flowfem import cli, stationary
+
+mult, calls = stationary._NormalOperator.mult, [0]
+
+
+def mult_then_ctrl_c(self, mat, x, y):  # rank 1's SIGINT arrives one MatMult (one CG iteration) later
+    calls[0] += 1
+    if calls[0] == 5 + MPI.COMM_WORLD.rank:
+        os.kill(os.getpid(), signal.SIGINT)
+    mult(self, mat, x, y)
+
+
+stationary._NormalOperator.mult = mult_then_ctrl_c
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_reaching_the_ranks_at_different_iterations_stops_them_together(tmp_path):
+    """Rank 0 left CG on its Ctrl-C while rank 1, whose Ctrl-C was not yet delivered, waited in the next
+    dot product: 5 s later an MPI_Abort. Both now stop at the same iteration and end normally."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_APART)
+    r = run([sys.executable, str(script), "solve", "--data", "sin", "--n", "500", "--mesh-size", "32",
+             "--no-plot", "--quiet", "--out", str(tmp_path / "out")], ranks=2, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 130, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr == "flowfem: interrupted\n", r.stderr  # no "Abort(130) on node ..."
+    assert os.listdir(tmp_path) == ["ctrl_c.py"]  # no output, temporary directory or lock
 
 
 # -- a full disk ------------------------------------------------------------------------------
