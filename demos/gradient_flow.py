@@ -217,9 +217,8 @@ def figure_1d(path, kept, fits, train, xg):
     for j, k in enumerate(keys):
         t, (theta, u, cells, _) = kept[k][0], kept[k][1]
         title = f"u at t = {t:.3g} (step {k})"
-        if np.abs(u).max() > norm.vmax * (1 + 1e-12):
-            title += f"\nclipped: max |u| = {np.abs(u).max():.3g}"
-            clipped = True
+        title, cut = plot.clipped_title(title, u, norm)
+        clipped |= cut
         m = plot.density_axes(axes[0, j], theta, u, cells, norm=norm, title=title)
         axes[1, j].plot(train.x[:, 0], train.y, ".", ms=2, alpha=0.3, label="data")
         axes[1, j].plot(xg[:, 0], fits[k], "k", label="$f_u$")
@@ -243,9 +242,8 @@ def figure_moons(path, kept, fields, train, xg, accuracy):
     for j, k in enumerate(keys):
         t, (theta, u, cells, _) = kept[k][0], kept[k][1]
         title = f"u on S^2 at t = {t:.3g}"
-        if np.abs(u).max() > norm.vmax * (1 + 1e-12):
-            title += f"\nclipped: max |u| = {np.abs(u).max():.3g}"
-            clipped = True
+        title, cut = plot.clipped_title(title, u, norm)
+        clipped |= cut
         m = plot.density_axes(axes[0, j], theta, u, cells, norm=norm, title=title)
         plot.fit_axes(axes[1, j], train.x, train.y, xg, fields[k], "logistic", f"t = {t:.3g}", accuracy[k])
     fig.colorbar(m, ax=list(axes[0]), label="u (scale of the last frame)", extend="both" if clipped else "neither")

@@ -85,6 +85,15 @@ def panels(theta: np.ndarray, cells: np.ndarray) -> int:
     return SLICES if kind(theta, cells) == "volume" else 1
 
 
+def clipped_title(title: str, u: np.ndarray, norm) -> tuple[str, bool]:
+    """``title`` and whether u is clipped by the shared colour scale ``norm``; a clipped panel's title
+    says so with its max |u| (the colour bar's ends only show that some panel is)."""
+    top = float(np.abs(u).max(initial=0.0))
+    if top > norm.vmax * (1 + 1e-12):
+        return f"{title}\n(clipped: max |u| = {top:.3g})", True
+    return title, False
+
+
 def symmetric_norm(values: np.ndarray):
     """Normalize(-m, m) with m = max |values| over the finite values (1 if none is nonzero): zero is the
     colour map's middle."""
@@ -564,10 +573,8 @@ def comparison_figures(directory: str, cmp, gathered) -> dict:
     clipped = False
     m = None
     for j, ((theta, values, cells), name, pd) in enumerate(zip(gathered, names, [None] + list(cmp.densities.values()))):
-        top = float(np.abs(values).max(initial=0.0))
-        if top > norm.vmax * (1 + 1e-12):
-            name += f"\n(clipped: max |u| = {top:.3g})"
-            clipped = True
+        name, cut = clipped_title(name, values, norm)
+        clipped |= cut
         ax_j = axes[j] if n > 1 else axes[0, j]
         m = density_axes(ax_j, theta, values, cells, norm=norm, title=name) or m
         if pd is not None and kind(theta, cells) == "plane":
