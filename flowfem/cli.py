@@ -128,7 +128,7 @@ def cmd_solve(args, comm) -> None:
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     mesh_seconds = time.perf_counter() - t0
     result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc, args.allow_unconverged,
-                         progress=not args.quiet)
+                         progress=not args.quiet, preconditioner=args.preconditioner)
     metrics = io.solve_metrics(result, train, test)
     metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
@@ -550,8 +550,11 @@ def parser() -> argparse.ArgumentParser:
     _add_problem_arguments(p)
     g = p.add_argument_group("solver and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
-                   help="cg: matrix-free CG + GAMG (any size); direct: MUMPS + Woodbury (small problems) "
+                   help="cg: matrix-free CG (any size); direct: MUMPS + Woodbury (small problems) "
                         "(default: %(default)s)")
+    g.add_argument("--preconditioner", default="nystrom", choices=["nystrom", "gamg"],
+                   help="of cg: nystrom (GAMG on A plus a low-rank basis of the data term: iterations do not grow "
+                        "as alpha falls) or gamg (GAMG on alpha A alone) (default: %(default)s)")
     g.add_argument("--rtol", type=_tolerance, default=1e-10,
                    help="relative residual ||b - K U|| / ||b|| the solve must reach, checked after it ends "
                         "(default: %(default)g)")

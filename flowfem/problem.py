@@ -143,7 +143,7 @@ class Problem:
         return Functional(self.H, Phi, y, self.alpha, self.loss)
 
     def fit(self, x, y, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None,
-            allow_unconverged: bool = False, progress: bool = False) -> "Result":
+            allow_unconverged: bool = False, progress: bool = False, preconditioner: str = "nystrom") -> "Result":
         """The minimiser of E_alpha on the data (x, y): one linear solve (squared loss), or Newton
         (other losses) stopping at ||dE_alpha(U)|| <= rtol ||dE_alpha(0)||, the linear solves inside
         to rtol as well (``petsc_options`` starting with snes_ go to the SNES). Collective.
@@ -151,7 +151,8 @@ class Problem:
         The data operator is built once; the Result stores the density, E_alpha, its parts and
         the timings of building that operator and of the solve. ``progress``: a bar of the CG
         iterations (Newton steps for other losses) on rank 0 when standard error is a terminal
-        (:mod:`flowfem.progress`).
+        (:mod:`flowfem.progress`). ``preconditioner`` of cg: ``nystrom`` (default: multigrid plus a
+        low-rank basis of the data term, :mod:`flowfem.nystrom`) or ``gamg`` (multigrid on alpha A).
 
         Raises :class:`flowfem.stationary.NotConverged` if the true residual (Newton: ||dE_alpha||)
         ends above rtol, unless ``allow_unconverged`` (then ``result.info.converged`` is False), and
@@ -166,10 +167,10 @@ class Problem:
         t1 = time.perf_counter()
         if E.loss.quadratic:
             U, info = solve(E, solver, rtol, petsc_options, allow_unconverged=allow_unconverged,
-                            progress=progress)
+                            progress=progress, preconditioner=preconditioner)
         else:
             U, info = newton(E, None, solver, rtol=rtol, linear_rtol=rtol, petsc_options=petsc_options,
-                             allow_unconverged=allow_unconverged, progress=progress)
+                             allow_unconverged=allow_unconverged, progress=progress, preconditioner=preconditioner)
         t2 = time.perf_counter()
         loss, reg = E.parts(U)
         finite = E.H.space.comm.allreduce(bool(np.all(np.isfinite(U.array_r))), op=MPI.LAND)

@@ -68,8 +68,10 @@ from flowfem import progress as progress_  # noqa: E402
 from flowfem import petsc_options as petsc_options_  # noqa: E402
 from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
+from flowfem.nystrom import NystromPreconditioner  # noqa: E402
 
 SOLVERS = ("cg", "direct")
+PRECONDITIONERS = ("nystrom", "gamg")  # of cg: see flowfem.nystrom
 DIRECT_LIMIT = 5 * 10**7  # largest n * ndofs the direct solver accepts
 _prefix = itertools.count()
 
@@ -85,6 +87,7 @@ class SolveInfo:
     reason: int = 0
     history: list = field(default_factory=list)
     converged: bool = True
+    rank: int = 0  # the Nystrom preconditioner's basis size (0: none)
 
 
 def check_tolerances(rtol, atol=0.0) -> tuple[float, float]:
@@ -150,9 +153,13 @@ class LinearSolver:
                  rtol: float = 1e-10, max_it: int = 2000, petsc_options: dict | None = None,
                  G: PETSc.Mat | None = None, shift: float = 0.0, atol: float = 0.0,
                  pc_shift_factor: float | None = None, allow_unconverged: bool = False,
-                 progress: bool = False):
+                 progress: bool = False, preconditioner: str = "nystrom"):
         if solver not in SOLVERS:
             raise ValueError(unknown("solver", solver, SOLVERS))
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(unknown("preconditioner", preconditioner, PRECONDITIONERS))
+        self.preconditioner = preconditioner if solver == "cg" else None
+        self.nystrom = None
         if shift and G is None:
             raise ValueError("a shifted operator s G + K needs the metric matrix G")
         self.rtol, self.atol = check_tolerances(rtol, atol)  # cg stops at ||B - K X|| <= max(rtol ||B||, atol)
@@ -188,16 +195,21 @@ class LinearSolver:
         self._stale = True  # the preconditioner is built at the first solve (after any set_shift)
 
     def _setup(self):
-        """P = alpha A + s G and a fresh KSP on it (fresh, so that setups do not depend on history)."""
+        """P = alpha A + s G (the Nystrom preconditioner: B = A + (s / alpha) G) and a fresh KSP on it
+        (fresh, so that setups do not depend on history)."""
         E = self.E
+        scale = 1.0 if self.preconditioner == "nystrom" else E.alpha
         if self.P is None:
             self.P = E.H.A.copy()
-            self.P.scale(E.alpha)
         else:
             E.H.A.copy(self.P, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
-            self.P.scale(E.alpha)
+        self.P.scale(scale)
         if self.pc_shift:
-            self.P.axpy(self.pc_shift, self.G, structure=PETSc.Mat.Structure.SUBSET_NONZERO_PATTERN)
+            self.P.axpy(self.pc_shift * scale / E.alpha, self.G,
+                        structure=PETSc.Mat.Structure.SUBSET_NONZERO_PATTERN)
+        if self.nystrom is not None:
+            self.nystrom.destroy()
+            self.nystrom = None
         self.setups += 1
         if self.ksp is not None:
             self.ksp.destroy()
@@ -212,8 +224,13 @@ class LinearSolver:
             self.ksp.setType("cg")
             self.ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
             pc = self.ksp.getPC()
-            pc.setType("gamg")
-            pc.setUseAmat(False)  # smooth with alpha A on every level, not with the shell K
+            if self.preconditioner == "nystrom":  # GAMG on B inside, under the same prefix (user's pc_gamg_*)
+                self.nystrom = NystromPreconditioner(E, self.P, self.D, prefix)
+                pc.setType("python")
+                pc.setPythonContext(self.nystrom)
+            else:
+                pc.setType("gamg")
+                pc.setUseAmat(False)  # smooth with alpha A on every level, not with the shell K
             # two V-cycles and a drop threshold of 0.02 in the aggregation graph: measured on relu/sin,
             # n = 2e4, meshes 128^2..512^2, CG iterations 56/57/59 instead of 63/67/75 with the defaults
             defaults = {"pc_mg_multiplicative_cycles": 2, "pc_gamg_threshold": 0.02}
@@ -223,7 +240,8 @@ class LinearSolver:
             self.ksp.setType("preonly")
             self.ksp.getPC().setType("lu")
             self.ksp.getPC().setFactorSolverType("mumps")
-        name = "the cg solver (KSP cg, PC gamg)" if solver == "cg" else "the direct solver (PC lu with MUMPS)"
+        name = (f"the cg solver (KSP cg, PC {self.preconditioner})" if solver == "cg"
+                else "the direct solver (PC lu with MUMPS)")
         self.options = petsc_options_.SolverOptions(prefix, defaults, self.petsc_options, name)
         self.options.apply()
         with self.options.errors("the set-up"):
@@ -270,6 +288,21 @@ class LinearSolver:
         self.D[:] = D
         if self.solver == "direct" and not self._stale:
             self._capacitance()
+        if self.nystrom is not None:
+            self.nystrom.set_weights(self.D)
+
+    def set_alpha(self, alpha: float) -> None:
+        """Use a new alpha in K (the Functional's alpha is set too: E_alpha changes with it). GAMG and
+        the direct solver's factors are rebuilt; the Nystrom basis is kept (extended at the next solve
+        if the smaller alpha needs more of it) unless a shift makes the base depend on alpha."""
+        alpha = float(alpha)
+        if not (np.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
+        if alpha == self.E.alpha:
+            return
+        self.E.alpha = alpha
+        if self.preconditioner != "nystrom" or self.pc_shift:
+            self._stale = True
 
     def set_shift(self, shift: float) -> None:
         """Use a new shift s in s G + K(D); rebuilds the preconditioner (GAMG setup, or MUMPS and Woodbury)."""
@@ -291,8 +324,11 @@ class LinearSolver:
             return shift
         return float(f ** round(np.log(shift) / np.log(f)))
 
-    def solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool = True) -> SolveInfo:
+    def solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool = True, guess: bool = False) -> SolveInfo:
         """X = K(D)^{-1} B; the info holds iterations and the true relative residual.
+
+        ``guess``: X holds an initial guess (a warm start, e.g. the previous alpha's solution on a
+        regularisation path); else X's values are ignored.
 
         With ``check`` (default) a true residual ||B - K X|| above max(rtol ||B||, atol)
         raises :class:`NotConverged` unless the solver allows unconverged results;
@@ -302,11 +338,13 @@ class LinearSolver:
             self._setup()
             self._stale = False
         with self.options.errors("a solve"):
-            info = self._solve(B, X, check)
+            if self.nystrom is not None and self.nystrom.mg is not None:
+                self.nystrom.extend(self.E.alpha)  # a smaller alpha may need more of the basis
+            info = self._solve(B, X, check, guess)
         self.options.check_used()
         return info
 
-    def _solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool) -> SolveInfo:
+    def _solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool, guess: bool) -> SolveInfo:
         history = []
         bnorm = B.norm()
         target = max(self.rtol * bnorm, self.atol)
@@ -321,7 +359,7 @@ class LinearSolver:
                 self.ksp.setMonitor(self._monitor(bar, bnorm, target))
             try:
                 for restart in range(1 + 3):
-                    self.ksp.setInitialGuessNonzero(restart > 0)  # a restart continues from X
+                    self.ksp.setInitialGuessNonzero(guess or restart > 0)  # a restart continues from X
                     self.ksp.solve(B, X)
                     history += list(self.ksp.getConvergenceHistory())
                     its += self.ksp.getIterationNumber()
@@ -345,7 +383,7 @@ class LinearSolver:
                     f"try a larger alpha, a looser rtol or {spell('solver', repr('direct'))}"
                 )
         else:
-            self._woodbury_solve(B, X)
+            self._woodbury_solve(B, X)  # exact up to refinement: a guess would not help
             its, reason = 1, 1
             rnorm = self._residual(B, X, R)
             dX = X.duplicate()
@@ -371,7 +409,8 @@ class LinearSolver:
                 f"{requested:.1e} (the system is too ill-conditioned for it in double precision): use a larger "
                 "alpha, " + (f"{spell('solver', repr('cg'))}, " if self.solver == "direct" else "")
                 + f"a looser rtol, or allow unconverged results ({spell('allow_unconverged')})")
-        return SolveInfo(self.solver, its, residual, reason, history, converged)
+        return SolveInfo(self.solver, its, residual, reason, history, converged,
+                         self.nystrom.rank if self.nystrom is not None else 0)
 
     @staticmethod
     def _monitor(bar, bnorm: float, target: float):
@@ -402,6 +441,8 @@ class LinearSolver:
         X.array[:] -= self.Z @ (self.Dh * scipy.linalg.lu_solve(self.capacitance, self.Dh * t))
 
     def destroy(self):
+        if self.nystrom is not None:
+            self.nystrom.destroy()
         for obj in (self.ksp, self.K, self.P):
             if obj is not None:
                 obj.destroy()
@@ -410,8 +451,12 @@ class LinearSolver:
 
 
 def solve(E: Functional, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None,
-          allow_unconverged: bool = False, progress: bool = False) -> tuple[PETSc.Vec, SolveInfo]:
+          allow_unconverged: bool = False, progress: bool = False,
+          preconditioner: str = "nystrom") -> tuple[PETSc.Vec, SolveInfo]:
     """The minimiser U* of E_alpha (squared loss): one solve of (alpha A + Phi^T Phi / n) U = Phi^T y / n.
+
+    ``preconditioner`` (cg): ``nystrom`` (default, :mod:`flowfem.nystrom`: iterations independent
+    of alpha) or ``gamg`` (multigrid on alpha A alone: iterations grow as alpha falls).
 
     Raises :class:`NotConverged` if ||b - K U|| > rtol ||b|| at the end, unless ``allow_unconverged``
     (then ``info.converged`` is False). ``progress``: a bar of the CG iterations (see :class:`LinearSolver`).
@@ -419,7 +464,7 @@ def solve(E: Functional, solver: str = "cg", rtol: float = 1e-10, petsc_options:
     if not E.loss.quadratic:
         raise ValueError(f"the one-solve minimiser needs the squared loss, not {E.loss.name}; use newton()")
     lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged,
-                       progress=progress)
+                       progress=progress, preconditioner=preconditioner)
     U = E.vector()
     try:
         info = lin.solve(E.rhs(), U)
@@ -487,7 +532,7 @@ class NewtonSolver:
                  max_it: int = 50, linear_rtol: float = 1e-10, G: PETSc.Mat | None = None,
                  petsc_options: dict | None = None, linear_atol: float = 0.0,
                  pc_shift_factor: float | None = None, allow_unconverged: bool = False,
-                 progress: bool = False):
+                 progress: bool = False, preconditioner: str = "nystrom"):
         opts = petsc_options_.parse(petsc_options)
         newton = not E.loss.quadratic
         snes_opts = {k: v for k, v in opts.items() if newton and k.startswith("snes_")}
@@ -498,7 +543,8 @@ class NewtonSolver:
         self.allow_unconverged = allow_unconverged
         self.progress = progress
         self.lin = LinearSolver(E, None, solver, linear_rtol, petsc_options=lin_opts, G=G, atol=linear_atol,
-                                pc_shift_factor=pc_shift_factor, allow_unconverged=allow_unconverged)
+                                pc_shift_factor=pc_shift_factor, allow_unconverged=allow_unconverged,
+                                preconditioner=preconditioner)
         self.shift, self.anchor, self.g = 0.0, None, None
         self._work = E.vector()
         self.snes = None
@@ -670,7 +716,8 @@ class NewtonSolver:
 
 def newton(E: Functional, U0: PETSc.Vec | None = None, solver: str = "cg", rtol: float = 1e-10,
            atol: float = 0.0, max_it: int = 50, linear_rtol: float = 1e-12, petsc_options: dict | None = None,
-           allow_unconverged: bool = False, progress: bool = False) -> tuple[PETSc.Vec, NewtonInfo]:
+           allow_unconverged: bool = False, progress: bool = False,
+           preconditioner: str = "nystrom") -> tuple[PETSc.Vec, NewtonInfo]:
     """The minimiser U* of E_alpha for any convex loss by Newton's method (SNES, line search).
 
     Stops when ||dE_alpha(U)|| <= max(rtol ||dE_alpha(U0)||, atol); U0 defaults to 0.
@@ -680,7 +727,7 @@ def newton(E: Functional, U0: PETSc.Vec | None = None, solver: str = "cg", rtol:
     """
     U = E.vector() if U0 is None else U0.copy()
     ns = NewtonSolver(E, solver, rtol, atol, max_it, linear_rtol, petsc_options=petsc_options,
-                      allow_unconverged=allow_unconverged, progress=progress)
+                      allow_unconverged=allow_unconverged, progress=progress, preconditioner=preconditioner)
     try:
         info = ns.solve(U)
     finally:

@@ -1,0 +1,249 @@
+"""An alpha-robust preconditioner: multigrid for the regulariser, a low-rank eigenbasis for the data term.
+
+The Euler-Lagrange operator (and a Newton step's, and an implicit time step's) is
+
+    K = alpha (A + sigma G) + N,     N = Phi^T D Phi / n   (PSD, rank <= n),
+
+with sigma = s / alpha for a shift s G (zero for the stationary problem).
+Multigrid (GAMG) on the base B = A + sigma G alone leaves CG with the
+condition number of I + B^{-1/2} N B^{-1/2} / alpha, which grows like
+lambda_max(N, B) / alpha: iterations rise as alpha falls (docs/theory.md
+§5). But the generalised eigenvalues lambda_i of N v = lambda B v decay
+fast and do not depend on alpha, so only the few above alpha matter.
+
+With M ~ B^{-1} the multigrid V-cycles (a fixed SPD linear operator), the
+eigenproblem is posed in the M^{-1} inner product: M N v = lambda v. A
+block Krylov method finds an M^{-1}-orthonormal basis Q (ndofs x k) of
+
+    span{M W_0, (M N) M W_0, (M N)^2 M W_0, ...},   W_0 = Phi^T Gaussian (n x b) / n,
+
+whose inner products are computable without M^{-1}: every basis block is
+Y = M W with W known, so Y^T M^{-1} Y = Y^T W (and Z = M^{-1} Q is carried
+along). Rayleigh-Ritz, T = Q^T N Q = V Theta V^T, gives the low-rank
+approximation N ~ M^{-1} Q V Theta V^T Q^T M^{-1}, and the preconditioner
+
+    P = alpha M^{-1} + M^{-1} U Theta U^T M^{-1},   U = Q V,
+
+is inverted exactly by the Woodbury identity (U is M^{-1}-orthonormal):
+
+    P^{-1} = (1/alpha) (M - U diag(theta_i / (theta_i + alpha)) U^T)
+           = U diag(1 / (theta_i + alpha)) U^T + (1/alpha) Pi M Pi^T,   Pi = I - U U^T M^{-1},
+
+the second form (M^{-1} U = Z V is known) being SPD even where rounding
+has spoilt U's orthonormality. If every eigenvalue left
+out of the basis is below c alpha, the preconditioned operator's condition
+number is at most (1 + c) cond(M B), independent of alpha; the basis grows
+block by block until the Ritz values of its last block are below c alpha
+(default c = 1), or its memory budget is spent. This is the randomized
+Nystrom preconditioner of Frangella, Tropp and Udell ("Randomized Nystrom
+preconditioning", SIAM J. Matrix Anal. Appl. 44, 2023) in the geometry of
+the multigrid preconditioner, with a block Krylov sketch (Musco and Musco,
+"Randomized block Krylov methods for stronger and faster approximate
+singular value decomposition", NeurIPS 2015) in place of one random
+product, since every Krylov block reuses the products N Q of Rayleigh-Ritz.
+
+What the basis serves without being rebuilt:
+
+* another alpha (a regularisation path): only the weights change; a smaller
+  alpha extends the basis (the Krylov iteration continues);
+* another data weight D (Newton steps of the logistic loss): Q is kept and
+  T = Q^T N(D) Q is recomputed (k products with N, no multigrid);
+* another shift: the multigrid and the basis are rebuilt (the base B
+  changed); a flow's preconditioner shift is rounded (see
+  :class:`flowfem.stationary.LinearSolver`) so that this is rare.
+
+Cost: each basis vector costs one product with N and one V-cycle pair (about
+one CG iteration), plus O(ndofs k) for the orthogonalisation; memory is
+2 k owned dofs per rank (Q and Z) and O(k^2), never n x ndofs. The random
+start is drawn in data space (seeded, the data are replicated), so the
+basis does not depend on how the dofs are numbered or distributed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flowfem import mpi  # noqa: F401  (first: loads MPI before petsc4py)
+
+from mpi4py import MPI  # noqa: E402
+from petsc4py import PETSc  # noqa: E402
+
+BUDGET = 2**29  # bytes per rank for the basis Q and Z = M^{-1} Q (512 MiB)
+BLOCK = 8  # basis vectors per Krylov block
+CUTOFF = 1.0  # c: the basis holds every eigenvalue above c alpha
+
+
+class NystromPreconditioner:
+    """P^{-1} = U diag(1 / (theta + alpha)) U^T + (1/alpha) Pi M Pi^T for K = alpha B + Phi^T D Phi / n.
+
+    ``E`` is the Functional (its ``Phi`` and ``alpha``), ``base`` the matrix B = A + sigma G
+    (PETSc, assembled), ``D`` the data weights (n,) (the array is read at each :meth:`set_weights`),
+    ``prefix`` the options prefix of the multigrid PC (GAMG unless the options say otherwise).
+    ``budget`` bytes per rank bound the basis (2 k owned dofs per rank), ``cutoff`` is c,
+    ``block`` the Krylov block size b, ``seed`` the random start's. Use as the context of a PETSc
+    PC of type python (:meth:`apply`); :meth:`setUp` builds the multigrid and the basis for the
+    current alpha.
+    """
+
+    def __init__(self, E, base: PETSc.Mat, D: np.ndarray, prefix: str, budget: float = BUDGET,
+                 cutoff: float = CUTOFF, block: int = BLOCK, seed: int = 0):
+        self.E, self.base, self.D, self.prefix = E, base, D, prefix
+        self.comm = base.getComm().tompi4py()
+        self.cutoff, self.block, self.seed = float(cutoff), int(block), seed
+        nlocal = base.getLocalSize()[0]
+        widest = self.comm.allreduce(nlocal, op=MPI.MAX)
+        self.max_rank = max(self.block, int(budget // (16 * max(widest, 1))))
+        self.max_rank = min(self.max_rank, base.getSize()[0])
+        self.mg = None
+        self.x = base.createVecRight()  # work vectors
+        self.y = base.createVecRight()
+        self._reset()
+
+    def _reset(self):
+        n = self.x.getLocalSize()
+        self.Q = np.empty((n, 0))
+        self.Z = np.empty((n, 0))
+        self.T = np.empty((0, 0))
+        self.NQ_last = None  # N times the newest block: the next Krylov block's W
+        self.exhausted = False  # the Krylov space is invariant: Q holds all of N's range that M sees
+        self.theta, self.V = np.empty(0), np.empty((0, 0))
+        self.products = 0  # products with N spent on the basis (each also one multigrid application)
+
+    @property
+    def rank(self) -> int:
+        """k, the number of basis vectors."""
+        return self.Q.shape[1]
+
+    # -- the multigrid M ~ B^{-1} --------------------------------------------------------
+
+    def setUp(self, pc=None) -> None:
+        """Build the multigrid on B (once per base) and the basis for the current alpha."""
+        if self.mg is None:
+            self.mg = PETSc.PC().create(self.comm)
+            self.mg.setOptionsPrefix(self.prefix)
+            self.mg.setOperators(self.base)
+            self.mg.setType("gamg")
+            self.mg.setFromOptions()
+            self.mg.setUp()
+        self.extend(self.E.alpha)
+
+    def _M(self, W: np.ndarray) -> np.ndarray:
+        """M W, column by column."""
+        Y = np.empty_like(W)
+        for j in range(W.shape[1]):
+            self.x.array[:] = W[:, j]
+            self.mg.apply(self.x, self.y)
+            Y[:, j] = self.y.array_r
+        return Y
+
+    def _N(self, Q: np.ndarray) -> np.ndarray:
+        """N Q = Phi^T D Phi Q / n, column by column."""
+        W = np.empty_like(Q)
+        for j in range(Q.shape[1]):
+            self.x.array[:] = Q[:, j]
+            self.E.Phi.normal(self.x, self.D, self.y)
+            W[:, j] = self.y.array_r
+        self.products += Q.shape[1]
+        return W
+
+    def _dot(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """X^T Y over all ranks (X, Y are owned rows)."""
+        out = X.T @ Y
+        self.comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
+        return out
+
+    # -- the basis -----------------------------------------------------------------------
+
+    def _start(self) -> np.ndarray:
+        """W_0 = Phi^T G / n for a seeded Gaussian G (n x b) in data space, the same on every rank."""
+        rng = np.random.default_rng(self.seed)
+        G = rng.standard_normal((self.E.n, self.block))
+        W = np.empty((self.x.getLocalSize(), self.block))
+        for j in range(self.block):
+            self.E.Phi.adjoint(G[:, j] * self.D / self.E.n, self.y)
+            W[:, j] = self.y.array_r
+        return W
+
+    def _add_block(self) -> bool:
+        """One block Krylov step: Y = M W orthogonalised against Q (twice, in the M^{-1} inner product),
+        made orthonormal by the eigendecomposition of its Gram matrix (directions below rounding
+        dropped). Returns False when nothing new is left (the Krylov space is invariant)."""
+        W = self._start() if self.NQ_last is None else self.NQ_last
+        Y = self._M(W)
+        scale = max(float(np.max(np.abs(np.diag(self._dot(Y, W))), initial=0.0)), np.finfo(float).tiny)
+        for _ in range(2):
+            if self.rank:
+                C = self._dot(self.Z, Y)  # Q^T M^{-1} Y
+                Y = Y - self.Q @ C
+                W = W - self.Z @ C
+        gram = self._dot(Y, W)
+        gram = 0.5 * (gram + gram.T)
+        g, S = np.linalg.eigh(gram)
+        keep = g > 1e-12 * scale
+        room = self.max_rank - self.rank
+        if not keep.any() or room <= 0:
+            return False
+        order = np.flatnonzero(keep)[::-1][:room]
+        R = S[:, order] / np.sqrt(g[order])
+        Qb, Zb = Y @ R, W @ R
+        NQb = self._N(Qb)
+        # T = Q^T N Q grows by a block column (and row, by symmetry)
+        cross = self._dot(self.Q, NQb) if self.rank else np.empty((0, Qb.shape[1]))
+        diag = self._dot(Qb, NQb)
+        self.T = np.block([[self.T, cross], [cross.T, 0.5 * (diag + diag.T)]])
+        self.Q = np.hstack([self.Q, Qb])
+        self.Z = np.hstack([self.Z, Zb])
+        self.NQ_last = NQb
+        return True
+
+    def _ritz(self) -> None:
+        """T = V diag(theta) V^T (theta >= 0: N is PSD)."""
+        theta, V = np.linalg.eigh(self.T)
+        self.theta, self.V = np.maximum(theta, 0.0), V
+
+    def extend(self, alpha: float) -> None:
+        """Grow the basis until the Ritz values of its newest block are below c alpha, the Krylov space
+        is invariant, or the budget is spent."""
+        while not self.exhausted and self.rank < self.max_rank:
+            if self.rank:
+                self._ritz()
+                newest = np.sort(self.theta)[: min(self.block, self.rank)]
+                if self.rank >= 2 * self.block and np.all(newest < self.cutoff * alpha):
+                    break
+            if not self._add_block():
+                self.exhausted = True
+        self._ritz()
+
+    def set_weights(self, D: np.ndarray) -> None:
+        """New data weights: T = Q^T N(D) Q from the kept basis (k products with N)."""
+        self.D = D
+        if self.rank:
+            self.T = self._dot(self.Q, self._N(self.Q))
+            self.T = 0.5 * (self.T + self.T.T)
+            self._ritz()
+
+    # -- application ---------------------------------------------------------------------
+
+    def apply(self, pc, x: PETSc.Vec, y: PETSc.Vec) -> None:
+        """y = P^{-1} x = U diag(1 / (theta + alpha)) U^T x + (1/alpha) Pi M Pi^T x, Pi = I - U U^T M^{-1}.
+
+        With an exactly M^{-1}-orthonormal U this is the Woodbury form of the module docstring; written
+        with the projection Pi (M^{-1} U = Z V is known) it stays SPD when rounding has spoiled U's
+        orthonormality (a data term 10^10 times alpha A)."""
+        alpha = self.E.alpha
+        if not self.rank:
+            self.mg.apply(x, y)
+            y.scale(1.0 / alpha)
+            return
+        t = self.V.T @ self._dot(self.Q, x.array_r[:, None])[:, 0]  # U^T x
+        self.x.array[:] = x.array_r - self.Z @ (self.V @ t)  # Pi^T x
+        self.mg.apply(self.x, y)
+        u = self.V.T @ self._dot(self.Z, y.array_r[:, None])[:, 0]  # U^T M^{-1} (M Pi^T x)
+        y.array[:] = (y.array_r - self.Q @ (self.V @ u)) / alpha + self.Q @ (self.V @ (t / (self.theta + alpha)))
+
+    def destroy(self, pc=None) -> None:
+        """Free the multigrid and work vectors (PETSc calls this when the PC is destroyed)."""
+        for obj in (self.mg, self.x, self.y):
+            if obj is not None:
+                obj.destroy()
+        self.mg = None
