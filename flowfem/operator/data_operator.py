@@ -70,6 +70,13 @@ class DataOperator:
         g = self.quadrature.weights(U, self._g)
         self.quadrature.transpose(self.S.normal(g, D, 1.0 / self.n, g), out)
 
+    def normal_block(self, U: np.ndarray, D: np.ndarray) -> np.ndarray:
+        """Phi^T diag(D) Phi U / n for a block of owned dof vectors given as rows U (b, owned dofs):
+        rows (b, owned dofs). The features' work is shared by the b columns where their implementation
+        allows it (sigma evaluated once, one tree pass), and one MPI sum serves the block."""
+        q = self.quadrature
+        return q.transpose_block(self.S.normal_block(q.weights_block(U), D, 1.0 / self.n))
+
     def predict(self, U, x: np.ndarray) -> np.ndarray:
         """f_U at new points x (m, d), on every rank."""
         S = make_features(self.sigma, np.ascontiguousarray(x, dtype=float), self.quadrature.theta, self.method,

@@ -84,6 +84,27 @@ class Quadrature:
         g.destroy()
         return out
 
+    def weights_block(self, U: np.ndarray) -> np.ndarray:
+        """G = W Psi U for a block of owned dof vectors given as rows U (b, owned dofs): (points, b)."""
+        w = self._work
+        local = np.empty((w.x.array.size, U.shape[0]))
+        for j in range(U.shape[0]):  # ghost values, vector by vector
+            w.x.array[: self.num_owned] = U[j]
+            w.x.scatter_forward()
+            local[:, j] = w.x.array
+        return self.matrix @ local
+
+    def transpose_block(self, H: np.ndarray) -> np.ndarray:
+        """Psi^T W H for a block H (points, b): the owned dof vectors as rows (b, owned dofs)."""
+        local = self.matrix.T @ H  # owned and ghost rows
+        w = self._work
+        out = np.empty((H.shape[1], self.num_owned))
+        for j in range(H.shape[1]):
+            w.x.array[:] = local[:, j]
+            w.x.scatter_reverse(dolfinx.la.InsertMode.add)
+            out[j] = w.x.array[: self.num_owned]
+        return out
+
     def transpose(self, h: np.ndarray, out) -> None:
         """out = Psi^T W h, i.e. the vector of integral h v d theta over all test functions v."""
         hv = PETSc.Vec().createWithArray(np.ascontiguousarray(h, dtype=float), comm=MPI.COMM_SELF)

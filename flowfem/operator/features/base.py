@@ -93,6 +93,15 @@ class Features:
         """S^T r, shape (m,) (into ``out`` if given)."""
         raise NotImplementedError
 
+    def matmat(self, G: np.ndarray) -> np.ndarray:
+        """S G for a block G (m, b): shape (n, b). Column by column here; implementations whose
+        per-product work is shared by the columns (sigma evaluated once, one tree pass) override it."""
+        return np.column_stack([self.matvec(np.ascontiguousarray(G[:, j])) for j in range(G.shape[1])])
+
+    def rmatmat(self, R: np.ndarray) -> np.ndarray:
+        """S^T R for a block R (n, b): shape (m, b) (column by column unless overridden)."""
+        return np.column_stack([self.rmatvec(np.ascontiguousarray(R[:, j])) for j in range(R.shape[1])])
+
     def dense(self) -> np.ndarray:
         """S as an (n, m) array: for small problems and tests only."""
         return evaluate(self.sigma, self.x, self.theta)
@@ -110,3 +119,11 @@ class Features:
         f *= D
         f *= scale
         return self.rmatvec(f, out)
+
+    def normal_block(self, G: np.ndarray, D: np.ndarray, scale: float) -> np.ndarray:
+        """:meth:`normal` for a block G (m, b): S^T diag(scale D) (sum over the ranks of S G), (m, b).
+        One MPI sum for the whole block."""
+        F = self.matmat(G)
+        self.comm.Allreduce(MPI.IN_PLACE, F, op=MPI.SUM)
+        F *= (scale * D)[:, None]
+        return self.rmatmat(F)

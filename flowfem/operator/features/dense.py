@@ -36,3 +36,15 @@ class DenseFeatures(Features):
         for s, S in self._blocks():
             out += r[s:s + S.shape[0]] @ S
         return out
+
+    def matmat(self, G):
+        out = np.empty((self.x.shape[0], G.shape[1]))
+        for s, S in self._blocks():  # sigma evaluated once for all columns
+            np.dot(S, G, out=out[s:s + S.shape[0]])
+        return out
+
+    def rmatmat(self, R):
+        out = np.zeros((self.theta.shape[0], R.shape[1]))
+        for s, S in self._blocks():
+            out += S.T @ R[s:s + S.shape[0]]
+        return out

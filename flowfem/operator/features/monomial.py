@@ -40,3 +40,9 @@ class MonomialFeatures(Features):
 
     def rmatvec(self, r, out=None):
         return np.dot(self.Q, self.P.T @ r, out=out)
+
+    def matmat(self, G):
+        return self.P @ (self.Q.T @ G)
+
+    def rmatmat(self, R):
+        return self.Q @ (self.P.T @ R)

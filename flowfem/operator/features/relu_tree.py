@@ -128,6 +128,38 @@ class ReluTreeFeatures(Features):
         out[:] = f
         return out
 
+    def matmat(self, G):
+        """S G for a block G (m, b): the same tree pass, node moments (nodes, d + 1, b)."""
+        m, b = G.shape
+        D = self.xt.shape[1]
+        Gt = G[self.perm]
+        prefix = np.zeros((m + 1, D, b))
+        np.cumsum(self.theta_t[:, :, None] * Gt[:, None, :], axis=0, out=prefix[1:])
+        M = (prefix[self.end] - prefix[self.start]).reshape(-1, D * b)
+        F = np.einsum("jk,jkb->jb", self.xt, (self.P @ M).reshape(-1, D, b))
+        F += self.C @ Gt
+        if self.s:
+            F *= self.c
+            F += self.s * (self.xt @ (self.theta.T @ G))
+        return F
+
+    def rmatmat(self, R):
+        """S^T R for a block R (n, b)."""
+        n, b = R.shape
+        D, m = self.xt.shape[1], self.perm.size
+        Q = self.P.T @ (self.xt[:, :, None] * R[:, None, :]).reshape(n, D * b)
+        acc = np.empty((m + 1, D * b))
+        for k in range(D * b):
+            acc[:, k] = (np.bincount(self.start, Q[:, k], minlength=m + 1)
+                         - np.bincount(self.end, Q[:, k], minlength=m + 1))
+        np.cumsum(acc, axis=0, out=acc)
+        out = np.empty((m, b))
+        out[self.perm] = np.einsum("qk,qkb->qb", self.theta_t, acc[:m].reshape(m, D, b)) + self.C.T @ R
+        if self.s:
+            out *= self.c
+            out += self.s * (self.theta @ (self.xt.T @ R))
+        return out
+
     def rmatvec(self, r, out=None):
         Q = self.P.T @ (self.xt * r[:, None])  # per node: sum over the data it is maximal positive for
         m = self.perm.size
