@@ -155,6 +155,10 @@ class ReluFeatures1D(Features):
         if self.comm.rank > 0:
             prefix += lower[:, None]
 
+    def normal_block(self, G, D, scale):
+        """:meth:`normal` column by column (its O(n) work is already split over the ranks)."""
+        return np.column_stack([self.normal(np.ascontiguousarray(G[:, j]), D, scale) for j in range(G.shape[1])])
+
     def normal(self, g, D, scale, out=None):
         """S^T diag(scale D) S g, D in the data's order. Each rank adds its neurons' (w, b) g into
         bins of the sorted data (a difference array), the bins are summed and scattered over the
@@ -163,11 +167,10 @@ class ReluFeatures1D(Features):
         comm = self.comm
         gm = self._in_kink_order(g)
         v, hist, WB = self._v, self._hist, self._chunk
-        hist[:] = 0.0
         for k, ce in enumerate((self.cew, self.ceb)):
             np.multiply(gm, ce, out=v)  # c e (w, b) g
-            hist[k, 0] = self._everywhere(v)
-            np.add.at(hist[k], self.J, v)
+            hist[k] = np.bincount(self.J, weights=v, minlength=hist.shape[1])  # 5x faster than np.add.at
+            hist[k, 0] += self._everywhere(v)
         hist[1, 0] += self.sigma_flat @ g[self.flat]  # the constant neurons
         for k in range(2):
             comm.Reduce_scatter(hist[k, :-1], WB[k], recvcounts=self.counts, op=MPI.SUM)
