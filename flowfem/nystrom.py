@@ -8,7 +8,7 @@ with sigma = s / alpha for a shift s G (zero for the stationary problem).
 Multigrid (GAMG) on the base B = A + sigma G alone leaves CG with the
 condition number of I + B^{-1/2} N B^{-1/2} / alpha, which grows like
 lambda_max(N, B) / alpha: iterations rise as alpha falls (docs/theory.md
-§5). But the generalised eigenvalues lambda_i of N v = lambda B v decay
+§6). But the generalised eigenvalues lambda_i of N v = lambda B v decay
 fast and do not depend on alpha, so only the few above alpha matter.
 
 With M ~ B^{-1} the multigrid V-cycles (a fixed SPD linear operator), the
@@ -100,11 +100,11 @@ class NystromPreconditioner:
         self._reset()
 
     def _reset(self):
-        n = self.x.getLocalSize()
-        self.Q = np.empty((n, 0))
-        self.Z = np.empty((n, 0))
+        # the basis as rows (a dof vector per row), so that every block and product is contiguous
+        self._basis = np.empty((2, 0, self.x.getLocalSize()))  # Q^T and Z^T; rows k.. unused
+        self._k = 0
         self.T = np.empty((0, 0))
-        self.NQ_last = None  # N times the newest block: the next Krylov block's W
+        self.NQ_last = None  # (N times the newest block)^T: the next Krylov block's W
         self.exhausted = False  # the Krylov space is invariant: Q holds all of N's range that M sees
         self.theta, self.V = np.empty(0), np.empty((0, 0))
         self.products = 0  # products with N spent on the basis (each also one multigrid application)
@@ -112,7 +112,28 @@ class NystromPreconditioner:
     @property
     def rank(self) -> int:
         """k, the number of basis vectors."""
-        return self.Q.shape[1]
+        return self._k
+
+    @property
+    def Q(self) -> np.ndarray:
+        """Q^T: the M^{-1}-orthonormal basis as rows (k, owned dofs)."""
+        return self._basis[0, : self._k]
+
+    @property
+    def Z(self) -> np.ndarray:
+        """(M^{-1} Q)^T (k, owned dofs)."""
+        return self._basis[1, : self._k]
+
+    def _append(self, Qb: np.ndarray, Zb: np.ndarray) -> None:
+        """Add basis rows; the storage doubles when full (O(k) copies in all, not one per block)."""
+        k, b = self._k, Qb.shape[0]
+        if k + b > self._basis.shape[1]:
+            grown = np.empty((2, min(max(2 * (k + b), 4 * self.block), self.max_rank), Qb.shape[1]))
+            grown[:, :k] = self._basis[:, :k]
+            self._basis = grown
+        self._basis[0, k:k + b] = Qb
+        self._basis[1, k:k + b] = Zb
+        self._k = k + b
 
     # -- the multigrid M ~ B^{-1} --------------------------------------------------------
 
@@ -128,40 +149,53 @@ class NystromPreconditioner:
         self.extend(self.E.alpha)
 
     def _M(self, W: np.ndarray) -> np.ndarray:
-        """M W, column by column."""
+        """(M W)^T for W^T given as rows."""
         Y = np.empty_like(W)
-        for j in range(W.shape[1]):
-            self.x.array[:] = W[:, j]
+        for j in range(W.shape[0]):
+            self.x.array[:] = W[j]
             self.mg.apply(self.x, self.y)
-            Y[:, j] = self.y.array_r
+            Y[j] = self.y.array_r
         return Y
 
     def _N(self, Q: np.ndarray) -> np.ndarray:
-        """N Q = Phi^T D Phi Q / n, column by column."""
+        """(N Q)^T = (Phi^T D Phi Q / n)^T for Q^T given as rows, a block at a time."""
         W = np.empty_like(Q)
-        for j in range(Q.shape[1]):
-            self.x.array[:] = Q[:, j]
-            self.E.Phi.normal(self.x, self.D, self.y)
-            W[:, j] = self.y.array_r
-        self.products += Q.shape[1]
+        for j in range(0, Q.shape[0], self.block):
+            W[j:j + self.block] = self.E.Phi.normal_block(Q[j:j + self.block], self.D)
+        self.products += Q.shape[0]
         return W
 
     def _dot(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        """X^T Y over all ranks (X, Y are owned rows)."""
-        out = X.T @ Y
+        """X^T Y over all ranks, for X^T (p, owned dofs) and Y^T (q, owned dofs) given as rows: (p, q)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # reported by _finite, in flowfem's words
+            out = X @ Y.T
         self.comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
         return out
+
+    def _eigh(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues and vectors of the small symmetric T, computed on rank 0 and broadcast: every
+        rank then takes the same decisions (block sizes, stopping), which a last-bit difference
+        between the ranks' LAPACK results could otherwise split (and hang the next collective)."""
+        return self.comm.bcast(np.linalg.eigh(T) if self.comm.rank == 0 else None, root=0)
+
+    @staticmethod
+    def _finite(T: np.ndarray) -> np.ndarray:
+        """T, or ValueError (on every rank: T is reduced) if it holds NaN or inf."""
+        if not np.all(np.isfinite(T)):
+            raise ValueError("the linear system holds a non-finite number (NaN or inf): inputs so large that "
+                             "sigma(theta . x~)^2 overflows? rescale the data")
+        return T
 
     # -- the basis -----------------------------------------------------------------------
 
     def _start(self) -> np.ndarray:
-        """W_0 = Phi^T G / n for a seeded Gaussian G (n x b) in data space, the same on every rank."""
+        """W_0^T = (Phi^T D G / n)^T for a seeded Gaussian G (n x b) in data space, the same on every rank."""
         rng = np.random.default_rng(self.seed)
-        G = rng.standard_normal((self.E.n, self.block))
-        W = np.empty((self.x.getLocalSize(), self.block))
+        G = rng.standard_normal((self.block, self.E.n))
+        W = np.empty((self.block, self.x.getLocalSize()))
         for j in range(self.block):
-            self.E.Phi.adjoint(G[:, j] * self.D / self.E.n, self.y)
-            W[:, j] = self.y.array_r
+            self.E.Phi.adjoint(G[j] * self.D / self.E.n, self.y)
+            W[j] = self.y.array_r
         return W
 
     def _add_block(self) -> bool:
@@ -170,35 +204,36 @@ class NystromPreconditioner:
         dropped). Returns False when nothing new is left (the Krylov space is invariant)."""
         W = self._start() if self.NQ_last is None else self.NQ_last
         Y = self._M(W)
-        scale = max(float(np.max(np.abs(np.diag(self._dot(Y, W))), initial=0.0)), np.finfo(float).tiny)
+        norms = np.einsum("ij,ij->i", Y, W)  # ||y_j||^2 in the M^{-1} inner product, summed over the ranks
+        self.comm.Allreduce(MPI.IN_PLACE, norms, op=MPI.SUM)
+        scale = max(float(np.max(np.abs(norms), initial=0.0)), np.finfo(float).tiny)
         for _ in range(2):
             if self.rank:
                 C = self._dot(self.Z, Y)  # Q^T M^{-1} Y
-                Y = Y - self.Q @ C
-                W = W - self.Z @ C
-        gram = self._dot(Y, W)
+                Y = Y - C.T @ self.Q
+                W = W - C.T @ self.Z
+        gram = self._finite(self._dot(Y, W))
         gram = 0.5 * (gram + gram.T)
-        g, S = np.linalg.eigh(gram)
+        g, S = self._eigh(gram)
         keep = g > 1e-12 * scale
         room = self.max_rank - self.rank
         if not keep.any() or room <= 0:
             return False
         order = np.flatnonzero(keep)[::-1][:room]
         R = S[:, order] / np.sqrt(g[order])
-        Qb, Zb = Y @ R, W @ R
+        Qb, Zb = R.T @ Y, R.T @ W
         NQb = self._N(Qb)
         # T = Q^T N Q grows by a block column (and row, by symmetry)
-        cross = self._dot(self.Q, NQb) if self.rank else np.empty((0, Qb.shape[1]))
+        cross = self._dot(self.Q, NQb)
         diag = self._dot(Qb, NQb)
-        self.T = np.block([[self.T, cross], [cross.T, 0.5 * (diag + diag.T)]])
-        self.Q = np.hstack([self.Q, Qb])
-        self.Z = np.hstack([self.Z, Zb])
+        self.T = self._finite(np.block([[self.T, cross], [cross.T, 0.5 * (diag + diag.T)]]))
+        self._append(Qb, Zb)
         self.NQ_last = NQb
         return True
 
     def _ritz(self) -> None:
         """T = V diag(theta) V^T (theta >= 0: N is PSD)."""
-        theta, V = np.linalg.eigh(self.T)
+        theta, V = self._eigh(self.T)
         self.theta, self.V = np.maximum(theta, 0.0), V
 
     def extend(self, alpha: float) -> None:
@@ -218,7 +253,7 @@ class NystromPreconditioner:
         """New data weights: T = Q^T N(D) Q from the kept basis (k products with N)."""
         self.D = D
         if self.rank:
-            self.T = self._dot(self.Q, self._N(self.Q))
+            self.T = self._finite(self._dot(self.Q, self._N(self.Q)))
             self.T = 0.5 * (self.T + self.T.T)
             self._ritz()
 
@@ -235,11 +270,11 @@ class NystromPreconditioner:
             self.mg.apply(x, y)
             y.scale(1.0 / alpha)
             return
-        t = self.V.T @ self._dot(self.Q, x.array_r[:, None])[:, 0]  # U^T x
-        self.x.array[:] = x.array_r - self.Z @ (self.V @ t)  # Pi^T x
+        t = self.V.T @ self._dot(self.Q, x.array_r[None, :])[:, 0]  # U^T x
+        self.x.array[:] = x.array_r - (self.V @ t) @ self.Z  # Pi^T x
         self.mg.apply(self.x, y)
-        u = self.V.T @ self._dot(self.Z, y.array_r[:, None])[:, 0]  # U^T M^{-1} (M Pi^T x)
-        y.array[:] = (y.array_r - self.Q @ (self.V @ u)) / alpha + self.Q @ (self.V @ (t / (self.theta + alpha)))
+        u = self.V.T @ self._dot(self.Z, y.array_r[None, :])[:, 0]  # U^T M^{-1} (M Pi^T x)
+        y.array[:] = (y.array_r - (self.V @ u) @ self.Q) / alpha + (self.V @ (t / (self.theta + alpha))) @ self.Q
 
     def destroy(self, pc=None) -> None:
         """Free the multigrid and work vectors (PETSc calls this when the PC is destroyed)."""

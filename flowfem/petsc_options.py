@@ -66,17 +66,18 @@ def _reason(error: PETSc.Error) -> str:
     return "; ".join(reversed(said)) or lines[0]  # the most specific sentence comes last
 
 
-def _interrupted(error: BaseException) -> bool:
-    """Whether a PETSc error is a KeyboardInterrupt raised in a petsc4py Python callback: petsc4py
-    returns PETSC_ERR_PYTHON (101) to PETSc and raises PETSc.Error from the callback's exception (its
-    __cause__; the __context__ of an error a callback raised while handling another)."""
+def _callback_error(error: BaseException, kind) -> BaseException | None:
+    """The exception of type ``kind`` that a petsc4py Python callback (MatMult, PCApply, PCSetUp, a
+    monitor) raised behind a PETSc error: petsc4py returns PETSC_ERR_PYTHON (101) to PETSc and raises
+    PETSc.Error from the callback's exception (its __cause__; the __context__ of an error a callback
+    raised while handling another). None if there is none."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
+        if isinstance(error, kind):
+            return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 class SolverOptions:
@@ -112,13 +113,21 @@ class SolverOptions:
     def errors(self, stage: str):
         """Within the block, a PETSc error becomes a ValueError naming ``stage`` ("the set-up"), the
         user's options if there are any (the usual cause) and PETSc's reason; the options are cleared.
-        A PETSc error caused by Ctrl-C in a Python callback (error code 101) becomes KeyboardInterrupt."""
+        A PETSc error caused by Ctrl-C in a Python callback (error code 101) becomes KeyboardInterrupt,
+        one caused by a ValueError in a callback (flowfem's own words, e.g. a preconditioner that met a
+        non-finite number) is that ValueError."""
         try:
             yield
         except PETSc.Error as e:
             self.clear()
-            if _interrupted(e):  # Ctrl-C inside a Python callback (MatMult, PCApply, monitor): not a failure
+            if _callback_error(e, KeyboardInterrupt) is not None:  # Ctrl-C inside a callback: not a failure
                 raise KeyboardInterrupt from None
+            said = _callback_error(e, ValueError)
+            if said is not None:
+                raise said from None
+            # a PETSc error inside a callback (the Nystrom preconditioner's multigrid reading its options)
+            # reaches here as error 101; PETSc's own reason is in the inner error
+            e = _callback_error(e.__cause__ or e.__context__, PETSc.Error) or e
             if self.user:
                 raise ValueError(
                     f"PETSc failed in {stage} of {self.solver} with the options {self._written(self.user)}: "

@@ -88,6 +88,7 @@ class SolveInfo:
     history: list = field(default_factory=list)
     converged: bool = True
     rank: int = 0  # the Nystrom preconditioner's basis size (0: none)
+    preconditioner: str = ""  # of cg: nystrom or gamg ("" for the direct solver)
 
 
 def check_tolerances(rtol, atol=0.0) -> tuple[float, float]:
@@ -410,7 +411,7 @@ class LinearSolver:
                 "alpha, " + (f"{spell('solver', repr('cg'))}, " if self.solver == "direct" else "")
                 + f"a looser rtol, or allow unconverged results ({spell('allow_unconverged')})")
         return SolveInfo(self.solver, its, residual, reason, history, converged,
-                         self.nystrom.rank if self.nystrom is not None else 0)
+                         self.nystrom.rank if self.nystrom is not None else 0, self.preconditioner or "")
 
     @staticmethod
     def _monitor(bar, bnorm: float, target: float):
@@ -665,9 +666,11 @@ class NewtonSolver:
         if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINE_SEARCH and history[-1] <= self.rounding_floor(U):
             reason = 1  # ||F|| is as small as rounding allows (a tolerance below it cannot be met)
         r0 = history[0] if history and history[0] > 0 else 1.0
+        pc = dict(rank=self.lin.nystrom.rank if self.lin.nystrom is not None else 0,
+                  preconditioner=self.lin.preconditioner or "")
         if reason <= 0 and self.allow_unconverged:
             return NewtonInfo("newton-" + self.lin.solver, its, history[-1] / r0, reason, history,
-                              converged=False, linear_iterations=list(self.pc.its))
+                              converged=False, linear_iterations=list(self.pc.its), **pc)
         if reason <= 0:
             name = _SNES_REASONS.get(reason, str(reason))
             raise NotConverged(
@@ -677,7 +680,7 @@ class NewtonSolver:
                 f"rtol, or allow unconverged results ({spell('allow_unconverged')})"
             )
         return NewtonInfo("newton-" + self.lin.solver, its, history[-1] / r0, reason, history,
-                          linear_iterations=list(self.pc.its))
+                          linear_iterations=list(self.pc.its), **pc)
 
     def _monitor(self, bar):
         """A SNES monitor that advances ``bar`` by one per Newton step and shows ||F|| / ||F(U_0)||
@@ -705,7 +708,8 @@ class NewtonSolver:
         F.destroy()
         dU.destroy()
         return NewtonInfo("newton-" + self.lin.solver, 1, info.residual, 1, [f0, info.residual * f0],
-                          converged=info.converged, linear_iterations=[info.iterations])
+                          converged=info.converged, linear_iterations=[info.iterations], rank=info.rank,
+                          preconditioner=info.preconditioner)
 
     def destroy(self):
         if self.snes is not None:

@@ -75,11 +75,15 @@ def test_learns_sin_to_1e3():
     assert result.residual < 1e-9
 
 
-def test_cg_iterations_do_not_grow_with_refinement():
+@pytest.mark.parametrize("preconditioner", ["gamg", "nystrom"])
+def test_cg_iterations_do_not_grow_with_refinement(preconditioner):
     train = data.synthetic("sin", 1000, seed=1)
-    its = [Problem(Space.box(1, n, 4.0), "relu", alpha=1e-5).fit(train.x, train.y).iterations
-           for n in (32, 64, 128)]
-    assert max(its) <= 1.2 * min(its), its  # iterations bounded under refinement
+    its = [Problem(Space.box(1, n, 4.0), "relu", alpha=1e-5).fit(train.x, train.y, preconditioner=preconditioner)
+           .iterations for n in (32, 64, 128)]
+    # iterations bounded under refinement: within 20%, or one iteration where there are only a handful
+    assert max(its) <= max(1.2 * min(its), min(its) + 1), its
+    if preconditioner == "nystrom":
+        assert max(its) <= 10, its  # gamg: 50, 48, 56
 
 
 # -- every solve meets its tolerance or says so ----------------------------------------
