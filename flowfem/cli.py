@@ -138,11 +138,16 @@ def cmd_solve(args, comm) -> None:
         print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
         where = (f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
                  f"{problem.H.ndofs} dofs, n = {train.n}")
+        solver = args.solver
+        if result.info.preconditioner == "nystrom":
+            solver += f" (nystrom preconditioner, basis of {result.info.rank})"
+        elif result.info.preconditioner:
+            solver += f" ({result.info.preconditioner} preconditioner)"
         if problem.loss.quadratic:
-            print(f"{args.solver}: {result.iterations} iterations, relative residual {result.residual:.2e}, {where}")
+            print(f"{solver}: {result.iterations} iterations, relative residual {result.residual:.2e}, {where}")
             print(f"RMSE train {metrics['train_rmse']:.3e}, test {metrics['test_rmse']:.3e}")
         else:
-            print(f"Newton ({args.loss} loss): {result.iterations} iterations ({args.solver}: "
+            print(f"Newton ({args.loss} loss): {result.iterations} iterations ({solver}: "
                   f"{metrics['linear_iterations_total']} inner iterations in all), ||dE|| / ||dE(0)|| "
                   f"{result.residual:.2e}, {where}; ||dE|| at iterations 0..{result.iterations} "
                   + " ".join(f"{r:.2e}" for r in metrics["newton_residuals"]))

@@ -223,7 +223,8 @@ def solve_metrics(result, train, test) -> dict:
 
     E_alpha and its parts (``loss`` is the data term), iterations, residual, the fit on train
     and test data (:func:`fit_scores`: RMSE, or accuracy and mean loss), sizes, the problem's
-    settings (its loss under ``loss_function``), the operator's and the solve's seconds; for a
+    settings (its loss under ``loss_function``), the operator's and the solve's seconds, the cg
+    solver's preconditioner and its Nystrom basis size (``preconditioner_rank``); for a
     nonlinear loss also Newton's iterations (``iterations`` too), residuals ||dE_alpha(U_k)||
     and the inner (CG) iterations of each step and their total. Collective (predictions).
     """
@@ -232,7 +233,8 @@ def solve_metrics(result, train, test) -> dict:
     metrics = {("loss_function" if k == "loss" else k): v for k, v in settings(result.functional).items()}
     metrics.update(
         energy=result.energy, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
-        converged=result.info.converged, solver=info.solver,
+        converged=result.info.converged, solver=info.solver, preconditioner=info.preconditioner,
+        preconditioner_rank=info.rank,
         **fit_scores(problem.loss, result.predict(train.x), train.y, "train"),
         **fit_scores(problem.loss, result.predict(test.x), test.y, "test"),
         n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
