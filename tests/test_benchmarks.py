@@ -5,6 +5,7 @@ asserted is that each script completes, prints every row, and that the
 accuracy figures it reports (which do not depend on the machine) hold.
 """
 
+import json
 import re
 import sys
 
@@ -28,6 +29,20 @@ def test_stationary_benchmark_quick_under_mpirun():
     assert _figure(r"relative difference: E_alpha ([0-9.e+-]+)", out) <= 1e-6
     assert _figure(r"test RMSE ([0-9.e+-]+) \(target", out) <= 1e-6
     assert _figure(r"spread (\d+)%", out) <= 20
+
+
+@pytest.mark.mpi
+def test_alpha_benchmark_quick_under_mpirun():
+    proc = run([sys.executable, "benchmarks/alpha.py", "--quick"], ranks=2, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    rows = re.findall(r"^\| (?:1-D box|2-D box|2-D sphere)[^|]*\| (\de-0\d) \| (>?\d+) \|.*\|$", out, re.M)
+    assert len(rows) == 8 * 6, out  # (two 1-D boxes x three meshes + two 2-D meshes) x six alphas
+    assert "every nystrom solve converged to rtol 1e-10: PASS" in out
+    assert _figure(r"largest K diff ([0-9.e+-]+)", out) <= 2e-10  # the two preconditioners solve the same system
+    for line in re.findall(r"^iterations across alpha .*$", out, re.M):  # nystrom at 1e-8 far below gamg
+        nystrom, gamg = (json.loads(v) for v in re.findall(r"(\[[\d, ]+\])", line))
+        assert nystrom[-1] * 5 <= gamg[-1], line
 
 
 @pytest.mark.mpi
