@@ -68,7 +68,7 @@ from flowfem import progress as progress_  # noqa: E402
 from flowfem import petsc_options as petsc_options_  # noqa: E402
 from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
-from flowfem.nystrom import NystromPreconditioner  # noqa: E402
+from flowfem.nystrom import BUDGET, NystromPreconditioner  # noqa: E402
 
 SOLVERS = ("cg", "direct")
 PRECONDITIONERS = ("nystrom", "gamg")  # of cg: see flowfem.nystrom
@@ -148,18 +148,25 @@ class LinearSolver:
     With ``progress`` (cg) each solve shows a bar of CG iterations and the
     residual ratio ||r|| / ||B|| against rtol (:mod:`flowfem.progress`: rank 0,
     on a terminal); the KSP monitor that feeds it is installed only then.
+
+    ``preconditioner`` (cg): ``nystrom`` (default) is GAMG on A (+ (s / alpha) G)
+    plus a Nystrom basis of the data term (:mod:`flowfem.nystrom`), at most
+    ``basis_budget`` bytes per rank; ``gamg`` is GAMG on alpha A + s G alone.
+    :meth:`set_alpha` changes alpha keeping the basis; :meth:`solve` with
+    ``guess`` starts from X (warm starts along a regularisation path).
     """
 
     def __init__(self, E: Functional, D: np.ndarray | None = None, solver: str = "cg",
                  rtol: float = 1e-10, max_it: int = 2000, petsc_options: dict | None = None,
                  G: PETSc.Mat | None = None, shift: float = 0.0, atol: float = 0.0,
                  pc_shift_factor: float | None = None, allow_unconverged: bool = False,
-                 progress: bool = False, preconditioner: str = "nystrom"):
+                 progress: bool = False, preconditioner: str = "nystrom", basis_budget: float = BUDGET):
         if solver not in SOLVERS:
             raise ValueError(unknown("solver", solver, SOLVERS))
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(unknown("preconditioner", preconditioner, PRECONDITIONERS))
         self.preconditioner = preconditioner if solver == "cg" else None
+        self.basis_budget = basis_budget
         self.nystrom = None
         if shift and G is None:
             raise ValueError("a shifted operator s G + K needs the metric matrix G")
@@ -226,7 +233,7 @@ class LinearSolver:
             self.ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
             pc = self.ksp.getPC()
             if self.preconditioner == "nystrom":  # GAMG on B inside, under the same prefix (user's pc_gamg_*)
-                self.nystrom = NystromPreconditioner(E, self.P, self.D, prefix)
+                self.nystrom = NystromPreconditioner(E, self.P, self.D, prefix, self.basis_budget)
                 pc.setType("python")
                 pc.setPythonContext(self.nystrom)
             else:
@@ -324,6 +331,17 @@ class LinearSolver:
         if not f or shift <= 0:
             return shift
         return float(f ** round(np.log(shift) / np.log(f)))
+
+    def setup(self) -> None:
+        """Build the preconditioner now (else the next solve does): GAMG, and for nystrom its basis for
+        the current alpha; MUMPS and the Woodbury factors for direct. Collective."""
+        if self._stale:
+            self._setup()
+            self._stale = False
+        with self.options.errors("the set-up"):
+            self.ksp.setUp()
+            if self.nystrom is not None:
+                self.nystrom.extend(self.E.alpha)
 
     def solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool = True, guess: bool = False) -> SolveInfo:
         """X = K(D)^{-1} B; the info holds iterations and the true relative residual.
