@@ -189,7 +189,8 @@ def cmd_flow(args, comm) -> None:
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     E = problem.functional(train.x, train.y)
     flow = driver.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
-                       petsc_options=petsc, step_rtol=args.step_rtol, adapt=False if args.fixed_steps else None)
+                       petsc_options=petsc, step_rtol=args.step_rtol, adapt=False if args.fixed_steps else None,
+                       preconditioner=args.preconditioner)
     t1 = time.perf_counter()
     if not args.no_reference:
         flow.stationary(progress=not args.quiet)
@@ -615,8 +616,11 @@ def parser() -> argparse.ArgumentParser:
                    help="skip the stationary solve (no ||u - u*|| column, no energy gap)")
     g = p.add_argument_group("solver, checkpoints and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
-                   help="linear solves of every step: cg (CG + GAMG) or direct (MUMPS + Woodbury, small problems) "
-                        "(default: %(default)s)")
+                   help="linear solves of every step: cg (matrix-free CG) or direct (MUMPS + Woodbury, small "
+                        "problems) (default: %(default)s)")
+    g.add_argument("--preconditioner", default="nystrom", choices=["nystrom", "gamg"],
+                   help="of cg: nystrom (GAMG plus a low-rank basis of the data term, rebuilt when the step's shift "
+                        "changes by 4x) or gamg (GAMG alone) (default: %(default)s)")
     g.add_argument("--rtol", type=float, default=1e-12,
                    help="linear solves stop at rtol ||dE(0)|| at the latest; also the stationary solve's "
                         "tolerance (default: %(default)g)")

@@ -212,14 +212,17 @@ class Flow:
     largest |U| of the stationary or else the initial density, fixed when a
     run starts). With ``pc_shift_factor`` f the preconditioner of the steps'
     systems s G + K is rebuilt only when the shift crosses a power of f (see
-    :class:`flowfem.stationary.LinearSolver`).
+    :class:`flowfem.stationary.LinearSolver`); ``preconditioner`` is cg's
+    (``nystrom``, default, or ``gamg``: :mod:`flowfem.nystrom`).
     """
 
     def __init__(self, E: Functional, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",
                  rtol: float = 1e-12, newton_rtol: float = 1e-10, newton_atol: float | None = None,
                  ts_rtol: float = 1e-4, ts_atol: float | None = None, petsc_options: dict | None = None,
-                 step_rtol: float = 1e-6, pc_shift_factor: float | None = 4.0, adapt: bool | None = None):
+                 step_rtol: float = 1e-6, pc_shift_factor: float | None = 4.0, adapt: bool | None = None,
+                 preconditioner: str = "nystrom"):
         self.E = E
+        self.preconditioner = preconditioner
         self.G = metric_matrix(E.H, metric)  # validates the name
         self.metric = str(metric).upper()
         self.solver, self.rtol, self.step_rtol = solver, check_tolerances(rtol)[0], check_tolerances(step_rtol)[0]
@@ -271,7 +274,7 @@ class Flow:
         opts = dict(self.linear_options, **self.snes_options)
         return NewtonSolver(self.E, self.solver, self.newton_rtol, self.newton_atol, 50, self.step_rtol,
                             G=self.G, petsc_options=opts, linear_atol=self.linear_atol,
-                            pc_shift_factor=self.pc_shift_factor)
+                            pc_shift_factor=self.pc_shift_factor, preconditioner=self.preconditioner)
 
     @property
     def linear_atol(self) -> float:
@@ -287,11 +290,12 @@ class Flow:
         ``progress``: a bar of its CG iterations (Newton steps), see :mod:`flowfem.progress`."""
         if self.U_star is None:
             if self.E.loss.quadratic:
-                U, info = solve(self.E, self.solver, self.rtol, self.linear_options or None, progress=progress)
+                U, info = solve(self.E, self.solver, self.rtol, self.linear_options or None, progress=progress,
+                                preconditioner=self.preconditioner)
             else:
                 U, info = newton(self.E, None, self.solver, rtol=min(self.newton_rtol, 1e-12),
                                  linear_rtol=self.rtol, petsc_options=self.linear_options or None,
-                                 progress=progress)
+                                 progress=progress, preconditioner=self.preconditioner)
             self.U_star, self.stationary_info = U, info
             self.energy_star = self.E(U)
         return self.U_star
