@@ -41,7 +41,7 @@ def _petsc_options(pairs: list[str]) -> dict:
     return parse(opts)
 
 
-def _add_problem_arguments(p: argparse.ArgumentParser) -> None:
+def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True,
                    help="a CSV (header naming columns x1..xd and y, in any order) or NPZ (arrays x, y) file, "
@@ -70,7 +70,20 @@ def _add_problem_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", default="relu",
                    help="sigma: relu, leaky_relu[:SLOPE] (0 <= SLOPE < 1, default 0.01), tanh, sigmoid, softplus, "
                         "monomial:K (z^K, K >= 1) (default: %(default)s)")
-    g.add_argument("--alpha", type=float, default=1e-4, help="regularisation alpha > 0 (default: %(default)g)")
+    if auto_alpha:
+        g.add_argument("--alpha", type=_alpha, default=1e-4,
+                       help="regularisation alpha > 0, or auto: solve along alpha = 1e-2, 1e-3, ..., 1e-10 (warm "
+                            "starts, one preconditioner), score each on held-out rows (--validation, --folds), "
+                            "refit on all rows at the alpha of the smallest validation error (ties: the larger "
+                            "alpha); metrics.json gets the table, path.png the curve (default: %(default)g)")
+        g.add_argument("--validation", type=_fraction, default=None,
+                       help="with --alpha auto: the fraction of the training rows held out to score each alpha, "
+                            "0 < FRACTION < 1, chosen by --seed (default: 0.2)")
+        g.add_argument("--folds", type=int, default=None,
+                       help="with --alpha auto: K >= 2 folds instead of one held-out fraction; each row is held out "
+                            "once and the score is the mean over the folds (K times the cost) (default: none)")
+    else:
+        g.add_argument("--alpha", type=float, default=1e-4, help="regularisation alpha > 0 (default: %(default)g)")
     g.add_argument("--kappa", type=float, default=1.0,
                    help="smoothness weight kappa > 0 in the H1 norm (default: %(default)g)")
     g.add_argument("--weight", default="uniform",
@@ -127,14 +140,28 @@ def cmd_solve(args, comm) -> None:
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     mesh_seconds = time.perf_counter() - t0
+    auto = args.alpha == "auto"
+    if not auto and (args.validation is not None or args.folds is not None):
+        raise ValueError(f"{'--validation' if args.validation is not None else '--folds'} applies to --alpha auto "
+                         f"only (it chooses how each alpha of the path is scored); drop it or use --alpha auto")
+    path_args = dict(validation=args.validation, folds=args.folds, seed=args.seed) if auto else {}
     result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc, args.allow_unconverged,
-                         progress=not args.quiet, preconditioner=args.preconditioner)
+                         progress=not args.quiet, preconditioner=args.preconditioner, **path_args)
     metrics = io.solve_metrics(result, train, test)
     metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
         io.write_solution(tmp, result, io.settings(result.functional), metrics, train, test, plot=not args.no_plot)
     if comm.rank == 0:
         loss, reg = result.parts
+        if auto:
+            path = result.path
+            print(f"alpha path ({path.score}, " + (f"{path.folds} folds" if path.folds else
+                                                   f"{path.validation:g} of the rows held out") + "):")
+            for i, row in enumerate(path.table()):
+                print(f"  {'*' if i == path.chosen else ' '} alpha {row['alpha']:.0e}  score {row['score']:.3e}  "
+                      f"train loss {row['train_loss']:.3e}  {row['iterations']} CG its  {row['seconds']:.2f} s  "
+                      f"rank {row['rank']}")
+            print(f"chosen alpha = {path.alpha:g}, refitted on all {train.n} rows ({path.refit_iterations} CG its)")
         print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
         where = (f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
                  f"{problem.H.ndofs} dofs, n = {train.n}")
@@ -157,7 +184,7 @@ def cmd_solve(args, comm) -> None:
             print(f"warning: NOT CONVERGED (relative residual {result.residual:.2e} > rtol {args.rtol:.1e}); "
                   "metrics.json says converged: false")
         print(f"wrote {args.out}/: density.bp, density.xdmf/.h5 (ParaView), density.npz, predictions.csv, metrics.json"
-              + ("" if args.no_plot else ", figure.png"))
+              + ("" if args.no_plot else ", figure.png" + (", path.png" if auto else "")))
 
 
 def cmd_flow(args, comm) -> None:
@@ -337,9 +364,23 @@ def _number_in(ok, allowed: str):
 
 
 _positive_number = _number_in(lambda v: np.isfinite(v) and v > 0, "a finite number > 0")
+_fraction = _number_in(lambda v: 0 < v < 1,
+                       "a fraction with 0 < FRACTION < 1 (the part of the rows held out, e.g. 0.2)")
 _tolerance = _number_in(lambda v: 0 < v < 1, "a number with 0 < rtol < 1, e.g. 1e-10")
 # which numbers a domain takes (whole cells, an element size), space.named_arrays checks
 _mesh_size = _number_in(lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def _alpha(text: str):
+    """--alpha of solve: ``auto`` or a number (Problem checks its range, as for the API)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        guess = closest(text, ["auto"])
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto"
+                                         + (f": did you mean {guess!r}?" if guess else "")) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -553,7 +594,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("solve", help="the optimal density: one linear solve of the Euler-Lagrange equation",
                        description="Minimise E_alpha with one solve of (alpha A + Phi^T Phi / n) U = Phi^T y / n "
                                    "and write the density (ParaView and NumPy), predictions, metrics and a figure.")
-    _add_problem_arguments(p)
+    _add_problem_arguments(p, auto_alpha=True)
     g = p.add_argument_group("solver and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
                    help="cg: matrix-free CG (any size); direct: MUMPS + Woodbury (small problems) "

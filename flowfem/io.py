@@ -11,7 +11,8 @@ An output directory holds
                      values ``u``, and the problem's settings;
 * ``predictions.csv`` columns x1..xd, y, f (test points; reads back as data, f ignored);
 * ``metrics.json``   E_alpha, its parts, solver iterations and residual, errors, timings;
-* ``figure.png``     the density and the fit.
+* ``figure.png``     the density and the fit;
+* ``path.png``       with alpha auto: validation error against alpha (:func:`flowfem.plot.path_figure`).
 
 A flow's directory holds ``trajectory.xdmf`` + ``trajectory.h5`` (:class:`TrajectoryWriter`) and
 ``energy.csv``/``energy.json`` (:func:`write_log`) besides the density.
@@ -224,8 +225,9 @@ def solve_metrics(result, train, test) -> dict:
     E_alpha and its parts (``loss`` is the data term), iterations, residual, the fit on train
     and test data (:func:`fit_scores`: RMSE, or accuracy and mean loss), sizes, the problem's
     settings (its loss under ``loss_function``), the operator's and the solve's seconds, the cg
-    solver's preconditioner and its Nystrom basis size (``preconditioner_rank``); for a
-    nonlinear loss also Newton's iterations (``iterations`` too), residuals ||dE_alpha(U_k)||
+    solver's preconditioner and its Nystrom basis size (``preconditioner_rank``); for
+    alpha="auto" the regularisation path under ``path`` (table and choice); for a nonlinear loss
+    also Newton's iterations (``iterations`` too), residuals ||dE_alpha(U_k)||
     and the inner (CG) iterations of each step and their total. Collective (predictions).
     """
     problem, info = result.problem, result.info
@@ -240,6 +242,8 @@ def solve_metrics(result, train, test) -> dict:
         n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
         ranks=problem.space.comm.size, domain=problem.space.domain, degree=problem.H.degree,
         setup_seconds=result.setup_seconds, solve_seconds=result.solve_seconds)
+    if result.path is not None:  # alpha="auto": the regularisation path (flowfem.path.RegularisationPath.metrics)
+        metrics.update(path=result.path.metrics())
     if not problem.loss.quadratic:
         metrics.update(newton_iterations=info.iterations, newton_residuals=list(info.history),
                        linear_iterations=list(info.linear_iterations),
@@ -342,7 +346,8 @@ def write_density(directory: str, u: dolfinx.fem.Function, space: Space, setting
 
 def write_solution(directory: str, result, settings: dict, metrics: dict, train, test, plot: bool = True) -> None:
     """Write density.bp, density.xdmf/.h5, density.npz (with ``settings``), predictions.csv (f_{u*} on ``test``),
-    metrics.json (``metrics``) and figure.png of a :class:`flowfem.problem.Result` (collective)."""
+    metrics.json (``metrics``) and figure.png of a :class:`flowfem.problem.Result`, and path.png when it
+    holds a regularisation path (collective)."""
     from flowfem import plot as _plot
 
     space = result.problem.space
@@ -354,6 +359,8 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
     write_json(os.path.join(directory, "metrics.json"), metrics, comm)
     if plot:
         _plot.write_solution_figure(os.path.join(directory, "figure.png"), result, train, test, f_test)
+        if result.path is not None and comm.rank == 0:
+            _plot.path_figure(os.path.join(directory, "path.png"), result.path)
 
 
 # -- the gradient flow's trajectory and energy log ------------------------------------------

@@ -390,6 +390,38 @@ def write_solution_figure(path: str, result, train, test, f_test: np.ndarray):
                            f"{train.name}: f_u and data, test RMSE {rmse:.2e}")
 
 
+def path_figure(path: str, reg_path):
+    """path.png of a regularisation path (:class:`flowfem.path.RegularisationPath`): the validation
+    score against alpha on log-log axes (each fold's scores faint behind the mean when there are
+    several), the training error beside it (RMSE, or the mean loss), the chosen alpha starred. Call on
+    one rank. Returns the (closed) Figure."""
+    plt = _pyplot()
+    p = reg_path
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+    if p.fold_scores.shape[0] > 1:
+        for k, scores in enumerate(p.fold_scores):
+            ax.loglog(p.alphas, scores, "-", color="tab:blue", alpha=0.25, lw=1,
+                      label="each fold" if k == 0 else None)
+    ax.loglog(p.alphas, p.scores, "o-", color="tab:blue", label=p.score)
+    # the squared loss's data term is mean (f - y)^2 / 2: the training RMSE is sqrt(2 x data term)
+    train = p.train_loss if p.score.endswith("loss") else np.sqrt(2.0 * np.maximum(p.train_loss, 0.0))
+    positive = train > 0  # a data term of exactly 0 has no place on a log axis
+    ax.loglog(p.alphas[positive], train[positive], "s--", ms=4, color="tab:grey",
+              label="training " + ("mean loss" if p.score.endswith("loss") else "RMSE"))
+    ax.axvline(p.alpha, color="tab:red", lw=1, ls=":")
+    ax.plot([p.alpha], [p.scores[p.chosen]], "*", ms=14, color="tab:red",
+            label=f"chosen alpha = {p.alpha:.0e} (smallest score)")
+    ax.set_xlabel(r"regularisation $\alpha$")
+    ax.set_ylabel(p.score)
+    split = f"{p.folds} folds" if p.folds else f"{p.validation:g} of the rows held out"
+    ax.set_title(f"regularisation path ({split}, seed {p.seed})")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig
+
+
 # -- the gradient flow ----------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,6 +53,9 @@ from flowfem.petsc_options import parse as parse_petsc_options  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.space import Space, check_parameter_dim  # noqa: E402
 from flowfem.stationary import SolveInfo, check_tolerances, newton, solve  # noqa: E402
+
+if TYPE_CHECKING:
+    from flowfem.path import RegularisationPath
 
 
 def make_space(domain: str, d: int, size=None, radius: float = 4.0, activation: str = "relu",
@@ -89,7 +93,8 @@ class Problem:
     """min over u in H^1_omega of E_alpha(u) on the parameter space ``space``.
 
     Arguments are checked before anything is built: ``space`` a :class:`~flowfem.space.Space`,
-    ``alpha`` and ``kappa`` numbers > 0, ``degree`` an integer 1, 2 or 3, ``quadrature_degree``
+    ``alpha`` a number > 0 or ``"auto"`` (:meth:`fit` then chooses it on a regularisation path,
+    :mod:`flowfem.path`), ``kappa`` a number > 0, ``degree`` an integer 1, 2 or 3, ``quadrature_degree``
     None or an integer >= 0, ``method`` one of :data:`flowfem.operator.METHODS`; a mesh on which
     a fit would not fit in memory (:func:`solve_bytes`) is refused. ValueError otherwise.
     """
@@ -103,9 +108,10 @@ class Problem:
         self.activation = _activation(activation)
         if space.homogeneous_only:
             self.activation.require_homogeneous(space.domain)
-        alpha = number("alpha", alpha, "> 0")
-        if not (np.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
+        if not (isinstance(alpha, str) and alpha == "auto"):
+            alpha = number("alpha", alpha, "> 0")
+            if not (np.isfinite(alpha) and alpha > 0):
+                raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
         degree = integer("degree", degree, "1, 2 or 3 (the Lagrange degree of the density)")
         if quadrature_degree is not None:
             quadrature_degree = integer("quadrature_degree", quadrature_degree, ">= 0 (None: twice the degree)")
@@ -136,17 +142,31 @@ class Problem:
         check_parameter_dim(x.shape[1], self.space.gdim, what)
         return x, y
 
-    def functional(self, x, y) -> Functional:
-        """E_alpha for the data (x (n, d) or (n,), y (n,) or (n, 1)); builds the data operator Phi."""
+    def functional(self, x, y, alpha: float | None = None) -> Functional:
+        """E_alpha for the data (x (n, d) or (n,), y (n,) or (n, 1)); builds the data operator Phi.
+        ``alpha``: the problem's unless given (needed when the problem's is "auto": ValueError)."""
+        if alpha is None:
+            alpha = self.alpha
+        if alpha == "auto":
+            raise ValueError("alpha='auto' is chosen by fit (a regularisation path); this needs a number: "
+                             "pass alpha=... or make the Problem with a numeric alpha")
         x, y = self._inputs(x, y, "the data")
         Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method)
-        return Functional(self.H, Phi, y, self.alpha, self.loss)
+        return Functional(self.H, Phi, y, alpha, self.loss)
 
     def fit(self, x, y, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None,
-            allow_unconverged: bool = False, progress: bool = False, preconditioner: str = "nystrom") -> "Result":
+            allow_unconverged: bool = False, progress: bool = False, preconditioner: str = "nystrom",
+            alphas=None, validation: float | None = None, folds: int | None = None,
+            seed: int | None = None) -> "Result":
         """The minimiser of E_alpha on the data (x, y): one linear solve (squared loss), or Newton
         (other losses) stopping at ||dE_alpha(U)|| <= rtol ||dE_alpha(0)||, the linear solves inside
         to rtol as well (``petsc_options`` starting with snes_ go to the SNES). Collective.
+
+        With alpha="auto" the fit is :func:`flowfem.path.regularisation_path`: solves along the
+        decreasing grid ``alphas`` (default :data:`flowfem.path.GRID`), each scored on held-out rows
+        (a fraction ``validation``, default 0.2, or ``folds`` k folds; split seeded by ``seed``, default 0), the
+        best alpha refitted on all rows; ``result.path`` holds the table and ``result.path.alpha``
+        the chosen alpha. These four arguments are refused (ValueError) with a numeric alpha.
 
         The data operator is built once; the Result stores the density, E_alpha, its parts and
         the timings of building that operator and of the solve. ``progress``: a bar of the CG
@@ -162,6 +182,17 @@ class Problem:
             raise ValueError("fit needs targets y (n,) or (n, 1), one per row of x; got None")
         check_tolerances(rtol)
         parse_petsc_options(petsc_options)
+        if self.alpha == "auto":
+            from flowfem.path import GRID, regularisation_path
+
+            return regularisation_path(self, x, y, GRID if alphas is None else alphas, validation, folds,
+                                       0 if seed is None else seed,
+                                       solver, rtol, petsc_options, allow_unconverged, progress, preconditioner)
+        given = [k for k, v in dict(alphas=alphas, validation=validation, folds=folds, seed=seed).items()
+                 if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply only to alpha='auto' (a regularisation path); "
+                             f"this problem's alpha is {self.alpha:g}")
         t0 = time.perf_counter()
         E = self.functional(x, y)
         t1 = time.perf_counter()
@@ -184,6 +215,9 @@ class Problem:
         """The gradient flow of E_alpha on the data (x, y): a :class:`flowfem.flow.Flow`."""
         from flowfem.flow import Flow
 
+        if self.alpha == "auto":
+            raise ValueError("a flow needs a numeric alpha, not 'auto' (choose it with fit's regularisation path "
+                             "and make the Problem with that alpha)")
         return Flow(self.functional(x, y), metric, scheme, solver, rtol, petsc_options=petsc_options, **kwargs)
 
 
@@ -206,6 +240,7 @@ class Result:
     parts: tuple[float, float]  # (data term (1/n) sum l(f_j, y_j), regulariser (alpha/2) ||u*||^2_{H^1_omega})
     setup_seconds: float  # building the data operator Phi (and E_alpha) that the solve used
     solve_seconds: float  # the solve (GAMG or MUMPS set-up included)
+    path: RegularisationPath | None = None  # alpha="auto": the regularisation path (flowfem.path), else None
 
     @property
     def iterations(self) -> int:

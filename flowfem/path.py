@@ -1,0 +1,342 @@
+"""The regularisation path: the minimisers u*_alpha along a decreasing grid of alpha, scored on held-out data.
+
+For alpha_1 > alpha_2 > ... > alpha_m (default :data:`GRID`) the path solves
+the Euler-Lagrange equation of E_alpha on the training part of the data,
+
+    squared loss:   (alpha_i A + Phi_t^T Phi_t / n_t) U_i = Phi_t^T y_t / n_t,
+    logistic loss:  dE_alpha_i(U_i) = 0 by Newton,
+
+each solve warm-started from U_{i-1} and all of them with ONE linear solver
+(:class:`flowfem.stationary.LinearSolver`, :meth:`set_alpha` between them):
+the multigrid and the Nystrom basis of the data term (:mod:`flowfem.nystrom`)
+are built once and only extended as alpha falls. The training rows are
+selected by row weights on one data operator of all rows
+(:class:`RowWeighted`), so the operator is built once for the folds, the
+validation predictions and the refit. Each U_i is scored on the held-out
+part (x_v, y_v),
+
+    squared loss:   validation RMSE  sqrt(mean_j (f_{U_i}(x_vj) - y_vj)^2),
+    logistic loss:  validation mean logistic loss  mean_j log(1 + exp(-y_vj f_{U_i}(x_vj)))
+                    (the accuracy mean(sign f == y) is reported beside it),
+
+on one seeded split (a fraction ``validation`` of the rows held out, default
+0.2) or on k seeded folds (each row held out once; the score is the mean
+over the folds).
+
+Rule: the chosen alpha is the one of the smallest (mean) validation score;
+among equal scores the larger alpha (the first in the decreasing grid, as
+scikit-learn's RidgeCV takes the first minimiser): of two fits that predict
+equally well, the more regular one. The density returned is then refitted on
+ALL the rows at the chosen alpha, warm-started from the path's solution there
+(the mean over the folds), with the same solver, and is an ordinary
+:class:`flowfem.problem.Result` whose ``path`` is the :class:`RegularisationPath` (the table).
+
+The grid: one value per decade from 1e-2 to 1e-10 (nine). Measured (README,
+"Automatic alpha"; relu on [-4, 4]^2 and the sphere): the validation error
+of noiseless sin and step keeps falling down to 1e-10 (sin: 1.9e-6 there,
+1.5e-6 at 1e-11), two_moons has its minimum at 1e-10 (squared loss) and at
+1e-8 (logistic loss), and no set chose an alpha above 1e-4 except pure noise,
+which takes the largest. The error changes by at most a few times per decade,
+so one value per decade suffices. Below 1e-10 the Nystrom basis grows
+(rank 104-168 at 1e-11) for little gain.
+
+Cost: the warm starts and the shared preconditioner make the whole path,
+refit included, a small multiple of one cold solve at the smallest alpha
+(measured in the README).
+
+The box radius is not searched: for positively homogeneous activations
+(relu) a change of radius is a change of alpha and kappa (docs/theory.md
+§15), which the path's alpha covers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
+
+from mpi4py import MPI  # noqa: E402
+
+from flowfem import arguments  # noqa: E402
+from flowfem import progress as progress_  # noqa: E402
+from flowfem.functional import Functional  # noqa: E402
+from flowfem.stationary import LinearSolver, NewtonSolver  # noqa: E402
+
+GRID = tuple(10.0 ** -k for k in range(2, 11))  # 1e-2 ... 1e-10: one value per decade (module docstring)
+VALIDATION = 0.2  # default fraction of the rows held out
+
+
+def check_grid(alphas) -> np.ndarray:
+    """The grid as a decreasing float array (m,), m >= 1; ValueError unless every value is a finite
+    number > 0 and no value repeats."""
+    if isinstance(alphas, (str, bytes)) or not np.iterable(alphas):
+        raise ValueError(f"{arguments.named('alphas')} must be a sequence of numbers > 0, got {alphas!r}")
+    values = np.array([arguments.positive("alphas", a) for a in alphas], dtype=float)
+    if values.size == 0:
+        raise ValueError(f"{arguments.named('alphas')} is empty: give at least one alpha > 0")
+    if np.unique(values).size != values.size:
+        raise ValueError(f"{arguments.named('alphas')} repeats a value: {sorted(values.tolist(), reverse=True)}")
+    return np.sort(values)[::-1]
+
+
+def check_validation(validation, folds) -> tuple[float | None, int | None]:
+    """(fraction, folds), one of them None: a fraction 0 < validation < 1 of the rows held out, or
+    k >= 2 folds (``folds``; then ``validation`` must be None). Default: (:data:`VALIDATION`, None).
+    ValueError otherwise."""
+    if folds is not None:
+        if validation is not None:
+            raise ValueError(f"give either {arguments.spell('validation', 'FRACTION')} or "
+                             f"{arguments.spell('folds', 'K')}, not both: the folds hold out each row once")
+        folds = arguments.integer("folds", folds, ">= 2")
+        if folds < 2:
+            raise ValueError(f"{arguments.named('folds')} = {folds}: cross-validation needs at least 2 folds")
+        return None, folds
+    if validation is None:
+        return VALIDATION, None
+    validation = arguments.number("validation", validation, "with 0 < validation < 1")
+    if not 0 < validation < 1:
+        raise ValueError(f"{arguments.named('validation')} = {validation:g} must be a fraction with 0 < "
+                         f"{arguments.named('validation')} < 1: the part of the rows held out to score each alpha "
+                         "(e.g. 0.2)")
+    return validation, None
+
+
+def splits(n: int, validation: float | None, folds: int | None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows, validation rows) index arrays: one split holding out round(validation n) rows
+    (at least 1, leaving at least 1), or ``folds`` splits holding out each row once (np.array_split of
+    the permutation), from a permutation of range(n) seeded by ``seed``. ValueError if n is too small."""
+    perm = np.random.default_rng(arguments.seed(seed)).permutation(n)
+    if folds is not None:
+        if folds > n:
+            raise ValueError(f"{arguments.named('folds')} = {folds} folds need at least {folds} data rows, got {n}")
+        parts = np.array_split(perm, folds)
+        return [(np.sort(np.concatenate(parts[:i] + parts[i + 1:])), np.sort(parts[i])) for i in range(folds)]
+    if n < 2:
+        raise ValueError(f"a validation split needs at least 2 data rows, got {n}")
+    k = min(max(1, int(round(validation * n))), n - 1)
+    return [(np.sort(perm[k:]), np.sort(perm[:k]))]
+
+
+@dataclass
+class RegularisationPath:
+    """The regularisation path of a fit (the same on every rank; the seconds are each rank's clock).
+
+    Arrays of shape (m,) over the decreasing grid ``alphas``: ``scores`` the validation score (mean
+    over the folds), ``train_loss`` the data term (1/n_t) sum l(f_j, y_j) on the training rows (mean
+    over the folds), ``iterations`` the CG iterations (summed over the folds; for the logistic loss
+    the inner CG iterations of all Newton steps), ``newton`` the Newton steps (logistic loss; zeros
+    otherwise), ``seconds`` the solves' wall time (summed over the folds), ``rank`` the Nystrom
+    basis size after the solve (largest over the folds), ``accuracy`` the validation accuracy
+    (logistic loss; None otherwise). ``chosen`` indexes the chosen alpha (see the module docstring),
+    ``fold_scores`` (k, m) the scores of each fold.
+    """
+
+    alphas: np.ndarray
+    scores: np.ndarray
+    train_loss: np.ndarray
+    iterations: np.ndarray
+    newton: np.ndarray
+    seconds: np.ndarray
+    rank: np.ndarray
+    accuracy: np.ndarray | None
+    fold_scores: np.ndarray
+    chosen: int
+    score: str  # what the scores are: "validation RMSE" or "validation mean logistic loss"
+    validation: float | None
+    folds: int | None
+    seed: int
+    refit_iterations: int = 0
+    refit_seconds: float = 0.0
+
+    @property
+    def alpha(self) -> float:
+        """The chosen alpha."""
+        return float(self.alphas[self.chosen])
+
+    def table(self) -> list[dict]:
+        """One dict per alpha: alpha, score, train_loss, iterations, newton, seconds, rank (and accuracy)."""
+        rows = []
+        for i, a in enumerate(self.alphas):
+            row = dict(alpha=float(a), score=float(self.scores[i]), train_loss=float(self.train_loss[i]),
+                       iterations=int(self.iterations[i]), newton=int(self.newton[i]),
+                       seconds=float(self.seconds[i]), rank=int(self.rank[i]))
+            if self.accuracy is not None:
+                row["accuracy"] = float(self.accuracy[i])
+            rows.append(row)
+        return rows
+
+    def metrics(self) -> dict:
+        """What metrics.json records of the path: the rule's inputs and outcome and the table."""
+        return dict(alpha=self.alpha, score=self.score, validation=self.validation, folds=self.folds,
+                    seed=self.seed, rule="smallest score; ties -> the larger alpha", table=self.table(),
+                    seconds=float(np.sum(self.seconds)), refit_iterations=int(self.refit_iterations),
+                    refit_seconds=float(self.refit_seconds))
+
+
+def choose(scores: np.ndarray) -> int:
+    """The index of the smallest score, the first (largest alpha) among equal ones; ValueError if
+    a score is not finite."""
+    scores = np.asarray(scores, dtype=float)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"a validation score is not finite: {scores.tolist()}; check the data and the grid")
+    return int(np.argmin(scores))  # argmin returns the first minimiser
+
+
+def _score(loss, f: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(score, accuracy): RMSE and NaN (squared loss), or mean loss and accuracy."""
+    if loss.quadratic:
+        return float(np.sqrt(np.mean((f - y) ** 2))), np.nan
+    return float(np.mean(loss.value(f, y))), float(np.mean(np.sign(f) == y))
+
+
+class RowWeighted(Functional):
+    """E_alpha with a weight c_j >= 0 on each row, on the data operator Phi of all n rows:
+
+        E(u) = (1/n) sum_j c_j l(f_u(x_j), y_j) + (alpha/2) ||u||^2_{H^1_omega},
+        dE(U) = alpha A U + Phi^T (c l') / n,   curvature D = c l'',   rhs (squared loss) Phi^T (c y) / n.
+
+    With c_j = n / n_t on the n_t training rows of a split and 0 on the held-out rows this is E_alpha of
+    the training rows alone; with c = 1 it is E_alpha of all rows. So one data operator (built once:
+    for relu on 2-D inputs its tree is the costly part) serves every fold, the validation predictions
+    (Phi U on the held-out rows) and the refit, and one :class:`LinearSolver` keeps its multigrid
+    and Nystrom basis throughout (``set_weights`` between folds). ``c``: (n,) array, set in place.
+    """
+
+    def __init__(self, E: Functional, c: np.ndarray):
+        super().__init__(E.H, E.Phi, E.y, E.alpha, E.loss)
+        self.c = np.asarray(c, dtype=float).copy()
+
+    def parts(self, U) -> tuple[float, float]:
+        f = self.Phi.apply(U)
+        AU = self.H.A.createVecLeft()
+        self.H.A.mult(U, AU)
+        reg = 0.5 * self.alpha * AU.dot(U)
+        AU.destroy()
+        return float(np.sum(self.c * self.loss.value(f, self.y)) / self.n), reg
+
+    def gradient(self, U, out=None):
+        out = self.vector() if out is None else out
+        tmp = self.vector()
+        self.Phi.adjoint(self.c * self.loss.d1(self.Phi.apply(U), self.y) / self.n, tmp)
+        self.H.A.mult(U, out)
+        out.aypx(self.alpha, tmp)
+        tmp.destroy()
+        return out
+
+    def rhs(self):
+        b = self.vector()
+        self.Phi.adjoint(self.c * self.y / self.n, b)
+        return b
+
+    def curvature(self, U) -> np.ndarray:
+        return self.c * self.loss.d2(self.Phi.apply(U), self.y)
+
+
+def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None, seed: int = 0,
+                        solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None,
+                        allow_unconverged: bool = False, progress: bool = False,
+                        preconditioner: str = "nystrom"):
+    """The path of ``problem`` (a :class:`flowfem.problem.Problem`) on the data x (n, d), y (n,), and
+    the refit on all rows at the chosen alpha: a :class:`flowfem.problem.Result` whose ``path`` is the
+    :class:`RegularisationPath` and whose functional's alpha is the chosen one. Collective.
+
+    ``alphas`` the grid (:func:`check_grid`), ``validation`` / ``folds`` / ``seed`` the split
+    (:func:`check_validation`, :func:`splits`); the solver arguments as :meth:`Problem.fit`'s. One
+    data operator on all rows and one solver serve every fold and the refit (:class:`RowWeighted`).
+    The Result's ``setup_seconds`` are the data operator's build, ``solve_seconds`` the path's solves
+    plus the refit's. ``progress``: a bar over the path's solves (rank 0, a terminal). Raises
+    ValueError for bad arguments and :class:`flowfem.stationary.NotConverged` as a single fit does.
+    """
+    from flowfem.io import function
+    from flowfem.problem import Result
+
+    alphas = check_grid(alphas)
+    validation, folds = check_validation(validation, folds)
+    x, y = problem._inputs(x, y, "the data")
+    comm = problem.space.comm
+    parts = splits(len(y), validation, folds, seed)
+    m = len(alphas)
+    t0 = time.perf_counter()
+    full = problem.functional(x, y, alpha=float(alphas[0]))
+    setup = time.perf_counter() - t0
+    n = full.n
+    E = RowWeighted(full, np.ones(n))
+    quadratic = E.loss.quadratic
+    if quadratic:
+        lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged,
+                           progress=False, preconditioner=preconditioner)
+    else:
+        ns = NewtonSolver(E, solver, rtol, linear_rtol=rtol, petsc_options=petsc_options,
+                          allow_unconverged=allow_unconverged, preconditioner=preconditioner)
+        lin = ns.lin
+    table = np.empty((len(parts), m, 7))
+    start = [E.vector() for _ in alphas]  # sum over the folds of the solutions: the refit's start
+    U = E.vector()
+    try:
+        with progress_.bar(progress, total=len(parts) * m, desc="alpha path", unit="solve") as bar:
+            for k, (train, held) in enumerate(parts):
+                E.c[:] = 0.0
+                E.c[train] = n / len(train)
+                U.set(0.0)
+                if quadratic:
+                    lin.set_weights(E.c)
+                    b = E.rhs()
+                for i, a in enumerate(alphas):
+                    lin.set_alpha(a)
+                    t = time.perf_counter()
+                    if quadratic:
+                        info = lin.solve(b, U, guess=True)
+                        its, steps = info.iterations, 0
+                    else:
+                        info = ns.solve(U)
+                        its, steps = int(sum(info.linear_iterations)), info.iterations
+                    seconds = time.perf_counter() - t
+                    f = E.Phi.apply(U)  # every row: the held-out ones score, the training ones give the loss
+                    score, acc = _score(E.loss, f[held], y[held])
+                    train_loss = float(np.mean(E.loss.value(f[train], y[train])))
+                    table[k, i] = score, acc, train_loss, its, steps, seconds, lin.nystrom.rank if lin.nystrom else 0
+                    start[i].axpy(1.0, U)
+                    bar.update(1)
+                if quadratic:
+                    b.destroy()
+            means = table.mean(axis=0)
+            chosen = comm.bcast(choose(means[:, 0]), root=0)  # one choice on every rank, whatever the rounding
+            # the refit: all rows (c = 1) at the chosen alpha, from the mean of the folds' solutions there
+            start[chosen].copy(U)
+            U.scale(1.0 / len(parts))
+            E.c[:] = 1.0
+            lin.set_alpha(float(alphas[chosen]))
+            lin.progress = progress
+            t1 = time.perf_counter()
+            if quadratic:
+                lin.set_weights(E.c)
+                b = E.rhs()
+                info = lin.solve(b, U, guess=True)
+                b.destroy()
+                refit_its = info.iterations
+            else:
+                ns.progress = progress
+                info = ns.solve(U)
+                refit_its = int(sum(info.linear_iterations))
+            t2 = time.perf_counter()
+    finally:
+        (lin if quadratic else ns).destroy()
+        for S in start:
+            S.destroy()
+    path = RegularisationPath(alphas=alphas, scores=means[:, 0], train_loss=means[:, 2],
+                iterations=table[:, :, 3].sum(axis=0).astype(int), newton=table[:, :, 4].sum(axis=0).astype(int),
+                seconds=table[:, :, 5].sum(axis=0), rank=table[:, :, 6].max(axis=0).astype(int),
+                accuracy=None if quadratic else means[:, 1], fold_scores=table[:, :, 0], chosen=chosen,
+                score="validation RMSE" if quadratic else f"validation mean {E.loss.name} loss",
+                validation=validation, folds=folds, seed=seed, refit_iterations=refit_its, refit_seconds=t2 - t1)
+    full.alpha = path.alpha
+    loss, reg = full.parts(U)
+    finite = comm.allreduce(bool(np.all(np.isfinite(U.array_r))), op=MPI.LAND)
+    if not (finite and np.isfinite(loss) and np.isfinite(reg)):
+        raise ValueError(f"the refit produced a non-finite result (E_alpha = {loss + reg}); check the mesh "
+                         "(cells of zero size?), the data and the grid of alphas")
+    return Result(problem, full, U, info, function(problem.H, U, "density"), loss + reg, (loss, reg),
+                  setup, float(np.sum(path.seconds)) + (t2 - t1), path=path)
