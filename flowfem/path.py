@@ -282,7 +282,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                 E.c[train] = n / len(train)
                 U.set(0.0)
                 if quadratic:
-                    lin.set_weights(E.c)
+                    lin.set_weights(E.c, refresh=False)  # another random subset: the basis still fits
                     b = E.rhs()
                 for i, a in enumerate(alphas):
                     lin.set_alpha(a)
@@ -312,7 +312,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
             lin.progress = progress
             t1 = time.perf_counter()
             if quadratic:
-                lin.set_weights(E.c)
+                lin.set_weights(E.c, refresh=False)
                 b = E.rhs()
                 info = lin.solve(b, U, guess=True)
                 b.destroy()
