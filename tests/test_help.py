@@ -226,7 +226,8 @@ def test_classification_reports_accuracy_and_logistic_loss(tmp_path):
     assert 0.8 <= m["test_accuracy"] <= 1 and 0 < m["test_loss"] < np.log(2)  # better than f = 0
     assert m["newton_iterations"] == m["iterations"] == len(m["newton_residuals"]) - 1
     assert m["linear_iterations_total"] == sum(m["linear_iterations"]) > 0
-    assert f"Newton (logistic loss): {m['iterations']} iterations (cg: {m['linear_iterations_total']} inner" in r.stdout
+    assert (f"Newton (logistic loss): {m['iterations']} iterations (cg (nystrom preconditioner, basis of "
+            f"{m['preconditioner_rank']}): {m['linear_iterations_total']} inner") in r.stdout
     assert "cg: " not in r.stdout.split("Newton")[0] and "RMSE" not in r.stdout
     assert f"accuracy train {m['train_accuracy']:.4f}, test {m['test_accuracy']:.4f}" in r.stdout
 
