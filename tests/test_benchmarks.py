@@ -66,4 +66,8 @@ def test_versus_particles_benchmark_short_budget():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for problem in ("1-D sin", "2-D smooth"):
         for solver in ("gd", "adam"):
-            assert re.search(rf"^{problem}, {solver}: flowfem \(cg\) \d+x faster", proc.stdout, re.M), proc.stdout
+            line = re.search(rf"^{problem}, {solver}: flowfem \(cg\) \d+x faster.*$", proc.stdout, re.M)
+            assert line, proc.stdout
+            # flowfem with alpha chosen by the path: reaches a 1-second particle run's error, alpha reported
+            assert re.search(r"automatic alpha \(no setting chosen in advance\): \d+x at the chosen alpha = "
+                             r"1e-\d+$", line.group(0)), line.group(0)
