@@ -28,6 +28,7 @@ from petsc4py import PETSc  # noqa: E402
 from flowfem import data, io  # noqa: E402
 from flowfem.flow.driver import metric_matrix  # noqa: E402
 from flowfem.flow.initial import initial_density  # noqa: E402
+from flowfem.loss import LOGISTIC  # noqa: E402
 from flowfem.problem import Problem  # noqa: E402
 from flowfem.space import Space  # noqa: E402
 
@@ -210,3 +211,17 @@ def dense_system(E):
 
 def gather(vec):
     return np.concatenate(comm.allgather(vec.array_r.copy()))
+
+
+def dense_logistic_newton(A: np.ndarray, C: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """The minimiser of (1/n) sum_j log(1 + exp(-y_j f_j)) + (alpha/2) X^T A X, f = C^T X, by plain Newton
+    in NumPy with full steps (A dense (ndofs, ndofs), C = Phi^T dense (ndofs, n)): the independent reference."""
+    n = len(y)
+    X = np.zeros(A.shape[0])
+    for _ in range(50):
+        f = C.T @ X
+        g = alpha * A @ X + C @ LOGISTIC.d1(f, y) / n
+        if np.linalg.norm(g) <= 1e-14:
+            break
+        X -= np.linalg.solve(alpha * A + (C * LOGISTIC.d2(f, y)) @ C.T / n, g)
+    return X

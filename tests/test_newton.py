@@ -14,7 +14,7 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 
 from mpi4py import MPI
 
-from conftest import BIN, dense_system, gather, perturbations, run
+from conftest import BIN, dense_logistic_newton, dense_system, gather, perturbations, run
 from flowfem import data
 from flowfem.loss import LOGISTIC
 from flowfem.problem import Problem
@@ -79,15 +79,8 @@ def test_matches_dense_numpy_newton(domain, activation):
     E = problem.functional(ds.x, ds.y)
     U, info = newton(E, solver="cg", rtol=1e-13, linear_rtol=1e-13)
     A, C = dense_system(E)  # Phi assembled independently by dolfinx (UFL), dense
-    y, n, alpha = ds.y, len(ds.y), E.alpha
-    X = np.zeros(A.shape[0])
-    for _ in range(50):  # plain Newton in NumPy, full steps
-        f = C.T @ X
-        g = alpha * A @ X + C @ LOGISTIC.d1(f, y) / n
-        if np.linalg.norm(g) <= 1e-14:
-            break
-        H = alpha * A + (C * LOGISTIC.d2(f, y)) @ C.T / n
-        X -= np.linalg.solve(H, g)
+    y, alpha = ds.y, E.alpha
+    X = dense_logistic_newton(A, C, y, alpha)
     Ug = gather(U)
     assert np.linalg.norm(Ug - X) <= 1e-8 * np.linalg.norm(X)
     loss = np.mean(LOGISTIC.value(C.T @ X, y)) + 0.5 * alpha * X @ A @ X

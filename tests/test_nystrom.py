@@ -16,9 +16,8 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from conftest import dense, gather, run
+from conftest import dense, dense_logistic_newton, gather, run
 from flowfem import data
-from flowfem.loss import LOGISTIC
 from flowfem.nystrom import NystromPreconditioner
 from flowfem.problem import Problem
 from flowfem.space import Space
@@ -78,14 +77,8 @@ def test_logistic_newton_matches_gamg_and_dense_newton():
     """Newton steps reweight the data term (set_weights): the kept basis serves every step."""
     E = functional("logistic-sphere", 1e-3)
     A, C = dense_operator(E)
-    y, n, alpha = E.y, E.n, E.alpha
-    X = np.zeros(A.shape[0])
-    for _ in range(50):  # plain Newton in NumPy, full steps
-        f = C.T @ X
-        g = alpha * A @ X + C @ LOGISTIC.d1(f, y) / n
-        if np.linalg.norm(g) <= 1e-14:
-            break
-        X -= np.linalg.solve(alpha * A + (C * LOGISTIC.d2(f, y)) @ C.T / n, g)
+    y, alpha = E.y, E.alpha
+    X = dense_logistic_newton(A, C, y, alpha)
     solutions = {}
     for pc in ("nystrom", "gamg"):
         U, info = newton(E, solver="cg", rtol=1e-13, linear_rtol=1e-13, preconditioner=pc)
