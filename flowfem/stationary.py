@@ -166,7 +166,10 @@ class LinearSolver:
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(unknown("preconditioner", preconditioner, PRECONDITIONERS))
         self.preconditioner = preconditioner if solver == "cg" else None
-        self.basis_budget = basis_budget
+        self.basis_budget = number("basis_budget", basis_budget, "> 0 (bytes per rank)")
+        if not (np.isfinite(self.basis_budget) and self.basis_budget > 0):
+            raise ValueError(f"basis_budget = {basis_budget}: the Nystrom basis's memory per rank is a number of "
+                             "bytes > 0")
         self.nystrom = None
         if shift and G is None:
             raise ValueError("a shifted operator s G + K needs the metric matrix G")
@@ -446,8 +449,17 @@ class LinearSolver:
                 f"{requested:.1e} (the system is too ill-conditioned for it in double precision): use a larger "
                 "alpha, " + (f"{spell('solver', repr('cg'))}, " if self.solver == "direct" else "")
                 + f"a looser rtol, or allow unconverged results ({spell('allow_unconverged')})")
-        return SolveInfo(self.solver, its, residual, reason, history, converged,
-                         self.nystrom.rank if self.nystrom is not None else 0, self.preconditioner or "")
+        return SolveInfo(self.solver, its, residual, reason, history, converged, *self._preconditioner())
+
+    def _preconditioner(self) -> tuple[int, str]:
+        """(Nystrom basis size, the preconditioner's name) of the last solve: a user's pc_type option
+        replaces the Nystrom preconditioner, and is then the one reported (with no basis)."""
+        if self.solver != "cg":
+            return 0, ""
+        kind = self.ksp.getPC().getType()
+        if kind == "python":
+            return self.nystrom.rank, "nystrom"
+        return 0, kind
 
     @staticmethod
     def _monitor(bar, bnorm: float, target: float):
@@ -702,8 +714,8 @@ class NewtonSolver:
         if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINE_SEARCH and history[-1] <= self.rounding_floor(U):
             reason = 1  # ||F|| is as small as rounding allows (a tolerance below it cannot be met)
         r0 = history[0] if history and history[0] > 0 else 1.0
-        pc = dict(rank=self.lin.nystrom.rank if self.lin.nystrom is not None else 0,
-                  preconditioner=self.lin.preconditioner or "")
+        rank, name = self.lin._preconditioner() if self.lin.ksp is not None else (0, "")
+        pc = dict(rank=rank, preconditioner=name)
         if reason <= 0 and self.allow_unconverged:
             return NewtonInfo("newton-" + self.lin.solver, its, history[-1] / r0, reason, history,
                               converged=False, linear_iterations=list(self.pc.its), **pc)

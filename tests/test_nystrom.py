@@ -246,3 +246,20 @@ def test_one_and_two_ranks_agree(tmp_path, domain, loss):
     assert np.linalg.norm(one["u"] - two["u"]) <= 1e-8 * np.linalg.norm(one["u"])
     assert np.linalg.norm(one["f"] - two["f"]) <= 1e-8 * np.linalg.norm(one["f"])
     assert float(one["energy"]) == pytest.approx(float(two["energy"]), rel=1e-9)
+
+
+def test_a_users_pc_type_replaces_the_preconditioner_and_is_the_one_reported():
+    ds = data.synthetic("sin", 200, seed=0)
+    E = Problem(Space.box(1, 8, 4.0), "relu", "uniform", alpha=1e-4).functional(ds.x, ds.y)
+    U, info = solve(E, "cg", rtol=1e-10, petsc_options={"pc_type": "jacobi"})
+    assert (info.preconditioner, info.rank) == ("jacobi", 0) and info.converged
+    U, info = solve(E, "cg", rtol=1e-10)
+    assert info.preconditioner == "nystrom" and info.rank > 0
+
+
+@pytest.mark.parametrize("budget", [float("nan"), 0, -1.0, "big"])
+def test_a_budget_that_is_not_a_positive_number_of_bytes_is_refused(budget):
+    ds = data.synthetic("sin", 50, seed=0)
+    E = Problem(Space.box(1, 4, 4.0), "relu", "uniform", alpha=1e-4).functional(ds.x, ds.y)
+    with pytest.raises(ValueError, match="basis_budget"):
+        LinearSolver(E, basis_budget=budget)
