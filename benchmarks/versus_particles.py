@@ -50,6 +50,15 @@ advance every target is met (1-D 4217x and 309x, 2-D 145x and 74x); the direct s
 the 2-D cg rows paid hundreds of CG iterations each applying the dense relu features twice
 (Adam row: 1x). GD plateaus early or crawls (e* far above Adam's); Adam was still improving at
 40 s. Particle runs are noisy: an earlier run on a loaded machine had GD's 1-D e* = 1.3e-1 at 6 s.
+
+Measured on 2026-12-01 (serial, 201 s in all, the machine shared with a test run), with the
+``auto`` mode (the Nystrom preconditioner is now cg's default):
+
+    problem     particles  e*         t* [s]  flowfem auto reaching e*            direct  cg     auto
+    1-D sin     gd         1.01e-01   40.0    box 2x2 P1 (6.6e-02, alpha 1e-10)    83x    875x   435x
+    1-D sin     adam       1.50e-03   40.0    box 8x8 P1 (1.0e-03, alpha 1e-10)    46x    754x   479x
+    2-D smooth  gd         5.15e-02    7.3    sphere r=0 P2 (4.4e-02, 1e-10)       14x    204x   105x
+    2-D smooth  adam       1.00e-02   40.0    sphere r=2 P2 (2.2e-03, 1e-10)       39x    166x    75x
 """
 
 from __future__ import annotations
