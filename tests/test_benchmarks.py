@@ -28,7 +28,8 @@ def test_stationary_benchmark_quick_under_mpirun():
     assert len(re.findall(r"^\| \d+\^2 \| \d+ \| [12] \|", out, re.M)) == 6  # three meshes x {1, 2} ranks
     assert _figure(r"relative difference: E_alpha ([0-9.e+-]+)", out) <= 1e-6
     assert _figure(r"test RMSE ([0-9.e+-]+) \(target", out) <= 1e-6
-    assert _figure(r"spread (\d+)%", out) <= 20
+    its = json.loads(re.search(r"CG iterations over the meshes: (\[[\d, ]+\])", out).group(1))
+    assert max(its) <= max(1.2 * min(its), min(its) + 1), its  # bounded under refinement (measured [4, 5, 5])
 
 
 @pytest.mark.mpi
