@@ -114,7 +114,7 @@ class NystromPreconditioner:
         self.NQ_last = None  # (N times the newest block)^T: the next Krylov block's W
         self.exhausted = False  # the Krylov space is invariant: Q holds all of N's range that M sees
         self.theta, self.V = np.empty(0), np.empty((0, 0))
-        self.products = 0  # products with N spent on the basis (each also one multigrid application)
+        self._ritz_of_T = True  # theta, V are T's (False once T changed): one eigh per change, not per solve
 
     @property
     def rank(self) -> int:
@@ -169,7 +169,6 @@ class NystromPreconditioner:
         W = np.empty_like(Q)
         for j in range(0, Q.shape[0], self.block):
             W[j:j + self.block] = self.E.Phi.normal_block(Q[j:j + self.block], self.D)
-        self.products += Q.shape[0]
         return W
 
     def _dot(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -216,8 +215,7 @@ class NystromPreconditioner:
         for _ in range(2):
             if self.rank:
                 W = W - self._dot(self.Q, W).T @ self.Z  # Q^T M^{-1} (M W) = Q^T W
-        Y = self._M(W)
-        Y, W = self._normalise(Y, W, size)
+        Y, W = self._normalise(self._M(W), W, DROP, 0.0, size)
         if Y is None:
             return False
         # twice: directions that nearly lay in span Q lost digits in the first pass (an exact M showed
@@ -230,19 +228,22 @@ class NystromPreconditioner:
         cross = self._dot(self.Q, NQb)
         diag = self._dot(Qb, NQb)
         self.T = self._finite(np.block([[self.T, cross], [cross.T, 0.5 * (diag + diag.T)]]))
+        self._ritz_of_T = False
         self._append(Qb, Zb)
         self.NQ_last = NQb
         return True
 
-    def _normalise(self, Y: np.ndarray, W: np.ndarray, size: float):
-        """Y = M W (rows) made M^{-1}-orthonormal by the eigendecomposition of G = Y^T W. Dropped: the
-        directions whose G-eigenvalue is below DROP times the largest (M's own rounding), and those
-        whose W is below ROUNDING^2 ``size`` (what orthogonalising W of that ``size`` leaves of
-        directions already in span Q). (None, None) if nothing is left or the budget is spent."""
+    def _normalise(self, Y: np.ndarray, W: np.ndarray, relative: float, floor: float, size: float):
+        """Y = M W (rows) made M^{-1}-orthonormal by the eigendecomposition of G = Y^T W; W follows along.
+        Kept: the directions whose G-eigenvalue is above ``relative`` times the largest (M's own rounding)
+        and above ``floor``, and whose ||W s||^2 is above ROUNDING^2 ``size`` (what orthogonalising a W of
+        that ``size`` leaves of directions already in span Q). (None, None) if nothing is left or the
+        budget is spent."""
         gram = self._finite(self._dot(Y, W))
         g, S = self._eigh(0.5 * (gram + gram.T))
-        euclid = np.einsum("ij,ik,kj->j", S, self._dot(W, W), S)  # ||W s_j||^2
-        keep = (g > DROP * max(float(g.max(initial=0.0)), np.finfo(float).tiny)) & (euclid > ROUNDING**2 * size)
+        keep = g > max(relative * float(g.max(initial=0.0)), floor, np.finfo(float).tiny)
+        if size:
+            keep &= np.einsum("ij,ik,kj->j", S, self._dot(W, W), S) > ROUNDING**2 * size  # ||W s_j||^2
         keep = np.flatnonzero(keep)[::-1][: self.max_rank - self.rank]
         if not keep.size:
             return None, None
@@ -250,26 +251,21 @@ class NystromPreconditioner:
         return R.T @ Y, R.T @ W
 
     def _orthonormalise(self, Y: np.ndarray, W: np.ndarray, floor: float):
-        """Y (rows) orthogonalised against Q twice, then orthonormal by the eigendecomposition of its
-        Gram matrix G = Y^T M^{-1} Y = Y^T W, dropping directions with eigenvalue <= floor (rounding);
-        W = M^{-1} Y follows along. (None, None) if nothing is left or the budget is spent."""
+        """Y (rows) orthogonalised against Q twice in the M^{-1} inner product, then :meth:`_normalise`
+        dropping directions whose M^{-1}-norm^2 fell to ``floor`` or below."""
         for _ in range(2):
             if self.rank:
                 C = self._dot(self.Z, Y)  # Q^T M^{-1} Y
                 Y = Y - C.T @ self.Q
                 W = W - C.T @ self.Z
-        gram = self._finite(self._dot(Y, W))
-        g, S = self._eigh(0.5 * (gram + gram.T))
-        keep = np.flatnonzero(g > floor)[::-1][: self.max_rank - self.rank]
-        if not keep.size:
-            return None, None
-        R = S[:, keep] / np.sqrt(g[keep])
-        return R.T @ Y, R.T @ W
+        return self._normalise(Y, W, 0.0, floor, 0.0)
 
     def _ritz(self) -> None:
-        """T = V diag(theta) V^T (theta >= 0: N is PSD)."""
-        theta, V = self._eigh(self.T)
-        self.theta, self.V = np.maximum(theta, 0.0), V
+        """T = V diag(theta) V^T (theta >= 0: N is PSD), unless theta and V are already T's."""
+        if not self._ritz_of_T:
+            theta, V = self._eigh(self.T)
+            self.theta, self.V = np.maximum(theta, 0.0), V
+            self._ritz_of_T = True
 
     def extend(self, alpha: float) -> None:
         """Grow the basis until its 2 b smallest Ritz values are below c alpha (the Krylov space's lower
@@ -292,6 +288,7 @@ class NystromPreconditioner:
         if self.rank:
             self.T = self._finite(self._dot(self.Q, self._N(self.Q)))
             self.T = 0.5 * (self.T + self.T.T)
+            self._ritz_of_T = False
             self._ritz()
 
     # -- application ---------------------------------------------------------------------
