@@ -58,8 +58,6 @@ import numpy as np
 
 from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 
-from mpi4py import MPI  # noqa: E402
-
 from flowfem import arguments  # noqa: E402
 from flowfem import progress as progress_  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
@@ -250,7 +248,6 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
     plus the refit's. ``progress``: a bar over the path's solves (rank 0, a terminal). Raises
     ValueError for bad arguments and :class:`flowfem.stationary.NotConverged` as a single fit does.
     """
-    from flowfem.io import function
     from flowfem.problem import Result
 
     alphas = check_grid(alphas)
@@ -333,10 +330,4 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                 score="validation RMSE" if quadratic else f"validation mean {E.loss.name} loss",
                 validation=validation, folds=folds, seed=seed, refit_iterations=refit_its, refit_seconds=t2 - t1)
     full.alpha = path.alpha
-    loss, reg = full.parts(U)
-    finite = comm.allreduce(bool(np.all(np.isfinite(U.array_r))), op=MPI.LAND)
-    if not (finite and np.isfinite(loss) and np.isfinite(reg)):
-        raise ValueError(f"the refit produced a non-finite result (E_alpha = {loss + reg}); check the mesh "
-                         "(cells of zero size?), the data and the grid of alphas")
-    return Result(problem, full, U, info, function(problem.H, U, "density"), loss + reg, (loss, reg),
-                  setup, float(np.sum(path.seconds)) + (t2 - t1), path=path)
+    return Result.of(problem, full, U, info, setup, float(np.sum(path.seconds)) + (t2 - t1), path, "the refit")

@@ -203,12 +203,7 @@ class Problem:
             U, info = newton(E, None, solver, rtol=rtol, linear_rtol=rtol, petsc_options=petsc_options,
                              allow_unconverged=allow_unconverged, progress=progress, preconditioner=preconditioner)
         t2 = time.perf_counter()
-        loss, reg = E.parts(U)
-        finite = E.H.space.comm.allreduce(bool(np.all(np.isfinite(U.array_r))), op=MPI.LAND)
-        if not (finite and np.isfinite(loss) and np.isfinite(reg)):
-            raise ValueError(f"the solve produced a non-finite result (E_alpha = {loss + reg}); check the mesh "
-                             "(cells of zero size?), the data and alpha")
-        return Result(self, E, U, info, function(self.H, U, "density"), loss + reg, (loss, reg), t1 - t0, t2 - t1)
+        return Result.of(self, E, U, info, t1 - t0, t2 - t1)
 
     def flow(self, x, y, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",
              rtol: float = 1e-10, petsc_options: dict | None = None, **kwargs):
@@ -251,6 +246,19 @@ class Result:
     def residual(self) -> float:
         """Final relative residual ||b - K U|| / ||b|| of the linear system (Newton: ||dE|| / ||dE(0)||)."""
         return self.info.residual
+
+    @classmethod
+    def of(cls, problem: Problem, E: Functional, U: PETSc.Vec, info: SolveInfo, setup_seconds: float,
+           solve_seconds: float, path: "RegularisationPath | None" = None, what: str = "the solve") -> "Result":
+        """The Result of a minimiser U of E: its density, E_alpha and parts. Collective. ValueError if U or
+        E_alpha(U) is not finite (e.g. a degenerate mesh), naming ``what`` produced it."""
+        loss, reg = E.parts(U)
+        finite = E.H.space.comm.allreduce(bool(np.all(np.isfinite(U.array_r))), op=MPI.LAND)
+        if not (finite and np.isfinite(loss) and np.isfinite(reg)):
+            raise ValueError(f"{what} produced a non-finite result (E_alpha = {loss + reg}); check the mesh "
+                             "(cells of zero size?), the data and alpha")
+        return cls(problem, E, U, info, function(problem.H, U, "density"), loss + reg, (loss, reg),
+                   setup_seconds, solve_seconds, path=path)
 
     def predict(self, x) -> np.ndarray:
         """f_{u*}(x_j) = sum_q sigma(theta_q . x~_j) g_q at the rows of x ((m, d), or (m,) for d = 1):
