@@ -32,6 +32,7 @@ def test_sorted_relu_products_are_exact(name):
     g, r = rng.normal(size=500), rng.normal(size=300)
     assert np.allclose(S.matvec(g), D @ g, rtol=0, atol=1e-12 * np.abs(D).sum(axis=1).max())
     assert np.allclose(S.rmatvec(r), D.T @ r, rtol=0, atol=1e-12 * np.abs(D).sum(axis=0).max())
+    _assert_blocks_match_dense(S, D, rng, tol=1e-12)
 
 
 def _assert_products_match_dense(S, rng, tol=1e-13):
@@ -46,6 +47,19 @@ def _assert_products_match_dense(S, rng, tol=1e-13):
     assert np.all(np.abs(S.rmatvec(r) - D.T @ r) <= tol * (np.abs(D).T @ np.abs(r) + tn * (xn @ np.abs(r))))
     out_n, out_m = np.full(D.shape[0], np.nan), np.full(D.shape[1], np.nan)  # out= fills every entry
     assert np.array_equal(S.matvec(g, out_n), S.matvec(g)) and np.array_equal(S.rmatvec(r, out_m), S.rmatvec(r))
+    _assert_blocks_match_dense(S, D, rng, tol)
+
+
+def _assert_blocks_match_dense(S, D, rng, tol=1e-13, b=5):
+    """S G and S^T R for blocks of b columns (the Nystrom basis's products) against the dense S,
+    column by column, with the bound of _assert_products_match_dense's terms' magnitudes."""
+    G, R = rng.normal(size=(D.shape[1], b)), rng.normal(size=(D.shape[0], b))
+    xn = np.linalg.norm(np.hstack([S.x, np.ones((S.x.shape[0], 1))]), axis=1)
+    tn = np.linalg.norm(S.theta, axis=1)
+    SG, STR = S.matmat(G), S.rmatmat(R)
+    assert SG.shape == (D.shape[0], b) and STR.shape == (D.shape[1], b)
+    assert np.all(np.abs(SG - D @ G) <= tol * (np.abs(D) @ np.abs(G) + np.outer(xn, tn @ np.abs(G))))
+    assert np.all(np.abs(STR - D.T @ R) <= tol * (np.abs(D).T @ np.abs(R) + np.outer(tn, xn @ np.abs(R))))
 
 
 @pytest.mark.parametrize("name", ["relu", "leaky_relu:0.2"])
@@ -103,6 +117,7 @@ def test_monomial_low_rank_is_exact(k, d):
     assert S.P.shape[1] == len(list(__import__("itertools").combinations_with_replacement(range(d + 1), k)))
     assert np.allclose(S.matvec(g), D @ g, atol=1e-10 * np.abs(D).max())
     assert np.allclose(S.rmatvec(r), D.T @ r, atol=1e-10 * np.abs(D).max())
+    _assert_blocks_match_dense(S, D, rng, tol=1e-10)
 
 
 def test_dense_blocks_match_one_block():
@@ -112,6 +127,7 @@ def test_dense_blocks_match_one_block():
     g, r = rng.normal(size=23), rng.normal(size=37)
     assert np.allclose(S.matvec(g), S.dense() @ g, rtol=1e-14)
     assert np.allclose(S.rmatvec(r), S.dense().T @ r, rtol=1e-14)
+    _assert_blocks_match_dense(S, S.dense(), rng)
 
 
 def test_auto_method_choice_and_errors():
@@ -228,3 +244,27 @@ def test_normal_operator_equals_adjoint_of_apply():
         Phi.adjoint(D * Phi.apply(U) / 150, b)
         b.axpy(-1.0, a)
         assert b.norm() <= 1e-12 * a.norm(), sigma
+
+
+
+@pytest.mark.parametrize("sigma,d", [("relu", 1), ("leaky_relu:0.2", 1), ("tanh", 1), ("relu", 2),
+                                     ("leaky_relu:0.2", 2), ("monomial:2", 2)])
+def test_normal_block_equals_normal_per_vector(sigma, d):
+    """DataOperator.normal_block on rows (b, owned dofs), which builds the Nystrom basis, is
+    DataOperator.normal applied to each row: for every feature implementation (relu1d, dense,
+    relu tree, monomial), each rank its own random rows."""
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-2, 2, (120, d))
+    D = rng.uniform(0.1, 3.0, 120)
+    space = Space.box(1, 9, 4.0) if d == 1 else Space.sphere(1)
+    Phi = DataOperator(WeightedH1(space, degree=2), sigma, x)
+    V = Phi.H.A.createVecRight()
+    U = np.random.default_rng(MPI.COMM_WORLD.rank).normal(size=(4, V.getLocalSize()))
+    block = Phi.normal_block(U, D)
+    assert block.shape == U.shape
+    for row, expected in zip(U, block):
+        W = Phi.H.A.createVecRight()
+        W.array[:] = row
+        Phi.normal(W, D, V)
+        scale = MPI.COMM_WORLD.allreduce(np.abs(V.array_r).max(), op=MPI.MAX)
+        assert np.allclose(expected, V.array_r, rtol=0, atol=1e-12 * scale), sigma

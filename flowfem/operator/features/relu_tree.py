@@ -129,36 +129,50 @@ class ReluTreeFeatures(Features):
         return out
 
     def matmat(self, G):
-        """S G for a block G (m, b): the same tree pass, node moments (nodes, d + 1, b)."""
-        m, b = G.shape
-        D = self.xt.shape[1]
-        Gt = G[self.perm]
-        prefix = np.zeros((m + 1, D, b))
-        np.cumsum(self.theta_t[:, :, None] * Gt[:, None, :], axis=0, out=prefix[1:])
-        M = (prefix[self.end] - prefix[self.start]).reshape(-1, D * b)
-        F = np.einsum("jk,jkb->jb", self.xt, (self.P @ M).reshape(-1, D, b))
-        F += self.C @ Gt
+        """S G for a block G (m, b): one tree pass for the b columns, node moments (D, b, nodes).
+
+        Every prefix sum runs along a contiguous axis (a cumsum down the rows of an (m, D b) array
+        reads each cache line D b times), and the cut leaves are applied column by column: scipy's
+        multi-vector CSR kernel took twice as long per vector as its single-vector one (0.14 against
+        0.07 s for the 4.6e7 entries of the default 2-D box)."""
+        b = G.shape[1]
+        Gt = np.ascontiguousarray(G[self.perm].T)  # (b, m) in tree order
+        moments = []
+        prefix = np.zeros((b, Gt.shape[1] + 1))
+        for k in range(self.xt.shape[1]):
+            np.cumsum(self.theta_t[:, k] * Gt, axis=1, out=prefix[:, 1:])
+            moments.append(prefix[:, self.end] - prefix[:, self.start])  # (b, nodes)
+        M = np.stack(moments, axis=1).reshape(-1, self.start.size).T  # (nodes, b D)
+        F = np.einsum("jk,jbk->jb", self.xt, (self.P @ M).reshape(-1, b, self.xt.shape[1]))
+        for c in range(b):
+            F[:, c] += self.C @ Gt[c]
         if self.s:
             F *= self.c
             F += self.s * (self.xt @ (self.theta.T @ G))
         return F
 
     def rmatmat(self, R):
-        """S^T R for a block R (n, b)."""
+        """S^T R for a block R (n, b): the transpose of :meth:`matmat`, pushed down the tree
+        along contiguous rows likewise."""
         n, b = R.shape
         D, m = self.xt.shape[1], self.perm.size
-        Q = self.P.T @ (self.xt[:, :, None] * R[:, None, :]).reshape(n, D * b)
-        acc = np.empty((m + 1, D * b))
-        for k in range(D * b):
-            acc[:, k] = (np.bincount(self.start, Q[:, k], minlength=m + 1)
-                         - np.bincount(self.end, Q[:, k], minlength=m + 1))
-        np.cumsum(acc, axis=0, out=acc)
-        out = np.empty((m, b))
-        out[self.perm] = np.einsum("qk,qkb->qb", self.theta_t, acc[:m].reshape(m, D, b)) + self.C.T @ R
+        Q = (self.P.T @ (R[:, :, None] * self.xt[:, None, :]).reshape(n, b * D)).T  # (b D, nodes)
+        # pushed down to the points, as in rmatvec: row r of acc is Q's row r at the node starts
+        # minus at the node ends, one bincount for all b D rows, then a cumsum along each row
+        rows = (m + 1) * np.arange(b * D)[:, None]
+        acc = (np.bincount((rows + self.start).ravel(), Q.ravel(), minlength=(m + 1) * b * D)
+               - np.bincount((rows + self.end).ravel(), Q.ravel(), minlength=(m + 1) * b * D))
+        acc = np.cumsum(acc.reshape(b, D, m + 1)[:, :, :m], axis=2)
+        out = np.einsum("qk,bkq->bq", self.theta_t, acc)
+        Rt = np.ascontiguousarray(R.T)
+        for c in range(b):
+            out[c] += self.C.T @ Rt[c]
+        result = np.empty((m, b))
+        result[self.perm] = out.T
         if self.s:
-            out *= self.c
-            out += self.s * (self.theta @ (self.xt.T @ R))
-        return out
+            result *= self.c
+            result += self.s * (self.theta @ (self.xt.T @ R))
+        return result
 
     def rmatvec(self, r, out=None):
         Q = self.P.T @ (self.xt * r[:, None])  # per node: sum over the data it is maximal positive for
