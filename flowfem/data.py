@@ -27,6 +27,10 @@ Synthetic sets (seeded):
 * ``step``:      x ~ U[-1, 1], y = sign(x) (labels in {-1, +1});
 * ``two_moons``: two interleaved half circles in R^2, labels in {-1, +1},
   with Gaussian noise of standard deviation ``noise`` (default 0.1).
+
+Real data sets by name (``iris2``, ``diabetes1``, ``engel``, ``sunspots``, ``co2``: shipped by
+scikit-learn and statsmodels, see :mod:`flowfem.datasets`) are taken wherever a synthetic name
+is, and split like a file.
 """
 
 from __future__ import annotations
@@ -196,8 +200,11 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
     what = f"data file {path!r}"
     ext = os.path.splitext(path)[1].lower()
     if not os.path.lexists(path):
-        guess = arguments.closest(path, SYNTHETIC) if not ext else None  # 'sine' is sooner a misspelt 'sin'
-        raise ValueError(f"{what} does not exist" + (f"; did you mean the synthetic set {guess!r}?" if guess else ""))
+        from flowfem.datasets import REAL  # it imports this module
+
+        guess = arguments.closest(path, SYNTHETIC + tuple(REAL)) if not ext else None  # 'sine': a misspelt 'sin'
+        kind = "real data set" if guess in REAL else "synthetic set"
+        raise ValueError(f"{what} does not exist" + (f"; did you mean the {kind} {guess!r}?" if guess else ""))
     if ext == ".npz":
         arrays = read_npz(path, "data file", "an NPZ data file holds arrays x (n, d) and y (n,), e.g. written "
                                               "by np.savez(path, x=x, y=y)")
@@ -247,15 +254,20 @@ def synthetic(name: str, n: int = 200, seed: int = 0, noise: float | None = None
 
 
 def get(spec: str, n: int = 200, seed: int = 0, require_y: bool = True) -> Dataset:
-    """A synthetic set by name, or a data file by path (:func:`load`)."""
+    """A synthetic set by name, a real one by name (:func:`flowfem.datasets.load`), or a data file
+    by path (:func:`load`)."""
+    from flowfem import datasets  # it imports this module
+
+    if spec in datasets.REAL:
+        return datasets.load(spec)
     return synthetic(spec, n, seed) if spec in SYNTHETIC else load(spec, require_y)
 
 
 def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None) -> tuple[Dataset, Dataset]:
-    """Training and test sets for ``spec`` (a synthetic name or a file).
+    """Training and test sets for ``spec`` (a synthetic name, a real one or a file).
 
     The test set is ``test`` (a file or a synthetic name) if given; else, for a synthetic set, a
-    fresh sample of max(n, 1000) points with seed + 1, and for a file a random fifth of its rows
+    fresh sample of max(n, 1000) points with seed + 1, and for a file or a real set a random fifth of its rows
     (permutation seeded by ``seed``; the rest is the training set). Raises ValueError if the
     two have different input dimensions.
     """
@@ -263,7 +275,7 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
         train = synthetic(spec, n, seed)
         held_out = None if test else synthetic(spec, max(n, 1000), seed + 1)
     else:
-        full = load(spec)
+        full = get(spec)
         if test:
             train, held_out = full, None
         else:

@@ -6,7 +6,10 @@ A small NumPy class that runs anywhere (no dolfinx, no MPI). It is what
 (``W`` (N, d), ``b`` (N,), ``a`` (N,), ``activation`` a string), loaded with
 ``allow_pickle=False``. :meth:`Network.state_dict` gives the layout of
 ``torch.nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, 1))``; :mod:`flowfem.export` writes
-it as ONNX, safetensors or a ``.pt`` state dict.
+it as ONNX, safetensors or a ``.pt`` state dict. A network fitted on standardised inputs and
+folded back to raw ones (:meth:`flowfem.scaling.Standardisation.fold`) records that scaling as
+``input_scaling``, saved as the arrays ``input_mean`` and ``input_scale`` (d,): a record only,
+since W and b already act on raw inputs.
 """
 
 from __future__ import annotations
@@ -20,16 +23,19 @@ from flowfem.activations import Activation, activation
 from flowfem.data import check
 from flowfem.files import read_npz, replacing
 from flowfem.operator.features import evaluate
+from flowfem.scaling import Standardisation
 
 
 @dataclass
 class Network:
-    """f_N(x) = sum_i a_i sigma(W_i . x + b_i) with W (N, d), b (N,), a (N,)."""
+    """f_N(x) = sum_i a_i sigma(W_i . x + b_i) with W (N, d), b (N,), a (N,); ``input_scaling``: the
+    standardisation folded into W and b, if any (recorded, not applied again)."""
 
     W: np.ndarray
     b: np.ndarray
     a: np.ndarray
     activation: Activation
+    input_scaling: Standardisation | None = None
 
     def __post_init__(self):
         self.activation = activation(self.activation)
@@ -52,6 +58,8 @@ class Network:
         for key in ("W", "b", "a"):
             if not np.all(np.isfinite(getattr(self, key))):
                 raise ValueError(f"network array {key} contains NaN or inf")
+        if self.input_scaling is not None and self.input_scaling.d != self.W.shape[1]:
+            raise ValueError(f"network input scaling has {self.input_scaling.d} columns, W has d = {self.W.shape[1]}")
 
     @property
     def width(self) -> int:
@@ -97,13 +105,16 @@ class Network:
     # -- files ---------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write W, b, a and the activation name to ``path`` (.npz), atomically.
+        """Write W, b, a, the activation name and, if recorded, input_mean and input_scale
+        (:attr:`input_scaling`) to ``path`` (.npz), atomically.
 
         Safe when every MPI rank saves the same network to the same path at once, and when one
         rank alone saves it (no collective): see :func:`flowfem.files.replacing`.
         """
         with replacing(path, ".npz") as tmp:
-            np.savez(tmp, W=self.W, b=self.b, a=self.a, activation=np.array(self.activation.name))
+            scaling = {} if self.input_scaling is None else dict(input_mean=self.input_scaling.mean,
+                                                                 input_scale=self.input_scaling.scale)
+            np.savez(tmp, W=self.W, b=self.b, a=self.a, activation=np.array(self.activation.name), **scaling)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Network":
@@ -121,8 +132,13 @@ class Network:
                 raise ValueError(f"{path}: array {k} has dtype {arrays[k].dtype}, expected numbers")
         if arrays["activation"].dtype.kind != "U" or arrays["activation"].ndim != 0:
             raise ValueError(f"{path}: 'activation' must be a string such as 'relu'")
+        recorded = {"input_mean", "input_scale"} & set(arrays)
+        if len(recorded) == 1:
+            raise ValueError(f"{path}: array {recorded.pop()} without its partner: the input scaling is the pair "
+                             "input_mean, input_scale")
         try:
-            return cls(arrays["W"], arrays["b"], arrays["a"], str(arrays["activation"]))
+            scaling = Standardisation(arrays["input_mean"], arrays["input_scale"]) if recorded else None
+            return cls(arrays["W"], arrays["b"], arrays["a"], str(arrays["activation"]), scaling)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 

@@ -1,0 +1,21 @@
+"""benchmarks/real_data.py at its quick size: every set and method gets a row (timings not asserted)."""
+
+import re
+import sys
+
+from conftest import run
+
+
+def test_real_data_benchmark_quick():
+    proc = run([sys.executable, "benchmarks/real_data.py", "--quick"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\| (\w+) \| (\d+) / (\d+) \| ([^|]+) \| ([0-9.]+) \| ([0-9.e+-]+) \| ([0-9.e+-]+) \|$",
+                      proc.stdout, re.M)
+    assert [r[0] for r in rows] == [s for s in ("diabetes1", "engel", "sunspots", "co2") for _ in range(3)], proc.stdout
+    methods = [r[3].strip() for r in rows[:3]]
+    assert methods == ["flowfem (alpha auto)", "Adam particles N = 16", "MLP L-BFGS N = 16"]
+    for r in rows:  # the same split for every method; flowfem learns each set at this size
+        assert (int(r[1]), int(r[2])) == {"diabetes1": (354, 88), "engel": (188, 47), "sunspots": (248, 61),
+                                          "co2": (1780, 445)}[r[0]]
+        if r[3].startswith("flowfem"):
+            assert float(r[5]) < 0.95 * float(r[6]), r
