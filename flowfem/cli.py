@@ -44,7 +44,8 @@ def _petsc_options(pairs: list[str]) -> dict:
 def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True,
-                   help="a CSV (header naming columns x1..xd and y, in any order) or NPZ (arrays x, y) file, "
+                   help="a CSV (header naming columns x1..xd and y, or y1..ym for m outputs, in any order) or NPZ "
+                        "(arrays x, y) file, "
                         "or a synthetic set: sin (y = sin(pi x)), step (y = sign x), two_moons (labels -1/+1, "
                         "d = 2)")
     g.add_argument("--test-data",
@@ -132,6 +133,7 @@ def _load_data(args, comm):
 
 def cmd_solve(args, comm) -> None:
     from flowfem import io, outputs
+    from flowfem.plot import FIGURE_OUTPUTS as plot_outputs
     from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
@@ -171,8 +173,13 @@ def cmd_solve(args, comm) -> None:
         elif result.info.preconditioner:
             solver += f" ({result.info.preconditioner} preconditioner)"
         if problem.loss.quadratic:
-            print(f"{solver}: {result.iterations} iterations, relative residual {result.residual:.2e}, {where}")
-            print(f"RMSE train {metrics['train_rmse']:.3e}, test {metrics['test_rmse']:.3e}")
+            its = (f"{result.iterations} iterations, relative residual" if result.outputs == 1 else
+                   f"{result.iterations} iterations for {result.outputs} outputs ("
+                   + ", ".join(str(i.iterations) for i in result.infos) + "), largest relative residual")
+            print(f"{solver}: {its} {result.residual:.2e}, {where}")
+            print(f"RMSE train {metrics['train_rmse']:.3e}, test {metrics['test_rmse']:.3e}"
+                  + ("" if result.outputs == 1 else " (all outputs); per output test " + ", ".join(
+                      f"y{k + 1} {v:.3e}" for k, v in enumerate(metrics["test_rmse_outputs"]))))
         else:
             print(f"Newton ({args.loss} loss): {result.iterations} iterations ({solver}: "
                   f"{metrics['linear_iterations_total']} inner iterations in all), ||dE|| / ||dE(0)|| "
@@ -183,8 +190,10 @@ def cmd_solve(args, comm) -> None:
         if not result.info.converged:
             print(f"warning: NOT CONVERGED (relative residual {result.residual:.2e} > rtol {args.rtol:.1e}); "
                   "metrics.json says converged: false")
+        m = result.outputs
+        figures = "figure.png" if m == 1 else ", ".join(f"figure_y{k + 1}.png" for k in range(min(m, plot_outputs)))
         print(f"wrote {args.out}/: density.bp, density.xdmf/.h5 (ParaView), density.npz, predictions.csv, metrics.json"
-              + ("" if args.no_plot else ", figure.png" + (", path.png" if auto else "")))
+              + ("" if args.no_plot else f", {figures}" + (", path.png" if auto else "")))
 
 
 def cmd_flow(args, comm) -> None:
@@ -441,7 +450,8 @@ def cmd_readout(args, comm) -> None:
 
     def save():
         net.save(args.out)
-        return f"wrote {args.out}: width {net.width}, {net.activation.name}, inputs d = {net.input_dim}"
+        return (f"wrote {args.out}: width {net.width}, {net.activation.name}, inputs d = {net.input_dim}"
+                + (f", {net.outputs} outputs" if net.outputs > 1 else ""))
 
     message = on_root(comm, save)
     if comm.rank == 0:
@@ -459,6 +469,10 @@ def cmd_predict(args, comm) -> None:
         inputs = data.get(args.data, args.n, args.seed, require_y=False)
         x, _ = data.check(inputs.x, None, net.input_dim, what=f"inputs {args.data!r}",
                           takes=f"the network {args.network!r}")
+        if inputs.y is not None and inputs.outputs != net.outputs:
+            names = "y" if net.outputs == 1 else f"y1..y{net.outputs}"
+            raise ValueError(f"inputs {args.data!r} have {inputs.outputs} target column(s), the network "
+                             f"{args.network!r} {net.outputs} output(s): give {names} or leave the targets out")
         f = net(x)  # everything is computed before anything is written
         rmse = "" if inputs.y is None else f", RMSE against y {np.sqrt(np.mean((f - inputs.y) ** 2)):.4e}"
         data.save_predictions(args.out or sys.stdout, x, f)
@@ -486,7 +500,8 @@ def cmd_export(args, comm) -> None:
                              "or choose --format onnx or safetensors")
         net = Network.load(args.network)
         export.write(net, out, args.format)
-        return f"wrote {out}: {args.format}, width {net.width}, {net.activation.name}, inputs d = {net.input_dim}"
+        return (f"wrote {out}: {args.format}, width {net.width}, {net.activation.name}, inputs d = {net.input_dim}"
+                + (f", {net.outputs} outputs" if net.outputs > 1 else ""))
 
     text = on_root(comm, work)
     if comm.rank == 0:
@@ -515,6 +530,10 @@ def cmd_landscape(args, comm) -> None:
         if ds.d != net.input_dim:
             raise ValueError(f"the data {args.data!r} have d = {ds.d} inputs but the network {args.network!r} "
                              f"takes d = {net.input_dim}; use data of the network's input dimension")
+        if net.outputs > 1 or ds.outputs > 1:  # the splitting analysis (plateau.py) is of a scalar network
+            what = f"the network {args.network!r}" if net.outputs > 1 else f"the data {args.data!r}"
+            raise ValueError(f"landscape analyses a network of one output; {what} has "
+                             f"{max(net.outputs, ds.outputs)} outputs: give a one-output network and data (column y)")
         if args.neuron is not None and not -net.width <= args.neuron < net.width:
             raise ValueError(f"--neuron {args.neuron} is out of range: the network has width {net.width}, "
                              f"so choose 0..{net.width - 1} (or -{net.width}..-1, counted from the last)")
@@ -740,7 +759,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="inputs: CSV, NPZ, or sin/step/two_moons")
     p.add_argument("--n", type=int, default=1000, help="points of a synthetic set (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
-    p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f); default: standard output")
+    p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f; f1..fm for m outputs); default: standard output")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_predict)
 

@@ -382,9 +382,19 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     tenth of the diameter of the parameter mesh's bounding box. ``progress``: a bar of the runs
     done out of all, with the last one's result, and one of each particle run's steps
     (:mod:`flowfem.progress`: rank 0, on a terminal).
+
+    One output only: data with m >= 2 outputs (y (n, m)) are refused (ValueError) before any
+    work, since the particle solvers (:mod:`flowfem.particles`) train networks of one output;
+    compare each output on its own (its column as y).
     """
     from flowfem.problem import Problem, make_space
     from flowfem.space import Space
+
+    for ds in (train, test):
+        if ds.outputs > 1:
+            raise ValueError(f"compare takes one output; {ds.name!r} has {ds.outputs} (y1..y{ds.outputs}): the "
+                             "particle solvers train networks of one output, so compare each output on its own "
+                             "(its column as the target y)")
 
     widths = _ints("widths", widths, 1)
     seeds = _ints("seeds", seeds, 0)

@@ -8,18 +8,20 @@ Files, columns taken **by name**:
 
 * CSV (UTF-8, a byte-order mark is allowed) whose first line is a header.
   ``x1..xd`` are the inputs, in numeric order wherever they stand in the
-  file and without gaps; ``y`` is the target; ``f`` (the prediction column
-  of flowfem's own ``predictions.csv``) is ignored, so that file reads back
-  as data. Whitespace around names and a leading ``#`` (as ``np.savetxt``
-  writes it) are allowed. Any other column (``xerr``, ``z``, ``x0``), a
-  repeated name, a gap (``x1,x3``) or several outputs ``y1..ym`` (not
-  supported yet: the density carries one output) are refused by name; so is
-  a file without a header.
-* NPZ with arrays ``x`` (n, d) or (n,) and ``y`` (n,) or (n, 1), nothing else.
+  file and without gaps; ``y`` is the target, or ``y1..ym`` the m targets of
+  a multi-output regression (in numeric order, without gaps; not together
+  with ``y``); ``f`` and ``f1..fm`` (the prediction columns of flowfem's own
+  ``predictions.csv``) are ignored, so that file reads back as data.
+  Whitespace around names and a leading ``#`` (as ``np.savetxt`` writes it)
+  are allowed. Any other column (``xerr``, ``z``, ``x0``, ``y0``), a
+  repeated name or a gap (``x1,x3``, ``y1,y3``) is refused by name; so is a
+  file without a header.
+* NPZ with arrays ``x`` (n, d) or (n,) and ``y`` (n,), (n, 1) or (n, m), nothing else.
 
 ``y`` is optional only for inputs to ``flowfem predict`` (``require_y=False``).
 Arrays, from a file or not, pass :func:`check`: x (n, d) (a 1-D x is one
-column), y (n,) or (n, 1), both finite; y comes back as (n,).
+column), y (n,), (n, 1) or (n, m), both finite; y comes back as (n,) for one
+output (also from (n, 1) or a lone ``y1``) and as (n, m) for m >= 2 outputs.
 
 Synthetic sets (seeded):
 
@@ -48,14 +50,15 @@ from flowfem.arguments import integer
 from flowfem.files import check_readable, read_npz, replacing
 
 SYNTHETIC = ("sin", "step", "two_moons")
-IGNORED = ("f",)  # flowfem's prediction column: predictions.csv reads back as data
+IGNORED = re.compile(r"f([1-9][0-9]*)?")  # flowfem's prediction columns: predictions.csv reads back as data
 _INPUT = re.compile(r"x([1-9][0-9]*)")
-_OUTPUT = re.compile(r"y([0-9]+)")
+_OUTPUT = re.compile(r"y([1-9][0-9]*)")
 
 
 @dataclass
 class Dataset:
-    """Inputs x (n, d) and targets y (n,) (None: inputs only, see :func:`load`)."""
+    """Inputs x (n, d) and targets y: (n,) for one output, (n, m) for m >= 2 (None: inputs only,
+    see :func:`load`)."""
 
     x: np.ndarray
     y: np.ndarray | None
@@ -69,12 +72,18 @@ class Dataset:
     def d(self) -> int:
         return self.x.shape[1]
 
+    @property
+    def outputs(self) -> int:
+        """m, the number of outputs (1 for y (n,) or no y)."""
+        return 1 if self.y is None or self.y.ndim == 1 else self.y.shape[1]
+
 
 def check(x, y=None, input_dim: int | None = None, what: str = "data",
           takes: str = "the network") -> tuple[np.ndarray, np.ndarray | None]:
-    """x as a float (n, d) array and y as a float (n,) array: the one check of data arrays.
+    """x as a float (n, d) array and y as a float (n,) or (n, m) array: the one check of data arrays.
 
-    x: (n, d) with n, d >= 1, or (n,) for d = 1. y: (n,) or (n, 1), or None (returned as None).
+    x: (n, d) with n, d >= 1, or (n,) for d = 1. y: (n,) or (n, 1) (returned as (n,): one output),
+    (n, m) with m >= 2 (m outputs), or None (returned as None).
     Both finite. ``input_dim``, if given, is the d that ``takes`` (a network, neurons) expects;
     a parameter mesh's d is checked by :func:`flowfem.space.check_parameter_dim`.
     Raises ValueError naming ``what`` and the problem (shape, first non-finite row).
@@ -106,20 +115,21 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
         raise ValueError(f"{what}: targets y are not numbers") from None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"{what}: targets y have shape {shape}; expected ({x.shape[0]},) or "
-                         f"({x.shape[0]}, 1), one per input")
+    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0] or y.size == 0:
+        raise ValueError(f"{what}: targets y have shape {shape}; expected ({x.shape[0]},), or "
+                         f"({x.shape[0]}, m) for m outputs, one row per input")
     if not np.all(np.isfinite(y)):
         bad = int(np.argwhere(~np.isfinite(y))[0, 0])
         raise ValueError(f"{what}: targets y contain NaN or inf (first at row {bad}); remove or fill those rows")
     return x, y
 
 
-def columns(names: list[str], what: str = "data") -> tuple[list[int], int | None]:
-    """Positions of x1..xd (in that order) and of y (None if absent) among the column ``names``.
+def columns(names: list[str], what: str = "data") -> tuple[list[int], int | list[int] | None]:
+    """Positions of x1..xd (in that order) and of the targets among the column ``names``: the
+    position of y, the positions of y1..ym (a list, in that order), or None without targets.
 
-    Raises ValueError naming the offending columns: empty, repeated, unknown, several outputs
-    y1..ym, or inputs with gaps (see the module docstring).
+    Raises ValueError naming the offending columns: empty, repeated, unknown, y together with
+    y1..ym, or inputs or outputs with gaps (see the module docstring).
     """
     names = [n.strip() for n in names]
     empty = [i + 1 for i, n in enumerate(names) if not n]
@@ -128,14 +138,20 @@ def columns(names: list[str], what: str = "data") -> tuple[list[int], int | None
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"{what}: column(s) {_quoted(repeated)} appear more than once in the header")
-    outputs = [n for n in names if _OUTPUT.fullmatch(n)]
-    if outputs:
-        raise ValueError(f"{what}: column(s) {_quoted(outputs)}: several outputs y1..ym are not supported yet; "
-                         "name the one target column y")
-    unknown = [n for n in names if not (_INPUT.fullmatch(n) or n == "y" or n in IGNORED)]
+    unknown = [n for n in names if not (_INPUT.fullmatch(n) or n == "y" or _OUTPUT.fullmatch(n)
+                                         or IGNORED.fullmatch(n))]
     if unknown:
         raise ValueError(f"{what}: unknown column(s) {_quoted(unknown)}; the columns are x1..xd (inputs), y "
-                         "(target) and f (ignored): rename or remove the others")
+                         "or y1..ym (targets) and f or f1..fm (ignored): rename or remove the others")
+    outputs = {int(_OUTPUT.fullmatch(n).group(1)): i for i, n in enumerate(names) if _OUTPUT.fullmatch(n)}
+    if outputs and "y" in names:
+        raise ValueError(f"{what}: columns 'y' and {_quoted(names[i] for i in outputs.values())} both name "
+                         "targets; name one output y, or m outputs y1..ym")
+    gaps = [f"y{k}" for k in range(1, len(outputs) + 1) if k not in outputs]
+    if gaps:
+        m, found = len(outputs), ", ".join(f"y{k}" for k in sorted(outputs))
+        raise ValueError(f"{what}: output column(s) {', '.join(gaps)} missing (found {found}): name the "
+                         f"{m} outputs y1..y{m}, without gaps")
     inputs = {int(_INPUT.fullmatch(n).group(1)): i for i, n in enumerate(names) if _INPUT.fullmatch(n)}
     if not inputs:
         raise ValueError(f"{what}: no input columns; name the inputs x1..xd")
@@ -144,6 +160,8 @@ def columns(names: list[str], what: str = "data") -> tuple[list[int], int | None
         d, found = len(inputs), ", ".join(f"x{k}" for k in sorted(inputs))
         raise ValueError(f"{what}: input column(s) {', '.join(missing)} missing (found {found}): name the "
                          f"{d} inputs x1..x{d}, without gaps")
+    if outputs:
+        return [inputs[k] for k in sorted(inputs)], [outputs[k] for k in sorted(outputs)]
     return [inputs[k] for k in sorted(inputs)], (names.index("y") if "y" in names else None)
 
 
@@ -159,8 +177,8 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read_csv(path: str, what: str) -> tuple[np.ndarray, list[int], int | None]:
-    """The numbers below the header, the positions of x1..xd and of y (see :func:`columns`)."""
+def _read_csv(path: str, what: str) -> tuple[np.ndarray, list[int], int | list[int] | None]:
+    """The numbers below the header, the positions of x1..xd and of the targets (see :func:`columns`)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: drops a byte-order mark
             names = next(csv.reader([fh.readline().lstrip().removeprefix("#")]), [])
@@ -206,8 +224,8 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
         kind = "real data set" if guess in REAL else "synthetic set"
         raise ValueError(f"{what} does not exist" + (f"; did you mean the {kind} {guess!r}?" if guess else ""))
     if ext == ".npz":
-        arrays = read_npz(path, "data file", "an NPZ data file holds arrays x (n, d) and y (n,), e.g. written "
-                                              "by np.savez(path, x=x, y=y)")
+        arrays = read_npz(path, "data file", "an NPZ data file holds arrays x (n, d) and y (n,) or (n, m), e.g. "
+                                              "written by np.savez(path, x=x, y=y)")
         unknown = sorted(set(arrays) - {"x", "y"})
         if unknown:
             raise ValueError(f"{what}: unknown array(s) {_quoted(unknown)}; an NPZ data file holds x and y only")
@@ -221,7 +239,8 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
     else:
         raise ValueError(f"{what}: use a .csv or .npz file")
     if y is None and require_y:
-        raise ValueError(f"{what} has no targets y: add a column (CSV) or array (NPZ) named y")
+        raise ValueError(f"{what} has no targets y: add a column (CSV) or array (NPZ) named y "
+                         "(or columns y1..ym for m outputs)")
     x, y = check(x, y, what=what)
     return Dataset(x, y, os.path.splitext(os.path.basename(path))[0])
 
@@ -291,26 +310,32 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
 
 
 def save(dataset: Dataset, path: str | os.PathLike) -> None:
-    """Write a CSV (header x1..xd,y) or NPZ file that :func:`load` reads back exactly, atomically
-    (safe on every MPI rank at once: :func:`flowfem.files.replacing`)."""
+    """Write a CSV (header x1..xd,y, or x1..xd,y1..ym for m outputs) or NPZ file that :func:`load`
+    reads back exactly, atomically (safe on every MPI rank at once: :func:`flowfem.files.replacing`)."""
     path = os.fspath(path)
     npz = path.lower().endswith(".npz")
     with replacing(path, ".npz" if npz else "") as tmp:
         if npz:
             np.savez(tmp, x=dataset.x, y=dataset.y)
         else:
-            header = ",".join([f"x{i + 1}" for i in range(dataset.d)] + ["y"])
+            header = ",".join([f"x{i + 1}" for i in range(dataset.d)] + _names("y", dataset.y))
             np.savetxt(tmp, np.column_stack([dataset.x, dataset.y]), delimiter=",", header=header, comments="")
 
 
 def save_predictions(target, x: np.ndarray, f: np.ndarray, y: np.ndarray | None = None) -> None:
     """Write predictions f (n,) at inputs x (n, d) as CSV with header x1..xd[,y],f (y: targets, if
-    given). ``target`` is a path (written whole or not at all: :func:`flowfem.files.replacing`) or a
-    text stream. :func:`load` reads the file back as data (f is ignored)."""
-    names = [f"x{i + 1}" for i in range(x.shape[1])] + ([] if y is None else ["y"]) + ["f"]
+    given); for m outputs, f and y (n, m), the columns are [y1..ym,]f1..fm. ``target`` is a path
+    (written whole or not at all: :func:`flowfem.files.replacing`) or a text stream. :func:`load`
+    reads the file back as data (f, f1..fm are ignored)."""
+    names = [f"x{i + 1}" for i in range(x.shape[1])] + ([] if y is None else _names("y", y)) + _names("f", f)
     table = np.column_stack([x] + ([] if y is None else [y]) + [f])
     if not isinstance(target, (str, os.PathLike)):
         np.savetxt(target, table, delimiter=",", header=",".join(names), comments="")
         return
     with replacing(target) as tmp:
         np.savetxt(tmp, table, delimiter=",", header=",".join(names), comments="")
+
+
+def _names(prefix: str, values: np.ndarray) -> list[str]:
+    """The column names of ``values``: [prefix] for (n,), prefix1..prefixm for (n, m)."""
+    return [prefix] if np.ndim(values) == 1 else [f"{prefix}{k + 1}" for k in range(np.shape(values)[1])]

@@ -1,16 +1,17 @@
 """The network's exchange formats: ONNX, safetensors and PyTorch's ``.pt`` state dict.
 
 A :class:`flowfem.network.Network` f_N(x) = sum_i a_i sigma(W_i . x + b_i) is the two-layer
-perceptron ``nn.Sequential(nn.Linear(d, N), sigma, nn.Linear(N, 1))`` whose state dict is
+perceptron ``nn.Sequential(nn.Linear(d, N), sigma, nn.Linear(N, m))`` (m outputs; m = 1 for
+a network with a (N,)) whose state dict is
 
-    0.weight = W (N, d),   0.bias = b (N,),   2.weight = a as a row (1, N),   2.bias = 0 (1,),
+    0.weight = W (N, d),   0.bias = b (N,),   2.weight = a^T (m, N),   2.bias = 0 (m,),
 
 all float64. Every format below stores exactly these four arrays under these names, so a file
 loads into that ``nn.Sequential`` (or any runtime) without renaming, and its outputs have shape
-(batch, 1), as ``nn.Sequential`` gives them (``Network.predict`` gives (batch,)).
+(batch, m), as ``nn.Sequential`` gives them (``Network.predict`` gives (batch,) for one output).
 
 * ONNX (:func:`to_onnx`): the graph ``x -> Gemm(0.weight, 0.bias) -> sigma -> Gemm(2.weight,
-  2.bias) -> f``, input ``x`` (batch, d) and output ``f`` (batch, 1) in float64, opset
+  2.bias) -> f``, input ``x`` (batch, d) and output ``f`` (batch, m) in float64, opset
   :data:`OPSET` (onnxruntime runs it on any CPU), built with ``onnx.helper`` and checked by
   ``onnx.checker``. sigma is written with operators that onnxruntime evaluates in float64 and
   that give flowfem's values to rounding (``flowfem.activations``):
@@ -67,7 +68,7 @@ def metadata(net: Network) -> dict[str, str]:
         "format": "flowfem.network",
         "activation": net.activation.name,
         "layout": f"nn.Sequential(nn.Linear({net.input_dim}, {net.width}), {net.activation.name}, "
-                  f"nn.Linear({net.width}, 1)), float64",
+                  f"nn.Linear({net.width}, {net.outputs})), float64",
         "flowfem_version": version(),
     }
 
@@ -106,12 +107,12 @@ def _activation_nodes(net: Network, z: str, out: str) -> tuple[list[onnx.NodePro
 
 
 def onnx_model(net: Network) -> onnx.ModelProto:
-    """The network as a checked ONNX model: input ``x`` (batch, d), output ``f`` (batch, 1),
+    """The network as a checked ONNX model: input ``x`` (batch, d), output ``f`` (batch, m),
     float64, opset :data:`OPSET`, initializers named as the state dict (see the module docstring).
     Run it with ``onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})``.
     ValueError, before any work, for a network whose weights exceed :data:`ONNX_LIMIT` bytes: an
     ONNX model is one protobuf message, which cannot hold 2 GiB (safetensors has no such limit)."""
-    weights = 8 * (net.W.size + 2 * net.width + 1)
+    weights = 8 * (net.W.size + net.width + net.a.size + net.outputs)
     if weights > ONNX_LIMIT:
         raise ValueError(f"a network of width {net.width} with d = {net.input_dim} inputs has {weights / 2**30:.2f} GiB "
                          "of float64 weights, beyond the 2 GiB an ONNX file (one protobuf message) can hold: "
@@ -127,7 +128,7 @@ def onnx_model(net: Network) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "flowfem_network",
         [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", net.input_dim])],
-        [helper.make_tensor_value_info("f", TensorProto.DOUBLE, ["batch", 1])],
+        [helper.make_tensor_value_info("f", TensorProto.DOUBLE, ["batch", net.outputs])],
         initializer=initializers + constants,
         doc_string=f"f(x) = sum_i a_i {net.activation.name}(W_i . x + b_i), a flowfem network",
     )
@@ -163,8 +164,8 @@ def from_safetensors(path: str | os.PathLike) -> Network:
 
     Raises ValueError ``cannot read network file 'PATH': REASON`` for a file that is missing or
     not safetensors, and names what is wrong for missing keys or metadata, shapes that do not fit
-    W (N, d), b (N,), a (1, N), 2.bias (1,), or a nonzero ``2.bias`` (a flowfem network has no
-    output bias).
+    W (N, d), b (N,), 2.weight (m, N), 2.bias (m,), or a nonzero ``2.bias`` (a flowfem network has
+    no output bias). A 2.weight of m >= 2 rows gives a network of m outputs (a = 2.weight^T).
     """
     hint = "write it with flowfem export --format safetensors or flowfem.export.to_safetensors"
     check_readable(path, "network file", hint)
@@ -181,13 +182,13 @@ def from_safetensors(path: str | os.PathLike) -> Network:
         raise ValueError(f"{path}: not a flowfem network, {what} missing (expected {', '.join(KEYS)} "
                          f"and metadata activation; {hint})")
     a, bias = arrays["2.weight"], arrays["2.bias"]
-    if a.ndim != 2 or a.shape[0] != 1 or bias.shape != (1,):
-        raise ValueError(f"{path}: 2.weight{a.shape} and 2.bias{bias.shape} must be (1, N) and (1,): "
-                         "one output")
-    if bias[0] != 0:
-        raise ValueError(f"{path}: 2.bias is {float(bias[0])!r}, but a flowfem network has no output bias (0)")
+    if a.ndim != 2 or a.shape[0] == 0 or bias.shape != (a.shape[0],):
+        raise ValueError(f"{path}: 2.weight{a.shape} and 2.bias{bias.shape} must be (m, N) and (m,): "
+                         "m outputs")
+    if np.any(bias != 0):
+        raise ValueError(f"{path}: 2.bias is {bias.tolist()!r}, but a flowfem network has no output bias (0)")
     try:
-        return Network(arrays["0.weight"], arrays["0.bias"], a[0], meta["activation"])
+        return Network(arrays["0.weight"], arrays["0.bias"], a.T, meta["activation"])
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

@@ -7,6 +7,17 @@
 
 E_alpha is lambda-convex with lambda = alpha in the H^1_omega norm (the loss
 term is convex), and at least alpha in L^2_omega since a_omega >= m_omega.
+
+Several outputs (y of shape (n, m), squared loss only): m densities u_1..u_m,
+one per output column, on the same space with the same data operator Phi,
+
+    E_alpha(u_1..u_m) = sum_k [ (1/n) sum_j (f_{u_k}(x_j) - y_jk)^2 / 2 + (alpha/2) ||u_k||^2_{H^1_omega} ],
+
+a sum of m independent single-output functionals: its Euler-Lagrange system is
+(alpha A + Phi^T Phi / n) U_k = Phi^T y_k / n, one operator and m right-hand
+sides. :meth:`Functional.output` gives the k-th term (sharing H and Phi); the
+methods that take one dof vector U belong to a single output and refuse an
+m-output functional.
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from flowfem.sobolev import WeightedH1  # noqa: E402
 
 
 class Functional:
-    """E_alpha for data (x, y) with the data operator Phi on the space H."""
+    """E_alpha for data (x, y) with the data operator Phi on the space H; y (n,) for one output,
+    (n, m) for m outputs (squared loss only: ValueError otherwise)."""
 
     def __init__(self, H: WeightedH1, Phi: DataOperator, y: np.ndarray, alpha: float,
                  loss: Loss | str = "squared"):
@@ -32,11 +44,34 @@ class Functional:
         self.H, self.Phi, self.alpha = H, Phi, float(alpha)
         self.y = np.asarray(y, dtype=float)
         self.loss = _loss(loss)
+        if self.y.ndim == 2 and not self.loss.quadratic:
+            raise ValueError(f"{self.y.shape[1]} outputs (y of shape {self.y.shape}) need the squared loss; "
+                             f"the {self.loss.name} loss takes one column of labels y")
         self.loss.check_labels(self.y)
 
     @property
     def n(self) -> int:
-        return self.y.size
+        return self.y.shape[0]
+
+    @property
+    def outputs(self) -> int:
+        """m, the number of outputs (columns of y; 1 for y (n,))."""
+        return 1 if self.y.ndim == 1 else self.y.shape[1]
+
+    def output(self, k: int) -> "Functional":
+        """The functional of output k (0 <= k < m) alone: same H, Phi and alpha, targets y[:, k].
+        For one output, k = 0 gives this functional itself."""
+        if not 0 <= k < self.outputs:
+            raise ValueError(f"output {k} does not exist: this functional has {self.outputs} output(s)")
+        if self.outputs == 1:
+            return self
+        return Functional(self.H, self.Phi, self.y[:, k], self.alpha, self.loss)
+
+    def _single(self, what: str) -> None:
+        """ValueError for a method of one dof vector called on an m-output functional."""
+        if self.outputs > 1:
+            raise ValueError(f"{what} takes the dof vector of one output; this functional has {self.outputs}: "
+                             "use E.output(k) for output k")
 
     @property
     def lam(self) -> float:
@@ -51,10 +86,24 @@ class Functional:
 
     def parts(self, U: PETSc.Vec) -> tuple[float, float]:
         """(data term (1/n) sum l(f_j, y_j), regulariser (alpha/2) U^T A U)."""
+        self._single("parts")
         f = self.Phi.apply(U)
         AU = self.H.A.createVecLeft()
         self.H.A.mult(U, AU)
         return float(np.mean(self.loss.value(f, self.y))), 0.5 * self.alpha * AU.dot(U)
+
+    def parts_of(self, Us: list[PETSc.Vec]) -> tuple[float, float]:
+        """(data term, regulariser) of the m dof vectors Us (one per output): the sums over the outputs of
+        :meth:`parts` of output k at Us[k] (for one output, :meth:`parts` of Us[0]). What
+        :meth:`flowfem.problem.Result.of` reports; a functional whose outputs are coupled (a loss of all m
+        predictions at once) overrides it."""
+        if len(Us) != self.outputs:
+            raise ValueError(f"{len(Us)} dof vectors for a functional of {self.outputs} output(s)")
+        loss = reg = 0.0
+        for k, U in enumerate(Us):
+            lk, rk = self.output(k).parts(U)
+            loss, reg = loss + lk, reg + rk
+        return loss, reg
 
     def __call__(self, U: PETSc.Vec) -> float:
         """E_alpha(U)."""
@@ -62,6 +111,7 @@ class Functional:
 
     def gradient(self, U: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """dE_alpha(U) = alpha A U + Phi^T l'(Phi U, y) / n (a dual vector)."""
+        self._single("gradient")
         out = self.vector() if out is None else out
         tmp = self.vector()
         self.Phi.adjoint(self.loss.d1(self.Phi.apply(U), self.y) / self.n, tmp)
@@ -71,10 +121,12 @@ class Functional:
 
     def rhs(self) -> PETSc.Vec:
         """Phi^T y / n: the right-hand side of the linear Euler-Lagrange equation (squared loss)."""
+        self._single("rhs")
         b = self.vector()
         self.Phi.adjoint(self.y / self.n, b)
         return b
 
     def curvature(self, U: PETSc.Vec) -> np.ndarray:
         """D = l''(Phi U, y): the data weights of the Hessian alpha A + Phi^T D Phi / n."""
+        self._single("curvature")
         return self.loss.d2(self.Phi.apply(U), self.y)

@@ -213,7 +213,11 @@ def fit_scores(loss, f: np.ndarray, y: np.ndarray, prefix: str) -> dict:
     """How well predictions f (n,) fit targets y (n,) under ``loss`` (a :class:`flowfem.loss.Loss`):
     {PREFIX_rmse: sqrt(mean (f - y)^2)} for the squared loss; for a classification loss (labels
     -1/+1) {PREFIX_accuracy: mean(sign f == y), PREFIX_loss: mean l(f, y)} instead, since the
-    RMSE of logits against +-1 labels measures nothing."""
+    RMSE of logits against +-1 labels measures nothing. m outputs (f, y (n, m), squared loss):
+    PREFIX_rmse over all n m entries and PREFIX_rmse_outputs, the list of the m outputs' RMSEs."""
+    if loss.quadratic and np.ndim(y) == 2:
+        return {f"{prefix}_rmse": float(np.sqrt(np.mean((f - y) ** 2))),
+                f"{prefix}_rmse_outputs": [float(v) for v in np.sqrt(np.mean((f - y) ** 2, axis=0))]}
     if loss.quadratic:
         return {f"{prefix}_rmse": float(np.sqrt(np.mean((f - y) ** 2)))}
     return {f"{prefix}_accuracy": float(np.mean(np.sign(f) == y)), f"{prefix}_loss": float(np.mean(loss.value(f, y)))}
@@ -226,7 +230,8 @@ def solve_metrics(result, train, test) -> dict:
     and test data (:func:`fit_scores`: RMSE, or accuracy and mean loss), sizes, the problem's
     settings (its loss under ``loss_function``), the operator's and the solve's seconds, the cg
     solver's preconditioner and its Nystrom basis size (``preconditioner_rank``); for
-    alpha="auto" the regularisation path under ``path`` (table and choice); for a nonlinear loss
+    alpha="auto" the regularisation path under ``path`` (table and choice); ``outputs`` m (and for
+    m >= 2 each output's RMSE, the iterations summed over the outputs' solves); for a nonlinear loss
     also Newton's iterations (``iterations`` too), residuals ||dE_alpha(U_k)||
     and the inner (CG) iterations of each step and their total. Collective (predictions).
     """
@@ -234,6 +239,7 @@ def solve_metrics(result, train, test) -> dict:
     loss, reg = result.parts
     metrics = {("loss_function" if k == "loss" else k): v for k, v in settings(result.functional).items()}
     metrics.update(
+        outputs=result.outputs,
         energy=result.energy, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
         converged=result.info.converged, solver=info.solver, preconditioner=info.preconditioner,
         preconditioner_rank=info.rank,
@@ -266,9 +272,16 @@ def gather_dofs(u: dolfinx.fem.Function) -> tuple[np.ndarray, np.ndarray] | tupl
     return X[order], values[order]
 
 
-def save_density(path: str, u: dolfinx.fem.Function, space: Space, settings: dict) -> None:
-    """Write density.npz (collective; rank 0 writes). ``settings`` holds activation, weight, kappa, alpha, ..."""
-    theta, values = gather_dofs(u)
+def save_density(path: str, u: dolfinx.fem.Function | list, space: Space, settings: dict) -> None:
+    """Write density.npz (collective; rank 0 writes). ``settings`` holds activation, weight, kappa, alpha, ...
+    ``u`` a Function, or the list of m densities of an m-output fit on one space: then the array ``u``
+    is (ndofs, m), column k output k's dof values (one output keeps u (ndofs,))."""
+    us = list(u) if isinstance(u, (list, tuple)) else [u]
+    gathered = [gather_dofs(w) for w in us]
+    theta = gathered[0][0]
+    values = None if theta is None else (gathered[0][1] if len(us) == 1 else
+                                         np.column_stack([g[1] for g in gathered]))
+    u = us[0]
     if space.comm.rank == 0:
         a = space.arrays
         np.savez(path, points=a.points, cells=a.cells, cell_type=np.array(a.cell_type),
@@ -319,8 +332,9 @@ def fill_by_coordinates(u: dolfinx.fem.Function, theta: np.ndarray, values: np.n
         raise CollectiveError(f"{what} does not match this mesh's {V.dofmap.index_map.size_global} dofs: {hint}")
 
 
-def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1, dolfinx.fem.Function, dict]:
-    """Read density.npz back as (H, u, settings) distributed over comm."""
+def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1, dolfinx.fem.Function | list, dict]:
+    """Read density.npz back as (H, u, settings) distributed over comm; u is a Function, or the list of
+    m Functions of an m-output fit (an array u of shape (ndofs, m))."""
     required = {"points", "cells", "cell_type", "geometry_degree", "element_degree", "theta", "u"}
     data = on_root(comm, lambda: read_density_file(path, required))
     arrays = MeshArrays(data["points"], data["cells"], str(data["cell_type"]), int(data["geometry_degree"]),
@@ -330,15 +344,20 @@ def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1
                 ("cell_type", "geometry_degree", "domain", "element_degree")}
     H = WeightedH1(space, settings.get("weight", "uniform"), float(settings.get("kappa", 1.0)),
                    int(data["element_degree"]))
-    u = H.function("density")
-    fill_by_coordinates(u, data["theta"], data["u"], f"the density {os.fspath(path)!r}",
-                        "its dof coordinates do not match its own mesh; the file is damaged")
-    return H, u, settings
+    values = data["u"]
+    columns = [values] if values.ndim == 1 else list(values.T)
+    us = [H.function("density" if len(columns) == 1 else f"density{k + 1}") for k in range(len(columns))]
+    for u, column in zip(us, columns):
+        fill_by_coordinates(u, data["theta"], column, f"the density {os.fspath(path)!r}",
+                            "its dof coordinates do not match its own mesh; the file is damaged")
+    return H, us[0] if values.ndim == 1 else us, settings
 
 
-def write_density(directory: str, u: dolfinx.fem.Function, space: Space, settings: dict, t: float = 0.0) -> None:
+def write_density(directory: str, u: dolfinx.fem.Function | list, space: Space, settings: dict,
+                  t: float = 0.0) -> None:
     """Write u as density.bp (VTX), density.xdmf + density.h5 (:func:`write_xdmf`), both at time t,
-    and density.npz (:func:`save_density`) into ``directory`` (collective)."""
+    and density.npz (:func:`save_density`) into ``directory`` (collective). ``u`` may be the list of
+    m densities of an m-output fit: fields density1..densitym of the same files."""
     write_vtx(os.path.join(directory, "density.bp"), u, t)
     write_xdmf(os.path.join(directory, "density.xdmf"), u, t)
     save_density(os.path.join(directory, "density.npz"), u, space, settings)
@@ -347,12 +366,14 @@ def write_density(directory: str, u: dolfinx.fem.Function, space: Space, setting
 def write_solution(directory: str, result, settings: dict, metrics: dict, train, test, plot: bool = True) -> None:
     """Write density.bp, density.xdmf/.h5, density.npz (with ``settings``), predictions.csv (f_{u*} on ``test``),
     metrics.json (``metrics``) and figure.png of a :class:`flowfem.problem.Result`, and path.png when it
-    holds a regularisation path (collective)."""
+    holds a regularisation path (collective). m outputs: the m densities as fields of the density files
+    and columns of density.npz's u, predictions f1..fm, figure_y1.png, ...
+    (:func:`flowfem.plot.write_solution_figure`)."""
     from flowfem import plot as _plot
 
     space = result.problem.space
     comm = space.comm
-    write_density(directory, result.density, space, settings)
+    write_density(directory, result.densities if result.outputs > 1 else result.densities[0], space, settings)
     f_test = result.predict(test.x)
     if comm.rank == 0:
         _data.save_predictions(os.path.join(directory, "predictions.csv"), test.x, f_test, test.y)

@@ -10,6 +10,11 @@ it as ONNX, safetensors or a ``.pt`` state dict. A network fitted on standardise
 folded back to raw ones (:meth:`flowfem.scaling.Standardisation.fold`) records that scaling as
 ``input_scaling``, saved as the arrays ``input_mean`` and ``input_scale`` (d,): a record only,
 since W and b already act on raw inputs.
+
+m outputs (a multi-output fit, R^d -> R^m): ``a`` is (N, m), column k the output weights of
+output k, f_N(x)_k = sum_i a_ik sigma(w_i . x + b_i); the readout layer is ``nn.Linear(N, m)``
+(``2.weight`` = a^T, (m, N)) and :meth:`Network.predict` returns (n, m). One output keeps
+``a`` (N,) and predictions (n,), so nothing changes for it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from flowfem.scaling import Standardisation
 
 @dataclass
 class Network:
-    """f_N(x) = sum_i a_i sigma(W_i . x + b_i) with W (N, d), b (N,), a (N,); ``input_scaling``: the
+    """f_N(x) = sum_i a_i sigma(W_i . x + b_i) with W (N, d), b (N,), a (N,); or a (N, m) for m >= 2
+    outputs (an a of shape (N, 1) is one output and becomes (N,)). ``input_scaling``: the
     standardisation folded into W and b, if any (recorded, not applied again)."""
 
     W: np.ndarray
@@ -46,14 +52,16 @@ class Network:
                     raise TypeError
                 setattr(self, key, np.array(value, dtype=float, ndmin=2 if key == "W" else 0))
             except (TypeError, ValueError):
-                raise ValueError(f"network array {key} must be numbers (W (N, d), b (N,), a (N,)), got "
-                                 f"{type(value).__name__}") from None
-        self.b, self.a = self.b.reshape(-1), self.a.reshape(-1)
+                raise ValueError(f"network array {key} must be numbers (W (N, d), b (N,), a (N,) or (N, m)), "
+                                 f"got {type(value).__name__}") from None
+        self.b = self.b.reshape(-1)
+        if self.a.ndim != 2 or self.a.shape[1] == 1:
+            self.a = self.a.reshape(-1)
         N = self.W.shape[0]
-        if self.W.ndim != 2 or self.b.shape != (N,) or self.a.shape != (N,):
+        if self.W.ndim != 2 or self.b.shape != (N,) or self.a.shape[0] != N or self.a.size == 0:
             raise ValueError(
                 f"network arrays have inconsistent shapes W{self.W.shape}, b{self.b.shape}, "
-                f"a{self.a.shape}: expected W (N, d), b (N,), a (N,)"
+                f"a{self.a.shape}: expected W (N, d), b (N,), a (N,) or (N, m)"
             )
         for key in ("W", "b", "a"):
             if not np.all(np.isfinite(getattr(self, key))):
@@ -72,6 +80,11 @@ class Network:
         return self.W.shape[1]
 
     @property
+    def outputs(self) -> int:
+        """m, the number of outputs (1 for a (N,))."""
+        return 1 if self.a.ndim == 1 else self.a.shape[1]
+
+    @property
     def theta(self) -> np.ndarray:
         """The neurons theta_i = (W_i, b_i) as rows, shape (N, d + 1)."""
         return np.column_stack([self.W, self.b])
@@ -81,20 +94,24 @@ class Network:
         return evaluate(self.activation, self._check_x(x), self.theta)
 
     def __repr__(self) -> str:
-        return f"Network(width={self.width}, input_dim={self.input_dim}, activation={self.activation.name!r})"
+        outputs = f", outputs={self.outputs}" if self.outputs > 1 else ""
+        return (f"Network(width={self.width}, input_dim={self.input_dim}{outputs}, "
+                f"activation={self.activation.name!r})")
 
     def __call__(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-        """f_N at the rows of x (n, d), evaluated in batches of ``batch`` rows; shape (n,)."""
+        """f_N at the rows of x (n, d), evaluated in batches of ``batch`` rows; shape (n,), or (n, m)
+        for m outputs."""
         x = self._check_x(x)
         theta = self.theta
-        out = np.empty(x.shape[0])
+        out = np.empty((x.shape[0],) + self.a.shape[1:])
         for s in range(0, x.shape[0], batch):
             out[s:s + batch] = evaluate(self.activation, x[s:s + batch], theta) @ self.a
         return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """f_N(x_j) = sum_i a_i sigma(W_i . x_j + b_i) at the rows of x ((n, d), or (n,) for d = 1):
-        shape (n,), like :meth:`flowfem.problem.Result.predict` (and the same as ``net(x)``).
+        shape (n,), or (n, m) for m outputs, like :meth:`flowfem.problem.Result.predict` (and the
+        same as ``net(x)``).
         Raises ValueError for inputs of the wrong shape or dimension, NaN or inf."""
         return self(x)
 
@@ -145,9 +162,9 @@ class Network:
     # -- other frameworks: PyTorch, ONNX, safetensors ------------------------------
 
     def state_dict(self, tensors: bool = False) -> dict:
-        """The weights in the layout of ``nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, 1))``:
-        ``0.weight`` W (N, d), ``0.bias`` b (N,), ``2.weight`` a as a row (1, N), ``2.bias`` 0 (1,),
-        float64 copies.
+        """The weights in the layout of ``nn.Sequential(nn.Linear(d, N), act, nn.Linear(N, m))``:
+        ``0.weight`` W (N, d), ``0.bias`` b (N,), ``2.weight`` a^T (m, N) (one output: a as a row
+        (1, N)), ``2.bias`` 0 (m,), float64 copies.
 
         NumPy arrays by default; with ``tensors=True`` torch tensors, which
         ``model.load_state_dict`` takes (it refuses NumPy arrays)::
@@ -161,8 +178,8 @@ class Network:
         arrays = {
             "0.weight": self.W.copy(),
             "0.bias": self.b.copy(),
-            "2.weight": self.a[None, :].copy(),
-            "2.bias": np.zeros(1),
+            "2.weight": self.a.reshape(self.width, -1).T.copy(),
+            "2.bias": np.zeros(self.outputs),
         }
         if not tensors:
             return arrays
@@ -202,14 +219,14 @@ class Network:
 
             layer = Power()
         model = torch.nn.Sequential(
-            torch.nn.Linear(self.input_dim, self.width), layer, torch.nn.Linear(self.width, 1)
+            torch.nn.Linear(self.input_dim, self.width), layer, torch.nn.Linear(self.width, self.outputs)
         ).double()
         model.load_state_dict(self.state_dict(tensors=True))
         return model
 
     def to_onnx(self, path: str | os.PathLike) -> None:
         """Write the network as an ONNX graph (float64, input ``x`` (batch, d), output ``f``
-        (batch, 1)), atomically: :func:`flowfem.export.to_onnx`."""
+        (batch, m), m = 1 for one output), atomically: :func:`flowfem.export.to_onnx`."""
         from flowfem.export import to_onnx  # onnx is loaded only by those who export
 
         to_onnx(self, path)

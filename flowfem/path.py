@@ -207,6 +207,14 @@ class RowWeighted(Functional):
         super().__init__(E.H, E.Phi, E.y, E.alpha, E.loss)
         self.c = np.asarray(c, dtype=float).copy()
 
+    def output(self, k: int) -> "RowWeighted":
+        """Output k alone (y (n, m)), with the SAME row weights: setting ``c`` here sets them for every output."""
+        if self.outputs == 1:
+            return super().output(k)
+        out = RowWeighted(super().output(k), self.c)
+        out.c = self.c
+        return out
+
     def parts(self, U) -> tuple[float, float]:
         f = self.Phi.apply(U)
         AU = self.H.A.createVecLeft()
@@ -247,6 +255,12 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
     The Result's ``setup_seconds`` are the data operator's build, ``solve_seconds`` the path's solves
     plus the refit's. ``progress``: a bar over the path's solves (rank 0, a terminal). Raises
     ValueError for bad arguments and :class:`flowfem.stationary.NotConverged` as a single fit does.
+
+    m outputs (y (n, m), squared loss): one alpha for all of them. At each alpha the m systems are
+    solved by the same solver (each warm-started from its own previous solution), the score is the
+    RMSE over the held-out rows and all outputs, sqrt(mean_jk (f_jk - y_jk)^2), the training loss
+    the mean of l over the training rows and the outputs, the iterations are summed over the
+    outputs; the refit gives m densities.
     """
     from flowfem.problem import Result
 
@@ -261,6 +275,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
     setup = time.perf_counter() - t0
     n = full.n
     E = RowWeighted(full, np.ones(n))
+    outputs = [E.output(k) for k in range(E.outputs)]  # each output's E, sharing the row weights E.c
     quadratic = E.loss.quadratic
     if quadratic:
         lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged,
@@ -270,50 +285,59 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                           allow_unconverged=allow_unconverged, preconditioner=preconditioner)
         lin = ns.lin
     table = np.empty((len(parts), m, 7))
-    start = [E.vector() for _ in alphas]  # sum over the folds of the solutions: the refit's start
-    U = E.vector()
+    # per alpha and output: the sum over the folds of the solutions, the refit's start
+    start = [[E.vector() for _ in outputs] for _ in alphas]
+    Us = [E.vector() for _ in outputs]
+    U = Us[0]
     try:
         with progress_.bar(progress, total=len(parts) * m, desc="alpha path", unit="solve") as bar:
             for k, (train, held) in enumerate(parts):
                 E.c[:] = 0.0
                 E.c[train] = n / len(train)
-                U.set(0.0)
+                for V in Us:
+                    V.set(0.0)
                 if quadratic:
                     lin.set_weights(E.c, refresh=False)  # another random subset: the basis still fits
-                    b = E.rhs()
+                    bs = [Ek.rhs() for Ek in outputs]
                 for i, a in enumerate(alphas):
                     lin.set_alpha(a)
                     t = time.perf_counter()
                     if quadratic:
-                        info = lin.solve(b, U, guess=True)
-                        its, steps = info.iterations, 0
+                        its, steps = sum(lin.solve(b, V, guess=True).iterations for b, V in zip(bs, Us)), 0
                     else:
                         info = ns.solve(U)
                         its, steps = int(sum(info.linear_iterations)), info.iterations
                     seconds = time.perf_counter() - t
-                    f = E.Phi.apply(U)  # every row: the held-out ones score, the training ones give the loss
+                    # every row: the held-out ones score, the training ones give the loss
+                    f = E.Phi.apply(U) if len(Us) == 1 else np.column_stack([E.Phi.apply(V) for V in Us])
                     score, acc = _score(E.loss, f[held], y[held])
                     train_loss = float(np.mean(E.loss.value(f[train], y[train])))
                     table[k, i] = score, acc, train_loss, its, steps, seconds, lin.nystrom.rank if lin.nystrom else 0
-                    start[i].axpy(1.0, U)
+                    for S, V in zip(start[i], Us):
+                        S.axpy(1.0, V)
                     bar.update(1)
                 if quadratic:
-                    b.destroy()
+                    for b in bs:
+                        b.destroy()
             means = table.mean(axis=0)
             chosen = comm.bcast(choose(means[:, 0]), root=0)  # one choice on every rank, whatever the rounding
             # the refit: all rows (c = 1) at the chosen alpha, from the mean of the folds' solutions there
-            start[chosen].copy(U)
-            U.scale(1.0 / len(parts))
+            for S, V in zip(start[chosen], Us):
+                S.copy(V)
+                V.scale(1.0 / len(parts))
             E.c[:] = 1.0
             lin.set_alpha(float(alphas[chosen]))
             lin.progress = progress
             t1 = time.perf_counter()
             if quadratic:
                 lin.set_weights(E.c, refresh=False)
-                b = E.rhs()
-                info = lin.solve(b, U, guess=True)
-                b.destroy()
-                refit_its = info.iterations
+                infos = []
+                for Ek, V in zip(outputs, Us):
+                    b = Ek.rhs()
+                    infos.append(lin.solve(b, V, guess=True))
+                    b.destroy()
+                info = infos[0] if len(Us) == 1 else infos
+                refit_its = sum(i.iterations for i in infos)
             else:
                 ns.progress = progress
                 info = ns.solve(U)
@@ -321,8 +345,9 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
             t2 = time.perf_counter()
     finally:
         (lin if quadratic else ns).destroy()
-        for S in start:
-            S.destroy()
+        for row in start:
+            for S in row:
+                S.destroy()
     path = RegularisationPath(alphas=alphas, scores=means[:, 0], train_loss=means[:, 2],
                 iterations=table[:, :, 3].sum(axis=0).astype(int), newton=table[:, :, 4].sum(axis=0).astype(int),
                 seconds=table[:, :, 5].sum(axis=0), rank=table[:, :, 6].max(axis=0).astype(int),
@@ -330,4 +355,5 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                 score="validation RMSE" if quadratic else f"validation mean {E.loss.name} loss",
                 validation=validation, folds=folds, seed=seed, refit_iterations=refit_its, refit_seconds=t2 - t1)
     full.alpha = path.alpha
-    return Result.of(problem, full, U, info, setup, float(np.sum(path.seconds)) + (t2 - t1), path, "the refit")
+    return Result.of(problem, full, U if len(Us) == 1 else Us, info, setup, float(np.sum(path.seconds)) + (t2 - t1),
+                     path, "the refit")

@@ -25,6 +25,7 @@ import numpy as np
 
 SLICES = 4  # panels of a density on a 3-D mesh: cuts at b = const
 POLE = 1.0 - 1e-9  # |z| of a unit vector at a pole (its longitude is undefined)
+FIGURE_OUTPUTS = 4  # an m-output fit draws one figure per output for at most this many outputs
 
 
 def _pyplot():
@@ -375,19 +376,31 @@ def solution_figure(path: str, theta, u, cells, x, y, xg, fg, loss: str = "squar
 def write_solution_figure(path: str, result, train, test, f_test: np.ndarray):
     """figure.png of a :class:`flowfem.problem.Result` (collective: predictions and gathering on
     every rank, drawing on rank 0). ``f_test``: f_u on the test inputs, for the title (test RMSE,
-    or test accuracy for the logistic loss). Returns the (closed) Figure on rank 0, else None."""
+    or test accuracy for the logistic loss). Returns the (closed) Figure on rank 0, else None.
+
+    m outputs: one figure per output k (its density and its fit), for the first
+    :data:`FIGURE_OUTPUTS` outputs, named ``path`` with ``_y{k}`` before the suffix
+    (figure_y1.png, ...); returns the first."""
     loss = result.problem.loss.name
     xg = grid(train.x)
     fg = result.predict(xg)
-    theta, values, cells = gather(result.density)
-    if result.problem.space.comm.rank != 0:
-        return None
-    if loss == "logistic":
-        return solution_figure(path, theta, values, cells, train.x, train.y, xg, fg, loss, train.name,
-                               accuracy(f_test, test.y))
-    rmse = float(np.sqrt(np.mean((f_test - test.y) ** 2)))
-    return solution_figure(path, theta, values, cells, train.x, train.y, xg, fg, loss,
-                           f"{train.name}: f_u and data, test RMSE {rmse:.2e}")
+    m = result.outputs
+    figures = []
+    for k in range(min(m, FIGURE_OUTPUTS)):
+        theta, values, cells = gather(result.densities[k])
+        if result.problem.space.comm.rank != 0:
+            continue
+        if loss == "logistic":
+            figures.append(solution_figure(path, theta, values, cells, train.x, train.y, xg, fg, loss, train.name,
+                                           accuracy(f_test, test.y)))
+            continue
+        column = (lambda a: a) if m == 1 else (lambda a: a[:, k])
+        rmse = float(np.sqrt(np.mean((column(f_test) - column(test.y)) ** 2)))
+        name = "" if m == 1 else f", output y{k + 1} of {m}"
+        target = path if m == 1 else "{0}_y{2}{1}".format(*os.path.splitext(path), k + 1)
+        figures.append(solution_figure(target, theta, values, cells, train.x, column(train.y), xg, column(fg), loss,
+                                       f"{train.name}{name}: f_u and data, test RMSE {rmse:.2e}"))
+    return figures[0] if figures else None
 
 
 def path_figure(path: str, reg_path):

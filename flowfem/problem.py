@@ -30,7 +30,7 @@ otherwise), or one of them by name.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,10 +49,11 @@ from flowfem.functional import Functional  # noqa: E402
 from flowfem.io import function  # noqa: E402
 from flowfem.loss import loss as _loss  # noqa: E402
 from flowfem.operator import METHODS, DataOperator  # noqa: E402
+from flowfem.operator.select import make_features  # noqa: E402
 from flowfem.petsc_options import parse as parse_petsc_options  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.space import Space, check_parameter_dim  # noqa: E402
-from flowfem.stationary import SolveInfo, check_tolerances, newton, solve  # noqa: E402
+from flowfem.stationary import SolveInfo, check_tolerances, newton, solve_outputs  # noqa: E402
 
 if TYPE_CHECKING:
     from flowfem.path import RegularisationPath
@@ -132,7 +133,7 @@ class Problem:
         self.quadrature_degree, self.method = quadrature_degree, method
 
     def _inputs(self, x, y, what: str, fitted: bool = False):
-        """x (n, d), y (n,) or None, checked by :func:`flowfem.data.check` and against the mesh
+        """x (n, d), y (n,), (n, m) or None, checked by :func:`flowfem.data.check` and against the mesh
         (``fitted``: inputs of the fitted density, whose dimension is the data's, not the mesh's to choose)."""
         x, y = _data.check(x, y, what=what)
         d = self.space.input_dim
@@ -143,7 +144,8 @@ class Problem:
         return x, y
 
     def functional(self, x, y, alpha: float | None = None) -> Functional:
-        """E_alpha for the data (x (n, d) or (n,), y (n,) or (n, 1)); builds the data operator Phi.
+        """E_alpha for the data (x (n, d) or (n,), y (n,) or (n, 1), or (n, m) for m outputs: the sum of m
+        single-output functionals, see :mod:`flowfem.functional`); builds the data operator Phi.
         ``alpha``: the problem's unless given (needed when the problem's is "auto": ValueError)."""
         if alpha is None:
             alpha = self.alpha
@@ -168,6 +170,11 @@ class Problem:
         best alpha refitted on all rows; ``result.path`` holds the table and ``result.path.alpha``
         the chosen alpha. These four arguments are refused (ValueError) with a numeric alpha.
 
+        Several outputs, y (n, m) (squared loss; the logistic loss takes one column of labels:
+        ValueError): the m systems share the operator, so one data operator and one
+        :class:`~flowfem.stationary.LinearSolver` (its multigrid and Nystrom basis) serve all m
+        right-hand sides (:func:`flowfem.stationary.solve_outputs`); the Result holds m densities.
+
         The data operator is built once; the Result stores the density, E_alpha, its parts and
         the timings of building that operator and of the solve. ``progress``: a bar of the CG
         iterations (Newton steps for other losses) on rank 0 when standard error is a terminal
@@ -179,7 +186,8 @@ class Problem:
         ValueError if E_alpha(u*) or u* is not finite (e.g. a degenerate mesh), for targets y None,
         an rtol outside (0, 1) or petsc_options that are not a dict of PETSc options."""
         if y is None:
-            raise ValueError("fit needs targets y (n,) or (n, 1), one per row of x; got None")
+            raise ValueError("fit needs targets y (n,) or (n, 1) (one output) or (n, m) (m outputs), one row "
+                             "per row of x; got None")
         check_tolerances(rtol)
         parse_petsc_options(petsc_options)
         if self.alpha == "auto":
@@ -196,9 +204,9 @@ class Problem:
         t0 = time.perf_counter()
         E = self.functional(x, y)
         t1 = time.perf_counter()
-        if E.loss.quadratic:
-            U, info = solve(E, solver, rtol, petsc_options, allow_unconverged=allow_unconverged,
-                            progress=progress, preconditioner=preconditioner)
+        if E.loss.quadratic:  # m outputs: m right-hand sides, one solver
+            U, info = solve_outputs(E, solver, rtol, petsc_options, allow_unconverged=allow_unconverged,
+                                    progress=progress, preconditioner=preconditioner)
         else:
             U, info = newton(E, None, solver, rtol=rtol, linear_rtol=rtol, petsc_options=petsc_options,
                              allow_unconverged=allow_unconverged, progress=progress, preconditioner=preconditioner)
@@ -218,59 +226,124 @@ class Problem:
 
 @dataclass
 class Result:
-    """The optimal density and how it was found.
+    """The optimal density (densities, for m outputs) and how it was found.
 
     Every attribute is a plain value that :meth:`Problem.fit` computed, the same on every rank
     (the timings are each rank's own clock): reading one on a single rank is safe. Only
     :meth:`predict` and :meth:`rmse` communicate (they evaluate the distributed density) and
     are collective: call them on every rank.
+
+    Several outputs (y of shape (n, m), squared loss): ``Us`` and ``densities`` hold the m
+    minimisers, one per output column; ``energy`` and ``parts`` are sums over the outputs
+    (E_alpha of the m outputs is the sum of their single-output functionals, see
+    :mod:`flowfem.functional`); ``infos`` holds each output's solve and ``info`` their summary
+    (iterations summed, the largest residual, converged if every solve was). ``U`` and
+    ``density`` name the one density of a single-output fit and raise ValueError for m > 1
+    (use ``Us[k]``, ``densities[k]``).
     """
 
     problem: Problem
-    functional: Functional
-    U: PETSc.Vec  # the owned dof values of u*
-    info: SolveInfo
-    density: dolfinx.fem.Function  # u* on the parameter mesh, ghost values updated
-    energy: float  # E_alpha(u*)
-    parts: tuple[float, float]  # (data term (1/n) sum l(f_j, y_j), regulariser (alpha/2) ||u*||^2_{H^1_omega})
+    functional: Functional  # E_alpha of all outputs (E.output(k): output k alone)
+    Us: list[PETSc.Vec]  # the owned dof values of u*_1..u*_m
+    infos: list[SolveInfo]  # each output's solve
+    densities: list[dolfinx.fem.Function]  # u*_1..u*_m on the parameter mesh, ghost values updated
+    energy: float  # E_alpha(u*), summed over the outputs
+    parts: tuple[float, float]  # (data term (1/n) sum l(f_j, y_j), regulariser (alpha/2) ||u*||^2_{H^1_omega}), summed
     setup_seconds: float  # building the data operator Phi (and E_alpha) that the solve used
-    solve_seconds: float  # the solve (GAMG or MUMPS set-up included)
+    solve_seconds: float  # the solve (GAMG or MUMPS set-up included), all outputs
     path: RegularisationPath | None = None  # alpha="auto": the regularisation path (flowfem.path), else None
 
     @property
+    def outputs(self) -> int:
+        """m, the number of outputs (1 for y (n,))."""
+        return len(self.Us)
+
+    def _single(self, name: str):
+        if self.outputs > 1:
+            plural = {"U": "Us", "density": "densities"}[name]
+            raise ValueError(f"result.{name} is the density of a single-output fit; this one has {self.outputs} "
+                             f"outputs: use result.{plural}[k] for output k")
+        return getattr(self, name + "s" if name == "U" else "densities")[0]
+
+    @property
+    def U(self) -> PETSc.Vec:
+        """The owned dof values of u* (one output; ValueError for m > 1: use ``Us``)."""
+        return self._single("U")
+
+    @property
+    def density(self) -> dolfinx.fem.Function:
+        """u* on the parameter mesh (one output; ValueError for m > 1: use ``densities``)."""
+        return self._single("density")
+
+    @property
+    def info(self) -> SolveInfo:
+        """The solve's SolveInfo; for m outputs a summary: iterations summed over the outputs, the
+        largest relative residual, converged if every output's solve converged."""
+        if self.outputs == 1:
+            return self.infos[0]
+        worst = max(self.infos, key=lambda i: i.residual)
+        return replace(worst, iterations=sum(i.iterations for i in self.infos),
+                       converged=all(i.converged for i in self.infos), history=[])
+
+    @property
     def iterations(self) -> int:
-        """CG iterations (cg), 1 (direct), or Newton steps (nonlinear loss)."""
+        """CG iterations (cg; summed over the outputs), 1 (direct), or Newton steps (nonlinear loss)."""
         return self.info.iterations
 
     @property
     def residual(self) -> float:
-        """Final relative residual ||b - K U|| / ||b|| of the linear system (Newton: ||dE|| / ||dE(0)||)."""
+        """Final relative residual ||b - K U|| / ||b|| of the linear system (Newton: ||dE|| / ||dE(0)||);
+        the largest over the outputs."""
         return self.info.residual
 
     @classmethod
-    def of(cls, problem: Problem, E: Functional, U: PETSc.Vec, info: SolveInfo, setup_seconds: float,
+    def of(cls, problem: Problem, E: Functional, U, info, setup_seconds: float,
            solve_seconds: float, path: "RegularisationPath | None" = None, what: str = "the solve") -> "Result":
-        """The Result of a minimiser U of E: its density, E_alpha and parts. Collective. ValueError if U or
-        E_alpha(U) is not finite (e.g. a degenerate mesh), naming ``what`` produced it."""
-        loss, reg = E.parts(U)
-        finite = E.H.space.comm.allreduce(bool(np.all(np.isfinite(U.array_r))), op=MPI.LAND)
+        """The Result of a minimiser U of E (a PETSc Vec; for m outputs a list of m Vecs, with a list of
+        m infos): its densities, E_alpha and parts (``E.parts_of``: sums over the outputs). Collective.
+        ValueError if U or E_alpha(U) is not finite (e.g. a degenerate mesh), naming ``what`` produced it,
+        or if the number of Vecs or infos is not E.outputs."""
+        Us, infos = (list(U), list(info)) if isinstance(U, (list, tuple)) else ([U], [info])
+        if len(Us) != E.outputs or len(infos) != E.outputs:
+            raise ValueError(f"{what} gave {len(Us)} densities for a functional of {E.outputs} outputs")
+        loss, reg = E.parts_of(Us)
+        finite = E.H.space.comm.allreduce(bool(all(np.all(np.isfinite(Uk.array_r)) for Uk in Us)), op=MPI.LAND)
         if not (finite and np.isfinite(loss) and np.isfinite(reg)):
             raise ValueError(f"{what} produced a non-finite result (E_alpha = {loss + reg}); check the mesh "
                              "(cells of zero size?), the data and alpha")
-        return cls(problem, E, U, info, function(problem.H, U, "density"), loss + reg, (loss, reg),
-                   setup_seconds, solve_seconds, path=path)
+        names = ["density"] if len(Us) == 1 else [f"density{k + 1}" for k in range(len(Us))]
+        densities = [function(problem.H, Uk, name) for Uk, name in zip(Us, names)]
+        return cls(problem, E, Us, infos, densities, loss + reg, (loss, reg), setup_seconds, solve_seconds, path=path)
 
     def predict(self, x) -> np.ndarray:
-        """f_{u*}(x_j) = sum_q sigma(theta_q . x~_j) g_q at the rows of x ((m, d), or (m,) for d = 1):
-        shape (m,), returned on every rank. Collective (an MPI sum over the ranks' cells).
-        Raises ValueError for inputs of the wrong shape or dimension, NaN or inf."""
+        """f_{u*}(x_j) = sum_q sigma(theta_q . x~_j) g_q at the rows of x ((n, d), or (n,) for d = 1):
+        shape (n,) for one output, (n, m) for m outputs (column k from u*_k; the features of x are
+        built once for all outputs), returned on every rank. Collective (an MPI sum over the ranks'
+        cells). Raises ValueError for inputs of the wrong shape or dimension, NaN or inf."""
         x, _ = self.problem._inputs(x, None, "prediction inputs", fitted=True)
-        return self.functional.Phi.predict(self.U, x)
+        Phi = self.functional.Phi
+        if self.outputs == 1:
+            return Phi.predict(self.Us[0], x)
+        S = make_features(Phi.sigma, np.ascontiguousarray(x), Phi.quadrature.theta, Phi.method, repeated=False)
+        f = np.column_stack([S.matvec(Phi.quadrature.weights(Uk)) for Uk in self.Us])
+        Phi.comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
+        return f
 
     def rmse(self, x, y) -> float:
-        """sqrt((1/m) sum_j (f_{u*}(x_j) - y_j)^2) for x (m, d) or (m,), y (m,) or (m, 1).
-        Collective (see :meth:`predict`)."""
+        """sqrt((1/(n m)) sum_jk (f_{u*_k}(x_j) - y_jk)^2) for x (n, d) or (n,), y (n,) or (n, 1) (m = 1)
+        or (n, m): over all outputs (:meth:`rmse_outputs` gives each). Collective (see :meth:`predict`)."""
+        return float(np.sqrt(np.mean(self._errors(x, y) ** 2)))
+
+    def rmse_outputs(self, x, y) -> np.ndarray:
+        """The RMSE of each output, shape (m,) (also (1,) for one output). Collective."""
+        e = self._errors(x, y)
+        return np.sqrt(np.mean(e.reshape(e.shape[0], -1) ** 2, axis=0))
+
+    def _errors(self, x, y) -> np.ndarray:
         x, y = self.problem._inputs(x, y, "the data", fitted=True)
         if y is None:
-            raise ValueError("rmse needs targets y (m,) or (m, 1), one per row of x; got None")
-        return float(np.sqrt(np.mean((self.functional.Phi.predict(self.U, x) - y) ** 2)))
+            raise ValueError("rmse needs targets y (n,) or (n, m), one row per row of x; got None")
+        if (1 if y.ndim == 1 else y.shape[1]) != self.outputs:
+            raise ValueError(f"the targets have {1 if y.ndim == 1 else y.shape[1]} output(s), the fit "
+                             f"{self.outputs}: give y with {self.outputs} column(s)")
+        return self.predict(x) - y

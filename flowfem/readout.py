@@ -41,6 +41,13 @@ Three rules, each with the rate at which f_N approaches f_u:
   sample weights. It does not converge to f_u: as N grows it tends to the
   minimiser of E_alpha with kappa = 0.
 
+Several outputs (a fit with y (n, m): m densities u_1..u_m on one mesh): the
+neurons are shared and a_ik = q_i u_k(theta_i), an (N, m) array of output
+weights (:class:`flowfem.network.Network` of m outputs). ``sample`` draws from
+sum_k |u_k| (probabilities sum_k |g_qk| / sum |g|, importance weights as above,
+so E f_N = f_u for every output) and ``refit`` solves the least-squares problem
+for the m columns of y at once (one factorisation).
+
 Homogeneous activations on the circle and sphere (densities of directions):
 the neurons are unit directions theta_i / |theta_i| and a_i carries the
 factor |theta_i|^p (sigma(r z) = r^p sigma(z)), so nothing changes in f_N.
@@ -158,7 +165,7 @@ class Neurons:
 
     theta: np.ndarray  # (N, d + 1) points of parameter space, as the mesh places them
     weight: np.ndarray  # (N,) q_i > 0: quadrature weight (or 1 / (N p_i) for sampled neurons)
-    value: np.ndarray  # (N,) u(theta_i)
+    value: np.ndarray  # (N,) u(theta_i), or (N, m): u_k(theta_i) for m outputs
     activation: Activation
     directions: bool = False  # True on the circle and sphere: neurons become unit directions
 
@@ -168,15 +175,16 @@ class Neurons:
 
     @property
     def a(self) -> np.ndarray:
-        """Output weights q_i u_i for the neurons theta_i as they stand."""
-        return self.weight * self.value
+        """Output weights q_i u_i for the neurons theta_i as they stand: (N,), or (N, m)."""
+        return self.weight.reshape((-1,) + (1,) * (self.value.ndim - 1)) * self.value
 
     def network(self) -> Network:
         """The Network sum_i a_i sigma(theta_i . x~) (unit directions on the circle and sphere)."""
         theta, a = self.theta, self.a
         if self.directions:
             r = np.linalg.norm(theta, axis=1)
-            theta, a = theta / r[:, None], a * r ** self.activation.degree
+            scale = r ** self.activation.degree
+            theta, a = theta / r[:, None], a * scale.reshape((-1,) + (1,) * (a.ndim - 1))
         return Network(theta[:, :-1], theta[:, -1], a, self.activation)
 
     def features(self, x: np.ndarray) -> np.ndarray:
@@ -184,14 +192,18 @@ class Neurons:
         return evaluate(self.activation, x, self.theta)
 
 
-def quadrature_neurons(u: dolfinx.fem.Function, activation: Activation | str, degree: int | None = None,
+def quadrature_neurons(u: dolfinx.fem.Function | list, activation: Activation | str, degree: int | None = None,
                        subdivisions: int = 1) -> Neurons:
     """The composite Gauss rule of ``degree`` on the cells of u's mesh, gathered on every rank.
 
+    ``u`` a Function, or a list of m Functions on one space (m outputs: values (N, m)).
     ``degree`` None is twice the element degree: the rule of :class:`flowfem.operator.Quadrature`.
     """
     act = _activation(activation)
-    V = u.function_space
+    us = list(u) if isinstance(u, (list, tuple)) else [u]
+    V = us[0].function_space
+    if any(w.function_space is not V for w in us):
+        raise ValueError("readout of several outputs needs their densities on one function space")
     mesh = V.mesh
     tdim, gdim = mesh.topology.dim, mesh.geometry.dim
     directions = tdim < gdim
@@ -208,7 +220,8 @@ def quadrature_neurons(u: dolfinx.fem.Function, activation: Activation | str, de
                    f"subdivisions^{tdim})", "use fewer subdivisions or a lower quadrature degree", mesh.comm)
     X, q = reference_rule(mesh.topology.cell_type.name, degree, subdivisions)
     num_local = mesh.topology.index_map(tdim).size_local
-    u.x.scatter_forward()
+    for w in us:
+        w.x.scatter_forward()
     # the geometry map theta(X) = sum_k phi_k(X) x_k of every local cell, its Jacobian and
     # |det J| (the length or area element on the circle and sphere), and u(theta(X)):
     # tabulated with basix, so any rule costs no compilation
@@ -218,8 +231,8 @@ def quadrature_neurons(u: dolfinx.fem.Function, activation: Activation | str, de
     J = np.einsum("dpk,ckg->cpgd", phi[1:], xg)
     detJ = np.sqrt(np.linalg.det(np.einsum("cpgd,cpge->cpde", J, J)))
     psi = V.element.basix_element.tabulate(0, X)[0, :, :, 0]
-    values = np.einsum("pk,ck->cp", psi, u.x.array[V.dofmap.list[:num_local]])
-    vals = np.concatenate([theta, detJ[..., None], values[..., None]], axis=2)
+    values = [np.einsum("pk,ck->cp", psi, w.x.array[V.dofmap.list[:num_local]])[..., None] for w in us]
+    vals = np.concatenate([theta, detJ[..., None]] + values, axis=2)
     original = np.asarray(mesh.topology.original_cell_index, dtype=np.int64)
     if original.size < num_local:  # a mesh made without input indices (e.g. refined): global index
         original = mesh.topology.index_map(tdim).local_range[0] + np.arange(num_local, dtype=np.int64)
@@ -227,11 +240,11 @@ def quadrature_neurons(u: dolfinx.fem.Function, activation: Activation | str, de
     parts = mesh.comm.allgather(local)
     key = np.concatenate([p[0] for p in parts])
     vals = np.concatenate([p[1] for p in parts]) if key.size else vals
-    vals = vals[np.argsort(key, kind="stable")].reshape(-1, gdim + 2)  # cell by input index, then point
+    vals = vals[np.argsort(key, kind="stable")].reshape(-1, gdim + 1 + len(us))  # cell by input index, then point
     return Neurons(
         theta=np.ascontiguousarray(vals[:, :gdim]),
         weight=vals[:, gdim] * np.tile(q, len(key)),
-        value=vals[:, gdim + 1].copy(),
+        value=vals[:, gdim + 1].copy() if isinstance(u, dolfinx.fem.Function) else vals[:, gdim + 1:].copy(),
         activation=act,
         directions=directions,
     )
@@ -241,7 +254,9 @@ def sample_neurons(base: Neurons, width: int, seed: int = 0) -> Neurons:
     """N = ``width`` neurons drawn from the points of ``base`` with probabilities |g_q| / sum |g|.
 
     g_q = q_q u_q; the sampled neuron carries a_i = sign(g_q) sum |g| / N (its weight is the
-    importance weight q_q / (N p_q)). Same seed and same base: same neurons on every rank.
+    importance weight q_q / (N p_q)). For m outputs (values (N, m)) the probabilities are
+    sum_k |g_qk| / sum |g| and a_ik = g_qk / (N p_q). Same seed and same base: same neurons on
+    every rank.
     """
     width = integer("width", width, ">= 1 (the number of neurons to draw)")
     if width < 1:
@@ -250,7 +265,7 @@ def sample_neurons(base: Neurons, width: int, seed: int = 0) -> Neurons:
     memory.require(8.0 * (2 * gdim + 8) * width, f"a sample of width {width}",
                    f"use a smaller {spell('width', 'N')}")
     g = base.a
-    mass = np.abs(g)
+    mass = np.abs(g).reshape(g.shape[0], -1).sum(axis=1)
     total = mass.sum()
     if not total > 0:
         raise ValueError("the density is zero at every quadrature point: there is nothing to sample from")
@@ -275,7 +290,8 @@ def refit(neurons: Neurons, x: np.ndarray, y: np.ndarray, alpha: float,
 
     Minimises (1/2n) |S diag(q) v - y|^2 + (alpha/2) sum_i omega_i q_i v_i^2 over v (a = q v);
     alpha = 0 gives the minimum-norm least-squares fit. Solved densely on rank 0 of ``comm``
-    (then broadcast) in the smaller of the N x N and n x n forms.
+    (then broadcast) in the smaller of the N x N and n x n forms. y (n, m): the m outputs'
+    problems, one per column, share the matrix and are solved together (values (N, m)).
     """
     x, y = _data.check(x, y, neurons.theta.shape[1] - 1, what="refit data")
     alpha = number("alpha", alpha, ">= 0")
@@ -297,7 +313,8 @@ def refit(neurons: Neurons, x: np.ndarray, y: np.ndarray, alpha: float,
             z = np.linalg.solve(C.T @ C + n * alpha * np.eye(N), C.T @ y)
         else:
             z = C.T @ np.linalg.solve(C @ C.T + n * alpha * np.eye(n), y)
-        return z * scale / neurons.weight
+        factor = scale / neurons.weight
+        return z * (factor if z.ndim == 1 else factor[:, None])
 
     if comm is None or comm.size == 1:
         value = solve()
@@ -308,7 +325,8 @@ def refit(neurons: Neurons, x: np.ndarray, y: np.ndarray, alpha: float,
 
 def objective(network: Network | Neurons, x, y, alpha: float = 0.0, weight: Weight | str = "uniform",
               loss: str = "squared") -> float:
-    """(1/n) sum_j l(f_N(x_j), y_j), plus (alpha/2) sum_i omega_i a_i^2 / q_i when given Neurons.
+    """(1/n) sum_j l(f_N(x_j), y_j), plus (alpha/2) sum_i omega_i a_i^2 / q_i when given Neurons;
+    for m outputs the sum over them (as E_alpha of an m-output fit).
 
     The objective that ``refit`` minimises (squared loss); a Network alone carries no q_i, so
     for it only the data term is returned.
@@ -317,13 +335,19 @@ def objective(network: Network | Neurons, x, y, alpha: float = 0.0, weight: Weig
 
     x, y = _data.check(x, y, what="objective data")
     if isinstance(network, Neurons):
-        pen = np.sum(omega(weight, network.theta) * network.weight * network.value**2)
+        w = omega(weight, network.theta) * network.weight
+        pen = np.sum(w.reshape((-1,) + (1,) * (network.value.ndim - 1)) * network.value**2)
         f = network.features(x) @ network.a
-        return float(np.mean(_loss(loss).value(f, y)) + 0.5 * alpha * pen)
-    return float(np.mean(_loss(loss).value(network(x), y)))
+        return float(np.sum(np.mean(_loss(loss).value(f, y), axis=0)) + 0.5 * alpha * pen)
+    return float(np.sum(np.mean(_loss(loss).value(network(x), y), axis=0)))
 
 
 # -- the front door -----------------------------------------------------------------------
+
+
+def _comm(u):
+    """The communicator of a density u (a Function, or a list of them)."""
+    return (u[0] if isinstance(u, (list, tuple)) else u).function_space.mesh.comm
 
 
 def readout(source, rule: str = "quadrature", *, activation: Activation | str | None = None,
@@ -334,7 +358,8 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
 
     ``source`` is a :class:`~flowfem.problem.Result` (activation, data, alpha and weight are
     taken from its problem; the default rule is the solve's own, so the network reproduces
-    ``result.predict`` to rounding) or a dolfinx Function u (then ``activation`` is required).
+    ``result.predict`` to rounding; a Result of m outputs gives a network of m outputs) or a
+    dolfinx Function u, or a list of m Functions on one space (then ``activation`` is required).
 
     * ``quadrature``: ``degree`` (basix Gauss-Jacobi degree; 1 is the midpoint rule, one
       neuron per cell) and ``subdivisions`` m set N = cells x points x m^D; ``width`` must be
@@ -351,15 +376,17 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
         raise ValueError(unknown("readout rule", rule, RULES))
     if points not in POINTS:
         raise ValueError(unknown("readout points", points, POINTS))
-    if isinstance(source, dolfinx.fem.Function):
+    if isinstance(source, dolfinx.fem.Function) or (isinstance(source, (list, tuple)) and source
+                                                       and all(isinstance(w, dolfinx.fem.Function) for w in source)):
         if activation is None:
             raise ValueError("readout of a dolfinx Function needs the activation (e.g. activation='relu')")
         u, act, loss_name = source, _activation(activation), "squared"
         data_x = data_y = None
         default_alpha, default_weight = None, "uniform"
-    elif hasattr(source, "density") and hasattr(source, "problem") and hasattr(source, "functional"):
+    elif hasattr(source, "densities") and hasattr(source, "problem") and hasattr(source, "functional"):
         problem, E = source.problem, source.functional
-        u, act, loss_name = source.density, problem.activation, problem.loss.name
+        u = source.densities[0] if len(source.densities) == 1 else source.densities
+        act, loss_name = problem.activation, problem.loss.name
         if activation is not None and _activation(activation).name != act.name:
             raise ValueError(f"activation {activation!r} differs from the problem's {act.name}; leave it out")
         if degree is None:
@@ -391,5 +418,5 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
         if x is None or y is None or alpha is None:
             raise ValueError("refit of a dolfinx Function needs the training data x, y and alpha")
         neurons = refit(neurons, x, y, alpha, default_weight if weight is None else weight,
-                        u.function_space.mesh.comm)
+                        _comm(u))
     return neurons.network()

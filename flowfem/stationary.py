@@ -512,14 +512,38 @@ def solve(E: Functional, solver: str = "cg", rtol: float = 1e-10, petsc_options:
     """
     if not E.loss.quadratic:
         raise ValueError(f"the one-solve minimiser needs the squared loss, not {E.loss.name}; use newton()")
+    if E.outputs > 1:
+        raise ValueError(f"solve() returns one density; this functional has {E.outputs} outputs: use solve_outputs()")
+    Us, infos = solve_outputs(E, solver, rtol, petsc_options, allow_unconverged, progress, preconditioner)
+    return Us[0], infos[0]
+
+
+def solve_outputs(E: Functional, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None,
+                  allow_unconverged: bool = False, progress: bool = False,
+                  preconditioner: str = "nystrom") -> tuple[list[PETSc.Vec], list[SolveInfo]]:
+    """The minimisers U*_1..U*_m of an m-output E_alpha (squared loss, y (n, m); m = 1 for y (n,)):
+
+        (alpha A + Phi^T Phi / n) U_k = Phi^T y_k / n,   k = 1..m,
+
+    one operator and m right-hand sides, solved one after another by ONE :class:`LinearSolver`:
+    the data operator Phi, the GAMG hierarchy and the Nystrom basis (which depend on Phi and
+    alpha, not on y) are built once and serve every output. The outputs are independent, so
+    each solve starts from zero. Returns the m solutions and the m solves' infos. Raises as
+    :func:`solve`.
+    """
+    if not E.loss.quadratic:
+        raise ValueError(f"the one-solve minimiser needs the squared loss, not {E.loss.name}; use newton()")
     lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged,
                        progress=progress, preconditioner=preconditioner)
-    U = E.vector()
+    Us, infos = [], []
     try:
-        info = lin.solve(E.rhs(), U)
+        for k in range(E.outputs):
+            U = E.vector()
+            infos.append(lin.solve(E.output(k).rhs(), U))
+            Us.append(U)
     finally:  # also on NotConverged: its PETSc options leave the database
         lin.destroy()
-    return U, info
+    return Us, infos
 
 
 # -- Newton -----------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def _bad_files(tmp_path):
     (tmp_path / "garbage.msh").write_bytes(b"\x00\x01 not a mesh")
     np.savetxt(tmp_path / "xerr.csv", np.column_stack([x, 0 * x, x]), delimiter=",", header="x1,xerr,y", comments="")
     np.savetxt(tmp_path / "headerless.csv", np.column_stack([x, x]), delimiter=",")
-    np.savetxt(tmp_path / "outputs.csv", np.column_stack([x, x, x]), delimiter=",", header="x1,y1,y2", comments="")
+    np.savetxt(tmp_path / "outputs.csv", np.column_stack([x, x, x]), delimiter=",", header="x1,y1,y3", comments="")
 
 
 BAD = [
@@ -73,7 +73,7 @@ BAD = [
     (["--data", "sin", "--weight", "gaussian:-1"], "scale"),
     (["--data", "{tmp}/xerr.csv"], "unknown column(s) 'xerr'"),
     (["--data", "{tmp}/headerless.csv"], "has no header: make its first line name the columns, e.g. x1,y"),
-    (["--data", "{tmp}/outputs.csv"], "several outputs y1..ym are not supported yet"),
+    (["--data", "{tmp}/outputs.csv"], "output column(s) y2 missing (found y1, y3)"),
     (["--data", "sin", "--test-data", "{tmp}/xerr.csv"], "unknown column(s) 'xerr'"),
 ]
 

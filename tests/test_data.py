@@ -73,8 +73,8 @@ BAD_HEADERS = [
     (["x1", "x1", "y"], "column(s) 'x1' appear more than once"),
     (["x1", "x3", "y"], "input column(s) x2 missing"),
     (["x2", "y", "f"], "input column(s) x1 missing"),
-    (["y", "f", "y2"], "several outputs y1..ym are not supported yet"),
-    (["x1", "y1"], "column(s) 'y1': several outputs"),
+    (["y", "f", "y2"], "columns 'y' and 'y2' both name targets"),
+    (["x1", "y2"], "output column(s) y1 missing (found y2)"),
     (["y", "f", "y"], "column(s) 'y' appear more than once"),
     (["x1", "", "y"], "column 2 of the header has no name"),
     (["f", "y", "f"], "column(s) 'f' appear more than once"),
@@ -137,7 +137,7 @@ def test_npz_shapes(tmp_path):
         assert ds.x.shape == (30, 1) and ds.y.shape == (30,)
         np.testing.assert_array_equal(ds.y, y)
     bad = {
-        "y2.npz": (dict(x=x, y=np.column_stack([y, y])), "targets y have shape (30, 2)"),
+        "y3.npz": (dict(x=x, y=np.ones((30, 2, 1))), "targets y have shape (30, 2, 1)"),
         "x3.npz": (dict(x=x[:, :, None] * np.ones(2), y=y), "inputs x have shape (30, 1, 2)"),
         "extra.npz": (dict(x=x, y=y, xerr=y), "unknown array(s) 'xerr'"),
         "nox.npz": (dict(y=y), "has no array 'x'"),
@@ -184,7 +184,7 @@ def test_check_squeezes_a_target_column_and_refuses_other_shapes():
     _, yc = data.check(x, y[:, None])
     assert yc.shape == (30,) and np.array_equal(yc, y)
     assert data.check(x[:, 0], y)[0].shape == (30, 1)
-    for bad in (y[None, :], np.column_stack([y, y]), y[:-1], y.reshape(5, 6)):
+    for bad in (y[None, :], np.ones((30, 2, 1)), y[:-1], y.reshape(5, 6)):  # (30, m): m outputs, test_multioutput
         with pytest.raises(ValueError, match="targets y have shape"):
             data.check(x, bad)
     with pytest.raises(ValueError, match=r"inputs have shape \(30, 2\); this network takes \(n, 1\)"):

@@ -96,7 +96,7 @@ def _crafted(path, **arrays):
     (dict(activation=np.array(["relu", {"x": 1}], dtype=object)), "contains pickled objects"),
     (dict(b=np.zeros(4)), r"inconsistent shapes W\(3, 2\), b\(4,\)"),
     (dict(W=np.zeros((3, 2, 1))), "inconsistent shapes"),
-    (dict(a=np.zeros((3, 2))), "inconsistent shapes"),
+    (dict(a=np.zeros((2, 3))), "inconsistent shapes"),  # a (N, m) transposed (a (3, 2) is 2 outputs)
     (dict(a=None), r"arrays \['a'\] missing"),
     (dict(W=np.zeros((3, 2), dtype=complex)), "array W has dtype complex128, expected numbers"),
     (dict(b=np.array(["1", "2", "3"])), "array b has dtype <U1, expected numbers"),

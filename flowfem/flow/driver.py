@@ -221,6 +221,10 @@ class Flow:
                  ts_rtol: float = 1e-4, ts_atol: float | None = None, petsc_options: dict | None = None,
                  step_rtol: float = 1e-6, pc_shift_factor: float | None = 4.0, adapt: bool | None = None,
                  preconditioner: str = "nystrom"):
+        if E.outputs > 1:  # one state U per flow; the m outputs' flows are independent (E is their sum)
+            raise ValueError(f"a flow evolves one density; these data have {E.outputs} outputs (y1..y{E.outputs}): "
+                             "flow each output on its own (its column as the target y), the outputs' flows are "
+                             "independent")
         self.E = E
         self.preconditioner = preconditioner
         self.G = metric_matrix(E.H, metric)  # validates the name
