@@ -47,7 +47,9 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False)
                    help="a CSV (header naming columns x1..xd and y, or y1..ym for m outputs, in any order) or NPZ "
                         "(arrays x, y) file, "
                         "or a synthetic set: sin (y = sin(pi x)), step (y = sign x), two_moons (labels -1/+1, "
-                        "d = 2)")
+                        "d = 2), or a real data set shipped by scikit-learn or statsmodels, fitted on inputs "
+                        "standardised by its training rows: diabetes1, engel, sunspots, co2 (d = 1), iris2 (d = 2, "
+                        "classes 0/1/2)")
     g.add_argument("--test-data",
                    help="held-out data: a file or a synthetic set (default: a fresh synthetic sample of max(N, 1000) "
                         "points with seed SEED + 1, or a random 20%% of the --data file's rows)")
@@ -132,12 +134,15 @@ def _load_data(args, comm):
 
 
 def cmd_solve(args, comm) -> None:
-    from flowfem import io, outputs
+    from flowfem import datasets, io, outputs
     from flowfem.plot import FIGURE_OUTPUTS as plot_outputs
     from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
     train, test = _load_data(args, comm)
+    scaling = datasets.standardisation(args.data, train)  # a real data set is fitted on standardised inputs
+    if scaling is not None:
+        train, test = scaling.dataset(train), scaling.dataset(test)
     t0 = time.perf_counter()
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
@@ -151,8 +156,12 @@ def cmd_solve(args, comm) -> None:
                          progress=not args.quiet, preconditioner=args.preconditioner, **path_args)
     metrics = io.solve_metrics(result, train, test)
     metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
+    settings = io.settings(result.functional)
+    if scaling is not None:  # recorded: flowfem readout folds it into the network (flowfem/scaling.py)
+        metrics.update(input_scaling=scaling.record())
+        settings.update(input_mean=scaling.mean, input_scale=scaling.scale)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
-        io.write_solution(tmp, result, io.settings(result.functional), metrics, train, test, plot=not args.no_plot)
+        io.write_solution(tmp, result, settings, metrics, train, test, plot=not args.no_plot, scaling=scaling)
     if comm.rank == 0:
         loss, reg = result.parts
         if auto:
@@ -434,6 +443,7 @@ def cmd_readout(args, comm) -> None:
 
     on_root(comm, lambda: check_writable(args.out, "network file", args.force, (args.density, args.data)))  # before the work
     H, u, settings = io.load_density(args.density, comm)
+    scaling = settings.pop("input_scaling", None)
     if "activation" not in settings:
         raise ValueError(f"the density {args.density!r} records no activation: it was not written by "
                          "flowfem solve; solve again")
@@ -443,10 +453,14 @@ def cmd_readout(args, comm) -> None:
             raise ValueError("--rule refit fits output weights on training data: pass --data (file or sin/step/two_moons)")
         train = _load_data(args, comm)[0]
         x, y = train.x, train.y
+        if scaling is not None:  # the density's inputs
+            x = scaling.apply(x)
     alpha = args.alpha if args.alpha is not None else settings.get("alpha")
     net = readout(u, args.rule, activation=settings["activation"], width=args.width, degree=args.degree,
                   subdivisions=args.subdivisions, seed=args.seed, points=args.points, x=x, y=y,
                   alpha=alpha, weight=settings.get("weight", "uniform"))
+    if scaling is not None:  # fitted on standardised inputs: the network file takes raw ones
+        net = scaling.fold(net)
 
     def save():
         net.save(args.out)
@@ -756,7 +770,9 @@ def parser() -> argparse.ArgumentParser:
                                    "a CSV (header naming columns x1..xd in any order, and y for an RMSE) or NPZ (x[, y]) file, "
                                    "or a synthetic set.")
     p.add_argument("--network", required=True, help="network .npz (flowfem readout, Network.save)")
-    p.add_argument("--data", required=True, help="inputs: CSV, NPZ, or sin/step/two_moons")
+    p.add_argument("--data", required=True,
+                   help="inputs: CSV, NPZ, sin/step/two_moons, or a real data set (diabetes1, engel, ...) in its "
+                        "own units")
     p.add_argument("--n", type=int, default=1000, help="points of a synthetic set (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f; f1..fm for m outputs); default: standard output")

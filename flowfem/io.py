@@ -342,6 +342,10 @@ def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1
     space = Space(arrays if comm.rank == 0 else None, comm)
     settings = {k: v.item() for k, v in data.items() if v.ndim == 0 and k not in
                 ("cell_type", "geometry_degree", "domain", "element_degree")}
+    if "input_mean" in data:  # fitted on standardised inputs (flowfem.scaling), recorded by flowfem solve
+        from flowfem.scaling import Standardisation
+
+        settings["input_scaling"] = Standardisation(data["input_mean"], data["input_scale"])
     H = WeightedH1(space, settings.get("weight", "uniform"), float(settings.get("kappa", 1.0)),
                    int(data["element_degree"]))
     values = data["u"]
@@ -363,12 +367,14 @@ def write_density(directory: str, u: dolfinx.fem.Function | list, space: Space, 
     save_density(os.path.join(directory, "density.npz"), u, space, settings)
 
 
-def write_solution(directory: str, result, settings: dict, metrics: dict, train, test, plot: bool = True) -> None:
+def write_solution(directory: str, result, settings: dict, metrics: dict, train, test, plot: bool = True,
+                   scaling=None) -> None:
     """Write density.bp, density.xdmf/.h5, density.npz (with ``settings``), predictions.csv (f_{u*} on ``test``),
     metrics.json (``metrics``) and figure.png of a :class:`flowfem.problem.Result`, and path.png when it
     holds a regularisation path (collective). m outputs: the m densities as fields of the density files
     and columns of density.npz's u, predictions f1..fm, figure_y1.png, ...
-    (:func:`flowfem.plot.write_solution_figure`)."""
+    (:func:`flowfem.plot.write_solution_figure`). ``scaling``: the :class:`flowfem.scaling.Standardisation`
+    that ``train`` and ``test`` went through, undone for the inputs of predictions.csv."""
     from flowfem import plot as _plot
 
     space = result.problem.space
@@ -376,7 +382,8 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
     write_density(directory, result.densities if result.outputs > 1 else result.densities[0], space, settings)
     f_test = result.predict(test.x)
     if comm.rank == 0:
-        _data.save_predictions(os.path.join(directory, "predictions.csv"), test.x, f_test, test.y)
+        _data.save_predictions(os.path.join(directory, "predictions.csv"),
+                               test.x if scaling is None else scaling.invert(test.x), f_test, test.y)
     write_json(os.path.join(directory, "metrics.json"), metrics, comm)
     if plot:
         _plot.write_solution_figure(os.path.join(directory, "figure.png"), result, train, test, f_test)

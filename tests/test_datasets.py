@@ -192,3 +192,23 @@ def test_misspelt_name_suggests_the_real_set():
         data.get("engle")
     with pytest.raises(ValueError, match="did you mean the synthetic set 'sin'"):
         data.get("sine")
+
+
+def test_solve_records_and_readout_folds_the_scaling(tmp_path):
+    """flowfem solve --data engel fits standardised incomes and records the training rows' scaling
+    in metrics.json; flowfem readout folds it into the network, so predict on raw incomes gives
+    the solve's predictions and test RMSE."""
+    out = tmp_path / "engel"
+    assert main(["solve", "--data", "engel", "--mesh-size", "8", "--out", str(out), "--no-plot", "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    train, test = data.train_test("engel", seed=0)
+    np.testing.assert_allclose(m["input_scaling"]["input_mean"], [train.x.mean()], rtol=1e-14)
+    np.testing.assert_allclose(m["input_scaling"]["input_scale"], [train.x.std()], rtol=1e-14)
+    pred = np.loadtxt(out / "predictions.csv", delimiter=",", skiprows=1)  # x1, y, f: raw test incomes
+    np.testing.assert_allclose(pred[:, 0], test.x[:, 0], rtol=1e-14)
+    net = tmp_path / "net.npz"
+    assert main(["readout", "--density", str(out), "--out", str(net)]) == 0
+    loaded = Network.load(net)
+    assert loaded.input_scaling.mean.tolist() == m["input_scaling"]["input_mean"]
+    np.testing.assert_allclose(loaded.predict(test.x), pred[:, 2], rtol=1e-10)
+    assert np.sqrt(np.mean((loaded.predict(test.x) - test.y) ** 2)) == pytest.approx(m["test_rmse"], rel=1e-10)
