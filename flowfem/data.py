@@ -79,13 +79,14 @@ class Dataset:
 
 
 def check(x, y=None, input_dim: int | None = None, what: str = "data",
-          takes: str = "the network") -> tuple[np.ndarray, np.ndarray | None]:
+          takes: str = "the network", outputs: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """x as a float (n, d) array and y as a float (n,) or (n, m) array: the one check of data arrays.
 
     x: (n, d) with n, d >= 1, or (n,) for d = 1. y: (n,) or (n, 1) (returned as (n,): one output),
     (n, m) with m >= 2 (m outputs), or None (returned as None).
     Both finite. ``input_dim``, if given, is the d that ``takes`` (a network, neurons) expects;
-    a parameter mesh's d is checked by :func:`flowfem.space.check_parameter_dim`.
+    a parameter mesh's d is checked by :func:`flowfem.space.check_parameter_dim`. ``outputs``, if
+    given, is the number of outputs m that ``takes`` handles (1: y must be one column).
     Raises ValueError naming ``what`` and the problem (shape, first non-finite row).
     """
     if x is None:
@@ -118,6 +119,10 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
     if y.ndim not in (1, 2) or y.shape[0] != x.shape[0] or y.size == 0:
         raise ValueError(f"{what}: targets y have shape {shape}; expected ({x.shape[0]},), or "
                          f"({x.shape[0]}, m) for m outputs, one row per input")
+    m = 1 if y.ndim == 1 else y.shape[1]
+    if outputs is not None and m != outputs:
+        raise ValueError(f"{what}: targets y have {m} outputs (shape {shape}), but {takes} takes "
+                         + ("one output: give one target column y" if outputs == 1 else f"{outputs}"))
     if not np.all(np.isfinite(y)):
         bad = int(np.argwhere(~np.isfinite(y))[0, 0])
         raise ValueError(f"{what}: targets y contain NaN or inf (first at row {bad}); remove or fill those rows")

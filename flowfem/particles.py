@@ -302,14 +302,14 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     """
     if y is None:  # data.check reads None as "no targets", which training cannot do without
         raise ValueError("training data: targets y are missing; pass y of shape (n,) or (n, 1)")
-    x, y = _data.check(x, y, what="training data")
+    x, y = _data.check(x, y, what="training data", takes="particle training (flowfem.particles)", outputs=1)
     n, d = x.shape
     act, lss = _activation(activation), _loss(loss)
     lss.check_labels(y)
     if (x_test is None) != (y_test is None):
         raise ValueError("pass both x_test and y_test, or neither")
     if x_test is not None:
-        x_test, y_test = _data.check(x_test, y_test, what="test data")
+        x_test, y_test = _data.check(x_test, y_test, what="test data", takes="particle training", outputs=1)
         if x_test.shape[1] != d:
             raise ValueError(f"x_test has {x_test.shape[1]} columns but x has {d}; use the same features")
         lss.check_labels(y_test)

@@ -50,6 +50,7 @@ import numpy as np
 from flowfem import memory
 from flowfem import progress as progress_
 from flowfem.arguments import positive
+from flowfem.data import check as _check
 from flowfem.loss import loss as _loss
 from flowfem.network import Network
 from flowfem.operator.features import augment, evaluate
@@ -72,11 +73,14 @@ def with_parameters(network: Network, p: np.ndarray) -> Network:
 
 
 def _data(network: Network, x, y, loss):
-    """Inputs (n, d), targets (n,) checked against the network and the loss, and the loss."""
+    """Inputs (n, d), targets (n,) checked against the network and the loss, and the loss.
+    The landscape is that of one output: ValueError for a network or targets with m >= 2."""
+    if network.outputs > 1:
+        raise ValueError(f"the landscape tools take a network with one output; this one has {network.outputs}")
     x = network._check_x(x)
-    y = np.asarray(y, dtype=float).reshape(-1)
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"targets y have shape {y.shape}; expected ({x.shape[0]},), one per input row")
+    y = _check(x, y, network.input_dim, what="the data", takes="flowfem.plateau", outputs=1)[1]
+    if y is None:
+        raise ValueError(f"targets y are missing; expected ({x.shape[0]},), one per input row")
     ell = _loss(loss)
     ell.check_labels(y)
     return x, y, ell
