@@ -206,7 +206,9 @@ def cmd_solve(args, comm) -> None:
 
 
 def cmd_flow(args, comm) -> None:
-    """The gradient flow of E_alpha from an initial density: energy log, trajectory, checkpoints."""
+    """The gradient flow of E_alpha from an initial density: energy log, trajectory, checkpoints. Data of m
+    outputs (y1..ym) flow m densities in lock step (:mod:`flowfem.flow.driver`), written as the fields
+    density1..densitym; the log holds the summed energy and each output's."""
     import math
 
     from flowfem import io, outputs, plot
@@ -253,7 +255,8 @@ def cmd_flow(args, comm) -> None:
             print(f"resuming from {resumed.path}: step {state.step}, t = {state.t:.6g}"
                   + (f" (written on {resumed.ranks} rank(s))" if resumed.ranks != comm.size else ""))
     else:
-        U = io.vector(initial.initial_density(problem.H, args.initial, problem.activation))
+        U = flow.as_state([io.vector(u) for u in initial.initial_densities(problem.H, args.initial,
+                                                                           problem.activation, E.outputs)])
     # the checkpoints of this run (a resumed run continues its series): every K steps, and where Ctrl-C stops it
     directory = args.checkpoint_dir or (
         args.resume if args.resume and os.path.isdir(args.resume)
@@ -261,7 +264,8 @@ def cmd_flow(args, comm) -> None:
     checkpoints = checkpoint.Checkpoints(directory, args.checkpoint_every, fp, comm,
                                          run=resumed.run if resumed else None)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
-        with io.TrajectoryWriter(os.path.join(tmp, "trajectory.xdmf"), problem.H, args.write_every) as writer, \
+        with io.TrajectoryWriter(os.path.join(tmp, "trajectory.xdmf"), problem.H, args.write_every,
+                                 E.outputs) as writer, \
                 driver.Interrupt() as interrupt:
             if resumed:  # the frames up to the checkpoint, saved beside it: the trajectory goes on from step 0
                 frames, missing = checkpoint.saved_frames(resumed, comm)
@@ -276,7 +280,11 @@ def cmd_flow(args, comm) -> None:
             raise Interrupted(f"{result.stopped}; resume with: {_resume_command(args, comm, checkpoints.latest)}")
         t3 = time.perf_counter()
         settings = io.settings(E)
-        io.write_density(tmp, io.function(problem.H, U), space, settings, result.times[-1])
+        m = E.outputs
+        densities = [io.function(problem.H, Uk, "density" if m == 1 else f"density{k + 1}")
+                     for k, Uk in enumerate(result.Us)]
+        io.write_density(tmp, densities[0] if m == 1 else densities, space, settings, result.times[-1])
+        f_test = [E.Phi.predict(Uk, test.x) for Uk in result.Us]
         summary = dict(
             settings, data=args.data, n_train=train.n, ndofs=problem.H.ndofs, ranks=comm.size, domain=space.domain,
             initial=args.initial, resumed_from=resumed.path if resumed else None, steps_taken=result.steps,
@@ -285,7 +293,11 @@ def cmd_flow(args, comm) -> None:
             flow_seconds=t3 - t2, contraction_rate=result.contraction_rate(),
             linear_iterations=int(result.column("linear_iterations").sum()),
             stationary_iterations=getattr(flow.stationary_info, "iterations", None),
-            frames=writer.frames, **io.fit_scores(problem.loss, E.Phi.predict(U, test.x), test.y, "test"))
+            frames=writer.frames, outputs=m,
+            **io.fit_scores(problem.loss, f_test[0] if m == 1 else np.column_stack(f_test), test.y, "test"))
+        if m > 1:
+            summary.update(final_energy_outputs=result.log[-1]["energy_outputs"],
+                           final_error_outputs=result.log[-1]["error_outputs"])
         summary.update(provenance.record(args, comm, *args.mesh_options))
         io.write_log(tmp, result, comm, extra=summary)
         if not args.no_plot and comm.rank == 0:
@@ -297,6 +309,11 @@ def cmd_flow(args, comm) -> None:
         print(f"{result.scheme} in the {result.metric} metric: {result.steps} steps to t = {last['t']:.6g} "
               f"({result.stopped}); E_alpha = {last['energy']:.8e} (loss {last['loss']:.4e} + regulariser "
               f"{last['regulariser']:.4e}){err}")
+        if E.outputs > 1:
+            print(f"{E.outputs} outputs in lock step, one linear solver per step: E_alpha per output "
+                  + ", ".join(f"y{k + 1} {v:.6e}" for k, v in enumerate(last["energy_outputs"]))
+                  + ("" if not np.isfinite(last["error"]) else "; ||u_k - u_k*|| / ||u_k*|| "
+                     + ", ".join(f"{v:.2e}" for v in last["error_outputs"])))
         lin = result.column("linear_iterations")[1:]
         print(f"linear iterations {int(lin.sum())} ({lin.mean() if len(lin) else 0:.1f} per step), flow "
               f"{t3 - t2:.2f} s, stationary solve {t2 - t1:.2f} s, on {comm.size} rank(s), {problem.H.ndofs} dofs, "
@@ -305,8 +322,9 @@ def cmd_flow(args, comm) -> None:
             print(_max_steps_warning(args, flow, last, t_end))
         if checkpoints.every is not None:
             print(f"checkpoints in {checkpoints.directory}/ (every {checkpoints.every} steps)")
+        fields = "" if E.outputs == 1 else f"; fields density1..density{E.outputs}"
         print(f"wrote {args.out}/: trajectory.xdmf/.h5 ({writer.frames} frames), density.bp, density.xdmf/.h5, "
-              "density.npz, energy.csv, energy.json" + ("" if args.no_plot else ", energy.png"))
+              "density.npz, energy.csv, energy.json" + ("" if args.no_plot else ", energy.png") + fields)
 
 
 def _max_steps_warning(args, flow, last: dict, t_end: float) -> str:

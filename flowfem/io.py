@@ -406,14 +406,18 @@ class TrajectoryWriter:
     a run resumed from it writes them first (:meth:`replay`), so its trajectory holds every frame from
     step 0 once. Kept frames cost ndofs * 8 bytes each on rank 0 until the next checkpoint. Each write
     first checks the disk's room (:func:`require_space`: OSError).
+
+    ``outputs`` m > 1: the densities of an m-output flow, fields ``density1..densitym`` of every frame
+    (as in :func:`write_density`), written from the VecNest of the m dof vectors; kept frames hold
+    values (N, m).
     """
 
-    def __init__(self, path: str, H: WeightedH1, every: int = 1):
+    def __init__(self, path: str, H: WeightedH1, every: int = 1, outputs: int = 1):
         if every < 1:
             raise ValueError(f"write every {every} steps: give a positive number")
         self.every = int(every)
-        self.u = H.function("density")
-        self.out = geometry_function(self.u)  # the Function written: u itself or its interpolant
+        self.us = [H.function("density" if outputs == 1 else f"density{k + 1}") for k in range(outputs)]
+        self.outs = [geometry_function(u) for u in self.us]  # the Functions written: u itself or its interpolant
         self.path, self.comm = path, H.space.comm
         require_space(path, xdmf_bytes(H.space.mesh), self.comm)
         self.file = dolfinx.io.XDMFFile(H.space.comm, path, "w")
@@ -424,28 +428,35 @@ class TrajectoryWriter:
         self.theta: np.ndarray | None = None
 
     def write(self, t: float, U: PETSc.Vec, step: int = 0) -> None:
-        assign(self.u, U)
-        if self.out is not self.u:
-            self.out.interpolate(self.u)
+        """Write the frame of time t: U a dof vector, or the VecNest of the m outputs' (collective)."""
+        Us = U.getNestSubVecs() if U.getType() == PETSc.Vec.Type.NEST else [U]
+        if len(Us) != len(self.us):
+            raise ValueError(f"a state of {len(Us)} densities for a trajectory of {len(self.us)}")
+        for u, out, V in zip(self.us, self.outs, Us):
+            assign(u, V)
+            if out is not u:
+                out.interpolate(u)
         self._write(t, step)
 
     def _write(self, t: float, step: int) -> None:
-        require_space(self.path, xdmf_bytes(self.out.function_space.mesh, 1), self.comm)
-        self.file.write_function(self.out, t)
+        require_space(self.path, xdmf_bytes(self.outs[0].function_space.mesh, len(self.outs)), self.comm)
+        for out in self.outs:
+            self.file.write_function(out, t)
         self.frames += 1
         if self.kept is not None:
-            values = gather_dofs(self.out)[1]
-            if values is not None:
-                self.kept.append((int(step), float(t), values))
+            values = [gather_dofs(out)[1] for out in self.outs]
+            if values[0] is not None:
+                self.kept.append((int(step), float(t), values[0] if len(values) == 1 else np.column_stack(values)))
 
     def track(self, start: int) -> None:
         """Keep the frames written from now on (of steps > start) until :meth:`take` (collective)."""
-        self.theta = gather_dofs(self.out)[0]
+        self.theta = gather_dofs(self.outs[0])[0]
         self.kept, self.start = [], int(start)
 
     def take(self, step: int) -> dict | None:
         """The kept frames of steps in (start, step] on rank 0, as arrays ``theta`` (N, gdim), ``start``,
-        ``steps`` (m,), ``times`` (m,) and ``values`` (m, N); the next take starts after ``step``.
+        ``steps`` (F,), ``times`` (F,) and ``values`` (F, N) (F frames; (F, N, m) for m outputs); the next
+        take starts after ``step``.
         None when not tracking, and on the other ranks."""
         if self.kept is None:
             return None
@@ -455,13 +466,19 @@ class TrajectoryWriter:
             return None
         return dict(theta=self.theta, start=np.array(start), steps=np.array([k for k, _, _ in kept], dtype=np.int64),
                     times=np.array([t for _, t, _ in kept], dtype=float),
-                    values=np.array([v for _, _, v in kept], dtype=float).reshape(len(kept), len(self.theta)))
+                    values=np.array([v for _, _, v in kept], dtype=float).reshape(
+                        len(kept), len(self.theta), *([len(self.us)] if len(self.us) > 1 else [])))
 
     def replay(self, theta: np.ndarray, steps: np.ndarray, times: np.ndarray, values: np.ndarray) -> None:
         """Write frames saved by :meth:`take` (any number of ranks; theta, times and values given on every
         rank) before the run continues: the values are copied onto the dofs by coordinates (collective)."""
         for step, t, v in zip(steps, times, values):
-            fill_by_coordinates(self.out, theta, v, "a saved trajectory frame", "it was written for another mesh")
+            columns = [v] if len(self.outs) == 1 else list(np.asarray(v).reshape(len(v), -1).T)
+            if len(columns) != len(self.outs):
+                raise CollectiveError(f"a saved trajectory frame holds {len(columns)} densities, this flow "
+                                      f"{len(self.outs)}")
+            for out, column in zip(self.outs, columns):
+                fill_by_coordinates(out, theta, column, "a saved trajectory frame", "it was written for another mesh")
             self._write(float(t), int(step))
 
     def close(self) -> None:
@@ -480,15 +497,20 @@ LOG_COLUMNS = ("step", "t", "tau", "energy", "loss", "regulariser", "gap", "erro
 
 
 def write_log(directory: str, result, comm: MPI.Comm, extra: dict | None = None) -> None:
-    """energy.csv (one row per step, :data:`LOG_COLUMNS`) and energy.json (the same, with the run's settings) of a
-    :class:`flowfem.flow.FlowResult`; rank 0 writes."""
+    """energy.csv (one row per step, :data:`LOG_COLUMNS`; m outputs: then energy1..energym and
+    error1..errorm, each output's E_k and relative distance to u*_k) and energy.json (the log, with the
+    run's settings) of a :class:`flowfem.flow.FlowResult`; rank 0 writes."""
     if comm.rank != 0:
         return
+    m = len(result.log[0].get("energy_outputs", [None]))
+    per_output = [(f"{name}{k + 1}", f"{name}_outputs", k) for name in ("energy", "error") for k in range(m)] \
+        if m > 1 else []
     with open(os.path.join(directory, "energy.csv"), "w") as f:
-        f.write(",".join(LOG_COLUMNS) + "\n")
+        f.write(",".join([*LOG_COLUMNS, *(c for c, _, _ in per_output)]) + "\n")
         for r in result.log:
-            f.write(",".join(repr(int(r[k])) if k in ("step", "newton_iterations", "linear_iterations", "rejections")
-                             else repr(float(r[k])) for k in LOG_COLUMNS) + "\n")
+            f.write(",".join([repr(int(r[k])) if k in ("step", "newton_iterations", "linear_iterations", "rejections")
+                              else repr(float(r[k])) for k in LOG_COLUMNS]
+                             + [repr(float(r[key][k])) for _, key, k in per_output]) + "\n")
     doc = dict(metric=result.metric, scheme=result.scheme, lam=result.lam, energy_star=result.energy_star,
                stopped=result.stopped, steps=result.log, **(extra or {}))
     with open(os.path.join(directory, "energy.json"), "w") as f:

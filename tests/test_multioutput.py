@@ -134,8 +134,10 @@ def test_several_outputs_are_refused_where_they_do_not_apply():
     Y[Y == 0] = 1.0
     with pytest.raises(ValueError, match="2 outputs .* need the squared loss"):
         problem(loss="logistic").fit(x, Y)
-    with pytest.raises(ValueError, match="a flow evolves one density; these data have 2 outputs"):
-        problem().flow(x, Y)
+    flow = problem().flow(x, Y)  # flows take m outputs (tests/test_flow_outputs.py); one density per output
+    with pytest.raises(ValueError, match="a flow of 2 outputs evolves 2 densities"):
+        flow.run(flow.E.output(0).vector(), max_steps=1)
+    flow.destroy()
     E = problem().functional(x, Y)
     with pytest.raises(ValueError, match="use E.output"):
         E.rhs()

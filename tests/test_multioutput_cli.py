@@ -1,6 +1,7 @@
 """Multi-output regression through the command (issue 14 §1): `flowfem solve` on a CSV with columns
 y1..ym, its files, `readout`, `predict` and `export` of the m-output network, 1 and 2 ranks agreeing,
-and the commands that take one output refusing m in one line."""
+and the commands that take one output refusing m in one line (`flowfem flow` takes m outputs:
+tests/test_flow_outputs.py)."""
 
 import json
 import os
@@ -102,7 +103,6 @@ def test_one_and_two_ranks_agree(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["flow"], "a flow evolves one density; these data have 3 outputs"),
     (["compare", "--widths", "4", "--seeds", "0", "--steps", "2"], "compare takes one output; 'd' has 3"),
     (["solve", "--loss", "logistic"], "3 outputs (y of shape (160, 3)) need the squared loss"),
 ])

@@ -17,6 +17,11 @@ energy gap decays like E(t) - E* <= exp(-2 alpha t) (E(0) - E*). The flow is
 stiff in L2 (alpha A against M is ~ alpha / h^2), so implicit steps may be
 large, and growing (geometric) steps reach the stationary state in few steps.
 
+Several outputs (y (n, m), squared loss): E_alpha is the sum of the m outputs'
+functionals, so its flow is m independent flows with the same metric, run in
+lock step on a VecNest of the m densities (same times and steps, one linear
+solver per shift for the m right-hand sides; :mod:`~flowfem.flow.driver`).
+
 The package:
 
 * :mod:`~flowfem.flow.schemes`     the time steppers (implicit Euler, theta, Crank-Nicolson, BDF-k), each

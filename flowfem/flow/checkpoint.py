@@ -13,7 +13,9 @@ rank-count independent order (sorted by coordinates), the scheme's earlier
 states ``history`` (m, ndofs) in the same order (multistep schemes: their
 times are in the manifest), a JSON ``manifest`` (format version, run id,
 step, t, next tau, the error tolerance ts_atol, the number of ranks, the
-problem's fingerprint, the energy log) and the sha256 of all of it.
+problem's fingerprint, the energy log) and the sha256 of all of it. An
+m-output flow stores ``u`` (ndofs, m) and ``history`` (k, ndofs, m), one
+column per output (as density.npz), and its fingerprint records ``outputs``.
 :func:`load_checkpoint` restores U and the history value for value, so a
 resumed run on the same number of ranks repeats the uninterrupted one bit
 for bit.
@@ -45,7 +47,7 @@ from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolf
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from flowfem.flow.driver import Flow, FlowState  # noqa: E402
+from flowfem.flow.driver import Flow, FlowState, blocks  # noqa: E402
 from flowfem.io import fill_by_coordinates, function, gather_dofs, jsonable, vector  # noqa: E402
 
 VERSION = 2
@@ -67,6 +69,8 @@ def fingerprint(flow: Flow, **extra) -> dict:
               weight=str(H.weight), kappa=H.kappa, alpha=E.alpha, loss=E.loss.name,
               activation=E.Phi.sigma.name, quadrature_degree=E.Phi.quadrature.degree, n=E.n,
               data_sha256=digest.hexdigest(), metric=flow.metric, scheme=flow.scheme.label, adapt=flow.adapt)
+    if E.outputs > 1:  # only then: one-output checkpoints written before outputs existed still resume
+        fp.update(outputs=E.outputs)
     fp.update(extra)
     return fp
 
@@ -93,8 +97,12 @@ def _checksum(theta: np.ndarray, values: np.ndarray, history: np.ndarray, manife
 
 
 def _gathered(flow: Flow, V: PETSc.Vec) -> tuple[np.ndarray, np.ndarray]:
-    """(theta, values) of a dof vector on rank 0, sorted by coordinates (collective)."""
-    return gather_dofs(function(flow.E.H, V, "checkpoint"))
+    """(theta, values) of a state on rank 0, sorted by coordinates: values (ndofs,), or (ndofs, m) for the
+    VecNest of m outputs (collective)."""
+    parts = [gather_dofs(function(flow.E.H, Vk, "checkpoint")) for Vk in blocks(V)]
+    if len(parts) == 1 or parts[0][0] is None:
+        return parts[0]
+    return parts[0][0], np.column_stack([v for _, v in parts])
 
 
 class Checkpoints:
@@ -136,7 +144,7 @@ class Checkpoints:
             manifest = json.dumps(dict(version=VERSION, run=self.run, step=state.step, t=state.t, tau=state.tau,
                                        ts_atol=state.ts_atol, history_t=[s for s, _ in entries],
                                        ranks=self.comm.size, fingerprint=self.fingerprint, log=jsonable(state.log)))
-            H = np.array(history, dtype=float).reshape(len(history), len(values))
+            H = np.array(history, dtype=float).reshape(len(history), *values.shape)
             digest = _checksum(theta, values, H, manifest)
             os.makedirs(self.directory, exist_ok=True)
             if frames is not None:  # before the checkpoint: no checkpoint without its frames
@@ -289,16 +297,26 @@ def load_checkpoint(path: str, flow: Flow, fingerprint: dict | None = None) -> C
             raise CheckpointError(f"{where} belongs to a different problem ({details}); "
                                   "resume with the options of the run that wrote it")
 
+    m = len(flow.outputs)
+    if (values.ndim == 1 and m > 1) or (values.ndim == 2 and values.shape[1] != m):
+        raise CheckpointError(f"{where} holds {1 if values.ndim == 1 else values.shape[1]} output(s), this flow "
+                              f"has {m}: resume with the data of the run that wrote it")
+
     def restore(v: np.ndarray) -> PETSc.Vec:
-        u = H.function("u0")
-        fill_by_coordinates(u, theta, v, where, "it was written for another mesh")
-        return vector(u)
+        Us = []
+        for column in ([v] if m == 1 else list(v.T)):
+            u = H.function("u0")
+            fill_by_coordinates(u, theta, column, where, "it was written for another mesh")
+            Us.append(vector(u))
+        return flow.as_state(Us)
 
     log = manifest["log"]
     for r in log:
         for k, v in r.items():
             if v is None:  # NaN, written as null
                 r[k] = float("nan")
+            elif isinstance(v, list):  # per output (m outputs)
+                r[k] = [float("nan") if w is None else w for w in v]
     state = FlowState(int(manifest["step"]), float(manifest["t"]), float(manifest["tau"]), log,
                       manifest["ts_atol"], [(float(s), restore(v)) for s, v in zip(manifest["history_t"], history)])
     return Checkpoint(state, restore(values), manifest["path"], manifest["run"], int(manifest["ranks"]))

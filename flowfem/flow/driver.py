@@ -8,6 +8,23 @@ interrupted (:class:`Interrupt`: Ctrl-C), whichever comes first. Each step
 is logged (time, step size, E_alpha and its two parts, the gap to E* and
 the distance to U* when the stationary solution is known, solver work);
 checkpoints (:mod:`flowfem.flow.checkpoint`) store the state between steps.
+
+Several outputs (y of shape (n, m), squared loss): E_alpha(U_1..U_m) =
+sum_k E_k(U_k) (:mod:`flowfem.functional`), so dE_alpha is blockwise and the
+flow of the sum in the product metric G (+) ... (+) G is m independent flows,
+
+    G dU_k/dt = -dE_k(U_k) = -(K U_k - b_k),   K = alpha A + Phi^T Phi / n,  b_k = Phi^T y_k / n.
+
+They advance in lock step: the state is a PETSc VecNest of the m dof vectors
+(:meth:`Flow.vector`), every scheme runs unchanged on it (its vector
+algebra acts blockwise), and each implicit stage solves one system
+(s G + K) X_k = B_k per output with ONE linear solver, set up once per shift
+s and shared by the m right-hand sides (:class:`OutputsNewton`). The times
+t_n and steps are the same for every output; adaptive steps take the
+largest of the m outputs' error norms (:class:`ErrorControl`), so that each
+output meets the tolerance it would meet alone. The log holds the sums
+(energy, loss, regulariser, gap), the largest relative distance to u*_k
+(``error``) and, per output, ``energy_outputs`` and ``error_outputs``.
 """
 
 from __future__ import annotations
@@ -31,9 +48,52 @@ from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.petsc_options import parse as parse_options  # noqa: E402
-from flowfem.stationary import NewtonSolver, check_tolerances, newton, solve  # noqa: E402
+from flowfem.stationary import (NewtonInfo, NewtonSolver, SolveInfo, check_tolerances, newton,  # noqa: E402
+                                solve, solve_outputs)
 
 METRICS = ("L2", "H1")
+
+
+def blocks(V: PETSc.Vec) -> list[PETSc.Vec]:
+    """The dof vectors of a flow's state: [V] for one output, the m blocks of a VecNest for m outputs
+    (views: changing a block changes V)."""
+    return V.getNestSubVecs() if V.getType() == PETSc.Vec.Type.NEST else [V]
+
+
+class OutputsNewton:
+    """The implicit stages of an m-output flow (squared loss): F_k(U_k) = s G (U_k - W_k) + dE_k(U_k) - g_k = 0
+    for k = 1..m, each affine with the same Jacobian s G + alpha A + Phi^T Phi / n.
+
+    One :class:`flowfem.stationary.NewtonSolver` (its :class:`~flowfem.stationary.LinearSolver`: the
+    GAMG hierarchy, the Nystrom basis or the MUMPS factors for the shift s) solves the m outputs one
+    after another: its residual reads the targets through its functional, which is set to output k for
+    output k's solve; its operator depends on H, Phi and alpha, which the outputs share, so a step sets
+    up the preconditioner once (at most: only when s changes) for all m right-hand sides.
+    """
+
+    def __init__(self, newton: NewtonSolver, outputs: list[Functional]):
+        self.newton, self.outputs = newton, outputs
+
+    def solve(self, U: PETSc.Vec, shift: float = 0.0, anchor: PETSc.Vec | None = None,
+              g: PETSc.Vec | None = None):
+        """Solve the m stages in place (U, anchor, g: VecNests of m blocks); returns one NewtonInfo with the
+        iterations summed over the outputs, their linear iterations in turn and the largest residual."""
+        anchors = blocks(anchor) if anchor is not None else [None] * len(self.outputs)
+        gs = blocks(g) if g is not None else [None] * len(self.outputs)
+        infos = []
+        try:
+            for Ek, Uk, Wk, gk in zip(self.outputs, blocks(U), anchors, gs):
+                self.newton.E = Ek
+                infos.append(self.newton.solve(Uk, shift=shift, anchor=Wk, g=gk))
+        finally:
+            self.newton.E = None
+        return NewtonInfo(infos[0].solver, sum(i.iterations for i in infos), max(i.residual for i in infos),
+                          min(i.reason for i in infos), [r for i in infos for r in i.history],
+                          all(i.converged for i in infos), infos[0].rank, infos[0].preconditioner,
+                          linear_iterations=[n for i in infos for n in i.linear_iterations])
+
+    def destroy(self):
+        self.newton.destroy()
 
 
 def metric_matrix(H: WeightedH1, metric: str) -> PETSc.Mat:
@@ -49,20 +109,22 @@ def metric_matrix(H: WeightedH1, metric: str) -> PETSc.Mat:
 @dataclass
 class FlowState:
     """Where a run stands after ``step`` steps: time t, the next step size tau, the log so far, the
-    absolute error tolerance of adaptive steps, and the scheme's earlier states [(t_j, U^j)] (newest
-    first; empty for one-step schemes) as of this step."""
+    absolute error tolerance of adaptive steps (a list of one per output for m outputs), and the
+    scheme's earlier states [(t_j, U^j)] (newest first; empty for one-step schemes) as of this step."""
 
     step: int = 0
     t: float = 0.0
     tau: float = 1.0
     log: list = field(default_factory=list)
-    ts_atol: float | None = None
+    ts_atol: float | list | None = None
     history: list = field(default_factory=list)
 
 
 @dataclass
 class FlowResult:
-    """The final density and the energy log of a run (one dict per step, step 0 = initial state)."""
+    """The final density and the energy log of a run (one dict per step, step 0 = initial state).
+    For m outputs ``U`` (and ``U_star``) is the VecNest of the m densities, ``Us`` their list, and the
+    log's energies are sums over the outputs (see :mod:`flowfem.flow.driver`)."""
 
     U: PETSc.Vec
     log: list
@@ -74,7 +136,18 @@ class FlowResult:
     stopped: str = ""
     interrupted: bool = False
 
+    @property
+    def Us(self) -> list[PETSc.Vec]:
+        """The final dof vectors, one per output."""
+        return blocks(self.U)
+
+    @property
+    def outputs(self) -> int:
+        return len(self.Us)
+
     def column(self, key: str) -> np.ndarray:
+        """A logged quantity at steps 0..steps: shape (steps + 1,), or (steps + 1, m) for the per-output
+        columns ``energy_outputs`` and ``error_outputs`` (m outputs only)."""
         return np.array([r[key] for r in self.log], dtype=float)
 
     @property
@@ -87,7 +160,7 @@ class FlowResult:
 
     @property
     def errors(self) -> np.ndarray:
-        """||U_k - U*||_G / ||U*||_G (NaN without a reference)."""
+        """||U_k - U*||_G / ||U*||_G (NaN without a reference; m outputs: the largest over the outputs)."""
         return self.column("error")
 
     @property
@@ -127,10 +200,18 @@ class ErrorControl:
     accepted iff w <= 1, and the next (or retried) step is
     tau min(max(safety w^(-1/p), 0.1), 2) (safety halved after a
     rejection), p the estimate's order, capped at tau_max.
+
+    m outputs (a VecNest state, ``atol`` one per output): w = max_k w_k over
+    the outputs' norms, each with its own atol_k. The step is then the one
+    the most demanding output would take alone, so every output meets the
+    tolerance it meets in a single-output run; a norm over all m ndofs
+    entries (or a rule on the summed energy) would let an output of small
+    amplitude, whose error is drowned by the others', take steps too large
+    for it.
     """
 
     rtol: float
-    atol: float
+    atol: float | list
     tau_max: float = math.inf
     safety: float = 0.9
     reject_safety: float = 0.5
@@ -138,10 +219,15 @@ class ErrorControl:
     max_rejections: int = 10
 
     def norm(self, e: PETSc.Vec, u: PETSc.Vec, v: PETSc.Vec) -> float:
-        scale = self.atol + self.rtol * np.maximum(np.abs(u.array_r), np.abs(v.array_r))
-        local = np.array([np.sum((e.array_r / scale) ** 2), e.getLocalSize()], dtype=float)
+        """w of the estimate e of a step v -> u (m outputs: the largest of the m blocks' w_k)."""
+        es, us, vs = blocks(e), blocks(u), blocks(v)
+        atols = self.atol if isinstance(self.atol, (list, tuple)) else [self.atol] * len(es)
+        local = np.empty(2 * len(es))
+        for k, (ek, uk, vk) in enumerate(zip(es, us, vs)):
+            scale = atols[k] + self.rtol * np.maximum(np.abs(uk.array_r), np.abs(vk.array_r))
+            local[2 * k: 2 * k + 2] = np.sum((ek.array_r / scale) ** 2), ek.getLocalSize()
         total = e.getComm().tompi4py().allreduce(local, op=MPI.SUM)
-        return float(np.sqrt(total[0] / total[1]))
+        return float(np.sqrt(np.max(total[0::2] / total[1::2])))
 
     def propose(self, tau: float, w: float, order: int) -> tuple[bool, float]:
         """(accept, next step size) for an error norm w of an estimate of order p."""
@@ -214,6 +300,14 @@ class Flow:
     systems s G + K is rebuilt only when the shift crosses a power of f (see
     :class:`flowfem.stationary.LinearSolver`); ``preconditioner`` is cg's
     (``nystrom``, default, or ``gamg``: :mod:`flowfem.nystrom`).
+
+    m outputs (E of y (n, m)): the state is a VecNest of m dof vectors
+    (:meth:`vector`, :meth:`as_state`), stepped in lock step as described in
+    :mod:`flowfem.flow.driver`. The linear floor is rtol min_k ||dE_k(0)||
+    (over the outputs with nonzero data), so that every output's solves are
+    at least as accurate as in its own single-output flow; ``ts_atol``
+    defaults to one value per output (ts_rtol max |U_k| of its stationary
+    or initial density).
     """
 
     def __init__(self, E: Functional, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",
@@ -221,11 +315,8 @@ class Flow:
                  ts_rtol: float = 1e-4, ts_atol: float | None = None, petsc_options: dict | None = None,
                  step_rtol: float = 1e-6, pc_shift_factor: float | None = 4.0, adapt: bool | None = None,
                  preconditioner: str = "nystrom"):
-        if E.outputs > 1:  # one state U per flow; the m outputs' flows are independent (E is their sum)
-            raise ValueError(f"a flow evolves one density; these data have {E.outputs} outputs (y1..y{E.outputs}): "
-                             "flow each output on its own (its column as the target y), the outputs' flows are "
-                             "independent")
         self.E = E
+        self.outputs = [E.output(k) for k in range(E.outputs)]  # the single-output terms E_k of E = sum_k E_k
         self.preconditioner = preconditioner
         self.G = metric_matrix(E.H, metric)  # validates the name
         self.metric = str(metric).upper()
@@ -246,9 +337,13 @@ class Flow:
             raise ValueError(f"{scheme}: adaptive steps need a scheme with an error estimate (bdf[:ORDER])")
         if not (np.isfinite(ts_rtol) and ts_rtol > 0):
             raise ValueError(f"ts_rtol = {ts_rtol}: the local error tolerance must be positive")
-        g0 = E.gradient(E.vector())
-        self.gradient_scale = max(g0.norm(), 1e-300)  # ||dE_alpha(0)||
-        g0.destroy()
+        scales = []
+        for Ek in self.outputs:
+            g0 = Ek.gradient(Ek.vector())
+            scales.append(g0.norm())
+            g0.destroy()
+        # ||dE_alpha(0)||; m outputs: the smallest nonzero ||dE_k(0)||, every output's own floor or below
+        self.gradient_scale = max(min([v for v in scales if v > 0], default=0.0), 1e-300)
         if newton_atol is None:  # steps near the stationary state start from a tiny residual: the linear floor
             newton_atol = self.rtol * self.gradient_scale
         self.newton_atol = float(newton_atol)
@@ -273,12 +368,44 @@ class Flow:
             self._scheme = self._scheme_cls(self, self._scheme_arg)
         return self._scheme
 
-    def newton_solver(self) -> NewtonSolver:
-        """A Newton solver for the implicit stages F(U) = s G (U - W) + dE(U) - g = 0."""
+    def newton_solver(self) -> NewtonSolver | OutputsNewton:
+        """A Newton solver for the implicit stages F(U) = s G (U - W) + dE(U) - g = 0 (m outputs: one
+        :class:`OutputsNewton` for the m blocks, with one linear solver)."""
         opts = dict(self.linear_options, **self.snes_options)
-        return NewtonSolver(self.E, self.solver, self.newton_rtol, self.newton_atol, 50, self.step_rtol,
-                            G=self.G, petsc_options=opts, linear_atol=self.linear_atol,
-                            pc_shift_factor=self.pc_shift_factor, preconditioner=self.preconditioner)
+        newton = NewtonSolver(self.E, self.solver, self.newton_rtol, self.newton_atol, 50, self.step_rtol,
+                              G=self.G, petsc_options=opts, linear_atol=self.linear_atol,
+                              pc_shift_factor=self.pc_shift_factor, preconditioner=self.preconditioner)
+        return newton if len(self.outputs) == 1 else OutputsNewton(newton, self.outputs)
+
+    def vector(self) -> PETSc.Vec:
+        """A zero state: a dof vector (one output) or a VecNest of m dof vectors (m outputs)."""
+        if len(self.outputs) == 1:
+            return self.E.vector()
+        return self._nest([Ek.vector() for Ek in self.outputs])
+
+    def _nest(self, Us: list) -> PETSc.Vec:
+        return PETSc.Vec().createNest(list(Us), comm=self.E.H.space.comm)
+
+    def as_state(self, U) -> PETSc.Vec:
+        """The state of a run from U: a dof vector for one output; for m outputs a list of m dof vectors,
+        one per output (wrapped in a VecNest that shares them: a run changes them in place), or such a
+        VecNest. ValueError for another number of vectors."""
+        m = len(self.outputs)
+        if isinstance(U, (list, tuple)):
+            if len(U) != m:
+                raise ValueError(f"{len(U)} initial densities for a flow of {m} output(s): give one per output")
+            return U[0] if m == 1 else self._nest(U)
+        if len(blocks(U)) != m:
+            raise ValueError(f"a flow of {m} outputs evolves {m} densities: give U as a list of {m} dof vectors "
+                             "(e.g. [U0.copy() for _ in range(m)]) or flow.vector()")
+        return U
+
+    def gradient(self, U: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
+        """dE_alpha(U), blockwise over the outputs for a VecNest state."""
+        out = U.duplicate() if out is None else out
+        for Ek, Uk, gk in zip(self.outputs, blocks(U), blocks(out)):
+            Ek.gradient(Uk, gk)
+        return out
 
     @property
     def linear_atol(self) -> float:
@@ -286,14 +413,21 @@ class Flow:
         return self.rtol * self.gradient_scale
 
     def norm(self, V: PETSc.Vec) -> float:
-        """||V||_G: the L^2_omega or the H^1_omega norm (:class:`flowfem.sobolev.WeightedH1`)."""
+        """||V||_G: the L^2_omega or the H^1_omega norm (:class:`flowfem.sobolev.WeightedH1`) of a dof
+        vector (one block of an m-output state)."""
         return self.E.H.l2_norm(V) if self.metric == "L2" else self.E.H.norm(V)
 
     def stationary(self, progress: bool = False) -> PETSc.Vec:
         """U*, the minimiser (one linear solve, or Newton for a nonlinear loss); kept as the reference.
         ``progress``: a bar of its CG iterations (Newton steps), see :mod:`flowfem.progress`."""
         if self.U_star is None:
-            if self.E.loss.quadratic:
+            if len(self.outputs) > 1:  # m right-hand sides, one linear solver; info: the outputs' in turn
+                Us, info = solve_outputs(self.E, self.solver, self.rtol, self.linear_options or None,
+                                         progress=progress, preconditioner=self.preconditioner)
+                U = self._nest(Us)
+                info = SolveInfo(info[0].solver, sum(i.iterations for i in info), max(i.residual for i in info),
+                                 rank=info[0].rank, preconditioner=info[0].preconditioner)
+            elif self.E.loss.quadratic:
                 U, info = solve(self.E, self.solver, self.rtol, self.linear_options or None, progress=progress,
                                 preconditioner=self.preconditioner)
             else:
@@ -301,30 +435,45 @@ class Flow:
                                  linear_rtol=self.rtol, petsc_options=self.linear_options or None,
                                  progress=progress, preconditioner=self.preconditioner)
             self.U_star, self.stationary_info = U, info
-            self.energy_star = self.E(U)
+            self.energy_star = self.energy(U)
         return self.U_star
 
-    def set_reference(self, U_star: PETSc.Vec) -> None:
-        """Use a known stationary solution U* for the error column and the energy gap."""
-        self.U_star = U_star
-        self.energy_star = self.E(U_star)
+    def set_reference(self, U_star) -> None:
+        """Use a known stationary solution U* for the error column and the energy gap (m outputs: a list
+        of m dof vectors or their VecNest, see :meth:`as_state`)."""
+        self.U_star = self.as_state(U_star)
+        self.energy_star = self.energy(self.U_star)
+
+    def energy(self, U: PETSc.Vec) -> float:
+        """E_alpha(U), summed over the outputs."""
+        return sum(sum(Ek.parts(Uk)) for Ek, Uk in zip(self.outputs, blocks(U)))
 
     def record(self, U: PETSc.Vec, step: int, t: float, tau: float, stats: StepStats | None,
                seconds: float) -> dict:
-        """One row of the energy log."""
-        loss, reg = self.E.parts(U)
-        error = float("nan")
-        if self.U_star is not None:
-            D = U.copy()
-            D.axpy(-1.0, self.U_star)
-            ref = self.norm(self.U_star)
-            error = self.norm(D) / ref if ref > 0 else self.norm(D)
-            D.destroy()
+        """One row of the energy log (m outputs: sums, the largest relative error, and per output
+        ``energy_outputs``, ``error_outputs``)."""
+        parts, errors = [], []
+        stars = blocks(self.U_star) if self.U_star is not None else [None] * len(self.outputs)
+        for Ek, Uk, Sk in zip(self.outputs, blocks(U), stars):
+            parts.append(Ek.parts(Uk))
+            error = float("nan")
+            if Sk is not None:
+                D = Uk.copy()
+                D.axpy(-1.0, Sk)
+                ref = self.norm(Sk)
+                error = self.norm(D) / ref if ref > 0 else self.norm(D)
+                D.destroy()
+            errors.append(error)
+        loss, reg = (parts[0] if len(parts) == 1 else
+                     (sum(p[0] for p in parts), sum(p[1] for p in parts)))
         gap = loss + reg - self.energy_star if self.energy_star is not None else float("nan")
-        return dict(step=step, t=t, tau=tau, energy=loss + reg, loss=loss, regulariser=reg, gap=gap,
-                    error=error, newton_iterations=stats.newton_iterations if stats else 0,
-                    linear_iterations=stats.linear_iterations if stats else 0,
-                    rejections=stats.rejections if stats else 0, seconds=seconds)
+        rec = dict(step=step, t=t, tau=tau, energy=loss + reg, loss=loss, regulariser=reg, gap=gap,
+                   error=max(errors), newton_iterations=stats.newton_iterations if stats else 0,
+                   linear_iterations=stats.linear_iterations if stats else 0,
+                   rejections=stats.rejections if stats else 0, seconds=seconds)
+        if len(parts) > 1:
+            rec.update(energy_outputs=[float(a + b) for a, b in parts], error_outputs=errors)
+        return rec
 
     def _stop(self, state: FlowState, t_end: float, max_steps: int, tol: float | None, stop) -> str:
         """Why the run ends before the next step ("" if it goes on); collective."""
@@ -355,7 +504,8 @@ class Flow:
             tau_max: float = math.inf, max_steps: int = 10**6, tol: float | None = None,
             state: FlowState | None = None, checkpoints=None, writer=None, progress: bool = False,
             callback=None, stop=None) -> FlowResult:
-        """Flow from U (modified in place) until t_end, max_steps, ||U - U*||_G <= tol ||U*||_G or ``stop()``.
+        """Flow from U (modified in place; m outputs: a list of m dof vectors or their VecNest, see
+        :meth:`as_state`) until t_end, max_steps, ||U - U*||_G <= tol ||U*||_G or ``stop()``.
 
         Steps: tau, then tau * growth, ... up to tau_max, or (``adapt``) as
         the error control proposes starting from tau. ``state`` continues a
@@ -382,12 +532,14 @@ class Flow:
                              "call stationary() (or set_reference) first")
         if not (np.isfinite(t_end) or max_steps < 10**6 or tol is not None):
             raise ValueError("the flow needs an end: give t_end, max_steps or tol")
+        U = self.as_state(U)
         if self.ts_atol_given is None:
             if state is not None and state.ts_atol is not None:
                 self.ts_atol = state.ts_atol
-            else:
+            else:  # one per output: each output's error is measured on its own scale
                 ref = self.U_star if self.U_star is not None else U
-                self.ts_atol = self.ts_rtol * max(ref.norm(PETSc.NormType.INFINITY), 1e-300)
+                atols = [self.ts_rtol * max(V.norm(PETSc.NormType.INFINITY), 1e-300) for V in blocks(ref)]
+                self.ts_atol = atols[0] if len(atols) == 1 else atols
         control = ErrorControl(self.ts_rtol, self.ts_atol, tau_max) if self.adapt else None
         policy = control or Geometric(growth, tau_max)
         scheme = self.scheme

@@ -1,6 +1,7 @@
 """Initial densities of the flow: ``zero``, ``gaussian[:S[:A]]``, a saved density (``density:PATH``, a
 density.npz on the same mesh) or a finite network (``network:PATH``) projected onto the mesh
-(:func:`flowfem.measure.project_network`)."""
+(:func:`flowfem.measure.project_network`). An m-output flow starts from m densities
+(:func:`initial_densities`)."""
 
 from __future__ import annotations
 
@@ -36,26 +37,46 @@ def gaussian(H: WeightedH1, scale: float = 1.0, amplitude: float = 1.0) -> dolfi
     return u
 
 
-def density_from_file(H: WeightedH1, path: str) -> dolfinx.fem.Function:
-    """A density.npz (flowfem solve/flow) on the same mesh, matched dof by dof through the coordinates."""
+def density_from_file(H: WeightedH1, path: str, outputs: int = 1) -> list[dolfinx.fem.Function]:
+    """The densities of a density.npz (flowfem solve/flow) on the same mesh, matched dof by dof through the
+    coordinates: one per column of its ``u`` ((ndofs,) or (ndofs, m)), or ``outputs`` copies of a
+    one-column density. ValueError for a file of another number of outputs (collective)."""
     data = on_root(H.space.comm, lambda: read_density_file(path, {"theta", "u"}, "the initial density"))
-    u = H.function("u0")
-    fill_by_coordinates(u, data["theta"], data["u"], f"the initial density {os.fspath(path)!r}",
-                        "it was computed on a different mesh or element degree; use the same --domain, "
-                        "--mesh-size and --degree")
-    return u
+    columns = [data["u"]] if data["u"].ndim == 1 else list(data["u"].T)
+    if len(columns) == 1:
+        columns = columns * outputs
+    if len(columns) != outputs:
+        raise ValueError(f"the initial density {os.fspath(path)!r} holds {len(columns)} outputs, these data have "
+                         f"{outputs}: start from a density of one output or of {outputs}")
+    us = []
+    for column in columns:
+        u = H.function("u0")
+        fill_by_coordinates(u, data["theta"], column, f"the initial density {os.fspath(path)!r}",
+                            "it was computed on a different mesh or element degree; use the same --domain, "
+                            "--mesh-size and --degree")
+        us.append(u)
+    return us
 
 
 def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfinx.fem.Function:
     """u0 from a spec: ``zero``, ``gaussian[:S[:A]]``, ``density:PATH`` (a density.npz on this mesh) or
     ``network:PATH`` (a network .npz, projected); a bare PATH is read as whichever of the two it is.
-    ValueError (on every rank) for a bad spec or file."""
+    ValueError (on every rank) for a bad spec or file, or a file of several outputs."""
+    return initial_densities(H, spec, activation, 1)[0]
+
+
+def initial_densities(H: WeightedH1, spec: str = "zero", activation=None,
+                      outputs: int = 1) -> list[dolfinx.fem.Function]:
+    """The m = ``outputs`` initial densities of an m-output flow from one spec (as :func:`initial_density`):
+    ``zero`` and ``gaussian`` give m copies; a density file or a network of m outputs gives its m
+    densities (column k of u; the projection of output k's weights a[:, k]), one of a single output m
+    copies. ValueError (on every rank) for a bad spec or file, or a file of another number of outputs."""
     spec = str(spec).strip()
     kind, _, arg = spec.partition(":")
     kind_l = kind.lower()
     comm = H.space.comm
     if kind_l == "zero":
-        return H.function("u0")
+        return [H.function("u0") for _ in range(outputs)]
     if kind_l == "gaussian":
         parts = [p for p in arg.split(":") if p] if arg else []
         try:
@@ -64,7 +85,7 @@ def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfi
             raise ValueError(f"initial density {spec!r}: write gaussian, gaussian:S or gaussian:S:A") from None
         if len(values) > 2:
             raise ValueError(f"initial density {spec!r}: write gaussian, gaussian:S or gaussian:S:A")
-        return gaussian(H, *values)
+        return [gaussian(H, *values) for _ in range(outputs)]
     if kind_l in ("density", "network"):
         path = arg
     else:
@@ -86,7 +107,7 @@ def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfi
 
         kind_l = on_root(comm, sniff) if not os.path.isdir(path) else "density"
     if kind_l == "density":
-        return density_from_file(H, path)
+        return density_from_file(H, path, outputs)
     from flowfem.network import Network
 
     def read():  # broadcast plain arrays: an Activation holds lambdas, which do not pickle
@@ -94,4 +115,10 @@ def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfi
         return net.W, net.b, net.a, net.activation.name
 
     W, b, a, name = on_root(comm, read)
-    return project_network(H, Network(W, b, a, name), activation)
+    columns = [a] if a.ndim == 1 else list(a.T)
+    if len(columns) == 1:
+        columns = columns * outputs
+    if len(columns) != outputs:
+        raise ValueError(f"initial density {spec!r}: the network has {len(columns)} outputs, these data have "
+                         f"{outputs}: start from a network of one output or of {outputs}")
+    return [project_network(H, Network(W, b, column, name), activation) for column in columns]

@@ -8,7 +8,9 @@ implicit stage is a solve of
 
 by :class:`flowfem.stationary.NewtonSolver` (one linear solve of the
 correction with s G + K for the squared loss), so all schemes share one
-sparse-plus-low-rank solver.
+sparse-plus-low-rank solver. For m outputs U is the VecNest of the m dof
+vectors (:mod:`flowfem.flow.driver`): the schemes' vector algebra acts
+blockwise, and each stage solves the m outputs' systems with one solver.
 
 G is symmetric positive definite and so is K (squared loss) or the Hessian
 (convex losses), so G^{-1} d^2E has a real positive spectrum: every scheme
@@ -103,11 +105,10 @@ class _OneStepTheta(Scheme):
     theta = 1.0
 
     def step(self, U, t, tau, control=None):
-        E = self.flow.E
         anchor = U.copy()
         g = None
         if self.theta < 1.0:
-            g = E.gradient(U)
+            g = self.flow.gradient(U)
             g.scale(-(1.0 - self.theta) / self.theta)
         info = self.newton.solve(U, shift=1.0 / (self.theta * tau), anchor=anchor, g=g)
         anchor.destroy()
