@@ -42,6 +42,20 @@ u* as fields: the L2(d theta) distance and the maximum mean discrepancy with a G
 of stated bandwidth (:func:`mmd`; u* enters through its midpoint rule, the particles as point
 masses where they were placed).
 
+Several outputs (y (n, m), m >= 2; columns y1..ym): the FE solve fits m densities u*_1..u*_m
+(one solver, :class:`flowfem.problem.Result`), the readouts are networks of m outputs on
+shared neurons (:mod:`flowfem.readout`), and the particle networks have output weights
+a_i in R^m (:mod:`flowfem.particles`). The loss is |f - y|^2 / 2 summed over the outputs, so
+the train loss and every objective are sums over the outputs; ``test_rmse`` is the RMSE over
+all n m test values, sqrt((1/(n m)) sum_jk (f_jk - y_jk)^2), and each run also records the
+RMSE of each output (``test_rmse_outputs``; columns ``test_rmse_y1..ym`` of ``runs.csv``,
+their means over seeds ``test_rmse_y1_mean..`` in ``table.csv``, one column in ``table.md``).
+The densities are compared output by output (particle measure k, sum_i (a_ik / N)
+delta_(theta_i), against u*_k; distances named ``... yk``); ``densities.bp``/``.xdmf`` hold
+every output's fields (``fe_density_y1``..., ``particles_gd_N16_seed0_y1``...), while
+``densities.png`` draws the first output's (u*_1 and the particle densities of output 1).
+One output writes exactly the files and columns it always did.
+
 Output (:meth:`Comparison.write`): the table as Markdown and CSV (``table.md``,
 ``table.csv``: mean, standard deviation, min and max over seeds), every run (``runs.csv``),
 the particle training curves (``curves.csv``), all numbers and settings (``results.json``),
@@ -76,6 +90,7 @@ from flowfem import readout as ro  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.arguments import positive, unknown  # noqa: E402
 from flowfem.data import Dataset  # noqa: E402
+from flowfem.network import Network  # noqa: E402
 
 READOUTS = ("quadrature", "sample", "refit")
 METHODS = ("gd", "adam")
@@ -109,23 +124,35 @@ class Run:
     ranks: int
     status: str
     how: str
+    test_rmse_outputs: list[float] = field(default_factory=list)  # the test RMSE of each output (m values)
 
 
 @dataclass
 class Comparison:
     """Everything :func:`compare` computed, identical on every rank (wall times are rank 0's;
-    the particle histories keep each rank's own clock)."""
+    the particle histories keep each rank's own clock).
+
+    For m outputs, ``density`` and ``densities`` are the first output's (what ``densities.png``
+    draws); ``output_densities`` holds every output's: (method, N, seed) -> [ParticleDensity of
+    output 1, ..., of output m] (for one output, the list of ``densities[key]``).
+    """
 
     runs: list[Run]
     settings: dict
     result: object  # the FE solve's flowfem.problem.Result
-    density: object  # u* as a dolfinx Function (the FE solve's Result.density)
+    density: object  # u* as a dolfinx Function (Result.density; for m outputs u*_1 = Result.densities[0])
     particles: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleResult
     networks: dict = field(default_factory=dict)  # (rule, N requested, seed) -> Network of a readout
-    densities: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleDensity
-    distances: dict = field(default_factory=dict)  # "method N=.. seed=.." -> dict of numbers
+    densities: dict = field(default_factory=dict)  # (method, N, seed) -> ParticleDensity (output 1)
+    distances: dict = field(default_factory=dict)  # "method N=.. seed=.." (+ " yk" for m outputs) -> numbers
     train: Dataset | None = None
     test: Dataset | None = None
+    output_densities: dict = field(default_factory=dict)  # (method, N, seed) -> list of m ParticleDensity
+
+    @property
+    def outputs(self) -> int:
+        """m, the number of outputs of the data."""
+        return self.result.outputs
 
     def table(self) -> list[dict]:
         """Rows aggregated over seeds: mean, std, min and max of the test RMSE; mean and std of the
@@ -139,8 +166,11 @@ class Comparison:
         for r in self.runs:
             groups.setdefault((r.solver, r.method, r.width), []).append(r)
         rows = []
+        m = self.outputs
         for (solver, method, width), rs in groups.items():
             e = np.array([r.test_rmse for r in rs])
+            per_output = {} if m == 1 else {
+                f"test_rmse_y{k + 1}_mean": float(np.mean([r.test_rmse_outputs[k] for r in rs])) for k in range(m)}
             tl = np.array([r.train_loss for r in rs])
             ob = np.array([r.objective for r in rs])
             steps = sorted({r.steps for r in rs if r.steps is not None})
@@ -155,36 +185,54 @@ class Comparison:
                 objective_mean=float(np.mean(ob)), objective_std=std(ob),
                 objective_name=rs[0].objective_name, seconds_mean=float(np.mean([r.seconds for r in rs])),
                 steps=" ".join(map(str, steps)), lr="" if rs[0].lr is None else rs[0].lr,
-                ranks=rs[0].ranks, how=rs[0].how))
+                ranks=rs[0].ranks, how=rs[0].how, **per_output))
         return rows
+
+    def run_columns(self) -> tuple[str, ...]:
+        """The columns of ``runs.csv``: :data:`RUN_COLUMNS`, and for m outputs test_rmse_y1..ym."""
+        return RUN_COLUMNS + tuple(f"test_rmse_y{k + 1}" for k in range(self.outputs) if self.outputs > 1)
+
+    def table_columns(self) -> tuple[str, ...]:
+        """The columns of ``table.csv``: :data:`TABLE_COLUMNS`, and for m outputs the means over seeds
+        test_rmse_y1_mean..test_rmse_ym_mean."""
+        return TABLE_COLUMNS + tuple(f"test_rmse_y{k + 1}_mean" for k in range(self.outputs) if self.outputs > 1)
 
     # -- files ------------------------------------------------------------------------
 
     def markdown(self) -> str:
         """The aggregated table as Markdown (3 significant digits; the CSV has them all)."""
-        head = ["solver", "method", "N", "seeds", "status", "test RMSE mean", "± std", "[min, max]",
+        m = self.outputs
+        per_output = [] if m == 1 else [f"test RMSE y1..y{m} (means)"]
+        head = ["solver", "method", "N", "seeds", "status", "test RMSE mean", "± std", "[min, max]", *per_output,
                 "train loss", "objective", "objective name", "seconds", "steps", "lr", "ranks", "how"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         g = "{:.3g}".format
         for r in self.table():
+            each = [] if m == 1 else [", ".join(g(r[f"test_rmse_y{k + 1}_mean"]) for k in range(m))]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in [
                 r["solver"], r["method"], "" if r["width"] is None else str(r["width"]), r["seeds"],
                 r["status"] if r["status"] == "completed" else f"**{r['status']}**",
                 g(r["test_rmse_mean"]), g(r["test_rmse_std"]), f"[{g(r['test_rmse_min'])}, {g(r['test_rmse_max'])}]",
-                g(r["train_loss_mean"]), g(r["objective_mean"]), r["objective_name"], g(r["seconds_mean"]),
+                *each, g(r["train_loss_mean"]), g(r["objective_mean"]), r["objective_name"], g(r["seconds_mean"]),
                 r["steps"], "" if r["lr"] == "" else g(r["lr"]), str(r["ranks"]), r["how"]]) + " |")
         s = self.settings
+        loss = ("squared loss l = (f - y)^2 / 2. Test error: RMSE on the test set. "
+                "train loss: (1/n) sum (f - y)^2 / 2" if m == 1 else
+                f"{m} outputs y1..y{m}, squared loss l = |f - y|^2 / 2 summed over the outputs. Test error: RMSE "
+                f"on the test set over all outputs (root mean over n and m), and of each output. "
+                "train loss: (1/n) sum |f - y|^2 / 2")
         notes = [
             "",
             f"Data: {s['data']} (n = {s['n_train']} train, {s['n_test']} test, d = {s['d']}), activation "
-            f"{s['activation']}, squared loss l = (f - y)^2 / 2. Test error: RMSE on the test set. "
-            "train loss: (1/n) sum (f - y)^2 / 2, the data term shared by every objective; "
+            f"{s['activation']}, {loss}, the data term shared by every objective; "
             "objective: each row's own (see its name; the families' objectives differ). "
             f"Seconds: wall time on {s['ranks']} rank(s), noisy on a shared machine.",
         ]
         if self.distances:
             notes.append("")
-            notes.append("Particle densities against the FE density u* (on the FE mesh, "
+            notes.append(("Particle densities against the FE density u*" if m == 1 else
+                          "Particle densities of output k (sum_i (a_ik / N) delta_(theta_i)) against the FE density "
+                          "u*_k, rows yk") + " (on the FE mesh, "
                          f"{s['density_method']} projection"
                          + (f", kernel width s = {s['density_width']:g}" if s["density_width"] else "")
                          + f"; MMD: Gaussian kernel, bandwidth {s['mmd_bandwidth']:g}):")
@@ -203,15 +251,20 @@ class Comparison:
         from flowfem import io, outputs
 
         comm = self.result.problem.space.comm if comm is None else comm
-        u = self.density
-        u.name = "fe_density"
-        fields = [u] + [d.function for d in self.densities.values()]
-        for (m, N, s), d in self.densities.items():
-            d.function.name = f"particles_{m}_N{N}_seed{s}"
+        m = self.outputs
+        tag = (lambda k: "") if m == 1 else (lambda k: f"_y{k + 1}")
+        fe = [self.density] if m == 1 else list(self.result.densities)
+        for k, u in enumerate(fe):
+            u.name = f"fe_density{tag(k)}"
+        for (method, N, s), pds in self.output_densities.items():
+            for k, d in enumerate(pds):
+                d.function.name = f"particles_{method}_N{N}_seed{s}{tag(k)}"
+        fields = fe + [d.function for pds in self.output_densities.values() for d in pds]
         if plot:  # the flag, not the module: import the gathering function by name
             from flowfem.plot import gather
 
-            gathered = [gather(f) for f in fields]  # collective: coordinates, values and cells on rank 0
+            # collective: coordinates, values and cells on rank 0; the figure draws the first output
+            gathered = [gather(f) for f in [self.density] + [d.function for d in self.densities.values()]]
         else:
             gathered = []
         with outputs.output_directory(out, comm, force) as tmp:
@@ -233,8 +286,9 @@ class Comparison:
 
         with open(os.path.join(tmp, "table.md"), "w") as f:
             f.write(self.markdown())
-        _write_csv(os.path.join(tmp, "table.csv"), TABLE_COLUMNS, self.table())
-        _write_csv(os.path.join(tmp, "runs.csv"), RUN_COLUMNS, [asdict(r) for r in self.runs])
+        _write_csv(os.path.join(tmp, "table.csv"), self.table_columns(), self.table())
+        runs = [asdict(r) | {f"test_rmse_y{k + 1}": e for k, e in enumerate(r.test_rmse_outputs)} for r in self.runs]
+        _write_csv(os.path.join(tmp, "runs.csv"), self.run_columns(), runs)
         curves = []
         for (m, N, s), r in self.particles.items():
             h = r.history
@@ -383,18 +437,16 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     done out of all, with the last one's result, and one of each particle run's steps
     (:mod:`flowfem.progress`: rank 0, on a terminal).
 
-    One output only: data with m >= 2 outputs (y (n, m)) are refused (ValueError) before any
-    work, since the particle solvers (:mod:`flowfem.particles`) train networks of one output;
-    compare each output on its own (its column as y).
+    m outputs (``train.y`` (n, m)): every family fits all m (see the module docstring); the test
+    data must have the same m, else ValueError before any work.
     """
     from flowfem.problem import Problem, make_space
     from flowfem.space import Space
 
-    for ds in (train, test):
-        if ds.outputs > 1:
-            raise ValueError(f"compare takes one output; {ds.name!r} has {ds.outputs} (y1..y{ds.outputs}): the "
-                             "particle solvers train networks of one output, so compare each output on its own "
-                             "(its column as the target y)")
+    outputs = train.outputs
+    if test.outputs != outputs:
+        raise ValueError(f"the test data {test.name!r} have {test.outputs} output(s) but the training data "
+                         f"{train.name!r} {outputs}: give test data with the same target columns")
 
     widths = _ints("widths", widths, 1)
     seeds = _ints("seeds", seeds, 0)
@@ -432,11 +484,19 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         bar.set_postfix_str(msg, refresh=False)
         bar.update(1)
 
-    def train_loss(f):
-        return float(np.mean(0.5 * (f - y) ** 2))
+    def train_loss(f):  # summed over the outputs: the data term of every family's objective
+        if outputs == 1:
+            return float(np.mean(0.5 * (f - y) ** 2))
+        return float(np.sum(np.mean(0.5 * (f - y) ** 2, axis=0)))
 
-    def rmse(f):
+    def rmse(f):  # over all n m values
         return float(np.sqrt(np.mean((f - yt) ** 2)))
+
+    def rmse_outputs(f, total):  # one output: its RMSE is the total, as computed
+        return [total] if outputs == 1 else [float(e) for e in np.sqrt(np.mean((f - yt) ** 2, axis=0))]
+
+    def fe_densities(res):  # what the readout rules take: one density, or the list of m
+        return res.density if outputs == 1 else res.densities
 
     # one bar over the runs (FE solve, readouts, particle runs, particle densities), each particle run's
     # steps in a second bar below it
@@ -458,7 +518,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
                   f"kappa={kappa:g}, omega {problem.H.weight}; time: mesh + assembly + solve; {ranks} rank(s)")
         runs = [Run("FE solve", "E_alpha minimiser", None, None, fe_test, loss, loss + reg,
                     "E_alpha(u*) = loss + alpha/2 ||u*||^2_H1_omega", fe_seconds, None, None, ranks, "completed",
-                    fe_how)]
+                    fe_how, [fe_test] if outputs == 1 else [float(e) for e in result.rmse_outputs(xt, yt)])]
         done(bar, f"FE solve: test RMSE {fe_test:.2e}")
         networks = {}
         E_name = "E_alpha,N = loss + alpha/2 sum_i omega_i a_i^2 / q_i"
@@ -466,17 +526,18 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         def readout_run(rule, N_req, seed, neurons, seconds, how):
             net = neurons.network()
             networks[(rule, N_req, seed)] = net
-            f = net(x)
+            f, ft = net(x), net(xt)
             obj = ro.objective(neurons, x, y, alpha, problem.H.weight)
-            runs.append(Run("FE readout", rule, neurons.width, seed, rmse(net(xt)), train_loss(f), obj, E_name,
-                            seconds, None, None, ranks, "completed", how))
+            e = rmse(ft)
+            runs.append(Run("FE readout", rule, neurons.width, seed, e, train_loss(f), obj, E_name,
+                            seconds, None, None, ranks, "completed", how, rmse_outputs(ft, e)))
             done(bar, f"{rule} N={neurons.width}: test RMSE {runs[-1].test_rmse:.2e}")
 
-        u_star = result.density
+        u_stars = list(result.densities)
         base = None
         if "sample" in readouts or "refit" in readouts:
             t = time.perf_counter()
-            base = ro.quadrature_neurons(u_star, act)
+            base = ro.quadrature_neurons(fe_densities(result), act)
             base_seconds = time.perf_counter() - t
         for N in widths:
             if "quadrature" in readouts:
@@ -486,7 +547,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
                 coarse = Problem(Space.make(domain, train.d, size, radius, comm), act.name, weight, alpha, kappa,
                                  degree)
                 res_c = coarse.fit(x, y)
-                neurons = ro.quadrature_neurons(res_c.density, act, degree=1)
+                neurons = ro.quadrature_neurons(fe_densities(res_c), act, degree=1)
                 readout_run("quadrature", N, None, neurons, time.perf_counter() - t,
                             f"midpoint rule (one neuron per cell) of a fresh FE solve on the {desc}, same alpha, "
                             f"kappa, omega ({res_c.iterations} CG iterations); time: mesh + solve + readout; "
@@ -517,13 +578,16 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
                                  leave=False)
                     particles[(m, N, s)] = r
                     h = r.history
+                    e = float(h["test_error"][-1])
+                    with np.errstate(all="ignore"):  # a diverged run's inf or NaN is its error
+                        each = [e] if outputs == 1 else rmse_outputs(fp.predict(r.particles, xt, act.name), e)
                     how = (f"{m}, lr={lr[m]:g}, {int(h['step'][-1])} of {steps} steps"
                            + (f" (time limit {time_limit:g} s)" if time_limit else "")
                            + f", weight decay {weight_decay:g}, init N(0, {init_scale:g}^2) from the seed, "
                            f"mean-field scaling, full batch; {ranks} rank(s), neurons split over ranks")
-                    runs.append(Run("particles", m, N, s, float(h["test_error"][-1]), float(h["loss"][-1]),
+                    runs.append(Run("particles", m, N, s, e, float(h["loss"][-1]),
                                     float(h["objective"][-1]), J_name, float(h["time"][-1]), int(h["step"][-1]),
-                                    float(lr[m]), ranks, r.status, how))
+                                    float(lr[m]), ranks, r.status, how, each))
                     done(bar, f"{m} N={N} seed {s}: test RMSE {runs[-1].test_rmse:.2e} ({r.status})")
 
         # -- densities -------------------------------------------------------------------------
@@ -533,29 +597,39 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         hi = comm.allreduce(float(x0.max()) if len(x0) else -np.inf, op=MPI.MAX)
         if mmd_bandwidth is None:
             mmd_bandwidth = 0.1 * (hi - lo) * math.sqrt(space.gdim)
-        fe_measure = density_measure(u_star, act)
-        fe_l2 = l2_norm(u_star)
-        fe_mmd = mmd(fe_measure, (np.zeros((0, space.gdim)), np.zeros(0)), mmd_bandwidth, comm)
-        densities, distances = {}, {}
+        # output k: the particle measure sum_i (a_ik / N) delta_(theta_i) against u*_k
+        fe_measures = [density_measure(u, act) for u in u_stars]
+        fe_l2s = [l2_norm(u) for u in u_stars]
+        fe_mmds = [mmd(fm, (np.zeros((0, space.gdim)), np.zeros(0)), mmd_bandwidth, comm) for fm in fe_measures]
+        densities, output_densities, distances = {}, {}, {}
         Nmax, s0 = max(widths), seeds[0]
         for m in methods:
             r = particles[(m, Nmax, s0)]
             if r.network is None:
                 done(bar, f"density of {m} N={Nmax}: none (diverged)")
                 continue
-            pd = measure.density(r, problem.H.V, method=density_method, width=density_width)
-            densities[(m, Nmax, s0)] = pd
-            err = np.abs(pd.predict(xt) - r.network(xt))
-            placed = (pd.theta[~pd.dropped], pd.c[~pd.dropped])
-            dist_mmd = mmd(fe_measure, placed, mmd_bandwidth, comm)
-            l2 = l2_distance(u_star, pd.function)
-            distances[f"{m} N={Nmax} seed={s0}"] = dict(
-                l2=l2, l2_relative=l2 / fe_l2 if fe_l2 > 0 else np.nan, mmd=dist_mmd,
-                mmd_relative=dist_mmd / fe_mmd if fe_mmd > 0 else np.nan,
-                projection_error=float(err.max()), projection_bound=float(pd.bound(xt).max()),
-                mass=pd.mass, moved=int(pd.moved.sum()), dropped=int(pd.dropped.sum()),
-                dropped_mass=pd.dropped_mass, h=pd.h)
-            done(bar, f"density of {m} N={Nmax}: L2 distance to u* {l2:.2e}")
+            net = r.network
+            nets = [net] if outputs == 1 else [Network(net.W, net.b, net.a[:, k], act) for k in range(outputs)]
+            pds, l2s = [], []
+            for k, (net_k, u_k) in enumerate(zip(nets, u_stars)):
+                pd = measure.density(r if outputs == 1 else net_k, problem.H.V, method=density_method,
+                                     width=density_width)
+                pds.append(pd)
+                err = np.abs(pd.predict(xt) - net_k(xt))
+                placed = (pd.theta[~pd.dropped], pd.c[~pd.dropped])
+                dist_mmd = mmd(fe_measures[k], placed, mmd_bandwidth, comm)
+                l2 = l2_distance(u_k, pd.function)
+                l2s.append(l2)
+                distances[f"{m} N={Nmax} seed={s0}" + ("" if outputs == 1 else f" y{k + 1}")] = dict(
+                    l2=l2, l2_relative=l2 / fe_l2s[k] if fe_l2s[k] > 0 else np.nan, mmd=dist_mmd,
+                    mmd_relative=dist_mmd / fe_mmds[k] if fe_mmds[k] > 0 else np.nan,
+                    projection_error=float(err.max()), projection_bound=float(pd.bound(xt).max()),
+                    mass=pd.mass, moved=int(pd.moved.sum()), dropped=int(pd.dropped.sum()),
+                    dropped_mass=pd.dropped_mass, h=pd.h)
+            densities[(m, Nmax, s0)] = pds[0]
+            output_densities[(m, Nmax, s0)] = pds
+            done(bar, f"density of {m} N={Nmax}: L2 distance to u*" + ("" if outputs == 1 else "_1")
+                 + f" {l2s[0]:.2e}")
 
     seconds = comm.bcast([r.seconds for r in runs], root=0)  # rank 0's clock: the same rows everywhere
     for r, sec in zip(runs, seconds):
@@ -567,5 +641,6 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         mesh_size=mesh_size, radius=radius, cells=space.num_cells, ndofs=problem.H.ndofs, alpha=alpha, kappa=kappa,
         weight=str(problem.H.weight), degree=degree, readouts=readouts, density_method=density_method,
         density_width=density_width, mmd_bandwidth=mmd_bandwidth, ranks=ranks,
-        fe_iterations=result.iterations, fe_residual=result.residual)
-    return Comparison(runs, settings, result, u_star, particles, networks, densities, distances, train, test)
+        fe_iterations=result.iterations, fe_residual=result.residual, outputs=outputs)
+    return Comparison(runs, settings, result, u_stars[0], particles, networks, densities, distances, train, test,
+                      output_densities)

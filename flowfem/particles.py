@@ -1,22 +1,33 @@
 """Particle solvers: finite-width networks trained by gradient descent.
 
 The baseline flowfem is compared against. N neurons ("particles")
-theta_i = (w_i, b_i) in R^(d+1) with output weights a_i, in mean-field
-scaling
+theta_i = (w_i, b_i) in R^(d+1) with output weights a_i in R^m (m outputs, m = 1
+by default), in mean-field scaling
 
-    f(x) = (1/N) sum_i a_i sigma(w_i . x + b_i),
+    f(x) = (1/N) sum_i a_i sigma(w_i . x + b_i)          in R^m,
 
 trained on the objective (lam = ``weight_decay`` >= 0)
 
-    J = (1/n) sum_j l(f(x_j), y_j) + (lam/2) (1/N) sum_i (|w_i|^2 + b_i^2 + a_i^2).
+    J = (1/n) sum_j l(f(x_j), y_j) + (lam/2) (1/N) sum_i (|w_i|^2 + b_i^2 + |a_i|^2).
+
+**m outputs** (targets y (n, m), squared loss only): l(f, y) = |f - y|^2 / 2 =
+sum_k (f_k - y_k)^2 / 2, so the data term is the sum over the outputs of m
+single-output data terms, as in flowfem's E_alpha of an m-output fit
+(:class:`flowfem.problem.Result`); for m = 1 it is the one-output loss, with the same
+numbers as before. The neurons theta_i are shared by the outputs; with them
+held fixed (``trainable="outer"``) the problem decouples into m single-output
+problems, one per column of a. The logistic loss takes one output (labels in
+{-1, +1}) and refuses y (n, m).
 
 The regulariser always covers every parameter, also those held fixed with
 ``trainable`` (it is then a constant). Gradients are analytic and vectorised.
 
-**Particle layout.** The particles are one array P of shape (N, d+2), row i =
-(w_i (d entries), b_i, a_i). :func:`from_network` and :func:`to_network`
-convert to and from :class:`flowfem.network.Network`, whose output weights
-are a_i / N, so that ``network(x)`` is the mean-field f.
+**Particle layout.** The particles are one array P of shape (N, d+1+m), row i =
+(w_i (d entries), b_i, a_i (m entries)): (N, d+2) for one output.
+:func:`from_network` and :func:`to_network` convert to and from
+:class:`flowfem.network.Network`, whose output weights are a_i / N ((N,), or
+(N, m) for m outputs: ``nn.Linear(N, m)``), so that ``network(x)`` is the
+mean-field f.
 
 **Time scaling.** dJ/dP_i is O(1/N), so every method moves particle i with
 the mean-field velocity V_i = N dJ/dP_i (N-independent). Step k is time
@@ -37,7 +48,8 @@ only enters trained coordinates.
 neurons; predictions (and the regulariser) are one Allreduce sum per step,
 data are replicated. Initial particles and noise are drawn for all N neurons
 on every rank from ``seed`` and sliced, so the trajectory does not depend on
-p (up to the order of floating-point sums).
+p (up to the order of floating-point sums). The history's ``test_error`` is the RMSE
+over all n m test values, sqrt((1/(n m)) sum_jk (f_k(x_j) - y_jk)^2).
 
 The particles' measure mu = sum_i (a_i / N) delta_(theta_i) as a density on a
 parameter mesh, to compare with flowfem's: :func:`flowfem.measure.density`.
@@ -67,27 +79,47 @@ __all__ = [
 
 _BLOCK = 1 << 22  # max entries of a (data rows x neurons) work array
 GROUPS = 64  # neurons are summed in this many fixed groups (fewer if N is smaller): see _groups
-_TRAINABLE = {"all": slice(None), "inner": slice(0, -1), "outer": slice(-1, None)}
+TRAINABLE = ("all", "inner", "outer")  # every coordinate, (w, b) only, a only
 
 
 # -- particles <-> networks --------------------------------------------------
 
 def from_network(network: Network) -> np.ndarray:
-    """Particles (N, d+2) = rows (w_i, b_i, a_i) of ``network``, with a_i = N * network.a_i."""
+    """Particles (N, d+1+m) = rows (w_i, b_i, a_i) of ``network`` (m = network.outputs), with
+    a_i = N * network.a_i."""
     N = network.width
     return np.column_stack([network.W, network.b, N * network.a])
 
 
-def to_network(particles: np.ndarray, activation: str | Activation = "relu") -> Network:
-    """The :class:`Network` with output weights a_i / N: its value is the mean-field f."""
+def to_network(particles: np.ndarray, activation: str | Activation = "relu", outputs: int = 1) -> Network:
+    """The :class:`Network` of particles (N, d+1+m), m = ``outputs``, with output weights a_i / N
+    ((N,) for m = 1, else (N, m)): its value is the mean-field f."""
     P = np.asarray(particles, dtype=float)
-    return Network(P[:, :-2], P[:, -2], P[:, -1] / len(P), activation)
+    m = _outputs(outputs)
+    a = P[:, -1] if m == 1 else P[:, -m:]
+    return Network(P[:, :-m - 1], P[:, -m - 1], a / len(P), activation)
 
 
-def init_particles(width: int, dim: int, seed=0, init_scale: float = 1.0) -> np.ndarray:
-    """All N particles, i.i.d. N(0, init_scale^2) in every coordinate, shape (N, d+2)."""
+def init_particles(width: int, dim: int, seed=0, init_scale: float = 1.0, outputs: int = 1) -> np.ndarray:
+    """All N particles, i.i.d. N(0, init_scale^2) in every coordinate, shape (N, d+1+m), m = ``outputs``.
+
+    The first d+2 columns (w, b, a_1) are the particles of one output from the same seed (the
+    columns a_2..a_m are drawn after them from the same stream), so one output is unchanged and
+    output 1 of an m-output run starts where a one-output run does.
+    """
+    m = _outputs(outputs)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
-    return init_scale * rng.standard_normal((width, dim + 2))
+    P = rng.standard_normal((width, dim + 2))
+    if m > 1:
+        P = np.hstack([P, rng.standard_normal((width, m - 1))])
+    return init_scale * P
+
+
+def _outputs(m) -> int:
+    """m as an int >= 1 (ValueError otherwise)."""
+    if not (isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1):
+        raise ValueError(f"outputs must be an integer >= 1 (the number of outputs m), got {m!r}")
+    return int(m)
 
 
 # -- MPI helpers -------------------------------------------------------------
@@ -156,19 +188,23 @@ def _sum_pieces(comm, part: np.ndarray) -> np.ndarray:
 
 def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, grad: bool,
               offset: int | None = None):
-    """(J, mean loss, f, dJ/dP for the local particles P or None); P holds global neurons
+    """(J, data term, f, dJ/dP for the local particles P or None); P holds global neurons
     [offset, offset + len(P)) (default: from the ranks' counts, in rank order).
 
-    Every sum runs in an order fixed by N alone (neuron groups of :func:`_groups`, data blocks of
-    their size), so that 1 and p ranks give the same bits when P are whole groups (:func:`_slice`).
+    y (n,) (one output: P (N, d+2), f (n,)) or (n, m) (P (N, d+1+m), f (n, m)); the data term is
+    (1/n) sum_j sum_k l(f_jk, y_jk). Every sum runs in an order fixed by N alone (neuron groups
+    of :func:`_groups`, data blocks of their size), so that 1 and p ranks give the same bits when
+    P are whole groups (:func:`_slice`).
     """
     n, d = x.shape
-    theta, a = P[:, :d + 1], P[:, d + 1]
+    m = 1 if y.ndim == 1 else y.shape[1]
+    out = d + 1 if y.ndim == 1 else np.s_[d + 1:]  # the output weights' column(s): a (N,) or (N, m)
+    theta, a = P[:, :d + 1], P[:, out]
     pieces = _pieces(N, _offset(comm, len(P)) if offset is None else offset, len(P))
     bounds = _groups(N)
     rows = max(1, _BLOCK // int(np.diff(bounds).max()))
     blocks = [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
-    part = np.empty((len(pieces), n + 1))  # per group: partial predictions and partial sum |P_i|^2
+    part = np.empty((len(pieces), n * m + 1))  # per group: partial predictions (row-major) and sum |P_i|^2
     cache = {}
     for j, c in enumerate(pieces):
         for s in blocks:
@@ -177,12 +213,13 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
                 sz = cache[j][0]
             else:
                 sz = evaluate(act, x[s], theta[c])
-            part[j, s] = sz @ a[c]
-        part[j, n] = np.sum(P[c] * P[c])
+            part[j, s.start * m:s.stop * m] = (sz @ a[c]).reshape(-1)
+        part[j, n * m] = np.sum(P[c] * P[c])
     buf = _sum_pieces(comm, part)
-    f = buf[:n] / N
-    data = float(np.mean(lss.value(f, y)))
-    J = data + 0.5 * lam * buf[n] / N
+    f = buf[:n * m].reshape(y.shape) / N
+    value = lss.value(f, y)
+    data = float(np.mean(value)) if m == 1 else float(np.sum(np.mean(value, axis=0)))
+    J = data + 0.5 * lam * buf[n * m] / N
     if not grad:
         return J, data, f, None
     r = lss.d1(f, y) / n
@@ -191,22 +228,37 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
         for s in blocks:
             # several blocks: recompute rather than store n x N arrays
             sz, dz = cache[j] if j in cache else evaluate(act, x[s], theta[c], (0, 1))
-            G[c, d + 1] += sz.T @ r[s]
-            g = (r[s, None] * dz) * a[c]  # d(loss)/dz, (rows, group size)
+            G[c, out] += sz.T @ r[s]
+            # d(loss)/dz_ji = sigma'(z_ji) sum_k r_jk a_ik, (rows, group size)
+            g = (r[s, None] * dz) * a[c] if m == 1 else (r[s] @ a[c].T) * dz
             G[c, :d] += g.T @ x[s]
             G[c, d] += g.sum(axis=0)
     return J, data, f, G / N
 
 
-def _prepare(P, x, comm, width):
+def _targets(y, lss: Loss) -> np.ndarray:
+    """y as (n,) for one output (also from (n, 1)) or (n, m); ValueError for m > 1 with a loss
+    other than the squared one."""
+    y = np.asarray(y, dtype=float)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 2 and lss.name != "squared":
+        raise ValueError(f"the {lss.name} loss takes one output (labels y in {{-1, +1}}); y has {y.shape[1]} "
+                         "columns: train each output on its own, or use loss='squared'")
+    return y
+
+
+def _prepare(P, x, comm, width, outputs=None):
     P = np.asarray(P, dtype=float)
     x = np.asarray(x, dtype=float)
     if x.ndim == 1:
         x = x[:, None]
-    if P.ndim != 2 or x.ndim != 2 or P.shape[1] != x.shape[1] + 2:
+    m = P.shape[1] - x.shape[1] - 1 if outputs is None and P.ndim == 2 and x.ndim == 2 else outputs
+    if P.ndim != 2 or x.ndim != 2 or m is None or m < 1 or P.shape[1] != x.shape[1] + 1 + m:
         raise ValueError(
-            f"particles have shape {P.shape} and inputs {x.shape}: expected particles "
-            "(N, d+2) with rows (w, b, a) and inputs (n, d)"
+            f"particles have shape {P.shape} and inputs {x.shape}"
+            + ("" if outputs is None else f" for {outputs} output(s)") + ": expected particles "
+            "(N, d+1+m) with rows (w, b, a_1..a_m) (m = 1: (N, d+2)) and inputs (n, d)"
         )
     if width is None:
         width = int(_allsum(comm, np.array([float(len(P))]))[0])
@@ -215,29 +267,35 @@ def _prepare(P, x, comm, width):
 
 def objective(particles, x, y, activation="relu", loss="squared", weight_decay=0.0,
               comm=None, width=None) -> float:
-    """J at ``particles`` (N, d+2); with ``comm``, particles are this rank's slice.
+    """J at ``particles`` (N, d+1+m) for targets y (n,) or (n, m); with ``comm``, particles are
+    this rank's slice.
 
     ``comm=None`` means no reductions: ``particles`` holds every neuron.
     ``width`` is the global N (computed with one Allreduce if omitted).
+    Raises ValueError if the particles' columns are not d+1+m, or for m > 1 with the logistic loss.
     """
-    P, x, N = _prepare(particles, x, comm, width)
-    return _evaluate(P, x, np.asarray(y, float), _activation(activation), _loss(loss),
-                     weight_decay, N, comm, grad=False)[0]
+    lss = _loss(loss)
+    y = _targets(y, lss)
+    P, x, N = _prepare(particles, x, comm, width, 1 if y.ndim == 1 else y.shape[1])
+    return _evaluate(P, x, y, _activation(activation), lss, weight_decay, N, comm, grad=False)[0]
 
 
 def gradient(particles, x, y, activation="relu", loss="squared", weight_decay=0.0,
              comm=None, width=None) -> np.ndarray:
     """dJ/dparticles, same shape as ``particles`` (O(1/N) per row; arguments as :func:`objective`)."""
-    P, x, N = _prepare(particles, x, comm, width)
-    return _evaluate(P, x, np.asarray(y, float), _activation(activation), _loss(loss),
-                     weight_decay, N, comm, grad=True)[3]
+    lss = _loss(loss)
+    y = _targets(y, lss)
+    P, x, N = _prepare(particles, x, comm, width, 1 if y.ndim == 1 else y.shape[1])
+    return _evaluate(P, x, y, _activation(activation), lss, weight_decay, N, comm, grad=True)[3]
 
 
 def predict(particles, x, activation="relu", comm=None, width=None) -> np.ndarray:
-    """The mean-field f at the rows of x (arguments as :func:`objective`)."""
+    """The mean-field f at the rows of x (arguments as :func:`objective`): (n,) for particles
+    (N, d+2), (n, m) for particles (N, d+1+m), m >= 2."""
     P, x, N = _prepare(particles, x, comm, width)
-    return _evaluate(P, x, np.zeros(len(x)), _activation(activation), _loss("squared"),
-                     0.0, N, comm, grad=False)[2]
+    m = P.shape[1] - x.shape[1] - 1
+    return _evaluate(P, x, np.zeros(len(x) if m == 1 else (len(x), m)), _activation(activation),
+                     _loss("squared"), 0.0, N, comm, grad=False)[2]
 
 
 # -- training ------------------------------------------------------------------
@@ -246,17 +304,18 @@ def predict(particles, x, activation="relu", comm=None, width=None) -> np.ndarra
 class ParticleResult:
     """Outcome of :func:`train`, identical on every rank (except wall times).
 
-    ``network``: the trained :class:`Network` (a_i / N folded in), all N neurons.
-    ``particles``: all N particles (N, d+2), rows (w_i, b_i, a_i).
+    ``network``: the trained :class:`Network` (a_i / N folded in), all N neurons; a (N, m) for
+    m outputs.
+    ``particles``: all N particles (N, d+1+m), rows (w_i, b_i, a_i) ((N, d+2) for one output).
     ``history``: dict of equal-length arrays, one entry per recorded step:
     ``step``, ``time`` (wall seconds since the start), ``objective`` (J),
     ``loss`` (the data term of J), ``grad_norm`` (sqrt((1/N) sum_i |V_i|^2),
     the L2(mu) norm of the mean-field velocity over trained coordinates),
-    ``test_error`` (RMSE for the squared loss, misclassification rate of
+    ``test_error`` (RMSE for the squared loss, over all n m values for m outputs; misclassification rate of
     sign(f) (f = 0 counts as +1) for the logistic loss; NaN without test data).
     ``status``: ``completed``, ``time_limit`` or ``diverged`` (J not finite;
     the last recorded row is that step, and ``network`` is None).
-    ``settings``: the arguments of the run (and ``ranks``).
+    ``settings``: the arguments of the run (and ``ranks`` and ``outputs``, m).
     """
 
     network: Network
@@ -275,7 +334,10 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
           steps=1000, weight_decay=0.0, temperature=0.0, seed=0, x_test=None, y_test=None,
           record_every=None, time_limit=None, comm=None, init=None, init_scale=1.0,
           trainable="all", betas=(0.9, 0.999), eps=1e-8, progress=False, leave=True) -> ParticleResult:
-    """Train N particles on the data (x (n, d), y (n,)); see the module docstring for the maths.
+    """Train N particles on the data (x (n, d), y (n,) or (n, m)); see the module docstring for the maths.
+
+    y (n, m), m >= 2 (squared loss only; x_test, y_test alike): a network of m outputs, particles
+    (N, d+1+m), the data term summed over the outputs, ``test_error`` the RMSE over all outputs.
 
     width        N; may be omitted when ``init`` is given.
     method       ``gd`` (full-batch gradient descent) or ``adam``; ``lr`` is the step
@@ -284,9 +346,10 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     seed         int: seeds the initial particles and the noise (independent streams of
                  ``np.random.SeedSequence(seed)``), identically on every rank.
     init         None: i.i.d. N(0, init_scale^2) particles from ``seed``
-                 (:func:`init_particles`); or a :class:`Network` / an (N, d+2) particle
-                 array holding *all* N neurons (e.g. a plateau to start from).
-    trainable    ``all``, ``inner`` (w, b only) or ``outer`` (a only: a convex problem).
+                 (:func:`init_particles`); or a :class:`Network` of m outputs / an (N, d+1+m)
+                 particle array holding *all* N neurons (e.g. a plateau to start from).
+    trainable    ``all``, ``inner`` (w, b only) or ``outer`` (a only: a convex problem, and for
+                 m outputs m independent ones, one per column of a).
     record_every history is recorded at step 0, every ``record_every`` steps
                  (default steps // 100) and at the last step.
     time_limit   wall seconds (rank 0's clock); training stops after the step that
@@ -297,25 +360,29 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     progress     a bar of the steps with J at the last recorded step (:mod:`flowfem.progress`:
                  rank 0, on a terminal); ``leave=False`` clears it when training ends.
 
-    Raises ValueError for arguments of the wrong type or range, and for a width whose
-    particles would not fit in memory (:func:`flowfem.memory.require`), before any work.
+    Raises ValueError for arguments of the wrong type or range, for y (n, m) with the logistic
+    loss, test targets with another number of outputs, and for a width whose particles would not
+    fit in memory (:func:`flowfem.memory.require`), before any work.
     """
     if y is None:  # data.check reads None as "no targets", which training cannot do without
-        raise ValueError("training data: targets y are missing; pass y of shape (n,) or (n, 1)")
-    x, y = _data.check(x, y, what="training data", takes="particle training (flowfem.particles)", outputs=1)
+        raise ValueError("training data: targets y are missing; pass y of shape (n,) or (n, 1), or (n, m)")
+    x, y = _data.check(x, y, what="training data", takes="particle training (flowfem.particles)")
     n, d = x.shape
     act, lss = _activation(activation), _loss(loss)
+    y = _targets(y, lss)
+    outputs = 1 if y.ndim == 1 else y.shape[1]
     lss.check_labels(y)
     if (x_test is None) != (y_test is None):
         raise ValueError("pass both x_test and y_test, or neither")
     if x_test is not None:
-        x_test, y_test = _data.check(x_test, y_test, what="test data", takes="particle training", outputs=1)
+        x_test, y_test = _data.check(x_test, y_test, what="test data", takes="particle training on these training data",
+                                     outputs=outputs)
         if x_test.shape[1] != d:
             raise ValueError(f"x_test has {x_test.shape[1]} columns but x has {d}; use the same features")
         lss.check_labels(y_test)
     if method not in ("gd", "adam"):
         raise ValueError(f"method {method!r} is unknown: choose 'gd' or 'adam'")
-    if trainable not in _TRAINABLE:
+    if trainable not in TRAINABLE:
         raise ValueError(f"trainable {trainable!r} is unknown: choose 'all', 'inner' or 'outer'")
     positive("lr", lr)
     positive("weight_decay", weight_decay, strict=False)
@@ -338,12 +405,14 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
         if arguments.integer("width", width, ">= 1 (the number of neurons)") < 1:
             raise ValueError(f"width must be an integer >= 1 (the number of neurons), got {width!r}")
         # on every rank: all N particles and the noise drawn for all, the rank's particles, Adam's moments,
-        # the gradient and the velocity (about 10 arrays of N (d + 2) doubles), and three feature blocks
-        # (sigma, sigma', a product) of at most max(_BLOCK, N) entries each (see _evaluate)
+        # the gradient and the velocity (about 10 arrays of N (d + 1 + m) doubles), and three feature blocks
+        # (sigma, sigma', a product) of at most max(_BLOCK, N) entries each, and the groups' partial
+        # predictions with their gathered copy, 2 K (n m + 1) doubles for K = min(N, GROUPS) (see _evaluate)
         features = 3 * 8.0 * min(n * width, max(_BLOCK, width))
-        memory.require(80.0 * width * (d + 2) + features, f"training {width} particles",
+        partial = 2 * 8.0 * min(width, GROUPS) * (max(n, 0 if x_test is None else len(x_test)) * outputs + 1)
+        memory.require(80.0 * width * (d + 1 + outputs) + features + partial, f"training {width} particles",
                        f"use a smaller {spell('width', 'N')}", comm if _size(comm) > 1 else None)
-        P_all = init_particles(int(width), d, seed, init_scale)
+        P_all = init_particles(int(width), d, seed, init_scale, outputs)
     else:
         if isinstance(init, Network):
             if act.name != init.activation.name:
@@ -351,13 +420,17 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
                     f"init network uses {init.activation.name} but activation={act.name!r}; "
                     "pass activation=init.activation"
                 )
+            if init.outputs != outputs:
+                raise ValueError(f"init network has {init.outputs} output(s) but y has {outputs}; "
+                                 "start from a network with one output per column of y")
             P_all = from_network(init)
         else:
             P_all = np.array(init, dtype=float)
-        if P_all.ndim != 2 or P_all.shape[1] != d + 2 or len(P_all) == 0:
+        if P_all.ndim != 2 or P_all.shape[1] != d + 1 + outputs or len(P_all) == 0:
+            rows = "(w, b, a)" if outputs == 1 else f"(w, b, a_1..a_{outputs})"
             raise ValueError(
-                f"init has shape {P_all.shape}: expected all N particles as (N, d+2) = (N, {d + 2}) "
-                "rows (w, b, a), or a Network with input dimension d"
+                f"init has shape {P_all.shape}: expected all N particles as (N, d+1+m) = (N, {d + 1 + outputs}) "
+                f"rows {rows} for d = {d} and m = {outputs} output(s), or a Network with input dimension d"
             )
         if not np.all(np.isfinite(P_all)):
             raise ValueError("init contains NaN or inf")
@@ -369,8 +442,8 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     groups = _pieces(N, mine.start, mine.stop - mine.start)
     P = P_all[mine].copy()
     del P_all
-    mask = np.zeros(d + 2, dtype=bool)
-    mask[_TRAINABLE[trainable]] = True
+    mask = np.zeros(d + 1 + outputs, dtype=bool)
+    mask[{"all": np.s_[:], "inner": np.s_[:d + 1], "outer": np.s_[d + 1:]}[trainable]] = True
     noise_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
     m = np.zeros_like(P)
     v = np.zeros_like(P)
@@ -413,14 +486,14 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
                 mh, vh = m / (1 - b1 ** (k + 1)), v / (1 - b2 ** (k + 1))
                 P -= lr * mh / (np.sqrt(vh) + eps)
             if temperature > 0:
-                xi = noise_rng.standard_normal((N, d + 2))[mine]
+                xi = noise_rng.standard_normal((N, d + 1 + outputs))[mine]
                 P += np.sqrt(2 * lr * temperature) * xi * mask
 
     P_all = np.vstack(comm.allgather(P)) if _size(comm) > 1 else P
     hist = {k: np.asarray(vals, dtype=int if k == "step" else float) for k, vals in history.items()}
     settings = dict(width=N, activation=act.name, loss=lss.name, method=method, lr=lr,
                     steps=steps, weight_decay=weight_decay, temperature=temperature, seed=seed,
-                    init_scale=init_scale, trainable=trainable, ranks=_size(comm))
+                    init_scale=init_scale, trainable=trainable, ranks=_size(comm), outputs=outputs)
     if status == "diverged":  # a network with NaN would not construct: keep the particles only
         return ParticleResult(None, P_all, hist, status, settings)
-    return ParticleResult(to_network(P_all, act), P_all, hist, status, settings)
+    return ParticleResult(to_network(P_all, act, outputs), P_all, hist, status, settings)

@@ -136,6 +136,101 @@ def test_bad_arguments_are_refused(kwargs, match):
         compare.compare(train, train, **(dict(TINY) | kwargs))
 
 
+# -- m outputs ----------------------------------------------------------------------------------
+
+
+def two_outputs(n, seed):
+    """Inputs x1 and two targets of different shape (smooth, kinked): y (n, 2)."""
+    x = np.random.default_rng(seed).uniform(-1, 1, (n, 1))
+    return data.Dataset(x, np.column_stack([np.sin(np.pi * x[:, 0]), np.abs(x[:, 0]) - 0.5]), "two")
+
+
+@pytest.fixture(scope="module")
+def two():
+    return compare.compare(two_outputs(150, 0), two_outputs(200, 1), **TINY)
+
+
+def test_two_outputs_every_row_fits_both(two):
+    """Every family fits both outputs: the rows' total and per-output test RMSE and the train loss
+    (summed over the outputs) recomputed from the networks and the FE Result."""
+    c, train, test = two, two.train, two.test
+    assert c.outputs == 2 and c.settings["outputs"] == 2 and c.result.outputs == 2
+    assert len(c.runs) == 1 + 2 * (1 + 2 + 2) + 2 * 2 * 2
+    fe = c.runs[0]
+    assert fe.test_rmse == pytest.approx(c.result.rmse(test.x, test.y), rel=1e-12)
+    np.testing.assert_allclose(fe.test_rmse_outputs, c.result.rmse_outputs(test.x, test.y), rtol=1e-12)
+    assert fe.train_loss == pytest.approx(c.result.parts[0], rel=1e-12)
+    assert fe.objective == pytest.approx(c.result.energy, rel=1e-12)
+
+    def check(r, net):
+        F, Ft = net(train.x), net(test.x)
+        assert net.outputs == 2 and Ft.shape == test.y.shape
+        np.testing.assert_allclose(r.test_rmse_outputs, np.sqrt(np.mean((Ft - test.y) ** 2, axis=0)), rtol=1e-10)
+        assert r.test_rmse == pytest.approx(np.sqrt(np.mean((Ft - test.y) ** 2)), rel=1e-10)
+        assert r.train_loss == pytest.approx(np.sum((F - train.y) ** 2) / (2 * len(train.y)), rel=1e-10)
+
+    for r in c.runs[1:]:
+        assert r.test_rmse == pytest.approx(np.sqrt(np.mean(np.square(r.test_rmse_outputs))), rel=1e-12)
+        if r.solver == "particles":
+            p = c.particles[(r.method, r.width, r.seed)]
+            assert p.particles.shape == (r.width, 1 + 1 + 2) and p.status == "completed"
+            assert r.test_rmse == p.history["test_error"][-1] and r.train_loss == p.history["loss"][-1]
+            check(r, p.network)
+        else:
+            net = next(n for k, n in c.networks.items() if k[0] == r.method and k[2] == r.seed and n.width == r.width)
+            check(r, net)
+            assert r.objective >= r.train_loss
+
+
+def test_two_outputs_densities_are_compared_output_by_output(two):
+    c = two
+    assert sorted(c.output_densities) == sorted(c.densities) == [("adam", 16, 0), ("gd", 16, 0)]
+    assert sorted(c.distances) == [f"{m} N=16 seed=0 y{k}" for m in ("adam", "gd") for k in (1, 2)]
+    assert c.density is c.result.densities[0]
+    for (m, N, s), pds in c.output_densities.items():
+        assert len(pds) == 2 and c.densities[(m, N, s)] is pds[0]
+        a = c.particles[(m, N, s)].network.a
+        for k, pd in enumerate(pds):
+            np.testing.assert_array_equal(pd.c0, a[:, k])  # output k's measure sum_i (a_ik / N) delta_(theta_i)
+            d = c.distances[f"{m} N={N} seed={s} y{k + 1}"]
+            assert d["l2"] == pytest.approx(compare.l2_distance(c.result.densities[k], pd.function), rel=1e-12)
+            assert d["l2_relative"] == pytest.approx(d["l2"] / compare.l2_norm(c.result.densities[k]), rel=1e-12)
+            assert d["projection_error"] <= d["projection_bound"] and d["dropped"] == 0
+
+
+def test_two_outputs_files(two, shared_tmp):
+    """Per-output columns in runs.csv and table.csv, a per-output column in table.md, every
+    output's density in densities.xdmf; the figures drawn."""
+    c = two
+    out = os.path.join(shared_tmp, "cmp2")
+    c.write(out, force=True)
+    assert sorted(os.listdir(out)) == sorted(compare.FILES + compare.FIGURES + (MANIFEST,))
+    runs = compare.read_csv(os.path.join(out, "runs.csv"))
+    assert list(runs[0])[-2:] == ["test_rmse_y1", "test_rmse_y2"]
+    for row, r in zip(runs, c.runs):
+        assert [row["test_rmse_y1"], row["test_rmse_y2"]] == r.test_rmse_outputs and row["test_rmse"] == r.test_rmse
+    table = compare.read_csv(os.path.join(out, "table.csv"))
+    for row in table:
+        rs = [r for r in c.runs if r.solver == row["solver"] and r.method == row["method"]
+              and (r.width or None) == (None if row["width"] is None else int(row["width"]))]
+        for k in range(2):
+            assert row[f"test_rmse_y{k + 1}_mean"] == pytest.approx(np.mean([r.test_rmse_outputs[k] for r in rs]),
+                                                                    rel=1e-14)
+    js = json.load(open(os.path.join(out, "results.json")))
+    assert js["settings"]["outputs"] == 2 and [r["test_rmse_outputs"] for r in js["runs"]] == \
+        [r.test_rmse_outputs for r in c.runs]
+    md = open(os.path.join(out, "table.md")).read()
+    assert "test RMSE y1..y2 (means)" in md and "gd N=16 seed=0 y2" in md and "2 outputs y1..y2" in md
+    xdmf = open(os.path.join(out, "densities.xdmf")).read()
+    for name in ("fe_density_y1", "fe_density_y2", "particles_gd_N16_seed0_y1", "particles_adam_N16_seed0_y2"):
+        assert f'Name="{name}"' in xdmf, name
+
+
+def test_test_data_of_another_number_of_outputs_is_refused():
+    with pytest.raises(ValueError, match=r"test data 'sin' have 1 output\(s\) but the training data 'two' 2"):
+        compare.compare(two_outputs(20, 0), data.synthetic("sin", 20, seed=1), **TINY)
+
+
 # -- the command ------------------------------------------------------------------------------
 
 ARGS = ["--data", "sin", "--n", "150", "--widths", "8,16", "--seeds", "0,1", "--steps", "40",
@@ -164,6 +259,37 @@ def test_command_writes_every_promised_file_serial_and_two_ranks(tmp_path):
         tol = 1e-10 if one["solver"] == "particles" else 1e-5
         assert two["test_rmse"] == pytest.approx(one["test_rmse"], rel=tol)
         assert two["objective"] == pytest.approx(one["objective"], rel=tol)
+
+
+@pytest.mark.mpi
+def test_command_with_two_outputs_serial_and_two_ranks(tmp_path):
+    """`flowfem compare` on a CSV with columns y2,x1,y1 (taken by name): every promised file, the
+    per-output columns and the same numbers on 1 and 2 ranks."""
+    ds = two_outputs(150, 0)
+    np.savetxt(tmp_path / "d.csv", np.column_stack([ds.y[:, 1], ds.x, ds.y[:, 0]]), delimiter=",",
+               header="y2,x1,y1", comments="")
+    args = ["--data", str(tmp_path / "d.csv")] + ARGS[4:]  # ARGS without --data sin --n 150
+    rows = []
+    for ranks in (1, 2):
+        out = tmp_path / f"r{ranks}"
+        r = run([FLOWFEM, "compare", *args, "--out", str(out)], ranks=ranks, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert sorted(os.listdir(out)) == sorted(compare.FILES + compare.FIGURES + (MANIFEST,))
+        assert all((out / f).stat().st_size > 0 for f in compare.FILES + compare.FIGURES)
+        assert "test RMSE y1..y2 (means)" in r.stdout and "wrote" in r.stdout
+        runs = compare.read_csv(out / "runs.csv")
+        assert {row["ranks"] for row in runs} == {ranks}
+        assert json.loads((out / "results.json").read_text())["settings"]["outputs"] == 2
+        for row in runs:  # the total over n m values from the outputs' RMSE (equal test sizes)
+            assert row["test_rmse"] == pytest.approx(np.sqrt((row["test_rmse_y1"] ** 2 + row["test_rmse_y2"] ** 2) / 2),
+                                                     rel=1e-10)
+        rows.append(runs)
+    for one, two_ in zip(*rows):
+        assert (one["solver"], one["method"], one["width"], one["seed"]) == \
+               (two_["solver"], two_["method"], two_["width"], two_["seed"])
+        tol = 1e-10 if one["solver"] == "particles" else 1e-5
+        for key in ("test_rmse", "test_rmse_y1", "test_rmse_y2", "objective", "train_loss"):
+            assert two_[key] == pytest.approx(one[key], rel=tol), key
 
 
 @pytest.mark.mpi
