@@ -147,17 +147,17 @@ def test_several_outputs_are_refused_where_they_do_not_apply():
 
 
 def test_one_output_trainers_refuse_m_outputs_in_one_line():
-    """Particle training and the landscape tools (one output) refuse y (n, m) and an m-output
-    network by the one data check, instead of reshaping y into n m rows."""
+    """The landscape tools (one output) refuse y (n, m) and an m-output network by the one data
+    check, instead of reshaping y into n m rows; particle training takes m outputs
+    (tests/test_particles_outputs.py) but not test targets of another m, nor the logistic loss with m."""
     from flowfem import particles, plateau
 
     x = np.linspace(-1, 1, 20)
     Y = np.column_stack([x, x ** 2])
-    with pytest.raises(ValueError, match=r"training data: targets y have 2 outputs \(shape \(20, 2\)\), but "
-                                         "particle training .* takes one output: give one target column y"):
-        particles.train(x, Y, width=4, steps=1)
     with pytest.raises(ValueError, match="test data: targets y have 2 outputs"):
         particles.train(x, x, width=4, steps=1, x_test=x, y_test=Y)
+    with pytest.raises(ValueError, match="the logistic loss takes one output"):
+        particles.train(x, np.sign(Y + 0.1), width=4, steps=1, loss="logistic")
     one, two = (Network(np.ones((3, 1)), np.zeros(3), a, "relu") for a in (np.ones(3), np.ones((3, 2))))
     with pytest.raises(ValueError, match="targets y have 2 outputs .* flowfem.plateau takes one output"):
         plateau.objective(one, x, Y)

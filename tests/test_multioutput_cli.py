@@ -103,7 +103,6 @@ def test_one_and_two_ranks_agree(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["compare", "--widths", "4", "--seeds", "0", "--steps", "2"], "compare takes one output; 'd' has 3"),
     (["solve", "--loss", "logistic"], "3 outputs (y of shape (160, 3)) need the squared loss"),
 ])
 def test_commands_of_one_output_refuse_m_in_one_line(tmp_path, args, message):
