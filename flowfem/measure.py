@@ -14,8 +14,13 @@ Two projections of mu onto finite elements on a parameter mesh:
 
 Both place the point masses with one :class:`PointLocator` (owner rank and cell of each point,
 replicated on every rank) and :func:`pull_back` (reference coordinates in that cell). On the
-circle and sphere only directions exist: a neuron theta = r vartheta of a positively homogeneous
+circle, sphere and s3 only directions exist: a neuron theta = r vartheta of a positively homogeneous
 sigma of degree p counts as r^p c at vartheta (:func:`to_directions`), which leaves f unchanged.
+
+Points are located in the mesh's coordinates x = chart^-1(theta) and integrals over Omega are
+d theta = lambda^n dx (the Space's chart, :mod:`flowfem.space`: the identity but on s3, where
+x = z = vartheta_(1..3) / (1 + vartheta_4) and lambda^3 = (2 / (1 + |z|^2))^3). The s3 chart leaves out
+the cap |z| > Z around the south pole: a neuron there lies outside the domain.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from petsc4py import PETSc  # noqa: E402
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.network import Network  # noqa: E402
 from flowfem.particles import ParticleResult  # noqa: E402
-from flowfem.space import check_parameter_dim  # noqa: E402
+from flowfem.space import chart_of, check_parameter_dim  # noqa: E402
 
 PLACEMENTS = ("rescale", "clip", "drop")
 _MARGIN = 3.0  # rescaled particles end this many cell diameters h inside the boundary (along their ray)
@@ -140,9 +145,11 @@ def project_network(H, network: Network, activation=None) -> dolfinx.fem.Functio
 
     V_h the space of ``H`` (a :class:`flowfem.sobolev.WeightedH1`), so f_{u_h}(x) = sum_i a_i
     (Pi sigma_x)(theta_i), Pi the L^2 projection of sigma_x = sigma(. x~): exact whenever sigma_x lies
-    in V_h (e.g. sigma(z) = z with P1 elements). On the circle and sphere (homogeneous sigma of
-    degree p) a neuron theta = r vartheta counts as r^p a at its direction vartheta. ValueError for
-    a neuron outside a box or ball domain, or an activation other than the problem's. Collective.
+    in V_h (e.g. sigma(z) = z with P1 elements). On the circle, sphere and s3 (homogeneous sigma of
+    degree p) a neuron theta = r vartheta counts as r^p a at its direction vartheta; on s3 the mass
+    matrix is integral u v lambda^3 dz. ValueError for a neuron outside a box or ball domain (on the
+    circle, sphere and s3: more than h / 4 from the mesh, h the largest cell diameter in mesh
+    coordinates, e.g. in the cap s3 leaves out), or an activation other than the problem's. Collective.
     """
     mesh, V, comm = H.space.mesh, H.V, H.space.comm
     sigma = _activation(activation if activation is not None else network.activation)
@@ -155,8 +162,11 @@ def project_network(H, network: Network, activation=None) -> dolfinx.fem.Functio
     manifold = H.space.homogeneous_only
     if manifold:
         theta, a, _ = to_directions(theta, a, sigma.degree)
-    owner, cell, d2 = PointLocator(mesh)(theta)
-    dist = np.sqrt(d2)
+    chart = H.space.chart
+    points = chart.inverse(theta)  # mesh coordinates (inf at a point the chart misses)
+    finite = np.isfinite(points).all(axis=1)
+    owner, cell, d2 = PointLocator(mesh)(np.where(finite[:, None], points, 0.0))
+    dist = np.where(finite, np.sqrt(d2), np.inf)
     tol = 0.25 * cell_size(mesh) if manifold else 1e-8 * max(1.0, float(np.abs(theta).max(initial=1.0)))
     far = np.flatnonzero(dist > tol)
     if len(far):
@@ -168,13 +178,14 @@ def project_network(H, network: Network, activation=None) -> dolfinx.fem.Functio
     mine = np.flatnonzero(cell >= 0)
     b = H.function("rhs")
     if len(mine):
-        X = clamp(pull_back(mesh, cell[mine], theta[mine]))
+        X = clamp(pull_back(mesh, cell[mine], points[mine]))
         phi = V.element.basix_element.tabulate(0, X)[0, :, :, 0]
         np.add.at(b.x.array, V.dofmap.list[cell[mine]], a[mine, None] * phi)
     b.x.scatter_reverse(dolfinx.la.InsertMode.add)
-    # solve the unweighted mass system integral u v = b
+    # solve the unweighted mass system integral u v d theta = b (d theta = lambda^n dx)
     u_, v_ = ufl.TrialFunction(V), ufl.TestFunction(V)
-    M1 = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(u_ * v_ * ufl.dx))
+    volume = chart.ufl_volume(ufl.SpatialCoordinate(mesh), mesh.topology.dim)
+    M1 = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(volume * u_ * v_ * ufl.dx))
     M1.assemble()
     ksp = PETSc.KSP().create(comm)
     ksp.setOperators(M1)
@@ -293,18 +304,22 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
 
     * ``lumped``: the mass-lumped L2 projection onto P1, (u_h, v)_lumped = sum_i c_i v(theta_i)
       for all v, i.e. u_k = sum_i c_i phi_k(theta_i) / m_k with m_k = integral phi_k d theta
-      (unweighted: f_u integrates against d theta). It keeps the sign of mu, conserves mass,
-      integral u_h = sum c_i, and first moments, and spreads each point mass over the cells
-      around it, no further than 2 h.
+      (unweighted: f_u integrates against d theta; on s3 d theta = lambda^3 dz). It keeps the
+      sign of mu, conserves mass, integral u_h d theta = sum c_i, and first moments, and spreads
+      each point mass over the cells around it, no further than 2 h.
     * ``kernel``: then smoothed with the kernel of (1 - (s^2/2) Laplacian)^(-1) (natural
-      boundary condition): (M_lumped + (s^2/2) K) u = b. In free space the kernel has standard
+      boundary condition): (M_lumped + (s^2/2) K) u = b, K the stiffness of the Laplacian of
+      Omega (on s3 that of S^3: integral lambda grad_z w . grad_z v dz). In free space the kernel has standard
       deviation s = ``width`` in every coordinate; the boundary reflects it, so mass is conserved.
 
     Placing the particles:
 
-    * circle and sphere: only directions exist; theta_i -> theta_i / |theta_i| with
+    * circle, sphere and s3: only directions exist; theta_i -> theta_i / |theta_i| with
       c_i -> c_i |theta_i|^p (sigma(r z) = r^p sigma(z)), which leaves the network unchanged;
-      homogeneous activations only (as :mod:`flowfem.readout` does in reverse).
+      homogeneous activations only (as :mod:`flowfem.readout` does in reverse). On s3 a direction
+      in the cap |z| > Z that the chart leaves out (more than h / 4 from the mesh in z) cannot
+      be moved along its ray: ``rescale`` and ``drop`` drop it (for relu with Z >= Z_0 of the data
+      it is zero on every input: exact there), ``clip`` moves it to the closest point of the mesh.
     * particles outside a box, ball or mesh file, by ``outside``: ``rescale`` (default for
       homogeneous sigma; exact) moves theta_i along its ray to t theta_i inside, c_i -> c_i / t^p
       (t: the boundary, found by bisection, then 3 h further in, at most half-way to the origin, so
@@ -348,17 +363,18 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
     else:
         raise TypeError(f"density needs a flowfem Space or a dolfinx function space, not {type(target).__name__}")
     comm = mesh.comm
+    chart = chart_of(mesh)
     tdim, gdim = mesh.topology.dim, mesh.geometry.dim
     theta0 = np.column_stack([net.W, net.b])
     c0 = net.a.copy()
-    check_parameter_dim(net.input_dim, gdim, "the network")
-    directions = tdim < gdim
+    check_parameter_dim(net.input_dim, chart.neuron_dim(gdim), "the network")
+    directions = tdim < chart.neuron_dim(gdim)
     theta, c = theta0.copy(), c0.copy()
     N = len(c)
     moved = np.zeros(N, dtype=bool)
     dropped = np.zeros(N, dtype=bool)
     if directions:
-        act.require_homogeneous("circle" if tdim == 1 else "sphere")
+        act.require_homogeneous("s3" if chart.truncated else "circle" if tdim == 1 else "sphere")
         theta, c, moved = to_directions(theta, c, act.degree)
 
     locate = PointLocator(mesh)
@@ -369,9 +385,23 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
     comm.Allreduce(MPI.IN_PLACE, lo, op=MPI.MIN)
     comm.Allreduce(MPI.IN_PLACE, hi, op=MPI.MAX)
     tol2 = (1e-9 * float(np.linalg.norm(hi - lo))) ** 2
-    owner, cell, d2 = locate(theta)
-    out = (d2 > tol2) if not directions else np.zeros(N, dtype=bool)
-    if out.any():
+    points = chart.inverse(theta)  # mesh coordinates: inf where the chart misses a point
+    finite = np.isfinite(points).all(axis=1)
+    owner, cell, d2 = locate(np.where(finite[:, None], points, 0.0))
+    d2 = np.where(finite, d2, np.inf)
+    if directions:  # all directions are on the circle and sphere; s3 leaves out a cap
+        out = d2 > (0.25 * h) ** 2 if chart.truncated else np.zeros(N, dtype=bool)
+    else:
+        out = d2 > tol2
+    if out.any() and directions:  # no ray to move along: drop, or clip onto the mesh where finite
+        idx = np.flatnonzero(out)
+        clip = np.isfinite(d2[idx]) if outside == "clip" else np.zeros(len(idx), dtype=bool)
+        moved[idx[clip]] = True
+        dropped[idx[~clip]] = True
+        c[idx[~clip]] = 0.0
+        points = np.where((finite & ~dropped)[:, None], points, 0.0)
+        owner, cell, d2 = locate(points)
+    elif out.any():
         idx = np.flatnonzero(out)
         if outside == "rescale":
             if locate(np.zeros((1, gdim)))[2][0] > tol2:
@@ -399,14 +429,15 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
         else:
             dropped[idx] = True
             c[idx] = 0.0
-        owner, cell, d2 = locate(theta)
+        points = chart.inverse(theta)
+        owner, cell, d2 = locate(points)
 
     # reference coordinates on the owning rank, the placed point x(X), shared with every rank
-    mine = np.flatnonzero(cell >= 0)
+    mine = np.flatnonzero((cell >= 0) & ~(dropped & directions))
     placed = np.zeros((N, gdim))
     X = np.zeros((len(mine), tdim))
     if len(mine):
-        X = pull_back(mesh, cell[mine], theta[mine])
+        X = pull_back(mesh, cell[mine], points[mine])
         if outside == "clip" or directions:
             X = clamp(X)
         else:  # inside to rounding: only clamp away round-off
@@ -414,6 +445,7 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
         phi = mesh.ufl_domain().ufl_coordinate_element().basix_element.tabulate(0, X)[0, :, :, 0]
         placed[mine] = np.einsum("pk,pkg->pg", phi, _geometry(mesh, cell[mine]))
     comm.Allreduce(MPI.IN_PLACE, placed, op=MPI.SUM)
+    placed = chart.point(placed)  # as neurons
     shift = np.where(dropped, 0.0, np.linalg.norm(placed - theta, axis=1))
     if outside == "clip" or directions:
         theta = np.where(dropped[:, None], theta, placed)
@@ -429,7 +461,9 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
     b.x.scatter_reverse(dolfinx.la.InsertMode.add)
     v = ufl.TestFunction(V1)
     m = dolfinx.fem.Function(V1)
-    dolfinx.fem.assemble_vector(m.x.array, dolfinx.fem.form(v * ufl.dx))
+    x = ufl.SpatialCoordinate(mesh)
+    volume, gradient = chart.ufl_volume(x, tdim), chart.ufl_gradient(x, tdim)  # d theta = volume dx
+    dolfinx.fem.assemble_vector(m.x.array, dolfinx.fem.form(volume * v * ufl.dx))
     m.x.scatter_reverse(dolfinx.la.InsertMode.add)
     u = dolfinx.fem.Function(V1, name="particles")
     nown = V1.dofmap.index_map.size_local
@@ -437,7 +471,8 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
         u.x.array[:nown] = b.x.array[:nown] / m.x.array[:nown]
     else:
         w = ufl.TrialFunction(V1)
-        A = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(0.5 * width**2 * ufl.inner(ufl.grad(w), ufl.grad(v)) * ufl.dx))
+        stiffness = 0.5 * width**2 * gradient * ufl.inner(ufl.grad(w), ufl.grad(v)) * ufl.dx
+        A = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(stiffness))
         A.assemble()
         diag = A.getDiagonal()
         diag.array[:] += m.x.array[:nown]

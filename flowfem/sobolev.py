@@ -8,6 +8,22 @@ with a weight omega > 0: ``uniform`` (omega = 1) or ``gaussian:s``
 neurons). ||u||^2_{H^1_omega} = a_omega(u, u). On the circle and sphere
 grad is the tangential gradient. Lagrange elements of degree p give the
 stiffness-plus-mass matrix A and the weighted mass matrix M.
+
+The forms are integrals over the mesh in its own coordinates x, through the
+Space's chart theta(x) with conformal factor lambda (:mod:`flowfem.space`:
+d theta = lambda^n dx, |grad_theta u|^2 = lambda^-2 |grad_x u|^2, n the mesh's
+topological dimension), so every domain has a gradient weight and a mass weight:
+
+    a_omega(u, v) = integral (kappa w_grad grad_x u . grad_x v + w_mass u v) dx,
+    w_grad = lambda^(n-2) omega(theta(x)),   w_mass = lambda^n omega(theta(x)),
+    m_omega(u, v) = integral w_mass u v dx.
+
+On the box, ball, circle and sphere lambda = 1 and both are omega; on the s3
+chart of S^3 (n = 3) w_grad = lambda omega and w_mass = lambda^3 omega, with
+lambda = 2 / (1 + |z|^2). The strong form of a_omega on the chart is
+-div_x(kappa w_grad grad_x u) + w_mass u = lambda^3 omega (-kappa Delta_S u + u)
+for constant omega (omega is constant on S^3: |theta| = 1), with the natural
+condition w_grad du/dnu = 0 on the chart's boundary |z| = Z.
 """
 
 from __future__ import annotations
@@ -74,16 +90,24 @@ class WeightedH1:
         self.kappa = float(kappa)
         self.degree = degree
         self.V = dolfinx.fem.functionspace(space.mesh, ("Lagrange", degree))
-        theta = ufl.SpatialCoordinate(space.mesh)
-        self.omega = self.weight.ufl(theta)
+        x = ufl.SpatialCoordinate(space.mesh)
+        tdim = space.mesh.topology.dim
+        self.omega = self.weight.ufl(space.chart.ufl_point(x))  # omega(theta(x))
+        self.gradient_weight = space.chart.ufl_gradient(x, tdim) * self.omega  # w_grad = lambda^(n-2) omega
+        self.mass_weight = space.chart.ufl_volume(x, tdim) * self.omega  # w_mass = lambda^n omega
         u, v = ufl.TrialFunction(self.V), ufl.TestFunction(self.V)
         self._a = dolfinx.fem.form(self.a_form(u, v))
-        self._m = dolfinx.fem.form(u * v * self.omega * ufl.dx)
+        self._m = dolfinx.fem.form(self.m_form(u, v))
         self._A = self._M = None
 
     def a_form(self, u, v):
-        """(kappa grad u . grad v + u v) omega dx."""
-        return (self.kappa * ufl.inner(ufl.grad(u), ufl.grad(v)) + u * v) * self.omega * ufl.dx
+        """(kappa w_grad grad u . grad v + w_mass u v) dx in the mesh's coordinates (module docstring)."""
+        return (self.kappa * self.gradient_weight * ufl.inner(ufl.grad(u), ufl.grad(v))
+                + self.mass_weight * u * v) * ufl.dx
+
+    def m_form(self, u, v):
+        """w_mass u v dx: the weighted L^2 inner product m_omega."""
+        return self.mass_weight * u * v * ufl.dx
 
     @property
     def A(self):

@@ -8,10 +8,66 @@ feature is sigma(theta . x~) with x~ = (x, 1). Omega is meshed:
 * ``circle``: the unit circle S^1, a curve in R^2 (d = 1);
 * ``sphere``: the unit sphere S^2, a surface in R^3 (d = 2).
 
+* ``s3``:     the unit sphere S^3 of R^4 (d = 3), meshed in one stereographic chart:
+              a ball |z| <= Z of R^3 (gmsh), see "The chart of S^3" below.
+
 The circle and the sphere are manifold meshes (geometric dimension d + 1,
-topological dimension d). They carry densities of *directions*, which is
-enough only for positively homogeneous activations (docs/theory.md §10):
-``Space.homogeneous_only`` says so.
+topological dimension d). They, and ``s3``, carry densities of *directions*,
+which is enough only for positively homogeneous activations (docs/theory.md
+§10): ``Space.homogeneous_only`` says so.
+
+Charts. Every Space has a :class:`Chart` theta(x) from its mesh coordinates x to
+the neurons theta, with the conformal factor lambda(x) of the metric pulled back
+to the mesh, g = lambda^2 dx^2. For the box, ball, circle, sphere and mesh files
+it is the identity (theta = x, lambda = 1: the mesh lies in parameter space and
+``dx`` is already the length, area or volume element there). The quadrature of
+the data operator, the weighted Sobolev space and the measures use the chart and
+nothing else, so no domain is a special case there:
+
+    neurons      theta_q = theta(x_q)                 (Quadrature.theta, shape (points, d + 1))
+    volume       d theta = lambda^n dx                (n the mesh's topological dimension)
+    gradient     |grad_theta u|^2 = lambda^-2 |grad_x u|^2
+    H^1_omega    integral (kappa lambda^(n-2) |grad_x u|^2 + lambda^n u^2) omega(theta(x)) dx.
+
+The chart of S^3 (domain ``s3``). Stereographic projection from the south pole
+s = (0, 0, 0, -1): the round metric in stereographic coordinates is
+4 |dz|^2 / (1 + |z|^2)^2 (Lee, Introduction to Riemannian Manifolds, 2nd ed. 2018, ch. 3,
+the round sphere in stereographic coordinates), so the chart is conformal with:
+
+    vartheta(z) = (2 z, 1 - |z|^2) / (1 + |z|^2) in S^3,   z in R^3,
+    lambda(z) = 2 / (1 + |z|^2),   z(vartheta) = (vartheta_1, vartheta_2, vartheta_3) / (1 + vartheta_4).
+
+The chart misses only s, the neuron sigma(-1) (zero for relu on every input).
+The point vartheta(z) has geodesic distance 2 arctan(1 / |z|) from s, so the
+chart ball |z| <= Z leaves out the geodesic cap of angular radius
+beta = 2 arctan(1 / Z) around s, of measure pi (2 beta - sin 2 beta)
+(4 pi integral_0^beta sin^2 t dt; S^3 has 2 pi^2). A neuron vartheta(z) is zero on
+every input |x| <= X (relu: |w| X + b <= 0) exactly when
+
+    |z| >= Z_0(X) = X + sqrt(X^2 + 1),   the dead cap, of angular radius arctan(1 / X);
+
+so for Z >= Z_0 truncating the chart leaves the data term exact for relu and moves
+only the regulariser's boundary (the natural condition kappa omega lambda du/dnu = 0
+on |z| = Z instead of a density continued over the cap). For leaky relu and z^k a
+neuron of the cap is, on the data, a multiple of its antipode's (sigma(t) = s t or
+t^k = (-1)^k (-t)^k for t = vartheta . x~ < 0), which the chart holds: the predictions
+a density can make are the same, only their regulariser changes.
+:meth:`Space.check_inputs` refuses inputs beyond the radius Z of a given chart. :func:`chart_radius`
+chooses Z from the data with a margin: the mesh keeps a fraction ``margin`` of
+the dead cap's angular radius (default 1/2), i.e. it leaves out the cap of
+radius (1 - margin) arctan(1 / X):
+
+    Z = cot((1 - margin) arctan(1 / X) / 2),   margin 1/2:  Z = Z_0 + sqrt(Z_0^2 + 1)
+
+(X = 1: Z_0 = 2.41, Z = 5.03; X = 3: Z_0 = 6.16, Z = 12.4). The cap left out is then dead on
+every input up to |x| <= cot((1 - margin) arctan(1 / X)), with margin 1/2 up to X + sqrt(X^2 + 1)
+(about 2 X): predictions at new inputs that far out are exact too. The mesh is graded so that
+its cells are about uniform on S^3: the element size at |z| = r is
+h / lambda(r) = h (1 + r^2) / 2 (h the size on S^3, ``size`` of the domain), capped
+at h Z so that the boundary sphere |z| = Z is resolved to the angle h as well
+(a cap of radius beta ~ 2 / Z on S^3 is then cut into cells of size ~ h beta).
+About :data:`S3_CELLS` / h^3 tetrahedra; h Z is limited to :data:`S3_MAX_BOUNDARY_SIZE` (gmsh
+crashed beyond it) and a mesh whose cells do not cover the truncated S^3 is refused.
 
 Meshes are first made as plain arrays (:class:`MeshArrays`) on rank 0, so
 that the same arrays can be written with meshio (``.msh``, ``.xdmf``) or
@@ -27,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +98,7 @@ import dolfinx.mesh  # noqa: E402
 import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-DOMAINS = ("box", "ball", "circle", "sphere")
+DOMAINS = ("box", "ball", "circle", "sphere", "s3")
 
 # meshio cell names <-> (dolfinx cell, geometry degree)
 _MESHIO_CELLS = {
@@ -53,14 +110,18 @@ _MESHIO_CELLS = {
     "tetra10": ("tetrahedron", 2),
 }
 _TDIM = {"interval": 1, "triangle": 2, "tetrahedron": 3}
-DEFAULT_SIZES = {"box": 32, "ball": 0.25, "circle": 64, "sphere": 3}  # n, h, arcs, refinements
+DEFAULT_SIZES = {"box": 32, "ball": 0.25, "circle": 64, "sphere": 3, "s3": 0.25}  # n, h, arcs, refinements, h on S^3
 # Peak memory per cell of making a mesh and building the dolfinx mesh from it on one rank, measured
 # (peak RSS over 1e5..1e6 cells): box 414 (tetrahedra) and 434 (triangles), circle 455, sphere 696
 # (curved triangles), ball 1005 (gmsh tetrahedra, gmsh's own data included). Writing with meshio
 # (flowfem mesh) peaked lower: 140..450.
-MESH_BYTES_PER_CELL = {"box": 450, "circle": 460, "sphere": 700, "ball": 1000}
+MESH_BYTES_PER_CELL = {"box": 450, "circle": 460, "sphere": 700, "ball": 1000, "s3": 1000}
 # cells of gmsh's ball for element size h: about c (R / h)^(d+1), c measured for h = R/100..R/2
 BALL_CELLS = {1: 7.26, 2: 19.2}
+# cells of the s3 chart for the size h on S^3: about S3_CELLS / h^3, measured 110..140 for h = 0.6..0.2, Z = 5..12
+S3_CELLS = 140.0
+S3_MAX_BOUNDARY_SIZE = 15.0  # h Z: gmsh segfaulted at (h, Z) = (0.4, 60), (0.3, 100), (0.25, 150), (0.5, 34)
+S3_MEASURE_TOLERANCE = 0.05  # relative: midpoint-rule measure of good meshes was within 2.5% for h <= 0.4
 FLAT = 1e-12  # relative to the mesh's size: coordinate noise dropped, cells of no measure refused
 NEARLY_PLANAR = 1e-3  # a mesh within this relative distance of a coordinate plane is a planar mesh
 
@@ -122,6 +183,129 @@ def _vtk_perm(cell_type: str, num_nodes: int) -> np.ndarray:
     from dolfinx.io.utils import cell_perm_vtk
 
     return np.asarray(cell_perm_vtk(dolfinx.mesh.to_type(cell_type), num_nodes))
+
+
+# -- charts: mesh coordinates -> neurons ------------------------------------------------
+
+
+class Chart:
+    """The identity chart theta(x) = x, lambda = 1: the mesh lies in parameter space (box, ball,
+    circle, sphere, mesh files). See the module docstring for what a chart provides.
+
+    NumPy methods take points as rows, x of shape (m, gdim); the ``ufl_`` methods take the
+    mesh's ``ufl.SpatialCoordinate`` and return UFL expressions (or the number 1).
+    """
+
+    name = "identity"
+    truncated = False  # True: the mesh covers the chart's manifold only in part (s3 leaves out the cap |z| > Z)
+
+    def neuron_dim(self, gdim: int) -> int:
+        """The dimension d + 1 of the neurons theta on a mesh of geometric dimension gdim."""
+        return gdim
+
+    def point(self, x: np.ndarray) -> np.ndarray:
+        """theta(x): (m, gdim) -> (m, d + 1)."""
+        return x
+
+    def conformal(self, x: np.ndarray) -> np.ndarray:
+        """lambda(x), shape (m,)."""
+        return np.ones(len(x))
+
+    def inverse(self, theta: np.ndarray) -> np.ndarray:
+        """x(theta): the mesh coordinates of neurons (m, d + 1) -> (m, gdim)."""
+        return theta
+
+    def ufl_point(self, x):
+        return x
+
+    def ufl_volume(self, x, tdim: int):
+        """lambda^tdim: d theta = lambda^tdim dx."""
+        return 1.0
+
+    def ufl_gradient(self, x, tdim: int):
+        """lambda^(tdim - 2): |grad_theta u|^2 d theta = lambda^(tdim - 2) |grad_x u|^2 dx."""
+        return 1.0
+
+
+class StereographicChart(Chart):
+    """S^n in R^(n+1) in stereographic coordinates z in R^n from the south pole (0, ..., 0, -1):
+
+        vartheta(z) = (2 z, 1 - |z|^2) / (1 + |z|^2),   lambda(z) = 2 / (1 + |z|^2),
+        z(vartheta) = vartheta_(1..n) / (1 + vartheta_(n+1))   (inf at the south pole).
+
+    Conformal: the round metric is lambda^2 |dz|^2 (Lee, Introduction to Riemannian
+    Manifolds, 2nd ed., ch. 3), so d vartheta = lambda^n dz and |grad_S u| = |grad_z u| / lambda.
+    """
+
+    name = "stereographic"
+    truncated = True
+
+    def neuron_dim(self, gdim: int) -> int:
+        return gdim + 1
+
+    def point(self, z: np.ndarray) -> np.ndarray:
+        z = np.asarray(z, dtype=float)
+        r2 = np.sum(z * z, axis=1, keepdims=True)
+        return np.hstack([2 * z, 1 - r2]) / (1 + r2)
+
+    def conformal(self, z: np.ndarray) -> np.ndarray:
+        z = np.asarray(z, dtype=float)
+        return 2.0 / (1.0 + np.sum(z * z, axis=1))
+
+    def inverse(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.asarray(theta, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = theta[:, :-1] / (1.0 + theta[:, -1:])
+        return np.where(np.isfinite(z), z, np.inf)
+
+    def ufl_point(self, z):
+        r2 = ufl.dot(z, z)
+        n = z.ufl_shape[0]
+        return ufl.as_vector([2 * z[i] / (1 + r2) for i in range(n)] + [(1 - r2) / (1 + r2)])
+
+    def ufl_volume(self, z, tdim: int):
+        return (2 / (1 + ufl.dot(z, z))) ** tdim
+
+    def ufl_gradient(self, z, tdim: int):
+        return (2 / (1 + ufl.dot(z, z))) ** (tdim - 2)
+
+
+IDENTITY = Chart()
+STEREOGRAPHIC = StereographicChart()
+_CHART_OF_DOMAIN = {"s3": STEREOGRAPHIC}
+_CHARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # dolfinx mesh -> its Space's chart
+
+
+def chart_of(mesh) -> Chart:
+    """The chart of a dolfinx mesh made by a :class:`Space` (the identity for any other mesh): lets
+    code that holds only a Function (readout, measures) map its mesh points to neurons."""
+    return _CHARTS.get(mesh, IDENTITY)
+
+
+def dead_radius(X: float) -> float:
+    """Z_0(X) = X + sqrt(X^2 + 1): every neuron vartheta(z) with |z| >= Z_0 has relu(vartheta . x~) = 0
+    for all |x| <= X (|w| X + b <= 0 with |w| = 2 |z| / (1 + |z|^2), b = (1 - |z|^2) / (1 + |z|^2))."""
+    X = float(X)
+    return X + np.hypot(X, 1.0)
+
+
+def chart_radius(X: float, margin: float = 0.5) -> float:
+    """The s3 chart radius Z for inputs |x| <= X: the ball |z| <= Z keeps the fraction ``margin`` of the
+    dead cap's angular radius arctan(1 / X) (module docstring),
+
+        Z = cot((1 - margin) arctan(1 / X) / 2) >= Z_0(X),   margin 0: Z_0;   1/2: Z_0 + sqrt(Z_0^2 + 1).
+
+    Raises ValueError unless X >= 0 is finite and 0 <= margin < 1 (margin 1 would keep the whole
+    cap: the chart cannot reach the south pole).
+    """
+    X = number("the inputs' largest norm X", X, ">= 0")
+    margin = number("the chart margin", margin, "in [0, 1)")
+    if not (np.isfinite(X) and X >= 0):
+        raise ValueError(f"the inputs' largest norm X = {X} must be finite and >= 0")
+    if not (0 <= margin < 1):
+        raise ValueError(f"the s3 chart margin {margin:g} must be in [0, 1): the fraction of the dead cap kept")
+    beta = (1.0 - margin) * np.arctan2(1.0, X)  # the angular radius of the cap left out
+    return float(1.0 / np.tan(beta / 2))
 
 
 # -- generators (plain NumPy / gmsh; called on one rank) ----------------------------
@@ -217,6 +401,78 @@ def ball_arrays(d: int, h: float, radius: float) -> MeshArrays:
     return MeshArrays(points[used], renumber[cells], "triangle" if d == 1 else "tetrahedron", 1, "ball")
 
 
+def s3_arrays(h: float, radius: float) -> MeshArrays:
+    """The stereographic chart of S^3 truncated to the ball |z| <= Z = ``radius`` (gmsh tetrahedra), graded
+    to cells of about size h on S^3: element size h (1 + |z|^2) / 2 = h / lambda(z), capped at h Z; the
+    cells conform to the spheres |z| = Z / 2^k >= 2 (for gmsh's sake: see the comment inside).
+
+    About :data:`S3_CELLS` / h^3 cells. Raises ValueError unless h and Z are finite and positive, if the
+    mesh would not fit in memory, and if gmsh fails, makes no cells, or far fewer than h asks for.
+    """
+    _check_positive(h=h, radius=radius)
+    h, radius = float(h), float(radius)
+    expected = S3_CELLS / h**3 if h > 1e-100 else np.inf
+    what = f"the s3 chart of radius Z = {radius:g} with size h = {h:g} on S^3"
+    if h * radius > S3_MAX_BOUNDARY_SIZE:
+        raise ValueError(f"{what} has boundary cells of size h Z = {h * radius:.3g} in z, where gmsh fails (it crashed "
+                         f"beyond {S3_MAX_BOUNDARY_SIZE:g}): use h <= {S3_MAX_BOUNDARY_SIZE / radius:.3g}, or a "
+                         "smaller Z (standardised inputs)")
+    _require_memory("s3", expected, what, "use a larger size h")
+    import gmsh
+
+    gmsh.initialize(interruptible=False)
+    try:
+        gmsh.option.setNumber("General.Terminal", 0)
+        gmsh.model.add("s3")
+        # beyond Z = 8 the ball is cut by the spheres |z| = Z / 2^k >= 2 into shells: gmsh's 3-D Delaunay
+        # refines by the sizes at vertices, and from a boundary of size h Z alone it left the interior
+        # unrefined (Z = 34, h = 0.3: 833 cells of S^3 measure 0.72 instead of 5100 and 19.7); the inner
+        # spheres carry vertices of their own size, inside. Below Z = 8 no shells were needed, and on
+        # coarse meshes (h >= 0.5) they spoiled it
+        radii = [radius]
+        while radius > 8 and radii[-1] / 2 >= 2:
+            radii.append(radii[-1] / 2)
+        balls = [(3, gmsh.model.occ.addSphere(0, 0, 0, r)) for r in radii]
+        if len(balls) > 1:
+            gmsh.model.occ.fragment(balls[:1], balls[1:])
+        gmsh.model.occ.synchronize()
+        field = gmsh.model.mesh.field.add("MathEval")
+        gmsh.model.mesh.field.setString(field, "F", f"{h!r} * Min((1 + x*x + y*y + z*z) / 2, {radius!r})")
+        gmsh.model.mesh.field.setAsBackgroundMesh(field)
+        for option in ("MeshSizeExtendFromBoundary", "MeshSizeFromPoints", "MeshSizeFromCurvature"):
+            gmsh.option.setNumber(f"Mesh.{option}", 0)  # the field alone sets the size
+        gmsh.model.mesh.generate(3)
+        tags, coords, _ = gmsh.model.mesh.getNodes()
+        _, node_tags = gmsh.model.mesh.getElementsByType(4)
+    except Exception as e:  # gmsh raises Exception with its (or OpenCASCADE's) last error
+        raise ValueError(f"gmsh could not mesh {what} ({' '.join(str(e).split())}); choose h nearer 0.3 and "
+                         "Z nearer 5") from None
+    finally:
+        gmsh.finalize()
+    made = len(node_tags) // 4
+    if made == 0 or (expected > 1000 and made < expected / 4):
+        raise ValueError(f"gmsh made {made} cells for {what}, where about {expected:.2g} were expected; "
+                         "use a smaller h, or a radius Z nearer 5")
+    points = coords.reshape(-1, 3)
+    index = np.zeros(int(tags.max()) + 1, dtype=np.int64)
+    index[tags.astype(np.int64)] = np.arange(len(tags))
+    cells = index[node_tags.astype(np.int64)].reshape(-1, 4)
+    # gmsh can leave parts of the volume coarse without an error (h >= 0.5): the measure of S^3 the cells
+    # cover, by the midpoint rule, must be that of the truncated chart
+    v = points[cells]
+    z = v.mean(axis=1)
+    covered = np.sum(np.abs(np.linalg.det(v[:, 1:] - v[:, :1])) / 6 * STEREOGRAPHIC.conformal(z) ** 3)
+    beta = 2 * np.arctan(1 / radius)
+    exact = 2 * np.pi**2 - np.pi * (2 * beta - np.sin(2 * beta))
+    if abs(covered - exact) > S3_MEASURE_TOLERANCE * exact:
+        raise ValueError(f"gmsh meshed {what} badly: its cells cover {covered:.4g} of S^3 instead of {exact:.4g}; "
+                         "use a smaller h (0.4 or less)")
+    used = np.unique(cells)  # drop nodes that belong to no cell
+    renumber = np.full(len(points), -1, dtype=np.int64)
+    renumber[used] = np.arange(len(used))
+    return MeshArrays(points[used], renumber[cells], "tetrahedron", 1, "s3")
+
+
 def circle_arrays(n: int, degree: int = 2) -> MeshArrays:
     """The unit circle as n arcs; degree 2 puts each arc's midpoint on the circle.
 
@@ -275,10 +531,11 @@ def _split_triangles(points, cells):
 
 def named_arrays(domain: str, d: int = 1, size: float | None = None, radius: float = 4.0,
                  geometry_degree: int = 2) -> MeshArrays:
-    """The arrays of a named domain: ``size`` is n (box), h (ball), arcs (circle) or refinements (sphere).
+    """The arrays of a named domain: ``size`` is n (box), h (ball), arcs (circle), refinements (sphere) or
+    h on S^3 (s3, whose ``radius`` is the chart radius Z: :func:`chart_radius`).
 
     ``size=None`` means :data:`DEFAULT_SIZES`; any other value, 0 included, is checked by the
-    generator. Raises ValueError for another domain, or the circle (sphere) with d != 1 (2).
+    generator. Raises ValueError for another domain, or the circle (sphere, s3) with d != 1 (2, 3).
     """
     if domain not in DEFAULT_SIZES:
         raise ValueError(unknown("domain", domain, tuple(DEFAULT_SIZES), "or a .msh/.xdmf mesh file"))
@@ -287,6 +544,11 @@ def named_arrays(domain: str, d: int = 1, size: float | None = None, radius: flo
         return box_arrays(d, size, radius)
     if domain == "ball":
         return ball_arrays(d, size, radius)
+    if domain == "s3":
+        if integer("the input dimension d", d, "(3 for s3)") != 3:
+            raise ValueError(f"the s3 parametrises inputs of dimension 3, but the data have d = {d}; use the "
+                             f"{'circle' if d == 1 else 'sphere'}, a box or a ball")
+        return s3_arrays(size, radius)
     if d != (1 if domain == "circle" else 2):
         raise ValueError(
             f"the {domain} parametrises inputs of dimension {1 if domain == 'circle' else 2}, "
@@ -467,13 +729,23 @@ def _require_memory(domain: str, cells: float, what: str, fix: str) -> None:
 
 
 def _check_input_dim(d) -> int:
-    d = integer("the input dimension d", d, "(1 or 2)")
+    """d for a parameter mesh of dimension d + 1 (box, ball, mesh files): ValueError unless d is 1 or 2.
+
+    dolfinx meshes at most 3 dimensions: d = 3 fits only as directions (the s3 chart, homogeneous
+    activations); d >= 4 would need the sphere S^d, a d-dimensional mesh, at least 4-D.
+    """
+    d = integer("the input dimension d", d, "(1 or 2; 3 with --domain s3)")
+    if d == 3:
+        raise ValueError(
+            "input dimension d = 3 needs a 4-D parameter mesh; flowfem meshes parameter spaces of dimension "
+            "2 or 3 only (dolfinx meshes at most 3 dimensions), so a box, ball or mesh file takes d = 1 or 2: "
+            "for relu, leaky_relu or monomial:k use the domain s3 (the sphere S^3 of directions in a 3-D "
+            "chart); for other activations reduce the inputs to d <= 2 (e.g. by projecting them) first")
     if d not in (1, 2):
         raise ValueError(
-            f"input dimension d = {d} needs a {d + 1}-D parameter mesh; flowfem meshes parameter "
-            "spaces of dimension 2 or 3 only, so the inputs must have d = 1 or 2 (reduce the "
-            "inputs' dimension, e.g. by projecting them, first)"
-        )
+            f"input dimension d = {d} needs a {d + 1}-D parameter mesh, or for homogeneous activations the "
+            f"sphere S^{d} of directions, a {d}-D mesh; dolfinx meshes at most 3 dimensions, so flowfem takes "
+            "d <= 3 (d = 3 on the domain s3): reduce the inputs' dimension, e.g. by projecting them, first")
     return d
 
 
@@ -494,15 +766,24 @@ def _check_geometry_degree(degree) -> None:
 
 
 def check_parameter_dim(d: int, gdim: int, what: str) -> None:
-    """Raise ValueError unless inputs of dimension d fit a parameter mesh of dimension gdim = d + 1.
+    """Raise ValueError unless inputs of dimension d fit a parameter space of neurons of dimension
+    gdim = d + 1 (:attr:`Space.gdim`: the mesh's dimension, or 4 on the s3 chart).
 
-    ``what`` names the owner of the inputs ("the data", "the network") in the message.
+    ``what`` names the owner of the inputs ("the data", "the network") in the message; d >= 4 is
+    refused with the reason (:func:`_check_input_dim`), d = 3 elsewhere than on s3 with the fix.
     """
-    if d + 1 != gdim:
+    if d + 1 == gdim:
+        return
+    if d >= 4:
         raise ValueError(
-            f"{what} has d = {d} inputs, so its neurons theta = (w, b) live in dimension {d + 1}, but the "
-            f"parameter mesh has dimension {gdim} (inputs of dimension {gdim - 1}): use a mesh of dimension "
-            f"{d + 1}")
+            f"{what} has d = {d} inputs: its neurons live in R^{d + 1}, their directions on S^{d}, a {d}-D "
+            "manifold, and dolfinx meshes at most 3 dimensions, so flowfem takes d <= 3 (d = 3 on the domain "
+            "s3); reduce the inputs' dimension, e.g. by projecting them, first")
+    fix = ("use the domain s3 (directions on S^3, homogeneous activations)" if d == 3 else
+           f"use a mesh of dimension {d + 1}")
+    raise ValueError(
+        f"{what} has d = {d} inputs, so its neurons theta = (w, b) live in dimension {d + 1}, but the "
+        f"parameter space has dimension {gdim} (inputs of dimension {gdim - 1}): {fix}")
 
 
 # -- the distributed mesh ------------------------------------------------------------
@@ -529,11 +810,13 @@ class Space:
         self.arrays = checked  # kept on rank 0 for writing
         self.domain = domain
         self.comm = comm
+        self.chart = _CHART_OF_DOMAIN.get(domain, IDENTITY)  # mesh coordinates -> neurons (module docstring)
+        _CHARTS[self.mesh] = self.chart
 
     @property
     def gdim(self) -> int:
-        """Dimension of the parameters theta = (w, b): d + 1."""
-        return self.mesh.geometry.dim
+        """Dimension of the parameters theta = (w, b): d + 1 (that of the mesh, 4 on the s3 chart)."""
+        return self.chart.neuron_dim(self.mesh.geometry.dim)
 
     @property
     def input_dim(self) -> int:
@@ -542,7 +825,8 @@ class Space:
 
     @property
     def homogeneous_only(self) -> bool:
-        """True on manifold meshes (circle, sphere): directions only, for homogeneous sigma."""
+        """True where the mesh has fewer dimensions than the neurons (circle, sphere, s3): directions
+        only, for homogeneous sigma."""
         return self.mesh.topology.dim < self.gdim
 
     @property
@@ -581,6 +865,42 @@ class Space:
         return cls._on_root(lambda: sphere_arrays(refinements, degree), comm)
 
     @classmethod
+    def s3(cls, h: float = 0.25, radius: float | None = None, x=None, margin: float = 0.5,
+           comm=MPI.COMM_WORLD) -> "Space":
+        """The sphere S^3 of neuron directions (d = 3) in the stereographic chart |z| <= Z, cells of about
+        size h on S^3 (:func:`s3_arrays`). Z = ``radius``, or from the inputs x (n, 3) by
+        :func:`chart_radius` with X = max |x_j| and ``margin``; ValueError if both or neither are given."""
+        if (radius is None) == (x is None):
+            raise ValueError("Space.s3 needs the chart radius Z (radius=...) or the inputs to choose it from "
+                             "(x=...), not both")
+        if radius is None:
+            x = np.asarray(x, dtype=float)
+            if x.ndim != 2 or x.shape[1] != 3 or not np.isfinite(x).all():
+                raise ValueError(f"Space.s3 chooses Z from finite inputs x of shape (n, 3), not {x.shape}")
+            radius = chart_radius(float(np.linalg.norm(x, axis=1).max(initial=0.0)), margin)
+        return cls._on_root(lambda: s3_arrays(h, radius), comm)
+
+    @property
+    def outer_radius(self) -> float:
+        """The largest |x| over the mesh's nodes: Z on the s3 chart (the polyhedron's vertices lie on |z| = Z)."""
+        x = self.mesh.geometry.x
+        return self.comm.allreduce(float(np.linalg.norm(x, axis=1).max(initial=0.0)), op=MPI.MAX)
+
+    def check_inputs(self, x: np.ndarray, what: str = "the data") -> None:
+        """On the s3 chart, ValueError unless every neuron the truncation leaves out is zero (relu) or
+        the antipode's multiple (leaky relu, z^k) on the inputs x (n, 3): |z| <= Z must reach
+        Z_0(max |x_j|) (:func:`dead_radius`). Other domains: nothing."""
+        if self.chart is not STEREOGRAPHIC or len(x) == 0:
+            return
+        X = float(np.linalg.norm(x, axis=1).max())
+        Z = self.outer_radius
+        if Z < dead_radius(X) * (1 - 1e-9):
+            raise ValueError(
+                f"{what} reach |x| = {X:.4g}, where neurons left out of the s3 chart |z| <= {Z:.4g} are not zero "
+                f"(that needs Z >= X + sqrt(X^2 + 1) = {dead_radius(X):.4g}): use a radius of at least that, or "
+                f"{chart_radius(X):.4g} with the margin of flowfem.space.chart_radius, or standardise the inputs")
+
+    @classmethod
     def read(cls, path: str | os.PathLike, comm=MPI.COMM_WORLD) -> "Space":
         """A mesh file (.msh, .xdmf) read with meshio on rank 0; errors reach every rank."""
         return cls._on_root(lambda: read_arrays(path), comm)
@@ -588,10 +908,10 @@ class Space:
     @classmethod
     def make(cls, domain: str, d: int = 1, size: float | None = None, radius: float = 4.0,
              comm=MPI.COMM_WORLD) -> "Space":
-        """A named domain (:func:`named_arrays`: ``size`` is n, h, arcs or refinements; None for the
-        default) or a mesh file (.msh, .xdmf)."""
+        """A named domain (:func:`named_arrays`: ``size`` is n, h, arcs, refinements or h on S^3; None for
+        the default; ``radius`` is Z for s3) or a mesh file (.msh, .xdmf)."""
         if not isinstance(domain, (str, os.PathLike)):
-            raise ValueError(f"domain must be box, ball, circle, sphere or a .msh/.xdmf file name, got {domain!r} "
+            raise ValueError(f"domain must be box, ball, circle, sphere, s3 or a .msh/.xdmf file name, got {domain!r} "
                              f"({type(domain).__name__})")
         domain = os.fspath(domain)
         if os.path.splitext(domain)[1].lower() in (".msh", ".xdmf"):

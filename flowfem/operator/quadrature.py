@@ -1,11 +1,19 @@
 """The quadrature of the data operator: the rule (theta_q, q_q) on this rank's cells and W Psi.
 
 On the cells of each rank, basix's rule of degree 2 p (p the element degree)
-gives points theta_q and weights q_q |det J| (|det J| the length or area
-element on the circle and sphere). (W Psi)_qk = q_q |det J| psi_k(theta_q) is
-a sparse matrix, a row per point and a column per local dof (owned and
-ghost), so that g = W Psi U is the weight of every point and Psi^T W h
-assembles integral h v d theta into a dof vector with a reverse scatter.
+gives reference points X_q and weights q_q; the mesh maps them to x_q with
+|det J| (the length or area element on the circle and sphere), and the
+Space's chart (:mod:`flowfem.space`) to the neurons and the volume element:
+
+    theta_q = theta(x_q)    (Quadrature.theta, shape (points, d + 1)),
+    d theta = lambda(x_q)^n |det J| q_q   (n the topological dimension).
+
+On the box, ball, circle and sphere theta(x) = x and lambda = 1; on the s3
+chart theta_q = vartheta(z_q) in S^3 and lambda^3 = (2 / (1 + |z_q|^2))^3.
+(W Psi)_qk = q_q |det J| lambda^n psi_k(x_q) is a sparse matrix, a row per
+point and a column per local dof (owned and ghost), so that g = W Psi U is the
+weight of every point and Psi^T W h assembles integral h v d theta into a dof
+vector with a reverse scatter.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from flowfem.sobolev import WeightedH1  # noqa: E402
 
 
 class Quadrature:
-    """The rule (theta_q, q_q |det J|) on this rank's cells and the sparse matrix W Psi (points x local dofs)."""
+    """The rule (theta_q, q_q |det J| lambda^n) on this rank's cells and W Psi (points x local dofs)."""
 
     def __init__(self, H: WeightedH1, degree: int | None = None):
         mesh, V = H.space.mesh, H.V
@@ -37,16 +45,18 @@ class Quadrature:
         detJ = ufl.sqrt(ufl.det(J.T * J))  # |det J|, and the area element on the circle and sphere
         tdim = mesh.topology.dim
         cells = np.arange(mesh.topology.index_map(tdim).size_local, dtype=np.int32)
-        theta = dolfinx.fem.Expression(ufl.SpatialCoordinate(mesh), X).eval(mesh, cells)
-        psi = dolfinx.fem.Expression(detJ * ufl.TrialFunction(V), X).eval(mesh, cells)
-        self.theta = theta.reshape(-1, mesh.geometry.dim)  # (ncells * nqp, d + 1)
+        chart, x = H.space.chart, ufl.SpatialCoordinate(mesh)
+        theta = dolfinx.fem.Expression(chart.ufl_point(x), X).eval(mesh, cells)
+        volume = detJ * chart.ufl_volume(x, tdim)  # d theta / d X: |det J| lambda^n
+        psi = dolfinx.fem.Expression(volume * ufl.TrialFunction(V), X).eval(mesh, cells)
+        self.theta = theta.reshape(-1, H.space.gdim)  # (ncells * nqp, d + 1)
         ndofs_cell = V.dofmap.dof_layout.num_dofs  # not -1: a rank that owns no cells has an empty psi
         Wpsi = psi.reshape(len(cells), len(q), ndofs_cell) * q[None, :, None]  # (ncells, nqp, ndofs_cell)
         dofs = V.dofmap.list[cells]  # local dof indices, owned and ghost
         npoints, k = self.theta.shape[0], dofs.shape[1]
         im = V.dofmap.index_map
         self.num_owned = im.size_local
-        # (W Psi)_{q, i} = q_q |det J| psi_i(theta_q): a row per point, a column per local dof
+        # (W Psi)_{q, i} = q_q |det J| lambda^n psi_i(x_q): a row per point, a column per local dof
         self.matrix = scipy.sparse.csr_matrix(
             (Wpsi.ravel(), (np.repeat(np.arange(npoints), k), np.repeat(dofs, len(q), axis=0).ravel())),
             shape=(npoints, im.size_local + im.num_ghosts))
@@ -74,7 +84,7 @@ class Quadrature:
         return self.theta.shape[0]
 
     def weights(self, U, out: np.ndarray | None = None) -> np.ndarray:
-        """g = W Psi U: the weight q_q |det J| u(theta_q) of every local quadrature point."""
+        """g = W Psi U: the weight q_q |det J| lambda^n u(theta_q) of every local quadrature point."""
         w = self._work
         w.x.array[: self.num_owned] = U.array_r
         w.x.scatter_forward()
