@@ -58,15 +58,19 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False)
                    help="seed of synthetic data and of the test split of a file (default: %(default)s)")
     g = p.add_argument_group("parameter space")
     g.add_argument("--domain", default="box",
-                   help="box [-R, R]^(d+1), ball |theta| <= R, circle S^1 (d = 1), sphere S^2 (d = 2), or a .msh/.xdmf "
-                        "mesh file (default: %(default)s)")
+                   help="box [-R, R]^(d+1), ball |theta| <= R, circle S^1 (d = 1), sphere S^2 (d = 2), s3 (S^3 in a "
+                        "stereographic chart, d = 3, homogeneous activations), or a .msh/.xdmf mesh file "
+                        "(default: %(default)s)")
     g.add_argument("--mesh-size", type=float, default=None,
                    help="box: cells per side (default 32); ball: element size h in parameter units (default "
                         "0.25); circle: arcs (default 64); sphere: refinements of the icosahedron (default 3); "
-                        "not with a mesh file")
+                        "s3: cell size h on S^3 in radians (default 0.25, about 140 / h^3 cells); not with a mesh "
+                        "file")
     g.add_argument("--radius", type=_positive_number, default=None,
                    help="box: half-width R, ball: radius R, in parameter units (those of w and b) (default: 4); "
-                        "not with the circle, the sphere (radius 1) or a mesh file")
+                        "s3: the chart radius Z (default: from the data, Z = Z0 + sqrt(Z0^2 + 1), "
+                        "Z0 = X + sqrt(X^2 + 1), X = max |x|); not with the circle, the sphere (radius 1) or a mesh "
+                        "file")
     g.add_argument("--degree", type=int, default=1,
                    help="Lagrange degree of the density: 1, 2 or 3 (default: %(default)s)")
     g = p.add_argument_group("functional E_alpha")
@@ -120,10 +124,10 @@ def _domain_options(args) -> tuple:
     if args.radius is not None and domain in ("circle", "sphere"):
         raise ValueError(f"--radius {args.radius:g} does not apply to the {domain}: it is the unit {domain}, "
                          "holding densities of directions: drop --radius")
-    if args.radius is None:
+    if args.radius is None and domain != "s3":  # s3: None, the chart radius is chosen from the data
         args.radius = DEFAULT_RADIUS  # unused by the other domains, but the API takes a number
     return (None if is_file else DEFAULT_SIZES.get(domain) if size is None else size,
-            args.radius if domain in ("box", "ball") else None)
+            args.radius if domain in ("box", "ball", "s3") else None)
 
 
 def _load_data(args, comm):
@@ -144,7 +148,7 @@ def cmd_solve(args, comm) -> None:
     if scaling is not None:
         train, test = scaling.dataset(train), scaling.dataset(test)
     t0 = time.perf_counter()
-    space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
+    space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm, x=train.x)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     mesh_seconds = time.perf_counter() - t0
     auto = args.alpha == "auto"
@@ -160,8 +164,9 @@ def cmd_solve(args, comm) -> None:
     if scaling is not None:  # recorded: flowfem readout folds it into the network (flowfem/scaling.py)
         metrics.update(input_scaling=scaling.record())
         settings.update(input_mean=scaling.mean, input_scale=scaling.scale)
+    drawn = not args.no_plot and train.d <= 2  # figure.png draws f_u over a line or a plane
     with outputs.output_directory(args.out, comm, args.force) as tmp:
-        io.write_solution(tmp, result, settings, metrics, train, test, plot=not args.no_plot, scaling=scaling)
+        io.write_solution(tmp, result, settings, metrics, train, test, plot=drawn, scaling=scaling)
     if comm.rank == 0:
         loss, reg = result.parts
         if auto:
@@ -202,7 +207,8 @@ def cmd_solve(args, comm) -> None:
         m = result.outputs
         figures = "figure.png" if m == 1 else ", ".join(f"figure_y{k + 1}.png" for k in range(min(m, plot_outputs)))
         print(f"wrote {args.out}/: density.bp, density.xdmf/.h5 (ParaView), density.npz, predictions.csv, metrics.json"
-              + ("" if args.no_plot else f", {figures}" + (", path.png" if auto else "")))
+              + ("" if not drawn else f", {figures}" + (", path.png" if auto else ""))
+              + (" (no figure.png for d = 3 inputs)" if train.d > 2 and not args.no_plot else ""))
 
 
 def cmd_flow(args, comm) -> None:

@@ -52,23 +52,29 @@ from flowfem.operator import METHODS, DataOperator  # noqa: E402
 from flowfem.operator.select import make_features  # noqa: E402
 from flowfem.petsc_options import parse as parse_petsc_options  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
-from flowfem.space import Space, check_parameter_dim  # noqa: E402
+from flowfem.space import Space, chart_radius, check_parameter_dim  # noqa: E402
 from flowfem.stationary import SolveInfo, check_tolerances, newton, solve_outputs  # noqa: E402
 
 if TYPE_CHECKING:
     from flowfem.path import RegularisationPath
 
 
-def make_space(domain: str, d: int, size=None, radius: float = 4.0, activation: str = "relu",
-               comm: MPI.Comm = MPI.COMM_WORLD) -> Space:
+def make_space(domain: str, d: int, size=None, radius: float | None = 4.0, activation: str = "relu",
+               comm: MPI.Comm = MPI.COMM_WORLD, x=None) -> Space:
     """The parameter mesh ``Space.make(domain, d, size, radius)`` for networks on d inputs.
 
-    What needs no mesh is checked before meshing (the circle and sphere hold only positively
+    What needs no mesh is checked before meshing (the circle, sphere and s3 hold only positively
     homogeneous activations: ValueError otherwise); a mesh file's dimension after reading
-    (it must be d + 1: ValueError otherwise).
+    (it must be d + 1: ValueError otherwise). On s3 ``radius`` None is the chart radius Z chosen
+    from the inputs x (n, 3) by :func:`flowfem.space.chart_radius`.
     """
-    if domain in ("circle", "sphere"):
+    if domain in ("circle", "sphere", "s3"):
         _activation(activation).require_homogeneous(domain)
+    if domain == "s3" and radius is None:
+        if x is None:
+            raise ValueError("the s3 chart radius Z is chosen from the inputs: pass x, or a radius")
+        x = np.asarray(x, dtype=float).reshape(len(x), -1)
+        radius = chart_radius(float(np.linalg.norm(x, axis=1).max(initial=0.0)))
     space = Space.make(domain, d, size, radius, comm)
     check_parameter_dim(d, space.gdim, "the data")
     return space
@@ -153,6 +159,7 @@ class Problem:
             raise ValueError("alpha='auto' is chosen by fit (a regularisation path); this needs a number: "
                              "pass alpha=... or make the Problem with a numeric alpha")
         x, y = self._inputs(x, y, "the data")
+        self.space.check_inputs(x, "the data")  # s3: the chart must reach every neuron alive on them
         Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method)
         return Functional(self.H, Phi, y, alpha, self.loss)
 

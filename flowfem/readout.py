@@ -82,6 +82,7 @@ from flowfem.activations import Activation, activation as _activation  # noqa: E
 from flowfem.network import Network  # noqa: E402
 from flowfem.operator.features import evaluate  # noqa: E402
 from flowfem.sobolev import Weight  # noqa: E402
+from flowfem.space import chart_of  # noqa: E402
 
 RULES = ("quadrature", "sample", "refit")
 POINTS = ("quadrature", "sample")
@@ -205,17 +206,19 @@ def quadrature_neurons(u: dolfinx.fem.Function | list, activation: Activation | 
     if any(w.function_space is not V for w in us):
         raise ValueError("readout of several outputs needs their densities on one function space")
     mesh = V.mesh
+    chart = chart_of(mesh)  # mesh coordinates -> neurons, d theta = lambda^n dx (flowfem.space)
     tdim, gdim = mesh.topology.dim, mesh.geometry.dim
-    directions = tdim < gdim
+    D = chart.neuron_dim(gdim)  # d + 1
+    directions = tdim < D
     if directions:
-        act.require_homogeneous("circle" if tdim == 1 else "sphere")
+        act.require_homogeneous("s3" if chart.truncated else "circle" if tdim == 1 else "sphere")
     if degree is None:
         degree = 2 * V.element.basix_element.degree
     if V.element.needs_dof_transformations or V.dofmap.index_map_bs != 1:
         raise ValueError("readout needs a scalar Lagrange density (the space of a flowfem Problem)")
     degree, subdivisions = _check_rule(degree, subdivisions)
     width = mesh.topology.index_map(tdim).size_global * rule_size(tdim, degree, subdivisions)
-    memory.require(readout_bytes(width, gdim, tdim),  # before the rule: its points alone may not fit
+    memory.require(readout_bytes(width, D, tdim),  # before the rule: its points alone may not fit
                    f"a readout with about {width:.2g} neurons (cells x points per cell of degree {degree} x "
                    f"subdivisions^{tdim})", "use fewer subdivisions or a lower quadrature degree", mesh.comm)
     X, q = reference_rule(mesh.topology.cell_type.name, degree, subdivisions)
@@ -230,6 +233,9 @@ def quadrature_neurons(u: dolfinx.fem.Function | list, activation: Activation | 
     theta = np.einsum("pk,ckg->cpg", phi[0], xg)
     J = np.einsum("dpk,ckg->cpgd", phi[1:], xg)
     detJ = np.sqrt(np.linalg.det(np.einsum("cpgd,cpge->cpde", J, J)))
+    x = theta.reshape(-1, gdim)
+    detJ = detJ * chart.conformal(x).reshape(detJ.shape) ** tdim  # d theta = lambda^n |det J| dX
+    theta = chart.point(x).reshape(*theta.shape[:2], D)  # the neurons theta(x)
     psi = V.element.basix_element.tabulate(0, X)[0, :, :, 0]
     values = [np.einsum("pk,ck->cp", psi, w.x.array[V.dofmap.list[:num_local]])[..., None] for w in us]
     vals = np.concatenate([theta, detJ[..., None]] + values, axis=2)
@@ -240,11 +246,11 @@ def quadrature_neurons(u: dolfinx.fem.Function | list, activation: Activation | 
     parts = mesh.comm.allgather(local)
     key = np.concatenate([p[0] for p in parts])
     vals = np.concatenate([p[1] for p in parts]) if key.size else vals
-    vals = vals[np.argsort(key, kind="stable")].reshape(-1, gdim + 1 + len(us))  # cell by input index, then point
+    vals = vals[np.argsort(key, kind="stable")].reshape(-1, D + 1 + len(us))  # cell by input index, then point
     return Neurons(
-        theta=np.ascontiguousarray(vals[:, :gdim]),
-        weight=vals[:, gdim] * np.tile(q, len(key)),
-        value=vals[:, gdim + 1].copy() if isinstance(u, dolfinx.fem.Function) else vals[:, gdim + 1:].copy(),
+        theta=np.ascontiguousarray(vals[:, :D]),
+        weight=vals[:, D] * np.tile(q, len(key)),
+        value=vals[:, D + 1].copy() if isinstance(u, dolfinx.fem.Function) else vals[:, D + 1:].copy(),
         activation=act,
         directions=directions,
     )

@@ -322,3 +322,17 @@ def test_one_and_two_ranks_agree(tmp_path):
     assert np.linalg.norm(one["u"] - two["u"]) <= 1e-8 * np.linalg.norm(one["u"])
     assert np.linalg.norm(one["f"] - two["f"]) <= 1e-8 * np.linalg.norm(one["f"])
     assert float(one["energy"]) == pytest.approx(float(two["energy"]), rel=1e-10)
+
+
+def test_readout_reproduces_the_fit():
+    """The quadrature readout on s3: unit directions vartheta(z_q), output weights q_q lambda^3 u(z_q),
+    reproduces the fitted predictions to rounding."""
+    from flowfem.readout import readout
+
+    x, y = _data(300, 1)
+    result = Problem(Space.s3(0.4, x=x), "relu", "uniform", alpha=1e-4, kappa=0.5).fit(x, y)
+    net = readout(result)
+    assert np.allclose(np.linalg.norm(np.column_stack([net.W, net.b]), axis=1), 1, atol=1e-12)
+    xt = _data(50, 2)[0]
+    f = result.predict(xt)
+    assert np.abs(net(xt) - f).max() <= 1e-12 * np.abs(f).max()
