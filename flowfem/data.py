@@ -311,6 +311,9 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
         held_out = get(test, max(n, 1000), seed + 1)
     if held_out.d != train.d:
         raise ValueError(f"test data have d = {held_out.d} inputs, training data d = {train.d}")
+    if held_out.outputs != train.outputs:  # a fit of m outputs is scored on m target columns
+        raise ValueError(f"the test data {held_out.name!r} have {held_out.outputs} output(s) but the training data "
+                         f"{train.name!r} {train.outputs}: give test data with the same target columns")
     return train, held_out
 
 

@@ -342,10 +342,17 @@ def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1
     space = Space(arrays if comm.rank == 0 else None, comm)
     settings = {k: v.item() for k, v in data.items() if v.ndim == 0 and k not in
                 ("cell_type", "geometry_degree", "domain", "element_degree")}
-    if "input_mean" in data:  # fitted on standardised inputs (flowfem.scaling), recorded by flowfem solve
+    recorded = {"input_mean", "input_scale"} & set(data)
+    if recorded:  # fitted on standardised inputs (flowfem.scaling), recorded by flowfem solve
         from flowfem.scaling import Standardisation
 
-        settings["input_scaling"] = Standardisation(data["input_mean"], data["input_scale"])
+        if len(recorded) == 1:
+            raise ValueError(f"the density {os.fspath(path)!r} has array {recorded.pop()} without its partner: "
+                             "the input scaling is the pair input_mean, input_scale; solve again")
+        try:
+            settings["input_scaling"] = Standardisation(data["input_mean"], data["input_scale"])
+        except ValueError as e:
+            raise ValueError(f"the density {os.fspath(path)!r}: {e}") from None
     H = WeightedH1(space, settings.get("weight", "uniform"), float(settings.get("kappa", 1.0)),
                    int(data["element_degree"]))
     values = data["u"]
