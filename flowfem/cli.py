@@ -217,7 +217,7 @@ def cmd_flow(args, comm) -> None:
     density1..densitym; the log holds the summed energy and each output's."""
     import math
 
-    from flowfem import io, outputs, plot
+    from flowfem import datasets, io, outputs, plot
     from flowfem.flow import checkpoint, driver, initial
     from flowfem.problem import Problem, make_space
 
@@ -237,6 +237,9 @@ def cmd_flow(args, comm) -> None:
     if not t_end > 0:
         raise ValueError(f"--t-end {args.t_end}: the final time must be positive")
     train, test = _load_data(args, comm)
+    scaling = datasets.standardisation(args.data, train)  # as solve: a real data set flows on standardised inputs
+    if scaling is not None:
+        train, test = scaling.dataset(train), scaling.dataset(test)
     t0 = time.perf_counter()
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
@@ -286,6 +289,8 @@ def cmd_flow(args, comm) -> None:
             raise Interrupted(f"{result.stopped}; resume with: {_resume_command(args, comm, checkpoints.latest)}")
         t3 = time.perf_counter()
         settings = io.settings(E)
+        if scaling is not None:  # recorded: flowfem readout folds it into the network (flowfem/scaling.py)
+            settings.update(input_mean=scaling.mean, input_scale=scaling.scale)
         m = E.outputs
         densities = [io.function(problem.H, Uk, "density" if m == 1 else f"density{k + 1}")
                      for k, Uk in enumerate(result.Us)]
@@ -305,6 +310,8 @@ def cmd_flow(args, comm) -> None:
             summary.update(final_energy_outputs=result.log[-1]["energy_outputs"],
                            final_error_outputs=result.log[-1]["error_outputs"])
         summary.update(provenance.record(args, comm, *args.mesh_options))
+        if scaling is not None:
+            summary.update(input_scaling=scaling.record())
         io.write_log(tmp, result, comm, extra=summary)
         if not args.no_plot and comm.rank == 0:
             plot.energy_figure(os.path.join(tmp, "energy.png"), result, title=args.data,
@@ -507,6 +514,8 @@ def cmd_predict(args, comm) -> None:
         inputs = data.get(args.data, args.n, args.seed, require_y=False)
         x, _ = data.check(inputs.x, None, net.input_dim, what=f"inputs {args.data!r}",
                           takes=f"the network {args.network!r}")
+        if inputs.y is not None and inputs.outputs != net.outputs and not os.path.exists(args.data):
+            inputs.y = None  # a synthetic or real set's own targets: predict needs none (they only give an RMSE)
         if inputs.y is not None and inputs.outputs != net.outputs:
             names = "y" if net.outputs == 1 else f"y1..y{net.outputs}"
             raise ValueError(f"inputs {args.data!r} have {inputs.outputs} target column(s), the network "
@@ -597,7 +606,7 @@ def cmd_landscape(args, comm) -> None:
 
 def cmd_compare(args, comm) -> None:
     """FE solve, FE readouts and particle solvers side by side: tables, figures, densities (flowfem.compare)."""
-    from flowfem import compare
+    from flowfem import compare, datasets
 
     def ints(name, text):
         try:
@@ -611,6 +620,9 @@ def cmd_compare(args, comm) -> None:
     if getattr(args, "loss", "squared") != "squared":
         raise ValueError(f"--loss {args.loss}: compare fits the squared loss (particles and FE alike); drop --loss")
     train, test = _load_data(args, comm)
+    scaling = datasets.standardisation(args.data, train)  # as solve: a real data set is compared on standardised inputs
+    if scaling is not None:
+        train, test = scaling.dataset(train), scaling.dataset(test)
     result = compare.compare(
         train, test, widths=ints("--widths", args.widths), seeds=ints("--seeds", args.seeds),
         methods=words(args.methods), lr={"gd": args.lr_gd, "adam": args.lr_adam}, steps=args.steps,
@@ -621,6 +633,8 @@ def cmd_compare(args, comm) -> None:
         mmd_bandwidth=args.mmd_bandwidth, data_name=args.data, comm=comm, progress=not args.quiet)
     result.settings.update(provenance.record(args, comm, *args.mesh_options),
                            quadrature_degree=result.result.functional.Phi.quadrature.degree)
+    if scaling is not None:
+        result.settings.update(input_scaling=scaling.record())
     result.write(args.out, comm, args.force, plot=not args.no_plot)
     if comm.rank == 0:
         print(result.markdown())
