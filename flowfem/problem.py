@@ -96,6 +96,9 @@ def solve_bytes(cells: int, tdim: int, gdim: int, degree: int, quadrature_degree
     return cells * (100.0 * k * k + 8.0 * nq * (k + 2 * gdim + 4))
 
 
+OUTPUT_BYTES_PER_DOF = 10 * 8.0  # per output: ~8.6 vectors of ndofs doubles measured (1000 outputs, 1089 dofs: 75 MB)
+
+
 class Problem:
     """min over u in H^1_omega of E_alpha(u) on the parameter space ``space``.
 
@@ -197,6 +200,11 @@ class Problem:
                              "per row of x; got None")
         check_tolerances(rtol)
         parse_petsc_options(petsc_options)
+        outputs = 1 if np.ndim(y) < 2 else np.shape(y)[1]
+        if outputs > 1:  # each output keeps its solution, right-hand side, CG work vectors and density
+            memory.require(OUTPUT_BYTES_PER_DOF * self.H.ndofs * outputs / self.space.comm.size,
+                           f"a fit of {outputs} outputs on {self.H.ndofs} dofs", "fit fewer outputs at once",
+                           self.space.comm)
         if self.alpha == "auto":
             from flowfem.path import GRID, regularisation_path
 
