@@ -130,11 +130,20 @@ def _domain_options(args) -> tuple:
             args.radius if domain in ("box", "ball", "s3") else None)
 
 
-def _load_data(args, comm):
-    """Training and test sets (:func:`flowfem.data.train_test`), read on rank 0 and broadcast."""
+def _load_data(args, comm, n=None, seed=None, test_data=None):
+    """Training and test sets (:func:`flowfem.data.train_test`), read on rank 0 and broadcast;
+    ``n``, ``seed`` and ``test_data`` default to the command's --n, --seed and --test-data."""
     from flowfem import data
 
-    return on_root(comm, lambda: data.train_test(args.data, args.n, args.seed, args.test_data))
+    n, seed = args.n if n is None else n, args.seed if seed is None else seed
+    test_data = getattr(args, "test_data", None) if test_data is None else test_data
+    return on_root(comm, lambda: data.train_test(args.data, n, seed, test_data))
+
+
+def _split_record(args) -> dict:
+    """How --data was split into training and test rows (--n, --seed, --test-data), recorded in
+    density.npz so that ``readout --rule refit`` fits on the same training rows, not on test rows."""
+    return dict(data_n=args.n, data_seed=args.seed, test_data=args.test_data or "")
 
 
 def cmd_solve(args, comm) -> None:
@@ -160,7 +169,7 @@ def cmd_solve(args, comm) -> None:
                          progress=not args.quiet, preconditioner=args.preconditioner, **path_args)
     metrics = io.solve_metrics(result, train, test)
     metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
-    settings = io.settings(result.functional)
+    settings = dict(io.settings(result.functional), **_split_record(args))
     if scaling is not None:  # recorded: flowfem readout folds it into the network (flowfem/scaling.py)
         metrics.update(input_scaling=scaling.record())
         settings.update(input_mean=scaling.mean, input_scale=scaling.scale)
@@ -288,7 +297,7 @@ def cmd_flow(args, comm) -> None:
         if result.interrupted:  # leaves no output directory; the checkpoint just written resumes the run
             raise Interrupted(f"{result.stopped}; resume with: {_resume_command(args, comm, checkpoints.latest)}")
         t3 = time.perf_counter()
-        settings = io.settings(E)
+        settings = dict(io.settings(E), **_split_record(args))
         if scaling is not None:  # recorded: flowfem readout folds it into the network (flowfem/scaling.py)
             settings.update(input_mean=scaling.mean, input_scale=scaling.scale)
         m = E.outputs
@@ -482,7 +491,9 @@ def cmd_readout(args, comm) -> None:
     if args.rule == "refit":
         if not args.data:
             raise ValueError("--rule refit fits output weights on training data: pass --data (file or sin/step/two_moons)")
-        train = _load_data(args, comm)[0]
+        # the solve's training rows: its split of --data, as recorded (older density files: this command's)
+        train = _load_data(args, comm, settings.get("data_n"), settings.get("data_seed"),
+                           settings.get("test_data") or None)[0]
         x, y = train.x, train.y
         if scaling is not None:  # the density's inputs
             x = scaling.apply(x)
@@ -793,9 +804,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--points", default="quadrature", choices=["quadrature", "sample"],
                    help="refit: where its neurons come from, the quadrature or the sample rule (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the sample rule and of synthetic --data (default: %(default)s)")
+                   help="seed of the sample rule (default: %(default)s); refit's training rows are the solve's "
+                        "own split of --data, as its density records it")
     p.add_argument("--data", default=None,
-                   help="training data for refit: a file or sin/step/two_moons (default: none, required there)")
+                   help="training data for refit: the solve's --data, a file or sin/step/two_moons (default: none, "
+                        "required there)")
     p.add_argument("--n", type=int, default=1000, help="points of synthetic --data (default: %(default)s)")
     p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--alpha", type=float, default=None, help="refit regularisation > 0 (default: the solve's alpha)")

@@ -179,3 +179,30 @@ def test_fit_of_many_outputs_is_refused_before_it_outgrows_the_memory(monkeypatc
     problem.fit(x, rng.standard_normal(20))  # one output fits
     with pytest.raises(ValueError, match=r"2500 outputs.*needs about.*5 MB available"):
         problem.fit(x, rng.standard_normal((20, 2500)))
+
+
+# -- readout --rule refit on the solve's training rows ---------------------------------------
+
+def test_refit_fits_on_the_solves_training_rows_not_its_test_rows(tmp_path, monkeypatch):
+    """solve --seed 3 splits a file's rows with seed 3; readout --rule refit used its own --seed
+    (default 0) and so fitted on most of the solve's test rows. The density records the split."""
+    from flowfem import data, readout
+    from flowfem.cli import main
+
+    x, Y = targets(100, seed=4)
+    write_csv(tmp_path / "d.csv", x, Y[:, 0])
+    assert main(["solve", "--data", str(tmp_path / "d.csv"), "--seed", "3", "--mesh-size", "4", "--no-plot",
+                 "--quiet", "--out", str(tmp_path / "out")]) == 0
+    seen = {}
+    original = readout.readout
+
+    def spy(u, rule, **kwargs):
+        seen["x"] = kwargs["x"]
+        return original(u, rule, **kwargs)
+
+    monkeypatch.setattr(readout, "readout", spy)
+    assert main(["readout", "--density", str(tmp_path / "out"), "--rule", "refit", "--data", str(tmp_path / "d.csv"),
+                 "--out", str(tmp_path / "net.npz")]) == 0
+    train, test = data.train_test(str(tmp_path / "d.csv"), seed=3)
+    assert np.array_equal(seen["x"], train.x)
+    assert not set(map(float, seen["x"][:, 0])) & set(map(float, test.x[:, 0]))
