@@ -152,6 +152,10 @@ def cmd_solve(args, comm) -> None:
     from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
+    classify = datasets.REAL.get(args.data)
+    if classify is not None and classify.classes is not None and args.loss != "softmax":
+        raise ValueError(f"--data {args.data} holds class labels ({classify.task}): as {args.loss} targets they are "
+                         f"meaningless; add --loss softmax")
     train, test = _load_data(args, comm)
     scaling = datasets.standardisation(args.data, train)  # a real data set is fitted on standardised inputs
     if scaling is not None:
@@ -165,11 +169,16 @@ def cmd_solve(args, comm) -> None:
         raise ValueError(f"{'--validation' if args.validation is not None else '--folds'} applies to --alpha auto "
                          f"only (it chooses how each alpha of the path is scored); drop it or use --alpha auto")
     path_args = dict(validation=args.validation, folds=args.folds, seed=args.seed) if auto else {}
-    result = problem.fit(train.x, train.y, args.solver, args.rtol, petsc, args.allow_unconverged,
+    y = train.y
+    if problem.loss.multiclass and np.all(y == np.round(y)):  # whole-number labels (files read them as floats)
+        y = y.astype(np.int64)  # recorded as 0, 1, 2 rather than 0.0, 1.0, 2.0
+    result = problem.fit(train.x, y, args.solver, args.rtol, petsc, args.allow_unconverged,
                          progress=not args.quiet, preconditioner=args.preconditioner, **path_args)
     metrics = io.solve_metrics(result, train, test)
     metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
     settings = dict(io.settings(result.functional), **_split_record(args))
+    if problem.loss.multiclass:  # readout records them in the network: predict prints labels
+        settings.update(classes=result.classes)
     if scaling is not None:  # recorded: flowfem readout folds it into the network (flowfem/scaling.py)
         metrics.update(input_scaling=scaling.record())
         settings.update(input_mean=scaling.mean, input_scale=scaling.scale)
@@ -209,11 +218,15 @@ def cmd_solve(args, comm) -> None:
                   f"{result.residual:.2e}, {where}; ||dE|| at iterations 0..{result.iterations} "
                   + " ".join(f"{r:.2e}" for r in metrics["newton_residuals"]))
             print(f"accuracy train {metrics['train_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}; mean "
-                  f"{args.loss} loss train {metrics['train_loss']:.4e}, test {metrics['test_loss']:.4e}")
+                  f"{'cross-entropy' if problem.loss.multiclass else args.loss + ' loss'} train "
+                  f"{metrics['train_loss']:.4e}, test {metrics['test_loss']:.4e}")
+            if problem.loss.multiclass:
+                print(f"test confusion matrix (rows true, columns predicted; classes "
+                      f"{', '.join(map(str, metrics['classes']))}): {metrics['test_confusion_matrix']}")
         if not result.info.converged:
             print(f"warning: NOT CONVERGED (relative residual {result.residual:.2e} > rtol {args.rtol:.1e}); "
                   "metrics.json says converged: false")
-        m = result.outputs
+        m = 1 if problem.loss.multiclass else result.outputs  # a classifier: one figure of its decision regions
         figures = "figure.png" if m == 1 else ", ".join(f"figure_y{k + 1}.png" for k in range(min(m, plot_outputs)))
         print(f"wrote {args.out}/: density.bp, density.xdmf/.h5 (ParaView), density.npz, predictions.csv, metrics.json"
               + ("" if not drawn else f", {figures}" + (", path.png" if auto else ""))
@@ -484,6 +497,7 @@ def cmd_readout(args, comm) -> None:
     on_root(comm, lambda: check_writable(args.out, "network file", args.force, (args.density, args.data)))  # before the work
     H, u, settings = io.load_density(args.density, comm)
     scaling = settings.pop("input_scaling", None)
+    classes = settings.pop("classes", None)  # a softmax fit: the network becomes a classifier of these labels
     if "activation" not in settings:
         raise ValueError(f"the density {args.density!r} records no activation: it was not written by "
                          "flowfem solve; solve again")
@@ -500,14 +514,15 @@ def cmd_readout(args, comm) -> None:
     alpha = args.alpha if args.alpha is not None else settings.get("alpha")
     net = readout(u, args.rule, activation=settings["activation"], width=args.width, degree=args.degree,
                   subdivisions=args.subdivisions, seed=args.seed, points=args.points, x=x, y=y,
-                  alpha=alpha, weight=settings.get("weight", "uniform"))
+                  alpha=alpha, weight=settings.get("weight", "uniform"), classes=classes)
     if scaling is not None:  # fitted on standardised inputs: the network file takes raw ones
         net = scaling.fold(net)
 
     def save():
         net.save(args.out)
         return (f"wrote {args.out}: width {net.width}, {net.activation.name}, inputs d = {net.input_dim}"
-                + (f", {net.outputs} outputs" if net.outputs > 1 else ""))
+                + (f", classifier of {net.outputs} classes ({', '.join(map(str, net.classes.tolist()))})"
+                   if net.classifier else f", {net.outputs} outputs" if net.outputs > 1 else ""))
 
     message = on_root(comm, save)
     if comm.rank == 0:
@@ -525,6 +540,11 @@ def cmd_predict(args, comm) -> None:
         inputs = data.get(args.data, args.n, args.seed, require_y=False)
         x, _ = data.check(inputs.x, None, net.input_dim, what=f"inputs {args.data!r}",
                           takes=f"the network {args.network!r}")
+        if net.classifier:
+            return _predict_labels(args, net, x, inputs.y)
+        if args.proba:
+            raise ValueError(f"--proba needs a classifier (a network read out of a flowfem solve --loss softmax); "
+                             f"{args.network!r} is a regression network: drop --proba")
         if inputs.y is not None and inputs.outputs != net.outputs and not os.path.exists(args.data):
             inputs.y = None  # a synthetic or real set's own targets: predict needs none (they only give an RMSE)
         if inputs.y is not None and inputs.outputs != net.outputs:
@@ -539,6 +559,32 @@ def cmd_predict(args, comm) -> None:
     message = on_root(comm, work)
     if comm.rank == 0 and message:
         print(message)
+
+
+def _predict_labels(args, net, x: np.ndarray, y) -> str | None:
+    """``flowfem predict`` of a classifier: CSV x1..xd,label (and p1..pC with --proba, the
+    probabilities of net.classes in order); with labels y in the inputs, the accuracy."""
+    import csv
+    import io as io_
+
+    if y is not None and y.ndim != 1:
+        raise ValueError(f"inputs {args.data!r} have {y.shape[1]} target columns; a classifier's data have one "
+                         "column y of labels (or none)")
+    labels, proba = net.predict(x), (net.predict_proba(x) if args.proba else None)
+    buffer = io_.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([f"x{i + 1}" for i in range(x.shape[1])] + ["label"]
+                    + ([f"p{c + 1}" for c in range(net.outputs)] if args.proba else []))
+    for j in range(x.shape[0]):
+        writer.writerow([repr(float(v)) for v in x[j]] + [labels[j].item()]
+                        + ([repr(float(v)) for v in proba[j]] if args.proba else []))
+    if args.out:
+        with replacing(args.out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(buffer.getvalue())
+    else:
+        sys.stdout.write(buffer.getvalue())
+    accuracy = "" if y is None else f", accuracy against y {np.mean(labels == y):.4f}"
+    return f"wrote {args.out}: {len(labels)} predicted labels{accuracy}" if args.out else None
 
 
 def cmd_export(args, comm) -> None:
@@ -559,7 +605,8 @@ def cmd_export(args, comm) -> None:
         net = Network.load(args.network)
         export.write(net, out, args.format)
         return (f"wrote {out}: {args.format}, width {net.width}, {net.activation.name}, inputs d = {net.input_dim}"
-                + (f", {net.outputs} outputs" if net.outputs > 1 else ""))
+                + (f", {net.outputs} logits (classes {', '.join(map(str, net.classes.tolist()))} in the metadata)"
+                   if net.classifier else f", {net.outputs} outputs" if net.outputs > 1 else ""))
 
     text = on_root(comm, work)
     if comm.rank == 0:
@@ -690,9 +737,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-unconverged", action="store_true",
                    help="keep a result whose residual stays above --rtol, marked converged: false in "
                         "metrics.json (default: such a solve fails with exit status 2)")
-    g.add_argument("--loss", default="squared", choices=["squared", "logistic"],
+    g.add_argument("--loss", default="squared", choices=["squared", "logistic", "softmax"],
                    help="squared: one linear solve; logistic (labels -1/+1): Newton (SNES) whose steps use the "
-                        "same linear solver, stopping at ||dE|| <= rtol ||dE(0)|| (default: %(default)s)")
+                        "same linear solver, stopping at ||dE|| <= rtol ||dE(0)|| (default: %(default)s); softmax "
+                        "(C classes, any C distinct labels; cg only, numeric alpha): one density per class, "
+                        "cross-entropy minimised by Newton with CG; metrics.json gets accuracy, mean "
+                        "cross-entropy and the confusion matrix")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="extra PETSc option for the solver, e.g. ksp_monitor= or pc_gamg_threshold=0.02 (repeatable; "
                         "default: none)")
@@ -826,7 +876,12 @@ def parser() -> argparse.ArgumentParser:
                         "own units")
     p.add_argument("--n", type=int, default=1000, help="points of a synthetic set (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
-    p.add_argument("--out", default=None, help="CSV to write (columns x1..xd,f; f1..fm for m outputs); default: standard output")
+    p.add_argument("--out", default=None,
+                   help="CSV to write (columns x1..xd,f; f1..fm for m outputs; x1..xd,label for a classifier); "
+                        "default: standard output")
+    p.add_argument("--proba", action="store_true",
+                   help="a classifier (from flowfem solve --loss softmax): also the class probabilities p1..pC, in "
+                        "the order of the network's classes (default: the labels only)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_predict)
 

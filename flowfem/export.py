@@ -9,6 +9,9 @@ a network with a (N,)) whose state dict is
 all float64. Every format below stores exactly these four arrays under these names, so a file
 loads into that ``nn.Sequential`` (or any runtime) without renaming, and its outputs have shape
 (batch, m), as ``nn.Sequential`` gives them (``Network.predict`` gives (batch,) for one output).
+A classifier of C classes (a softmax fit's readout) exports its logits, m = C, without a softmax
+layer (what ``nn.CrossEntropyLoss`` and argmax take); its class labels are in the metadata
+(:func:`metadata`), not in the graph.
 
 * ONNX (:func:`to_onnx`): the graph ``x -> Gemm(0.weight, 0.bias) -> sigma -> Gemm(2.weight,
   2.bias) -> f``, input ``x`` (batch, d) and output ``f`` (batch, m) in float64, opset
@@ -42,6 +45,7 @@ a path that cannot be written, before anything is written.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -63,14 +67,21 @@ KEYS = ("0.weight", "0.bias", "2.weight", "2.bias")
 def metadata(net: Network) -> dict[str, str]:
     """The text stored beside the arrays: the activation name (``flowfem.activations``, e.g.
     ``leaky_relu:0.1``, from which :func:`from_safetensors` rebuilds sigma), the layout and the
-    flowfem version that wrote the file."""
-    return {
+    flowfem version that wrote the file. A classifier (:attr:`Network.classes`) adds ``outputs``
+    ``logits`` and ``classes``, the labels of the output columns in order as a JSON list (read back
+    by :func:`from_safetensors`): the graph's output is the logits f (batch, C), with no softmax
+    layer, as nn.CrossEntropyLoss expects; argmax over them is the predicted class, softmax the
+    probabilities."""
+    meta = {
         "format": "flowfem.network",
         "activation": net.activation.name,
         "layout": f"nn.Sequential(nn.Linear({net.input_dim}, {net.width}), {net.activation.name}, "
                   f"nn.Linear({net.width}, {net.outputs})), float64",
         "flowfem_version": version(),
     }
+    if net.classifier:
+        meta.update(outputs="logits", classes=json.dumps(net.classes.tolist()))
+    return meta
 
 
 def _activation_nodes(net: Network, z: str, out: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -188,7 +199,8 @@ def from_safetensors(path: str | os.PathLike) -> Network:
     if np.any(bias != 0):
         raise ValueError(f"{path}: 2.bias is {bias.tolist()!r}, but a flowfem network has no output bias (0)")
     try:
-        return Network(arrays["0.weight"], arrays["0.bias"], a.T, meta["activation"])
+        classes = np.array(json.loads(meta["classes"])) if "classes" in meta else None
+        return Network(arrays["0.weight"], arrays["0.bias"], a.T, meta["activation"], classes=classes)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

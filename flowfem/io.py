@@ -223,6 +223,12 @@ def fit_scores(loss, f: np.ndarray, y: np.ndarray, prefix: str) -> dict:
     return {f"{prefix}_accuracy": float(np.mean(np.sign(f) == y)), f"{prefix}_loss": float(np.mean(loss.value(f, y)))}
 
 
+def _class_scores(result, data, prefix: str) -> dict:
+    """PREFIX_accuracy, PREFIX_loss, PREFIX_confusion_matrix of a softmax fit on ``data`` (collective)."""
+    scores = result.evaluate(data.x, data.y)
+    return {f"{prefix}_{k}": v for k, v in scores.items() if k != "classes"}
+
+
 def solve_metrics(result, train, test) -> dict:
     """The numbers of a :class:`flowfem.problem.Result` that a solve's metrics.json holds.
 
@@ -234,6 +240,11 @@ def solve_metrics(result, train, test) -> dict:
     m >= 2 each output's RMSE, the iterations summed over the outputs' solves); for a nonlinear loss
     also Newton's iterations (``iterations`` too), residuals ||dE_alpha(U_k)||
     and the inner (CG) iterations of each step and their total. Collective (predictions).
+
+    A softmax fit (:class:`flowfem.problem.ClassifierResult`): ``outputs`` is C and ``classes`` the
+    labels in order; instead of RMSEs, PREFIX_accuracy, PREFIX_loss (mean cross-entropy, nats) and
+    PREFIX_confusion_matrix (C x C, rows the true class, columns the predicted one, in ``classes``
+    order) for train and test (:func:`flowfem.softmax.evaluate`).
     """
     problem, info = result.problem, result.info
     loss, reg = result.parts
@@ -243,13 +254,17 @@ def solve_metrics(result, train, test) -> dict:
         energy=result.energy, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
         converged=result.info.converged, solver=info.solver, preconditioner=info.preconditioner,
         preconditioner_rank=info.rank,
-        **fit_scores(problem.loss, result.predict(train.x), train.y, "train"),
-        **fit_scores(problem.loss, result.predict(test.x), test.y, "test"),
+        **(_class_scores(result, train, "train") if problem.loss.multiclass else
+           fit_scores(problem.loss, result.predict(train.x), train.y, "train")),
+        **(_class_scores(result, test, "test") if problem.loss.multiclass else
+           fit_scores(problem.loss, result.predict(test.x), test.y, "test")),
         n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
         ranks=problem.space.comm.size, domain=problem.space.domain, degree=problem.H.degree,
         setup_seconds=result.setup_seconds, solve_seconds=result.solve_seconds)
     if result.path is not None:  # alpha="auto": the regularisation path (flowfem.path.RegularisationPath.metrics)
         metrics.update(path=result.path.metrics())
+    if problem.loss.multiclass:
+        metrics.update(classes=result.classes.tolist(), softmax_pc=info.pc)
     if not problem.loss.quadratic:
         metrics.update(newton_iterations=info.iterations, newton_residuals=list(info.history),
                        linear_iterations=list(info.linear_iterations),
@@ -334,7 +349,8 @@ def fill_by_coordinates(u: dolfinx.fem.Function, theta: np.ndarray, values: np.n
 
 def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1, dolfinx.fem.Function | list, dict]:
     """Read density.npz back as (H, u, settings) distributed over comm; u is a Function, or the list of
-    m Functions of an m-output fit (an array u of shape (ndofs, m))."""
+    m Functions of an m-output fit (an array u of shape (ndofs, m)). A softmax fit's density file
+    also records ``classes`` (C,), returned in settings."""
     required = {"points", "cells", "cell_type", "geometry_degree", "element_degree", "theta", "u"}
     data = on_root(comm, lambda: read_density_file(path, required))
     arrays = MeshArrays(data["points"], data["cells"], str(data["cell_type"]), int(data["geometry_degree"]),
@@ -353,6 +369,8 @@ def load_density(path: str, comm: MPI.Comm = MPI.COMM_WORLD) -> tuple[WeightedH1
             settings["input_scaling"] = Standardisation(data["input_mean"], data["input_scale"])
         except ValueError as e:
             raise ValueError(f"the density {os.fspath(path)!r}: {e}") from None
+    if "classes" in data:  # a softmax fit's labels, column c of u the density of classes[c]
+        settings["classes"] = data["classes"]
     H = WeightedH1(space, settings.get("weight", "uniform"), float(settings.get("kappa", 1.0)),
                    int(data["element_degree"]))
     values = data["u"]
@@ -380,14 +398,16 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
     metrics.json (``metrics``) and figure.png of a :class:`flowfem.problem.Result`, and path.png when it
     holds a regularisation path (collective). m outputs: the m densities as fields of the density files
     and columns of density.npz's u, predictions f1..fm, figure_y1.png, ...
-    (:func:`flowfem.plot.write_solution_figure`). ``scaling``: the :class:`flowfem.scaling.Standardisation`
+    (:func:`flowfem.plot.write_solution_figure`). A softmax fit: the C densities likewise (``settings``
+    holding ``classes``), the predicted label as predictions.csv's f, one figure of its decision
+    regions. ``scaling``: the :class:`flowfem.scaling.Standardisation`
     that ``train`` and ``test`` went through, undone for the inputs of predictions.csv."""
     from flowfem import plot as _plot
 
     space = result.problem.space
     comm = space.comm
     write_density(directory, result.densities if result.outputs > 1 else result.densities[0], space, settings)
-    f_test = result.predict(test.x)
+    f_test = result.predict(test.x)  # a softmax fit: the predicted labels (the f column of predictions.csv)
     if comm.rank == 0:
         _data.save_predictions(os.path.join(directory, "predictions.csv"),
                                test.x if scaling is None else scaling.invert(test.x), f_test, test.y)

@@ -3,6 +3,14 @@
 ``squared``:  l = (f - y)^2 / 2,           l' = f - y,             l'' = 1.
 ``logistic``: l = log(1 + exp(-y f)),      l' = -y s(-y f),        l'' = s(y f) s(-y f),
 with s the logistic sigmoid and labels y in {-1, +1}.
+``softmax``:  l = logsumexp_c F_c - F_k,  l' = p - e_k,             l'' = diag(p) - p p^T,
+for scores F (n, C), class indices k (n,) in 0..C-1, p = softmax(F), e_k the k-th unit vector
+(per point: value (n,), d1 (n, C), d2 (n, C, C); :mod:`flowfem.softmax` holds the solver).
+
+The softmax loss is a registry entry (so a Problem, the CLI and a density file name it as they name
+the others) marked ``multiclass``: its prediction is a vector, so the scalar machinery (the
+Functional, flows, particles, plateau) cannot take it, and :func:`loss` refuses it unless the caller
+says it handles several classes (``multiclass=True``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ class Loss:
     d1: Callable[[np.ndarray, np.ndarray], np.ndarray]
     d2: Callable[[np.ndarray, np.ndarray], np.ndarray]
     quadratic: bool
+    multiclass: bool = False  # f (n, C) and class indices k (n,) instead of f (n,) and y (n,)
 
     def __str__(self) -> str:
         return self.name
@@ -54,14 +63,48 @@ LOGISTIC = Loss(
     quadratic=False,
 )
 
-LOSSES = {"squared": SQUARED, "logistic": LOGISTIC}
 
 
-def loss(spec: str | Loss) -> Loss:
-    """The loss named ``spec`` (squared or logistic)."""
+def softmax(F: np.ndarray) -> np.ndarray:
+    """p_jc = exp(F_jc) / sum_d exp(F_jd) for scores F (n, C), without overflow: (n, C)."""
+    Z = np.exp(F - F.max(axis=1, keepdims=True))
+    return Z / Z.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(F: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """logsumexp_c F_jc - F_{j k_j} for scores F (n, C) and class indices k (n,): (n,), >= 0."""
+    m = F.max(axis=1)
+    return m + np.log(np.exp(F - m[:, None]).sum(axis=1)) - F[np.arange(F.shape[0]), k]
+
+
+def _softmax_d1(F, k):
+    G = softmax(F)
+    G[np.arange(F.shape[0]), k] -= 1.0
+    return G
+
+
+def _softmax_d2(F, k):
+    P = softmax(F)
+    return P[:, :, None] * np.eye(F.shape[1]) - P[:, :, None] * P[:, None, :]
+
+
+SOFTMAX = Loss("softmax", cross_entropy, _softmax_d1, _softmax_d2, quadratic=False, multiclass=True)
+
+LOSSES = {"squared": SQUARED, "logistic": LOGISTIC, "softmax": SOFTMAX}
+
+
+def loss(spec: str | Loss, multiclass: bool = False) -> Loss:
+    """The loss named ``spec`` (squared, logistic, or softmax when ``multiclass``: the caller handles
+    scores (n, C)). ValueError for an unknown name, or softmax where only one-output losses go."""
     if isinstance(spec, Loss):
-        return spec
-    try:
-        return LOSSES[str(spec).lower()]
-    except KeyError:
-        raise ValueError(unknown("loss", str(spec), tuple(LOSSES))) from None
+        found = spec
+    else:
+        try:
+            found = LOSSES[str(spec).lower()]
+        except KeyError:
+            names = tuple(LOSSES) if multiclass else ("squared", "logistic")
+            raise ValueError(unknown("loss", str(spec), names)) from None
+    if found.multiclass and not multiclass:
+        raise ValueError("the softmax loss (several classes) is fitted by Problem.fit and flowfem solve only; "
+                         "here use squared or logistic (labels -1/+1)")
+    return found

@@ -15,6 +15,13 @@ m outputs (a multi-output fit, R^d -> R^m): ``a`` is (N, m), column k the output
 output k, f_N(x)_k = sum_i a_ik sigma(w_i . x + b_i); the readout layer is ``nn.Linear(N, m)``
 (``2.weight`` = a^T, (m, N)) and :meth:`Network.predict` returns (n, m). One output keeps
 ``a`` (N,) and predictions (n,), so nothing changes for it.
+
+A classifier (read out of a softmax fit, :class:`flowfem.problem.ClassifierResult`) has C >= 2
+outputs, the logits f_c, and records its labels as ``classes`` (C,) (numbers or strings, sorted,
+column c of ``a`` is class classes[c]), saved as the array ``classes``. As scikit-learn's
+classifiers: ``net(x)`` and :meth:`Network.decision_function` give the logits (n, C) (the exports
+too: :mod:`flowfem.export`), :meth:`Network.predict` the labels classes[argmax_c f_c] (n,),
+:meth:`Network.predict_proba` the softmax probabilities (n, C).
 """
 
 from __future__ import annotations
@@ -35,13 +42,15 @@ from flowfem.scaling import Standardisation
 class Network:
     """f_N(x) = sum_i a_i sigma(W_i . x + b_i) with W (N, d), b (N,), a (N,); or a (N, m) for m >= 2
     outputs (an a of shape (N, 1) is one output and becomes (N,)). ``input_scaling``: the
-    standardisation folded into W and b, if any (recorded, not applied again)."""
+    standardisation folded into W and b, if any (recorded, not applied again). ``classes``: a
+    classifier's C labels (C,), one per column of a (None: a regression network)."""
 
     W: np.ndarray
     b: np.ndarray
     a: np.ndarray
     activation: Activation
     input_scaling: Standardisation | None = None
+    classes: np.ndarray | None = None
 
     def __post_init__(self):
         self.activation = activation(self.activation)
@@ -68,6 +77,18 @@ class Network:
                 raise ValueError(f"network array {key} contains NaN or inf")
         if self.input_scaling is not None and self.input_scaling.d != self.W.shape[1]:
             raise ValueError(f"network input scaling has {self.input_scaling.d} columns, W has d = {self.W.shape[1]}")
+        if self.classes is not None:
+            classes = np.asarray(self.classes)
+            if (classes.ndim != 1 or classes.dtype.kind not in "biufU" or classes.size != self.outputs
+                    or classes.size < 2 or np.unique(classes).size != classes.size):
+                raise ValueError(f"network classes {classes.tolist()!r} must be {self.outputs} distinct labels "
+                                 f"(numbers or strings), one per output column of a (N, C), C >= 2")
+            self.classes = classes
+
+    @property
+    def classifier(self) -> bool:
+        """True if the network records classes: its outputs are the logits of C classes."""
+        return self.classes is not None
 
     @property
     def width(self) -> int:
@@ -111,9 +132,29 @@ class Network:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """f_N(x_j) = sum_i a_i sigma(W_i . x_j + b_i) at the rows of x ((n, d), or (n,) for d = 1):
         shape (n,), or (n, m) for m outputs, like :meth:`flowfem.problem.Result.predict` (and the
-        same as ``net(x)``).
+        same as ``net(x)``). A classifier: the labels classes[argmax_c f_N(x_j)_c] (n,), like
+        :meth:`flowfem.problem.ClassifierResult.predict`.
         Raises ValueError for inputs of the wrong shape or dimension, NaN or inf."""
+        if self.classifier:
+            return self.classes[np.argmax(self(x), axis=1)]
         return self(x)
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        """A classifier's logits f_N(x) (n, C) (``net(x)``). ValueError for a regression network."""
+        self._require_classes("decision_function")
+        return self(x)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """A classifier's probabilities softmax_c f_N(x_j)_c (n, C). ValueError for a regression network."""
+        from flowfem.loss import softmax
+
+        self._require_classes("predict_proba")
+        return softmax(self(x))
+
+    def _require_classes(self, what: str) -> None:
+        if not self.classifier:
+            raise ValueError(f"{what} needs a classifier (a network read out of a softmax fit, with classes); "
+                             "this network is a regression network: use net(x)")
 
     def _check_x(self, x) -> np.ndarray:
         """x as (n, d) through :func:`flowfem.data.check` (ValueError unless d = input_dim and finite)."""
@@ -123,7 +164,7 @@ class Network:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write W, b, a, the activation name and, if recorded, input_mean and input_scale
-        (:attr:`input_scaling`) to ``path`` (.npz), atomically.
+        (:attr:`input_scaling`) and ``classes`` to ``path`` (.npz), atomically.
 
         Safe when every MPI rank saves the same network to the same path at once, and when one
         rank alone saves it (no collective): see :func:`flowfem.files.replacing`.
@@ -131,6 +172,8 @@ class Network:
         with replacing(path, ".npz") as tmp:
             scaling = {} if self.input_scaling is None else dict(input_mean=self.input_scaling.mean,
                                                                  input_scale=self.input_scaling.scale)
+            if self.classes is not None:
+                scaling.update(classes=self.classes)
             np.savez(tmp, W=self.W, b=self.b, a=self.a, activation=np.array(self.activation.name), **scaling)
 
     @classmethod
@@ -155,7 +198,8 @@ class Network:
                              "input_mean, input_scale")
         try:
             scaling = Standardisation(arrays["input_mean"], arrays["input_scale"]) if recorded else None
-            return cls(arrays["W"], arrays["b"], arrays["a"], str(arrays["activation"]), scaling)
+            return cls(arrays["W"], arrays["b"], arrays["a"], str(arrays["activation"]), scaling,
+                       arrays.get("classes"))
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 

@@ -373,16 +373,70 @@ def solution_figure(path: str, theta, u, cells, x, y, xg, fg, loss: str = "squar
     return fig
 
 
+def classes_figure(path: str, x: np.ndarray, labels: np.ndarray, xg: np.ndarray, P: np.ndarray,
+                   classes: np.ndarray, title: str):
+    """A classifier's figure, saved as PNG (call on one rank): for d = 2 the decision regions
+    argmax_c p_c over the grid ``xg`` = grid(x) (colour per class, shaded by the winning probability)
+    with the boundaries between them and the data (x (n, 2), labels (n,)) by class; for d = 1 the
+    probabilities p_c(x) of each class against x with the data drawn at height 1 in their class's
+    colour. ``P`` (len(xg), C) the probabilities of ``classes`` (C,) in order. Returns the (closed) Figure."""
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    C = len(classes)
+    colours = plt.get_cmap("tab10" if C <= 10 else "tab20")(np.arange(C) % (10 if C <= 10 else 20))
+    k = np.searchsorted(classes, labels) if np.isin(labels, classes).all() else np.full(len(labels), -1)
+    fig, ax = plt.subplots(figsize=(7, 5.6) if x.shape[1] == 2 else (8, 4.6), layout="constrained")
+    ax.set_title(title)
+    if x.shape[1] == 1:
+        for c in range(C):
+            ax.plot(xg[:, 0], P[:, c], color=colours[c], lw=1.5, label=f"p(class {classes[c]})")
+            sel = k == c
+            ax.plot(x[sel, 0], np.ones(sel.sum()), "|", color=colours[c], ms=8)
+        ax.set_xlabel("x")
+        ax.set_ylabel("class probability (ticks at 1: the data)")
+        ax.set_ylim(-0.02, 1.05)
+        ax.legend(fontsize=8)
+    else:
+        g0, g1 = xg[:, 0].reshape(120, 120), xg[:, 1].reshape(120, 120)
+        win = np.argmax(P, axis=1).reshape(g0.shape)
+        ax.pcolormesh(g0, g1, win, cmap=ListedColormap(colours), vmin=-0.5, vmax=C - 0.5, shading="nearest",
+                      alpha=0.35)
+        for c in range(C):  # each region's edge (an edge between two regions is drawn twice, in one place)
+            if np.any(win == c) and not np.all(win == c):
+                ax.contour(g0, g1, (win == c).astype(float), levels=[0.5], colors="k", linewidths=1.0)
+        for c in range(C):
+            sel = k == c
+            ax.scatter(x[sel, 0], x[sel, 1], s=14, color=colours[c], edgecolors="k", linewidths=0.3,
+                       label=f"class {classes[c]}")
+        ax.plot([], [], "k", lw=1.0, label="decision boundaries")
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+        ax.legend(fontsize=7, loc="best")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig
+
+
 def write_solution_figure(path: str, result, train, test, f_test: np.ndarray):
     """figure.png of a :class:`flowfem.problem.Result` (collective: predictions and gathering on
     every rank, drawing on rank 0). ``f_test``: f_u on the test inputs, for the title (test RMSE,
     or test accuracy for the logistic loss). Returns the (closed) Figure on rank 0, else None.
+
+    A softmax fit (:class:`flowfem.problem.ClassifierResult`; ``f_test`` its predicted labels): one
+    figure of its decision regions or class probabilities (:func:`classes_figure`).
 
     m outputs: one figure per output k (its density and its fit), for the first
     :data:`FIGURE_OUTPUTS` outputs, named ``path`` with ``_y{k}`` before the suffix
     (figure_y1.png, ...); returns the first."""
     loss = result.problem.loss.name
     xg = grid(train.x)
+    if result.problem.loss.multiclass:  # a softmax fit: decision regions or class probabilities
+        P = result.predict_proba(xg)
+        if result.problem.space.comm.rank != 0:
+            return None
+        return classes_figure(path, train.x, train.y, xg, P, result.classes,
+                              f"{train.name}: test accuracy {np.mean(f_test == test.y):.3f}")
     fg = result.predict(xg)
     m = result.outputs
     figures = []

@@ -18,6 +18,16 @@ nonlinear and ``fit`` runs Newton's method (PETSc SNES with a line search),
 each step one solve with the same linear solver; ``result.info.history``
 is the residual ||dE_alpha|| of every Newton iteration.
 
+With ``loss="softmax"`` (labels: any C >= 2 distinct numbers or strings) ``fit`` fits one
+density per class by :func:`flowfem.softmax.fit_softmax` (softmax cross-entropy, Newton with
+CG) and returns a :class:`ClassifierResult`, whose methods follow scikit-learn's classifiers:
+
+    result = Problem(space, loss="softmax", alpha=1e-4).fit(x, labels)
+    result.classes                      # the C labels, sorted; density c is class classes[c]
+    result.predict(x_test)              # labels classes[argmax_c f_c] (m,)
+    result.predict_proba(x_test)        # softmax probabilities (m, C)
+    result.decision_function(x_test)    # the scores (logits) f_c(x) (m, C)
+
     flow = problem.flow(x, y, metric="L2", scheme="implicit_euler")
     run = flow.run(U0, tau=1.0, growth=4.0, tol=1e-6)   # see flowfem.flow
 
@@ -131,7 +141,7 @@ class Problem:
             raise ValueError(unknown("data-operator method", method, METHODS))
         self.space = space
         self.alpha = alpha
-        self.loss = _loss(loss)
+        self.loss = _loss(loss, multiclass=True)
         if degree in (1, 2, 3):  # else WeightedH1 refuses it
             tdim = space.mesh.topology.dim
             qdeg = 2 * degree if quadrature_degree is None else quadrature_degree
@@ -150,6 +160,7 @@ class Problem:
             raise ValueError(f"{what} has d = {x.shape[1]} inputs, but the density was fitted on inputs of "
                              f"dimension {d}: give x of shape (m, {d})")
         check_parameter_dim(x.shape[1], self.space.gdim, what)
+        self.space.check_inputs(x, what)  # s3: the chart must reach every neuron alive on them (fit and predict)
         return x, y
 
     def functional(self, x, y, alpha: float | None = None) -> Functional:
@@ -161,8 +172,11 @@ class Problem:
         if alpha == "auto":
             raise ValueError("alpha='auto' is chosen by fit (a regularisation path); this needs a number: "
                              "pass alpha=... or make the Problem with a numeric alpha")
+        if self.loss.multiclass:
+            raise ValueError("the softmax loss has one density per class: Problem.fit fits it "
+                             "(flowfem.softmax.SoftmaxFunctional is its functional); functional() and flow() take "
+                             "the squared or logistic loss")
         x, y = self._inputs(x, y, "the data")
-        self.space.check_inputs(x, "the data")  # s3: the chart must reach every neuron alive on them
         Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method)
         return Functional(self.H, Phi, y, alpha, self.loss)
 
@@ -191,6 +205,12 @@ class Problem:
         (:mod:`flowfem.progress`). ``preconditioner`` of cg: ``nystrom`` (default: multigrid plus a
         low-rank basis of the data term, :mod:`flowfem.nystrom`) or ``gamg`` (multigrid on alpha A).
 
+        Softmax loss: ``y`` holds the labels (n,) or (n, 1), any C >= 2 distinct numbers or strings
+        (not cast to float), at most n / 2 classes (more: ValueError, the labels look like regression
+        targets); :func:`flowfem.softmax.fit_softmax` fits the C densities by Newton with
+        CG (``solver`` must be cg; ValueError for direct), and the Result is a :class:`ClassifierResult`.
+        alpha="auto" is refused for it (ValueError): the regularisation path scores one density.
+
         Raises :class:`flowfem.stationary.NotConverged` if the true residual (Newton: ||dE_alpha||)
         ends above rtol, unless ``allow_unconverged`` (then ``result.info.converged`` is False), and
         ValueError if E_alpha(u*) or u* is not finite (e.g. a degenerate mesh), for targets y None,
@@ -200,6 +220,9 @@ class Problem:
                              "per row of x; got None")
         check_tolerances(rtol)
         parse_petsc_options(petsc_options)
+        if self.loss.multiclass:
+            return self._fit_softmax(x, y, solver, rtol, petsc_options, allow_unconverged, progress,
+                                     preconditioner, alphas=alphas, validation=validation, folds=folds, seed=seed)
         outputs = 1 if np.ndim(y) < 2 else np.shape(y)[1]
         if outputs > 1:  # each output keeps its solution, right-hand side, CG work vectors and density
             memory.require(OUTPUT_BYTES_PER_DOF * self.H.ndofs * outputs / self.space.comm.size,
@@ -228,11 +251,47 @@ class Problem:
         t2 = time.perf_counter()
         return Result.of(self, E, U, info, t1 - t0, t2 - t1)
 
+    def _fit_softmax(self, x, labels, solver, rtol, petsc_options, allow_unconverged, progress, preconditioner,
+                     **path_args) -> "ClassifierResult":
+        """:meth:`fit` for the softmax loss (see there)."""
+        from flowfem.softmax import SoftmaxFunctional, _labels_array, encode, fit_softmax
+
+        if self.alpha == "auto":
+            raise ValueError("alpha='auto' is not available for the softmax loss (the regularisation path scores "
+                             "one density); give a number, e.g. alpha=1e-4")
+        given = [k for k, v in path_args.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply only to alpha='auto' (a regularisation path); "
+                             f"this problem's alpha is {self.alpha:g}")
+        if solver != "cg":
+            raise ValueError(f"solver {solver!r}: the softmax Newton solves its C-class system by CG only; use "
+                             "solver='cg'")
+        labels = _labels_array(labels, "the training labels")  # numbers or strings: not data.check's float cast
+        x, _ = self._inputs(x, None, "the data")
+        if labels.size != x.shape[0]:
+            raise ValueError(f"{labels.size} labels for {x.shape[0]} data points: give one label per row of x")
+        C = np.unique(labels).size
+        if C > max(2, labels.size // 2):  # one density per class: continuous targets would make n densities
+            raise ValueError(f"the labels take {C} distinct values on {labels.size} rows (more than n / 2): they look "
+                             "like regression targets; use loss='squared', or give class labels")
+        t0 = time.perf_counter()
+        Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method)
+        t1 = time.perf_counter()
+        Us, info, classes = fit_softmax(self.H, Phi, labels, self.alpha, rtol, petsc_options=petsc_options,
+                                        allow_unconverged=allow_unconverged, progress=progress,
+                                        preconditioner=preconditioner)
+        t2 = time.perf_counter()
+        E = SoftmaxFunctional(self.H, Phi, encode(labels, classes)[0], classes.size, self.alpha)
+        return ClassifierResult.of_softmax(self, E, Us, info, classes, t1 - t0, t2 - t1)
+
     def flow(self, x, y, metric: str = "L2", scheme: str = "implicit_euler", solver: str = "cg",
              rtol: float = 1e-10, petsc_options: dict | None = None, **kwargs):
         """The gradient flow of E_alpha on the data (x, y): a :class:`flowfem.flow.Flow`."""
         from flowfem.flow import Flow
 
+        if self.loss.multiclass:
+            raise ValueError("a flow takes the squared or logistic loss; the softmax loss (several classes) is "
+                             "fitted by Problem.fit")
         if self.alpha == "auto":
             raise ValueError("a flow needs a numeric alpha, not 'auto' (choose it with fit's regularisation path "
                              "and make the Problem with that alpha)")
@@ -362,3 +421,83 @@ class Result:
             raise ValueError(f"the targets have {1 if y.ndim == 1 else y.shape[1]} output(s), the fit "
                              f"{self.outputs}: give y with {self.outputs} column(s)")
         return self.predict(x) - y
+
+
+@dataclass
+class ClassifierResult(Result):
+    """The C class densities of a softmax fit (``Problem(loss="softmax").fit(x, labels)``) and how
+    they were found: a :class:`Result` whose ``outputs`` is C, ``Us`` and ``densities`` hold u*_c of
+    class ``classes[c]`` (c = 0..C-1), ``functional`` is the
+    :class:`flowfem.softmax.SoftmaxFunctional`, ``energy`` and ``parts`` its E_alpha = (mean
+    cross-entropy, in nats) + (alpha/2) sum_c ||u*_c||^2, and ``infos`` the one Newton solve
+    (:class:`flowfem.softmax.SoftmaxInfo`; ``info`` is it, ``iterations`` its Newton steps).
+
+    Predictions follow scikit-learn's classifiers (all collective, returned on every rank):
+    :meth:`predict` the labels (m,), :meth:`predict_proba` the probabilities (m, C),
+    :meth:`decision_function` the scores (logits) f_c(x) (m, C). ``rmse`` is refused (ValueError):
+    use :meth:`score` (accuracy) or :func:`flowfem.softmax.evaluate`.
+    """
+
+    classes: np.ndarray | None = None  # (C,) the labels, sorted (numbers or strings)
+
+    @classmethod
+    def of_softmax(cls, problem: Problem, E, Us: list, info, classes: np.ndarray, setup_seconds: float,
+                   solve_seconds: float) -> "ClassifierResult":
+        """The Result of the minimiser Us (C Vecs) of the softmax functional E. Collective. ValueError if
+        a density or E_alpha is not finite."""
+        X = E.join(Us)
+        loss, reg = E.parts(X)
+        X.destroy()
+        finite = E.H.space.comm.allreduce(bool(all(np.all(np.isfinite(U.array_r)) for U in Us)), op=MPI.LAND)
+        if not (finite and np.isfinite(loss) and np.isfinite(reg)):
+            raise ValueError(f"the softmax fit produced a non-finite result (E_alpha = {loss + reg}); check the "
+                             "mesh (cells of zero size?), the data and alpha")
+        densities = [function(problem.H, U, f"density{c + 1}") for c, U in enumerate(Us)]
+        return cls(problem, E, list(Us), [info], densities, loss + reg, (loss, reg), setup_seconds, solve_seconds,
+                   classes=np.asarray(classes))
+
+    @property
+    def outputs(self) -> int:
+        """C, the number of classes (one density each)."""
+        return len(self.Us)
+
+    @property
+    def info(self):
+        """The Newton solve's :class:`flowfem.softmax.SoftmaxInfo`."""
+        return self.infos[0]
+
+    def decision_function(self, x) -> np.ndarray:
+        """The scores f_c(x_j) = (Phi U_c)(x_j) at the rows of x ((m, d), or (m,) for d = 1): (m, C),
+        column c class classes[c]. Collective. ValueError for inputs of the wrong shape, NaN or inf."""
+        from flowfem.softmax import scores
+
+        x, _ = self.problem._inputs(x, None, "prediction inputs", fitted=True)
+        return scores(self.functional.Phi, self.Us, x)
+
+    def predict_proba(self, x) -> np.ndarray:
+        """softmax_c f_c(x_j): the class probabilities (m, C), rows summing to 1. Collective."""
+        from flowfem.softmax import softmax
+
+        return softmax(self.decision_function(x))
+
+    def predict(self, x) -> np.ndarray:
+        """The labels classes[argmax_c f_c(x_j)] (m,) (the classes' dtype). Collective."""
+        return self.classes[np.argmax(self.decision_function(x), axis=1)]
+
+    def score(self, x, labels) -> float:
+        """The accuracy: the fraction of rows whose predicted label equals ``labels`` (m,). Collective."""
+        from flowfem.softmax import accuracy
+
+        return accuracy(labels, self.predict(x))
+
+    def evaluate(self, x, labels) -> dict:
+        """accuracy, mean cross-entropy ``loss`` (nats), ``confusion_matrix`` (C x C, rows true class) and
+        ``classes`` on (x, labels): :func:`flowfem.softmax.evaluate`. Collective."""
+        from flowfem.softmax import evaluate
+
+        x, _ = self.problem._inputs(x, None, "the data", fitted=True)
+        return evaluate(self.functional.Phi, self.Us, x, labels, self.classes)
+
+    def _errors(self, x, y):
+        raise ValueError("rmse measures regression; a softmax fit is scored by result.score(x, labels) "
+                         "(accuracy) or result.evaluate(x, labels)")

@@ -359,7 +359,7 @@ def _comm(u):
 def readout(source, rule: str = "quadrature", *, activation: Activation | str | None = None,
             width: int | None = None, degree: int | None = None, subdivisions: int = 1, seed: int = 0,
             points: str = "quadrature", x=None, y=None, alpha: float | None = None,
-            weight: Weight | str | None = None) -> Network:
+            weight: Weight | str | None = None, classes=None) -> Network:
     """The finite network read out of a density by ``rule`` (quadrature, sample or refit).
 
     ``source`` is a :class:`~flowfem.problem.Result` (activation, data, alpha and weight are
@@ -376,6 +376,12 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
       above), output weights refitted on (x, y) with ``alpha`` and ``weight`` (defaults: the
       Result's training data, alpha and weight; for a Function x, y and alpha are required).
 
+    A softmax fit (:class:`flowfem.problem.ClassifierResult`, or the list of its C densities with
+    ``classes`` (C,), the labels in the densities' order) gives a classifier: a (N, C), the logits,
+    and the network records ``classes``. Its predictions equal the Result's exactly (to rounding) with
+    the solve's own quadrature rule, the default: that rule is how Phi integrates the densities.
+    ``refit`` is refused for it (ValueError): a least-squares refit of logits to labels has no meaning.
+
     The same network is returned on every rank and does not depend on the number of ranks.
     """
     if rule not in RULES:
@@ -386,7 +392,7 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
                                                        and all(isinstance(w, dolfinx.fem.Function) for w in source)):
         if activation is None:
             raise ValueError("readout of a dolfinx Function needs the activation (e.g. activation='relu')")
-        u, act, loss_name = source, _activation(activation), "squared"
+        u, act, loss_name = source, _activation(activation), "squared" if classes is None else "softmax"
         data_x = data_y = None
         default_alpha, default_weight = None, "uniform"
     elif hasattr(source, "densities") and hasattr(source, "problem") and hasattr(source, "functional"):
@@ -397,7 +403,10 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
             raise ValueError(f"activation {activation!r} differs from the problem's {act.name}; leave it out")
         if degree is None:
             degree = E.Phi.quadrature.degree
-        data_x, data_y = E.Phi.x, E.y
+        if classes is not None:
+            raise ValueError("classes come from the Result (result.classes); leave classes out")
+        classes = getattr(source, "classes", None)
+        data_x, data_y = E.Phi.x, getattr(E, "y", None)
         default_alpha, default_weight = problem.alpha, problem.H.weight
     else:
         raise TypeError(f"readout needs a flowfem Result or a dolfinx Function, not {type(source).__name__}")
@@ -412,6 +421,9 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
     elif width is None:
         raise ValueError(f"sampling needs the width N: pass {spell('width', 'N')} (the number of neurons to draw)")
 
+    if classes is not None and len(np.asarray(classes)) != (len(u) if isinstance(u, (list, tuple)) else 1):
+        raise ValueError(f"{len(np.asarray(classes))} classes for {len(u) if isinstance(u, (list, tuple)) else 1} "
+                         "densities: give one label per density, in the densities' order")
     neurons = quadrature_neurons(u, act, degree, subdivisions)
     if rule == "sample" or (rule == "refit" and points == "sample"):
         neurons = sample_neurons(neurons, width, seed)
@@ -425,4 +437,5 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
             raise ValueError("refit of a dolfinx Function needs the training data x, y and alpha")
         neurons = refit(neurons, x, y, alpha, default_weight if weight is None else weight,
                         _comm(u))
-    return neurons.network()
+    net = neurons.network()
+    return net if classes is None else replace(net, classes=np.asarray(classes))

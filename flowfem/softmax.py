@@ -111,6 +111,7 @@ from flowfem import petsc_options as petsc_options_  # noqa: E402
 from flowfem import progress as progress_  # noqa: E402
 from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
+from flowfem.loss import SOFTMAX, cross_entropy, softmax  # noqa: E402,F401  (softmax, cross_entropy: re-exported)
 from flowfem.operator import DataOperator  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 from flowfem.stationary import LinearSolver, NewtonInfo, NotConverged, check_tolerances  # noqa: E402
@@ -174,18 +175,6 @@ def decode(k: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.asarray(classes)[np.asarray(k, dtype=np.int64)]
 
 
-def softmax(F: np.ndarray) -> np.ndarray:
-    """p_jc = exp(F_jc) / sum_d exp(F_jd) for scores F (n, C), without overflow: (n, C)."""
-    Z = np.exp(F - F.max(axis=1, keepdims=True))
-    return Z / Z.sum(axis=1, keepdims=True)
-
-
-def cross_entropy(F: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """logsumexp_c F_jc - F_{j k_j} for scores F (n, C) and class indices k (n,): (n,), >= 0."""
-    m = F.max(axis=1)
-    return m + np.log(np.exp(F - m[:, None]).sum(axis=1)) - F[np.arange(F.shape[0]), k]
-
-
 # -- the functional ----------------------------------------------------------------------------
 
 
@@ -197,6 +186,8 @@ class SoftmaxFunctional:
     for the per-class linear solvers. ValueError for alpha not > 0, C < 2, or k of the wrong size or
     outside 0..C-1.
     """
+
+    loss = SOFTMAX  # what a density file records (flowfem.io.settings)
 
     def __init__(self, H: WeightedH1, Phi: DataOperator, k: np.ndarray, C: int, alpha: float):
         alpha = number("alpha", alpha, "> 0")

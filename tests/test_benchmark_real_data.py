@@ -19,3 +19,8 @@ def test_real_data_benchmark_quick():
                                           "co2": (1780, 445)}[r[0]]
         if r[3].startswith("flowfem"):
             assert float(r[5]) < 0.95 * float(r[6]), r
+    iris = re.findall(r"^\| iris2 \| 120 / 30 \| ([^|]+) \| ([^|]+) \| ([^|]*) \| ([^|]*) \| ([0-9.]+) \|$",
+                      proc.stdout, re.M)
+    assert [r[0].strip() for r in iris] == ["flowfem softmax (alpha 1e-03)", "Adam particles", "MLP L-BFGS N = 16"]
+    assert float(iris[0][2]) > 0.9 > float(iris[0][4])  # flowfem's test accuracy against the majority class
+    assert "no softmax loss" in iris[1][1] and iris[1][2].strip() == ""  # said, not faked

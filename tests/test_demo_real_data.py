@@ -12,7 +12,7 @@ from flowfem import data
 from flowfem.outputs import MANIFEST
 
 DEMO = os.path.join(ROOT, "demos", "real_data.py")
-CI_SIZE = dict(cells=16, width=32, steps=200)  # what the script runs with CI set
+CI_SIZE = dict(cells=16, class_cells=6, width=32, steps=200)  # what the script runs with CI set
 
 
 def _demo():
@@ -25,7 +25,12 @@ def test_small_run(shared_tmp):
     gives the same predictions and the scaling of the training rows."""
     out = os.path.join(shared_tmp, "real")
     m = _demo().main(**CI_SIZE, out=out)
-    assert list(m) == ["diabetes1", "engel", "sunspots", "co2"]
+    assert list(m) == ["diabetes1", "engel", "sunspots", "co2", "iris2"]
+    iris = m.pop("iris2")  # the classification: accuracy, and the network file's labels are the density's
+    assert iris["flowfem"]["test_accuracy"] > 0.9 > iris["majority_accuracy"] and iris["file_classes"] == [0, 1, 2]
+    assert iris["flowfem"]["network_disagreement"] == 0
+    assert np.sum(iris["flowfem"]["confusion_matrix"]) == iris["n_test"]
+    assert iris["file_gap"] == 0.0 and "no softmax loss" in iris["adam"]  # the same logits from the file
     for name, s in m.items():
         train, test = data.train_test(name, seed=0)
         assert (s["n_train"], s["n_test"], s["d"]) == (train.n, test.n, 1)
@@ -38,7 +43,7 @@ def test_small_run(shared_tmp):
         assert s["flowfem"]["network_gap"] <= 1e-9 * scale and s["file_gap"] <= 1e-12 * scale, (name, s)
     assert m["co2"]["flowfem"]["test_rmse"] < 0.2 * m["co2"]["mean_rmse"]  # the trend, and more
     files = sorted(os.listdir(out))
-    assert files == sorted([f"{n}-flowfem.npz" for n in m] + ["results.json", "fits.png", MANIFEST])
+    assert files == sorted([f"{n}-flowfem.npz" for n in [*m, "iris2"]] + ["results.json", "fits.png", MANIFEST])
 
 
 @pytest.mark.mpi
@@ -49,9 +54,13 @@ def test_script_under_mpirun(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", ROOT)
     r = run([sys.executable, DEMO], ranks=2, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "on 2 rank(s)" in r.stdout and r.stdout.count("| data set |") == 1
+    # the regression and the classification tables, each printed once (by rank 0)
+    assert "on 2 rank(s)" in r.stdout and r.stdout.count("| data set |") == 2
     parallel = json.loads((tmp_path / "results" / "real_data" / "results.json").read_text())
     serial = _demo().main(**CI_SIZE, out=None)
+    p, s = parallel.pop("iris2"), serial.pop("iris2")
+    assert p["flowfem"]["confusion_matrix"] == s["flowfem"]["confusion_matrix"]
+    np.testing.assert_allclose(p["flowfem"]["test_loss"], s["flowfem"]["test_loss"], rtol=1e-8)
     for name, s in serial.items():
         p = parallel[name]
         assert p["scaling"] == s["scaling"]
