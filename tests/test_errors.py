@@ -171,7 +171,7 @@ def test_paths_that_are_not_paths():
         Network.load(3)
     with pytest.raises(ValueError, match="mesh file must be named by a path"):
         Space.read(None)
-    with pytest.raises(ValueError, match="domain must be box, ball, circle, sphere or a .msh/.xdmf file name"):
+    with pytest.raises(ValueError, match="domain must be box, ball, circle, sphere, s3 or a .msh/.xdmf file name"):
         Space.make(None, 1)
 
 
@@ -410,7 +410,7 @@ MISUSE = [
     (lambda: Problem(_space()).fit(X, None), r"fit needs targets y \(n,\) or \(n, 1\)"),
     (lambda: Problem(_space()).fit(None, X[:, 0]), r"inputs x are missing \(None\)"),
     (lambda: Space.box(1, "8"), r"mesh parameter n must be a number .*got '8' \(str\)"),
-    (lambda: Space.box(1.0, 8), r"the input dimension d must be an integer \(1 or 2\), got 1.0 \(float\)"),
+    (lambda: Space.box(1.0, 8), r"the input dimension d must be an integer \(1 or 2; 3 with --domain s3\), got 1.0 \(float\)"),
     (lambda: Space.box(1, 8, radius="4"), r"mesh parameter radius must be a number > 0, got '4' \(str\)"),
     (lambda: Space.ball(1, None), r"mesh parameter h must be a number > 0, got None"),
     (lambda: Space.sphere("3"), r"mesh parameter sphere refinements must be a number"),
