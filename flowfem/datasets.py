@@ -22,6 +22,11 @@ sunspots   (309, 1),  statsmodels  ``datasets.sunspots``: x1 the year 1700..2008
 co2        (2225, 1), statsmodels  ``datasets.co2``: x1 the date as a decimal year (weekly,
            (2225,)                 1958-03-29 .. 2001-12-29), y the atmospheric CO2 concentration
                                    at Mauna Loa (ppm); the 59 weeks without a value are dropped
+stackloss  (21, 3),   statsmodels  ``datasets.stackloss``: 21 days of a plant oxidising ammonia to nitric
+           (21,)                   acid; x1 the air flow (rate of operation), x2 the cooling-water
+                                   inlet temperature (deg C), x3 the acid concentration (per 1000,
+                                   minus 500); y the stack loss, 10 times the percentage of the
+                                   ingoing ammonia that escapes unabsorbed
 ========== ========== ============ ===================================================================
 
 Sources: R. A. Fisher (1936), The use of multiple measurements in taxonomic problems, Annals
@@ -31,8 +36,9 @@ heteroscedasticity based on regression quantiles, Econometrica 50, 43-61; the su
 of NOAA's National Geophysical Data Center (as statsmodels ships them); C. D. Keeling, T. P.
 Whorf (2004), Atmospheric CO2 concentrations derived from flask air samples at sites in the
 SIO network, in Trends: A Compendium of Data on Global Change, CDIAC, Oak Ridge National
-Laboratory. Each loader checks that the package returned the documented shape: a package
-release that changed a set is refused rather than fitted silently.
+Laboratory; K. A. Brownlee (1965), Statistical Theory and Methodology in Science and Engineering,
+2nd ed., Wiley, 491-500. Each loader checks that the package returned the documented shape: a
+package release that changed a set is refused rather than fitted silently.
 """
 
 from __future__ import annotations
@@ -104,6 +110,13 @@ def _co2():
     return t.year.to_numpy() + (t.day_of_year.to_numpy() - 1) / days, frame["co2"].to_numpy()
 
 
+def _stackloss():
+    from statsmodels.datasets import stackloss
+
+    frame = stackloss.load_pandas().data
+    return frame[["AIRFLOW", "WATERTEMP", "ACIDCONC"]].to_numpy(), frame["STACKLOSS"].to_numpy()
+
+
 REAL = {s.name: s for s in (
     RealSet("iris2", 150, 2, 3, "scikit-learn", "sklearn.datasets.load_iris",
             ("petal length (cm)", "petal width (cm)"), "species: 0 setosa, 1 versicolor, 2 virginica",
@@ -119,6 +132,11 @@ REAL = {s.name: s for s in (
     RealSet("co2", 2225, 1, None, "statsmodels", "statsmodels.datasets.co2",
             ("date (decimal year)",), "atmospheric CO2 at Mauna Loa (ppm)",
             "Keeling, Whorf (2004), Trends: A Compendium of Data on Global Change, CDIAC", _co2),
+    RealSet("stackloss", 21, 3, None, "statsmodels", "statsmodels.datasets.stackloss",
+            ("air flow (rate of operation)", "cooling-water inlet temperature (deg C)",
+             "acid concentration (per 1000, minus 500)"),
+            "stack loss (10 times the percentage of ammonia escaping unabsorbed)",
+            "Brownlee (1965), Statistical Theory and Methodology in Science and Engineering, 491-500", _stackloss),
 )}
 
 

@@ -28,6 +28,7 @@ FIRST_LAST = {
     "engel": ((420.157651,), 255.839425, (1057.676711,), 750.320163),
     "sunspots": ((1700.0,), 5.0, (2008.0,), 2.9),
     "co2": ((1958 + 87 / 365,), 316.1, (2001 + 362 / 365,), 371.5),  # 1958-03-29 and 2001-12-29
+    "stackloss": ((80.0, 27.0, 89.0), 42.0, (70.0, 20.0, 91.0), 15.0),  # Brownlee's days 1 and 21
 }
 
 
@@ -47,7 +48,7 @@ def test_iris_labels_and_regression_task():
     assert sorted(set(ds.y)) == [0.0, 1.0, 2.0] and np.bincount(ds.y.astype(int)).tolist() == [50, 50, 50]
     assert datasets.REAL["iris2"].task == "classification (3 classes)"
     assert datasets.REAL["iris2"].inputs == ("petal length (cm)", "petal width (cm)")
-    assert {datasets.REAL[k].task for k in ("diabetes1", "engel", "sunspots", "co2")} == {"regression"}
+    assert {datasets.REAL[k].task for k in ("diabetes1", "engel", "sunspots", "co2", "stackloss")} == {"regression"}
     assert np.all(np.diff(data.get("co2").x[:, 0]) > 0)  # weeks in order, the gaps dropped
 
 
