@@ -140,6 +140,13 @@ def _load_data(args, comm, n=None, seed=None, test_data=None):
     return on_root(comm, lambda: data.train_test(args.data, n, seed, test_data))
 
 
+def _record_chart_radius(args, space) -> None:
+    """On s3 without --radius the chart radius Z was chosen from the training inputs: record that Z
+    (metrics.json, energy.json: ``radius``), not the None the command was given."""
+    if args.mesh_options[1] is None and args.domain == "s3":
+        args.mesh_options = (args.mesh_options[0], space.outer_radius)
+
+
 def _split_record(args) -> dict:
     """How --data was split into training and test rows (--n, --seed, --test-data), recorded in
     density.npz so that ``readout --rule refit`` fits on the same training rows, not on test rows."""
@@ -162,6 +169,7 @@ def cmd_solve(args, comm) -> None:
         train, test = scaling.dataset(train), scaling.dataset(test)
     t0 = time.perf_counter()
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm, x=train.x)
+    _record_chart_radius(args, space)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     mesh_seconds = time.perf_counter() - t0
     auto = args.alpha == "auto"
@@ -263,7 +271,8 @@ def cmd_flow(args, comm) -> None:
     if scaling is not None:
         train, test = scaling.dataset(train), scaling.dataset(test)
     t0 = time.perf_counter()
-    space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm)
+    space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm, x=train.x)
+    _record_chart_radius(args, space)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     E = problem.functional(train.x, train.y)
     flow = driver.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
@@ -689,6 +698,7 @@ def cmd_compare(args, comm) -> None:
         alpha=args.alpha, kappa=args.kappa, weight=args.weight, degree=args.degree, readouts=words(args.readout),
         density_method="kernel" if args.density_width else "lumped", density_width=args.density_width,
         mmd_bandwidth=args.mmd_bandwidth, data_name=args.data, comm=comm, progress=not args.quiet)
+    _record_chart_radius(args, result.result.problem.space)
     result.settings.update(provenance.record(args, comm, *args.mesh_options),
                            quadrature_degree=result.result.functional.Phi.quadrature.degree)
     if scaling is not None:

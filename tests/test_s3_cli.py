@@ -35,6 +35,10 @@ def test_solve_on_s3_serial_and_two_ranks_then_readout_and_predict(tmp_path):
     one, two = preds
     assert np.abs(one[:, -1] - two[:, -1]).max() <= 1e-8 * np.abs(one[:, -1]).max()
     metrics = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+    x = np.loadtxt(tmp_path / "d.csv", delimiter=",", skiprows=1)[:, :3]
+    from flowfem.space import chart_radius
+    train_x = x  # the solve's training rows are a subset: Z from them is at most chart_radius(max |x|)
+    assert 0 < metrics["radius"] <= chart_radius(float(np.linalg.norm(train_x, axis=1).max())) + 1e-9
     assert metrics["test_rmse"] < 0.5 * np.std(one[:, 3])  # it learnt the target (columns x1, x2, x3, y, f)
     net = tmp_path / "net.npz"
     r = run([FLOWFEM, "readout", "--density", str(tmp_path / "r1"), "--out", str(net)], timeout=300)
@@ -58,4 +62,22 @@ def test_refusals_for_three_inputs(tmp_path, args, message):
             timeout=120)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_flow_on_s3_chooses_and_records_the_chart_radius(tmp_path):
+    write_data(tmp_path / "d.csv", n=80)
+    out = tmp_path / "out"
+    r = run([FLOWFEM, "flow", "--tau", "1", "--growth", "4", "--max-steps", "3", "--data", str(tmp_path / "d.csv"),
+             "--domain", "s3", "--mesh-size", "0.4", "--alpha", "1e-3", "--no-plot", "--out", str(out)], timeout=400)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "energy.json").read_text())["radius"] > 1
+
+
+def test_compare_refuses_s3_until_its_distances_are_on_the_sphere(tmp_path):
+    write_data(tmp_path / "d.csv", n=40)
+    r = run([FLOWFEM, "compare", "--widths", "4", "--seeds", "0", "--steps", "2", "--data", str(tmp_path / "d.csv"),
+             "--domain", "s3", "--out", str(tmp_path / "out")], timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "compare does not take the s3 domain yet" in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
