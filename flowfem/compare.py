@@ -11,7 +11,9 @@ For data (x_j, y_j), the squared loss l = (f - y)^2 / 2 and one activation (ReLU
     domain with about N cells, read out with the midpoint rule (one neuron per cell), so the
     width is the number of cells: box d = 1: 2 m^2 cells with m = round(sqrt(N / 2)); box d = 2:
     6 m^3, m = round((N / 6)^(1/3)); circle: N arcs; sphere: 20 4^r, r = round(log_4(N / 20));
-    ball: element size h giving about N cells. Deterministic: one run per width.
+    ball: element size h giving about N cells; s3: size h = (140 / N)^(1/3) on S^3 (about 140 / h^3
+    cells), at most 0.4 (about 2200 cells, the coarsest chart gmsh meshes reliably), with the chart
+    radius Z of the main solve. Deterministic: one run per width.
   - ``sample``: N neurons drawn from |u*| (the main solve) with each seed.
   - ``refit``: those sampled neurons with output weights refitted by regularised least
     squares on the training data (:func:`flowfem.readout.refit`), with each seed.
@@ -41,6 +43,15 @@ measure is projected onto the FE mesh (:func:`flowfem.measure.density`) and comp
 u* as fields: the L2(d theta) distance and the maximum mean discrepancy with a Gaussian kernel
 of stated bandwidth (:func:`mmd`; u* enters through its midpoint rule, the particles as point
 masses where they were placed).
+
+Every distance is taken in parameter space through the mesh's chart (:mod:`flowfem.space`):
+integrals are d theta = lambda^n dx and the MMD's points are neurons theta(x). On the identity
+chart (box, ball, circle, sphere, mesh files) that is dx and x; on s3 it is the volume of S^3,
+lambda^3 dz, and the points vartheta(z) of S^3 in R^4. Particles are placed as directions
+(:func:`flowfem.measure.density`); on s3 those in the cap |z| > Z that the chart leaves out are
+dropped (zero on the data for relu when Z >= Z_0: the truncation leaves f exact), and the MMD and
+L2 distances compare the measures on the truncated sphere, the dropped mass being reported beside
+them (``dropped``, ``dropped_mass``).
 
 Several outputs (y (n, m), m >= 2; columns y1..ym): the FE solve fits m densities u*_1..u*_m
 (one solver, :class:`flowfem.problem.Result`), the readouts are networks of m outputs on
@@ -91,6 +102,7 @@ from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.arguments import positive, unknown  # noqa: E402
 from flowfem.data import Dataset  # noqa: E402
 from flowfem.network import Network  # noqa: E402
+from flowfem.space import S3_CELLS, chart_of  # noqa: E402
 
 READOUTS = ("quadrature", "sample", "refit")
 METHODS = ("gd", "adam")
@@ -340,22 +352,44 @@ def read_csv(path: str) -> list[dict]:
 # -- distances between densities ---------------------------------------------------------
 
 
+def _volume_integral(integrand, mesh) -> float:
+    """integral over Omega of ``integrand`` d theta = integrand lambda^n dx, the mesh's chart
+    (:func:`flowfem.space.chart_of`: lambda = 1 but on s3, where d theta = lambda^3 dz is the volume of S^3)."""
+    volume = chart_of(mesh).ufl_volume(ufl.SpatialCoordinate(mesh), mesh.topology.dim)
+    form = dolfinx.fem.form(volume * integrand * ufl.dx)
+    return mesh.comm.allreduce(dolfinx.fem.assemble_scalar(form))
+
+
 def l2_distance(u, v) -> float:
-    """||u - v||_{L2(d theta)} for two Functions on the same mesh (collective)."""
-    form = dolfinx.fem.form((u - v) ** 2 * ufl.dx)
-    return math.sqrt(max(u.function_space.mesh.comm.allreduce(dolfinx.fem.assemble_scalar(form)), 0.0))
+    """||u - v||_{L2(d theta)} = (integral (u - v)^2 lambda^n dx)^(1/2) for two Functions on the same mesh,
+    d theta the volume of the parameter space through the mesh's chart (on s3 that of S^3). Collective."""
+    return math.sqrt(max(_volume_integral((u - v) ** 2, u.function_space.mesh), 0.0))
 
 
 def l2_norm(u) -> float:
-    """||u||_{L2(d theta)} (collective)."""
-    form = dolfinx.fem.form(u**2 * ufl.dx)
-    return math.sqrt(max(u.function_space.mesh.comm.allreduce(dolfinx.fem.assemble_scalar(form)), 0.0))
+    """||u||_{L2(d theta)} = (integral u^2 lambda^n dx)^(1/2), as :func:`l2_distance` (collective)."""
+    return math.sqrt(max(_volume_integral(u**2, u.function_space.mesh), 0.0))
+
+
+def neuron_extent(mesh) -> float:
+    """The diameter of the bounding box of the mesh's nodes as neurons theta(x) (the chart's points, in
+    R^(d+1)): on s3 that of the points vartheta(z) of S^3 in R^4, not of the chart's ball. Collective."""
+    chart = chart_of(mesh)
+    x = mesh.geometry.x[:, : mesh.geometry.dim]
+    theta = chart.point(x) if len(x) else np.zeros((0, chart.neuron_dim(mesh.geometry.dim)))
+    lo = theta.min(axis=0) if len(theta) else np.full(theta.shape[1], np.inf)
+    hi = theta.max(axis=0) if len(theta) else np.full(theta.shape[1], -np.inf)
+    mesh.comm.Allreduce(MPI.IN_PLACE, lo, op=MPI.MIN)
+    mesh.comm.Allreduce(MPI.IN_PLACE, hi, op=MPI.MAX)
+    return float(np.linalg.norm(hi - lo))
 
 
 def density_measure(u, activation="relu") -> tuple[np.ndarray, np.ndarray]:
     """u d theta as point masses: the midpoint rule of u's mesh, (points (M, D), masses (M,)).
 
-    The same on every rank (gathered by :func:`flowfem.readout.quadrature_neurons`).
+    Through the mesh's chart (:func:`flowfem.readout.quadrature_neurons`): point i is the neuron
+    theta(x_i) of the midpoint x_i of cell K_i and its mass |K_i| lambda(x_i)^n u(x_i) (on s3 the
+    point vartheta(z_i) of S^3 in R^4, the mass carrying lambda^3). The same on every rank.
     """
     nr = ro.quadrature_neurons(u, _activation(activation), degree=1)
     return nr.theta, nr.a
@@ -389,8 +423,18 @@ def mmd(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], band
 # -- the comparison ------------------------------------------------------------------------
 
 
-def coarse_size(domain: str, d: int, width: int, radius: float) -> tuple[float, str]:
-    """The mesh size parameter of ``domain`` giving about ``width`` cells, and a description."""
+# the coarsest s3 mesh of the quadrature readout: gmsh left coarser charts partly unmeshed (h >= 0.5,
+# refused by flowfem.space.s3_arrays), and h = 0.4 makes about S3_CELLS / 0.4^3 = 2200 cells
+S3_COARSEST_SIZE = 0.4
+
+
+def coarse_size(domain: str, d: int, width: int, radius: float | None) -> tuple[float, str]:
+    """The mesh size parameter of ``domain`` giving about ``width`` cells, and a description.
+
+    s3: the size h on S^3 with S3_CELLS / h^3 = width (:data:`flowfem.space.S3_CELLS`), at most
+    :data:`S3_COARSEST_SIZE` (about 2200 cells: smaller widths get that mesh, as the sphere's
+    coarsest has 20 cells). ValueError for a mesh file.
+    """
     if domain == "box":
         if d == 1:
             m = max(1, round(math.sqrt(width / 2)))
@@ -408,7 +452,11 @@ def coarse_size(domain: str, d: int, width: int, radius: float) -> tuple[float, 
         else:
             h = (8 * math.sqrt(2) * math.pi * radius**3 / width) ** (1 / 3)
         return h, f"ball h={h:.3g}"
-    raise ValueError(f"the quadrature readout at a given width needs a named domain (box, ball, circle, sphere), "
+    if domain == "s3":
+        h = min((S3_CELLS / width) ** (1 / 3), S3_COARSEST_SIZE)
+        coarsest = " (the coarsest s3 mesh)" if h == S3_COARSEST_SIZE else ""
+        return h, f"s3 h={h:.3g} on S^3{coarsest}"
+    raise ValueError(f"the quadrature readout at a given width needs a named domain (box, ball, circle, sphere, s3), "
                      f"not the mesh file {domain!r}: use the readouts sample or refit")
 
 
@@ -422,7 +470,7 @@ def _ints(name, values, minimum):
 def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1, 2), methods=("gd", "adam"),
             lr: dict | None = None, steps: int = 1000, time_limit: float | None = None,
             weight_decay: float = 0.0, init_scale: float = 1.0, record_every: int | None = None,
-            activation: str = "relu", domain: str = "box", mesh_size=None, radius: float = 4.0,
+            activation: str = "relu", domain: str = "box", mesh_size=None, radius: float | None = None,
             alpha: float = 1e-5, kappa: float = 1.0, weight: str = "uniform", degree: int = 1,
             readouts=("quadrature", "refit"), density_method: str = "lumped", density_width: float | None = None,
             mmd_bandwidth: float | None = None, data_name: str | None = None, comm: MPI.Comm = MPI.COMM_WORLD,
@@ -433,7 +481,10 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     its learning rate (defaults :data:`DEFAULT_LR`); ``time_limit`` caps each particle run's wall
     seconds; ``density_width`` None projects the particles with the lumped L2 projection, a
     number smooths them with a kernel of that standard deviation; ``mmd_bandwidth`` None is a
-    tenth of the diameter of the parameter mesh's bounding box. ``progress``: a bar of the runs
+    tenth of the diameter of the bounding box of the mesh's nodes as neurons (:func:`neuron_extent`).
+    ``radius`` None is 4 for the box and ball and, on s3, the chart radius Z chosen from the training
+    inputs (:func:`flowfem.problem.make_space`; the coarse meshes of the quadrature readout use the
+    same Z). ``progress``: a bar of the runs
     done out of all, with the last one's result, and one of each particle run's steps
     (:mod:`flowfem.progress`: rank 0, on a terminal).
 
@@ -441,7 +492,6 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     data must have the same m, else ValueError before any work.
     """
     from flowfem.problem import Problem, make_space
-    from flowfem.space import Space
 
     outputs = train.outputs
     if test.outputs != outputs:
@@ -473,9 +523,8 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     if density_method not in measure.DENSITY_METHODS:
         raise ValueError(f"density method {density_method!r}: choose lumped or kernel")
     act = _activation(activation)
-    if domain == "s3":  # its densities live on S^3: the distances here integrate in mesh coordinates (dz, not lambda^3 dz)
-        raise ValueError("compare does not take the s3 domain yet (its density distances would be measured in the "
-                         "chart's coordinates, not on S^3): compare on 1-D or 2-D inputs, or use solve and readout")
+    if radius is None and domain != "s3":  # s3: None, the chart radius is chosen from the training inputs
+        radius = 4.0
     if "quadrature" in readouts:
         coarse_size(domain, train.d, 1, radius)  # refuses mesh files before any work
     ranks = comm.size
@@ -511,6 +560,8 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         comm.Barrier()
         t0 = time.perf_counter()
         space = make_space(domain, train.d, mesh_size, radius, act.name, comm, x=x)
+        if radius is None:  # s3: the Z chosen from x, for the coarse meshes and the record
+            radius = space.outer_radius
         problem = Problem(space, act.name, weight, alpha, kappa, degree)
         result = problem.fit(x, y)
         fe_seconds = time.perf_counter() - t0
@@ -547,8 +598,8 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
                 size, desc = coarse_size(domain, train.d, N, radius)
                 comm.Barrier()
                 t = time.perf_counter()
-                coarse = Problem(Space.make(domain, train.d, size, radius, comm), act.name, weight, alpha, kappa,
-                                 degree)
+                coarse = Problem(make_space(domain, train.d, size, radius, act.name, comm), act.name, weight, alpha,
+                                 kappa, degree)
                 res_c = coarse.fit(x, y)
                 neurons = ro.quadrature_neurons(fe_densities(res_c), act, degree=1)
                 readout_run("quadrature", N, None, neurons, time.perf_counter() - t,
@@ -594,12 +645,8 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
                     done(bar, f"{m} N={N} seed {s}: test RMSE {runs[-1].test_rmse:.2e} ({r.status})")
 
         # -- densities -------------------------------------------------------------------------
-        mesh = space.mesh
-        x0 = mesh.geometry.x[:, : space.gdim]
-        lo = comm.allreduce(float(x0.min()) if len(x0) else np.inf, op=MPI.MIN)
-        hi = comm.allreduce(float(x0.max()) if len(x0) else -np.inf, op=MPI.MAX)
-        if mmd_bandwidth is None:
-            mmd_bandwidth = 0.1 * (hi - lo) * math.sqrt(space.gdim)
+        if mmd_bandwidth is None:  # the kernel acts on neurons theta (on s3 points of S^3 in R^4), not on x
+            mmd_bandwidth = 0.1 * neuron_extent(space.mesh)
         # output k: the particle measure sum_i (a_ik / N) delta_(theta_i) against u*_k
         fe_measures = [density_measure(u, act) for u in u_stars]
         fe_l2s = [l2_norm(u) for u in u_stars]

@@ -125,6 +125,32 @@ def cell_size(mesh) -> float:
     return mesh.comm.allreduce(float(h.max(initial=0.0)), op=MPI.MAX)
 
 
+def neuron_cell_size(mesh) -> float:
+    """The largest cell diameter in neuron coordinates theta = theta(x) over all ranks: a bound on
+    |theta(x) - theta(x')| for x, x' in one cell. The chart is conformal (|d theta| = lambda |dx|), so
+    the chord is at most the length of the image of the segment, sup_K lambda |x - x'|; lambda of the
+    charts of :mod:`flowfem.space` depends on |x| alone and does not increase with it (1, or
+    2 / (1 + |z|^2) on s3), so sup_K lambda <= lambda at a radius r_K <= min_K |x|: r_K = max(0,
+    min_v e . x_v), e the unit vector towards the cell's centroid and x_v its vertices (|x| >= e . x
+    >= min_v e . x_v on the convex cell). The bound is sup_K lambda h_K, h_K the cell's diameter.
+    The identity chart gives :func:`cell_size`. Collective.
+    """
+    tdim, gdim = mesh.topology.dim, mesh.geometry.dim
+    n = mesh.topology.index_map(tdim).size_local
+    if n == 0:
+        return mesh.comm.allreduce(0.0, op=MPI.MAX)
+    cells = np.arange(n, dtype=np.int32)
+    hK = mesh.h(tdim, cells)
+    vertices = _geometry(mesh, cells)[:, : tdim + 1]  # the first nodes are the vertices (basix order)
+    centre = vertices.mean(axis=1)
+    norm = np.linalg.norm(centre, axis=1, keepdims=True)
+    e = np.divide(centre, norm, out=np.zeros_like(centre), where=norm > 0)
+    r = np.maximum(np.einsum("cvg,cg->cv", vertices, e).min(axis=1), 0.0)
+    nearest = np.zeros((n, gdim))
+    nearest[:, 0] = r
+    return mesh.comm.allreduce(float(np.max(chart_of(mesh).conformal(nearest) * hK)), op=MPI.MAX)
+
+
 def to_directions(theta: np.ndarray, c: np.ndarray, degree: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(theta_i / |theta_i|, c_i |theta_i|^p, moved): the same network on the unit sphere for a positively
     homogeneous sigma of degree p (sigma(r z) = r^p sigma(z)). theta_i = 0 contributes nothing: c_i = 0."""
@@ -223,7 +249,8 @@ class ParticleDensity:
     ``mass``      sum of the placed c_i = integral u_h d theta (mass consistency).
     ``dropped_mass``, ``dropped_variation``  sum c_i and sum |c_i| of the dropped particles.
     ``method``, ``width``  ``lumped`` (width 0) or ``kernel`` with standard deviation ``width``.
-    ``h``         the largest cell diameter of the mesh.
+    ``h``         the largest cell diameter of the mesh in neuron coordinates (:func:`neuron_cell_size`:
+                  the mesh's own on the identity chart; on s3 a bound on the cells' chords on S^3).
     """
 
     function: object
@@ -273,7 +300,7 @@ class ParticleDensity:
         """The stated error bound on |f_(u_h)(x) - network(x)| at the rows of x.
 
         L |x~| (2 h + s) sum |c_i| over the placed particles (L the Lipschitz constant of sigma;
-        2 h bounds how far the lumped projection spreads a point mass, s = ``width`` is the
+        2 h bounds how far, in theta, the lumped projection spreads a point mass, s = ``width`` is the
         kernel's standard deviation), plus L |x~| sum |c_i| shift_i for clipped particles, plus
         sum |c_i| |sigma(theta_i . x~)| of the dropped ones. The term in s is the continuum
         bound E|eps . x~| <= s |x~|; the rest is rigorous for exact integration of f_(u_h).
@@ -496,5 +523,6 @@ def density(source, target, *, method: str = "lumped", width: float | None = Non
         u_out = dolfinx.fem.Function(V_out, name="particles")
         u_out.interpolate(u)
         u = u_out
-    return ParticleDensity(u, theta, c, moved, dropped, shift, method, width, h, outside, act, directions,
-                           theta0, c0)
+    # the bound (ParticleDensity.bound) spreads point masses in theta: the cells' size there, not in x
+    return ParticleDensity(u, theta, c, moved, dropped, shift, method, width, neuron_cell_size(mesh), outside, act,
+                           directions, theta0, c0)
