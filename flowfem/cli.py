@@ -964,7 +964,7 @@ def parser() -> argparse.ArgumentParser:
                         "units (default: lumped L2 projection, no extra smoothing)")
     g.add_argument("--mmd-bandwidth", type=float, default=None,
                    help="Gaussian kernel bandwidth of the MMD, in parameter units (default: a tenth of the "
-                        "mesh's bounding-box diagonal)")
+                        "diagonal of the bounding box of the mesh's nodes as neurons; on s3 the points of S^3 in R^4)")
     _add_output_directory_arguments(g, "skip the figures")
     g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=cmd_compare)

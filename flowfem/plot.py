@@ -224,11 +224,17 @@ def slice_levels(theta: np.ndarray, count: int = SLICES) -> np.ndarray:
     return lo + (hi - lo) * (np.arange(count) + 0.5) / count
 
 
-def density_axes(axes, theta: np.ndarray, u: np.ndarray, cells: np.ndarray, norm=None, title: str = "density u"):
+CHART_COORDINATES = ("z_1", "z_2", "z_3")  # the s3 chart's coordinates (flowfem.space): not (w, b)
+
+
+def density_axes(axes, theta: np.ndarray, u: np.ndarray, cells: np.ndarray, norm=None, title: str = "density u",
+                 coordinates: tuple[str, str, str] = ("w_1", "w_2", "b")):
     """Draw u on its mesh into ``axes`` (one Axes, or :func:`panels` of them for a volume mesh).
 
     ``norm``: the colour norm (default :func:`symmetric_norm` of u), shared by the caller's
-    panels. Returns the colour mappable (None for a curve); the caller adds the colour bar.
+    panels. ``coordinates``: the names of a volume mesh's three coordinates, (w_1, w_2, b) or, on
+    the s3 chart, (z_1, z_2, z_3), which are not a neuron's weights. Returns the colour mappable
+    (None for a curve); the caller adds the colour bar.
     """
     shape = kind(theta, cells)
     axes = list(np.atleast_1d(axes))
@@ -273,9 +279,9 @@ def density_axes(axes, theta: np.ndarray, u: np.ndarray, cells: np.ndarray, norm
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal")
-        ax.set_xlabel(r"$w_1$")
-        ax.set_ylabel(r"$w_2$")
-        ax.set_title(f"{title}, b = {b:.3g}")
+        ax.set_xlabel(f"${coordinates[0]}$")
+        ax.set_ylabel(f"${coordinates[1]}$")
+        ax.set_title(f"{title}, {coordinates[2]} = {b:.3g}")
     return m
 
 
@@ -675,7 +681,8 @@ def comparison_figures(directory: str, cmp, gathered) -> dict:
         name, cut = clipped_title(name, values, norm)
         clipped |= cut
         ax_j = axes[j] if n > 1 else axes[0, j]
-        m = density_axes(ax_j, theta, values, cells, norm=norm, title=name) or m
+        m = density_axes(ax_j, theta, values, cells, norm=norm, title=name,
+                         coordinates=CHART_COORDINATES if cmp.settings.get("domain") == "s3" else ("w_1", "w_2", "b")) or m
         if pd is not None and kind(theta, cells) == "plane":
             keep = ~pd.dropped
             ax_j.plot(pd.theta[keep, 0], pd.theta[keep, 1], "k.", ms=1.5, alpha=0.5, label="particles")
