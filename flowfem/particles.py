@@ -19,6 +19,22 @@ held fixed (``trainable="outer"``) the problem decouples into m single-output
 problems, one per column of a. The logistic loss takes one output (labels in
 {-1, +1}) and refuses y (n, m).
 
+**Several classes** (``loss="softmax"``, labels y (n,) of any C >= 2 distinct numbers or
+strings, recorded sorted as ``classes`` and mapped to k_j in 0..C-1 by
+:func:`flowfem.softmax.encode`): m = C outputs, the logits f_c, and the softmax cross-entropy
+
+    l(f, k) = logsumexp_c f_c - f_k,     dl/df_c = p_c - [c = k],     p = softmax(f),
+
+(:data:`flowfem.loss.SOFTMAX`), so J = (1/n) sum_j [logsumexp_c f_c(x_j) - f_{k_j}(x_j)] + the same
+regulariser. The neurons' gradient is the m-output one with the residual f - y replaced by p - e_k.
+The data term is invariant under f_c -> f_c + g for all c (as flowfem's, :mod:`flowfem.softmax`).
+For C = 2 it is the logistic loss of v = f_1 - f_0 with labels +1 (classes[1]) and -1 (classes[0]),
+so with ``trainable="outer"`` and ``gd`` the step on (a_0, a_1) is
+v <- v - 2 lr N (dL/dv + (lam/2) v / N) for v = a_1 - a_0, s <- (1 - lr lam) s for s = a_0 + a_1:
+v follows the logistic run with step 2 lr and weight decay lam / 2 exactly (the inner weights,
+if trained, do not: their decay stays lam). The trained network records ``classes``: its
+``predict`` gives labels.
+
 The regulariser always covers every parameter, also those held fixed with
 ``trainable`` (it is then a constant). Gradients are analytic and vectorised.
 
@@ -49,7 +65,9 @@ neurons; predictions (and the regulariser) are one Allreduce sum per step,
 data are replicated. Initial particles and noise are drawn for all N neurons
 on every rank from ``seed`` and sliced, so the trajectory does not depend on
 p (up to the order of floating-point sums). The history's ``test_error`` is the RMSE
-over all n m test values, sqrt((1/(n m)) sum_jk (f_k(x_j) - y_jk)^2).
+over all n m test values, sqrt((1/(n m)) sum_jk (f_k(x_j) - y_jk)^2), for the squared loss and the
+misclassification rate for the logistic and softmax losses (the softmax loss also records
+``test_loss``, the mean test cross-entropy).
 
 The particles' measure mu = sum_i (a_i / N) delta_(theta_i) as a density on a
 parameter mesh, to compare with flowfem's: :func:`flowfem.measure.density`.
@@ -91,13 +109,15 @@ def from_network(network: Network) -> np.ndarray:
     return np.column_stack([network.W, network.b, N * network.a])
 
 
-def to_network(particles: np.ndarray, activation: str | Activation = "relu", outputs: int = 1) -> Network:
+def to_network(particles: np.ndarray, activation: str | Activation = "relu", outputs: int = 1,
+               classes=None) -> Network:
     """The :class:`Network` of particles (N, d+1+m), m = ``outputs``, with output weights a_i / N
-    ((N,) for m = 1, else (N, m)): its value is the mean-field f."""
+    ((N,) for m = 1, else (N, m)): its value is the mean-field f. ``classes`` (m,): a classifier's
+    labels, one per output (its logits), recorded in the network (ValueError unless m distinct labels)."""
     P = np.asarray(particles, dtype=float)
     m = _outputs(outputs)
     a = P[:, -1] if m == 1 else P[:, -m:]
-    return Network(P[:, :-m - 1], P[:, -m - 1], a / len(P), activation)
+    return Network(P[:, :-m - 1], P[:, -m - 1], a / len(P), activation, classes=classes)
 
 
 def init_particles(width: int, dim: int, seed=0, init_scale: float = 1.0, outputs: int = 1) -> np.ndarray:
@@ -192,13 +212,14 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
     [offset, offset + len(P)) (default: from the ranks' counts, in rank order).
 
     y (n,) (one output: P (N, d+2), f (n,)) or (n, m) (P (N, d+1+m), f (n, m)); the data term is
-    (1/n) sum_j sum_k l(f_jk, y_jk). Every sum runs in an order fixed by N alone (neuron groups
-    of :func:`_groups`, data blocks of their size), so that 1 and p ranks give the same bits when
-    P are whole groups (:func:`_slice`).
+    (1/n) sum_j sum_k l(f_jk, y_jk). The softmax loss: y the class indices k (n,) in 0..m-1, f the
+    logits (n, m), the data term (1/n) sum_j l(f_j, k_j). Every sum runs in an order fixed by N
+    alone (neuron groups of :func:`_groups`, data blocks of their size), so that 1 and p ranks give
+    the same bits when P are whole groups (:func:`_slice`).
     """
     n, d = x.shape
-    m = 1 if y.ndim == 1 else y.shape[1]
-    out = d + 1 if y.ndim == 1 else np.s_[d + 1:]  # the output weights' column(s): a (N,) or (N, m)
+    m = P.shape[1] - d - 1
+    out = d + 1 if m == 1 else np.s_[d + 1:]  # the output weights' column(s): a (N,) or (N, m)
     theta, a = P[:, :d + 1], P[:, out]
     pieces = _pieces(N, _offset(comm, len(P)) if offset is None else offset, len(P))
     bounds = _groups(N)
@@ -216,9 +237,9 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
             part[j, s.start * m:s.stop * m] = (sz @ a[c]).reshape(-1)
         part[j, n * m] = np.sum(P[c] * P[c])
     buf = _sum_pieces(comm, part)
-    f = buf[:n * m].reshape(y.shape) / N
-    value = lss.value(f, y)
-    data = float(np.mean(value)) if m == 1 else float(np.sum(np.mean(value, axis=0)))
+    f = buf[:n * m].reshape((n,) if m == 1 else (n, m)) / N
+    value = lss.value(f, y)  # (n,), or (n, m) for the squared loss of m outputs
+    data = float(np.mean(value)) if value.ndim == 1 else float(np.sum(np.mean(value, axis=0)))
     J = data + 0.5 * lam * buf[n * m] / N
     if not grad:
         return J, data, f, None
@@ -234,6 +255,23 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
             G[c, :d] += g.T @ x[s]
             G[c, d] += g.sum(axis=0)
     return J, data, f, G / N
+
+
+def _labels(y, n: int, what: str, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """(k, classes) of the softmax loss's labels y (n,) or (n, 1) (numbers or strings): class indices
+    k (n,) in 0..C-1 and the classes (C,), sorted (:func:`flowfem.softmax.encode`; given ``classes``:
+    labels outside them refused). ValueError naming ``what`` for bad labels or a count other than n."""
+    from flowfem.softmax import _labels_array, encode  # petsc4py and dolfinx: loaded for this loss only
+
+    labels = _labels_array(y, what)
+    if labels.size != n:
+        raise ValueError(f"{what}: {labels.size} labels for {n} data points; give one label per row of x")
+    if classes is None:
+        C = np.unique(labels).size
+        if C > max(2, n // 2):  # one output per class: continuous targets would make about n outputs
+            raise ValueError(f"{what}: the labels take {C} distinct values on {n} rows (more than n / 2): they "
+                             "look like regression targets; use loss='squared', or give class labels")
+    return encode(labels, classes)
 
 
 def _targets(y, lss: Loss) -> np.ndarray:
@@ -265,27 +303,42 @@ def _prepare(P, x, comm, width, outputs=None):
     return P, x, width
 
 
+def _arguments(particles, x, y, loss, comm, width, classes):
+    """(P, x, y, loss, N) for :func:`objective` and :func:`gradient`; y as class indices for softmax."""
+    lss = _loss(loss, multiclass=True)
+    if lss.multiclass:
+        P, x, N = _prepare(particles, x, comm, width)
+        y, classes = _labels(y, len(x), "the labels", classes)
+        if classes.size != P.shape[1] - x.shape[1] - 1:
+            raise ValueError(f"the labels hold {classes.size} classes but the particles {P.shape} have "
+                             f"{P.shape[1] - x.shape[1] - 1} output columns for d = {x.shape[1]}: one output "
+                             "per class (pass classes=network.classes for labels that miss a class)")
+    else:
+        y = _targets(y, lss)
+        P, x, N = _prepare(particles, x, comm, width, 1 if y.ndim == 1 else y.shape[1])
+    return P, x, y, lss, N
+
+
 def objective(particles, x, y, activation="relu", loss="squared", weight_decay=0.0,
-              comm=None, width=None) -> float:
+              comm=None, width=None, classes=None) -> float:
     """J at ``particles`` (N, d+1+m) for targets y (n,) or (n, m); with ``comm``, particles are
     this rank's slice.
 
     ``comm=None`` means no reductions: ``particles`` holds every neuron.
     ``width`` is the global N (computed with one Allreduce if omitted).
-    Raises ValueError if the particles' columns are not d+1+m, or for m > 1 with the logistic loss.
+    ``loss="softmax"``: y the labels (n,), m = C; ``classes`` (C,) the label of each output column
+    (default: the distinct labels of y, sorted; a trained network's ``classes``).
+    Raises ValueError if the particles' columns are not d+1+m, for m > 1 with the logistic loss,
+    or for labels outside ``classes``.
     """
-    lss = _loss(loss)
-    y = _targets(y, lss)
-    P, x, N = _prepare(particles, x, comm, width, 1 if y.ndim == 1 else y.shape[1])
+    P, x, y, lss, N = _arguments(particles, x, y, loss, comm, width, classes)
     return _evaluate(P, x, y, _activation(activation), lss, weight_decay, N, comm, grad=False)[0]
 
 
 def gradient(particles, x, y, activation="relu", loss="squared", weight_decay=0.0,
-             comm=None, width=None) -> np.ndarray:
+             comm=None, width=None, classes=None) -> np.ndarray:
     """dJ/dparticles, same shape as ``particles`` (O(1/N) per row; arguments as :func:`objective`)."""
-    lss = _loss(loss)
-    y = _targets(y, lss)
-    P, x, N = _prepare(particles, x, comm, width, 1 if y.ndim == 1 else y.shape[1])
+    P, x, y, lss, N = _arguments(particles, x, y, loss, comm, width, classes)
     return _evaluate(P, x, y, _activation(activation), lss, weight_decay, N, comm, grad=True)[3]
 
 
@@ -312,10 +365,12 @@ class ParticleResult:
     ``loss`` (the data term of J), ``grad_norm`` (sqrt((1/N) sum_i |V_i|^2),
     the L2(mu) norm of the mean-field velocity over trained coordinates),
     ``test_error`` (RMSE for the squared loss, over all n m values for m outputs; misclassification rate of
-    sign(f) (f = 0 counts as +1) for the logistic loss; NaN without test data).
+    sign(f) (f = 0 counts as +1) for the logistic loss, of argmax_c f_c for the softmax loss; NaN without
+    test data), and for the softmax loss ``test_loss`` (the mean test cross-entropy, nats; NaN without).
     ``status``: ``completed``, ``time_limit`` or ``diverged`` (J not finite;
     the last recorded row is that step, and ``network`` is None).
-    ``settings``: the arguments of the run (and ``ranks`` and ``outputs``, m).
+    ``settings``: the arguments of the run (and ``ranks`` and ``outputs``, m; ``classes`` (C,) for the
+    softmax loss).
     """
 
     network: Network
@@ -339,6 +394,12 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     y (n, m), m >= 2 (squared loss only; x_test, y_test alike): a network of m outputs, particles
     (N, d+1+m), the data term summed over the outputs, ``test_error`` the RMSE over all outputs.
 
+    ``loss="softmax"``: y the labels (n,) or (n, 1), C >= 2 distinct numbers or strings (at most
+    max(2, n / 2)); a network of C outputs (the logits), particles (N, d+1+C), the data term the mean
+    cross-entropy; y_test labels among the training classes; ``test_error`` the misclassification
+    rate of argmax_c f_c and ``test_loss`` the mean test cross-entropy (nats). The network records
+    the classes (sorted; output c is classes[c]), so ``network.predict`` gives labels.
+
     width        N; may be omitted when ``init`` is given.
     method       ``gd`` (full-batch gradient descent) or ``adam``; ``lr`` is the step
                  size in mean-field time (see the module docstring).
@@ -361,25 +422,36 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
                  rank 0, on a terminal); ``leave=False`` clears it when training ends.
 
     Raises ValueError for arguments of the wrong type or range, for y (n, m) with the logistic
-    loss, test targets with another number of outputs, and for a width whose particles would not
-    fit in memory (:func:`flowfem.memory.require`), before any work.
+    loss, test targets with another number of outputs, test labels outside the training classes,
+    an init network with other classes, and for a width whose particles would not fit in memory
+    (:func:`flowfem.memory.require`), before any work.
     """
     if y is None:  # data.check reads None as "no targets", which training cannot do without
         raise ValueError("training data: targets y are missing; pass y of shape (n,) or (n, 1), or (n, m)")
-    x, y = _data.check(x, y, what="training data", takes="particle training (flowfem.particles)")
+    act, lss = _activation(activation), _loss(loss, multiclass=True)
+    classes = None
+    if lss.multiclass:  # labels: numbers or strings, not data.check's float cast; y becomes the class indices
+        x, _ = _data.check(x, None, what="training data", takes="particle training (flowfem.particles)")
+        y, classes = _labels(y, len(x), "the training labels")
+        outputs = classes.size
+    else:
+        x, y = _data.check(x, y, what="training data", takes="particle training (flowfem.particles)")
+        y = _targets(y, lss)
+        outputs = 1 if y.ndim == 1 else y.shape[1]
+        lss.check_labels(y)
     n, d = x.shape
-    act, lss = _activation(activation), _loss(loss)
-    y = _targets(y, lss)
-    outputs = 1 if y.ndim == 1 else y.shape[1]
-    lss.check_labels(y)
     if (x_test is None) != (y_test is None):
         raise ValueError("pass both x_test and y_test, or neither")
     if x_test is not None:
-        x_test, y_test = _data.check(x_test, y_test, what="test data", takes="particle training on these training data",
-                                     outputs=outputs)
+        if lss.multiclass:
+            x_test, _ = _data.check(x_test, None, what="test data", takes="particle training on these training data")
+            y_test, _ = _labels(y_test, len(x_test), "the test labels", classes)
+        else:
+            x_test, y_test = _data.check(x_test, y_test, what="test data",
+                                         takes="particle training on these training data", outputs=outputs)
+            lss.check_labels(y_test)
         if x_test.shape[1] != d:
             raise ValueError(f"x_test has {x_test.shape[1]} columns but x has {d}; use the same features")
-        lss.check_labels(y_test)
     if method not in ("gd", "adam"):
         raise ValueError(f"method {method!r} is unknown: choose 'gd' or 'adam'")
     if trainable not in TRAINABLE:
@@ -421,8 +493,12 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
                     "pass activation=init.activation"
                 )
             if init.outputs != outputs:
-                raise ValueError(f"init network has {init.outputs} output(s) but y has {outputs}; "
-                                 "start from a network with one output per column of y")
+                raise ValueError(f"init network has {init.outputs} output(s) but " + (
+                    f"the labels have {outputs} classes; start from a network with one output per class"
+                    if lss.multiclass else f"y has {outputs}; start from a network with one output per column of y"))
+            if lss.multiclass and init.classifier and not np.array_equal(init.classes, classes):
+                raise ValueError(f"init network's classes {init.classes.tolist()} are not the labels' classes "
+                                 f"{classes.tolist()}: output c must be the same class; relabel or start afresh")
             P_all = from_network(init)
         else:
             P_all = np.array(init, dtype=float)
@@ -449,7 +525,8 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     v = np.zeros_like(P)
     b1, b2 = betas
 
-    history = {k: [] for k in ("step", "time", "objective", "loss", "grad_norm", "test_error")}
+    history = {k: [] for k in ("step", "time", "objective", "loss", "grad_norm", "test_error")
+               + (("test_loss",) if lss.multiclass else ())}
     status = "completed"
     t0 = time.perf_counter()
     bar = progress_.bar(progress, total=steps, desc=f"{method} N={N}", unit="step", leave=leave)
@@ -466,13 +543,15 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
             last = k == steps or status != "completed"
             if k % record_every == 0 or last:
                 gn = _sum_pieces(comm, np.array([[np.sum(V[c] * V[c])] for c in groups]).reshape(-1, 1))[0]
-                err = np.nan
+                err = test_loss = np.nan
                 if x_test is not None:
-                    ft = _evaluate(P, x_test, y_test, act, lss, 0.0, N, comm, grad=False, offset=mine.start)[2]
+                    test_loss, _, ft, _ = _evaluate(P, x_test, y_test, act, lss, 0.0, N, comm, grad=False,
+                                                    offset=mine.start)
                     err = (np.sqrt(np.mean((ft - y_test) ** 2)) if lss.name == "squared"
+                           else np.mean(np.argmax(ft, axis=1) != y_test) if lss.multiclass
                            else np.mean(np.where(ft >= 0, 1.0, -1.0) != y_test))
                 for key, val in zip(history, (k, time.perf_counter() - t0, J, data,
-                                              np.sqrt(gn / N), err)):
+                                              np.sqrt(gn / N), err, test_loss)):
                     history[key].append(val)
                 bar.set_postfix_str(f"J {J:.4e}", refresh=False)
             if last:
@@ -494,6 +573,8 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     settings = dict(width=N, activation=act.name, loss=lss.name, method=method, lr=lr,
                     steps=steps, weight_decay=weight_decay, temperature=temperature, seed=seed,
                     init_scale=init_scale, trainable=trainable, ranks=_size(comm), outputs=outputs)
+    if classes is not None:
+        settings["classes"] = classes
     if status == "diverged":  # a network with NaN would not construct: keep the particles only
         return ParticleResult(None, P_all, hist, status, settings)
-    return ParticleResult(to_network(P_all, act, outputs), P_all, hist, status, settings)
+    return ParticleResult(to_network(P_all, act, outputs, classes), P_all, hist, status, settings)

@@ -30,7 +30,10 @@ def test_small_run(shared_tmp):
     assert iris["flowfem"]["test_accuracy"] > 0.9 > iris["majority_accuracy"] and iris["file_classes"] == [0, 1, 2]
     assert iris["flowfem"]["network_disagreement"] == 0
     assert np.sum(iris["flowfem"]["confusion_matrix"]) == iris["n_test"]
-    assert iris["file_gap"] == 0.0 and "no softmax loss" in iris["adam"]  # the same logits from the file
+    assert iris["file_gap"] == 0.0  # the same logits from the file
+    adam = iris["adam"]  # the particle network on the softmax loss: it records the classes and learns the species
+    assert adam["status"] == "completed" and adam["classes"] == [0, 1, 2]
+    assert adam["test_accuracy"] > 0.9 and 0 < adam["test_loss"] < 0.5 * np.log(3)
     for name, s in m.items():
         train, test = data.train_test(name, seed=0)
         assert (s["n_train"], s["n_test"], s["d"]) == (train.n, test.n, 1)
@@ -61,6 +64,8 @@ def test_script_under_mpirun(tmp_path, monkeypatch):
     p, s = parallel.pop("iris2"), serial.pop("iris2")
     assert p["flowfem"]["confusion_matrix"] == s["flowfem"]["confusion_matrix"]
     np.testing.assert_allclose(p["flowfem"]["test_loss"], s["flowfem"]["test_loss"], rtol=1e-8)
+    assert p["adam"]["test_accuracy"] == s["adam"]["test_accuracy"]
+    np.testing.assert_allclose(p["adam"]["test_loss"], s["adam"]["test_loss"], rtol=1e-10)
     for name, s in serial.items():
         p = parallel[name]
         assert p["scaling"] == s["scaling"]
