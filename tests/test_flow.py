@@ -540,3 +540,16 @@ def test_flow_that_stops_at_max_steps_says_so(tmp_path):
     r = run([FLOWFEM, "flow", *ARGS, "--max-steps", "2", "--no-reference", "--out", str(tmp_path / "b")], timeout=300)
     assert r.returncode == 0, r.stderr
     assert "before reaching the stationary state: the distance to u* is not known (--no-reference)" in r.stdout
+
+
+def test_growing_steps_that_overflow_end_the_run_with_finite_times():
+    """Steps growing geometrically towards a tol the solver cannot attain overflowed: tau and then t
+    became inf (t = inf in the log, which strict JSON refuses, and the run went on to max_steps).
+    The run now ends before the step that would overflow, saying why, with every time finite."""
+    x = np.linspace(-1, 1, 50)
+    flow = Problem(Space.box(1, 6, 4.0), alpha=1e-3).flow(x, np.sin(3 * x))
+    flow.stationary()
+    result = flow.run(flow.vector(), tau=1.0, growth=1e100, tol=1e-300)
+    assert result.stopped.startswith("the next step overflows") and "below what the linear solver attains" in result.stopped
+    assert all(np.isfinite(rec["t"]) and np.isfinite(rec["tau"]) for rec in result.log) and len(result.log) < 10
+    assert result.log[-1]["error"] < 1e-6  # the last steps were stationary solves (to the flow's linear rtol)

@@ -484,6 +484,10 @@ class Flow:
             return f"t = t_end = {t_end:g}"
         if state.step >= max_steps:
             return f"max_steps = {max_steps} steps"
+        if not math.isfinite(state.t + state.tau):  # growing steps overflowed: a step of tau = inf is the stationary solve
+            return (f"the next step overflows (t = {state.t:.6g}, tau = {state.tau:.3g}): the steps have reached the "
+                    "stationary solve" + (f" without ||u - u*|| / ||u*|| <= tol = {tol:g}, which is below what the "
+                                          "linear solver attains (lower rtol or raise tol)" if tol is not None else ""))
         if stop is not None and self.E.H.space.comm.allreduce(bool(stop()), op=MPI.LOR):
             return f"interrupted at step {state.step}, t = {state.t:.6g}"
         return ""
