@@ -9,8 +9,8 @@ for scores F (n, C), class indices k (n,) in 0..C-1, p = softmax(F), e_k the k-t
 
 The softmax loss is a registry entry (so a Problem, the CLI and a density file name it as they name
 the others) marked ``multiclass``: its prediction is a vector, so the scalar machinery (the
-Functional, flows, particles, plateau) cannot take it, and :func:`loss` refuses it unless the caller
-says it handles several classes (``multiclass=True``).
+Functional, flows, plateau) cannot take it, and :func:`loss` refuses it unless the caller says it
+handles several classes (``multiclass=True``: Problem.fit and particles.train).
 """
 
 from __future__ import annotations
