@@ -5,6 +5,7 @@ the Euler-Lagrange equation of E_alpha on the training part of the data,
 
     squared loss:   (alpha_i A + Phi_t^T Phi_t / n_t) U_i = Phi_t^T y_t / n_t,
     logistic loss:  dE_alpha_i(U_i) = 0 by Newton,
+    softmax loss:   dE_alpha_i(U_i1, ..., U_iC) = 0 by Newton (:func:`softmax_path`),
 
 each solve warm-started from U_{i-1} and all of them with ONE linear solver
 (:class:`flowfem.stationary.LinearSolver`, :meth:`set_alpha` between them):
@@ -18,6 +19,8 @@ part (x_v, y_v),
     squared loss:   validation RMSE  sqrt(mean_j (f_{U_i}(x_vj) - y_vj)^2),
     logistic loss:  validation mean logistic loss  mean_j log(1 + exp(-y_vj f_{U_i}(x_vj)))
                     (the accuracy mean(sign f == y) is reported beside it),
+    softmax loss:   validation mean cross-entropy  mean_j [logsumexp_c f_c(x_vj) - f_{k_vj}(x_vj)]
+                    (nats; the accuracy mean(argmax_c f_c == k) is reported beside it),
 
 on one seeded split (a fraction ``validation`` of the rows held out, default
 0.2) or on k seeded folds (each row held out once; the score is the mean
@@ -29,7 +32,10 @@ scikit-learn's RidgeCV takes the first minimiser): of two fits that predict
 equally well, the more regular one. The density returned is then refitted on
 ALL the rows at the chosen alpha, warm-started from the path's solution there
 (the mean over the folds), with the same solver, and is an ordinary
-:class:`flowfem.problem.Result` whose ``path`` is the :class:`RegularisationPath` (the table).
+:class:`flowfem.problem.Result` whose ``path`` is the :class:`RegularisationPath` (the table)
+(a :class:`flowfem.problem.ClassifierResult` for the softmax loss: the C densities are solved
+together, warm-started from the previous alpha's C densities, by one
+:class:`flowfem.softmax.SoftmaxNewton` whose per-class preconditioners serve every alpha and fold).
 
 The grid: one value per decade from 1e-2 to 1e-10 (nine). Measured (README,
 "Automatic alpha"; relu on [-4, 4]^2 and the sphere): the validation error
@@ -124,11 +130,11 @@ class RegularisationPath:
 
     Arrays of shape (m,) over the decreasing grid ``alphas``: ``scores`` the validation score (mean
     over the folds), ``train_loss`` the data term (1/n_t) sum l(f_j, y_j) on the training rows (mean
-    over the folds), ``iterations`` the CG iterations (summed over the folds; for the logistic loss
-    the inner CG iterations of all Newton steps), ``newton`` the Newton steps (logistic loss; zeros
-    otherwise), ``seconds`` the solves' wall time (summed over the folds), ``rank`` the Nystrom
+    over the folds), ``iterations`` the CG iterations (summed over the folds; for the logistic and
+    softmax losses the inner CG iterations of all Newton steps), ``newton`` the Newton steps (logistic
+    and softmax losses; zeros otherwise), ``seconds`` the solves' wall time (summed over the folds), ``rank`` the Nystrom
     basis size after the solve (largest over the folds), ``accuracy`` the validation accuracy
-    (logistic loss; None otherwise). ``chosen`` indexes the chosen alpha (see the module docstring),
+    (logistic and softmax losses; None otherwise). ``chosen`` indexes the chosen alpha (see the module docstring),
     ``fold_scores`` (k, m) the scores of each fold.
     """
 
@@ -142,7 +148,7 @@ class RegularisationPath:
     accuracy: np.ndarray | None
     fold_scores: np.ndarray
     chosen: int
-    score: str  # what the scores are: "validation RMSE" or "validation mean logistic loss"
+    score: str  # what the scores are: "validation RMSE", "validation mean logistic loss" or "... cross-entropy loss"
     validation: float | None
     folds: int | None
     seed: int
@@ -357,3 +363,113 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
     full.alpha = path.alpha
     return Result.of(problem, full, U if len(Us) == 1 else Us, info, setup, float(np.sum(path.seconds)) + (t2 - t1),
                      path, "the refit")
+
+
+def _gradient_norm(E, X) -> float:
+    """||dE_alpha(X)|| of a softmax functional E. Collective."""
+    g = E.gradient(X)
+    norm = g.norm()
+    g.destroy()
+    return norm
+
+
+def softmax_path(problem, x, labels, alphas=GRID, validation=None, folds=None, seed: int = 0, rtol: float = 1e-10,
+                 petsc_options: dict | None = None, allow_unconverged: bool = False, progress: bool = False,
+                 preconditioner: str = "nystrom"):
+    """:func:`regularisation_path` for the softmax loss: ``problem`` a :class:`flowfem.problem.Problem`
+    with loss="softmax", x (n, d) and ``labels`` (n,) of C >= 2 classes (as :meth:`Problem.fit` checked
+    them); returns the :class:`flowfem.problem.ClassifierResult` of the refit on all rows at the chosen
+    alpha, its ``path`` the :class:`RegularisationPath`. Collective.
+
+    The rule is the module docstring's: on each split (:func:`splits`) the C densities are fitted to the
+    training rows at alpha_1 > alpha_2 > ... by Newton (:class:`flowfem.softmax.SoftmaxNewton`, CG inside
+    to ``rtol``), each from the previous alpha's C densities (the first from 0); each alpha is scored by
+    the mean cross-entropy of the held-out rows, (1/n_v) sum_j [logsumexp_c f_c(x_j) - f_{k_j}(x_j)] (mean
+    over the folds), the accuracy beside it; the smallest score wins, ties going to the larger alpha
+    (:func:`choose`); the refit starts from the mean over the folds of the densities there. Each start is
+    scaled to E_alpha's minimum on its ray (:meth:`~flowfem.softmax.SoftmaxFunctional.scale_to_ray_minimum`:
+    the unscaled previous minimiser made Newton crawl), and each solve stops where a cold one would, at
+    ||dE_alpha|| <= rtol ||dE_alpha(0)|| (rtol times the start's own, smaller, residual would demand more,
+    down to the rounding floor). One data operator of all rows serves everything: the training rows are
+    selected by the functional's row weights c_j = n / n_t (0 on the held-out rows), and one Newton solver
+    (its C class-block preconditioners with their Nystrom bases, and the multigrid of alpha A) serves every
+    alpha and fold (:meth:`~flowfem.softmax.SoftmaxNewton.set_alpha`,
+    :meth:`~flowfem.softmax.SoftmaxNewton.set_row_weights`).
+    A class absent from a split's training rows keeps its density, pushed down by the others.
+    ``iterations`` of the table are the inner CG iterations of all Newton steps, ``rank`` the largest
+    class-block basis. Raises ValueError for bad arguments and :class:`flowfem.stationary.NotConverged`
+    as :func:`flowfem.softmax.fit_softmax` does.
+    """
+    from flowfem.operator import DataOperator
+    from flowfem.problem import ClassifierResult
+    from flowfem.softmax import SoftmaxFunctional, SoftmaxNewton, cross_entropy, encode
+
+    alphas = check_grid(alphas)
+    validation, folds = check_validation(validation, folds)
+    k, classes = encode(labels)
+    n = k.size
+    comm = problem.space.comm
+    parts = splits(n, validation, folds, seed)
+    m = len(alphas)
+    t0 = time.perf_counter()
+    Phi = DataOperator(problem.H, problem.activation, x, problem.quadrature_degree, problem.method)
+    setup = time.perf_counter() - t0
+    E = SoftmaxFunctional(problem.H, Phi, k, classes.size, float(alphas[0]))
+    newton = SoftmaxNewton(E, rtol, linear_rtol=rtol, petsc_options=petsc_options,
+                           allow_unconverged=allow_unconverged, preconditioner=preconditioner)
+    table = np.empty((len(parts), m, 7))
+    start = [E.vector() for _ in alphas]  # per alpha the sum over the folds of the solutions: the refit's start
+    X = E.vector()
+    try:
+        with progress_.bar(progress, total=len(parts) * m, desc="alpha path", unit="solve") as bar:
+            for f, (train, held) in enumerate(parts):
+                c = np.zeros(n)
+                c[train] = n / len(train)
+                newton.set_row_weights(c)
+                X.set(0.0)
+                atol = rtol * _gradient_norm(E, X)  # ||dE_alpha(0)||: the same for every alpha (A 0 = 0)
+                F = None
+                for i, a in enumerate(alphas):
+                    newton.set_alpha(a)
+                    t = time.perf_counter()
+                    if F is not None:  # the previous alpha's minimiser, scaled to E_alpha's minimum on its ray
+                        E.scale_to_ray_minimum(X, F)
+                    info = newton.solve(X, atol=atol)
+                    seconds = time.perf_counter() - t
+                    F = E.scores(X)  # every row: the held-out ones score, the training ones give the loss
+                    table[f, i] = (np.mean(cross_entropy(F[held], k[held])),
+                                   np.mean(np.argmax(F[held], axis=1) == k[held]),
+                                   np.mean(cross_entropy(F[train], k[train])),
+                                   sum(info.linear_iterations), info.iterations, seconds, info.rank)
+                    start[i].axpy(1.0, X)
+                    bar.update(1)
+            means = table.mean(axis=0)
+            chosen = comm.bcast(choose(means[:, 0]), root=0)  # one choice on every rank, whatever the rounding
+            newton.set_row_weights(np.ones(n))
+            X.set(0.0)
+            atol = rtol * _gradient_norm(E, X)
+            start[chosen].copy(X)
+            X.scale(1.0 / len(parts))
+            newton.set_alpha(float(alphas[chosen]))
+            newton.progress = progress
+            t1 = time.perf_counter()
+            E.scale_to_ray_minimum(X)
+            info = newton.solve(X, atol=atol)
+            t2 = time.perf_counter()
+            Us = E.split(X)
+    except BaseException:
+        E.destroy()
+        raise
+    finally:
+        newton.destroy()
+        X.destroy()
+        for S in start:
+            S.destroy()
+    path = RegularisationPath(alphas=alphas, scores=means[:, 0], train_loss=means[:, 2],
+                iterations=table[:, :, 3].sum(axis=0).astype(int), newton=table[:, :, 4].sum(axis=0).astype(int),
+                seconds=table[:, :, 5].sum(axis=0), rank=table[:, :, 6].max(axis=0).astype(int),
+                accuracy=means[:, 1], fold_scores=table[:, :, 0], chosen=chosen,
+                score="validation mean cross-entropy loss", validation=validation, folds=folds, seed=seed,
+                refit_iterations=int(sum(info.linear_iterations)), refit_seconds=t2 - t1)
+    return ClassifierResult.of_softmax(problem, E, Us, info, classes, setup, float(np.sum(path.seconds)) + (t2 - t1),
+                                       path)

@@ -209,7 +209,8 @@ class Problem:
         (not cast to float), at most n / 2 classes (more: ValueError, the labels look like regression
         targets); :func:`flowfem.softmax.fit_softmax` fits the C densities by Newton with
         CG (``solver`` must be cg; ValueError for direct), and the Result is a :class:`ClassifierResult`.
-        alpha="auto" is refused for it (ValueError): the regularisation path scores one density.
+        With alpha="auto" the fit is :func:`flowfem.path.softmax_path` (the C densities along the grid,
+        scored by the held-out rows' mean cross-entropy, the accuracy beside it).
 
         Raises :class:`flowfem.stationary.NotConverged` if the true residual (Newton: ||dE_alpha||)
         ends above rtol, unless ``allow_unconverged`` (then ``result.info.converged`` is False), and
@@ -256,11 +257,8 @@ class Problem:
         """:meth:`fit` for the softmax loss (see there)."""
         from flowfem.softmax import SoftmaxFunctional, _labels_array, encode, fit_softmax
 
-        if self.alpha == "auto":
-            raise ValueError("alpha='auto' is not available for the softmax loss (the regularisation path scores "
-                             "one density); give a number, e.g. alpha=1e-4")
         given = [k for k, v in path_args.items() if v is not None]
-        if given:
+        if given and self.alpha != "auto":
             raise ValueError(f"{', '.join(given)} apply only to alpha='auto' (a regularisation path); "
                              f"this problem's alpha is {self.alpha:g}")
         if solver != "cg":
@@ -274,6 +272,13 @@ class Problem:
         if C > max(2, labels.size // 2):  # one density per class: continuous targets would make n densities
             raise ValueError(f"the labels take {C} distinct values on {labels.size} rows (more than n / 2): they look "
                              "like regression targets; use loss='squared', or give class labels")
+        if self.alpha == "auto":
+            from flowfem.path import GRID, softmax_path
+
+            alphas, validation, folds, seed = (path_args[k] for k in ("alphas", "validation", "folds", "seed"))
+            return softmax_path(self, x, labels, GRID if alphas is None else alphas, validation, folds,
+                                0 if seed is None else seed, rtol, petsc_options, allow_unconverged, progress,
+                                preconditioner)
         t0 = time.perf_counter()
         Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method)
         t1 = time.perf_counter()
@@ -442,9 +447,10 @@ class ClassifierResult(Result):
 
     @classmethod
     def of_softmax(cls, problem: Problem, E, Us: list, info, classes: np.ndarray, setup_seconds: float,
-                   solve_seconds: float) -> "ClassifierResult":
-        """The Result of the minimiser Us (C Vecs) of the softmax functional E. Collective. ValueError if
-        a density or E_alpha is not finite."""
+                   solve_seconds: float, path: "RegularisationPath | None" = None) -> "ClassifierResult":
+        """The Result of the minimiser Us (C Vecs) of the softmax functional E (``path``: the regularisation
+        path that chose its alpha, alpha="auto"). Collective. ValueError if a density or E_alpha is not
+        finite."""
         X = E.join(Us)
         loss, reg = E.parts(X)
         X.destroy()
@@ -454,7 +460,7 @@ class ClassifierResult(Result):
                              "mesh (cells of zero size?), the data and alpha")
         densities = [function(problem.H, U, f"density{c + 1}") for c, U in enumerate(Us)]
         return cls(problem, E, list(Us), [info], densities, loss + reg, (loss, reg), setup_seconds, solve_seconds,
-                   classes=np.asarray(classes))
+                   path=path, classes=np.asarray(classes))
 
     @property
     def outputs(self) -> int:

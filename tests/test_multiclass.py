@@ -97,8 +97,6 @@ def test_refusals_name_the_fix():
     p = problem()
     with pytest.raises(ValueError, match="CG only"):
         p.fit(x, y, solver="direct")
-    with pytest.raises(ValueError, match="alpha='auto' is not available for the softmax"):
-        Problem(Space.box(1, 4, 3.0), alpha="auto", loss="softmax").fit(x, y)
     with pytest.raises(ValueError, match="Problem.fit"):
         p.flow(x, y)
     with pytest.raises(ValueError, match="one class only"):
