@@ -31,8 +31,8 @@ gets its own table: test accuracy, mean test cross-entropy (nats) and, as the sc
 of always predicting the most frequent training class:
 
 * **flowfem softmax**: one ReLU density per class on the box [-4, 4]^3 (8 cells per side, P1),
-  softmax cross-entropy at alpha = 1e-3 (no ``alpha="auto"`` for the softmax loss), Newton with
-  CG, read out and folded: :func:`fit_flowfem_classes` of the demo.
+  softmax cross-entropy with alpha chosen on the regularisation path (``alpha="auto"``), Newton
+  with CG, read out and folded: :func:`fit_flowfem_classes` of the demo.
 * **Adam particles**: N = 256 neurons with three outputs (the logits), the softmax cross-entropy
   (``loss="softmax"`` of :func:`flowfem.particles.train`), otherwise as for the regression sets
   (i.i.d. N(0, 1) start, seed 0, full-batch Adam, lr 0.01, 2000 steps), read out and folded:
@@ -147,7 +147,7 @@ def main(size: str = "full", sets=None, comm=MPI.COMM_WORLD) -> list[dict]:
         train, test = data.train_test(name, seed=0)
         scaling = datasets.standardisation(name, train)
         methods = {
-            f"flowfem softmax (alpha {demo.CLASS_ALPHA:.0e})": best_of(s["repeats"], lambda: demo.fit_flowfem_classes(
+            "flowfem softmax (alpha auto)": best_of(s["repeats"], lambda: demo.fit_flowfem_classes(
                 train, test, scaling, s["class_cells"], comm)[0]),
             f"Adam particles N = {s['width']}": best_of(s["repeats"], lambda: demo.fit_particle_classes(
                 train, test, scaling, s["width"], s["steps"], 0.01, comm)[0]),

@@ -23,7 +23,7 @@ def test_real_data_benchmark_quick():
             assert float(r[5]) < 0.95 * float(r[6]), r
     iris = re.findall(r"^\| iris2 \| 120 / 30 \| ([^|]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$",
                       proc.stdout, re.M)
-    assert [r[0].strip() for r in iris] == ["flowfem softmax (alpha 1e-03)", "Adam particles N = 16",
+    assert [r[0].strip() for r in iris] == ["flowfem softmax (alpha auto)", "Adam particles N = 16",
                                            "MLP L-BFGS N = 16"]
     assert float(iris[0][2]) > 0.9 > float(iris[0][4])  # flowfem's test accuracy against the majority class
     # Adam on the softmax loss, 16 neurons and 50 steps: it learns, beats the majority class, and its
