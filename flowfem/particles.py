@@ -21,7 +21,7 @@ problems, one per column of a. The logistic loss takes one output (labels in
 
 **Several classes** (``loss="softmax"``, labels y (n,) of any C >= 2 distinct numbers or
 strings, recorded sorted as ``classes`` and mapped to k_j in 0..C-1 by
-:func:`flowfem.softmax.encode`): m = C outputs, the logits f_c, and the softmax cross-entropy
+:func:`flowfem.labels.encode`): m = C outputs, the logits f_c, and the softmax cross-entropy
 
     l(f, k) = logsumexp_c f_c - f_k,     dl/df_c = p_c - [c = k],     p = softmax(f),
 
@@ -259,11 +259,11 @@ def _evaluate(P, x, y, act: Activation, lss: Loss, lam: float, N: int, comm, gra
 
 def _labels(y, n: int, what: str, classes=None) -> tuple[np.ndarray, np.ndarray]:
     """(k, classes) of the softmax loss's labels y (n,) or (n, 1) (numbers or strings): class indices
-    k (n,) in 0..C-1 and the classes (C,), sorted (:func:`flowfem.softmax.encode`; given ``classes``:
+    k (n,) in 0..C-1 and the classes (C,), sorted (:func:`flowfem.labels.encode`; given ``classes``:
     labels outside them refused). ValueError naming ``what`` for bad labels or a count other than n."""
-    from flowfem.softmax import _labels_array, encode  # petsc4py and dolfinx: loaded for this loss only
+    from flowfem.labels import encode, labels_array
 
-    labels = _labels_array(y, what)
+    labels = labels_array(y, what)
     if labels.size != n:
         raise ValueError(f"{what}: {labels.size} labels for {n} data points; give one label per row of x")
     if classes is None:

@@ -402,7 +402,8 @@ def softmax_path(problem, x, labels, alphas=GRID, validation=None, folds=None, s
     """
     from flowfem.operator import DataOperator
     from flowfem.problem import ClassifierResult
-    from flowfem.softmax import SoftmaxFunctional, SoftmaxNewton, cross_entropy, encode
+    from flowfem.labels import encode
+    from flowfem.softmax import SoftmaxFunctional, SoftmaxNewton, cross_entropy
 
     alphas = check_grid(alphas)
     validation, folds = check_validation(validation, folds)

@@ -255,7 +255,8 @@ class Problem:
     def _fit_softmax(self, x, labels, solver, rtol, petsc_options, allow_unconverged, progress, preconditioner,
                      **path_args) -> "ClassifierResult":
         """:meth:`fit` for the softmax loss (see there)."""
-        from flowfem.softmax import SoftmaxFunctional, _labels_array, encode, fit_softmax
+        from flowfem.labels import encode, labels_array
+        from flowfem.softmax import SoftmaxFunctional, fit_softmax
 
         given = [k for k, v in path_args.items() if v is not None]
         if given and self.alpha != "auto":
@@ -264,7 +265,7 @@ class Problem:
         if solver != "cg":
             raise ValueError(f"solver {solver!r}: the softmax Newton solves its C-class system by CG only; use "
                              "solver='cg'")
-        labels = _labels_array(labels, "the training labels")  # numbers or strings: not data.check's float cast
+        labels = labels_array(labels, "the training labels")  # numbers or strings: not data.check's float cast
         x, _ = self._inputs(x, None, "the data")
         if labels.size != x.shape[0]:
             raise ValueError(f"{labels.size} labels for {x.shape[0]} data points: give one label per row of x")
@@ -492,7 +493,7 @@ class ClassifierResult(Result):
 
     def score(self, x, labels) -> float:
         """The accuracy: the fraction of rows whose predicted label equals ``labels`` (m,). Collective."""
-        from flowfem.softmax import accuracy
+        from flowfem.labels import accuracy
 
         return accuracy(labels, self.predict(x))
 

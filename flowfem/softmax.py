@@ -1,7 +1,7 @@
 """Multiclass classification: softmax cross-entropy on C densities, minimised by Newton (docs/theory.md §16).
 
 Labels take C >= 2 distinct values, recorded in sorted order (``classes``)
-and mapped to k_j in {0, ..., C-1} (:func:`encode`). One density u_c per
+and mapped to k_j in {0, ..., C-1} (:func:`flowfem.labels.encode`). One density u_c per
 class, all on the same parameter mesh and seen through the same data
 operator Phi (built once), give the scores f_c = Phi U_c and
 
@@ -126,6 +126,7 @@ from flowfem import petsc_options as petsc_options_  # noqa: E402
 from flowfem import progress as progress_  # noqa: E402
 from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
+from flowfem.labels import confusion_counts, decode, encode, labels_array  # noqa: E402
 from flowfem.loss import SOFTMAX, cross_entropy, softmax  # noqa: E402,F401  (softmax, cross_entropy: re-exported)
 from flowfem.operator import DataOperator  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -134,60 +135,6 @@ from flowfem.stationary import LinearSolver, NewtonInfo, NotConverged, check_tol
 PCS = ("block_diagonal", "bohning")  # the Newton system's preconditioners (see the module docstring)
 _prefix = itertools.count()
 _SNES_REASONS = {v: k for k, v in vars(PETSc.SNES.ConvergedReason).items() if isinstance(v, int)}
-
-
-# -- labels ----------------------------------------------------------------------------------
-
-
-def _labels_array(labels, what: str) -> np.ndarray:
-    """labels as a 1-D array (n,) of numbers or strings; ValueError naming ``what`` otherwise."""
-    if labels is None:
-        raise ValueError(f"{what}: labels are missing (None); pass one label per data point, shape (n,)")
-    y = np.asarray(labels)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or y.size == 0:
-        raise ValueError(f"{what}: labels have shape {np.shape(labels)}; expected (n,) or (n, 1) with n >= 1")
-    if y.dtype.kind not in "biufU":
-        raise ValueError(f"{what}: labels must be numbers or strings, got {y.dtype}")
-    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        bad = int(np.flatnonzero(~np.isfinite(y))[0])
-        raise ValueError(f"{what}: labels contain NaN or inf (first at row {bad}); remove or relabel those rows")
-    return y
-
-
-def encode(labels, classes=None) -> tuple[np.ndarray, np.ndarray]:
-    """(k, classes): class indices k (n,) int64 in 0..C-1 with classes[k] == labels, and the classes (C,).
-
-    ``classes`` None: the distinct values of ``labels`` in sorted order (numbers or strings; C >= 2
-    needed). Given (the classes a model was fitted on): labels outside them are refused. ``labels``
-    has shape (n,) or (n, 1). ValueError for another shape, NaN or inf, a single class, or an
-    unknown label."""
-    if classes is None:
-        y = _labels_array(labels, "the training labels")
-        classes, k = np.unique(y, return_inverse=True)
-        if classes.size < 2:
-            raise ValueError(f"the training labels hold one class only ({classes.tolist()[0]!r}); classification needs "
-                             "at least two distinct labels")
-        return k.astype(np.int64).ravel(), classes
-    y = _labels_array(labels, "the labels")
-    classes = np.asarray(classes)
-    if (y.dtype.kind == "U") != (classes.dtype.kind == "U"):
-        kinds = ("strings", "numbers") if y.dtype.kind == "U" else ("numbers", "strings")
-        raise ValueError(f"the labels are {kinds[0]} but the fitted classes are {kinds[1]} "
-                         f"({', '.join(map(repr, classes.tolist()))}); relabel the data as the classes")
-    k = np.searchsorted(classes, y).clip(0, classes.size - 1)
-    unknown_ = classes[k] != y
-    if np.any(unknown_):
-        bad = int(np.flatnonzero(unknown_)[0])
-        raise ValueError(f"label {y.tolist()[bad]!r} (row {bad}) is not one of the fitted classes "
-                         f"{', '.join(map(repr, classes.tolist()))}; relabel it or refit with it")
-    return k.astype(np.int64), classes
-
-
-def decode(k: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """The labels classes[k] of class indices k (n,): the inverse of :func:`encode`."""
-    return np.asarray(classes)[np.asarray(k, dtype=np.int64)]
 
 
 # -- the functional ----------------------------------------------------------------------------
@@ -215,7 +162,7 @@ class SoftmaxFunctional:
             raise ValueError(f"C = {C} classes: softmax classification needs at least 2")
         if k.shape != (Phi.n,) or k.dtype.kind not in "iu" or k.min() < 0 or k.max() >= C:
             raise ValueError(f"class indices k must be {Phi.n} integers in 0..{C - 1} (one per data point); "
-                             "map labels with flowfem.softmax.encode")
+                             "map labels with flowfem.labels.encode")
         self.H, self.Phi, self.k, self.C = H, Phi, k.astype(np.int64), int(C)
         self.block = Functional(H, Phi, np.zeros(Phi.n), alpha)
         self.nlocal = H.A.getLocalSize()[0]
@@ -621,7 +568,7 @@ def fit_softmax(H: WeightedH1, Phi: DataOperator, labels, alpha: float, rtol: fl
     is the start, default 0. Collective. Raises ValueError for bad labels (:func:`encode`), alpha,
     tolerances, ``pc`` or options, and :class:`flowfem.stationary.NotConverged` if Newton fails (unless
     ``allow_unconverged``: then ``info.converged`` is False)."""
-    y = _labels_array(labels, "the training labels")
+    y = labels_array(labels, "the training labels")
     if y.size != Phi.n:
         raise ValueError(f"{y.size} labels for {Phi.n} data points: give one label per row of x")
     k, classes = encode(y)
@@ -668,32 +615,6 @@ def decision(Phi: DataOperator, densities, x: np.ndarray, classes: np.ndarray) -
     return decode(np.argmax(scores(Phi, densities, x), axis=1), classes)
 
 
-def accuracy(labels, predicted) -> float:
-    """The fraction of rows with predicted == labels (both (m,))."""
-    labels, predicted = np.asarray(labels).ravel(), np.asarray(predicted).ravel()
-    if labels.shape != predicted.shape or labels.size == 0:
-        raise ValueError(f"accuracy needs as many predictions as labels (>= 1), got {predicted.size} and "
-                         f"{labels.size}")
-    return float(np.mean(labels == predicted))
-
-
-def confusion_matrix(labels, predicted, classes: np.ndarray) -> np.ndarray:
-    """M (C, C) int64: M[a, b] the number of rows of true class classes[a] predicted as classes[b]
-    (rows true, columns predicted). ValueError for labels outside ``classes`` or unequal lengths."""
-    k, classes = encode(labels, classes)
-    kp, _ = encode(predicted, classes)
-    if k.shape != kp.shape:
-        raise ValueError(f"a confusion matrix needs as many predictions as labels, got {kp.size} and {k.size}")
-    return _confusion(k, kp, classes.size)
-
-
-def _confusion(k: np.ndarray, kp: np.ndarray, C: int) -> np.ndarray:
-    """M[a, b] = #{i: k_i = a, kp_i = b} for class indices k (true) and kp (predicted): (C, C) int64."""
-    M = np.zeros((C, C), dtype=np.int64)
-    np.add.at(M, (k, kp), 1)
-    return M
-
-
 def evaluate(Phi: DataOperator, densities, x: np.ndarray, labels, classes: np.ndarray) -> dict:
     """The scores of the fitted densities on data (x (m, d), labels (m,) among ``classes``), as plain
     JSON values for metrics.json: ``accuracy`` (fraction correct), ``loss`` (mean cross-entropy
@@ -706,4 +627,4 @@ def evaluate(Phi: DataOperator, densities, x: np.ndarray, labels, classes: np.nd
         raise ValueError(f"{k.size} labels for {F.shape[0]} data points: give one label per row of x")
     kp = np.argmax(F, axis=1)
     return dict(accuracy=float(np.mean(kp == k)), loss=float(np.mean(cross_entropy(F, k))),
-                confusion_matrix=_confusion(k, kp, classes.size).tolist(), classes=classes.tolist())
+                confusion_matrix=confusion_counts(k, kp, classes.size).tolist(), classes=classes.tolist())

@@ -16,7 +16,7 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 
 from conftest import ROOT, dense_system, fitted_order, gather, perturbations, run, say
-from flowfem import data, softmax as sm
+from flowfem import data, labels, softmax as sm
 from flowfem.operator import DataOperator
 from flowfem.problem import Problem
 from flowfem.space import Space
@@ -103,8 +103,8 @@ def test_energy_decreases_and_the_result_is_the_minimiser():
     assert E.parts(shifted)[0] == pytest.approx(E.parts(X)[0], rel=1e-12)
     # on the training data about as accurate as the Bayes rule of the three blobs (the nearest centre)
     centres = 0.5 * np.stack([np.cos(2 * np.pi * classes / 3), np.sin(2 * np.pi * classes / 3)], axis=1)
-    bayes = sm.accuracy(y, np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1))
-    accuracy = sm.accuracy(y, sm.decision(Phi, Us, x, classes))
+    bayes = labels.accuracy(y, np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1))
+    accuracy = labels.accuracy(y, sm.decision(Phi, Us, x, classes))
     say(f"training accuracy {accuracy:.3f}, Bayes rule {bayes:.3f}")
     assert accuracy >= bayes - 0.03
 
@@ -205,22 +205,22 @@ def test_two_classes_are_the_logistic_model_at_half_alpha():
 
 
 def test_labels_any_values_and_the_confusion_matrix():
-    k, classes = sm.encode(np.array(["cat", "dog", "ant", "dog"])[:, None])
+    k, classes = labels.encode(np.array(["cat", "dog", "ant", "dog"])[:, None])
     assert list(classes) == ["ant", "cat", "dog"] and list(k) == [1, 2, 0, 2]
-    assert list(sm.decode(k, classes)) == ["cat", "dog", "ant", "dog"]
-    assert list(sm.encode([2.5, -1.0], np.array([-1.0, 2.5, 7.0]))[0]) == [1, 0]
+    assert list(labels.decode(k, classes)) == ["cat", "dog", "ant", "dog"]
+    assert list(labels.encode([2.5, -1.0], np.array([-1.0, 2.5, 7.0]))[0]) == [1, 0]
     for bad, match in [([3, 3, 3], "one class only"), ([0, np.nan, 1], "NaN or inf"), ([], "shape"),
                        (np.zeros((3, 2)), "shape"), (None, "missing"), ([1 + 2j, 0], "numbers or strings")]:
         with pytest.raises(ValueError, match=match):
-            sm.encode(bad)
+            labels.encode(bad)
     with pytest.raises(ValueError, match=r"label 5 \(row 1\) is not one of the fitted classes 0, 1, 2"):
-        sm.encode([0, 5], np.array([0, 1, 2]))
+        labels.encode([0, 5], np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="labels are strings but the fitted classes are numbers"):
-        sm.encode(["0", "1"], np.array([0, 1, 2]))
+        labels.encode(["0", "1"], np.array([0, 1, 2]))
     true = np.array(["a", "b", "c", "a", "c", "c"])
     pred = np.array(["a", "c", "c", "b", "c", "a"])
-    M = sm.confusion_matrix(true, pred, np.array(["a", "b", "c"]))
-    assert M.tolist() == [[1, 1, 0], [0, 0, 1], [1, 0, 2]] and sm.accuracy(true, pred) == pytest.approx(0.5)
+    M = labels.confusion_matrix(true, pred, np.array(["a", "b", "c"]))
+    assert M.tolist() == [[1, 1, 0], [0, 0, 1], [1, 0, 2]] and labels.accuracy(true, pred) == pytest.approx(0.5)
     # a fit on relabelled data (any C distinct values, same order) gives the same densities
     problem, x, y, Phi = setup(1, n=100, alpha=1e-3, size=8)
     Us, _, classes = sm.fit_softmax(problem.H, Phi, y, 1e-3, rtol=1e-12)
