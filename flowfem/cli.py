@@ -147,6 +147,19 @@ def _record_chart_radius(args, space) -> None:
         args.mesh_options = (args.mesh_options[0], space.outer_radius)
 
 
+def _load_standardised(args, comm):
+    """(train, test, scaling): :func:`_load_data`, and for a real data set its inputs standardised
+    on the training rows (scaling the :class:`flowfem.scaling.Standardisation`, None otherwise):
+    solve, flow and compare fit a real set on z = (x - m) / s, and record the scaling."""
+    from flowfem import datasets
+
+    train, test = _load_data(args, comm)
+    scaling = datasets.standardisation(args.data, train)
+    if scaling is not None:
+        train, test = scaling.dataset(train), scaling.dataset(test)
+    return train, test, scaling
+
+
 def _split_record(args) -> dict:
     """How --data was split into training and test rows (--n, --seed, --test-data), recorded in
     density.npz so that ``readout --rule refit`` fits on the same training rows, not on test rows."""
@@ -163,10 +176,7 @@ def cmd_solve(args, comm) -> None:
     if classify is not None and classify.classes is not None and args.loss != "softmax":
         raise ValueError(f"--data {args.data} holds class labels ({classify.task}): as {args.loss} targets they are "
                          f"meaningless; add --loss softmax")
-    train, test = _load_data(args, comm)
-    scaling = datasets.standardisation(args.data, train)  # a real data set is fitted on standardised inputs
-    if scaling is not None:
-        train, test = scaling.dataset(train), scaling.dataset(test)
+    train, test, scaling = _load_standardised(args, comm)
     t0 = time.perf_counter()
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm, x=train.x)
     _record_chart_radius(args, space)
@@ -247,7 +257,7 @@ def cmd_flow(args, comm) -> None:
     density1..densitym; the log holds the summed energy and each output's."""
     import math
 
-    from flowfem import datasets, io, outputs, plot
+    from flowfem import io, outputs, plot
     from flowfem.flow import checkpoint, driver, initial
     from flowfem.problem import Problem, make_space
 
@@ -266,10 +276,7 @@ def cmd_flow(args, comm) -> None:
     t_end = math.inf if args.t_end is None else args.t_end
     if not t_end > 0:
         raise ValueError(f"--t-end {args.t_end}: the final time must be positive")
-    train, test = _load_data(args, comm)
-    scaling = datasets.standardisation(args.data, train)  # as solve: a real data set flows on standardised inputs
-    if scaling is not None:
-        train, test = scaling.dataset(train), scaling.dataset(test)
+    train, test, scaling = _load_standardised(args, comm)
     t0 = time.perf_counter()
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm, x=train.x)
     _record_chart_radius(args, space)
@@ -673,7 +680,7 @@ def cmd_landscape(args, comm) -> None:
 
 def cmd_compare(args, comm) -> None:
     """FE solve, FE readouts and particle solvers side by side: tables, figures, densities (flowfem.compare)."""
-    from flowfem import compare, datasets
+    from flowfem import compare
 
     def ints(name, text):
         try:
@@ -686,10 +693,7 @@ def cmd_compare(args, comm) -> None:
 
     if getattr(args, "loss", "squared") != "squared":
         raise ValueError(f"--loss {args.loss}: compare fits the squared loss (particles and FE alike); drop --loss")
-    train, test = _load_data(args, comm)
-    scaling = datasets.standardisation(args.data, train)  # as solve: a real data set is compared on standardised inputs
-    if scaling is not None:
-        train, test = scaling.dataset(train), scaling.dataset(test)
+    train, test, scaling = _load_standardised(args, comm)
     result = compare.compare(
         train, test, widths=ints("--widths", args.widths), seeds=ints("--seeds", args.seeds),
         methods=words(args.methods), lr={"gd": args.lr_gd, "adam": args.lr_adam}, steps=args.steps,
