@@ -29,6 +29,20 @@ def labels_array(labels, what: str) -> np.ndarray:
     return y
 
 
+def training_labels(labels, n: int, what: str = "the training labels") -> np.ndarray:
+    """The labels of n training rows as :func:`labels_array` gives them, refused (ValueError naming
+    ``what``) unless there are n of them and at most max(2, n / 2) classes: one density or output
+    per class, so continuous targets taken for labels would make about n of them."""
+    y = labels_array(labels, what)
+    if y.size != n:
+        raise ValueError(f"{what}: {y.size} labels for {n} data points; give one label per row of x")
+    C = np.unique(y).size
+    if C > max(2, n // 2):
+        raise ValueError(f"{what}: the labels take {C} distinct values on {n} rows (more than n / 2): they look "
+                         "like regression targets; use loss='squared', or give class labels")
+    return y
+
+
 def encode(labels, classes=None) -> tuple[np.ndarray, np.ndarray]:
     """(k, classes): class indices k (n,) int64 in 0..C-1 with classes[k] == labels, and the classes (C,).
 

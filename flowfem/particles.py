@@ -261,16 +261,13 @@ def _labels(y, n: int, what: str, classes=None) -> tuple[np.ndarray, np.ndarray]
     """(k, classes) of the softmax loss's labels y (n,) or (n, 1) (numbers or strings): class indices
     k (n,) in 0..C-1 and the classes (C,), sorted (:func:`flowfem.labels.encode`; given ``classes``:
     labels outside them refused). ValueError naming ``what`` for bad labels or a count other than n."""
-    from flowfem.labels import encode, labels_array
+    from flowfem.labels import encode, labels_array, training_labels
 
+    if classes is None:
+        return encode(training_labels(y, n, what))
     labels = labels_array(y, what)
     if labels.size != n:
         raise ValueError(f"{what}: {labels.size} labels for {n} data points; give one label per row of x")
-    if classes is None:
-        C = np.unique(labels).size
-        if C > max(2, n // 2):  # one output per class: continuous targets would make about n outputs
-            raise ValueError(f"{what}: the labels take {C} distinct values on {n} rows (more than n / 2): they "
-                             "look like regression targets; use loss='squared', or give class labels")
     return encode(labels, classes)
 
 

@@ -255,7 +255,7 @@ class Problem:
     def _fit_softmax(self, x, labels, solver, rtol, petsc_options, allow_unconverged, progress, preconditioner,
                      **path_args) -> "ClassifierResult":
         """:meth:`fit` for the softmax loss (see there)."""
-        from flowfem.labels import encode, labels_array
+        from flowfem.labels import encode, training_labels
         from flowfem.softmax import SoftmaxFunctional, fit_softmax
 
         given = [k for k, v in path_args.items() if v is not None]
@@ -265,14 +265,8 @@ class Problem:
         if solver != "cg":
             raise ValueError(f"solver {solver!r}: the softmax Newton solves its C-class system by CG only; use "
                              "solver='cg'")
-        labels = labels_array(labels, "the training labels")  # numbers or strings: not data.check's float cast
         x, _ = self._inputs(x, None, "the data")
-        if labels.size != x.shape[0]:
-            raise ValueError(f"{labels.size} labels for {x.shape[0]} data points: give one label per row of x")
-        C = np.unique(labels).size
-        if C > max(2, labels.size // 2):  # one density per class: continuous targets would make n densities
-            raise ValueError(f"the labels take {C} distinct values on {labels.size} rows (more than n / 2): they look "
-                             "like regression targets; use loss='squared', or give class labels")
+        labels = training_labels(labels, x.shape[0])  # numbers or strings: not data.check's float cast
         if self.alpha == "auto":
             from flowfem.path import GRID, softmax_path
 
