@@ -561,7 +561,7 @@ def cmd_predict(args, comm) -> None:
         if args.proba:
             raise ValueError(f"--proba needs a classifier (a network read out of a flowfem solve --loss softmax); "
                              f"{args.network!r} is a regression network: drop --proba")
-        if inputs.y is not None and inputs.outputs != net.outputs and not os.path.exists(args.data):
+        if inputs.y is not None and inputs.outputs != net.outputs and data.named(args.data):
             inputs.y = None  # a synthetic or real set's own targets: predict needs none (they only give an RMSE)
         if inputs.y is not None and inputs.outputs != net.outputs:
             names = "y" if net.outputs == 1 else f"y1..y{net.outputs}"

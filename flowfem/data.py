@@ -277,6 +277,13 @@ def synthetic(name: str, n: int = 200, seed: int = 0, noise: float | None = None
     return Dataset(x, y, name)
 
 
+def named(spec: str) -> bool:
+    """Whether ``spec`` names a synthetic or a real data set (which :func:`get` takes before any file)."""
+    from flowfem import datasets  # it imports this module
+
+    return spec in SYNTHETIC or spec in datasets.REAL
+
+
 def get(spec: str, n: int = 200, seed: int = 0, require_y: bool = True) -> Dataset:
     """A synthetic set by name, a real one by name (:func:`flowfem.datasets.load`), or a data file
     by path (:func:`load`)."""
