@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
+from flowfem import mpi  # (first: loads MPI before dolfinx)
 
 from petsc4py import PETSc  # noqa: E402
 
@@ -47,11 +47,22 @@ class Functional:
         if self.y.ndim == 2 and not self.loss.quadratic:
             raise ValueError(f"{self.y.shape[1]} outputs (y of shape {self.y.shape}) need the squared loss; "
                              f"the {self.loss.name} loss takes one column of labels y")
+        if Phi.sharded:  # each rank checks its own rows; an error on one is raised on all
+            mpi.on_every_rank(Phi.comm, self._check_targets)
+        else:
+            self._check_targets()
+
+    def _check_targets(self) -> None:
+        """ValueError unless y has a row per data point (this rank's, when sharded) that the loss takes."""
+        if self.y.shape[0] != self.Phi.rows:
+            raise ValueError(f"{self.y.shape[0]} targets for {self.Phi.rows} data points: give one target "
+                             "row per point")
         self.loss.check_labels(self.y)
 
     @property
     def n(self) -> int:
-        return self.y.shape[0]
+        """n, the number of data points (over all ranks when the data are sharded)."""
+        return self.Phi.n
 
     @property
     def outputs(self) -> int:
@@ -90,7 +101,7 @@ class Functional:
         f = self.Phi.apply(U)
         AU = self.H.A.createVecLeft()
         self.H.A.mult(U, AU)
-        return float(np.mean(self.loss.value(f, self.y))), 0.5 * self.alpha * AU.dot(U)
+        return self.Phi.total(self.loss.value(f, self.y)) / self.n, 0.5 * self.alpha * AU.dot(U)
 
     def parts_of(self, Us: list[PETSc.Vec]) -> tuple[float, float]:
         """(data term, regulariser) of the m dof vectors Us (one per output): the sums over the outputs of

@@ -106,6 +106,24 @@ def on_root(comm: MPI.Comm, fn: Callable[[], T], bcast: bool = True) -> T | None
     return comm.bcast(result, root=0) if bcast else result
 
 
+def on_every_rank(comm: MPI.Comm, fn: Callable[[], T]) -> T:
+    """Run fn on every rank; if it raised on any, raise on every rank a :class:`CollectiveError` with
+    the lowest such rank's :func:`message` (for checks of data that differ between the ranks, such as
+    each rank's own rows: a rank that raised alone would leave the others waiting in the next
+    collective). Exceptions other than ``Exception`` are not caught, as in :func:`on_root`."""
+    check_interrupt(comm)
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001  (any failure: the other ranks must hear of it)
+        error = message(e)
+    errors = comm.allgather(error)
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise CollectiveError(first)
+    return result
+
+
 def exit_now(code: int) -> None:
     """End the process with ``code`` now: flush the streams, finalise MPI, skip the interpreter's
     clean-up (for objects whose destructors would abort it: :data:`flowfem.io.FAILED_WRITERS`)."""

@@ -195,12 +195,12 @@ class NystromPreconditioner:
     # -- the basis -----------------------------------------------------------------------
 
     def _start(self) -> np.ndarray:
-        """W_0^T = (Phi^T D G / n)^T for a seeded Gaussian G (n x b) in data space, the same on every rank."""
-        rng = np.random.default_rng(self.seed)
-        G = rng.standard_normal((self.block, self.E.n))
+        """W_0^T = (Phi^T D G / n)^T for a seeded Gaussian G (n x b) in data space, whose entries do not
+        depend on the number of ranks (:meth:`DataOperator.gaussian`); a column at a time, so that
+        memory is O(n), not O(n b)."""
         W = np.empty((self.block, self.x.getLocalSize()))
-        for j in range(self.block):
-            self.E.Phi.adjoint(G[j] * self.D / self.E.n, self.y)
+        for j, column in enumerate(self.E.Phi.gaussian(self.seed, self.block)):
+            self.E.Phi.adjoint(column * self.D / self.E.n, self.y)
             W[j] = self.y.array_r
         return W
 

@@ -179,7 +179,7 @@ class LinearSolver:
         self.progress = progress
         self.petsc_options = petsc_options_.parse(petsc_options)
         self.options = None  # the SolverOptions of the current KSP
-        self.D = np.ones(E.n) if D is None else np.asarray(D, dtype=float).copy()
+        self.D = np.ones(E.Phi.rows) if D is None else np.asarray(D, dtype=float).copy()
         self.G, self.shift = G, float(shift)
         self.pc_shift_factor = pc_shift_factor if solver == "cg" and pc_shift_factor else None
         self.pc_shift = self._pc_shift(self.shift)
@@ -191,6 +191,9 @@ class LinearSolver:
         sizes = (E.H.A.getLocalSize()[0], E.H.A.getSize()[0])
         self.K = PETSc.Mat().createPython((sizes, sizes), context=self._ctx, comm=comm)
         self.K.setUp()
+        if solver == "direct" and E.Phi.sharded:
+            raise ValueError(f"the direct solver needs every data point on every rank, and the data are sharded "
+                             f"over the ranks: use {spell('solver', repr('cg'))}")
         if solver == "direct" and E.H.ndofs * E.n > DIRECT_LIMIT:
             raise ValueError(
                 f"the direct solver needs a dense {E.n} x {E.H.ndofs} matrix; this problem is too "
