@@ -79,7 +79,8 @@ class Dataset:
 
 
 def check(x, y=None, input_dim: int | None = None, what: str = "data",
-          takes: str = "the network", outputs: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+          takes: str = "the network", outputs: int | None = None,
+          allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """x as a float (n, d) array and y as a float (n,) or (n, m) array: the one check of data arrays.
 
     x: (n, d) with n, d >= 1, or (n,) for d = 1. y: (n,) or (n, 1) (returned as (n,): one output),
@@ -87,6 +88,7 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
     Both finite. ``input_dim``, if given, is the d that ``takes`` (a network, neurons) expects;
     a parameter mesh's d is checked by :func:`flowfem.space.check_parameter_dim`. ``outputs``, if
     given, is the number of outputs m that ``takes`` handles (1: y must be one column).
+    ``allow_empty``: n = 0 is allowed (one MPI rank's share of sharded data may hold no rows).
     Raises ValueError naming ``what`` and the problem (shape, first non-finite row).
     """
     if x is None:
@@ -98,7 +100,7 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
         raise ValueError(f"{what}: inputs x are not numbers") from None
     if x.ndim == 1:
         x = x[:, None]
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+    if x.ndim != 2 or (x.shape[0] == 0 and not allow_empty) or x.shape[1] == 0:
         raise ValueError(f"{what}: inputs x have shape {shape}; expected (n, d) with n >= 1, or (n,) for d = 1")
     if input_dim is not None and x.shape[1] != input_dim:
         names = "x1" if input_dim == 1 else f"x1..x{input_dim}"
@@ -116,7 +118,7 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
         raise ValueError(f"{what}: targets y are not numbers") from None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0] or y.size == 0:
+    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0] or (y.size == 0 and not allow_empty):
         raise ValueError(f"{what}: targets y have shape {shape}; expected ({x.shape[0]},), or "
                          f"({x.shape[0]}, m) for m outputs, one row per input")
     m = 1 if y.ndim == 1 else y.shape[1]

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
+from flowfem import mpi  # (first: loads MPI before dolfinx)
 
 import dolfinx.fem  # noqa: E402
 from mpi4py import MPI  # noqa: E402
@@ -151,10 +151,22 @@ class Problem:
         self.H = WeightedH1(space, weight, kappa, degree)
         self.quadrature_degree, self.method = quadrature_degree, method
 
-    def _inputs(self, x, y, what: str, fitted: bool = False):
+    def _inputs(self, x, y, what: str, fitted: bool = False, sharded: bool = False):
         """x (n, d), y (n,), (n, m) or None, checked by :func:`flowfem.data.check` and against the mesh
-        (``fitted``: inputs of the fitted density, whose dimension is the data's, not the mesh's to choose)."""
-        x, y = _data.check(x, y, what=what)
+        (``fitted``: inputs of the fitted density, whose dimension is the data's, not the mesh's to choose).
+        ``sharded``: x and y are this rank's rows (possibly none; not none on every rank), checked on every
+        rank, and an error on one is raised on all (collective)."""
+        if sharded:
+            comm = self.space.comm
+            x, y = mpi.on_every_rank(comm, lambda: self._inputs_of_rank(x, y, what, fitted, True))
+            if comm.allreduce(x.shape[0], op=MPI.SUM) == 0:
+                raise ValueError(f"{what}: no rank holds a data row; give every rank its share of the rows")
+            return x, y
+        return self._inputs_of_rank(x, y, what, fitted, False)
+
+    def _inputs_of_rank(self, x, y, what: str, fitted: bool, allow_empty: bool):
+        """:meth:`_inputs` on this rank's arrays alone."""
+        x, y = _data.check(x, y, what=what, allow_empty=allow_empty)
         d = self.space.input_dim
         if fitted and x.shape[1] != d:
             raise ValueError(f"{what} has d = {x.shape[1]} inputs, but the density was fitted on inputs of "
@@ -163,10 +175,11 @@ class Problem:
         self.space.check_inputs(x, what)  # s3: the chart must reach every neuron alive on them (fit and predict)
         return x, y
 
-    def functional(self, x, y, alpha: float | None = None) -> Functional:
+    def functional(self, x, y, alpha: float | None = None, sharded: bool = False) -> Functional:
         """E_alpha for the data (x (n, d) or (n,), y (n,) or (n, 1), or (n, m) for m outputs: the sum of m
         single-output functionals, see :mod:`flowfem.functional`); builds the data operator Phi.
-        ``alpha``: the problem's unless given (needed when the problem's is "auto": ValueError)."""
+        ``alpha``: the problem's unless given (needed when the problem's is "auto": ValueError).
+        ``sharded``: x and y are this rank's own rows of the data set (:class:`DataOperator`)."""
         if alpha is None:
             alpha = self.alpha
         if alpha == "auto":
@@ -176,14 +189,14 @@ class Problem:
             raise ValueError("the softmax loss has one density per class: Problem.fit fits it "
                              "(flowfem.softmax.SoftmaxFunctional is its functional); functional() and flow() take "
                              "the squared or logistic loss")
-        x, y = self._inputs(x, y, "the data")
-        Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method)
+        x, y = self._inputs(x, y, "the data", sharded=sharded)
+        Phi = DataOperator(self.H, self.activation, x, self.quadrature_degree, self.method, sharded=sharded)
         return Functional(self.H, Phi, y, alpha, self.loss)
 
     def fit(self, x, y, solver: str = "cg", rtol: float = 1e-10, petsc_options: dict | None = None,
             allow_unconverged: bool = False, progress: bool = False, preconditioner: str = "nystrom",
             alphas=None, validation: float | None = None, folds: int | None = None,
-            seed: int | None = None) -> "Result":
+            seed: int | None = None, sharded: bool = False) -> "Result":
         """The minimiser of E_alpha on the data (x, y): one linear solve (squared loss), or Newton
         (other losses) stopping at ||dE_alpha(U)|| <= rtol ||dE_alpha(0)||, the linear solves inside
         to rtol as well (``petsc_options`` starting with snes_ go to the SNES). Collective.
@@ -212,6 +225,12 @@ class Problem:
         With alpha="auto" the fit is :func:`flowfem.path.softmax_path` (the C densities along the grid,
         scored by the held-out rows' mean cross-entropy, the accuracy beside it).
 
+        ``sharded``: x and y are this rank's own rows of the data set, the ranks' rows in rank order
+        making the whole (a rank may hold none): no rank holds all of them, and every product moves
+        O(quadrature points) numbers between the ranks (:class:`flowfem.operator.DataOperator`). The same
+        minimiser as the whole data on every rank. Squared and logistic losses, numeric alpha, cg
+        (ValueError otherwise); score the fit with ``result.rmse(x, y, sharded=True)`` on the same rows.
+
         Raises :class:`flowfem.stationary.NotConverged` if the true residual (Newton: ||dE_alpha||)
         ends above rtol, unless ``allow_unconverged`` (then ``result.info.converged`` is False), and
         ValueError if E_alpha(u*) or u* is not finite (e.g. a degenerate mesh), for targets y None,
@@ -221,6 +240,10 @@ class Problem:
                              "per row of x; got None")
         check_tolerances(rtol)
         parse_petsc_options(petsc_options)
+        if sharded and (self.loss.multiclass or self.alpha == "auto"):
+            raise ValueError("sharded data take the squared or logistic loss with a numeric alpha; "
+                             + ("the softmax loss needs" if self.loss.multiclass else "alpha='auto' needs")
+                             + " every row on every rank: fit without sharded=True")
         if self.loss.multiclass:
             return self._fit_softmax(x, y, solver, rtol, petsc_options, allow_unconverged, progress,
                                      preconditioner, alphas=alphas, validation=validation, folds=folds, seed=seed)
@@ -241,7 +264,7 @@ class Problem:
             raise ValueError(f"{', '.join(given)} apply only to alpha='auto' (a regularisation path); "
                              f"this problem's alpha is {self.alpha:g}")
         t0 = time.perf_counter()
-        E = self.functional(x, y)
+        E = self.functional(x, y, sharded=sharded)
         t1 = time.perf_counter()
         if E.loss.quadratic:  # m outputs: m right-hand sides, one solver
             U, info = solve_outputs(E, solver, rtol, petsc_options, allow_unconverged=allow_unconverged,
@@ -389,38 +412,47 @@ class Result:
         densities = [function(problem.H, Uk, name) for Uk, name in zip(Us, names)]
         return cls(problem, E, Us, infos, densities, loss + reg, (loss, reg), setup_seconds, solve_seconds, path=path)
 
-    def predict(self, x) -> np.ndarray:
+    def predict(self, x, sharded: bool = False) -> np.ndarray:
         """f_{u*}(x_j) = sum_q sigma(theta_q . x~_j) g_q at the rows of x ((n, d), or (n,) for d = 1):
         shape (n,) for one output, (n, m) for m outputs (column k from u*_k; the features of x are
         built once for all outputs), returned on every rank. Collective (an MPI sum over the ranks'
-        cells). Raises ValueError for inputs of the wrong shape or dimension, NaN or inf."""
-        x, _ = self.problem._inputs(x, None, "prediction inputs", fitted=True)
+        cells). ``sharded``: x holds this rank's own rows (possibly none) and so does the result
+        (:meth:`DataOperator.predict`). Raises ValueError for inputs of the wrong shape or
+        dimension, NaN or inf."""
+        x, _ = self.problem._inputs(x, None, "prediction inputs", fitted=True, sharded=sharded)
         Phi = self.functional.Phi
         if self.outputs == 1:
-            return Phi.predict(self.Us[0], x)
+            return Phi.predict(self.Us[0], x, sharded)
+        if sharded:
+            return np.column_stack([Phi.predict(Uk, x, True) for Uk in self.Us])
         S = make_features(Phi.sigma, np.ascontiguousarray(x), Phi.quadrature.theta, Phi.method, repeated=False)
         f = np.column_stack([S.matvec(Phi.quadrature.weights(Uk)) for Uk in self.Us])
         Phi.comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
         return f
 
-    def rmse(self, x, y) -> float:
+    def rmse(self, x, y, sharded: bool = False) -> float:
         """sqrt((1/(n m)) sum_jk (f_{u*_k}(x_j) - y_jk)^2) for x (n, d) or (n,), y (n,) or (n, 1) (m = 1)
-        or (n, m): over all outputs (:meth:`rmse_outputs` gives each). Collective (see :meth:`predict`)."""
-        return float(np.sqrt(np.mean(self._errors(x, y) ** 2)))
+        or (n, m): over all outputs (:meth:`rmse_outputs` gives each). Collective (see :meth:`predict`;
+        ``sharded``: each rank gives its own rows, the sums run over all ranks' rows)."""
+        e = self._errors(x, y, sharded)
+        comm = self.problem.space.comm
+        count = comm.allreduce(e.size, op=MPI.SUM) if sharded else e.size
+        total = comm.allreduce(float(np.sum(e**2)), op=MPI.SUM) if sharded else float(np.sum(e**2))
+        return float(np.sqrt(total / count))
 
     def rmse_outputs(self, x, y) -> np.ndarray:
         """The RMSE of each output, shape (m,) (also (1,) for one output). Collective."""
         e = self._errors(x, y)
         return np.sqrt(np.mean(e.reshape(e.shape[0], -1) ** 2, axis=0))
 
-    def _errors(self, x, y) -> np.ndarray:
-        x, y = self.problem._inputs(x, y, "the data", fitted=True)
+    def _errors(self, x, y, sharded: bool = False) -> np.ndarray:
+        x, y = self.problem._inputs(x, y, "the data", fitted=True, sharded=sharded)
         if y is None:
             raise ValueError("rmse needs targets y (n,) or (n, m), one row per row of x; got None")
         if (1 if y.ndim == 1 else y.shape[1]) != self.outputs:
             raise ValueError(f"the targets have {1 if y.ndim == 1 else y.shape[1]} output(s), the fit "
                              f"{self.outputs}: give y with {self.outputs} column(s)")
-        return self.predict(x) - y
+        return self.predict(x, sharded) - y
 
 
 @dataclass
@@ -499,6 +531,6 @@ class ClassifierResult(Result):
         x, _ = self.problem._inputs(x, None, "the data", fitted=True)
         return evaluate(self.functional.Phi, self.Us, x, labels, self.classes)
 
-    def _errors(self, x, y):
+    def _errors(self, x, y, sharded=False):
         raise ValueError("rmse measures regression; a softmax fit is scored by result.score(x, labels) "
                          "(accuracy) or result.evaluate(x, labels)")

@@ -158,4 +158,40 @@ def test_three_ranks():
     r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not mpi",
              os.path.join(here, "test_sharded.py")], ranks=3, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count(" passed") == 3, r.stdout[-3000:]
+    assert r.stdout.count(" passed") == 3, r.stdout[-3000:]  # one summary line per rank
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+def test_problem_fit_equals_replicated(loss):
+    """Problem.fit(sharded=True): the same density, E_alpha and training RMSE as the whole data."""
+    from flowfem.problem import Problem
+
+    ds = data.synthetic("sin" if loss == "squared" else "step", 240, seed=9)
+    rows = rows_of(240, True)
+    problem = Problem(Space.box(1, 16, 3.0), "relu", "uniform", alpha=1e-4, loss=loss)
+    whole = problem.fit(ds.x, ds.y, rtol=1e-11)
+    mine = problem.fit(ds.x[rows], ds.y[rows], rtol=1e-11, sharded=True)
+    close(mine.U.array_r, whole.U.array_r, 1e-7)
+    close(mine.energy, whole.energy, 1e-9)
+    close(mine.predict(ds.x[rows], sharded=True), whole.predict(ds.x)[rows], 1e-7)
+    if loss == "squared":
+        close(mine.rmse(ds.x[rows], ds.y[rows], sharded=True), whole.rmse(ds.x, ds.y), 1e-7)
+
+
+def test_problem_fit_refusals():
+    from flowfem.problem import Problem
+
+    ds = data.synthetic("sin", 40, seed=9)
+    rows = rows_of(40, False)
+    with pytest.raises(ValueError, match="numeric alpha"):
+        Problem(Space.box(1, 8, 3.0), "relu", alpha="auto").fit(ds.x[rows], ds.y[rows], sharded=True)
+    with pytest.raises(ValueError, match="sharded"):
+        Problem(Space.box(1, 8, 3.0), "relu", alpha=1e-3).fit(ds.x[rows], ds.y[rows], solver="direct", sharded=True)
+    bad = ds.y[rows].copy()
+    if COMM.rank == COMM.size - 1:
+        bad[0] = np.nan  # one rank's rows only: every rank must raise
+    with pytest.raises(CollectiveError, match="NaN"):
+        Problem(Space.box(1, 8, 3.0), "relu", alpha=1e-3).fit(ds.x[rows], bad, sharded=True)
+    empty = slice(0, 0)
+    with pytest.raises(ValueError, match="no rank holds"):
+        Problem(Space.box(1, 8, 3.0), "relu", alpha=1e-3).fit(ds.x[empty], ds.y[empty], sharded=True)

@@ -213,13 +213,25 @@ class DataOperator:
         self.comm.Reduce_scatter(np.ascontiguousarray(H), own, recvcounts=self.counts * b, op=MPI.SUM)
         return q.transpose_block(own)
 
-    def predict(self, U, x: np.ndarray) -> np.ndarray:
-        """f_U at new points x (m, d), on every rank."""
-        S = make_features(self.sigma, np.ascontiguousarray(x, dtype=float), self.quadrature.theta, self.method,
-                          repeated=False)
-        f = S.matvec(self.quadrature.weights(U))
-        self.comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
-        return f
+    def predict(self, U, x: np.ndarray, sharded: bool = False) -> np.ndarray:
+        """f_U at new points x (m, d), the same x on every rank: (m,) on every rank (an MPI sum over the
+        ranks' points). ``sharded``: x holds this rank's own points (m_p, d), possibly none, and the
+        result is theirs (m_p,): every rank's points and weights g are gathered (O(nq) numbers)."""
+        x = np.ascontiguousarray(x, dtype=float)
+        g = self.quadrature.weights(U)
+        if not sharded:
+            S = make_features(self.sigma, x, self.quadrature.theta, self.method, repeated=False)
+            f = S.matvec(g)
+            self.comm.Allreduce(MPI.IN_PLACE, f, op=MPI.SUM)
+            return f
+        counts = np.array(self.comm.allgather(g.size))
+        theta = self.quadrature.theta
+        theta_all, g_all = np.empty((counts.sum(), theta.shape[1])), np.empty(counts.sum())
+        self.comm.Allgatherv(np.ascontiguousarray(theta), [theta_all, counts * theta.shape[1]])
+        self.comm.Allgatherv(g, [g_all, counts])
+        if not x.shape[0]:  # nothing to represent (and some implementations need a point)
+            return np.empty(0)
+        return make_features(self.sigma, x, theta_all, self.method, repeated=False).matvec(g_all)
 
     def columns(self, block_entries: int = 2**22) -> np.ndarray:
         """Phi^T as a dense (owned dofs, n) array: small problems only (direct solver, tests).
