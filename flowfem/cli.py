@@ -450,6 +450,17 @@ def _number_in(ok, allowed: str):
     return parse
 
 
+def _positive_integer(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a whole number >= 1")
+    return v
+
+
 _positive_number = _number_in(lambda v: np.isfinite(v) and v > 0, "a finite number > 0")
 _fraction = _number_in(lambda v: 0 < v < 1,
                        "a fraction with 0 < FRACTION < 1 (the part of the rows held out, e.g. 0.2)")
@@ -601,6 +612,16 @@ def _predict_labels(args, net, x: np.ndarray, y) -> str | None:
         sys.stdout.write(buffer.getvalue())
     accuracy = "" if y is None else f", accuracy against y {np.mean(labels == y):.4f}"
     return f"wrote {args.out}: {len(labels)} predicted labels{accuracy}" if args.out else None
+
+
+def cmd_convert(args, comm) -> None:
+    """Stream a data file into the large-data format (flowfem.convert; NumPy and h5py only; on rank 0)."""
+    from flowfem import convert
+
+    text = on_root(comm, lambda: convert.convert(args.source, args.target, args.chunk, args.force,
+                                                 show_progress=not args.quiet))
+    if comm.rank == 0:
+        print(text)
 
 
 def cmd_export(args, comm) -> None:
@@ -898,6 +919,23 @@ def parser() -> argparse.ArgumentParser:
                         "the order of the network's classes (default: the labels only)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("convert", help="stream a data file (a CSV of any size) into .npy, .npz or .h5 for large data",
+                       description="Read IN (CSV with a header naming x1..xd and y or y1..ym, or .npz, .npy, .h5) "
+                                   "--chunk rows at a time, in constant memory, with the checks of every data file, "
+                                   "and write OUT, whose suffix chooses the format: .npy (recommended for large data: "
+                                   "one structured array with float64 fields x1..xd, y; under mpirun each rank "
+                                   "reads only its rows), .npz (uncompressed arrays x, y) or .h5/.hdf5 (datasets x, "
+                                   "y). OUT is written whole or not at all; it reads back as the same numbers.")
+    p.add_argument("source", metavar="IN", help="data file to read: .csv, .npz, .npy, .h5 or .hdf5")
+    p.add_argument("target", metavar="OUT",
+                   help="file to write: NAME.npy (recommended), NAME.npz, NAME.h5 or NAME.hdf5")
+    p.add_argument("--chunk", type=_positive_integer, default=100_000,  # convert.CHUNK_ROWS (not imported for --help)
+                   help="rows read and written at a time: memory grows with it, about 250 bytes a row of a "
+                        "50-character CSV line (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists (default: refuse)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("export", help="write a saved network as ONNX, safetensors or a PyTorch .pt state dict",
                        description="Write a network .npz (from flowfem readout or Network.save) as the float64 "

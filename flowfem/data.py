@@ -17,6 +17,10 @@ Files, columns taken **by name**:
   repeated name or a gap (``x1,x3``, ``y1,y3``) is refused by name; so is a
   file without a header.
 * NPZ with arrays ``x`` (n, d) or (n,) and ``y`` (n,), (n, 1) or (n, m), nothing else.
+* Large data (:mod:`flowfem.shards`, which reads them here on one rank, and rank by rank
+  under MPI; ``flowfem convert`` writes them): ``.npy``, one structured array of shape (n,)
+  whose fields are named like the CSV columns (``x1..xd``, ``y`` or ``y1..ym``), and HDF5
+  (``.h5``, ``.hdf5``) with datasets ``x`` and ``y`` shaped as in an NPZ.
 
 ``y`` is optional only for inputs to ``flowfem predict`` (``require_y=False``).
 Arrays, from a file or not, pass :func:`check`: x (n, d) (a 1-D x is one
@@ -184,18 +188,26 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def csv_header(fh, what: str = "data") -> tuple[list[str], list[int], int | list[int] | None]:
+    """Read the header line of the CSV text stream ``fh`` (opened with encoding utf-8-sig, at its
+    start): the column names, the positions of x1..xd and of the targets (see :func:`columns`).
+    Raises ValueError for an empty file, a first line of numbers (no header) or bad names."""
+    names = next(csv.reader([fh.readline().lstrip().removeprefix("#")]), [])
+    if not names:
+        raise ValueError(f"{what} is empty: write a header (e.g. x1,y) and one row per data point")
+    if all(_is_number(n) for n in names):
+        header = ",".join([f"x{i + 1}" for i in range(max(len(names) - 1, 1))] + ["y"])
+        raise ValueError(f"{what} has no header: make its first line name the columns, e.g. {header} "
+                         "(inputs x1..xd in any order, target y)")
+    xcols, ycol = columns(names, what)
+    return names, xcols, ycol
+
+
 def _read_csv(path: str, what: str) -> tuple[np.ndarray, list[int], int | list[int] | None]:
     """The numbers below the header, the positions of x1..xd and of the targets (see :func:`columns`)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: drops a byte-order mark
-            names = next(csv.reader([fh.readline().lstrip().removeprefix("#")]), [])
-            if not names:
-                raise ValueError(f"{what} is empty: write a header (e.g. x1,y) and one row per data point")
-            if all(_is_number(n) for n in names):
-                header = ",".join([f"x{i + 1}" for i in range(max(len(names) - 1, 1))] + ["y"])
-                raise ValueError(f"{what} has no header: make its first line name the columns, e.g. {header} "
-                                 "(inputs x1..xd in any order, target y)")
-            xcols, ycol = columns(names, what)
+            names, xcols, ycol = csv_header(fh, what)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # a header without rows: refused below
                 table = np.loadtxt(fh, delimiter=",", ndmin=2)
@@ -214,7 +226,7 @@ def _read_csv(path: str, what: str) -> tuple[np.ndarray, list[int], int | list[i
 
 
 def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
-    """Read a CSV or NPZ data file (see the module docstring) and :func:`check` it.
+    """Read a CSV, NPZ, .npy or HDF5 data file (see the module docstring) and :func:`check` it.
 
     ``require_y`` False: a file without y is read as inputs only (Dataset.y is None).
     Raises ValueError (one line, naming the file and the problem).
@@ -243,8 +255,15 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
         check_readable(path, "data file", "give a CSV file with a header naming x1..xd and y")
         table, xcols, ycol = _read_csv(path, what)
         x, y = table[:, xcols], (None if ycol is None else table[:, ycol])
+    elif ext in (".npy", ".h5", ".hdf5"):
+        from mpi4py import MPI
+
+        from flowfem import shards  # it imports this module
+
+        part = shards.read(path, MPI.COMM_SELF, require_y)  # the large-data reader on one rank: every row
+        x, y = part.x, part.y
     else:
-        raise ValueError(f"{what}: use a .csv or .npz file")
+        raise ValueError(f"{what}: use a .csv or .npz file (or, for large data, .npy or .h5: flowfem convert)")
     if y is None and require_y:
         raise ValueError(f"{what} has no targets y: add a column (CSV) or array (NPZ) named y "
                          "(or columns y1..ym for m outputs)")
@@ -327,9 +346,15 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
 
 
 def save(dataset: Dataset, path: str | os.PathLike) -> None:
-    """Write a CSV (header x1..xd,y, or x1..xd,y1..ym for m outputs) or NPZ file that :func:`load`
-    reads back exactly, atomically (safe on every MPI rank at once: :func:`flowfem.files.replacing`)."""
+    """Write a CSV (header x1..xd,y, or x1..xd,y1..ym for m outputs), NPZ, .npy or HDF5 file (by the
+    suffix; .npy and .h5: :func:`flowfem.convert.write`) that :func:`load` reads back exactly,
+    atomically (safe on every MPI rank at once: :func:`flowfem.files.replacing`)."""
     path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() in (".npy", ".h5", ".hdf5"):
+        from flowfem import convert  # it imports this module
+
+        convert.write(path, dataset.x, dataset.y)
+        return
     npz = path.lower().endswith(".npz")
     with replacing(path, ".npz" if npz else "") as tmp:
         if npz:
