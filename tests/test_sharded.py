@@ -195,3 +195,24 @@ def test_problem_fit_refusals():
     empty = slice(0, 0)
     with pytest.raises(ValueError, match="no rank holds"):
         Problem(Space.box(1, 8, 3.0), "relu", alpha=1e-3).fit(ds.x[empty], ds.y[empty], sharded=True)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".h5"])
+def test_fit_from_each_ranks_rows_of_a_file(shared_tmp, suffix):
+    """The whole path of issue 16: each rank reads only its rows of a file (flowfem.shards) and fits on
+    them; the same density as the whole file's rows on every rank."""
+    from flowfem import convert, shards
+    from flowfem.problem import Problem
+
+    ds = data.synthetic("sin", 250, seed=11)
+    path = os.path.join(shared_tmp, "train" + suffix)
+    if COMM.rank == 0:
+        convert.write(path, ds.x, ds.y)
+    COMM.Barrier()
+    shard = shards.read(path)
+    assert shard.n == 250 and len(shard.x) == len(shards.rows(250, COMM.size, COMM.rank))
+    problem = Problem(Space.box(1, 16, 3.0), "relu", "uniform", alpha=1e-5)
+    mine = problem.fit(shard.x, shard.y, rtol=1e-11, sharded=True)
+    whole = problem.fit(ds.x, ds.y, rtol=1e-11)
+    close(mine.U.array_r, whole.U.array_r, 1e-7)
+    close(mine.rmse(shard.x, shard.y, sharded=True), whole.rmse(ds.x, ds.y), 1e-7)
