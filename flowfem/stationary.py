@@ -40,7 +40,10 @@ short raises :class:`NotConverged` (or, with ``allow_unconverged``, returns
 an info marked ``converged=False``).
 
 The same :class:`LinearSolver` serves every Newton step (its data weight D is
-updated in place, the GAMG hierarchy or the MUMPS factors are kept).
+replaced, the GAMG hierarchy or the MUMPS factors are kept). D is held
+:func:`~flowfem.operator.features.weights.frozen` (a copy nobody can write) and
+never changed in place, so that the data operator may cache what it derives
+from D (for relu in 1-D: per-bin moments of the data).
 
 PETSc options, flowfem's defaults and the user's (``petsc_options``), go to
 each KSP and SNES under its own prefix through
@@ -69,6 +72,7 @@ from flowfem import petsc_options as petsc_options_  # noqa: E402
 from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.nystrom import BUDGET, NystromPreconditioner  # noqa: E402
+from flowfem.operator.features.weights import frozen  # noqa: E402
 
 SOLVERS = ("cg", "direct")
 PRECONDITIONERS = ("nystrom", "gamg")  # of cg: see flowfem.nystrom
@@ -179,7 +183,7 @@ class LinearSolver:
         self.progress = progress
         self.petsc_options = petsc_options_.parse(petsc_options)
         self.options = None  # the SolverOptions of the current KSP
-        self.D = np.ones(E.Phi.rows) if D is None else np.asarray(D, dtype=float).copy()
+        self.D = frozen(np.ones(E.Phi.rows) if D is None else D)  # replaced, never written: see set_weights
         self.G, self.shift = G, float(shift)
         self.pc_shift_factor = pc_shift_factor if solver == "cg" and pc_shift_factor else None
         self.pc_shift = self._pc_shift(self.shift)
@@ -302,12 +306,19 @@ class LinearSolver:
         The Nystrom basis's Rayleigh-Ritz core is recomputed for D (k products with the data term)
         unless ``refresh`` is False: then the preconditioner stays the one of the earlier weights, still
         SPD and good where the data term hardly changed (a regularisation path's folds and refit,
-        whose weights select random subsets of the same data: 375 s of products saved on a 2-D box)."""
-        self.D[:] = D
+        whose weights select random subsets of the same data: 375 s of products saved on a 2-D box).
+
+        D (n,) is copied into a new frozen array (:func:`~flowfem.operator.features.weights.frozen`) that
+        replaces the old one in K and the preconditioner: the data operator caches per D array what it
+        derives from D (relu in 1-D: per-bin moments), which an in-place change would leave stale."""
+        self.D = self._ctx.D = frozen(D)
         if self.solver == "direct" and not self._stale:
             self._capacitance()
-        if self.nystrom is not None and refresh:
-            self.nystrom.set_weights(self.D)
+        if self.nystrom is not None:
+            if refresh:
+                self.nystrom.set_weights(self.D)
+            else:  # the basis's later blocks use the new weights (as they did when D changed in place)
+                self.nystrom.D = self.D
 
     def set_alpha(self, alpha: float) -> None:
         """Use a new alpha in K (the Functional's alpha is set too: E_alpha changes with it). GAMG and

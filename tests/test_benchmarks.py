@@ -55,6 +55,17 @@ def test_flow_benchmark_quick_under_mpirun():
     assert "fastest flow: " in proc.stdout  # which one is fastest is a timing, not asserted
 
 
+@pytest.mark.mpi
+def test_scale_benchmark_quick_under_mpirun():
+    proc = run([sys.executable, "benchmarks/scale.py", "--quick"], ranks=2, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\| (\de\+0\d) \| 2 \| (relu1d_moments|relu1d) \|.*\| (\d+) \| [0-9.]+ \| [0-9.]+ \| \d+ \|$",
+                      proc.stdout, re.M)
+    assert len(rows) == 4, proc.stdout  # two n x two operators, every solve converged (a bare count of CG its)
+    agreements = re.findall(r"rel\. diff U ([0-9.e+-]+), E_alpha ([0-9.e+-]+)", proc.stdout)
+    assert len(agreements) == 2 and all(float(u) <= 1e-6 and float(e) <= 1e-9 for u, e in agreements), proc.stdout
+
+
 def test_operator_benchmark_quick():
     proc = run([sys.executable, "benchmarks/operator.py", "--quick"], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

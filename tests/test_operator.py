@@ -10,8 +10,8 @@ import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 
 from flowfem.activations import activation
-from flowfem.operator import (DataOperator, DenseFeatures, MonomialFeatures, ReluFeatures1D, ReluTreeFeatures,
-                              StorageLimit, evaluate, make_features as features)
+from flowfem.operator import (DataOperator, DenseFeatures, MonomialFeatures, ReluFeatures1D, ReluMoments1D,
+                              ReluTreeFeatures, StorageLimit, evaluate, make_features as features)
 from flowfem.sobolev import WeightedH1
 from flowfem.space import Space
 
@@ -132,7 +132,10 @@ def test_dense_blocks_match_one_block():
 
 def test_auto_method_choice_and_errors():
     x1, x2, th = np.zeros((3, 1)), np.zeros((3, 2)), np.zeros((4, 2))
-    assert isinstance(features(activation("relu"), x1, th), ReluFeatures1D)
+    assert isinstance(features(activation("relu"), x1, th), ReluMoments1D)  # repeated products: O(nq) each
+    assert isinstance(features(activation("leaky_relu:0.1"), x1, th), ReluMoments1D)
+    assert isinstance(features(activation("relu"), x1, th, repeated=False), ReluFeatures1D)
+    assert isinstance(features(activation("relu"), x1, th, "relu1d"), ReluFeatures1D)
     assert isinstance(features(activation("relu"), x2, np.zeros((4, 3))), ReluTreeFeatures)
     assert isinstance(features(activation("relu"), x2, np.zeros((4, 3)), repeated=False), DenseFeatures)
     assert isinstance(features(activation("monomial:2"), x2, np.zeros((4, 3))), MonomialFeatures)

@@ -2,9 +2,11 @@
 
 ``auto`` walks :data:`flowfem.operator.features.REGISTRY` once and takes the
 first implementation that represents S for (sigma, d) and pays off for the
-use: relu1d for relu on 1-D inputs, relu_tree for relu on more (unless the
-product is needed only once: building the tree costs a few dense products),
-monomial for z^k, dense otherwise. A method asked for by name is checked
+use: for relu on 1-D inputs relu1d_moments (per-bin moments of the data,
+O(nq) per product) where S^T D S is applied repeatedly and relu1d (prefix sums
+over the data, no set-up beyond a sort) for a single product; relu_tree for
+relu on more (unless the product is needed only once: building the tree costs
+a few dense products), monomial for z^k, dense otherwise. A method asked for by name is checked
 against what it needs (ValueError otherwise) and never swapped.
 """
 

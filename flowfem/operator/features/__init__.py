@@ -5,10 +5,16 @@ implementation applies S g and S^T r exactly and declares which (sigma, d)
 it represents (:meth:`Features.needs`); :data:`REGISTRY` lists them in the
 order :mod:`flowfem.operator.select` prefers them:
 
+* :class:`ReluMoments1D` (``relu_moments.py``): relu and leaky relu, d = 1,
+  for repeated products. The predictions are linear between consecutive kinks
+  of all ranks' points, so S^T diag(D) S g needs only the moments sum D,
+  sum D x, sum D x^2 of the data in each such bin: one O(n) pass per D, then
+  O(nq) per product, independent of n.
 * :class:`ReluFeatures1D` (``relu1d.py``): relu and leaky relu, d = 1. With
   t_q = -b_q / w_q the neuron q is active for x > t_q (w_q > 0) or x < t_q
   (w_q < 0), so S g and S^T r are prefix sums over the sorted t_q and sorted
-  x_j: O(n + m) per product after an O((n + m) log) sort.
+  x_j: O(n + m) per product after an O((n + m) log) sort: for single
+  products (e.g. predictions at new points) and by name.
 * :class:`ReluTreeFeatures` (``relu_tree.py``): relu and leaky relu, any d. A
   k-d tree over the theta_q: on a node entirely on one side of the
   hyperplane theta . x~_j = 0 relu is linear (or zero), so only the leaves
@@ -29,9 +35,11 @@ from flowfem.operator.features.base import Features, StorageLimit, augment, eval
 from flowfem.operator.features.dense import DenseFeatures
 from flowfem.operator.features.monomial import MonomialFeatures
 from flowfem.operator.features.relu1d import ReluFeatures1D
+from flowfem.operator.features.relu_moments import ReluMoments1D
 from flowfem.operator.features.relu_tree import ReluTreeFeatures
 
-REGISTRY = (ReluFeatures1D, ReluTreeFeatures, MonomialFeatures, DenseFeatures)  # preferred first; dense takes all
+# preferred first; dense takes all
+REGISTRY = (ReluMoments1D, ReluFeatures1D, ReluTreeFeatures, MonomialFeatures, DenseFeatures)
 
 __all__ = ["Features", "StorageLimit", "augment", "evaluate", "DenseFeatures", "MonomialFeatures",
-           "ReluFeatures1D", "ReluTreeFeatures", "REGISTRY"]
+           "ReluFeatures1D", "ReluMoments1D", "ReluTreeFeatures", "REGISTRY"]

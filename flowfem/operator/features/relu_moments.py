@@ -1,0 +1,306 @@
+"""S^T diag(D) S for relu and leaky relu on 1-D inputs from per-bin moments of the data: O(nq) per product.
+
+For relu and leaky relu on 1-D inputs the network f_U is piecewise linear in
+x with its kinks at t_q = -b_q / w_q, so every product of the data term with
+a density reduces exactly to moments of the data between consecutive kinks,
+computed in one O(n) pass (the binned-moment reduction of issue 16, part 2).
+
+Notation. sigma(z) = max(z, s z) = s z + c relu(z), c = 1 - s (relu: s = 0).
+Quadrature point q = (w_q, b_q) with value g_q; each MPI rank holds its own
+points. The K points with w != 0 over all ranks have kinks t = -b / w; sorted,
+t_(0) <= ... <= t_(K-1), and point q has its own position i_q in that order
+(equal kinks in any order). Bin k = 0, ..., K holds the inputs with
+k(x) = #{i : t_(i) <= x}, i.e. t_(k-1) <= x < t_(k) (bins between equal kinks
+are empty).
+
+Activity. On bin k, relu(w_q x + b_q) = w_q x + b_q if q is active there and 0
+otherwise, with q active on the suffix k > i_q of bins if w_q > 0 and on the
+prefix k <= i_q if w_q < 0: for w > 0 and k > i, x >= t_(k-1) >= t_(i), so
+w x + b = w (x - t_(i)) >= 0, and for k <= i, x < t_(k) <= t_(i); alike for
+w < 0. An input exactly at a kink (x = t_(i), bin i + 1 or later) counts q as
+active if w > 0 and inactive if w < 0, which is exact because there
+w x + b = 0 = relu(0). A point with w = 0 is the constant sigma(b_q).
+
+Predictions. Hence on bin k, with e_q = sign(w_q),
+
+    f(x) = sum_q sigma(w_q x + b_q) g_q = x W_k + B_k,
+    (W_k, B_k) = s sum_{w != 0} (w, b) g + c sum_{w < 0} (w, b) g + (0, sum_{w = 0} sigma(b) g)
+                 + c sum_{i_q < k} e_q (w_q, b_q) g_q,
+
+(the w < 0 terms: c sum_{w < 0, i_q >= k} = c sum_{w < 0} - c sum_{w < 0, i_q < k}), a cumulative
+sum over the K + 1 bins of H with H_0 the first line and H_{i_q + 1} = c e_q (w_q, b_q) g_q.
+
+Adjoint. For r_j = scale D_j f(x_j), the per-bin sums of r x and r are, with the
+moments M_{p,k} = sum_{j in bin k} D_j x_j^p (p = 0, 1, 2),
+
+    R_k = (sum_{j in k} r_j x_j, sum_{j in k} r_j) = scale (W_k M_{2,k} + B_k M_{1,k}, W_k M_{1,k} + B_k M_{0,k}),
+
+and with their prefix sums P_m = sum_{k < m} R_k and total T = P_{K+1} = (T^x, T^1),
+
+    (S^T r)_q = (s + c [w_q > 0]) (w_q, b_q) . T - c e_q (w_q, b_q) . P_{i_q + 1}     (w_q != 0),
+    (S^T r)_q = sigma(b_q) T^1                                                       (w_q = 0),
+
+since q sees the bins k > i_q (T - P_{i_q + 1}) if w_q > 0 and k <= i_q (P_{i_q + 1}) if w_q < 0.
+
+Cost. The moments M (3 (K + 1) numbers) take one pass over the data: a
+binary search for each input's bin and three weighted bin counts, O(n log K),
+split over the ranks (rank p bins the rows n p / P ... n (p + 1) / P - 1, then
+an MPI sum), or chunk by chunk over rows read piecewise
+(:meth:`ReluMoments1D.moments_of`). After it, a product S^T diag(scale D) S G
+(b columns) is one MPI sum of H (2 (K + 1) b numbers), two cumulative sums
+and O(K b) arithmetic: O(nq) work and communication, independent of n.
+:meth:`~ReluMoments1D.matvec` and :meth:`~ReluMoments1D.rmatvec` (S g and
+S^T r of this rank's points at all n inputs, for right-hand sides and
+predictions) go through the inputs' bins, O(n) each.
+
+Exactness. The same identities as the per-point
+:class:`~flowfem.operator.features.relu1d.ReluFeatures1D`, summed in another
+order: they agree to rounding (relative to the sizes of the terms).
+
+Moments and D. M depends on D, and :class:`flowfem.stationary.LinearSolver`
+changes D between products (Newton steps, a path's folds). The moments are
+cached per D only when D is :func:`~flowfem.operator.features.weights.frozen`
+(its values can never change: an in-place write raises), keyed by the array
+object, and dropped when it dies; for any other D they are recomputed at each
+product (exact, O(n)). So a cached M is never stale.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+
+import numpy as np
+from mpi4py import MPI
+
+from flowfem.operator.features.base import Features
+from flowfem.operator.features.relu1d import ReluFeatures1D
+from flowfem.operator.features.weights import is_frozen
+
+MOMENTS = 3  # per bin: sum D, sum D x, sum D x^2
+
+
+def bin_index(kinks: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The bin k(x) = #{i : t_(i) <= x} of each input, for the sorted kinks (K,) and inputs x (m,)
+    or (m, 1): integers in 0 ... K, shape (m,)."""
+    return np.searchsorted(kinks, np.ravel(x), side="right")
+
+
+def add_moments(M: np.ndarray, bins: np.ndarray, x: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """M[p, k] += sum over the rows j with bins_j = k of D_j x_j^p (p = 0, 1, 2): one chunk of rows
+    (bins (m,) from :func:`bin_index`, x (m,) or (m, 1), D (m,)) into the moments M (3, K + 1).
+    Returns M."""
+    x = np.ravel(x)
+    nbins = M.shape[1]
+    Dx = D * x
+    M[0] += np.bincount(bins, weights=D, minlength=nbins)
+    M[1] += np.bincount(bins, weights=Dx, minlength=nbins)
+    Dx *= x
+    M[2] += np.bincount(bins, weights=Dx, minlength=nbins)
+    return M
+
+
+class _Work:
+    """Buffers for products with b columns, allocated once (fresh large temporaries at every product
+    come back as page faults: see README, "How the solve is fast"). Bins run along the last axis."""
+
+    def __init__(self, K: int, nm: int, b: int):
+        self.H = np.zeros((2, b, K + 1))  # increments of bins 0 ... K, then their prefix sums (W_k, B_k)
+        self.P = np.zeros((2, b, K + 2))  # R_k at column k + 1 (column 0 stays 0), then its prefix sums P_m
+        self.tmp = np.empty((b, K + 1))
+        self.h, self.v = np.empty((b, nm)), np.empty((b, nm))
+
+
+class ReluMoments1D(Features):
+    """Exact S^T diag(scale D) S G for sigma(z) = max(z, s z), d = 1, from per-bin moments of the data.
+
+    The formulas and their cost are the module docstring's. :meth:`distribute` sorts the kinks of
+    all ranks' points (one all-gather of K numbers); :meth:`normal` and :meth:`normal_block` cost
+    O(K b) and one MPI sum of 2 (K + 1) b numbers after :meth:`moments` (O(n / P) per rank, once
+    per D when D is frozen). Used where S^T D S is applied many times (``single_use`` False);
+    :class:`~flowfem.operator.features.relu1d.ReluFeatures1D` serves single products.
+    """
+
+    name = "relu1d_moments"
+    single_use = False
+
+    @classmethod
+    def needs(cls, sigma, d):
+        return ReluFeatures1D.needs(sigma, d)
+
+    @classmethod
+    def point_order(cls, theta: np.ndarray) -> np.ndarray:
+        """As :meth:`ReluFeatures1D.point_order`: the points with w != 0 by kink, then those with w = 0
+        (their global positions are then increasing, and in serial a slice)."""
+        return ReluFeatures1D.point_order(theta)
+
+    def __init__(self, sigma, x, theta):
+        super().__init__(sigma, x, theta)
+        self.s, self.c = sigma.slope, 1.0 - sigma.slope
+        order = self.point_order(theta)
+        nm = int(np.count_nonzero(theta[:, 0]))
+        self.moving = slice(0, nm) if np.array_equal(order, np.arange(theta.shape[0])) else order[:nm]
+        self.flat = order[nm:]
+        self.sigma_flat = sigma(theta[self.flat, 1])  # w = 0: the constant sigma(b)
+        wb = np.ascontiguousarray(theta[order[:nm], :2].T)  # (2, nm): (w, b) in kink order
+        positive = wb[0] > 0
+        self.wb = wb
+        self.cewb = self.c * np.where(positive, 1.0, -1.0) * wb  # c e (w, b)
+        self.coef = self.s + self.c * positive  # s + c [w > 0]
+        self.everywhere = (self.s + self.c * ~positive) * wb  # s (w, b) + c [w < 0] (w, b): every bin's part
+        self.t = -wb[1] / wb[0]
+        self.xv = np.ascontiguousarray(x[:, 0])
+        self._grid(MPI.COMM_SELF)
+
+    def distribute(self, comm: MPI.Comm) -> None:
+        """The ranks of comm hold the same data and each its own points: the bins become those of all
+        ranks' kinks (an all-gather of K numbers, collective), and the moments pass is split over the
+        ranks (rank p: rows n p / P ... n (p + 1) / P - 1)."""
+        self._grid(comm)
+
+    def _grid(self, comm: MPI.Comm) -> None:
+        """The sorted kinks of all ranks' points and this rank's points' positions among them."""
+        nm = self.t.size
+        counts = np.array(comm.allgather(nm))
+        kinks = np.empty(int(counts.sum()))
+        comm.Allgatherv(self.t, [kinks, counts])
+        order = np.argsort(kinks, kind="stable")
+        self.kinks = kinks[order]
+        where = np.empty(order.size, dtype=np.intp)
+        where[order] = np.arange(order.size)
+        start = int(counts[: comm.rank].sum())
+        after = where[start:start + nm] + 1  # H's column of each point: its position + 1
+        contiguous = nm > 0 and np.array_equal(after, np.arange(after[0], after[0] + nm))
+        self.at = slice(int(after[0]), int(after[0]) + nm) if contiguous else after
+        n, P = self.xv.size, comm.size
+        self.comm = comm
+        self.rows = slice(n * comm.rank // P, n * (comm.rank + 1) // P)
+        self._bins = self._row_bins = None  # computed at first use
+        self._cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+        self._work: dict[int, _Work] = {}
+
+    @property
+    def num_bins(self) -> int:
+        """K + 1: the bins between and beyond the K kinks of all ranks' points."""
+        return self.kinks.size + 1
+
+    def bins(self) -> np.ndarray:
+        """k(x_j) for every input (n,) (computed once: O(n log K))."""
+        if self._bins is None:
+            self._bins = bin_index(self.kinks, self.xv)
+        return self._bins
+
+    # -- the moments -------------------------------------------------------------------------------
+
+    def moments_of(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """M (3, K + 1), M[p, k] = sum of D_j x_j^p over the inputs in bin k, from this rank's rows given
+        chunk by chunk as pairs (x (m,) or (m, 1), D (m,)), summed over the ranks of comm. One pass over
+        the chunks; collective."""
+        M = np.zeros((MOMENTS, self.num_bins))
+        for x, D in chunks:
+            add_moments(M, bin_index(self.kinks, x), x, np.asarray(D, dtype=float))
+        self.comm.Allreduce(MPI.IN_PLACE, M, op=MPI.SUM)
+        return M
+
+    def moments(self, D: np.ndarray) -> np.ndarray:
+        """M (3, K + 1) of the weights D (n,) over the replicated data, each rank binning its share of
+        the rows; cached for a frozen D (module docstring). Collective: the same D on every rank."""
+        hit = self._cache.get(id(D))
+        if hit is not None and hit[0]() is D:
+            return hit[1]
+        if self._row_bins is None:
+            self._row_bins = (self._bins[self.rows] if self._bins is not None
+                              else bin_index(self.kinks, self.xv[self.rows]))
+        M = np.zeros((MOMENTS, self.num_bins))
+        add_moments(M, self._row_bins, self.xv[self.rows], np.asarray(D, dtype=float)[self.rows])
+        self.comm.Allreduce(MPI.IN_PLACE, M, op=MPI.SUM)
+        if is_frozen(D):
+            for key in [k for k, (ref, _) in self._cache.items() if ref() is None]:  # weights that died
+                del self._cache[key]
+            self._cache[id(D)] = (weakref.ref(D), M)
+        return M
+
+    # -- the products ----------------------------------------------------------------------------
+
+    def _buffers(self, b: int) -> _Work:
+        if b not in self._work:
+            self._work[b] = _Work(self.kinks.size, self.t.size, b)
+        return self._work[b]
+
+    def _increments(self, G: np.ndarray, work: _Work) -> np.ndarray:
+        """H (2, b, K + 1) of this rank's points for values G (m, b): (W_k, B_k) are its prefix
+        sums."""
+        H, K = work.H, self.kinks.size
+        Gm = G[self.moving].T  # (b, nm)
+        if not (isinstance(self.at, slice) and self.at.start == 1 and self.at.stop == K + 1):
+            H.fill(0.0)  # other ranks' points own some columns
+        for k in range(2):
+            np.multiply(self.cewb[k], Gm, out=work.h)
+            H[k][:, self.at] = work.h  # H[k] first: H[k, :, at] would put the indexed axis first
+        H[:, :, 0] = self.everywhere @ Gm.T
+        H[1, :, 0] += self.sigma_flat @ G[self.flat]
+        return H
+
+    def _adjoint(self, P: np.ndarray, work: _Work, out: np.ndarray) -> np.ndarray:
+        """S^T r of this rank's points (m, b) from the prefix sums P (2, b, K + 2) of R."""
+        T = P[:, :, self.kinks.size + 1]  # (2, b): the totals
+        h, v = work.h, work.v
+        np.multiply(self.wb[0], T[0][:, None], out=h)
+        h += np.multiply(self.wb[1], T[1][:, None], out=v)
+        h *= self.coef
+        for k in range(2):
+            np.multiply(self.cewb[k], P[k][:, self.at], out=v)
+            h -= v
+        out[self.moving] = h.T
+        out[self.flat] = self.sigma_flat[:, None] * T[1]
+        return out
+
+    def normal_block(self, G: np.ndarray, D: np.ndarray, scale: float) -> np.ndarray:
+        """S^T diag(scale D) (sum over the ranks of S G) for a block G (m, b): shape (m, b), from the
+        moments of D (module docstring); one MPI sum of 2 (K + 1) b numbers. Collective."""
+        G = np.asarray(G, dtype=float)
+        return self._normal(G, D, scale, np.empty(G.shape))
+
+    def normal(self, g, D, scale, out=None):
+        """S^T diag(scale D) (sum over the ranks of S g), shape (m,) (into ``out`` if given): the block
+        product with one column. Collective."""
+        out = np.empty(g.shape[0]) if out is None else out
+        self._normal(g[:, None], D, scale, out[:, None])
+        return out
+
+    def _normal(self, G, D, scale, out):
+        M = self.moments(D)
+        work = self._buffers(G.shape[1])
+        H = self._increments(G, work)
+        self.comm.Allreduce(MPI.IN_PLACE, H, op=MPI.SUM)
+        W, B = np.cumsum(H, axis=2, out=H)
+        R, tmp = work.P[:, :, 1:], work.tmp
+        np.multiply(W, M[2], out=R[0])
+        R[0] += np.multiply(B, M[1], out=tmp)  # sum_k D x (x W + B) = W M_2 + B M_1
+        np.multiply(W, M[1], out=R[1])
+        R[1] += np.multiply(B, M[0], out=tmp)
+        R *= scale
+        return self._adjoint(np.cumsum(work.P, axis=2, out=work.P), work, out)  # P_m = sum_{k < m} R_k
+
+    def matvec(self, g, out=None):
+        """S g of this rank's points at every input (n,) (into ``out`` if given): x W_k + B_k in each
+        input's bin. O(n); no communication."""
+        work = self._buffers(1)
+        WB = np.cumsum(self._increments(np.asarray(g, dtype=float)[:, None], work), axis=2, out=work.H)
+        bins = self.bins()
+        out = np.empty(self.xv.size) if out is None else out
+        np.take(WB[0, 0], bins, out=out)
+        out *= self.xv
+        out += WB[1, 0][bins]
+        return out
+
+    def rmatvec(self, r, out=None):
+        """S^T r (m,) of this rank's points for r (n,) at every input (into ``out`` if given): the per-bin
+        sums of r x and r, then the adjoint formula. O(n); no communication."""
+        work = self._buffers(1)
+        bins, K1 = self.bins(), self.num_bins
+        work.P[0, 0, 1:] = np.bincount(bins, weights=r * self.xv, minlength=K1)
+        work.P[1, 0, 1:] = np.bincount(bins, weights=r, minlength=K1)
+        out = np.empty(self.theta.shape[0]) if out is None else out
+        self._adjoint(np.cumsum(work.P, axis=2, out=work.P), work, out[:, None])
+        return out
