@@ -9,7 +9,7 @@ P1 elements on three meshes (>= 6.5e4 dofs). For each mesh it prints the setup
 resident memory per rank, and the speed-up from 1 to 2 ranks, where the
 1-rank baseline runs in the same process on MPI.COMM_SELF of rank 0.
 
-The data operator of relu in 1-D is exact (prefix sums over sorted kinks):
+The data operator of relu in 1-D is exact (per-bin moments of the data between the sorted kinks):
 the script also solves a problem small enough for the plain blocked
 evaluation of sigma and prints both answers' E_alpha and test RMSE.
 

@@ -13,8 +13,9 @@ always split by cells:
   are an MPI sum over the ranks' points; Phi^T r needs no communication
   beyond the reverse scatter of Psi^T; the normal operator Phi^T D Phi / n
   goes through :meth:`Features.normal
-  <flowfem.operator.features.Features.normal>` (for relu in 1-D its O(n)
-  work is split over the ranks).
+  <flowfem.operator.features.Features.normal>` (for relu in 1-D from
+  per-bin moments of the data: O(nq) per product after one O(n) pass per
+  data weight D, :class:`~flowfem.operator.features.ReluMoments1D`).
 * **sharded** (``sharded=True``): rank p holds only its own rows x_(p) of
   the data (n_p of the n, in rank order; a rank may hold none). Its
   features S_(p) map *all* nq quadrature points to its rows, so
@@ -181,8 +182,8 @@ class DataOperator:
         D (:attr:`rows`,) holds this rank's rows.
 
         S^T diag(D / n) S is the feature implementation's :meth:`normal`: by default Phi U summed
-        over the ranks and S^T applied to D Phi U / n on each; for relu in 1-D the O(n) part is
-        shared over the ranks (:meth:`ReluFeatures1D.normal`). Sharded: each rank's rows on every
+        over the ranks and S^T applied to D Phi U / n on each; for relu in 1-D from per-bin moments
+        of the data (:meth:`ReluMoments1D.normal`). Sharded: each rank's rows on every
         point, summed to the points' owners."""
         g = self.quadrature.weights(U, self._g)
         if self.sharded:
