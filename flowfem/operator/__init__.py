@@ -17,7 +17,9 @@ S is never stored as an n x nq matrix. The package:
   the one dense evaluation sigma^(k)(x~ theta^T) that the finite network,
   readout, the particle solvers and the plateau analysis use too;
   ``dense.py``, ``relu1d.py``, ``relu_tree.py`` and ``monomial.py`` are the
-  exact implementations, each declaring the (sigma, d) it represents.
+  exact implementations, each declaring the (sigma, d) it represents;
+  ``interpolated.py`` an approximation through an input grid (error
+  O(h_x^2)), used only when asked for by name.
 * ``select.py``: the one choice of an implementation by (sigma, d,
   repeated use), or by method name (:data:`METHODS`).
 * ``data_operator.py``: :class:`DataOperator`, Phi and Phi^T with MPI.
@@ -31,13 +33,13 @@ the rest is NumPy, SciPy and mpi4py only, so that the finite network (and
 ``flowfem predict``) evaluates sigma(theta . x~) without dolfinx.
 """
 
-from flowfem.operator.features import (DenseFeatures, Features, MonomialFeatures, ReluFeatures1D,
-                                       ReluTreeFeatures, StorageLimit, augment, evaluate)
+from flowfem.operator.features import (DenseFeatures, Features, InterpolatedFeatures, MonomialFeatures,
+                                       ReluFeatures1D, ReluTreeFeatures, StorageLimit, augment, evaluate)
 from flowfem.operator.select import METHODS, build, implementation, make_features
 
 __all__ = ["DataOperator", "Quadrature", "Features", "DenseFeatures", "ReluFeatures1D", "ReluTreeFeatures",
-           "MonomialFeatures", "StorageLimit", "augment", "evaluate", "METHODS", "implementation", "build",
-           "make_features"]
+           "MonomialFeatures", "InterpolatedFeatures", "StorageLimit", "augment", "evaluate", "METHODS",
+           "implementation", "build", "make_features"]
 
 
 def __getattr__(name):
