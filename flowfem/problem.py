@@ -54,12 +54,13 @@ from petsc4py import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem import memory  # noqa: E402
-from flowfem.arguments import integer, number, unknown  # noqa: E402
+from flowfem.arguments import integer, number  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.io import function  # noqa: E402
 from flowfem.loss import loss as _loss  # noqa: E402
-from flowfem.operator import METHODS, DataOperator  # noqa: E402
+from flowfem.operator import DataOperator  # noqa: E402
+from flowfem.operator.select import check as check_method  # noqa: E402
 from flowfem.operator.select import make_features  # noqa: E402
 from flowfem.petsc_options import parse as parse_petsc_options  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -116,8 +117,9 @@ class Problem:
     Arguments are checked before anything is built: ``space`` a :class:`~flowfem.space.Space`,
     ``alpha`` a number > 0 or ``"auto"`` (:meth:`fit` then chooses it on a regularisation path,
     :mod:`flowfem.path`), ``kappa`` a number > 0, ``degree`` an integer 1, 2 or 3, ``quadrature_degree``
-    None or an integer >= 0, ``method`` one of :data:`flowfem.operator.METHODS`; a mesh on which
-    a fit would not fit in memory (:func:`solve_bytes`) is refused. ValueError otherwise.
+    None or an integer >= 0, ``method`` one of :data:`flowfem.operator.METHODS` or ``interpolated:<cells>``
+    (:func:`flowfem.operator.select.check`); a mesh on which a fit would not fit in memory
+    (:func:`solve_bytes`) is refused. ValueError otherwise.
     """
 
     def __init__(self, space: Space, activation: str = "relu", weight: str = "uniform",
@@ -138,8 +140,7 @@ class Problem:
             quadrature_degree = integer("quadrature_degree", quadrature_degree, ">= 0 (None: twice the degree)")
             if quadrature_degree < 0:
                 raise ValueError(f"quadrature_degree = {quadrature_degree} must be >= 0 (None: twice the degree)")
-        if method not in METHODS:
-            raise ValueError(unknown("data-operator method", method, METHODS))
+        check_method(method)
         self.space = space
         self.alpha = alpha
         self.loss = _loss(loss, multiclass=True)

@@ -73,6 +73,17 @@ def test_operator_benchmark_quick():
     assert len(rows) == 2 and all(float(d) <= 1e-12 for d in rows), proc.stdout  # tree = dense to rounding
 
 
+def test_compression_benchmark_quick():
+    proc = run([sys.executable, "benchmarks/compression.py", "--quick"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\| interpolated:(\d+) \| \d+ \|.*\| ([0-9.e+-]+) \| ([0-9.e+-]+) \| ([0-9.e+-]+) \| "
+                      r"[0-9.]+ \| ([0-9.e+-]+) \|$", proc.stdout, re.M)
+    assert len(rows) == 3 and re.search(r"^\| relu_tree \| - \|", proc.stdout, re.M), proc.stdout
+    assert all(float(e) <= 3e-3 for e in rows[-1][1:]), rows  # 64 cells per side (measured 1.6e-3 at most)
+    line = re.search(r"^fitted order in h \(Phi U, normal, U\): (.*)$", proc.stdout, re.M)
+    assert line and all(1.7 <= float(o) <= 2.3 for o in line.group(1).split(", ")), proc.stdout  # O(h^2)
+
+
 def test_versus_particles_benchmark_short_budget():
     proc = run([sys.executable, "benchmarks/versus_particles.py", "--budget", "1", "--pilot", "0.2"], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

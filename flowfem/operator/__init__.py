@@ -18,8 +18,10 @@ S is never stored as an n x nq matrix. The package:
   readout, the particle solvers and the plateau analysis use too;
   ``dense.py``, ``relu_moments.py``, ``relu1d.py``, ``relu_tree.py`` and
   ``monomial.py`` are the exact implementations, each declaring the (sigma, d)
-  it represents; ``weights.py`` makes data weights D that cannot change, so
-  that what an implementation derives from D may be cached.
+  it represents; ``interpolated.py`` an approximation through an input grid
+  (error O(h_x^2)), used only when asked for by name; ``weights.py`` makes data
+  weights D that cannot change, so that what an implementation derives from D
+  may be cached.
 * ``select.py``: the one choice of an implementation by (sigma, d,
   repeated use), or by method name (:data:`METHODS`).
 * ``data_operator.py``: :class:`DataOperator`, Phi and Phi^T with MPI.
@@ -33,13 +35,14 @@ the rest is NumPy, SciPy and mpi4py only, so that the finite network (and
 ``flowfem predict``) evaluates sigma(theta . x~) without dolfinx.
 """
 
-from flowfem.operator.features import (DenseFeatures, Features, MonomialFeatures, ReluFeatures1D, ReluMoments1D,
-                                       ReluTreeFeatures, StorageLimit, augment, evaluate)
+from flowfem.operator.features import (DenseFeatures, Features, InterpolatedFeatures, MonomialFeatures,
+                                       ReluFeatures1D, ReluMoments1D, ReluTreeFeatures, StorageLimit, augment,
+                                       evaluate)
 from flowfem.operator.select import METHODS, build, implementation, make_features
 
 __all__ = ["DataOperator", "Quadrature", "Features", "DenseFeatures", "ReluFeatures1D", "ReluMoments1D",
-           "ReluTreeFeatures", "MonomialFeatures", "StorageLimit", "augment", "evaluate", "METHODS", "implementation",
-           "build", "make_features"]
+           "ReluTreeFeatures", "MonomialFeatures", "InterpolatedFeatures", "StorageLimit", "augment", "evaluate",
+           "METHODS", "implementation", "build", "make_features"]
 
 
 def __getattr__(name):

@@ -26,6 +26,13 @@ order :mod:`flowfem.operator.select` prefers them:
 * :class:`DenseFeatures` (``dense.py``): any sigma and d, sigma evaluated on
   the fly in blocks of data points; O(n m) work, O(block m) memory.
 
+and one approximation (``exact = False``), which ``auto`` never takes:
+
+* :class:`InterpolatedFeatures` (``interpolated.py``): any sigma and d, S ~
+  Pi S_X, the exact features at the nodes of a uniform input grid
+  interpolated to the data (Q1); error O(h_x^2), the normal operator's cost
+  per product independent of n.
+
 ``base.py`` holds the interface and :func:`evaluate`, the one dense
 evaluation of sigma(x~ theta^T) (and sigma', sigma'') that every module uses.
 NumPy, SciPy and mpi4py only: no dolfinx.
@@ -33,13 +40,14 @@ NumPy, SciPy and mpi4py only: no dolfinx.
 
 from flowfem.operator.features.base import Features, StorageLimit, augment, evaluate
 from flowfem.operator.features.dense import DenseFeatures
+from flowfem.operator.features.interpolated import InterpolatedFeatures
 from flowfem.operator.features.monomial import MonomialFeatures
 from flowfem.operator.features.relu1d import ReluFeatures1D
 from flowfem.operator.features.relu_moments import ReluMoments1D
 from flowfem.operator.features.relu_tree import ReluTreeFeatures
 
-# preferred first; dense takes all
-REGISTRY = (ReluMoments1D, ReluFeatures1D, ReluTreeFeatures, MonomialFeatures, DenseFeatures)
+# preferred first; dense takes all, so auto never reaches the approximation after it
+REGISTRY = (ReluMoments1D, ReluFeatures1D, ReluTreeFeatures, MonomialFeatures, DenseFeatures, InterpolatedFeatures)
 
-__all__ = ["Features", "StorageLimit", "augment", "evaluate", "DenseFeatures", "MonomialFeatures",
-           "ReluFeatures1D", "ReluMoments1D", "ReluTreeFeatures", "REGISTRY"]
+__all__ = ["Features", "StorageLimit", "augment", "evaluate", "DenseFeatures", "InterpolatedFeatures",
+           "MonomialFeatures", "ReluFeatures1D", "ReluMoments1D", "ReluTreeFeatures", "REGISTRY"]
