@@ -17,6 +17,7 @@ from conftest import run_mpi_script
 from flowfem.activations import activation
 from flowfem.operator import DenseFeatures, ReluTreeFeatures, evaluate
 from flowfem.operator.features.interpolated import InterpolatedFeatures, grid_cells
+from flowfem.operator.features.weights import frozen
 from flowfem.operator.select import check, implementation, make_features
 
 RNG = np.random.default_rng(7)
@@ -84,12 +85,17 @@ def test_data_weights_changed_in_place_are_seen():
     A = S.dense()
     g, D = RNG.normal(size=20), np.ones(50)
     np.testing.assert_allclose(S.normal(g, D, 1.0), A.T @ (A @ g), rtol=1e-12)
-    D[:] = RNG.uniform(0, 3, 50)  # as LinearSolver.set_weights does
+    D[:] = RNG.uniform(0, 3, 50)  # a weight written in place
     np.testing.assert_allclose(S.normal(g, D, 1.0), A.T @ (D * (A @ g)), rtol=1e-12)
-    frozen = D.copy()
-    frozen.flags.writeable = False
-    np.testing.assert_allclose(S.normal(g, frozen, 1.0), A.T @ (D * (A @ g)), rtol=1e-12)
-    assert S.weights(frozen) is S.weights(frozen)  # read-only and its own data: kept without a comparison
+    readonly = D * 2.0
+    readonly.flags.writeable = False  # read-only, but the flag can be set back: still compared
+    np.testing.assert_allclose(S.normal(g, readonly, 1.0), A.T @ (readonly * (A @ g)), rtol=1e-12)
+    readonly.flags.writeable = True
+    readonly[:] = 1.0
+    np.testing.assert_allclose(S.normal(g, readonly, 1.0), A.T @ (A @ g), rtol=1e-12)
+    F = frozen(D)  # what LinearSolver holds: kept without a comparison
+    np.testing.assert_allclose(S.normal(g, F, 1.0), A.T @ (D * (A @ g)), rtol=1e-12)
+    assert S.weights(F) is S.weights(F)
 
 
 def test_the_approximation_only_when_asked_for_and_not_for_single_products():

@@ -15,6 +15,7 @@ from mpi4py import MPI
 
 from flowfem.arguments import integer
 from flowfem.operator.features.base import Features
+from flowfem.operator.features.weights import is_frozen
 
 DEFAULT_CELLS = {1: 1024, 2: 128, 3: 24}  # cells per side; (cells + 1)^d grid nodes
 MAX_NODES = 2**22  # grid nodes per rank: the features at the nodes are applied in every product
@@ -92,10 +93,10 @@ class InterpolatedFeatures(Features):
     of comm (n_X numbers, not n). The MPI layouts are those of any implementation (replicated:
     every rank the same grid, each its own points; sharded: a rank's grid spans its own rows).
 
-    The D cached with B is re-used when D is the same read-only array that owns its data (no view
-    of it can write; setting it writeable again breaks that promise) or, otherwise, when it equals
-    the copy kept of it: an O(n) comparison (1 ms at n = 10^6), no assembly. So a D mutated in place
-    (``LinearSolver.set_weights`` writes ``self.D[:] = D``) is seen, and a read-only D costs nothing.
+    The D cached with B is re-used when D is the same :func:`~flowfem.operator.features.weights.frozen`
+    array (its values can never change: what :class:`~flowfem.stationary.LinearSolver` holds) or,
+    otherwise, when it equals the copy kept of it: an O(n) comparison (1 ms at n = 10^6), no
+    assembly. So a D mutated in place is seen, and a frozen D costs nothing.
 
     Error: on each cell, Q1 interpolation of f(x) = sum_q sigma(theta_q . x~) g_q errs by at most
     (1/8) sum_a h_a^2 max |d^2 f / dx_a^2| (the 1-D bound for linear interpolation, h^2/8 max |f''|,
@@ -168,7 +169,7 @@ class InterpolatedFeatures(Features):
     def weights(self, D: np.ndarray) -> scipy.sparse.csr_matrix:
         """B = Pi^T diag(D) Pi (n_X, n_X) for the data weights D (n,): assembled when D is new or has
         changed (the rule in the class docstring), else the one kept."""
-        if self._B is not None and D is self._D and not D.flags.writeable and D.flags.owndata:
+        if self._B is not None and D is self._D and is_frozen(D):
             return self._B
         if self._B is not None and D.shape == self._D_copy.shape and np.array_equal(D, self._D_copy):
             self._D = D
