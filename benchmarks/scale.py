@@ -35,12 +35,24 @@ Today the data are replicated: every rank holds all n rows in memory
 A last line per n gives the two fits' agreement: ||U_moments - U_relu1d|| / ||U_relu1d|| and the
 relative difference of E_alpha (both solves to rtol 1e-10).
 
+With ``--sharded`` the rows come from a file instead and are never replicated: rank 0 writes
+n rows of the same sin data (chunk c of 10^6 rows drawn with seed (0, c)) into a ``.npy`` data
+file (fields x1, y; 16 bytes a row, 1.6 GB at 10^8; in ``--dir``, default the system's
+temporary directory; deleted afterwards), each rank reads only its own rows
+(:func:`flowfem.shards.read`) and the fit is ``Problem.fit(..., sharded=True)``'s (moments operator):
+**read** is that read, and **total** = read + Phi + rhs + moments + set-up + solve, the whole run
+from the file to the density (the file's writing is not in it). Peak RSS is then each rank's
+own: its rows, their bins and weights, the mesh and the basis.
+
 The functions are meant to be extended: :func:`replicated` makes the rows every rank holds,
-:func:`fit` times one fit from them, :func:`rows` runs both operators for one n.
+:func:`fit` times one fit from them, :func:`rows` runs both operators for one n,
+:func:`sharded_row` one fit from a file.
 """
 
 import gc
+import os
 import resource
+import tempfile
 import time
 
 import numpy as np
@@ -49,6 +61,8 @@ import common
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 
+from flowfem import shards
+from flowfem.convert import NpyWriter
 from flowfem.operator import ReluMoments1D
 from flowfem.problem import Problem
 from flowfem.space import Space
@@ -80,12 +94,35 @@ def replicated(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, np.sin(np.pi * x[:, 0])
 
 
-def fit(space: Space, x: np.ndarray, y: np.ndarray, method: str) -> dict:
-    """One fit of the benchmark's problem with the data operator ``method``, every stage timed."""
+def write_file(path: str, n: int, comm, chunk: int = 10**6) -> None:
+    """n rows of the sin data into a .npy data file at ``path`` (rank 0 writes, chunk by chunk: O(chunk)
+    memory); chunk c is drawn with the seed (0, c), so the rows do not depend on the ranks."""
+    if comm.rank == 0:
+        writer = NpyWriter(path, 1, 1)
+        for c, start in enumerate(range(0, n, chunk)):
+            x = np.random.default_rng([0, c]).uniform(-1.0, 1.0, (min(chunk, n - start), 1))
+            writer.write(x, np.sin(np.pi * x))
+        writer.close()
+    comm.Barrier()
+
+
+def sharded_row(space: Space, path: str) -> dict:
+    """One fit from this rank's rows of the data file at ``path`` (read timed), sharded over the ranks."""
+    comm = space.comm
+    shard, read = timed(comm, lambda: shards.read(path, comm))
+    row = fit(space, shard.x, shard.y, "relu1d_moments", sharded=True)
+    row.update(read=read, total=read + row["phi"] + row["rhs"] + (row["moments"] or 0.0) + row["setup"]
+               + row["solve"])
+    return row
+
+
+def fit(space: Space, x: np.ndarray, y: np.ndarray, method: str, sharded: bool = False) -> dict:
+    """One fit of the benchmark's problem with the data operator ``method``, every stage timed
+    (``sharded``: x and y are this rank's own rows)."""
     comm = space.comm
     problem = Problem(space, "relu", "uniform", alpha=ALPHA, kappa=1.0, method=method)
     _ = problem.H.A  # assembled before the clock starts: it does not depend on n
-    E, phi = timed(comm, lambda: problem.functional(x, y))
+    E, phi = timed(comm, lambda: problem.functional(x, y, sharded=sharded))
     b, rhs = timed(comm, E.rhs)
     lin = LinearSolver(E, rtol=RTOL, allow_unconverged=True)
     moments = None
@@ -131,12 +168,48 @@ def line(r: dict) -> str:
             f"{1e3 * r['product']:.2f} | {r['rss']:.0f} |")
 
 
-def main(quick: bool = False, sizes=None):
+def main_sharded(space: Space, sizes, directory: str | None, say) -> None:
+    """The --sharded table: a fit from each rank's rows of a file, for each n."""
+    comm = space.comm
+    say("| n | ranks | read s | Phi s | rhs s | moments s | set-up s | solve s | total s | CG its | product ms "
+        "| peak RSS MB per rank |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    where = comm.bcast(tempfile.mkdtemp(prefix="flowfem-scale-", dir=directory) if comm.rank == 0 else None)
+    try:
+        for n in sizes:
+            path = os.path.join(where, f"sin-{n}.npy")
+            write_file(path, n, comm)
+            r = sharded_row(space, path)
+            its = str(r["its"]) if r["converged"] else f"{r['its']} (not converged)"
+            say(f"| {n:.0e} | {comm.size} | {r['read']:.2f} | {r['phi']:.2f} | {r['rhs']:.2f} | {r['moments']:.2f} | "
+                f"{r['setup']:.2f} | {r['solve']:.2f} | {r['total']:.2f} | {its} | {1e3 * r['product']:.2f} | "
+                f"{r['rss']:.0f} |")
+            r["U"].destroy()
+            comm.Barrier()
+            if comm.rank == 0:
+                os.remove(path)
+            gc.collect()
+    finally:
+        comm.Barrier()
+        if comm.rank == 0:
+            for name in os.listdir(where):  # only what this run wrote: its own temporary directory
+                os.remove(os.path.join(where, name))
+            os.rmdir(where)
+
+
+def main(quick: bool = False, sizes=None, sharded: bool = False, directory: str | None = None):
     comm = MPI.COMM_WORLD
     say = print if comm.rank == 0 else (lambda *a, **k: None)
     cells = 16 if quick else CELLS
     sizes = sizes or ((10**3, 10**4) if quick else SIZES)
     space = Space.box(1, cells, RADIUS, comm=comm)
+    if sharded:
+        say(f"flowfem scale benchmark: relu, 1-D sin data from a .npy file, each rank reading its own rows, box "
+            f"[-{RADIUS:g}, {RADIUS:g}]^2, {cells} cells per side, P1, alpha = {ALPHA:g}, CG (Nystrom) rtol {RTOL:g}, "
+            f"{comm.size} ranks")
+        say("")
+        main_sharded(space, sizes, directory, say)
+        return
     say(f"flowfem scale benchmark: relu, 1-D sin data, box [-{RADIUS:g}, {RADIUS:g}]^2, {cells} cells per side, "
         f"P1, alpha = {ALPHA:g}, CG (Nystrom) rtol {RTOL:g}, {comm.size} ranks, data replicated")
     say("")
@@ -167,5 +240,10 @@ if __name__ == "__main__":
     p = common.parser(__doc__)
     p.add_argument("--sizes", default=None,
                    help="comma-separated numbers of data points (default: 1e5,1e6,1e7; with --quick 1e3,1e4)")
+    p.add_argument("--sharded", action="store_true",
+                   help="read the rows from a .npy file, each rank only its own, and fit sharded (default: off, "
+                        "every rank holds all rows in memory)")
+    p.add_argument("--dir", default=None,
+                   help="where --sharded writes its temporary data file (default: the system's temporary directory)")
     args = p.parse_args()
-    main(args.quick, [int(float(s)) for s in args.sizes.split(",")] if args.sizes else None)
+    main(args.quick, [int(float(s)) for s in args.sizes.split(",")] if args.sizes else None, args.sharded, args.dir)

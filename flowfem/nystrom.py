@@ -200,7 +200,9 @@ class NystromPreconditioner:
         memory is O(n), not O(n b)."""
         W = np.empty((self.block, self.x.getLocalSize()))
         for j, column in enumerate(self.E.Phi.gaussian(self.seed, self.block)):
-            self.E.Phi.adjoint(column * self.D / self.E.n, self.y)
+            column *= self.D  # in place: a fresh array each time, and n numbers per temporary saved
+            column /= self.E.n
+            self.E.Phi.adjoint(column, self.y)
             W[j] = self.y.array_r
         return W
 

@@ -6,6 +6,7 @@ accuracy figures it reports (which do not depend on the machine) hold.
 """
 
 import json
+import os
 import re
 import sys
 
@@ -64,6 +65,17 @@ def test_scale_benchmark_quick_under_mpirun():
     assert len(rows) == 4, proc.stdout  # two n x two operators, every solve converged (a bare count of CG its)
     agreements = re.findall(r"rel\. diff U ([0-9.e+-]+), E_alpha ([0-9.e+-]+)", proc.stdout)
     assert len(agreements) == 2 and all(float(u) <= 1e-6 and float(e) <= 1e-9 for u, e in agreements), proc.stdout
+
+
+def test_scale_benchmark_sharded_quick_under_mpirun(tmp_path):
+    """--sharded: each rank reads its rows of the file the benchmark writes, every solve converges, and
+    the benchmark removes its temporary directory (only its own) afterwards."""
+    proc = run([sys.executable, "benchmarks/scale.py", "--quick", "--sharded", "--dir", str(tmp_path)], ranks=2,
+               timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\| (\de\+0\d) \| 2 \|(?: [0-9.]+ \|){7} (\d+) \| [0-9.]+ \| \d+ \|$", proc.stdout, re.M)
+    assert len(rows) == 2, proc.stdout
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
 
 
 def test_operator_benchmark_quick():
