@@ -60,8 +60,6 @@ command's default alpha = 1e-4. Timings on a machine that others share are noisy
 iteration counts are not.
 """
 
-import resource
-import time
 
 import common
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
@@ -78,27 +76,14 @@ RTOL = 1e-10
 MAX_IT = 2000  # LinearSolver's default
 
 
-def peak_memory_mb(comm) -> float:
-    """Peak resident set size of this process so far (MB, max over ranks); Linux reports kB."""
-    return comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
-
-
-def timed(comm, f):
-    """(f(), wall seconds), the seconds the max over ranks (a barrier first: all start together)."""
-    comm.Barrier()
-    t0 = time.perf_counter()
-    out = f()
-    return out, comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
-
-
 def solve_once(E, b, preconditioner: str, alpha: float, max_it: int) -> dict:
     """A fresh LinearSolver at ``alpha``: its set-up, then the solve of b."""
     comm = E.H.space.comm
     lin = LinearSolver(E, rtol=RTOL, max_it=max_it, preconditioner=preconditioner, allow_unconverged=True)
     lin.set_alpha(alpha)
     X = E.vector()
-    _, setup = timed(comm, lin.setup)
-    info, seconds = timed(comm, lambda: lin.solve(b, X))
+    _, setup = common.timed(comm, lin.setup)
+    info, seconds = common.timed(comm, lambda: lin.solve(b, X))
     lin.destroy()
     return dict(U=X, its=info.iterations, converged=info.converged, residual=info.residual, rank=info.rank,
                 setup=setup, solve=seconds, total=setup + seconds, energy=E(X))
@@ -107,8 +92,8 @@ def solve_once(E, b, preconditioner: str, alpha: float, max_it: int) -> dict:
 def mesh_rows(label: str, problem: Problem, x, y, max_it: dict) -> tuple[dict, list[dict]]:
     """Build A and Phi on ``problem``'s mesh and solve at every alpha with both preconditioners."""
     comm = problem.space.comm
-    _, assembly = timed(comm, lambda: problem.H.A)
-    E, build = timed(comm, lambda: problem.functional(x, y))
+    _, assembly = common.timed(comm, lambda: problem.H.A)
+    E, build = common.timed(comm, lambda: problem.functional(x, y))
     b = E.rhs()
     ndofs = problem.H.ndofs
     mesh = dict(label=label, ndofs=ndofs, assembly=assembly, build=build, n=E.n)
@@ -128,7 +113,7 @@ def mesh_rows(label: str, problem: Problem, x, y, max_it: dict) -> tuple[dict, l
         for v in (diff, Kdiff, g["U"], s["U"]):
             v.destroy()
         row["basis_mb"] = 2 * s["rank"] * ndofs * 8 / 2**20
-        row["rss"] = peak_memory_mb(comm)
+        row["rss"] = common.peak_memory_mb(comm)
         rows.append(row)
     b.destroy()
     return mesh, rows

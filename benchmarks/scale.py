@@ -51,9 +51,7 @@ The functions are meant to be extended: :func:`replicated` makes the rows every 
 
 import gc
 import os
-import resource
 import tempfile
-import time
 
 import numpy as np
 
@@ -72,19 +70,6 @@ CELLS, RADIUS, ALPHA, RTOL = 256, 4.0, 1e-5, 1e-10
 SIZES = (10**5, 10**6, 10**7)
 METHODS = ("relu1d_moments", "relu1d")
 PRODUCTS = 5  # data-term products timed for the "product ms" column
-
-
-def peak_memory_mb(comm) -> float:
-    """Peak resident set size of this process so far (MB, max over ranks); Linux reports kB."""
-    return comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
-
-
-def timed(comm, f):
-    """(f(), wall seconds), the seconds the max over ranks (a barrier first: all start together)."""
-    comm.Barrier()
-    t0 = time.perf_counter()
-    out = f()
-    return out, comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
 
 
 def replicated(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +94,7 @@ def write_file(path: str, n: int, comm, chunk: int = 10**6) -> None:
 def sharded_row(space: Space, path: str) -> dict:
     """One fit from this rank's rows of the data file at ``path`` (read timed), sharded over the ranks."""
     comm = space.comm
-    shard, read = timed(comm, lambda: shards.read(path, comm))
+    shard, read = common.timed(comm, lambda: shards.read(path, comm))
     row = fit(space, shard.x, shard.y, "relu1d_moments", sharded=True)
     row.update(read=read, total=read + row["phi"] + row["rhs"] + (row["moments"] or 0.0) + row["setup"]
                + row["solve"])
@@ -122,20 +107,20 @@ def fit(space: Space, x: np.ndarray, y: np.ndarray, method: str, sharded: bool =
     comm = space.comm
     problem = Problem(space, "relu", "uniform", alpha=ALPHA, kappa=1.0, method=method)
     _ = problem.H.A  # assembled before the clock starts: it does not depend on n
-    E, phi = timed(comm, lambda: problem.functional(x, y, sharded=sharded))
-    b, rhs = timed(comm, E.rhs)
+    E, phi = common.timed(comm, lambda: problem.functional(x, y, sharded=sharded))
+    b, rhs = common.timed(comm, E.rhs)
     lin = LinearSolver(E, rtol=RTOL, allow_unconverged=True)
     moments = None
     if isinstance(E.Phi.S, ReluMoments1D):  # the pass for the solver's own D = 1 (then cached for it)
-        _, moments = timed(comm, lambda: E.Phi.S.moments(lin.D))
-    _, setup = timed(comm, lin.setup)
+        _, moments = common.timed(comm, lambda: E.Phi.S.moments(lin.D))
+    _, setup = common.timed(comm, lin.setup)
     X = E.vector()
-    info, solve = timed(comm, lambda: lin.solve(b, X))
+    info, solve = common.timed(comm, lambda: lin.solve(b, X))
     Y = E.vector()
-    _, products = timed(comm, lambda: [E.Phi.normal(X, lin.D, Y) for _ in range(PRODUCTS)])
+    _, products = common.timed(comm, lambda: [E.Phi.normal(X, lin.D, Y) for _ in range(PRODUCTS)])
     row = dict(method=method, n=E.n, ranks=comm.size, phi=phi, rhs=rhs, moments=moments, setup=setup, solve=solve,
                its=info.iterations, converged=info.converged, product=products / PRODUCTS, U=X, energy=E(X),
-               rss=peak_memory_mb(comm))
+               rss=common.peak_memory_mb(comm))
     for v in (b, Y):
         v.destroy()
     lin.destroy()
