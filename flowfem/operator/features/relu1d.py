@@ -56,14 +56,21 @@ class ReluFeatures1D(Features):
         moving = moving[np.lexsort((w[moving] > 0, t[moving]))]
         return np.concatenate([moving, np.flatnonzero(w == 0)])
 
+    @classmethod
+    def split_points(cls, sigma, theta: np.ndarray):
+        """(order, nm, moving, flat, sigma_flat): :meth:`point_order`, the number nm of points with
+        w != 0, where they are (a slice when the points come in kink order, else their indices in that
+        order), the indices of the points with w = 0 and their constant sigma(b)."""
+        order = cls.point_order(theta)
+        nm = int(np.count_nonzero(theta[:, 0]))
+        moving = slice(0, nm) if np.array_equal(order, np.arange(theta.shape[0])) else order[:nm]
+        flat = order[nm:]
+        return order, nm, moving, flat, sigma(theta[flat, 1])
+
     def __init__(self, sigma, x, theta):
         super().__init__(sigma, x, theta)
         self.s, self.c = sigma.slope, 1.0 - sigma.slope
-        order = self.point_order(theta)
-        nm = int(np.count_nonzero(theta[:, 0]))
-        self.moving = slice(0, nm) if np.array_equal(order, np.arange(theta.shape[0])) else order[:nm]
-        self.flat = order[nm:]
-        self.sigma_flat = sigma(theta[self.flat, 1])  # w = 0: the constant sigma(b)
+        order, nm, self.moving, self.flat, self.sigma_flat = self.split_points(sigma, theta)
         w, b = theta[order[:nm], 0], theta[order[:nm], 1]  # in kink order
         e = np.where(w > 0, 1.0, -1.0)
         self.w, self.b, self.cew, self.ceb = w, b, self.c * e * w, self.c * e * b

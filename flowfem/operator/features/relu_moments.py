@@ -137,11 +137,7 @@ class ReluMoments1D(Features):
     def __init__(self, sigma, x, theta):
         super().__init__(sigma, x, theta)
         self.s, self.c = sigma.slope, 1.0 - sigma.slope
-        order = self.point_order(theta)
-        nm = int(np.count_nonzero(theta[:, 0]))
-        self.moving = slice(0, nm) if np.array_equal(order, np.arange(theta.shape[0])) else order[:nm]
-        self.flat = order[nm:]
-        self.sigma_flat = sigma(theta[self.flat, 1])  # w = 0: the constant sigma(b)
+        order, nm, self.moving, self.flat, self.sigma_flat = ReluFeatures1D.split_points(sigma, theta)
         wb = np.ascontiguousarray(theta[order[:nm], :2].T)  # (2, nm): (w, b) in kink order
         positive = wb[0] > 0
         self.wb = wb
