@@ -115,6 +115,21 @@ def check_readable(path: str | os.PathLike, what: str, hint: str) -> None:
         raise ValueError(f"cannot read {what} {path!r}: it is a directory, not a file; {hint}")
 
 
+def check_npz_start(path: str, fail, kind: str = "a zip archive of .npy arrays") -> None:
+    """Raise ``fail(reason)`` unless the file's first bytes can start an .npz archive: an empty file, a
+    single .npy array, a pickle and anything but a zip archive (``kind``: what it should be) are named."""
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if not magic:
+        raise fail("the file is empty")
+    if magic.startswith(b"\x93NUMPY"):
+        raise fail("it is a single .npy array (np.save), not an .npz archive of named arrays (np.savez)")
+    if magic.startswith(b"\x80"):
+        raise fail("it contains pickled objects (a pickle file), which flowfem refuses to load (it could run code)")
+    if not magic.startswith(b"PK"):
+        raise fail(f"it is not {kind}, so it cannot be read as NPZ")
+
+
 def read_npz(path: str | os.PathLike, what: str, hint: str,
              kind: str = "a zip archive of .npy arrays") -> dict[str, np.ndarray]:
     """Every array of an .npz archive, read whole with ``allow_pickle=False``.
@@ -133,16 +148,7 @@ def read_npz(path: str | os.PathLike, what: str, hint: str,
     def fail(reason: str):
         return ValueError(f"cannot read {what} {path!r}: {reason}; {hint}")
 
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
-    if not magic:
-        raise fail("the file is empty")
-    if magic.startswith(b"\x93NUMPY"):
-        raise fail("it is a single .npy array (np.save), not an .npz archive of named arrays (np.savez)")
-    if magic.startswith(b"\x80"):
-        raise fail("it contains pickled objects (a pickle file), which flowfem refuses to load (it could run code)")
-    if not magic.startswith(b"PK"):
-        raise fail(f"it is not {kind}, so it cannot be read as NPZ")
+    check_npz_start(path, fail, kind)
     arrays, key = {}, None
     try:
         with np.load(path, allow_pickle=False) as f:

@@ -58,7 +58,7 @@ import numpy as np
 from mpi4py import MPI
 
 from flowfem.data import columns
-from flowfem.files import check_readable
+from flowfem.files import check_npz_start, check_readable
 from flowfem.mpi import CollectiveError, message, on_root
 
 CHUNK_BYTES = 8 << 20  # default chunk of chunks(): 8 MiB of float64 values (524288 rows of x1, y)
@@ -269,20 +269,21 @@ def _open_npy(path: str, what: str) -> _Layout:
                    x_fields=tuple(dtype.names[i] for i in xcols), y_fields=tuple(targets))
 
 
+def _check_members(what: str, names, unknown: str, holds: str, noun: str) -> None:
+    """ValueError unless a file's named members (arrays of an NPZ, objects of an HDF5 file) are x and
+    perhaps y: ``unknown`` and ``noun`` name them in the message, ``holds`` says what the file holds."""
+    extra = sorted(set(names) - {"x", "y"})
+    if extra:
+        raise ValueError(f"{what}: unknown {unknown} {', '.join(map(repr, extra))}; {holds}")
+    if "x" not in names:
+        raise ValueError(f"{what} has no {noun} 'x' of inputs (n, d)")
+
+
 def _open_npz(path: str, what: str) -> _Layout:
     def fail(reason: str) -> ValueError:
         return ValueError(f"cannot read {what}: {reason}; {NPZ_HINT}")
 
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
-    if not magic:
-        raise fail("the file is empty")
-    if magic.startswith(b"\x93NUMPY"):
-        raise fail("it is a single .npy array (np.save), not an .npz archive of named arrays (np.savez)")
-    if magic.startswith(b"\x80"):
-        raise fail("it contains pickled objects (a pickle file), which flowfem refuses to load (it could run code)")
-    if not magic.startswith(b"PK"):
-        raise fail("it is not a zip archive of .npy arrays, so it cannot be read as NPZ")
+    check_npz_start(path, fail)
     arrays, key = {}, None
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as fh:
@@ -290,12 +291,7 @@ def _open_npz(path: str, what: str) -> _Layout:
                 if not info.filename.endswith(".npy"):
                     raise fail(f"member {info.filename!r} is not a .npy array")
             members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
-            unknown = sorted(set(members) - {"x", "y"})
-            if unknown:
-                raise ValueError(f"{what}: unknown array(s) {', '.join(map(repr, unknown))}; an NPZ data file holds "
-                                 "x and y only")
-            if "x" not in members:
-                raise ValueError(f"{what} has no array 'x' of inputs (n, d)")
+            _check_members(what, members, "array(s)", "an NPZ data file holds x and y only", "array")
             for key, info in members.items():
                 if info.compress_type == zipfile.ZIP_STORED:  # the .npy is in the file at an offset
                     fh.seek(info.header_offset)
@@ -328,12 +324,7 @@ def _open_h5(path: str, what: str) -> _Layout:
     shapes = {}
     try:
         with h5py.File(path, "r") as f:
-            unknown = sorted(set(f) - {"x", "y"})
-            if unknown:
-                raise ValueError(f"{what}: unknown object(s) {', '.join(map(repr, unknown))}; an HDF5 data file holds "
-                                 "datasets x and y only")
-            if "x" not in f:
-                raise ValueError(f"{what} has no dataset 'x' of inputs (n, d)")
+            _check_members(what, set(f), "object(s)", "an HDF5 data file holds datasets x and y only", "dataset")
             for key in ("x", "y"):
                 if key in f:
                     if not isinstance(f[key], h5py.Dataset):
