@@ -183,7 +183,8 @@ class LinearSolver:
         self.progress = progress
         self.petsc_options = petsc_options_.parse(petsc_options)
         self.options = None  # the SolverOptions of the current KSP
-        self.D = frozen(np.ones(E.Phi.rows) if D is None else D)  # replaced, never written: see set_weights
+        # replaced, never written (see set_weights); the default 1 is a broadcast: no n numbers per rank
+        self.D = frozen(np.broadcast_to(1.0, E.Phi.rows) if D is None else D)
         self.G, self.shift = G, float(shift)
         self.pc_shift_factor = pc_shift_factor if solver == "cg" and pc_shift_factor else None
         self.pc_shift = self._pc_shift(self.shift)

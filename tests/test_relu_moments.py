@@ -310,3 +310,15 @@ def test_under_mpirun_with_three_ranks():
     r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.relpath(__file__, ROOT),
              "-k", "not fit"], ranks=3, timeout=600)
     assert r.returncode == 0 and len(re.findall(r"(\d+) passed", r.stdout)) == 3, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_a_broadcast_weight_stays_a_broadcast_and_frozen():
+    """LinearSolver's default D = 1 is one value broadcast to the n points: frozen in 8 bytes (not 8 n),
+    cached like any frozen D, and no write reaches it."""
+    D = frozen(np.broadcast_to(1.0, 1000))
+    assert is_frozen(D) and D.strides == (0,)  # every point reads the same 8 bytes
+    with pytest.raises(ValueError):
+        D[3] = 2.0
+    with pytest.raises(ValueError):
+        D.flags.writeable = True
+    assert np.array_equal(D, np.ones(1000))

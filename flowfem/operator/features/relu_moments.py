@@ -78,6 +78,7 @@ from flowfem.operator.features.relu1d import ReluFeatures1D
 from flowfem.operator.features.weights import is_frozen
 
 MOMENTS = 3  # per bin: sum D, sum D x, sum D x^2
+ROWS = 2**20  # rows per piece of a pass over the data (its temporaries are that long, not n)
 
 
 def bin_index(kinks: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -295,8 +296,12 @@ class ReluMoments1D(Features):
         sums of r x and r, then the adjoint formula. O(n); no communication."""
         work = self._buffers(1)
         bins, K1 = self.bins(), self.num_bins
-        work.P[0, 0, 1:] = np.bincount(bins, weights=r * self.xv, minlength=K1)
-        work.P[1, 0, 1:] = np.bincount(bins, weights=r, minlength=K1)
+        work.P[:, 0, 0] = 0.0
+        work.P[:, 0, 1:] = 0.0
+        for a in range(0, bins.size, ROWS):  # in pieces: r x is never whole beside r (n numbers saved)
+            piece = slice(a, a + ROWS)
+            work.P[0, 0, 1:] += np.bincount(bins[piece], weights=r[piece] * self.xv[piece], minlength=K1)
+            work.P[1, 0, 1:] += np.bincount(bins[piece], weights=r[piece], minlength=K1)
         out = np.empty(self.theta.shape[0]) if out is None else out
         self._adjoint(np.cumsum(work.P, axis=2, out=work.P), work, out[:, None])
         return out

@@ -31,11 +31,18 @@ def _forget(key: int, ref: weakref.ref) -> None:
 
 def frozen(D) -> np.ndarray:
     """D as float64 in memory nobody can write (a copy, unless D already is :func:`frozen`).
-    Same shape as D; any in-place write to it or a view of it raises ValueError."""
+    Same shape as D; any in-place write to it or a view of it raises ValueError. A D that is one
+    value broadcast to n points (``np.broadcast_to(1.0, n)``) stays a broadcast: 8 bytes, not 8 n."""
     if is_frozen(D):
         return D
-    values = np.ascontiguousarray(D, dtype=float)
-    F = np.frombuffer(values.tobytes(), dtype=float).reshape(values.shape)
+    values = np.asarray(D, dtype=float)
+    if values.ndim == 1 and values.size > 1 and values.strides == (0,):
+        # one value for every point (a broadcast, as LinearSolver's default D = 1): kept in 8 bytes, not n
+        one = np.frombuffer(values[:1].tobytes(), dtype=float)
+        F = np.lib.stride_tricks.as_strided(one, shape=values.shape, strides=(0,), writeable=False)
+    else:
+        values = np.ascontiguousarray(values)
+        F = np.frombuffer(values.tobytes(), dtype=float).reshape(values.shape)
     key = id(F)
     _FROZEN[key] = weakref.ref(F, lambda ref, key=key: _forget(key, ref))
     return F
