@@ -33,6 +33,9 @@ from flowfem.operator import DataOperator  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 
 
+PIECE = 2**20  # rows per piece of a sum over the data
+
+
 class Functional:
     """E_alpha for data (x, y) with the data operator Phi on the space H; y (n,) for one output,
     (n, m) for m outputs (squared loss only: ValueError otherwise)."""
@@ -101,7 +104,10 @@ class Functional:
         f = self.Phi.apply(U)
         AU = self.H.A.createVecLeft()
         self.H.A.mult(U, AU)
-        return self.Phi.total(self.loss.value(f, self.y)) / self.n, 0.5 * self.alpha * AU.dot(U)
+        # the loss in pieces of PIECE rows: its temporaries are that long, not n (10^8 rows: 0.8 GB each)
+        loss = sum(float(np.sum(self.loss.value(f[a:a + PIECE], self.y[a:a + PIECE])))
+                   for a in range(0, f.shape[0], PIECE))
+        return self.Phi.total(loss) / self.n, 0.5 * self.alpha * AU.dot(U)
 
     def parts_of(self, Us: list[PETSc.Vec]) -> tuple[float, float]:
         """(data term, regulariser) of the m dof vectors Us (one per output): the sums over the outputs of

@@ -84,7 +84,11 @@ ROWS = 2**20  # rows per piece of a pass over the data (its temporaries are that
 def bin_index(kinks: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The bin k(x) = #{i : t_(i) <= x} of each input, for the sorted kinks (K,) and inputs x (m,)
     or (m, 1): integers in 0 ... K, shape (m,)."""
-    return np.searchsorted(kinks, np.ravel(x), side="right")
+    x = np.ravel(x)
+    out = np.empty(x.size, dtype=np.int32 if kinks.size < np.iinfo(np.int32).max else np.intp)  # half of n intp
+    for a in range(0, x.size, ROWS):  # in pieces: no n-sized intp temporary beside the result
+        out[a:a + ROWS] = np.searchsorted(kinks, x[a:a + ROWS], side="right")
+    return out
 
 
 def add_moments(M: np.ndarray, bins: np.ndarray, x: np.ndarray, D: np.ndarray) -> np.ndarray:
@@ -209,7 +213,9 @@ class ReluMoments1D(Features):
             self._row_bins = (self._bins[self.rows] if self._bins is not None
                               else bin_index(self.kinks, self.xv[self.rows]))
         M = np.zeros((MOMENTS, self.num_bins))
-        add_moments(M, self._row_bins, self.xv[self.rows], np.asarray(D, dtype=float)[self.rows])
+        bins, x, D_rows = self._row_bins, self.xv[self.rows], np.asarray(D, dtype=float)[self.rows]
+        for a in range(0, bins.size, ROWS):  # in pieces: add_moments' temporaries are ROWS long, not n
+            add_moments(M, bins[a:a + ROWS], x[a:a + ROWS], D_rows[a:a + ROWS])
         self.comm.Allreduce(MPI.IN_PLACE, M, op=MPI.SUM)
         if is_frozen(D):
             for key in [k for k, (ref, _) in self._cache.items() if ref() is None]:  # weights that died
@@ -286,9 +292,11 @@ class ReluMoments1D(Features):
         WB = np.cumsum(self._increments(np.asarray(g, dtype=float)[:, None], work), axis=2, out=work.H)
         bins = self.bins()
         out = np.empty(self.xv.size) if out is None else out
-        np.take(WB[0, 0], bins, out=out)
-        out *= self.xv
-        out += WB[1, 0][bins]
+        for a in range(0, bins.size, ROWS):  # in pieces: no n-sized temporary beside out (nor intp bins)
+            piece, part = bins[a:a + ROWS], out[a:a + ROWS]
+            np.take(WB[0, 0], piece, out=part)
+            part *= self.xv[a:a + ROWS]
+            part += np.take(WB[1, 0], piece)
         return out
 
     def rmatvec(self, r, out=None):
