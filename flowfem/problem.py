@@ -32,10 +32,11 @@ CG) and returns a :class:`ClassifierResult`, whose methods follow scikit-learn's
     run = flow.run(U0, tau=1.0, growth=4.0, tol=1e-6)   # see flowfem.flow
 
 ``method`` picks how the feature products S g, S^T r of the data operator are
-done (all exact; see :mod:`flowfem.operator`): ``auto`` (default:
+done (see :mod:`flowfem.operator`): ``auto`` (default, always exact:
 relu1d_moments for relu on 1-D inputs, relu1d for a single product there,
-relu_tree for relu on more, monomial for z^k, dense otherwise), or one of
-them by name.
+relu_tree for relu on more, monomial for z^k, dense otherwise), one of them
+by name, or ``interpolated[:cells]``, the one approximation (an input grid,
+error O(h^2): :mod:`flowfem.operator.features.interpolated`), only by name.
 """
 
 from __future__ import annotations
