@@ -112,6 +112,17 @@ def solve_bytes(cells: int, tdim: int, gdim: int, degree: int, quadrature_degree
 OUTPUT_BYTES_PER_DOF = 10 * 8.0  # per output: ~8.6 vectors of ndofs doubles measured (1000 outputs, 1089 dofs: 75 MB)
 
 
+def _same_outputs(comm: MPI.Comm, y, what: str) -> None:
+    """Collective: ValueError on every rank unless every rank's sharded targets y have the same number of
+    outputs m (0 for None, 1 for (n_p,) or (n_p, 1)); a rank that went on alone with another m (or
+    without y) would wait forever in a collective the others never enter."""
+    m = 0 if y is None else 1 if np.ndim(y) < 2 else int(np.shape(y)[1])
+    found = sorted(set(comm.allgather(m)))
+    if len(found) > 1:
+        raise ValueError(f"{what}: the ranks' targets y have {', '.join(map(str, found))} outputs (0: y None); "
+                         "give every rank y of the same m columns, (0, m) on a rank without rows")
+
+
 class Problem:
     """min over u in H^1_omega of E_alpha(u) on the parameter space ``space``.
 
@@ -161,6 +172,7 @@ class Problem:
         rank, and an error on one is raised on all (collective)."""
         if sharded:
             comm = self.space.comm
+            _same_outputs(comm, y, what)
             x, y = mpi.on_every_rank(comm, lambda: self._inputs_of_rank(x, y, what, fitted, True))
             if comm.allreduce(x.shape[0], op=MPI.SUM) == 0:
                 raise ValueError(f"{what}: no rank holds a data row; give every rank its share of the rows")
@@ -238,6 +250,8 @@ class Problem:
         ends above rtol, unless ``allow_unconverged`` (then ``result.info.converged`` is False), and
         ValueError if E_alpha(u*) or u* is not finite (e.g. a degenerate mesh), for targets y None,
         an rtol outside (0, 1) or petsc_options that are not a dict of PETSc options."""
+        if sharded:  # before any check a rank could fail alone: the others would wait in a collective
+            _same_outputs(self.space.comm, y, "the data")
         if y is None:
             raise ValueError("fit needs targets y (n,) or (n, 1) (one output) or (n, m) (m outputs), one row "
                              "per row of x; got None")

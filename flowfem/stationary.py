@@ -61,7 +61,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flowfem.mpi import CollectiveError, CollectiveInterrupt, check_interrupt  # first: loads MPI before dolfinx
+from flowfem.mpi import (CollectiveError, CollectiveInterrupt, check_interrupt,  # first: loads MPI before dolfinx
+                         on_every_rank)
 
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
@@ -136,6 +137,20 @@ class _NormalOperator:
             y.axpy(self.shift, self.tmp)
 
 
+def _weights(E: Functional, D) -> np.ndarray:
+    """D frozen (:func:`frozen`), checked to hold one weight per data row of this rank, shape (E.Phi.rows,):
+    ValueError otherwise, on every rank when the data are sharded (each rank checks its own rows' D; a rank
+    failing alone would leave the others waiting in the next product)."""
+    def check():
+        F = frozen(D)
+        if F.shape != (E.Phi.rows,):
+            raise ValueError(f"data weights D have shape {F.shape}, this rank holds {E.Phi.rows} data rows: give "
+                             f"D of shape ({E.Phi.rows},), one weight per row")
+        return F
+
+    return on_every_rank(E.H.space.comm, check) if E.Phi.sharded else check()
+
+
 class LinearSolver:
     """Solves K(D) X = B, K(D) = s G + alpha A + Phi^T D Phi / n (set up once, reused for many right-hand sides).
 
@@ -184,7 +199,7 @@ class LinearSolver:
         self.petsc_options = petsc_options_.parse(petsc_options)
         self.options = None  # the SolverOptions of the current KSP
         # replaced, never written (see set_weights); the default 1 is a broadcast: no n numbers per rank
-        self.D = frozen(np.broadcast_to(1.0, E.Phi.rows) if D is None else D)
+        self.D = _weights(E, np.broadcast_to(1.0, E.Phi.rows) if D is None else D)
         self.G, self.shift = G, float(shift)
         self.pc_shift_factor = pc_shift_factor if solver == "cg" and pc_shift_factor else None
         self.pc_shift = self._pc_shift(self.shift)
@@ -311,8 +326,9 @@ class LinearSolver:
 
         D (n,) is copied into a new frozen array (:func:`~flowfem.operator.features.weights.frozen`) that
         replaces the old one in K and the preconditioner: the data operator caches per D array what it
-        derives from D (relu in 1-D: per-bin moments), which an in-place change would leave stale."""
-        self.D = self._ctx.D = frozen(D)
+        derives from D (relu in 1-D: per-bin moments), which an in-place change would leave stale. ValueError
+        (on every rank when sharded) unless D has shape (E.Phi.rows,)."""
+        self.D = self._ctx.D = _weights(self.E, D)
         if self.solver == "direct" and not self._stale:
             self._capacitance()
         if self.nystrom is not None:
