@@ -62,6 +62,15 @@ def run(cmd, ranks: int = 1, timeout: float = 600, **kw) -> subprocess.Completed
                           env=env, **kw)
 
 
+def passes_on_ranks(test_file: str, ranks: int, timeout: float) -> None:
+    """Run the tests of ``test_file`` (a path; those not marked mpi) under mpirun -n ranks, within
+    ``timeout`` seconds (a hang fails); fail unless every rank's pytest passed."""
+    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not mpi", test_file],
+            ranks=ranks, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count(" passed") == ranks, r.stdout[-3000:]  # one summary line per rank
+
+
 def run_mpi_script(path, source: str, *args: str, timeout: float = 180) -> None:
     """Write ``source`` to ``path`` and run it under mpirun -n 2 (argv[1:] = args, the test modules
     importable); fail with its output unless it succeeds."""

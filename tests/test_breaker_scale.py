@@ -7,12 +7,11 @@ put on "the last rank" are on the only rank in a serial run.
 """
 
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import passes_on_ranks
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
@@ -187,8 +186,4 @@ def test_structured_npy_of_other_fields_is_refused_on_every_rank(shared_tmp, dty
 @pytest.mark.mpi
 def test_three_ranks():
     """This file under mpirun -n 3 (oversubscribed on 2 cores), with a timeout: a hang fails the test."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not mpi",
-             os.path.join(here, "test_breaker_scale.py")], ranks=3, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count(" passed") == 3, r.stdout[-3000:]
+    passes_on_ranks(os.path.abspath(__file__), 3, timeout=300)

@@ -8,12 +8,11 @@ the rows are split unevenly and one rank holds none.
 """
 
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import passes_on_ranks
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
@@ -154,11 +153,7 @@ def test_bad_rows_fail_on_every_rank():
 @pytest.mark.mpi
 def test_three_ranks():
     """This file under mpirun -n 3 (2 cores: oversubscribed): uneven rows, one rank without any."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not mpi",
-             os.path.join(here, "test_sharded.py")], ranks=3, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count(" passed") == 3, r.stdout[-3000:]  # one summary line per rank
+    passes_on_ranks(os.path.abspath(__file__), 3, timeout=900)
 
 
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
