@@ -84,7 +84,10 @@ def test_set_weights_of_the_wrong_length_on_one_rank_fails_on_every_rank():
     E = Problem(Space.box(1, 8, 3.0), "relu", alpha=1e-4).functional(mine(x), mine(y), sharded=True)
     k = E.Phi.rows
     solver = stationary.LinearSolver(E, np.ones(k))
-    raises_everywhere(lambda: solver.set_weights(np.ones(k + 1 if LAST else k)), "data weights D have shape")
+    try:
+        raises_everywhere(lambda: solver.set_weights(np.ones(k + 1 if LAST else k)), "data weights D have shape")
+    finally:
+        solver.destroy()
     raises_everywhere(lambda: stationary.LinearSolver(E, np.ones((k, 1) if LAST else k)),
                       "data weights D have shape")
 
@@ -100,11 +103,15 @@ def test_set_weights_then_solve_equals_a_fresh_solver(activation):
     rhs = E.vector()
     rhs.array[:] = rng.standard_normal(rhs.getLocalSize())
     reused, fresh, ones = E.vector(), E.vector(), E.vector()
-    solver = stationary.LinearSolver(E, None, rtol=1e-11)
-    solver.solve(rhs, ones)
-    solver.set_weights(D2)
-    solver.solve(rhs, reused)
-    stationary.LinearSolver(E, D2, rtol=1e-11).solve(rhs, fresh)
+    solver, other = stationary.LinearSolver(E, None, rtol=1e-11), stationary.LinearSolver(E, D2, rtol=1e-11)
+    try:  # destroyed: a solver's PETSc options would outlive the test in the global options database
+        solver.solve(rhs, ones)
+        solver.set_weights(D2)
+        solver.solve(rhs, reused)
+        other.solve(rhs, fresh)
+    finally:
+        solver.destroy()
+        other.destroy()
     scale = fresh.norm()
     reused.axpy(-1.0, fresh)
     ones.axpy(-1.0, fresh)
