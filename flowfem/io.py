@@ -209,18 +209,28 @@ def settings(E) -> dict:
                 loss=E.loss.name, quadrature_degree=E.Phi.quadrature.degree)
 
 
-def fit_scores(loss, f: np.ndarray, y: np.ndarray, prefix: str) -> dict:
+def fit_scores(loss, f: np.ndarray, y: np.ndarray, prefix: str, comm: MPI.Comm | None = None) -> dict:
     """How well predictions f (n,) fit targets y (n,) under ``loss`` (a :class:`flowfem.loss.Loss`):
     {PREFIX_rmse: sqrt(mean (f - y)^2)} for the squared loss; for a classification loss (labels
     -1/+1) {PREFIX_accuracy: mean(sign f == y), PREFIX_loss: mean l(f, y)} instead, since the
     RMSE of logits against +-1 labels measures nothing. m outputs (f, y (n, m), squared loss):
-    PREFIX_rmse over all n m entries and PREFIX_rmse_outputs, the list of the m outputs' RMSEs."""
-    if loss.quadratic and np.ndim(y) == 2:
-        return {f"{prefix}_rmse": float(np.sqrt(np.mean((f - y) ** 2))),
-                f"{prefix}_rmse_outputs": [float(v) for v in np.sqrt(np.mean((f - y) ** 2, axis=0))]}
-    if loss.quadratic:
-        return {f"{prefix}_rmse": float(np.sqrt(np.mean((f - y) ** 2)))}
-    return {f"{prefix}_accuracy": float(np.mean(np.sign(f) == y)), f"{prefix}_loss": float(np.mean(loss.value(f, y)))}
+    PREFIX_rmse over all n m entries and PREFIX_rmse_outputs, the list of the m outputs' RMSEs.
+    ``comm``: f and y are this rank's rows of data sharded over comm's ranks (possibly none), and the
+    means run over every rank's rows (one MPI sum; collective)."""
+    f, y = np.asarray(f, dtype=float), np.asarray(y, dtype=float)
+    if loss.quadratic:  # per output: sum of squared errors; then the row count
+        sums = np.append(np.sum(((f - y) ** 2).reshape(y.shape[0], -1), axis=0), y.shape[0])
+    else:
+        sums = np.array([np.sum(np.sign(f) == y), np.sum(loss.value(f, y)), y.shape[0]], dtype=float)
+    if comm is not None:
+        comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+    count = sums[-1]
+    if not loss.quadratic:
+        return {f"{prefix}_accuracy": float(sums[0] / count), f"{prefix}_loss": float(sums[1] / count)}
+    scores = {f"{prefix}_rmse": float(np.sqrt(np.sum(sums[:-1]) / (count * (sums.size - 1))))}
+    if np.ndim(y) == 2:
+        scores[f"{prefix}_rmse_outputs"] = [float(v) for v in np.sqrt(sums[:-1] / count)]
+    return scores
 
 
 def _class_scores(result, data, prefix: str) -> dict:
@@ -229,7 +239,7 @@ def _class_scores(result, data, prefix: str) -> dict:
     return {f"{prefix}_{k}": v for k, v in scores.items() if k != "classes"}
 
 
-def solve_metrics(result, train, test) -> dict:
+def solve_metrics(result, train, test, sharded: bool = False) -> dict:
     """The numbers of a :class:`flowfem.problem.Result` that a solve's metrics.json holds.
 
     E_alpha and its parts (``loss`` is the data term), iterations, residual, the fit on train
@@ -245,8 +255,21 @@ def solve_metrics(result, train, test) -> dict:
     labels in order; instead of RMSEs, PREFIX_accuracy, PREFIX_loss (mean cross-entropy, nats) and
     PREFIX_confusion_matrix (C x C, rows the true class, columns the predicted one, in ``classes``
     order) for train and test (:func:`flowfem.softmax.evaluate`).
+
+    ``sharded``: train and test hold this rank's rows of data sharded over the ranks (not softmax); the
+    scores and n_train, n_test run over every rank's rows.
     """
     problem, info = result.problem, result.info
+    comm = problem.space.comm if sharded else None
+
+    def scores(data, prefix):
+        if problem.loss.multiclass:
+            return _class_scores(result, data, prefix)
+        return fit_scores(problem.loss, result.predict(data.x, sharded), data.y, prefix, comm)
+
+    def rows(data):
+        return comm.allreduce(data.n, op=MPI.SUM) if sharded else data.n
+
     loss, reg = result.parts
     metrics = {("loss_function" if k == "loss" else k): v for k, v in settings(result.functional).items()}
     metrics.update(
@@ -254,11 +277,7 @@ def solve_metrics(result, train, test) -> dict:
         energy=result.energy, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
         converged=result.info.converged, solver=info.solver, preconditioner=info.preconditioner,
         preconditioner_rank=info.rank,
-        **(_class_scores(result, train, "train") if problem.loss.multiclass else
-           fit_scores(problem.loss, result.predict(train.x), train.y, "train")),
-        **(_class_scores(result, test, "test") if problem.loss.multiclass else
-           fit_scores(problem.loss, result.predict(test.x), test.y, "test")),
-        n_train=train.n, n_test=test.n, d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
+        **scores(train, "train"), **scores(test, "test"), n_train=rows(train), n_test=rows(test), d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
         ranks=problem.space.comm.size, domain=problem.space.domain, degree=problem.H.degree,
         setup_seconds=result.setup_seconds, solve_seconds=result.solve_seconds)
     if result.path is not None:  # alpha="auto": the regularisation path (flowfem.path.RegularisationPath.metrics)
@@ -393,7 +412,7 @@ def write_density(directory: str, u: dolfinx.fem.Function | list, space: Space, 
 
 
 def write_solution(directory: str, result, settings: dict, metrics: dict, train, test, plot: bool = True,
-                   scaling=None) -> None:
+                   scaling=None, sampled: bool = False) -> None:
     """Write density.bp, density.xdmf/.h5, density.npz (with ``settings``), predictions.csv (f_{u*} on ``test``),
     metrics.json (``metrics``) and figure.png of a :class:`flowfem.problem.Result`, and path.png when it
     holds a regularisation path (collective). m outputs: the m densities as fields of the density files
@@ -401,7 +420,10 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
     (:func:`flowfem.plot.write_solution_figure`). A softmax fit: the C densities likewise (``settings``
     holding ``classes``), the predicted label as predictions.csv's f, one figure of its decision
     regions. ``scaling``: the :class:`flowfem.scaling.Standardisation`
-    that ``train`` and ``test`` went through, undone for the inputs of predictions.csv."""
+    that ``train`` and ``test`` went through, undone for the inputs of predictions.csv. ``sampled``:
+    ``train`` and ``test`` are samples of the fit's rows (:func:`flowfem.sharded_split.sample`, the same on
+    every rank): predictions.csv holds the test sample, figure.png draws the training sample, and the
+    figure's title takes its test score from ``metrics`` (all rows), not from the sample."""
     from flowfem import plot as _plot
 
     space = result.problem.space
@@ -413,7 +435,8 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
                                test.x if scaling is None else scaling.invert(test.x), f_test, test.y)
     write_json(os.path.join(directory, "metrics.json"), metrics, comm)
     if plot:
-        _plot.write_solution_figure(os.path.join(directory, "figure.png"), result, train, test, f_test)
+        _plot.write_solution_figure(os.path.join(directory, "figure.png"), result, train, test, f_test,
+                                    metrics if sampled else None)
         if result.path is not None and comm.rank == 0:
             _plot.path_figure(os.path.join(directory, "path.png"), result.path)
 

@@ -424,10 +424,12 @@ def classes_figure(path: str, x: np.ndarray, labels: np.ndarray, xg: np.ndarray,
     return fig
 
 
-def write_solution_figure(path: str, result, train, test, f_test: np.ndarray):
+def write_solution_figure(path: str, result, train, test, f_test: np.ndarray, metrics: dict | None = None):
     """figure.png of a :class:`flowfem.problem.Result` (collective: predictions and gathering on
     every rank, drawing on rank 0). ``f_test``: f_u on the test inputs, for the title (test RMSE,
-    or test accuracy for the logistic loss). Returns the (closed) Figure on rank 0, else None.
+    or test accuracy for the logistic loss), unless ``metrics`` (a solve's metrics.json) gives them: then
+    ``test`` and ``train`` may be samples of the rows scored there. Returns the (closed) Figure on rank 0,
+    else None.
 
     A softmax fit (:class:`flowfem.problem.ClassifierResult`; ``f_test`` its predicted labels): one
     figure of its decision regions or class probabilities (:func:`classes_figure`).
@@ -452,10 +454,13 @@ def write_solution_figure(path: str, result, train, test, f_test: np.ndarray):
             continue
         if loss == "logistic":
             figures.append(solution_figure(path, theta, values, cells, train.x, train.y, xg, fg, loss, train.name,
-                                           accuracy(f_test, test.y)))
+                                           accuracy(f_test, test.y) if metrics is None else metrics["test_accuracy"]))
             continue
         column = (lambda a: a) if m == 1 else (lambda a: a[:, k])
-        rmse = float(np.sqrt(np.mean((column(f_test) - column(test.y)) ** 2)))
+        if metrics is not None:
+            rmse = metrics["test_rmse"] if m == 1 else metrics["test_rmse_outputs"][k]
+        else:
+            rmse = float(np.sqrt(np.mean((column(f_test) - column(test.y)) ** 2)))
         name = "" if m == 1 else f", output y{k + 1} of {m}"
         target = path if m == 1 else "{0}_y{2}{1}".format(*os.path.splitext(path), k + 1)
         figures.append(solution_figure(target, theta, values, cells, train.x, column(train.y), xg, column(fg), loss,
