@@ -24,6 +24,7 @@ from flowfem.mpi import CollectiveInterrupt, exit_now, fail_together, message, o
 from flowfem.arguments import closest, command_line  # noqa: E402
 from flowfem.files import check_writable, replacing  # noqa: E402
 from flowfem import provenance  # noqa: E402  (early: its clock starts the run's wall time)
+from flowfem.sharded_split import SAMPLE_ROWS  # noqa: E402
 
 from mpi4py import MPI  # noqa: E402
 
@@ -41,7 +42,7 @@ def _petsc_options(pairs: list[str]) -> dict:
     return parse(opts)
 
 
-def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False) -> None:
+def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False, sharded: bool = False) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True,
                    help="a CSV (header naming columns x1..xd and y, or y1..ym for m outputs, in any order) or NPZ "
@@ -56,6 +57,14 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False)
     g.add_argument("--n", type=int, default=1000, help="points of a synthetic training set (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of synthetic data and of the test split of a file (default: %(default)s)")
+    if sharded:
+        g.add_argument("--sharded", action="store_true",
+                       help="data too large for one rank: under mpirun each rank reads and keeps only its own rows "
+                            "of --data (and --test-data), a .npy, .npz or .h5 file (flowfem convert writes them; a "
+                            "CSV is read by rank 0 and scattered); without --test-data each row is a test row with "
+                            "probability 0.2, drawn from --seed and its row number; predictions.csv and figure.png "
+                            f"show every s-th row of the file, at most {SAMPLE_ROWS} rows; squared or logistic "
+                            "loss, numeric alpha, --solver cg (default: every rank holds every row)")
     g = p.add_argument_group("parameter space")
     g.add_argument("--domain", default="box",
                    help="box [-R, R]^(d+1), ball |theta| <= R, circle S^1 (d = 1), sphere S^2 (d = 2), s3 (S^3 in a "
@@ -140,6 +149,29 @@ def _load_data(args, comm, n=None, seed=None, test_data=None):
     return on_root(comm, lambda: data.train_test(args.data, n, seed, test_data))
 
 
+def _load_sharded(args, comm):
+    """(train, train_rows, test, test_rows) for ``solve --sharded``: this rank's rows of --data and --test-data
+    (:func:`flowfem.shards.read`: each rank reads only its own), split as :mod:`flowfem.sharded_split` says
+    when no --test-data is given; the rows' numbers in their file. Collective."""
+    from flowfem import data, shards, sharded_split
+
+    for option, spec in (("--data", args.data), ("--test-data", args.test_data)):
+        if spec is not None and data.named(spec):
+            raise ValueError(f"{option} {spec} is a named data set, which every rank makes whole; --sharded reads "
+                             f"a file's rows rank by rank: drop --sharded, or save the set to a .npy file")
+    shard = shards.read(args.data, comm)
+    name = os.path.splitext(os.path.basename(args.data))[0]
+    if args.test_data is None:
+        return sharded_split.split(shard.x, shard.y, shard.start, shard.n, args.seed, name, comm)
+    held = shards.read(args.test_data, comm)
+    if held.x.shape[1] != shard.x.shape[1] or np.ndim(held.y) != np.ndim(shard.y) or (
+            np.ndim(shard.y) == 2 and held.y.shape[1] != shard.y.shape[1]):
+        raise ValueError(f"the test data {args.test_data!r} have other columns than the training data {args.data!r} "
+                         "(inputs x1..xd and targets y or y1..ym): give test data with the same columns")
+    return (data.Dataset(shard.x, shard.y, name), np.arange(shard.start, shard.start + shard.x.shape[0]),
+            data.Dataset(held.x, held.y, name + "-test"), np.arange(held.start, held.start + held.x.shape[0]))
+
+
 def _record_chart_radius(args, space) -> None:
     """On s3 without --radius the chart radius Z was chosen from the training inputs: record that Z
     (metrics.json, energy.json: ``radius``), not the None the command was given."""
@@ -163,11 +195,12 @@ def _load_standardised(args, comm):
 def _split_record(args) -> dict:
     """How --data was split into training and test rows (--n, --seed, --test-data), recorded in
     density.npz so that ``readout --rule refit`` fits on the same training rows, not on test rows."""
-    return dict(data_n=args.n, data_seed=args.seed, test_data=args.test_data or "")
+    return dict(data_n=args.n, data_seed=args.seed, test_data=args.test_data or "",
+                sharded=bool(getattr(args, "sharded", False)))
 
 
 def cmd_solve(args, comm) -> None:
-    from flowfem import datasets, io, outputs
+    from flowfem import datasets, io, outputs, sharded_split
     from flowfem.plot import FIGURE_OUTPUTS as plot_outputs
     from flowfem.problem import Problem, make_space
 
@@ -176,9 +209,24 @@ def cmd_solve(args, comm) -> None:
     if classify is not None and classify.classes is not None and args.loss != "softmax":
         raise ValueError(f"--data {args.data} holds class labels ({classify.task}): as {args.loss} targets they are "
                          f"meaningless; add --loss softmax")
-    train, test, scaling = _load_standardised(args, comm)
+    if args.sharded:
+        refused = ("--alpha auto" if args.alpha == "auto" else "--loss softmax" if args.loss == "softmax" else
+                   "--solver direct" if args.solver == "direct" else None)
+        if refused:  # before any data is read
+            raise ValueError(f"{refused} needs every row on every rank: drop --sharded, or use "
+                             + {"--alpha auto": "a numeric --alpha (e.g. the one a smaller sample chooses)",
+                                "--loss softmax": "--loss squared or logistic",
+                                "--solver direct": "--solver cg"}[refused])
+        train, train_rows, test, test_rows = _load_sharded(args, comm)
+        scaling, n_train = None, comm.allreduce(train.n, op=MPI.SUM)
+        # s3 takes its chart radius from the largest |x| over every rank's rows
+        largest = comm.allreduce(float(np.linalg.norm(train.x, axis=1).max(initial=0.0)), op=MPI.MAX)
+        mesh_x = np.array([[largest] + [0.0] * (train.d - 1)])
+    else:
+        train, test, scaling = _load_standardised(args, comm)
+        n_train, mesh_x = train.n, train.x
     t0 = time.perf_counter()
-    space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm, x=train.x)
+    space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm, x=mesh_x)
     _record_chart_radius(args, space)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     mesh_seconds = time.perf_counter() - t0
@@ -191,10 +239,17 @@ def cmd_solve(args, comm) -> None:
     if problem.loss.multiclass and np.all(y == np.round(y)):  # whole-number labels (files read them as floats)
         y = y.astype(np.int64)  # recorded as 0, 1, 2 rather than 0.0, 1.0, 2.0
     result = problem.fit(train.x, y, args.solver, args.rtol, petsc, args.allow_unconverged,
-                         progress=not args.quiet, preconditioner=args.preconditioner, **path_args)
-    metrics = io.solve_metrics(result, train, test)
+                         progress=not args.quiet, preconditioner=args.preconditioner, sharded=args.sharded,
+                         **path_args)
+    metrics = io.solve_metrics(result, train, test, sharded=args.sharded)
     metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
     settings = dict(io.settings(result.functional), **_split_record(args))
+    if args.sharded:  # the files show samples of the rows (flowfem.sharded_split.sample), the same on every rank
+        n_file = comm.allreduce(train.n + (test.n if args.test_data is None else 0), op=MPI.SUM)
+        train = sharded_split.sample(train, train_rows, n_file, comm)
+        n_test_file = n_file if args.test_data is None else comm.allreduce(test.n, op=MPI.SUM)
+        test = sharded_split.sample(test, test_rows, n_test_file, comm)
+        metrics.update(predictions_rows=test.n, figure_rows=train.n)
     if problem.loss.multiclass:  # readout records them in the network: predict prints labels
         settings.update(classes=result.classes)
     if scaling is not None:  # recorded: flowfem readout folds it into the network (flowfem/scaling.py)
@@ -202,7 +257,8 @@ def cmd_solve(args, comm) -> None:
         settings.update(input_mean=scaling.mean, input_scale=scaling.scale)
     drawn = not args.no_plot and train.d <= 2  # figure.png draws f_u over a line or a plane
     with outputs.output_directory(args.out, comm, args.force) as tmp:
-        io.write_solution(tmp, result, settings, metrics, train, test, plot=drawn, scaling=scaling)
+        io.write_solution(tmp, result, settings, metrics, train, test, plot=drawn, scaling=scaling,
+                          sampled=args.sharded)
     if comm.rank == 0:
         loss, reg = result.parts
         if auto:
@@ -213,10 +269,10 @@ def cmd_solve(args, comm) -> None:
                 print(f"  {'*' if i == path.chosen else ' '} alpha {row['alpha']:.0e}  score {row['score']:.3e}  "
                       f"train loss {row['train_loss']:.3e}  {row['iterations']} CG its  {row['seconds']:.2f} s  "
                       f"rank {row['rank']}")
-            print(f"chosen alpha = {path.alpha:g}, refitted on all {train.n} rows ({path.refit_iterations} CG its)")
+            print(f"chosen alpha = {path.alpha:g}, refitted on all {n_train} rows ({path.refit_iterations} CG its)")
         print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
         where = (f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
-                 f"{problem.H.ndofs} dofs, n = {train.n}")
+                 f"{problem.H.ndofs} dofs, n = {n_train}" + (" (sharded)" if args.sharded else ""))
         solver = args.solver
         if result.info.preconditioner == "nystrom":
             solver += f" (nystrom preconditioner, basis of {result.info.rank})"
@@ -532,6 +588,10 @@ def cmd_readout(args, comm) -> None:
     if args.rule == "refit":
         if not args.data:
             raise ValueError("--rule refit fits output weights on training data: pass --data (file or sin/step/two_moons)")
+        if settings.get("sharded"):
+            raise ValueError(f"the density {args.density!r} was fitted on data sharded over ranks (solve --sharded): "
+                             "--rule refit would hold every training row on every rank; use --rule quadrature or "
+                             "--rule sample")
         # the solve's training rows: its split of --data, as recorded (older density files: this command's)
         train = _load_data(args, comm, settings.get("data_n"), settings.get("data_seed"),
                            settings.get("test_data") or None)[0]
@@ -758,7 +818,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("solve", help="the optimal density: one linear solve of the Euler-Lagrange equation",
                        description="Minimise E_alpha with one solve of (alpha A + Phi^T Phi / n) U = Phi^T y / n "
                                    "and write the density (ParaView and NumPy), predictions, metrics and a figure.")
-    _add_problem_arguments(p, auto_alpha=True)
+    _add_problem_arguments(p, auto_alpha=True, sharded=True)
     g = p.add_argument_group("solver and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
                    help="cg: matrix-free CG (any size); direct: MUMPS + Woodbury (small problems) "
