@@ -210,13 +210,12 @@ def cmd_solve(args, comm) -> None:
         raise ValueError(f"--data {args.data} holds class labels ({classify.task}): as {args.loss} targets they are "
                          f"meaningless; add --loss softmax")
     if args.sharded:
-        refused = ("--alpha auto" if args.alpha == "auto" else "--loss softmax" if args.loss == "softmax" else
-                   "--solver direct" if args.solver == "direct" else None)
-        if refused:  # before any data is read
-            raise ValueError(f"{refused} needs every row on every rank: drop --sharded, or use "
-                             + {"--alpha auto": "a numeric --alpha (e.g. the one a smaller sample chooses)",
-                                "--loss softmax": "--loss squared or logistic",
-                                "--solver direct": "--solver cg"}[refused])
+        for given, option, instead in ((args.alpha == "auto", "--alpha auto", "a numeric --alpha (e.g. the one "
+                                        "--alpha auto chooses on a sample of the rows)"),
+                                       (args.loss == "softmax", "--loss softmax", "--loss squared or logistic"),
+                                       (args.solver == "direct", "--solver direct", "--solver cg")):
+            if given:  # before any data is read
+                raise ValueError(f"{option} needs every row on every rank: drop --sharded, or use {instead}")
         train, train_rows, test, test_rows = _load_sharded(args, comm)
         scaling, n_train = None, comm.allreduce(train.n, op=MPI.SUM)
         # s3 takes its chart radius from the largest |x| over every rank's rows
