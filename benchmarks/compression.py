@@ -33,6 +33,7 @@ from mpi4py import MPI
 
 from flowfem import data
 from flowfem.operator import StorageLimit
+from flowfem.operator.features.weights import frozen
 from flowfem.problem import Problem
 from flowfem.space import Space
 
@@ -56,7 +57,7 @@ def main(quick: bool = False, n: int = 100_000):
     refinements, grids = (2, (16, 32, 64)) if quick else (3, (32, 64, 128))
     train, test = data.synthetic("two_moons", n), data.synthetic("two_moons", 2000, seed=1)
     space = Space.sphere(refinements, comm=MPI.COMM_SELF)
-    D = np.ones(n)
+    D = frozen(np.ones(n))  # as LinearSolver holds it: the interpolated B is kept between products
     print(f"flowfem compression benchmark: relu on the sphere ({refinements} refinements, P1), two_moons "
           f"n = {n}, alpha = 1e-5, CG rtol 1e-10, serial")
     print("")

@@ -138,14 +138,24 @@ class _NormalOperator:
 
 
 def _weights(E: Functional, D) -> np.ndarray:
-    """D frozen (:func:`frozen`), checked to hold one weight per data row of this rank, shape (E.Phi.rows,):
-    ValueError otherwise, on every rank when the data are sharded (each rank checks its own rows' D; a rank
-    failing alone would leave the others waiting in the next product)."""
+    """D frozen (:func:`frozen`), checked to hold one finite weight D_j >= 0 per data row of this rank,
+    shape (E.Phi.rows,): ValueError otherwise, on every rank when the data are sharded (each rank checks its
+    own rows' D; a rank failing alone would leave the others waiting in the next product; replicated, D and
+    so the verdict are the same on every rank). D weights the Hessian's data term Phi^T D Phi / n (l'' of a
+    convex loss, row weights): a negative D_j could make K indefinite, where CG and the preconditioners
+    need it SPD (and the direct solver takes max(D, 0)), and a NaN would surface only later, as a
+    non-finite linear system."""
     def check():
         F = frozen(D)
         if F.shape != (E.Phi.rows,):
             raise ValueError(f"data weights D have shape {F.shape}, this rank holds {E.Phi.rows} data rows: give "
                              f"D of shape ({E.Phi.rows},), one weight per row")
+        if F.size and not (F.min() >= 0.0 and F.max() < np.inf):  # NaN propagates to min: no temporaries
+            bad = ~np.isfinite(F)
+            j = int(np.argmax(bad)) if bad.any() else int(np.argmin(F))
+            row = j + (E.Phi.row_offset if E.Phi.sharded else 0)
+            raise ValueError(f"data weights D hold {F[j]} at data row {row}: give finite weights D >= 0 "
+                             "(the loss's l'' or row weights), one per row")
         return F
 
     return on_every_rank(E.H.space.comm, check) if E.Phi.sharded else check()
@@ -327,7 +337,7 @@ class LinearSolver:
         D (n,) is copied into a new frozen array (:func:`~flowfem.operator.features.weights.frozen`) that
         replaces the old one in K and the preconditioner: the data operator caches per D array what it
         derives from D (relu in 1-D: per-bin moments), which an in-place change would leave stale. ValueError
-        (on every rank when sharded) unless D has shape (E.Phi.rows,)."""
+        (on every rank when sharded) unless D has shape (E.Phi.rows,) and finite entries >= 0."""
         self.D = self._ctx.D = _weights(self.E, D)
         if self.solver == "direct" and not self._stale:
             self._capacitance()

@@ -4,7 +4,7 @@ Pi is checked against the hat functions written out densely, the products agains
 Pi S_X formed in NumPy, the error against the exact features (zero for an affine
 sigma, order 2 in the grid's cell size for a smooth one), the weights' cache against
 weights mutated in place, the method names against what they select, and a fit on
-1 and 2 ranks against each other.
+1 and 2 ranks against each other (with sharded data: tests/test_sharded_interpolated.py).
 """
 
 import sys
@@ -79,6 +79,8 @@ def test_the_prediction_error_falls_as_the_cell_size_squared():
 
 
 def test_data_weights_changed_in_place_are_seen():
+    """B = Pi^T diag(D) Pi is kept for a frozen D only (keyed by the array); any other D, even one written
+    in place between products or marked read-only, has B assembled afresh."""
     sigma = activation("relu")
     x, theta = RNG.uniform(-1, 1, (50, 2)), RNG.normal(size=(20, 3))
     S = InterpolatedFeatures(sigma, x, theta, 6)
@@ -87,14 +89,26 @@ def test_data_weights_changed_in_place_are_seen():
     np.testing.assert_allclose(S.normal(g, D, 1.0), A.T @ (A @ g), rtol=1e-12)
     D[:] = RNG.uniform(0, 3, 50)  # a weight written in place
     np.testing.assert_allclose(S.normal(g, D, 1.0), A.T @ (D * (A @ g)), rtol=1e-12)
+    assert S.weights(D) is not S.weights(D)  # not kept: nothing to compare a later D with
     readonly = D * 2.0
-    readonly.flags.writeable = False  # read-only, but the flag can be set back: still compared
+    readonly.flags.writeable = False  # read-only, but the flag can be set back: not frozen
     np.testing.assert_allclose(S.normal(g, readonly, 1.0), A.T @ (readonly * (A @ g)), rtol=1e-12)
     readonly.flags.writeable = True
     readonly[:] = 1.0
     np.testing.assert_allclose(S.normal(g, readonly, 1.0), A.T @ (A @ g), rtol=1e-12)
-    F = frozen(D)  # what LinearSolver holds: kept without a comparison
+    F = frozen(D)  # what LinearSolver holds: assembled once, then kept
     np.testing.assert_allclose(S.normal(g, F, 1.0), A.T @ (D * (A @ g)), rtol=1e-12)
+    B = S.weights(F)
+    Pi = S.Pi.toarray()
+    np.testing.assert_allclose(B.toarray(), Pi.T @ (D[:, None] * Pi), rtol=1e-13, atol=1e-13)
+    D[:] = 1.0  # the array F was copied from: F keeps its values, and products with D do not touch F's B
+    np.testing.assert_allclose(S.normal(g, D, 1.0), A.T @ (A @ g), rtol=1e-12)
+    assert S.weights(F) is B
+    np.testing.assert_allclose(S.normal_block(g[:, None], F, 1.0)[:, 0], A.T @ (F * (A @ g)), rtol=1e-12)
+    assert S.weights(F) is B
+    del F, B  # the next frozen D replaces the kept B (whatever id it gets)
+    F = frozen(RNG.uniform(0, 3, 50))
+    np.testing.assert_allclose(S.normal(g, F, 1.0), A.T @ (F * (A @ g)), rtol=1e-12)
     assert S.weights(F) is S.weights(F)
 
 

@@ -40,7 +40,8 @@ import dolfinx.la  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
-from flowfem.operator.features import DenseFeatures, evaluate  # noqa: E402
+from flowfem.operator.features import DenseFeatures, InterpolatedFeatures, evaluate  # noqa: E402
+from flowfem.operator.features.interpolated import bounding_box  # noqa: E402
 from flowfem.operator.quadrature import Quadrature  # noqa: E402
 from flowfem.operator.select import build, implementation, make_features  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -98,7 +99,10 @@ class DataOperator:
             theta_all = theta_all[self._order]
         # a rank without rows has nothing to represent: the dense evaluation of an empty S costs nothing
         here = impl if self.x.shape[0] else DenseFeatures
-        self.S = mpi.on_every_rank(comm, lambda: build(here, self.sigma, self.x, theta_all, self.method))
+        # the input grid spans every rank's rows (collective: on the ranks without any too), so that the
+        # approximation does not depend on the number of ranks
+        box = bounding_box(self.x, comm) if impl is InterpolatedFeatures else None
+        self.S = mpi.on_every_rank(comm, lambda: build(here, self.sigma, self.x, theta_all, self.method, box))
         self.S.distribute(MPI.COMM_SELF)  # the features sum over this rank's rows only; the MPI sum is ours
         self._g = np.empty(self.quadrature.num_points)
         self._gather = np.empty(theta_all.shape[0])  # g of every rank's points, in rank order

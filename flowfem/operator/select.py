@@ -62,14 +62,15 @@ def implementation(sigma: Activation, d: int, method: str = "auto", repeated: bo
 
 
 def build(impl: type[Features], sigma: Activation, x: np.ndarray, theta: np.ndarray,
-          method: str = "auto") -> Features:
-    """impl for data x (n, d) and points theta (m, d + 1) (``interpolated:<cells>``: that grid). With
-    method auto, an implementation over its storage limit (:class:`StorageLimit`) gives way, with a
-    warning, to the dense evaluation; a method asked for by name raises StorageLimit."""
+          method: str = "auto", box: tuple[np.ndarray, np.ndarray] | None = None) -> Features:
+    """impl for data x (n, d) and points theta (m, d + 1) (``interpolated:<cells>``: that grid, over
+    ``box`` = (lower, upper) if given, else x's bounding box). With method auto, an implementation over
+    its storage limit (:class:`StorageLimit`) gives way, with a warning, to the dense evaluation; a
+    method asked for by name raises StorageLimit."""
     name, cells = check(method)
     try:
         if impl is InterpolatedFeatures:
-            return impl(sigma, x, theta, cells)
+            return impl(sigma, x, theta, cells, box)
         return impl(sigma, x, theta)
     except StorageLimit as e:
         if impl.name == name:  # asked for by name (not the exact choice made for a single product)

@@ -5,9 +5,14 @@ name ``interpolated`` (or ``interpolated:<cells>``). For any sigma and d, the
 predictions f(x) = sum_q sigma(theta_q . x~) g_q are interpolated from the
 nodes X_k of a uniform tensor grid over the data's bounding box, so the data
 term of the Hessian costs O(n_X) feature work per product instead of O(n).
+With the data sharded over the ranks the grid spans every rank's rows
+(:func:`bounding_box`), so the approximation, and a fit with it, is the same on
+any number of ranks.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import scipy.sparse
@@ -56,6 +61,18 @@ def parse_cells(option: str) -> int:
     return cells
 
 
+def bounding_box(x: np.ndarray, comm: MPI.Comm) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper), each (d,): the componentwise min and max of the rows x (n_p, d) of every rank of
+    comm, by one MPI min (of the lower corners and the negated upper ones); a rank without rows adds
+    nothing, and with no row on any rank the box is the unit box [0, 1]^d. Collective over comm."""
+    d = x.shape[1]
+    corners = np.concatenate([x.min(axis=0), -x.max(axis=0)]) if x.shape[0] else np.full(2 * d, np.inf)
+    comm.Allreduce(MPI.IN_PLACE, corners, op=MPI.MIN)
+    if corners[0] == np.inf:  # no rows anywhere: there is nothing to interpolate, any grid will do
+        return np.zeros(d), np.ones(d)
+    return corners[:d], -corners[d:]
+
+
 def interpolation_matrix(x: np.ndarray, lower: np.ndarray, h: np.ndarray, cells: int) -> scipy.sparse.csr_matrix:
     """Pi (n, (cells + 1)^d), Pi_jk = phi_k(x_j): the tensor-product Q1 hat functions of the grid nodes
     X_k = lower + h * i(k), node k = sum_a i_a (cells + 1)^(d - 1 - a) (C order), at the points x (n, d)
@@ -79,24 +96,26 @@ def interpolation_matrix(x: np.ndarray, lower: np.ndarray, h: np.ndarray, cells:
 class InterpolatedFeatures(Features):
     """S ~ Pi S_X: the exact features S_X at the nodes of an input grid, interpolated to the data by Pi.
 
-    The grid: ``cells`` cells per side (default DEFAULT_CELLS[d]) over the data's bounding box
-    [lo, hi] (a flat side, hi = lo, gets width 1), cell size h_a = (hi_a - lo_a) / cells, n_X =
-    (cells + 1)^d nodes X_k. Pi (n, n_X) is the tensor Q1 interpolation at the data
-    (:func:`interpolation_matrix`, 2^d entries a row), S_X (n_X, m) the exact features at the nodes
-    (the implementation :mod:`flowfem.operator.select` picks for sigma, d, e.g. the relu tree), so
+    The grid: ``cells`` cells per side (default DEFAULT_CELLS[d]) over the box [lo, hi] given as ``box``
+    (it must contain the rows x) or by default x's bounding box (a flat side, hi = lo, gets width 1),
+    cell size h_a = (hi_a - lo_a) / cells, n_X = (cells + 1)^d nodes X_k. Pi (n, n_X) is the tensor Q1
+    interpolation at the data (:func:`interpolation_matrix`, 2^d entries a row), S_X (n_X, m) the exact
+    features at the nodes (the implementation :mod:`flowfem.operator.select` picks for sigma, d, e.g. the
+    relu tree), so
 
         S g ~ Pi (S_X g),    S^T r ~ S_X^T (Pi^T r),
         S^T diag(D) S g ~ S_X^T B S_X g,    B = Pi^T diag(D) Pi  (n_X x n_X, 3^d diagonals),
 
-    B assembled in one O(n 4^d) pass per data weight D and kept: per normal product the cost is two
-    products with S_X and one with B, none with the n data (but for the check of D below). :meth:`normal` sums S_X g over the ranks
-    of comm (n_X numbers, not n). The MPI layouts are those of any implementation (replicated:
-    every rank the same grid, each its own points; sharded: a rank's grid spans its own rows).
-
-    The D cached with B is re-used when D is the same :func:`~flowfem.operator.features.weights.frozen`
-    array (its values can never change: what :class:`~flowfem.stationary.LinearSolver` holds) or,
-    otherwise, when it equals the copy kept of it: an O(n) comparison (1 ms at n = 10^6), no
-    assembly. So a D mutated in place is seen, and a frozen D costs nothing.
+    B assembled in one O(n 4^d) pass per data weight D: per normal product the cost is two products
+    with S_X and one with B, none with the n data, when B is kept. It is kept for a D that is
+    :func:`~flowfem.operator.features.weights.frozen` (its values can never change: what
+    :class:`~flowfem.stationary.LinearSolver` holds), keyed by that array object (a weak reference:
+    the next frozen D replaces it), and assembled afresh at every product for any other D (so a D
+    written in place between products is seen). :meth:`normal` sums S_X g over the ranks of comm
+    (n_X numbers, not n). The MPI layouts are those of any implementation (replicated: every rank
+    the same grid, each its own points; sharded: each rank its own rows, and the data operator
+    gives every rank the ``box`` of all ranks' rows, :func:`bounding_box`, so the grid, and with it
+    the approximation, does not depend on the number of ranks).
 
     Error: on each cell, Q1 interpolation of f(x) = sum_q sigma(theta_q . x~) g_q errs by at most
     (1/8) sum_a h_a^2 max |d^2 f / dx_a^2| (the 1-D bound for linear interpolation, h^2/8 max |f''|,
@@ -129,22 +148,23 @@ class InterpolatedFeatures(Features):
     def needs(cls, sigma, d):
         return None
 
-    def __init__(self, sigma, x, theta, cells: int | None = None):
+    def __init__(self, sigma, x, theta, cells: int | None = None,
+                 box: tuple[np.ndarray, np.ndarray] | None = None):
         # the exact implementation at the nodes is chosen by select, which imports this package
         from flowfem.operator.select import make_features
 
         super().__init__(sigma, x, theta)
-        n, d = x.shape
+        d = x.shape[1]
         self.cells = grid_cells(cells, d)
-        lower = x.min(axis=0) if n else np.zeros(d)
-        width = (x.max(axis=0) if n else np.ones(d)) - lower
+        lower, upper = bounding_box(x, MPI.COMM_SELF) if box is None else box
+        width = upper - lower
         width[width == 0] = 1.0
         self.lower, self.h = lower, width / self.cells
         axes = [lower[a] + self.h[a] * np.arange(self.cells + 1) for a in range(d)]
         self.nodes = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, d)  # C order, as Pi's columns
         self.Pi = interpolation_matrix(x, lower, self.h, self.cells)
         self.SX = make_features(sigma, self.nodes, theta)
-        self._B = self._D = self._D_copy = None
+        self._B, self._D = None, None  # B of the last frozen D, and a weak reference to that D
 
     def matvec(self, g, out=None):
         f = self.Pi @ self.SX.matvec(g)
@@ -167,16 +187,14 @@ class InterpolatedFeatures(Features):
         return self.Pi @ self.SX.dense()
 
     def weights(self, D: np.ndarray) -> scipy.sparse.csr_matrix:
-        """B = Pi^T diag(D) Pi (n_X, n_X) for the data weights D (n,): assembled when D is new or has
-        changed (the rule in the class docstring), else the one kept."""
-        if self._B is not None and D is self._D and is_frozen(D):
+        """B = Pi^T diag(D) Pi (n_X, n_X) for the data weights D (n,): the one kept when D is the frozen
+        array it was assembled for, else assembled (and kept if D is frozen; class docstring)."""
+        if self._D is not None and self._D() is D:  # only frozen arrays are kept: D's values are B's
             return self._B
-        if self._B is not None and D.shape == self._D_copy.shape and np.array_equal(D, self._D_copy):
-            self._D = D
-            return self._B
-        self._B = (self.Pi.T @ scipy.sparse.diags(D) @ self.Pi).tocsr()
-        self._D, self._D_copy = D, np.array(D, dtype=float)
-        return self._B
+        B = (self.Pi.T @ scipy.sparse.diags(D) @ self.Pi).tocsr()
+        if is_frozen(D):
+            self._B, self._D = B, weakref.ref(D)
+        return B
 
     def normal(self, g, D, scale, out=None):
         """scale S_X^T B (sum over the ranks of comm of S_X g): Pi^T diag(scale D) Pi on the grid, (m,)."""
