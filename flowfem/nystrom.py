@@ -56,8 +56,10 @@ What the basis serves without being rebuilt:
 Cost: each basis vector costs one product with N and one V-cycle pair (about
 one CG iteration), plus O(ndofs k) for the orthogonalisation; memory is
 2 k owned dofs per rank (Q and Z) and O(k^2), never n x ndofs. The random
-start is drawn in data space (seeded, the data are replicated), so the
-basis does not depend on how the dofs are numbered or distributed.
+start is Phi^T D G / n for a seeded Gaussian G in data space, drawn per row
+or, for relu in 1-D, per bin of the data (:meth:`DataOperator.start_block`),
+so the basis does not depend on how the dofs are numbered or distributed,
+nor on how sharded rows are split over the ranks.
 """
 
 from __future__ import annotations
@@ -196,15 +198,9 @@ class NystromPreconditioner:
 
     def _start(self) -> np.ndarray:
         """W_0^T = (Phi^T D G / n)^T for a seeded Gaussian G (n x b) in data space, whose entries do not
-        depend on the number of ranks (:meth:`DataOperator.gaussian`); a column at a time, so that
-        memory is O(n), not O(n b)."""
-        W = np.empty((self.block, self.x.getLocalSize()))
-        for j, column in enumerate(self.E.Phi.gaussian(self.seed, self.block)):
-            column *= self.D  # in place: a fresh array each time, and n numbers per temporary saved
-            column /= self.E.n
-            self.E.Phi.adjoint(column, self.y)
-            W[j] = self.y.array_r
-        return W
+        depend on the number of ranks: :meth:`DataOperator.start_block` (for relu in 1-D drawn per bin of
+        the data, exact in distribution, O(nq) per column)."""
+        return self.E.Phi.start_block(self.seed, self.block, self.D)
 
     def _add_block(self) -> bool:
         """One block Krylov step: Y = M W orthogonalised against Q and made orthonormal, in the M^{-1}

@@ -100,8 +100,9 @@ def test_iterations_do_not_grow_as_alpha_falls():
         for alpha in (1e-3, 1e-8):
             E.alpha = alpha
             its[pc, alpha] = solve(E, "cg", rtol=1e-10, preconditioner=pc)[1].iterations
-    nystrom = its["nystrom", 1e-3], its["nystrom", 1e-8]
-    assert max(nystrom) <= 2 * min(nystrom), its  # within 2x (measured 5 and 6)
+    # no growth: with a basis holding every eigenvalue above alpha, CG at 1e-8 takes 2 or 3 iterations by the
+    # random start's seed (5 at 1e-3), so a symmetric "within 2x" would fail on the fall, not a growth
+    assert its["nystrom", 1e-8] <= 2 * its["nystrom", 1e-3], its
     assert its["gamg", 1e-8] >= 5 * its["gamg", 1e-3], its  # GAMG alone: 23 -> 240
     assert its["gamg", 1e-8] >= 10 * its["nystrom", 1e-8], its
 

@@ -38,6 +38,7 @@ from flowfem import mpi  # (first: loads MPI before dolfinx)
 
 import dolfinx.la  # noqa: E402
 from mpi4py import MPI  # noqa: E402
+from petsc4py import PETSc  # noqa: E402
 
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.operator.features import DenseFeatures, InterpolatedFeatures, evaluate  # noqa: E402
@@ -140,6 +141,39 @@ class DataOperator:
                 out[lo - start:hi - start] = np.random.default_rng([seed, j, c]).standard_normal(CHUNK)[
                     lo - c * CHUNK:hi - c * CHUNK]
             yield out
+
+    def start_block(self, seed: int, columns: int, D: np.ndarray) -> np.ndarray:
+        """(Phi^T diag(D) G / n)^T for a seeded standard Gaussian G (n x ``columns``) over the data: rows
+        (columns, owned dofs); D (:attr:`rows`,). A randomized method's start (the Nystrom preconditioner's).
+
+        Features with a ``sketch`` (:meth:`ReluMoments1D.sketch
+        <flowfem.operator.features.ReluMoments1D.sketch>`) give S^T (D G / n) exactly in distribution
+        without drawing G (O(nq) per column after two O(n / P) passes, no n-sized array), the same on any
+        number of ranks and for replicated and sharded data (to rounding). Other features: G's columns
+        from :meth:`gaussian`, one at a time (O(n) memory), through :meth:`adjoint`. Collective."""
+        q = self.quadrature
+        impl = implementation(self.sigma, self.x.shape[1], self.method)  # what every rank with rows built
+        if not hasattr(impl, "sketch"):
+            W = np.empty((columns, q.num_owned))
+            for j, column in enumerate(self.gaussian(seed, columns)):
+                column *= D  # in place: a fresh array each time, and n numbers per temporary saved
+                column /= self.n
+                row = PETSc.Vec().createWithArray(W[j], comm=MPI.COMM_SELF)  # adjoint writes W[j] itself
+                self.adjoint(column, row)
+                row.destroy()
+            return W
+        if not self.sharded:
+            return q.transpose_block(self.S.sketch(D, seed, columns, 1.0 / self.n))
+        # every point of every rank, from the global bins: each rank keeps its own points (no MPI sum); a
+        # rank without rows holds DenseFeatures, and builds the sketch's bins from the points alone
+        S = self.S if self.rows else impl(self.sigma, self.x, self.S.theta)
+        H = S.sketch(D, seed, columns, 1.0 / self.n, comm=self.comm)
+        if self._order is not None:
+            unordered = np.empty_like(H)
+            unordered[self._order] = H
+            H = unordered
+        start = int(self.counts[: self.comm.rank].sum())
+        return q.transpose_block(H[start:start + q.num_points])
 
     def total(self, values: np.ndarray) -> float:
         """The sum of ``values`` (an array over this rank's rows, any trailing shape) over the whole data

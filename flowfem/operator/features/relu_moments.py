@@ -57,6 +57,19 @@ Exactness. The same identities as the per-point
 :class:`~flowfem.operator.features.relu1d.ReluFeatures1D`, summed in another
 order: they agree to rounding (relative to the sizes of the terms).
 
+Random start (:meth:`ReluMoments1D.sketch`). S^T r depends on r only through the
+per-bin pairs (sum_{j in k} r_j x_j, sum_{j in k} r_j). For r = scale D g with a
+standard Gaussian g (n,), these pairs are independent over the bins (disjoint
+rows of g) and Gaussian within a bin, of covariance scale^2 C_k,
+
+    C_k = [[sum D^2 x^2, sum D^2 x], [sum D^2 x, sum D^2]]   (sums over the rows j in bin k),
+
+so drawing each bin's pair as scale L_k z_k, L_k L_k^T = C_k, z_k ~ N(0, I_2),
+and applying the adjoint formula above gives S^T (scale D g) exactly in
+distribution (a linear image of a Gaussian is fixed by its covariance), from the
+moments of D^2 (two O(n) passes: the sums, then the spread about each bin's mean)
+and 2 (K + 1) normals per column, not n.
+
 Moments and D. M depends on D, and :class:`flowfem.stationary.LinearSolver`
 changes D between products (Newton steps, a path's folds). The moments are
 cached per D only when D is :func:`~flowfem.operator.features.weights.frozen`
@@ -103,6 +116,27 @@ def add_moments(M: np.ndarray, bins: np.ndarray, x: np.ndarray, D: np.ndarray) -
     Dx *= x
     M[2] += np.bincount(bins, weights=Dx, minlength=nbins)
     return M
+
+
+def bin_factor(C: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """A factor of each bin's covariance [[C_2, C_1], [C_1, C_0]], from the moments of D^2, C (3, K + 1)
+    (C[p, k] = sum over the rows j in bin k of D_j^2 x_j^p), and the spread about the bin's weighted mean
+    xbar_k = C_1 / C_0, V (K + 1,) (V_k = sum_{j in k} D_j^2 (x_j - xbar_k)^2 = C_2 - C_1^2 / C_0): L
+    (3, K + 1), the rows (l_1, l_x1, l_xx), with
+
+        [[l_x1, l_xx], [l_1, 0]] [[l_x1, l_xx], [l_1, 0]]^T = [[C_2, C_1], [C_1, C_0]]
+
+    in each bin (the Cholesky factor in the order (sum D g, sum D g x)): l_1 = sqrt(C_0),
+    l_x1 = C_1 / l_1, l_xx = sqrt(V). C is positive semidefinite, possibly singular: a bin with one row
+    or all its rows at one x has V = 0, an empty bin or one whose D vanish has C = 0 (C_1 = C_2 = 0 too,
+    by Cauchy-Schwarz; then L = 0). V is summed from the centred rows, not formed as C_2 - C_1^2 / C_0,
+    whose cancellation would leave l_xx = sqrt(eps C_2) where it is 0 (a relative error 1e-8 in the draws)."""
+    L = np.zeros_like(C)
+    rows = C[0] > 0.0
+    L[0, rows] = np.sqrt(C[0, rows])
+    L[1, rows] = C[1, rows] / L[0, rows]
+    L[2, rows] = np.sqrt(V[rows])
+    return L
 
 
 class _Work:
@@ -209,11 +243,8 @@ class ReluMoments1D(Features):
         hit = self._cache.get(id(D))
         if hit is not None and hit[0]() is D:
             return hit[1]
-        if self._row_bins is None:
-            self._row_bins = (self._bins[self.rows] if self._bins is not None
-                              else bin_index(self.kinks, self.xv[self.rows]))
         M = np.zeros((MOMENTS, self.num_bins))
-        bins, x, D_rows = self._row_bins, self.xv[self.rows], np.asarray(D, dtype=float)[self.rows]
+        bins, x, D_rows = self._own_rows(D)
         for a in range(0, bins.size, ROWS):  # in pieces: add_moments' temporaries are ROWS long, not n
             add_moments(M, bins[a:a + ROWS], x[a:a + ROWS], D_rows[a:a + ROWS])
         self.comm.Allreduce(MPI.IN_PLACE, M, op=MPI.SUM)
@@ -222,6 +253,13 @@ class ReluMoments1D(Features):
                 del self._cache[key]
             self._cache[id(D)] = (weakref.ref(D), M)
         return M
+
+    def _own_rows(self, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bins, x, D) of this rank's share of the rows (their bins computed once)."""
+        if self._row_bins is None:
+            self._row_bins = (self._bins[self.rows] if self._bins is not None
+                              else bin_index(self.kinks, self.xv[self.rows]))
+        return self._row_bins, self.xv[self.rows], np.asarray(D, dtype=float)[self.rows]
 
     # -- the products ----------------------------------------------------------------------------
 
@@ -313,3 +351,69 @@ class ReluMoments1D(Features):
         out = np.empty(self.theta.shape[0]) if out is None else out
         self._adjoint(np.cumsum(work.P, axis=2, out=work.P), work, out[:, None])
         return out
+
+    def squared_moments(self, D: np.ndarray, comm: MPI.Comm | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The moments of D^2 and their spread in each bin, the inputs of :func:`bin_factor`: C (3, K + 1),
+        C[p, k] = sum_{j in k} D_j^2 x_j^p, and V (K + 1,), V_k = sum_{j in k} D_j^2 (x_j - C_1k / C_0k)^2
+        (0 where C_0k = 0), over this rank's share of the rows and summed over comm, and over ``comm`` if
+        given (ranks holding other rows). Two passes over the rows (V needs every rank's C first), in
+        pieces of ROWS rows; collective."""
+        comms = [self.comm] + ([] if comm is None else [comm])
+        bins, x, D_rows = self._own_rows(D)
+        C = np.zeros((MOMENTS, self.num_bins))
+        for a in range(0, bins.size, ROWS):
+            weights = D_rows[a:a + ROWS]
+            add_moments(C, bins[a:a + ROWS], x[a:a + ROWS], weights * weights)
+        for c in comms:
+            c.Allreduce(MPI.IN_PLACE, C, op=MPI.SUM)
+        mean = np.divide(C[1], C[0], out=np.zeros(self.num_bins), where=C[0] > 0.0)
+        V = np.zeros(self.num_bins)
+        for a in range(0, bins.size, ROWS):
+            piece = bins[a:a + ROWS]
+            spread = np.take(mean, piece)
+            np.subtract(x[a:a + ROWS], spread, out=spread)
+            spread *= D_rows[a:a + ROWS]
+            spread *= spread
+            V += np.bincount(piece, weights=spread, minlength=self.num_bins)
+        for c in comms:
+            c.Allreduce(MPI.IN_PLACE, V, op=MPI.SUM)
+        return C, V
+
+    def sketch(self, D: np.ndarray, seed: int, columns: int, scale: float,
+               comm: MPI.Comm | None = None) -> np.ndarray:
+        """S^T (scale diag(D) G) in distribution, for a standard Gaussian G (n x ``columns``) over the data,
+        without drawing G: shape (m, columns), this rank's points. D (n,) as for :meth:`moments`.
+
+        Column j of S^T r depends on r only through the per-bin pairs R_k = (sum_{j in k} r_j x_j,
+        sum_{j in k} r_j); for r = scale D g these are independent over the bins and Gaussian with
+        covariance scale^2 C_k, C_k = [[sum D^2 x^2, sum D^2 x], [sum D^2 x, sum D^2]] (module
+        docstring). So R_k = scale L_k z_k with L_k L_k^T = C_k (:func:`bin_factor`) and z (2, K + 1)
+        standard normals has the same joint law, and the adjoint formula maps it to a matrix with the
+        law of S^T (scale D G): exact in distribution, the Gaussian's linear image. The z of column j
+        come from the stream (seed, j): every rank draws every bin's z (the bins are those of all
+        ranks' points, the moments are summed over the ranks), so the result does not depend on the
+        number of ranks or on how the rows are split (to the rounding of the moments' sums), and no
+        MPI sum of the draws is needed. ``comm``: ranks holding the other rows of the data beyond those
+        of this object's comm (sharded data: each rank's features see its own rows only); C is summed
+        over it too. Cost: two O(n / P) passes for the moments of D^2 (:meth:`squared_moments`), then
+        O(K columns), no n-sized array; collective over this object's comm and ``comm``. Inputs so large
+        that D^2 x^2 overflows give a non-finite result without a NumPy warning: the caller checks it
+        (the Nystrom preconditioner's Gram matrix: ValueError naming the overflow).
+
+        Use: the random start W_0 = Phi^T D G / n of the Nystrom preconditioner (Frangella, Tropp and
+        Udell, "Randomized Nystrom preconditioning", SIAM J. Matrix Anal. Appl. 44, 2023), through
+        :meth:`flowfem.operator.DataOperator.start_block`.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):  # the caller reports a non-finite start, in its words
+            L = bin_factor(*self.squared_moments(D, comm))
+            work = self._buffers(columns)
+            P = work.P  # R_k at column k + 1, column 0 stays 0
+            P[:, :, 0] = 0.0
+            for j in range(columns):
+                z = np.random.default_rng([seed, j]).standard_normal((2, self.num_bins))
+                np.multiply(L[0], z[0], out=P[1, j, 1:])  # sum r = scale l_1 z_1
+                np.multiply(L[1], z[0], out=P[0, j, 1:])  # sum r x = scale (l_x1 z_1 + l_xx z_2)
+                z[1] *= L[2]
+                P[0, j, 1:] += z[1]
+            P[:, :, 1:] *= scale
+            return self._adjoint(np.cumsum(P, axis=2, out=P), work, np.empty((self.theta.shape[0], columns)))
