@@ -30,10 +30,10 @@ from petsc4py import PETSc  # noqa: E402
 
 from flowfem.loss import Loss, loss as _loss  # noqa: E402
 from flowfem.operator import DataOperator  # noqa: E402
+from flowfem.operator.features.base import pieces  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 
 
-PIECE = 2**20  # rows per piece of a sum over the data
 
 
 class Functional:
@@ -104,9 +104,7 @@ class Functional:
         f = self.Phi.apply(U)
         AU = self.H.A.createVecLeft()
         self.H.A.mult(U, AU)
-        # the loss in pieces of PIECE rows: its temporaries are that long, not n (10^8 rows: 0.8 GB each)
-        loss = sum(float(np.sum(self.loss.value(f[a:a + PIECE], self.y[a:a + PIECE])))
-                   for a in range(0, f.shape[0], PIECE))
+        loss = sum(float(np.sum(self.loss.value(f[piece], self.y[piece]))) for piece in pieces(f.shape[0]))
         return self.Phi.total(loss) / self.n, 0.5 * self.alpha * AU.dot(U)
 
     def parts_of(self, Us: list[PETSc.Vec]) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from mpi4py import MPI
 from conftest import passes_on_ranks
 from flowfem.activations import activation
 from flowfem.operator import DataOperator, ReluMoments1D, evaluate
-from flowfem.operator.features import relu_moments
+from flowfem.operator.features import base as features_base
 from flowfem.operator.features.relu_moments import bin_factor, bin_index
 from flowfem.sobolev import WeightedH1
 from flowfem.space import Space
@@ -220,9 +220,9 @@ def test_other_features_keep_the_per_row_start():
 def test_the_start_allocates_nothing_n_sized(monkeypatch):
     """tracemalloc's peak during start_block (bins already cached, as after the right-hand side): the sketch's
     is O(nq b), the same at n = 10^5 as at 10^6 and a tenth of one data column (8 n bytes) there; the per-row
-    start (relu1d) allocates at least a column of G. The moments pass runs in pieces of ROWS rows (2^20
+    start (relu1d) allocates at least a column of G. The moments pass runs in pieces of PIECE rows (2^20
     by default, more than n here), made small."""
-    monkeypatch.setattr(relu_moments, "ROWS", 2**12)
+    monkeypatch.setattr(features_base, "PIECE", 2**12)
     H = WeightedH1(Space.box(1, 16, 4.0), "uniform", kappa=1.0)
     peaks = {}
     for method, n in (("relu1d_moments", 10**5), ("relu1d_moments", 10**6), ("relu1d", 10**6)):

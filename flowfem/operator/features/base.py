@@ -20,6 +20,13 @@ from mpi4py import MPI
 from flowfem.activations import Activation
 
 
+PIECE = 2**20  # rows per piece of a pass over the data: its temporaries are that long, not n (10^8 rows: 0.8 GB each)
+
+
+def pieces(n: int):
+    """Slices of at most PIECE consecutive rows covering rows 0..n-1: a pass over n data rows in pieces."""
+    return (slice(a, min(a + PIECE, n)) for a in range(0, n, PIECE))
+
 def augment(x: np.ndarray) -> np.ndarray:
     """x~ = (x, 1): the inputs (n, d) with a column of ones appended, shape (n, d + 1)."""
     return np.hstack([x, np.ones((x.shape[0], 1))])

@@ -86,12 +86,11 @@ from collections.abc import Iterable
 import numpy as np
 from mpi4py import MPI
 
-from flowfem.operator.features.base import Features
+from flowfem.operator.features.base import Features, pieces
 from flowfem.operator.features.relu1d import ReluFeatures1D
 from flowfem.operator.features.weights import is_frozen
 
 MOMENTS = 3  # per bin: sum D, sum D x, sum D x^2
-ROWS = 2**20  # rows per piece of a pass over the data (its temporaries are that long, not n)
 
 
 def bin_index(kinks: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -99,8 +98,8 @@ def bin_index(kinks: np.ndarray, x: np.ndarray) -> np.ndarray:
     or (m, 1): integers in 0 ... K, shape (m,)."""
     x = np.ravel(x)
     out = np.empty(x.size, dtype=np.int32 if kinks.size < np.iinfo(np.int32).max else np.intp)  # half of n intp
-    for a in range(0, x.size, ROWS):  # in pieces: no n-sized intp temporary beside the result
-        out[a:a + ROWS] = np.searchsorted(kinks, x[a:a + ROWS], side="right")
+    for piece in pieces(x.size):  # no n-sized intp temporary beside the result
+        out[piece] = np.searchsorted(kinks, x[piece], side="right")
     return out
 
 
@@ -245,8 +244,8 @@ class ReluMoments1D(Features):
             return hit[1]
         M = np.zeros((MOMENTS, self.num_bins))
         bins, x, D_rows = self._own_rows(D)
-        for a in range(0, bins.size, ROWS):  # in pieces: add_moments' temporaries are ROWS long, not n
-            add_moments(M, bins[a:a + ROWS], x[a:a + ROWS], D_rows[a:a + ROWS])
+        for piece in pieces(bins.size):  # add_moments' temporaries are PIECE long, not n
+            add_moments(M, bins[piece], x[piece], D_rows[piece])
         self.comm.Allreduce(MPI.IN_PLACE, M, op=MPI.SUM)
         if is_frozen(D):
             for key in [k for k, (ref, _) in self._cache.items() if ref() is None]:  # weights that died
@@ -330,11 +329,11 @@ class ReluMoments1D(Features):
         WB = np.cumsum(self._increments(np.asarray(g, dtype=float)[:, None], work), axis=2, out=work.H)
         bins = self.bins()
         out = np.empty(self.xv.size) if out is None else out
-        for a in range(0, bins.size, ROWS):  # in pieces: no n-sized temporary beside out (nor intp bins)
-            piece, part = bins[a:a + ROWS], out[a:a + ROWS]
-            np.take(WB[0, 0], piece, out=part)
-            part *= self.xv[a:a + ROWS]
-            part += np.take(WB[1, 0], piece)
+        for piece in pieces(bins.size):  # no n-sized temporary beside out (nor intp bins)
+            part = out[piece]
+            np.take(WB[0, 0], bins[piece], out=part)
+            part *= self.xv[piece]
+            part += np.take(WB[1, 0], bins[piece])
         return out
 
     def rmatvec(self, r, out=None):
@@ -344,8 +343,7 @@ class ReluMoments1D(Features):
         bins, K1 = self.bins(), self.num_bins
         work.P[:, 0, 0] = 0.0
         work.P[:, 0, 1:] = 0.0
-        for a in range(0, bins.size, ROWS):  # in pieces: r x is never whole beside r (n numbers saved)
-            piece = slice(a, a + ROWS)
+        for piece in pieces(bins.size):  # r x is never whole beside r (n numbers saved)
             work.P[0, 0, 1:] += np.bincount(bins[piece], weights=r[piece] * self.xv[piece], minlength=K1)
             work.P[1, 0, 1:] += np.bincount(bins[piece], weights=r[piece], minlength=K1)
         out = np.empty(self.theta.shape[0]) if out is None else out
@@ -357,24 +355,22 @@ class ReluMoments1D(Features):
         C[p, k] = sum_{j in k} D_j^2 x_j^p, and V (K + 1,), V_k = sum_{j in k} D_j^2 (x_j - C_1k / C_0k)^2
         (0 where C_0k = 0), over this rank's share of the rows and summed over comm, and over ``comm`` if
         given (ranks holding other rows). Two passes over the rows (V needs every rank's C first), in
-        pieces of ROWS rows; collective."""
+        pieces of PIECE rows; collective."""
         comms = [self.comm] + ([] if comm is None else [comm])
         bins, x, D_rows = self._own_rows(D)
         C = np.zeros((MOMENTS, self.num_bins))
-        for a in range(0, bins.size, ROWS):
-            weights = D_rows[a:a + ROWS]
-            add_moments(C, bins[a:a + ROWS], x[a:a + ROWS], weights * weights)
+        for piece in pieces(bins.size):
+            add_moments(C, bins[piece], x[piece], D_rows[piece] ** 2)
         for c in comms:
             c.Allreduce(MPI.IN_PLACE, C, op=MPI.SUM)
         mean = np.divide(C[1], C[0], out=np.zeros(self.num_bins), where=C[0] > 0.0)
         V = np.zeros(self.num_bins)
-        for a in range(0, bins.size, ROWS):
-            piece = bins[a:a + ROWS]
-            spread = np.take(mean, piece)
-            np.subtract(x[a:a + ROWS], spread, out=spread)
-            spread *= D_rows[a:a + ROWS]
+        for piece in pieces(bins.size):
+            spread = np.take(mean, bins[piece])
+            np.subtract(x[piece], spread, out=spread)
+            spread *= D_rows[piece]
             spread *= spread
-            V += np.bincount(piece, weights=spread, minlength=self.num_bins)
+            V += np.bincount(bins[piece], weights=spread, minlength=self.num_bins)
         for c in comms:
             c.Allreduce(MPI.IN_PLACE, V, op=MPI.SUM)
         return C, V
