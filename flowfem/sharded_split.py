@@ -34,14 +34,22 @@ CHUNK = 2**16  # rows per independently seeded stream: a rank draws only the chu
 SAMPLE_ROWS = 10**5  # rows of the file, at most, in predictions.csv and figure.png of a sharded fit
 
 
-def uniform(seed: int, start: int, stop: int) -> np.ndarray:
-    """u_j for the file rows j = start..stop-1 (shape (stop - start,)): chunk c of rows from the stream
-    default_rng([seed, c]), so u_j does not depend on which rank draws it."""
+def per_row(key: list[int], start: int, stop: int, draw: str = "random") -> np.ndarray:
+    """Seeded random numbers for the rows j = start..stop-1 of a data set (shape (stop - start,)): chunk c
+    of CHUNK rows takes the CHUNK numbers of ``default_rng(key + [c]).<draw>(CHUNK)`` (``draw``: random,
+    uniform on [0, 1), or standard_normal), so row j gets the same number whichever rank draws it and
+    whatever rows it draws beside it."""
     out = np.empty(stop - start)
     for c in range(start // CHUNK, -(-stop // CHUNK)):
         lo, hi = max(start, c * CHUNK), min(stop, (c + 1) * CHUNK)
-        out[lo - start:hi - start] = np.random.default_rng([seed, c]).random(CHUNK)[lo - c * CHUNK:hi - c * CHUNK]
+        numbers = getattr(np.random.default_rng(list(key) + [c]), draw)(CHUNK)
+        out[lo - start:hi - start] = numbers[lo - c * CHUNK:hi - c * CHUNK]
     return out
+
+
+def uniform(seed: int, start: int, stop: int) -> np.ndarray:
+    """u_j for the file rows j = start..stop-1 (shape (stop - start,)): :func:`per_row` with key [seed]."""
+    return per_row([seed], start, stop)
 
 
 def split(x: np.ndarray, y: np.ndarray, start: int, n: int, seed: int, name: str,

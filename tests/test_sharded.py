@@ -17,11 +17,10 @@ from conftest import passes_on_ranks
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from mpi4py import MPI
 
-from flowfem import data, stationary
+from flowfem import data, sharded_split, stationary
 from flowfem.functional import Functional
 from flowfem.mpi import CollectiveError
 from flowfem.operator import DataOperator
-from flowfem.operator import data_operator
 from flowfem.space import Space
 
 pytestmark = pytest.mark.parallel
@@ -71,7 +70,7 @@ def close(a, b, rtol=1e-12):
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("uneven", [False, True])
 def test_products_equal_replicated(case, uneven, monkeypatch):
-    monkeypatch.setattr(data_operator, "CHUNK", 128)  # the Gaussian's chunks: several, met by several ranks
+    monkeypatch.setattr(sharded_split, "CHUNK", 128)  # the Gaussian's chunks: several, met by several ranks
     full, mine, rows = both(case, uneven=uneven)
     Phi, Psh = full.Phi, mine.Phi
     assert (Psh.n, Psh.rows, Phi.rows) == (Phi.n, rows.stop - rows.start, Phi.n)

@@ -45,9 +45,9 @@ from flowfem.operator.features import DenseFeatures, InterpolatedFeatures, evalu
 from flowfem.operator.features.interpolated import bounding_box  # noqa: E402
 from flowfem.operator.quadrature import Quadrature  # noqa: E402
 from flowfem.operator.select import build, implementation, make_features  # noqa: E402
+from flowfem.sharded_split import per_row  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
 
-CHUNK = 2**16  # rows per independently seeded chunk of DataOperator.gaussian
 
 
 class DataOperator:
@@ -125,7 +125,7 @@ class DataOperator:
         this rank's rows (:attr:`rows`,) of each.
 
         Replicated: drawn from one stream (seed), column after column, the same on every rank.
-        Sharded: in chunks of CHUNK rows, chunk c of column j from the stream (seed, j, c), so that a rank
+        Sharded: column j is :func:`flowfem.sharded_split.per_row` with key (seed, j), so that a rank
         draws only the chunks its rows meet and every row has the same number on any number of ranks
         (a randomized method then does not depend on how the rows are split)."""
         if not self.sharded:
@@ -133,14 +133,8 @@ class DataOperator:
             for _ in range(columns):
                 yield rng.standard_normal(self.n)
             return
-        start, stop = self.row_offset, self.row_offset + self.rows
         for j in range(columns):
-            out = np.empty(self.rows)
-            for c in range(start // CHUNK, -(-stop // CHUNK)):
-                lo, hi = max(start, c * CHUNK), min(stop, (c + 1) * CHUNK)
-                out[lo - start:hi - start] = np.random.default_rng([seed, j, c]).standard_normal(CHUNK)[
-                    lo - c * CHUNK:hi - c * CHUNK]
-            yield out
+            yield per_row([seed, j], self.row_offset, self.row_offset + self.rows, "standard_normal")
 
     def start_block(self, seed: int, columns: int, D: np.ndarray) -> np.ndarray:
         """(Phi^T diag(D) G / n)^T for a seeded standard Gaussian G (n x ``columns``) over the data: rows
