@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from flowfem import arguments
 from flowfem.data import Dataset
 
 TEST_FRACTION = 0.2  # as the unsharded split's fifth
@@ -36,7 +37,9 @@ SAMPLE_ROWS = 10**5  # rows of the file, at most, in predictions.csv and figure.
 
 def uniform(seed: int, start: int, stop: int) -> np.ndarray:
     """u_j for the file rows j = start..stop-1 (shape (stop - start,)): chunk c of rows from the stream
-    default_rng([seed, c]), so u_j does not depend on which rank draws it."""
+    default_rng([seed, c]), so u_j does not depend on which rank draws it. ValueError unless seed is an
+    integer >= 0 (:func:`flowfem.arguments.seed`), also on a rank without rows."""
+    seed = arguments.seed(seed)  # NumPy's own refusal of a negative seed names neither the seed nor the fix
     out = np.empty(stop - start)
     for c in range(start // CHUNK, -(-stop // CHUNK)):
         lo, hi = max(start, c * CHUNK), min(stop, (c + 1) * CHUNK)
