@@ -45,8 +45,8 @@ def _petsc_options(pairs: list[str]) -> dict:
 def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False, sharded: bool = False) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True,
-                   help="a CSV (header naming columns x1..xd and y, or y1..ym for m outputs, in any order) or NPZ "
-                        "(arrays x, y) file, "
+                   help="a CSV (header naming columns x1..xd and y, or y1..ym for m outputs, in any order), NPZ "
+                        "(arrays x, y), .npy (a structured array, fields x1..xd, y) or .h5 (datasets x, y) file, "
                         "or a synthetic set: sin (y = sin(pi x)), step (y = sign x), two_moons (labels -1/+1, "
                         "d = 2), or a real data set shipped by scikit-learn or statsmodels, fitted on inputs "
                         "standardised by its training rows: diabetes1, engel, sunspots, co2 (d = 1), iris2 (d = 2, "

@@ -48,8 +48,9 @@ class Functional:
         self.y = np.asarray(y, dtype=float)
         self.loss = _loss(loss)
         if self.y.ndim == 2 and not self.loss.quadratic:
-            raise ValueError(f"{self.y.shape[1]} outputs (y of shape {self.y.shape}) need the squared loss; "
-                             f"the {self.loss.name} loss takes one column of labels y")
+            # Phi.n: every rank's rows (sharded data: self.y holds this rank's only)
+            raise ValueError(f"{self.y.shape[1]} outputs (y of shape ({Phi.n}, {self.y.shape[1]})) need the squared "
+                             f"loss; the {self.loss.name} loss takes one column of labels y")
         if Phi.sharded:  # each rank checks its own rows; an error on one is raised on all
             mpi.on_every_rank(Phi.comm, self._check_targets)
         else:

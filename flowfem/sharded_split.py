@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from flowfem import arguments
 from flowfem.data import Dataset
 
 TEST_FRACTION = 0.2  # as the unsharded split's fifth
@@ -48,8 +49,10 @@ def per_row(key: list[int], start: int, stop: int, draw: str = "random") -> np.n
 
 
 def uniform(seed: int, start: int, stop: int) -> np.ndarray:
-    """u_j for the file rows j = start..stop-1 (shape (stop - start,)): :func:`per_row` with key [seed]."""
-    return per_row([seed], start, stop)
+    """u_j for the file rows j = start..stop-1 (shape (stop - start,)): :func:`per_row` with key [seed].
+    ValueError unless seed is an integer >= 0 (:func:`flowfem.arguments.seed`), also on a rank without rows."""
+    # NumPy's own refusal of a negative seed names neither the seed nor the fix
+    return per_row([arguments.seed(seed)], start, stop)
 
 
 def split(x: np.ndarray, y: np.ndarray, start: int, n: int, seed: int, name: str,

@@ -812,6 +812,10 @@ class Space:
         self.comm = comm
         self.chart = _CHART_OF_DOMAIN.get(domain, IDENTITY)  # mesh coordinates -> neurons (module docstring)
         _CHARTS[self.mesh] = self.chart
+        # once, on every rank: check_inputs runs on a rank's own rows (a sharded fit), where a rank without
+        # rows, or failing before it, would leave the others waiting in this reduction
+        self._outer_radius = comm.allreduce(float(np.linalg.norm(self.mesh.geometry.x, axis=1).max(initial=0.0)),
+                                            op=MPI.MAX)
 
     @property
     def gdim(self) -> int:
@@ -883,8 +887,7 @@ class Space:
     @property
     def outer_radius(self) -> float:
         """The largest |x| over the mesh's nodes: Z on the s3 chart (the polyhedron's vertices lie on |z| = Z)."""
-        x = self.mesh.geometry.x
-        return self.comm.allreduce(float(np.linalg.norm(x, axis=1).max(initial=0.0)), op=MPI.MAX)
+        return self._outer_radius
 
     def check_inputs(self, x: np.ndarray, what: str = "the data") -> None:
         """On the s3 chart, ValueError unless every neuron the truncation leaves out is zero (relu) or

@@ -461,7 +461,10 @@ class LinearSolver:
                                        "large that sigma(theta . x~)^2 overflows? rescale the data")
                 raise NotConverged(
                     f"CG did not converge (PETSc {_KSP_REASONS.get(reason, reason)}) after {its} iterations; "
-                    f"try a larger alpha, a looser rtol or {spell('solver', repr('direct'))}"
+                    f"try a larger alpha, a looser rtol or "
+                    # the direct solver needs every row on every rank: sharded data can only accept the iterate
+                    + (f"allow unconverged results ({spell('allow_unconverged')})" if self.E.Phi.sharded
+                       else spell("solver", repr("direct")))
                 )
         else:
             self._woodbury_solve(B, X)  # exact up to refinement: a guess would not help
