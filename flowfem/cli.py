@@ -164,12 +164,10 @@ def _load_sharded(args, comm):
     if args.test_data is None:
         return sharded_split.split(shard.x, shard.y, shard.start, shard.n, args.seed, name, comm)
     held = shards.read(args.test_data, comm)
-    if held.x.shape[1] != shard.x.shape[1] or np.ndim(held.y) != np.ndim(shard.y) or (
-            np.ndim(shard.y) == 2 and held.y.shape[1] != shard.y.shape[1]):
-        raise ValueError(f"the test data {args.test_data!r} have other columns than the training data {args.data!r} "
-                         "(inputs x1..xd and targets y or y1..ym): give test data with the same columns")
-    return (data.Dataset(shard.x, shard.y, name), np.arange(shard.start, shard.start + shard.x.shape[0]),
-            data.Dataset(held.x, held.y, name + "-test"), np.arange(held.start, held.start + held.x.shape[0]))
+    train, test = data.Dataset(shard.x, shard.y, name), data.Dataset(held.x, held.y, name + "-test")
+    data.check_test_columns(train, test)  # the same on every rank: a file's columns
+    return (train, np.arange(shard.start, shard.start + shard.x.shape[0]),
+            test, np.arange(held.start, held.start + held.x.shape[0]))
 
 
 def _record_chart_radius(args, space) -> None:
@@ -229,6 +227,9 @@ def cmd_solve(args, comm) -> None:
     _record_chart_radius(args, space)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     mesh_seconds = time.perf_counter() - t0
+    if test.outputs == 1:  # (m outputs and a classification loss: the fit refuses the training targets first)
+        # test rows are scored after the fit: targets the loss cannot score are refused before it
+        problem.loss.check_labels(test.y, "test targets y", comm if args.sharded else None)
     auto = args.alpha == "auto"
     if not auto and (args.validation is not None or args.folds is not None):
         raise ValueError(f"{'--validation' if args.validation is not None else '--folds'} applies to --alpha auto "
@@ -336,6 +337,8 @@ def cmd_flow(args, comm) -> None:
     space = make_space(args.domain, train.d, args.mesh_size, args.radius, args.activation, comm, x=train.x)
     _record_chart_radius(args, space)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
+    if test.outputs == 1:  # m outputs and a classification loss: the functional refuses the training targets
+        problem.loss.check_labels(test.y, "test targets y")  # scored after the flow: refused before it
     E = problem.functional(train.x, train.y)
     flow = driver.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
                        petsc_options=petsc, step_rtol=args.step_rtol, adapt=False if args.fixed_steps else None,

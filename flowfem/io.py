@@ -218,22 +218,19 @@ def fit_scores(loss, f: np.ndarray, y: np.ndarray, prefix: str, comm: MPI.Comm |
     ``comm``: f and y are this rank's rows of data sharded over comm's ranks (possibly none), and the
     means run over every rank's rows (one MPI sum; collective). ValueError (on every rank) if a
     classification loss meets targets other than -1 and +1: its accuracy and mean loss would be numbers
-    of nothing (the fit's own labels are checked by the functional; test labels only here)."""
+    of nothing (:meth:`flowfem.loss.Loss.check_labels`)."""
     f, y = np.asarray(f, dtype=float), np.asarray(y, dtype=float)
+    loss.check_labels(y, f"{prefix} targets y", comm)
     if loss.quadratic:  # per output: sum of squared errors; then the row count
         # y (k, m) as (k, m) even for k = 0 rows (a rank of a sharded fit may hold none): reshape(0, -1) fails
         outputs = int(np.prod(y.shape[1:], dtype=np.int64))
         sums = np.append(np.sum(((f - y) ** 2).reshape(y.shape[0], outputs), axis=0), y.shape[0])
-    else:  # correct signs, summed loss, targets that are no label, rows
-        sums = np.array([np.sum(np.sign(f) == y), np.sum(loss.value(f, y)), np.sum(~np.isin(y, (-1.0, 1.0))),
-                         y.shape[0]], dtype=float)
+    else:  # correct signs, summed loss, rows
+        sums = np.array([np.sum(np.sign(f) == y), np.sum(loss.value(f, y)), y.shape[0]], dtype=float)
     if comm is not None:
         comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
     count = sums[-1]
     if not loss.quadratic:
-        if sums[2]:
-            raise ValueError(f"{int(sums[2])} of the {int(count)} {prefix} targets y are neither -1 nor +1, the labels "
-                             f"the {loss.name} loss scores: relabel them -1/+1 (or fit them with the squared loss)")
         return {f"{prefix}_accuracy": float(sums[0] / count), f"{prefix}_loss": float(sums[1] / count)}
     scores = {f"{prefix}_rmse": float(np.sqrt(np.sum(sums[:-1]) / (count * (sums.size - 1))))}
     if np.ndim(y) == 2:
@@ -285,7 +282,8 @@ def solve_metrics(result, train, test, sharded: bool = False) -> dict:
         energy=result.energy, loss=loss, regulariser=reg, iterations=result.iterations, residual=result.residual,
         converged=result.info.converged, solver=info.solver, preconditioner=info.preconditioner,
         preconditioner_rank=info.rank,
-        **scores(train, "train"), **scores(test, "test"), n_train=rows(train), n_test=rows(test), d=train.d, ndofs=problem.H.ndofs, cells=problem.space.num_cells,
+        **scores(train, "train"), **scores(test, "test"), n_train=rows(train), n_test=rows(test), d=train.d,
+        ndofs=problem.H.ndofs, cells=problem.space.num_cells,
         ranks=problem.space.comm.size, domain=problem.space.domain, degree=problem.H.degree,
         setup_seconds=result.setup_seconds, solve_seconds=result.solve_seconds)
     if result.path is not None:  # alpha="auto": the regularisation path (flowfem.path.RegularisationPath.metrics)

@@ -42,10 +42,20 @@ class Loss:
     def __str__(self) -> str:
         return self.name
 
-    def check_labels(self, y: np.ndarray) -> None:
-        """Raise ValueError if y is not admissible for this loss."""
-        if self.name == "logistic" and not np.all(np.isin(y, (-1.0, 1.0))):
-            raise ValueError("the logistic loss needs labels y in {-1, +1}; relabel the data")
+    def check_labels(self, y: np.ndarray, what: str = "targets y", comm=None) -> None:
+        """ValueError if y holds a target this loss cannot take: the logistic loss takes the labels -1 and +1
+        only (a score of other targets would be a number of nothing). ``what`` names y in the message;
+        ``comm`` (an mpi4py communicator): y is this rank's rows of data sharded over its ranks, the count
+        of bad targets is summed over them and every rank raises (collective)."""
+        if self.name != "logistic":
+            return
+        y = np.asarray(y)
+        counts = np.array([np.count_nonzero(~np.isin(y, (-1.0, 1.0))), y.size])
+        if comm is not None:
+            counts = comm.allreduce(counts)
+        if counts[0]:
+            raise ValueError(f"{counts[0]} of the {counts[1]} {what} are neither -1 nor +1: the logistic loss needs "
+                             "labels y in {-1, +1}; relabel them (or fit them with the squared loss)")
 
 
 SQUARED = Loss(

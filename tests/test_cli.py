@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, run
+from flowfem import data
 
 FLOWFEM = os.path.join(BIN, "flowfem")
 pytestmark = pytest.mark.mpi  # starts processes; not rerun inside the MPI suite
@@ -365,3 +366,25 @@ def test_test_data_is_used_with_synthetic_training_data(tmp_path):
     assert metrics["n_test"] == 37
     predicted = np.loadtxt(tmp_path / "out" / "predictions.csv", delimiter=",", skiprows=1)
     np.testing.assert_array_equal(np.sort(predicted[:, 0]), x)
+
+
+@pytest.mark.parametrize("command", ["solve", "flow"])
+def test_test_labels_are_refused_before_the_fit(tmp_path, monkeypatch, capsys, command):
+    """Logistic test labels 0/1 are scored only after the fit (or the flow): they are refused before it
+    starts, not after minutes of work. The fit here would fail loudly if it were reached."""
+    from flowfem import cli
+    from flowfem.problem import Problem
+
+    def reached(*args, **kwargs):
+        raise AssertionError("the fit started")
+
+    monkeypatch.setattr(Problem, "fit", reached)
+    monkeypatch.setattr(Problem, "functional", reached)
+    x = np.linspace(-1, 1, 40)[:, None]
+    data.save(data.Dataset(x, np.where(x[:, 0] > 0, 1.0, -1.0)), tmp_path / "train.npy")
+    data.save(data.Dataset(x[::2], (x[::2, 0] > 0).astype(float)), tmp_path / "test01.npy")  # labels 0/1
+    assert cli.main([command, "--data", str(tmp_path / "train.npy"), "--test-data", str(tmp_path / "test01.npy"),
+                     "--loss", "logistic", "--mesh-size", "8", "--quiet", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "10 of the 20 test targets y are neither -1 nor +1" in err and "started" not in err, err
+    assert not (tmp_path / "out").exists()
