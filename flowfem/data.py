@@ -337,12 +337,18 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
             train = Dataset(full.x[perm[k:]], full.y[perm[k:]], full.name)
     if held_out is None:
         held_out = get(test, max(n, 1000), seed + 1)
-    if held_out.d != train.d:
-        raise ValueError(f"test data have d = {held_out.d} inputs, training data d = {train.d}")
-    if held_out.outputs != train.outputs:  # a fit of m outputs is scored on m target columns
-        raise ValueError(f"the test data {held_out.name!r} have {held_out.outputs} output(s) but the training data "
-                         f"{train.name!r} {train.outputs}: give test data with the same target columns")
+    check_test_columns(train, held_out)
     return train, held_out
+
+
+def check_test_columns(train: Dataset, test: Dataset) -> None:
+    """ValueError unless ``test`` has ``train``'s d input columns and m target columns (a fit of m outputs
+    on d inputs is scored on the same)."""
+    if test.d != train.d:
+        raise ValueError(f"test data have d = {test.d} inputs, training data d = {train.d}")
+    if test.outputs != train.outputs:
+        raise ValueError(f"the test data {test.name!r} have {test.outputs} output(s) but the training data "
+                         f"{train.name!r} {train.outputs}: give test data with the same target columns")
 
 
 def save(dataset: Dataset, path: str | os.PathLike) -> None:

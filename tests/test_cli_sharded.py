@@ -122,7 +122,8 @@ def test_uniform_is_per_row():
     (["--data", "TRAIN", "--alpha", "auto"], "--alpha auto needs every row"),
     (["--data", "MOONS", "--loss", "softmax"], "--loss softmax needs every row"),
     (["--data", "TRAIN", "--solver", "direct"], "--solver direct needs every row"),
-    (["--data", "TRAIN", "--test-data", "TWO"], "other columns than the training data"),
+    (["--data", "TRAIN", "--test-data", "TWO"], "have 2 output(s) but the training data"),
+    (["--data", "TRAIN", "--test-data", "MOONS"], "test data have d = 2 inputs, training data d = 1"),
     (["--data", "ONE"], "has 1 row(s)"),
     (["--data", "MISSING"], "MISSING"),
 ])
