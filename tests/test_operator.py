@@ -271,3 +271,32 @@ def test_normal_block_equals_normal_per_vector(sigma, d):
         Phi.normal(W, D, V)
         scale = MPI.COMM_WORLD.allreduce(np.abs(V.array_r).max(), op=MPI.MAX)
         assert np.allclose(expected, V.array_r, rtol=0, atol=1e-12 * scale), sigma
+
+
+def test_relu_tree_chunks_bound_the_traversal_and_change_nothing(monkeypatch):
+    """Data points are traversed in chunks of about CHUNK_ENTRIES stored entries (sized from the entries per
+    point seen so far): the same P and C, entry for entry, as one traversal of every point."""
+    from flowfem.operator.features import relu_tree
+
+    rng = np.random.default_rng(7)
+    x, theta = rng.uniform(-1, 1, (900, 2)), rng.normal(size=(3000, 3))
+    whole = ReluTreeFeatures(activation("relu"), x, theta, chunk=900)
+    chunks = []
+    traverse = ReluTreeFeatures._traverse
+
+    def spy(self, j0, j1):
+        P, C = traverse(self, j0, j1)
+        chunks.append((j1 - j0, P.nnz + C.nnz))
+        return P, C
+
+    monkeypatch.setattr(ReluTreeFeatures, "_traverse", spy)
+    monkeypatch.setattr(relu_tree, "CHUNK_ENTRIES", 20000)
+    S = ReluTreeFeatures(activation("relu"), x, theta)
+    per_point = sum(e for _, e in chunks) / x.shape[0]
+    assert len(chunks) > 5 and chunks[0][0] == 64 and sum(r for r, _ in chunks) == x.shape[0]
+    # after the first, each chunk holds about 20000 entries (its points' counts vary about the mean)
+    assert all(abs(e - 20000) < 0.5 * 20000 for r, e in chunks[1:-1]), (per_point, chunks)
+    for a, b in ((S.P, whole.P), (S.C, whole.C)):
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.data, b.data)

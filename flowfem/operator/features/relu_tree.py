@@ -13,6 +13,9 @@ import scipy.sparse
 from flowfem.operator.features.base import Features, StorageLimit, augment, is_relu
 
 TREE_MAX_ENTRIES = 2**27  # stored entries of a relu tree per rank (12 bytes each: 1.5 GiB)
+# data points are traversed in chunks of about CHUNK_ENTRIES stored entries: a traversal's temporaries take
+# about 170 bytes per entry, and a fixed 4096 points (all 4.6e7 entries of the default 2-D box) peaked at 7.5 GiB
+CHUNK_ENTRIES = 2**20
 
 
 class ReluTreeFeatures(Features):
@@ -39,21 +42,25 @@ class ReluTreeFeatures(Features):
     def needs(cls, sigma, d):
         return None if is_relu(sigma) else "relu or leaky_relu"
 
-    def __init__(self, sigma, x, theta, leaf_size: int = 8, chunk: int = 4096, max_entries: int | None = None):
+    def __init__(self, sigma, x, theta, leaf_size: int = 8, chunk: int = 64, max_entries: int | None = None):
+        """``chunk``: data points of the first traversal chunk; the next ones hold about CHUNK_ENTRIES
+        entries each (16 to 4096 points), at the entries per point seen so far."""
         super().__init__(sigma, x, theta)
         max_entries = TREE_MAX_ENTRIES if max_entries is None else max_entries
         self.s, self.c = sigma.slope, 1.0 - sigma.slope
         self.xt = augment(x)
         self._build_tree(leaf_size)
-        n, parts, stored = x.shape[0], [], 0
-        for j in range(0, n, chunk):  # in chunks of data points: bounded memory while building
-            parts.append(self._traverse(j, min(j + chunk, n)))
+        n, parts, stored, j = x.shape[0], [], 0, 0
+        while j < n:  # in chunks of data points: bounded memory while building
+            stop = min(j + chunk, n)
+            parts.append(self._traverse(j, stop))
             stored += parts[-1][0].nnz + parts[-1][1].nnz
-            if stored * n / min(j + chunk, n) > max_entries:
+            if stored * n / stop > max_entries:
                 raise StorageLimit(
                     f"the relu tree for {n} data points and {theta.shape[0]} quadrature points would store "
-                    f"about {stored * n / min(j + chunk, n):.2g} entries (limit {max_entries:.2g})"
+                    f"about {stored * n / stop:.2g} entries (limit {max_entries:.2g})"
                 )
+            chunk, j = int(np.clip(CHUNK_ENTRIES * stop / max(stored, 1), 16, 4096)), stop
         self.P = scipy.sparse.vstack([p for p, _ in parts], format="csr")  # (n, nodes): maximal positive nodes
         self.C = scipy.sparse.vstack([c for _, c in parts], format="csr")  # (n, m in tree order): cut leaves
 
