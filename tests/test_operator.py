@@ -300,3 +300,24 @@ def test_relu_tree_chunks_bound_the_traversal_and_change_nothing(monkeypatch):
         np.testing.assert_array_equal(a.indptr, b.indptr)
         np.testing.assert_array_equal(a.indices, b.indices)
         np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("m, leaf", [(1, 8), (9, 8), (1000, 8), (777, 3), (64, 1)])
+def test_relu_tree_nodes_hold_their_points(m, leaf):
+    """Each node's points lie in its ball, its children split it into halves (breadth-first numbering,
+    split along its widest coordinate), and the leaves hold at most leaf_size points."""
+    theta = np.random.default_rng(m).normal(size=(m, 3)) * [1.0, 5.0, 0.1]
+    S = ReluTreeFeatures(activation("relu"), np.zeros((1, 2)), theta, leaf_size=leaf)
+    assert sorted(S.perm) == list(range(m)) and S.start[0] == 0 and S.end[0] == m
+    for i in range(S.start.size):
+        pts = S.theta_t[S.start[i]:S.end[i]]
+        assert np.all(np.linalg.norm(pts - S.centre[i], axis=1) <= S.radius[i] * (1 + 1e-12))
+        np.testing.assert_allclose(S.centre[i], 0.5 * (pts.min(axis=0) + pts.max(axis=0)))
+        c = S.left[i]
+        if c < 0:
+            assert S.end[i] - S.start[i] <= leaf
+            continue
+        assert c > i and S.start[c] == S.start[i] and S.end[c] == S.start[c + 1] and S.end[c + 1] == S.end[i]
+        assert S.end[c] - S.start[c] == (S.end[i] - S.start[i]) // 2
+        k = np.argmax(pts.max(axis=0) - pts.min(axis=0))  # the lower half is below the upper along it
+        assert S.theta_t[S.start[c]:S.end[c], k].max() <= S.theta_t[S.start[c + 1]:S.end[c + 1], k].min()

@@ -65,27 +65,49 @@ class ReluTreeFeatures(Features):
         self.C = scipy.sparse.vstack([c for _, c in parts], format="csr")  # (n, m in tree order): cut leaves
 
     def _build_tree(self, leaf_size):
-        """Balanced k-d tree: node i holds the points perm[start_i:end_i], children left_i and left_i + 1 (-1: leaf)."""
+        """Balanced k-d tree: node i holds the points perm[start_i:end_i], children left_i and left_i + 1 (-1: leaf).
+
+        Built a level at a time (the nodes numbered breadth first): each node's bounding box, centre and
+        radius by segment reductions over its points, and the split at the median of its widest coordinate
+        by one sort of every point of the level by (node, coordinate), not a Python loop over the nodes
+        (9 of the 17.5 s of the default 2-D box's operator, 262,143 nodes)."""
         theta = self.theta
         m, D = theta.shape
         perm = np.arange(m)
-        start, end, left, centre, radius = [0], [m], [-1], [], []
-        i = 0
-        while i < len(start):
-            a, b = start[i], end[i]
-            pts = theta[perm[a:b]]
-            lo, hi = pts.min(axis=0, initial=np.inf), pts.max(axis=0, initial=-np.inf)
-            mid = 0.5 * (lo + hi) if b > a else np.zeros(D)
+        start, end, left, centre, radius = [np.array([0])], [np.array([m])], [], [], []
+        if m == 0:
+            start, end = [np.zeros(1, dtype=np.int64)], [np.zeros(1, dtype=np.int64)]
+            left, centre, radius = [np.array([-1])], [np.zeros((1, D))], [np.zeros(1)]
+        count = 0  # the number of the level's first node (breadth first)
+        while m and start[-1].size:
+            a, b = start[-1], end[-1]  # the nodes of this level, in order; none is empty
+            size = b - a
+            node = np.repeat(np.arange(a.size), size)  # the level's points: their node, their place in perm
+            place = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size - a, size)
+            pts = theta[perm[place]]
+            first = np.cumsum(size) - size  # each node's first point among the level's points
+            lo, hi = np.minimum.reduceat(pts, first, axis=0), np.maximum.reduceat(pts, first, axis=0)
+            mid = 0.5 * (lo + hi)
             centre.append(mid)
-            radius.append(np.sqrt(((pts - mid) ** 2).sum(axis=1).max(initial=0.0)))
-            if b - a > leaf_size:  # split at the median of the widest coordinate
-                half = (b - a) // 2
-                perm[a:b] = perm[a:b][np.argpartition(pts[:, np.argmax(hi - lo)], half)]
-                left[i] = len(start)
-                start += [a, a + half]
-                end += [a + half, b]
-                left += [-1, -1]
-            i += 1
+            radius.append(np.sqrt(np.maximum.reduceat(((pts - mid[node]) ** 2).sum(axis=1), first)))
+            split = size > leaf_size
+            widest = np.argmax(hi - lo, axis=1)
+            # the points of the nodes that split, sorted by (node, widest coordinate): each lower half is
+            # then the half of its node below the median
+            cut = split[node]
+            order = np.lexsort((pts[cut, widest[node[cut]]], node[cut]))
+            perm[place[cut]] = perm[place[cut]][order]
+            half = size[split] // 2
+            children = np.empty(2 * half.size, dtype=np.int64)
+            children[0::2], children[1::2] = a[split], a[split] + half
+            stops = np.empty_like(children)
+            stops[0::2], stops[1::2] = a[split] + half, b[split]
+            left.append(np.where(split, count + a.size + 2 * (np.cumsum(split) - 1), -1))
+            count += a.size
+            start.append(children)
+            end.append(stops)
+        start, end = np.concatenate(start), np.concatenate(end)
+        left, centre, radius = np.concatenate(left), np.concatenate(centre), np.concatenate(radius)
         self.perm, self.theta_t = perm, theta[perm]
         self.start, self.end, self.left = np.array(start), np.array(end), np.array(left)
         self.centre, self.radius = np.array(centre), np.array(radius)
