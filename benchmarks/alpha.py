@@ -3,6 +3,7 @@
     python benchmarks/alpha.py                    # full size (46 min on a loaded 2-core machine, most on the 2-D box)
     mpirun -n 2 python benchmarks/alpha.py        # the same on 2 ranks (times: max over ranks)
     python benchmarks/alpha.py --quick            # small sizes, for a smoke test (seconds)
+    python benchmarks/alpha.py --inputs 1         # the 1-D cases only (minutes)
 
 Both preconditioners of :class:`flowfem.stationary.LinearSolver` solve the same
 system (alpha A + Phi^T Phi / n) U = Phi^T y / n, CG to rtol 1e-10, in the same run:
@@ -127,7 +128,7 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def main(quick: bool = False, box_max_it: int = 400):
+def main(quick: bool = False, box_max_it: int = 400, inputs: tuple = (1, 2)):
     world = MPI.COMM_WORLD
     say = print if world.rank == 0 else (lambda *a, **k: None)
     n1, n2 = (2000, 300) if quick else (10**5, 4000)
@@ -139,13 +140,14 @@ def main(quick: bool = False, box_max_it: int = 400):
     sin = data.synthetic("sin", n1, seed=0)
     moons = data.synthetic("two_moons", n2, seed=0)
     cases = []  # (label, problem, data, max_it per preconditioner)
-    for R in (4.0, 8.0):
+    for R in (4.0, 8.0) if 1 in inputs else ():
         for m in cells:
             cases.append((f"1-D box R = {R:g}, {m}^2", lambda m=m, R=R: Space.box(1, m, R), sin, {}))
     box2 = f"2-D box R = 4, {box2_size or 32}^3"
     sphere = f"2-D sphere, {sphere_size or 3} refinements"
-    cases.append((box2, lambda: make_space("box", 2, box2_size), moons, {"gamg": box_max_it}))
-    cases.append((sphere, lambda: make_space("sphere", 2, sphere_size), moons, {}))
+    if 2 in inputs:
+        cases.append((box2, lambda: make_space("box", 2, box2_size), moons, {"gamg": box_max_it}))
+        cases.append((sphere, lambda: make_space("sphere", 2, sphere_size), moons, {}))
 
     meshes, rows = [], []
     for label, space, ds, caps in cases:
@@ -184,7 +186,7 @@ def main(quick: bool = False, box_max_it: int = 400):
         say(f"iterations across alpha {ALPHAS[0]:.0e}..{ALPHAS[-1]:.0e}, {m['label']}: nystrom {counts['nystrom']} "
             f"max/min {ratio['nystrom']:.2f} (target <= 2): {verdict(ratio['nystrom'] <= 2)}; "
             f"gamg {counts['gamg']} max/min {ratio['gamg']:.2f}")
-    for R in (4, 8):  # iterations within 20% across the refinements
+    for R in (4, 8) if 1 in inputs else ():  # iterations within 20% across the refinements
         labels = [f"1-D box R = {R}, {m}^2" for m in cells]
         for a in ALPHAS:
             counts = {pc: [by[lb, a][pc]["its"] for lb in labels] for pc in PRECONDITIONERS}
@@ -199,10 +201,11 @@ def main(quick: bool = False, box_max_it: int = 400):
             f"= {q['nystrom']:.2f} (target <= 2): {verdict(q['nystrom'] <= 2)}; gamg {t['gamg'][0]:.2f} s / "
             f"{t['gamg'][1]:.2f} s = {q['gamg']:.2f}" + ("" if by[m["label"], 1e-8]["gamg"]["converged"]
                                                          else " (gamg capped: more than that)"))
-    default = by[box2, 1e-4]
-    say(f"default 2-D box ({box2}) at the command's default alpha 1e-4: nystrom {default['nystrom']['its']} "
-        f"iterations (target <= 100): {verdict(default['nystrom']['its'] <= 100)}; "
-        f"gamg {its(default['gamg'], caps[box2]['gamg'])}")
+    if 2 in inputs:
+        default = by[box2, 1e-4]
+        say(f"default 2-D box ({box2}) at the command's default alpha 1e-4: nystrom {default['nystrom']['its']} "
+            f"iterations (target <= 100): {verdict(default['nystrom']['its'] <= 100)}; "
+            f"gamg {its(default['gamg'], caps[box2]['gamg'])}")
     both = [r for r in rows if r["gamg"]["converged"] and r["nystrom"]["converged"]]
     worst = max(both, key=lambda r: r["diff"])
     backward = max(r["backward"] for r in both)
@@ -219,5 +222,7 @@ if __name__ == "__main__":
     p = common.parser(__doc__)
     p.add_argument("--box-max-it", type=int, default=400,
                    help="CG iteration cap of the gamg baseline on the 2-D box (default: %(default)s)")
+    p.add_argument("--inputs", choices=["1", "2", "all"], default="all",
+                   help="the cases of 1-D inputs, of 2-D inputs, or all (default: %(default)s)")
     args = p.parse_args()
-    main(args.quick, args.box_max_it)
+    main(args.quick, args.box_max_it, (1, 2) if args.inputs == "all" else (int(args.inputs),))

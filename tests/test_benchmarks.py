@@ -47,6 +47,14 @@ def test_alpha_benchmark_quick_under_mpirun():
         assert nystrom[-1] * 5 <= gamg[-1], line
 
 
+def test_alpha_benchmark_runs_the_1d_cases_alone():
+    proc = run([sys.executable, "benchmarks/alpha.py", "--quick", "--inputs", "1"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\| (1-D box|2-D box|2-D sphere)[^|]*\| \de-0\d \| >?\d+ \|.*\|$", proc.stdout, re.M)
+    assert len(rows) == 6 * 6 and set(rows) == {"1-D box"}, proc.stdout  # two boxes x three meshes x six alphas
+    assert "default 2-D box" not in proc.stdout and "across 8^2..32^2" in proc.stdout
+
+
 @pytest.mark.mpi
 def test_flow_benchmark_quick_under_mpirun():
     proc = run([sys.executable, "benchmarks/flow.py", "--quick", "--repeats", "1"], ranks=2, timeout=300)
