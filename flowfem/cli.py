@@ -54,7 +54,9 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
     g.add_argument("--test-data",
                    help="held-out data: a file or a synthetic set (default: a fresh synthetic sample of max(N, 1000) "
                         "points with seed SEED + 1, or a random 20%% of the --data file's rows)")
-    g.add_argument("--n", type=int, default=1000, help="points of a synthetic training set (default: %(default)s)")
+    g.add_argument("--n", type=int, default=None,
+                   help="points of a synthetic training set (default: 1000); refused with data read from a file")
+    p.set_defaults(n_default=1000)
     g.add_argument("--seed", type=int, default=0,
                    help="seed of synthetic data and of the test split of a file (default: %(default)s)")
     if sharded:
@@ -146,7 +148,20 @@ def _load_data(args, comm, n=None, seed=None, test_data=None):
 
     n, seed = args.n if n is None else n, args.seed if seed is None else seed
     test_data = getattr(args, "test_data", None) if test_data is None else test_data
-    return on_root(comm, lambda: data.train_test(args.data, n, seed, test_data))
+    loaded = on_root(comm, lambda: data.train_test(args.data, n, seed, test_data))
+    _check_n_used(args)  # after the load: a misspelt --data is named as such first
+    return loaded
+
+
+def _check_n_used(args) -> None:
+    """ValueError if --n was given but sizes nothing: neither --data nor --test-data is a synthetic set
+    (a file or a real set is read whole), so that a user's --n 500 is not silently ignored."""
+    from flowfem import data
+
+    given = getattr(args, "n_given", False)
+    if given and not any(spec in data.SYNTHETIC for spec in (args.data, getattr(args, "test_data", None))):
+        raise ValueError(f"--n {args.n} sets the size of a synthetic data set ({', '.join(data.SYNTHETIC)}), but "
+                         f"--data {args.data} is read whole: drop --n (or subsample the file)")
 
 
 def _load_sharded(args, comm):
@@ -160,6 +175,7 @@ def _load_sharded(args, comm):
             raise ValueError(f"{option} {spec} is a named data set, which every rank makes whole; --sharded reads "
                              f"a file's rows rank by rank: drop --sharded, or save the set to a .npy file")
     shard = shards.read(args.data, comm)
+    _check_n_used(args)
     name = os.path.splitext(os.path.basename(args.data))[0]
     if args.test_data is None:
         return sharded_split.split(shard.x, shard.y, shard.start, shard.n, args.seed, name, comm)
@@ -627,6 +643,7 @@ def cmd_predict(args, comm) -> None:
             check_writable(args.out, "predictions file", args.force, (args.network, args.data))
         net = Network.load(args.network)
         inputs = data.get(args.data, args.n, args.seed, require_y=False)
+        _check_n_used(args)
         x, _ = data.check(inputs.x, None, net.input_dim, what=f"inputs {args.data!r}",
                           takes=f"the network {args.network!r}")
         if net.classifier:
@@ -731,6 +748,7 @@ def cmd_landscape(args, comm) -> None:
             check_writable(args.json, "--json file", args.force, (args.network, args.data))
         net = Network.load(args.network)
         ds = data.get(args.data, args.n, args.seed)
+        _check_n_used(args)
         if ds.d != net.input_dim:
             raise ValueError(f"the data {args.data!r} have d = {ds.d} inputs but the network {args.network!r} "
                              f"takes d = {net.input_dim}; use data of the network's input dimension")
@@ -971,7 +989,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="inputs: CSV, NPZ, sin/step/two_moons, or a real data set (diabetes1, engel, ...) in its "
                         "own units")
-    p.add_argument("--n", type=int, default=1000, help="points of a synthetic set (default: %(default)s)")
+    p.add_argument("--n", type=int, default=None,
+                   help="points of a synthetic set (default: 1000); refused with data read from a file")
+    p.set_defaults(n_default=1000)
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--out", default=None,
                    help="CSV to write (columns x1..xd,f; f1..fm for m outputs; x1..xd,label for a classifier); "
@@ -1021,7 +1041,9 @@ def parser() -> argparse.ArgumentParser:
                                    "escape direction of saddles.")
     p.add_argument("--network", required=True, help="network .npz (Network.save, flowfem readout)")
     p.add_argument("--data", required=True, help="CSV (header naming x1..xd and y), NPZ (x, y), or sin/step/two_moons")
-    p.add_argument("--n", type=int, default=200, help="points of a synthetic set (default: %(default)s)")
+    p.add_argument("--n", type=int, default=None,
+                   help="points of a synthetic set (default: 200); refused with data read from a file")
+    p.set_defaults(n_default=200)
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--neuron", type=int, default=None, help="the neuron to split, 0..width-1 (default: each in turn)")
     p.add_argument("--mu", default="-1,0,0.25,0.5,0.75,1,2",
@@ -1080,6 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     args = parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if hasattr(args, "n_default"):  # --n is None unless given: a given --n that sizes nothing is refused
+        args.n_given, args.n = args.n is not None, args.n_default if args.n is None else args.n
     if getattr(args, "out", None):  # once, for every message and file name: "out/" is "out"
         args.out = os.path.normpath(args.out)
     try:

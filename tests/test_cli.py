@@ -388,3 +388,32 @@ def test_test_labels_are_refused_before_the_fit(tmp_path, monkeypatch, capsys, c
     err = capsys.readouterr().err
     assert "10 of the 20 test targets y are neither -1 nor +1" in err and "started" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_n_with_data_read_from_a_file_is_refused_not_ignored(tmp_path, capsys):
+    """--n sizes a synthetic set; with a file (or a real set) it sized nothing and was silently ignored.
+    Refused in every command that takes it, with the file's name; kept where it sizes a synthetic
+    --test-data; a misspelt set name is still named as such first."""
+    from flowfem import cli
+    from flowfem.network import Network
+
+    x = np.linspace(-1, 1, 30)[:, None]
+    data.save(data.Dataset(x, np.sin(x[:, 0])), tmp_path / "d.npy")
+    data.save(data.Dataset(x, np.sin(x[:, 0])), tmp_path / "d.csv")
+    Network(np.ones((2, 1)), np.zeros(2), np.ones(2), "relu").save(str(tmp_path / "net.npz"))
+    fit = ["--mesh-size", "4", "--quiet", "--no-plot", "--out", str(tmp_path / "out")]
+    for argv in (["solve", "--data", "{d}.npy", *fit], ["solve", "--data", "{d}.csv", "--sharded", *fit],
+                 ["flow", "--data", "{d}.csv", *fit], ["compare", "--data", "{d}.npy", *fit],
+                 ["predict", "--network", "{d}/net.npz", "--data", "{d}.csv"],
+                 ["landscape", "--network", "{d}/net.npz", "--data", "{d}.csv"]):
+        argv = [a.replace("{d}", str(tmp_path / "d") if a.startswith("{d}.") else str(tmp_path)) for a in argv]
+        assert cli.main(argv + ["--n", "500"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--n 500 sets the size of a synthetic data set" in err, (argv, err)
+        assert "d.npy is read whole" in err or "d.csv is read whole" in err, err
+        assert not (tmp_path / "out").exists()
+    assert cli.main(["solve", "--data", "sine", "--n", "500", *fit]) == 2  # the misspelling, not --n
+    assert "sin" in capsys.readouterr().err.split("--n")[0]
+    # --n sizes a synthetic --test-data (max(n, 1000) points): used, so accepted
+    assert cli.main(["solve", "--data", str(tmp_path / "d.npy"), "--test-data", "sin", "--n", "1500", *fit]) == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_test"] == 1500
