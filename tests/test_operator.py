@@ -321,3 +321,17 @@ def test_relu_tree_nodes_hold_their_points(m, leaf):
         assert S.end[c] - S.start[c] == (S.end[i] - S.start[i]) // 2
         k = np.argmax(pts.max(axis=0) - pts.min(axis=0))  # the lower half is below the upper along it
         assert S.theta_t[S.start[c]:S.end[c], k].max() <= S.theta_t[S.start[c + 1]:S.end[c + 1], k].min()
+
+
+@pytest.mark.parametrize("width", [1, 2, 5])
+def test_relu_tree_blocks_in_groups_of_columns(monkeypatch, width):
+    """Block products in groups of ``width`` columns (BLOCK_BYTES: 1 is single columns by matvec, 2 leaves
+    a ragged last group of 5) match the dense S, and the group width follows BLOCK_BYTES."""
+    from flowfem.operator.features import relu_tree
+
+    rng = np.random.default_rng(width)
+    x, theta = rng.uniform(-1, 1, (120, 2)), rng.normal(size=(400, 3))
+    S = ReluTreeFeatures(activation("leaky_relu:0.1"), x, theta)
+    monkeypatch.setattr(relu_tree, "BLOCK_BYTES", 8 * 3 * 400 * width)
+    assert S._width() == width
+    _assert_blocks_match_dense(S, evaluate(S.sigma, x, theta), rng)
