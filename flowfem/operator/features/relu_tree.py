@@ -163,8 +163,11 @@ class ReluTreeFeatures(Features):
         return out
 
     def _width(self) -> int:
-        """Columns per group of a block product: D b doubles per point within BLOCK_BYTES."""
-        return max(1, BLOCK_BYTES // (8 * self.xt.shape[1] * max(self.perm.size, 1)))
+        """Columns per group of a block product: D b doubles per point within BLOCK_BYTES, per data point
+        (S G's P M and S^T R's R x~ are (n, D b)) as per quadrature point (prefix sums (m, D b)): on a rank
+        of few quadrature points n is the larger."""
+        points = max(self.perm.size, self.xt.shape[0], 1)
+        return max(1, BLOCK_BYTES // (8 * self.xt.shape[1] * points))
 
     def matmat(self, G):
         """S G for a block G (m, b), in groups of :meth:`_width` columns (single columns by :meth:`matvec`)."""
