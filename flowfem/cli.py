@@ -154,12 +154,18 @@ def _load_data(args, comm, n=None, seed=None, test_data=None):
 
 
 def _check_n_used(args) -> None:
-    """ValueError if --n was given but sizes nothing: neither --data nor --test-data is a synthetic set
-    (a file or a real set is read whole), so that a user's --n 500 is not silently ignored."""
+    """ValueError if --n was given but sizes nothing, so that a user's --n 500 is not silently ignored:
+    neither --data nor --test-data is a synthetic set (a file or a real set is read whole), or only
+    --test-data is and --n is below the data.TEST_MIN points it has anyway (max(N, TEST_MIN))."""
     from flowfem import data
 
-    given = getattr(args, "n_given", False)
-    if given and not any(spec in data.SYNTHETIC for spec in (args.data, getattr(args, "test_data", None))):
+    if not getattr(args, "n_given", False) or args.data in data.SYNTHETIC:
+        return
+    test = getattr(args, "test_data", None)
+    if test in data.SYNTHETIC and args.n < data.TEST_MIN:
+        raise ValueError(f"--n {args.n} sizes only the synthetic --test-data {test}, a sample of max(N, "
+                         f"{data.TEST_MIN}) = {data.TEST_MIN} points: drop --n, or give --n {data.TEST_MIN} or more")
+    if test not in data.SYNTHETIC:
         raise ValueError(f"--n {args.n} sets the size of a synthetic data set ({', '.join(data.SYNTHETIC)}), but "
                          f"--data {args.data} is read whole: drop --n (or subsample the file)")
 
@@ -180,7 +186,8 @@ def _load_sharded(args, comm):
     if args.test_data is None:
         return sharded_split.split(shard.x, shard.y, shard.start, shard.n, args.seed, name, comm)
     held = shards.read(args.test_data, comm)
-    train, test = data.Dataset(shard.x, shard.y, name), data.Dataset(held.x, held.y, name + "-test")
+    test_name = os.path.splitext(os.path.basename(args.test_data))[0]  # as data.load names a file
+    train, test = data.Dataset(shard.x, shard.y, name), data.Dataset(held.x, held.y, test_name)
     data.check_test_columns(train, test)  # the same on every rank: a file's columns
     return (train, np.arange(shard.start, shard.start + shard.x.shape[0]),
             test, np.arange(held.start, held.start + held.x.shape[0]))
@@ -603,6 +610,8 @@ def cmd_readout(args, comm) -> None:
         raise ValueError(f"the density {args.density!r} records no activation: it was not written by "
                          "flowfem solve; solve again")
     x = y = None
+    if args.n_given and args.rule != "refit":
+        raise ValueError(f"--n {args.n}: --rule {args.rule} reads no data; drop --n")
     if args.rule == "refit":
         if not args.data:
             raise ValueError("--rule refit fits output weights on training data: pass --data (file or sin/step/two_moons)")
@@ -613,6 +622,9 @@ def cmd_readout(args, comm) -> None:
         # the solve's training rows: its split of --data, as recorded (older density files: this command's)
         train = _load_data(args, comm, settings.get("data_n"), settings.get("data_seed"),
                            settings.get("test_data") or None)[0]
+        if args.n_given and "data_n" in settings:  # after the load: a misspelt --data is named first
+            raise ValueError(f"--n {args.n}: refit fits the training rows of the density {args.density!r}, its "
+                             "solve's split of --data as recorded there, whatever --n says; drop --n")
         x, y = train.x, train.y
         if scaling is not None:  # the density's inputs
             x = scaling.apply(x)
@@ -974,7 +986,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="training data for refit: the solve's --data, a file or sin/step/two_moons (default: none, "
                         "required there)")
-    p.add_argument("--n", type=int, default=1000, help="points of synthetic --data (default: %(default)s)")
+    p.add_argument("--n", type=int, default=None,
+                   help="points of synthetic --data for refit with a density that does not record them (older "
+                        "files; default: 1000); refused where it sizes nothing")
+    p.set_defaults(n_default=1000)
     p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--alpha", type=float, default=None, help="refit regularisation > 0 (default: the solve's alpha)")
     p.add_argument("--out", required=True, help="network file to write (.npz: arrays W, b, a, activation)")

@@ -54,6 +54,7 @@ from flowfem.arguments import integer
 from flowfem.files import check_readable, read_npz, replacing
 
 SYNTHETIC = ("sin", "step", "two_moons")
+TEST_MIN = 1000  # a synthetic test sample has max(n, TEST_MIN) points: scores of a few points would be noise
 IGNORED = re.compile(r"f([1-9][0-9]*)?")  # flowfem's prediction columns: predictions.csv reads back as data
 _INPUT = re.compile(r"x([1-9][0-9]*)")
 _OUTPUT = re.compile(r"y([1-9][0-9]*)")
@@ -318,14 +319,14 @@ def get(spec: str, n: int = 200, seed: int = 0, require_y: bool = True) -> Datas
 def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None) -> tuple[Dataset, Dataset]:
     """Training and test sets for ``spec`` (a synthetic name, a real one or a file).
 
-    The test set is ``test`` (a file or a synthetic name) if given; else, for a synthetic set, a
-    fresh sample of max(n, 1000) points with seed + 1, and for a file or a real set a random fifth of its rows
-    (permutation seeded by ``seed``; the rest is the training set). Raises ValueError if the
-    two have different input dimensions.
+    The test set is ``test`` if given (a file, or a synthetic name: a sample of max(n, TEST_MIN) points
+    with seed + 1); else, for a synthetic set, a fresh sample of max(n, TEST_MIN) points with seed + 1,
+    and for a file or a real set a random fifth of its rows (permutation seeded by ``seed``; the rest is
+    the training set). ValueError if the two have other columns (:func:`check_test_columns`).
     """
     if spec in SYNTHETIC:
         train = synthetic(spec, n, seed)
-        held_out = None if test else synthetic(spec, max(n, 1000), seed + 1)
+        held_out = None if test else synthetic(spec, max(n, TEST_MIN), seed + 1)
     else:
         full = get(spec)
         if test:
@@ -336,16 +337,18 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
             held_out = Dataset(full.x[perm[:k]], full.y[perm[:k]], full.name + "-test")
             train = Dataset(full.x[perm[k:]], full.y[perm[k:]], full.name)
     if held_out is None:
-        held_out = get(test, max(n, 1000), seed + 1)
+        held_out = get(test, max(n, TEST_MIN), seed + 1)
     check_test_columns(train, held_out)
     return train, held_out
 
 
 def check_test_columns(train: Dataset, test: Dataset) -> None:
     """ValueError unless ``test`` has ``train``'s d input columns and m target columns (a fit of m outputs
-    on d inputs is scored on the same)."""
+    on d inputs is scored on the same); the message names both by their :attr:`Dataset.name`."""
     if test.d != train.d:
-        raise ValueError(f"test data have d = {test.d} inputs, training data d = {train.d}")
+        inputs = "x1" if train.d == 1 else f"x1..x{train.d}"
+        raise ValueError(f"test data have d = {test.d} inputs, training data d = {train.d}: give test data "
+                         f"{test.name!r} the inputs {inputs} of the training data {train.name!r}")
     if test.outputs != train.outputs:
         raise ValueError(f"the test data {test.name!r} have {test.outputs} output(s) but the training data "
                          f"{train.name!r} {train.outputs}: give test data with the same target columns")
