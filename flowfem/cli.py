@@ -55,7 +55,8 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
                    help="held-out data: a file or a synthetic set (default: a fresh synthetic sample of max(N, 1000) "
                         "points with seed SEED + 1, or a random 20%% of the --data file's rows)")
     g.add_argument("--n", type=int, default=None,
-                   help="points of a synthetic training set (default: 1000); refused with data read from a file")
+                   help="points of a synthetic training set (default: 1000); refused where it sizes nothing, "
+                        "e.g. with data read from a file")
     p.set_defaults(n_default=1000)
     g.add_argument("--seed", type=int, default=0,
                    help="seed of synthetic data and of the test split of a file (default: %(default)s)")
@@ -1005,7 +1006,8 @@ def parser() -> argparse.ArgumentParser:
                    help="inputs: CSV, NPZ, sin/step/two_moons, or a real data set (diabetes1, engel, ...) in its "
                         "own units")
     p.add_argument("--n", type=int, default=None,
-                   help="points of a synthetic set (default: 1000); refused with data read from a file")
+                   help="points of a synthetic set (default: 1000); refused where it sizes nothing, e.g. with data "
+                        "read from a file")
     p.set_defaults(n_default=1000)
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--out", default=None,
@@ -1057,7 +1059,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--network", required=True, help="network .npz (Network.save, flowfem readout)")
     p.add_argument("--data", required=True, help="CSV (header naming x1..xd and y), NPZ (x, y), or sin/step/two_moons")
     p.add_argument("--n", type=int, default=None,
-                   help="points of a synthetic set (default: 200); refused with data read from a file")
+                   help="points of a synthetic set (default: 200); refused where it sizes nothing, e.g. with data "
+                        "read from a file")
     p.set_defaults(n_default=200)
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--neuron", type=int, default=None, help="the neuron to split, 0..width-1 (default: each in turn)")
