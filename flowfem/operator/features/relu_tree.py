@@ -75,7 +75,7 @@ class ReluTreeFeatures(Features):
         Built a level at a time (the nodes numbered breadth first): each node's bounding box, centre and
         radius by segment reductions over its points, and the split at the median of its widest coordinate
         by one sort of every point of the level by (node, coordinate), not a Python loop over the nodes
-        (9 of the 17.5 s of the default 2-D box's operator, 262,143 nodes)."""
+        (measured on the default 2-D box's 786,432 points, 262,143 nodes: 4.3 s against 6.5 s)."""
         theta = self.theta
         m, D = theta.shape
         perm = np.arange(m)
@@ -114,8 +114,7 @@ class ReluTreeFeatures(Features):
         start, end = np.concatenate(start), np.concatenate(end)
         left, centre, radius = np.concatenate(left), np.concatenate(centre), np.concatenate(radius)
         self.perm, self.theta_t = perm, theta[perm]
-        self.start, self.end, self.left = np.array(start), np.array(end), np.array(left)
-        self.centre, self.radius = np.array(centre), np.array(radius)
+        self.start, self.end, self.left, self.centre, self.radius = start, end, left, centre, radius
 
     def _traverse(self, j0, j1):
         """For data points j0..j1-1: the rows of P (1 at maximal positive nodes) and of C (cut leaves' relu)."""
