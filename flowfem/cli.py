@@ -623,9 +623,10 @@ def cmd_readout(args, comm) -> None:
         # the solve's training rows: its split of --data, as recorded (older density files: this command's)
         train = _load_data(args, comm, settings.get("data_n"), settings.get("data_seed"),
                            settings.get("test_data") or None)[0]
-        if args.n_given and "data_n" in settings:  # after the load: a misspelt --data is named first
+        # after the load: a misspelt --data is named first; the recorded --n itself is consistent, so kept
+        if args.n_given and "data_n" in settings and args.n != settings["data_n"]:
             raise ValueError(f"--n {args.n}: refit fits the training rows of the density {args.density!r}, its "
-                             "solve's split of --data as recorded there, whatever --n says; drop --n")
+                             f"solve's split of --data (--n {settings['data_n']}) as recorded there; drop --n")
         x, y = train.x, train.y
         if scaling is not None:  # the density's inputs
             x = scaling.apply(x)

@@ -150,3 +150,6 @@ def test_readout_n_that_sizes_nothing_is_refused(tmp_path, capsys):
         assert not net.exists()
     assert cli.main(["readout", "--density", density, "--rule", "refit", "--data", "sin", "--out", str(net)]) == 0
     assert net.exists()
+    # the --n the density records is consistent with it: kept (test_cli's round trip passes it)
+    assert cli.main(["readout", "--density", density, "--rule", "refit", "--data", "sin", "--n", "300", "--force",
+                     "--out", str(net)]) == 0
