@@ -42,6 +42,14 @@ def _petsc_options(pairs: list[str]) -> dict:
     return parse(opts)
 
 
+def _add_n_argument(p: argparse.ArgumentParser, g, default: int, what: str) -> None:
+    """--n (into the group or parser g of p): None unless given, so that :func:`main` can tell a given
+    --n (refused where it sizes nothing, :func:`_check_n_used`) from ``default``, which main fills in."""
+    g.add_argument("--n", type=int, default=None, help=f"points of {what} (default: {default}); refused where it "
+                                                       "sizes nothing, e.g. with data read from a file")
+    p.set_defaults(n_default=default)
+
+
 def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False, sharded: bool = False) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True,
@@ -54,10 +62,7 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
     g.add_argument("--test-data",
                    help="held-out data: a file or a synthetic set (default: a fresh synthetic sample of max(N, 1000) "
                         "points with seed SEED + 1, or a random 20%% of the --data file's rows)")
-    g.add_argument("--n", type=int, default=None,
-                   help="points of a synthetic training set (default: 1000); refused where it sizes nothing, "
-                        "e.g. with data read from a file")
-    p.set_defaults(n_default=1000)
+    _add_n_argument(p, g, 1000, "a synthetic training set")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of synthetic data and of the test split of a file (default: %(default)s)")
     if sharded:
@@ -1006,10 +1011,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="inputs: CSV, NPZ, sin/step/two_moons, or a real data set (diabetes1, engel, ...) in its "
                         "own units")
-    p.add_argument("--n", type=int, default=None,
-                   help="points of a synthetic set (default: 1000); refused where it sizes nothing, e.g. with data "
-                        "read from a file")
-    p.set_defaults(n_default=1000)
+    _add_n_argument(p, p, 1000, "a synthetic set")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--out", default=None,
                    help="CSV to write (columns x1..xd,f; f1..fm for m outputs; x1..xd,label for a classifier); "
@@ -1059,10 +1061,7 @@ def parser() -> argparse.ArgumentParser:
                                    "escape direction of saddles.")
     p.add_argument("--network", required=True, help="network .npz (Network.save, flowfem readout)")
     p.add_argument("--data", required=True, help="CSV (header naming x1..xd and y), NPZ (x, y), or sin/step/two_moons")
-    p.add_argument("--n", type=int, default=None,
-                   help="points of a synthetic set (default: 200); refused where it sizes nothing, e.g. with data "
-                        "read from a file")
-    p.set_defaults(n_default=200)
+    _add_n_argument(p, p, 200, "a synthetic set")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--neuron", type=int, default=None, help="the neuron to split, 0..width-1 (default: each in turn)")
     p.add_argument("--mu", default="-1,0,0.25,0.5,0.75,1,2",
