@@ -47,9 +47,12 @@ class Activation:
         positively p-homogeneous.
         """
         if not self.homogeneous:
+            # box and ball parameter meshes exist for d = 1, 2 only (flowfem.space): for s3's d = 3 inputs
+            # there is no domain to switch to
+            other = "" if domain == "s3" else ", or a box or ball domain"
             raise ValueError(
                 f"the {domain} carries densities of directions, which represent only positively homogeneous "
-                f"activations; {self.name} is not: use relu, leaky_relu or monomial:k, or a box or ball domain")
+                f"activations; {self.name} is not: use relu, leaky_relu or monomial:k{other}")
 
     def __call__(self, z: Array) -> Array:
         return self.sigma(z)

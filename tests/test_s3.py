@@ -275,8 +275,11 @@ def test_input_dimension_refusals():
         Space.make("s3", 2, 0.5, 3.0)
     space = Space.make("s3", 3, 0.6, 3.0)
     check_parameter_dim(3, space.gdim, "the data")
-    with pytest.raises(ValueError, match="positively homogeneous"):
+    with pytest.raises(ValueError, match="positively homogeneous") as refused:
         Problem(space, "tanh")
+    assert "box or ball" not in str(refused.value)  # they take d <= 2 only: no advice that cannot be followed
+    with pytest.raises(ValueError, match="or a box or ball domain"):  # d = 2 on the sphere: the box is an option
+        Problem(Space.make("sphere", 2, 1), "tanh")
     with pytest.raises(ValueError, match="X \\+ sqrt"):  # |x| = 2 needs Z >= 4.24 > 3
         space.check_inputs(np.array([[2.0, 0.0, 0.0]]))
     space.check_inputs(np.array([[1.0, 0.5, 0.0]]))
