@@ -567,8 +567,8 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         fe_seconds = time.perf_counter() - t0
         loss, reg = result.parts
         fe_test = result.rmse(xt, yt)
-        fe_how = (f"one CG+GAMG solve ({result.iterations} iterations, residual {result.residual:.0e}) on the "
-                  f"{space.domain} ({space.num_cells} cells, P{degree}, {problem.H.ndofs} dofs), alpha={alpha:g}, "
+        fe_how = (f"one {result.info.method} solve ({result.iterations} iterations, residual "
+                  f"{result.residual:.0e}) on the {space.domain} ({space.num_cells} cells, P{degree}, {problem.H.ndofs} dofs), alpha={alpha:g}, "
                   f"kappa={kappa:g}, omega {problem.H.weight}; time: mesh + assembly + solve; {ranks} rank(s)")
         runs = [Run("FE solve", "E_alpha minimiser", None, None, fe_test, loss, loss + reg,
                     "E_alpha(u*) = loss + alpha/2 ||u*||^2_H1_omega", fe_seconds, None, None, ranks, "completed",

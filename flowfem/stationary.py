@@ -95,6 +95,16 @@ class SolveInfo:
     rank: int = 0  # the Nystrom preconditioner's basis size (0: none)
     preconditioner: str = ""  # of cg: nystrom or gamg ("" for the direct solver)
 
+    @property
+    def method(self) -> str:
+        """The linear solver in words, as the command line and compare's tables print it: "cg (nystrom
+        preconditioner, basis of 32)", "cg (gamg preconditioner)" or "direct" (of a Newton solve: its
+        steps' linear solver)."""
+        solver = self.solver.removeprefix("newton-")
+        if self.preconditioner == "nystrom":
+            return f"{solver} (nystrom preconditioner, basis of {self.rank})"
+        return f"{solver} ({self.preconditioner} preconditioner)" if self.preconditioner else solver
+
 
 def check_tolerances(rtol, atol=0.0) -> tuple[float, float]:
     """(rtol, atol) as floats; ValueError unless 0 <= rtol < 1 and atol >= 0 are finite and one of

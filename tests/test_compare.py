@@ -50,6 +50,9 @@ def test_table_numbers_match_the_result_objects(tiny, shared_tmp):
     assert fe.solver == "FE solve"
     assert fe.test_rmse == pytest.approx(c.result.rmse(test.x, test.y), rel=1e-12)
     assert fe.objective == pytest.approx(c.result.energy, rel=1e-12)
+    # the solver it names is the one that ran (it said "CG+GAMG" while the default nystrom preconditioner ran)
+    assert fe.how.startswith(f"one cg (nystrom preconditioner, basis of {c.result.info.rank}) solve (")
+    assert c.result.info.preconditioner == "nystrom" and c.result.info.rank > 0
     assert fe.train_loss == pytest.approx(c.result.parts[0], rel=1e-12)
     for r in c.runs:
         if r.solver == "particles":
