@@ -302,11 +302,7 @@ def cmd_solve(args, comm) -> None:
         print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
         where = (f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
                  f"{problem.H.ndofs} dofs, n = {n_train}" + (" (sharded)" if args.sharded else ""))
-        solver = args.solver
-        if result.info.preconditioner == "nystrom":
-            solver += f" (nystrom preconditioner, basis of {result.info.rank})"
-        elif result.info.preconditioner:
-            solver += f" ({result.info.preconditioner} preconditioner)"
+        solver = result.info.method
         if problem.loss.quadratic:
             its = (f"{result.iterations} iterations, relative residual" if result.outputs == 1 else
                    f"{result.iterations} iterations for {result.outputs} outputs ("
@@ -852,7 +848,7 @@ def parser() -> argparse.ArgumentParser:
                     "on parameter space: minimise E_alpha(u) = mean loss + alpha/2 ||u||^2_{H^1_omega}. "
                     "Run under mpirun -n P for P ranks.",
     )
-    top.add_argument("--version", action=_Version, help="print flowfem's, dolfinx's and PETSc's versions and exit")
+    top.add_argument("--version", action=_Version, help="print flowfem's, dolfinx's, PETSc's and Python's versions and exit")
     sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("solve", help="the optimal density: one linear solve of the Euler-Lagrange equation",
                        description="Minimise E_alpha with one solve of (alpha A + Phi^T Phi / n) U = Phi^T y / n "
@@ -939,7 +935,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                    help="write a checkpoint every K steps (atomically; this run's last two are kept); Ctrl-C "
                         "writes one too (default: only at Ctrl-C)")
-    g.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUT.checkpoints)")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="where checkpoints go (default: OUT.checkpoints; with --resume, the directory resumed "
+                        "from: the run continues its series there)")
     g.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest checkpoint of the latest run in DIR (or a checkpoint file); "
                         "same options as the run that wrote it (default: start at t = 0)")
@@ -1041,8 +1039,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a saved network as ONNX, safetensors or a PyTorch .pt state dict",
                        description="Write a network .npz (from flowfem readout or Network.save) as the float64 "
-                                   "two-layer perceptron nn.Sequential(nn.Linear(d, N), activation, nn.Linear(N, 1)): "
-                                   "onnx (graph x (batch, d) -> f (batch, 1), runs in onnxruntime), safetensors "
+                                   "two-layer perceptron nn.Sequential(nn.Linear(d, N), activation, nn.Linear(N, m)) "
+                                   "of m outputs (1; or the C logits of a classifier, without softmax): "
+                                   "onnx (graph x (batch, d) -> f (batch, m), runs in onnxruntime), safetensors "
                                    "(tensors 0.weight, 0.bias, 2.weight, 2.bias; the activation in the metadata) or "
                                    "torch (a .pt state dict for load_state_dict; needs PyTorch).")
     p.add_argument("--network", required=True, help="network .npz (flowfem readout, Network.save)")
@@ -1113,6 +1112,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=cmd_compare)
 
+    for command in (top, *sub.choices.values()):  # a flag is off unless given: its help says so, as others do
+        for action in command._actions:
+            if isinstance(action, argparse._StoreTrueAction) and "default" not in action.help:
+                action.help += " (default: off)"
     return top
 
 

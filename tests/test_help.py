@@ -52,8 +52,12 @@ def test_every_option_has_help_stating_its_default():
                 missing.append(f"{where}: no help")
                 continue
             text = action.help % dict(vars(action), prog=p.prog)
-            if action.default is None or isinstance(action, argparse._StoreTrueAction):
-                continue  # None: no value (each help says what happens then); a flag is off unless given
+            if isinstance(action, argparse._StoreTrueAction):  # a flag: off unless given, and said so
+                if "default" not in text:
+                    missing.append(f"{where}: a flag whose help does not say it is off by default: {text!r}")
+                continue
+            if action.default is None:
+                continue  # no value: each help says what happens then
             if "default" not in text or not any(f in text for f in _renderings(action.default)):
                 missing.append(f"{where}: default {action.default!r} not stated in {text!r}")
     assert not missing, "\n".join(missing)
