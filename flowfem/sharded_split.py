@@ -9,8 +9,14 @@ Test rows. Without a separate test file, row j of the file (j = 0..n-1, in
 file order) is a test row iff u_j < :data:`TEST_FRACTION`, where u_j is a
 uniform number on [0, 1) drawn for that row: rows are grouped in chunks of
 :data:`CHUNK`, chunk c = j // CHUNK drawing its CHUNK numbers from NumPy's
-``default_rng([seed, c])``. So u_j depends only on the seed and j, never on
-how the rows are split over ranks. The test set holds about n / 5 rows (a
+``default_rng([SPLIT_STREAM, seed, c])``. So u_j depends only on the seed and j,
+never on how the rows are split over ranks. The constant :data:`SPLIT_STREAM`
+keeps the draw apart from the stream data are most often made with: NumPy's
+SeedSequence pads its entropy with zeros, so ``default_rng([seed, 0])`` *is*
+``default_rng(seed)``, and with the key [seed, c] a file made by
+``default_rng(seed).uniform(...)`` and fitted with the same --seed held out
+exactly its rows with u_j < 0.2, x < -0.6 for uniform inputs on [-1, 1]
+(``data.synthetic`` draws its inputs the same way). The test set holds about n / 5 rows (a
 Binomial(n, 1/5) count, at least 1 and at most n - 1 for n >= 2) where the
 unsharded split (:func:`flowfem.data.train_test`) takes exactly floor(n / 5)
 rows of a seeded permutation, which would need a permutation of all n rows
@@ -33,6 +39,7 @@ from flowfem.data import Dataset
 TEST_FRACTION = 0.2  # as the unsharded split's fifth
 CHUNK = 2**16  # rows per independently seeded stream: a rank draws only the chunks its rows meet
 SAMPLE_ROWS = 10**5  # rows of the file, at most, in predictions.csv and figure.png of a sharded fit
+SPLIT_STREAM = 0x5EED5B17  # the first word of the split's key (module docstring): any constant no one seeds with
 
 
 def per_row(key: list[int], start: int, stop: int, draw: str = "random") -> np.ndarray:
@@ -49,10 +56,11 @@ def per_row(key: list[int], start: int, stop: int, draw: str = "random") -> np.n
 
 
 def uniform(seed: int, start: int, stop: int) -> np.ndarray:
-    """u_j for the file rows j = start..stop-1 (shape (stop - start,)): :func:`per_row` with key [seed].
+    """u_j for the file rows j = start..stop-1 (shape (stop - start,)): :func:`per_row` with key
+    [SPLIT_STREAM, seed].
     ValueError unless seed is an integer >= 0 (:func:`flowfem.arguments.seed`), also on a rank without rows."""
     # NumPy's own refusal of a negative seed names neither the seed nor the fix
-    return per_row([arguments.seed(seed)], start, stop)
+    return per_row([SPLIT_STREAM, arguments.seed(seed)], start, stop)
 
 
 def split(x: np.ndarray, y: np.ndarray, start: int, n: int, seed: int, name: str,

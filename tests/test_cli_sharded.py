@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+import scipy.stats
 from mpi4py import MPI
 
 from conftest import BIN, run
@@ -115,6 +116,30 @@ def test_uniform_is_per_row():
     pieces = np.concatenate([sharded_split.uniform(9, 5, 65537), sharded_split.uniform(9, 65537, 70000)])
     np.testing.assert_array_equal(whole, pieces)
     assert 0 <= whole.min() and whole.max() < 1 and abs(whole.mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3, 12])
+def test_the_split_is_independent_of_data_made_with_the_same_seed(seed):
+    """Inputs made by default_rng(seed) (as data.synthetic and many users make them) and split with the same
+    --seed: the test rows' inputs are uniform, not the rows with u < 0.2 of that very stream (with the key
+    [seed, c], default_rng([seed, 0]) is default_rng(seed): every test input was below -0.6, KS p ~ 1e-130)."""
+    n = 5000
+    x = np.random.default_rng(seed).uniform(-1, 1, n)
+    test = sharded_split.uniform(seed, 0, n) < sharded_split.TEST_FRACTION
+    assert scipy.stats.kstest(x[test], "uniform", args=(-1, 2)).pvalue > 1e-3
+    assert x[test].min() < -0.9 and x[test].max() > 0.9
+    assert 0.15 < test.mean() < 0.25
+
+
+def test_a_saved_synthetic_set_fitted_sharded_scores_as_unsharded(tmp_path):
+    """The newcomer's case: data.synthetic saved to .npy (the refusal of --data sin --sharded says to) and
+    solved with --sharded and the default --seed 0. Its test RMSE was 250x the unsharded fit's (2.5e-1 against
+    1.0e-3): the test rows were the file's extrapolation x < -0.6."""
+    path = tmp_path / "sin.npy"
+    data.save(data.synthetic("sin", 3000, seed=0), str(path))
+    sharded, _ = solve(tmp_path, "sharded", "--data", str(path), "--sharded")
+    whole, _ = solve(tmp_path, "whole", "--data", str(path))
+    assert sharded["test_rmse"] < 3 * whole["test_rmse"], (sharded["test_rmse"], whole["test_rmse"])
 
 
 @pytest.mark.parametrize("extra, says", [
