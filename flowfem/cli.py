@@ -675,14 +675,14 @@ def cmd_predict(args, comm) -> None:
         f = net(x)  # everything is computed before anything is written
         rmse = "" if inputs.y is None else f", RMSE against y {np.sqrt(np.mean((f - inputs.y) ** 2)):.4e}"
         data.save_predictions(args.out or sys.stdout, x, f)
-        return f"wrote {args.out}: {len(f)} predictions{rmse}" if args.out else None
+        return f"wrote {args.out or 'the CSV to stdout'}: {len(f)} predictions{rmse}"
 
     message = on_root(comm, work)
-    if comm.rank == 0 and message:
-        print(message)
+    if comm.rank == 0:  # with the CSV on stdout, the summary goes to stderr: the stream stays one CSV table
+        print(message, file=sys.stdout if args.out else sys.stderr)
 
 
-def _predict_labels(args, net, x: np.ndarray, y) -> str | None:
+def _predict_labels(args, net, x: np.ndarray, y) -> str:
     """``flowfem predict`` of a classifier: CSV x1..xd,label (and p1..pC with --proba, the
     probabilities of net.classes in order); with labels y in the inputs, the accuracy."""
     import csv
@@ -705,7 +705,7 @@ def _predict_labels(args, net, x: np.ndarray, y) -> str | None:
     else:
         sys.stdout.write(buffer.getvalue())
     accuracy = "" if y is None else f", accuracy against y {np.mean(labels == y):.4f}"
-    return f"wrote {args.out}: {len(labels)} predicted labels{accuracy}" if args.out else None
+    return f"wrote {args.out or 'the CSV to stdout'}: {len(labels)} predicted labels{accuracy}"
 
 
 def cmd_convert(args, comm) -> None:

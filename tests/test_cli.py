@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -315,6 +316,18 @@ def test_compare_reads_columns_by_name(by_name, tmp_path):
         runs.append(json.loads((tmp_path / name / "results.json").read_text())["runs"])
     assert [(r["method"], r["test_rmse"], r["train_loss"]) for r in runs[0]] == \
            [(r["method"], r["test_rmse"], r["train_loss"]) for r in runs[1]]
+
+
+def test_predict_to_stdout_keeps_the_csv_clean_and_reports_the_rmse_on_stderr(by_name, tmp_path):
+    """Without --out the predictions are the CSV on stdout (nothing else there) and the RMSE against the
+    inputs' y, which the README says y is read for, goes to stderr (it was not reported at all)."""
+    r = run([FLOWFEM, "predict", "--network", str(by_name / "net.npz"), "--data", str(by_name / "shuffled.csv")])
+    assert r.returncode == 0, r.stderr
+    to_file = run([FLOWFEM, "predict", "--network", str(by_name / "net.npz"), "--data",
+                   str(by_name / "shuffled.csv"), "--out", str(tmp_path / "p.csv")])
+    assert r.stdout == (tmp_path / "p.csv").read_text()  # stdout is exactly the file --out writes
+    rmse = re.search(r"RMSE against y ([0-9.e+-]+)", r.stderr)
+    assert rmse and rmse.group(1) in to_file.stdout, (r.stderr, to_file.stdout)
 
 
 def test_predict_reads_columns_by_name(by_name, tmp_path):
