@@ -114,3 +114,26 @@ def test_versus_particles_benchmark_short_budget():
             # flowfem with alpha chosen by the path: reaches a 1-second particle run's error, alpha reported
             assert re.search(r"automatic alpha \(no setting chosen in advance\): \d+x at the chosen alpha = "
                              r"1e-\d+$", line.group(0)), line.group(0)
+
+
+def test_spectrum_benchmark_quick_checks_its_ritz_values_against_a_dense_eigensolve():
+    """benchmarks/spectrum.py: the counts of eigenvalues above c alpha fall as alpha grows, and the
+    basis's Ritz values interlace the dense eigenvalues of its own pencil, the largest to rounding."""
+    proc = run([sys.executable, "benchmarks/spectrum.py", "--quick"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    counts = [[int(c) for c in row] for row in re.findall(r"^\| \de-0\d \| (\d+) \| (\d+) \| (\d+) \|$", out, re.M)]
+    assert len(counts) == 6, out
+    for row in counts:
+        assert row[0] >= row[1] >= row[2]  # a larger cutoff c leaves fewer eigenvalues above c alpha
+    assert all(x <= y for lo, hi in zip(counts, counts[1:]) for x, y in zip(lo, hi))  # alpha falls: more above it
+    number = r" \| ([0-9.]+)"
+    rows = re.findall(r"^\| \de-0\d \| (\d+) \| (\d+)" + 4 * number + r" \|$", out, re.M)
+    assert len(rows) == 6, out
+    for k, its, left, left_M, kappa, ideal in rows:
+        assert int(k) > 0 and int(its) > 0 and float(kappa) >= 1.0 and float(ideal) >= 1.0
+    assert _figure(r"max \(theta_j - nu_j\) / nu_1 = ([0-9.e+-]+)", out) <= 1e-12
+    assert _figure(r"largest Ritz value's relative error ([0-9.e+-]+)", out) <= 1e-10
+    assert _figure(r"P\^\{-1\} asymmetry ([0-9.e+-]+)", out) <= 1e-8
+    bad = run([sys.executable, "benchmarks/spectrum.py", "--cells", "0"], timeout=120)
+    assert bad.returncode == 2 and "--cells and --n must be positive" in bad.stderr
