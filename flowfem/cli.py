@@ -58,7 +58,7 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
                         "or a synthetic set: sin (y = sin(pi x)), step (y = sign x), two_moons (labels -1/+1, "
                         "d = 2), or a real data set shipped by scikit-learn or statsmodels, fitted on inputs "
                         "standardised by its training rows: diabetes1, engel, sunspots, co2 (d = 1), iris2 (d = 2, "
-                        "classes 0/1/2)")
+                        "classes 0/1/2), stackloss (d = 3: --domain s3)")
     g.add_argument("--test-data",
                    help="held-out data: a file or a synthetic set (default: a fresh synthetic sample of max(N, 1000) "
                         "points with seed SEED + 1, or a random 20%% of the --data file's rows)")

@@ -247,3 +247,14 @@ def test_importing_flowfem_first_repairs_a_failed_dolfinx_import():
     first, then = r.stdout.splitlines()
     assert first == "first import worked" or "libmpi" in first
     assert then.startswith("then 0.")
+
+
+def test_the_data_help_names_every_real_data_set():
+    """--data's help lists the real sets by name (stackloss, d = 3, was missing from it)."""
+    from flowfem import datasets
+
+    _, commands = _subparsers()
+    for name in ("solve", "flow", "compare"):
+        action = next(a for a in commands[name]._actions if "--data" in a.option_strings)
+        missing = [s for s in datasets.REAL if s not in action.help]
+        assert not missing, f"{name} --data help does not name {missing}"
