@@ -294,11 +294,16 @@ def cmd_solve(args, comm) -> None:
             path = result.path
             print(f"alpha path ({path.score}, " + (f"{path.folds} folds" if path.folds else
                                                    f"{path.validation:g} of the rows held out") + "):")
+            cg = args.solver == "cg"  # iterations and a basis rank only mean something for CG
             for i, row in enumerate(path.table()):
-                print(f"  {'*' if i == path.chosen else ' '} alpha {row['alpha']:.0e}  score {row['score']:.3e}  "
-                      f"train loss {row['train_loss']:.3e}  {row['iterations']} CG its  {row['seconds']:.2f} s  "
-                      f"rank {row['rank']}")
-            print(f"chosen alpha = {path.alpha:g}, refitted on all {n_train} rows ({path.refit_iterations} CG its)")
+                print(f"  {'*' if i == path.chosen else ' '} alpha {row['alpha']:.0e}  score {row['score']:.3e}"
+                      + (f"  accuracy {row['accuracy']:.4f}" if "accuracy" in row else "")
+                      + f"  train loss {row['train_loss']:.3e}"
+                      + (f"  {row['newton']} Newton steps" if row["newton"] else "")
+                      + (f"  {row['iterations']} CG its" if cg else "") + f"  {row['seconds']:.2f} s"
+                      + (f"  basis rank {row['rank']}" if row["rank"] else ""))
+            print(f"chosen alpha = {path.alpha:g}, refitted on all {n_train} rows"
+                  + (f" ({path.refit_iterations} CG its)" if cg else ""))
         print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
         where = (f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
                  f"{problem.H.ndofs} dofs, n = {n_train}" + (" (sharded)" if args.sharded else ""))

@@ -789,8 +789,11 @@ class NewtonSolver:
                 raise NotConverged(f"a Newton step's linear solve failed: {self.pc.error}")
             raise self.pc.error
         self.options.check_used()
-        if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINE_SEARCH and history[-1] <= self.rounding_floor(U):
-            reason = 1  # ||F|| is as small as rounding allows (a tolerance below it cannot be met)
+        if reason <= 0 and history and history[-1] <= self.rounding_floor(U):
+            # ||F|| is as small as rounding allows, and a tolerance below it cannot be met: SNES then stops
+            # with DIVERGED_LINE_SEARCH, or DIVERGED_LOCAL_MIN once ||F|| stagnates (a warm start of the
+            # alpha path, ||F(U_0)|| = 1.7e-8, whose rtol asked for 1.7e-18 and reached 6.1e-18)
+            reason = 1
         r0 = history[0] if history and history[0] > 0 else 1.0
         rank, name = self.lin._preconditioner() if self.lin.ksp is not None else (0, "")
         pc = dict(rank=rank, preconditioner=name)

@@ -11,6 +11,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -147,6 +148,19 @@ def test_cli_auto_writes_table_and_figure(tmp_path):
     assert "chosen alpha" in r.stdout and "path.png" in r.stdout
     manifest = json.loads((out / ".flowfem-output.json").read_text())
     assert "path.png" in manifest["files"]
+    rows = re.findall(r"^ +\*? +alpha \de.*$", r.stdout, re.M)
+    assert len(rows) == len(GRID) and all(" CG its " in line and "basis rank" in line for line in rows), r.stdout
+
+
+@pytest.mark.mpi
+def test_cli_auto_with_the_direct_solver_prints_no_cg_iterations(tmp_path):
+    """The path's table printed "0 CG its ... rank 0" for --solver direct, which runs no CG and no basis."""
+    r = _solve(tmp_path, "--solver", "direct", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    rows = re.findall(r"^ +\*? +alpha \de.*$", r.stdout, re.M)
+    assert len(rows) == len(GRID), r.stdout
+    assert not any("CG its" in line or "rank" in line for line in rows), r.stdout
+    assert "CG its" not in next(line for line in r.stdout.splitlines() if line.startswith("chosen alpha"))
 
 
 @pytest.mark.mpi
@@ -181,3 +195,14 @@ def test_cli_two_ranks_agree_with_serial(tmp_path):
     np.testing.assert_allclose([row["score"] for row in two["path"]["table"]],
                                [row["score"] for row in one["path"]["table"]], rtol=1e-6)
     assert two["test_rmse"] == pytest.approx(one["test_rmse"], rel=1e-6)
+
+
+def test_a_warm_start_already_at_rounding_level_is_converged_not_refused():
+    """The logistic path on a 2-D box: at alpha 1e-10 the warm start from 1e-9 has ||F(U_0)|| = 1.7e-8, so
+    rtol 1e-10 asks for 1.7e-18, below the rounding floor; Newton reached 6.1e-18 and SNES stopped with
+    DIVERGED_LOCAL_MIN, which `flowfem solve --alpha auto` reported as a failed fit."""
+    train = data.synthetic("two_moons", 300, seed=0)
+    r = Problem(Space.box(2, 8, 4.0), alpha="auto", loss="logistic").fit(train.x, train.y,
+                                                                          alphas=[1e-8, 1e-9, 1e-10])
+    assert r.info.converged and r.path.alpha == 1e-10
+    assert np.all(r.path.newton > 0)
