@@ -87,8 +87,8 @@ quadratically (the Hessian is Lipschitz: the third derivatives of
 logsumexp are bounded), which tests/test_softmax.py shows. The stopping
 rule is flowfem's: ||dE_alpha(U)|| <= max(rtol ||dE_alpha(U_0)||, atol),
 with :class:`flowfem.stationary.NotConverged` otherwise (unless
-``allow_unconverged``), a line search that fails at the rounding floor of
-||dE_alpha|| counting as converged.
+``allow_unconverged``), a stop at the rounding floor of ||dE_alpha|| counting
+as converged (:func:`flowfem.stationary.at_rounding_floor`).
 
 **Row weights and another alpha (the regularisation path, :func:`flowfem.path.softmax_path`).**
 The functional carries a weight c_j >= 0 per row, the data term being
@@ -130,7 +130,7 @@ from flowfem.labels import confusion_counts, decode, encode, labels_array  # noq
 from flowfem.loss import SOFTMAX, cross_entropy, softmax  # noqa: E402,F401  (softmax, cross_entropy: re-exported)
 from flowfem.operator import DataOperator  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
-from flowfem.stationary import LinearSolver, NewtonInfo, NotConverged, check_tolerances  # noqa: E402
+from flowfem.stationary import LinearSolver, NewtonInfo, NotConverged, at_rounding_floor, check_tolerances  # noqa: E402
 
 PCS = ("block_diagonal", "bohning")  # the Newton system's preconditioners (see the module docstring)
 _prefix = itertools.count()
@@ -526,8 +526,7 @@ class SoftmaxNewton:
         history = [float(r) for r in norms]
         reason, its = self.snes.getConvergedReason(), self.snes.getIterationNumber()
         self.options.check_used()
-        if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINE_SEARCH and history[-1] <= self.rounding_floor(X):
-            reason = 1  # ||dE|| is as small as rounding allows (a tolerance below it cannot be met)
+        reason = at_rounding_floor(reason, history, lambda: self.rounding_floor(X))
         r0 = history[0] if history and history[0] > 0 else 1.0
         info = dict(rank=max(lin._preconditioner()[0] for lin in self.lins),
                     preconditioner=self.lins[0]._preconditioner()[1],

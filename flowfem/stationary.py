@@ -121,6 +121,17 @@ def check_tolerances(rtol, atol=0.0) -> tuple[float, float]:
     return rtol, atol
 
 
+def at_rounding_floor(reason: int, history: list[float], floor) -> int:
+    """A Newton solve's SNES ``reason``, or 1 (converged) if SNES stopped unconverged (reason <= 0) with the
+    last ||F|| of ``history`` at or below ``floor()`` (a callable: evaluated only then), the size of the
+    rounding in F. A tolerance below that floor cannot be met: SNES then stops with DIVERGED_LINE_SEARCH,
+    or with DIVERGED_LOCAL_MIN once ||F|| stagnates (a warm start of the alpha path had ||F(U_0)|| = 1.7e-8,
+    so rtol 1e-10 asked for 1.7e-18, and Newton reached 6.1e-18)."""
+    if reason <= 0 and history and history[-1] <= floor():
+        return 1
+    return reason
+
+
 class NotConverged(CollectiveError):
     """A solve ended above its requested tolerance (raised on every rank, unless unconverged results
     are allowed): an error the user can fix (alpha, rtol, solver), so the CLI reports it in one line."""
@@ -789,11 +800,7 @@ class NewtonSolver:
                 raise NotConverged(f"a Newton step's linear solve failed: {self.pc.error}")
             raise self.pc.error
         self.options.check_used()
-        if reason <= 0 and history and history[-1] <= self.rounding_floor(U):
-            # ||F|| is as small as rounding allows, and a tolerance below it cannot be met: SNES then stops
-            # with DIVERGED_LINE_SEARCH, or DIVERGED_LOCAL_MIN once ||F|| stagnates (a warm start of the
-            # alpha path, ||F(U_0)|| = 1.7e-8, whose rtol asked for 1.7e-18 and reached 6.1e-18)
-            reason = 1
+        reason = at_rounding_floor(reason, history, lambda: self.rounding_floor(U))
         r0 = history[0] if history and history[0] > 0 else 1.0
         rank, name = self.lin._preconditioner() if self.lin.ksp is not None else (0, "")
         pc = dict(rank=rank, preconditioner=name)

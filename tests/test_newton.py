@@ -162,3 +162,24 @@ def test_cli_solve_logistic_on_two_ranks(tmp_path):
     r = run([os.path.join(BIN, "flowfem"), "solve", "--data", "sin", "--n", "50", "--loss", "logistic",
              "--out", str(tmp_path / "bad")], timeout=120)
     assert r.returncode == 2 and "labels y in {-1, +1}" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_a_stop_at_the_rounding_floor_is_convergence_whatever_snes_calls_it():
+    """at_rounding_floor, shared by the logistic and the softmax Newton solves: any unconverged SNES reason
+    with the last ||F|| at or below the floor becomes converged (1); above it, or without history, the reason
+    stays; the floor (two products with the data operator) is evaluated only for an unconverged stop."""
+    from petsc4py import PETSc
+
+    from flowfem.stationary import at_rounding_floor
+
+    R = PETSc.SNES.ConvergedReason
+    for reason in (R.DIVERGED_LINE_SEARCH, R.DIVERGED_LOCAL_MIN, R.DIVERGED_MAX_IT):
+        assert at_rounding_floor(reason, [1.7e-8, 6.1e-18], lambda: 1e-16) == 1
+        assert at_rounding_floor(reason, [1.7e-8, 6.1e-15], lambda: 1e-16) == reason
+        assert at_rounding_floor(reason, [], lambda: 1e-16) == reason
+    assert at_rounding_floor(R.DIVERGED_FUNCTION_NANORINF, [1.0, float("nan")], lambda: 1e-16) == R.DIVERGED_FUNCTION_NANORINF
+
+    def never():
+        raise AssertionError("the floor was evaluated for a converged solve")
+
+    assert at_rounding_floor(R.CONVERGED_FNORM_RELATIVE, [1.0, 1e-12], never) == R.CONVERGED_FNORM_RELATIVE
