@@ -13,7 +13,7 @@ test: $(STAMP) | check-jit
 	$(PY) -m pytest tests
 
 benchmark: $(STAMP) | check-jit
-	$(PY) benchmarks/stationary.py
+	$(MPIRUN) -n 2 $(PY) benchmarks/stationary.py
 
 venv: $(STAMP)
 
