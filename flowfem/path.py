@@ -7,7 +7,9 @@ the Euler-Lagrange equation of E_alpha on the training part of the data,
     logistic loss:  dE_alpha_i(U_i) = 0 by Newton,
     softmax loss:   dE_alpha_i(U_i1, ..., U_iC) = 0 by Newton (:func:`softmax_path`),
 
-each solve warm-started from U_{i-1} and all of them with ONE linear solver
+each solve warm-started from U_{i-1} (a Newton solve stopping where a cold
+one would, at rtol ||dE_alpha(0)||: rtol times the warm start's far smaller
+gradient asked for rounding, 32 Newton steps where 3 do) and all of them with ONE linear solver
 (:class:`flowfem.stationary.LinearSolver`, :meth:`set_alpha` between them):
 the multigrid and the Nystrom basis of the data term (:mod:`flowfem.nystrom`)
 are built once and only extended as alpha falls. The training rows are
@@ -305,13 +307,15 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                 if quadratic:
                     lin.set_weights(E.c, refresh=False)  # another random subset: the basis still fits
                     bs = [Ek.rhs() for Ek in outputs]
+                else:  # each warm start stops where a cold one would: ||dE_alpha(0)|| is the same for every alpha
+                    atol = rtol * _gradient_norm(E, U)
                 for i, a in enumerate(alphas):
                     lin.set_alpha(a)
                     t = time.perf_counter()
                     if quadratic:
                         its, steps = sum(lin.solve(b, V, guess=True).iterations for b, V in zip(bs, Us)), 0
                     else:
-                        info = ns.solve(U)
+                        info = ns.solve(U, atol=atol)
                         its, steps = int(sum(info.linear_iterations)), info.iterations
                     seconds = time.perf_counter() - t
                     # every row: the held-out ones score, the training ones give the loss
@@ -332,6 +336,10 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                 S.copy(V)
                 V.scale(1.0 / len(parts))
             E.c[:] = 1.0
+            if not quadratic:  # ||dE_alpha(0)|| of all rows: the refit stops where a cold start would
+                zero = E.vector()
+                atol = rtol * _gradient_norm(E, zero)
+                zero.destroy()
             lin.set_alpha(float(alphas[chosen]))
             lin.progress = progress
             t1 = time.perf_counter()
@@ -346,7 +354,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                 refit_its = sum(i.iterations for i in infos)
             else:
                 ns.progress = progress
-                info = ns.solve(U)
+                info = ns.solve(U, atol=atol)
                 refit_its = int(sum(info.linear_iterations))
             t2 = time.perf_counter()
     finally:
@@ -366,7 +374,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
 
 
 def _gradient_norm(E, X) -> float:
-    """||dE_alpha(X)|| of a softmax functional E. Collective."""
+    """||dE_alpha(X)|| of a functional E (one density or a softmax's C). Collective."""
     g = E.gradient(X)
     norm = g.norm()
     g.destroy()

@@ -769,9 +769,11 @@ class NewtonSolver:
     # -- solve ---------------------------------------------------------------------------
 
     def solve(self, U: PETSc.Vec, shift: float = 0.0, anchor: PETSc.Vec | None = None,
-              g: PETSc.Vec | None = None) -> NewtonInfo:
-        """Solve F(U) = 0 in place, starting from U. Raises :class:`NotConverged` if Newton fails
-        (unless unconverged results are allowed) and ValueError if PETSc fails (see
+              g: PETSc.Vec | None = None, atol: float | None = None) -> NewtonInfo:
+        """Solve F(U) = 0 in place, starting from U. ``atol``: stop also at ||F(U)|| <= atol, for this solve
+        (a warm start passes rtol ||F(0)||, a cold start's target: rtol ||F(U_0)|| of a start near the
+        solution would demand more, down to the rounding floor). Raises :class:`NotConverged` if Newton
+        fails (unless unconverged results are allowed) and ValueError if PETSc fails (see
         :class:`flowfem.petsc_options.SolverOptions`)."""
         if shift and anchor is None:
             raise ValueError("a time step (shift > 0) needs the previous state U_0")
@@ -781,6 +783,9 @@ class NewtonSolver:
             return self._solve_affine(U)
         self.pc.its, self.pc.error = [], None
         self.snes.setConvergenceHistory(reset=True)
+        tolerances = self.snes.getTolerances()  # (rtol, atol, stol, max_it), restored after this solve
+        if atol is not None:
+            self.snes.setTolerances(atol=max(tolerances[1], float(atol)))
         bar = progress_.bar(desc="Newton", unit="step") if self.progress else None  # as in LinearSolver
         monitored = bar is not None and not bar.disable
         if monitored:
@@ -789,6 +794,7 @@ class NewtonSolver:
             with self.options.errors("a solve"):
                 self.snes.solve(None, U)
         finally:
+            self.snes.setTolerances(*tolerances)
             if monitored:
                 self.snes.cancelMonitor()
             if bar is not None:
