@@ -209,9 +209,15 @@ def _record_chart_radius(args, space) -> None:
 def _load_standardised(args, comm):
     """(train, test, scaling): :func:`_load_data`, and for a real data set its inputs standardised
     on the training rows (scaling the :class:`flowfem.scaling.Standardisation`, None otherwise):
-    solve, flow and compare fit a real set on z = (x - m) / s, and record the scaling."""
+    solve, flow and compare fit a real set on z = (x - m) / s, and record the scaling. ValueError for
+    a set of class labels (iris2) unless the command fits them with the softmax loss."""
     from flowfem import datasets
 
+    classify, loss = datasets.REAL.get(args.data), getattr(args, "loss", "squared")  # compare: squared
+    if classify is not None and classify.classes is not None and loss != "softmax":  # before the data is read
+        raise ValueError(f"--data {args.data} holds class labels ({classify.task}): as {loss} targets they are "
+                         "meaningless; " + ("add --loss softmax" if args.command == "solve" else
+                                            f"fit them with flowfem solve --loss softmax ({args.command} has none)"))
     train, test = _load_data(args, comm)
     scaling = datasets.standardisation(args.data, train)
     if scaling is not None:
@@ -219,23 +225,24 @@ def _load_standardised(args, comm):
     return train, test, scaling
 
 
-def _split_record(args) -> dict:
-    """How --data was split into training and test rows (--n, --seed, --test-data), recorded in
-    density.npz so that ``readout --rule refit`` fits on the same training rows, not on test rows."""
-    return dict(data_n=args.n, data_seed=args.seed, test_data=args.test_data or "",
-                sharded=bool(getattr(args, "sharded", False)))
+def _split_record(args, train) -> dict:
+    """How --data was split into training and test rows (--n, --seed, --test-data), and the SHA-256 of the
+    training rows ``train`` as fitted (:func:`flowfem.data.rows_sha256`; "" for sharded rows), recorded in
+    density.npz so that ``readout --rule refit`` fits on the same training rows, not on test rows or
+    other data."""
+    from flowfem import data
+
+    sharded = bool(getattr(args, "sharded", False))
+    return dict(data_n=args.n, data_seed=args.seed, test_data=args.test_data or "", sharded=sharded,
+                train_sha256="" if sharded else data.rows_sha256(train.x, train.y))
 
 
 def cmd_solve(args, comm) -> None:
-    from flowfem import datasets, io, outputs, sharded_split
+    from flowfem import io, outputs, sharded_split
     from flowfem.plot import FIGURE_OUTPUTS as plot_outputs
     from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
-    classify = datasets.REAL.get(args.data)
-    if classify is not None and classify.classes is not None and args.loss != "softmax":
-        raise ValueError(f"--data {args.data} holds class labels ({classify.task}): as {args.loss} targets they are "
-                         f"meaningless; add --loss softmax")
     if args.sharded:
         for given, option, instead in ((args.alpha == "auto", "--alpha auto", "a numeric --alpha (e.g. the one "
                                         "--alpha auto chooses on a sample of the rows)"),
@@ -256,23 +263,25 @@ def cmd_solve(args, comm) -> None:
     _record_chart_radius(args, space)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     mesh_seconds = time.perf_counter() - t0
+    y = train.y
+    if problem.loss.multiclass and np.all(y == np.round(y)):  # whole-number labels (files read them as floats)
+        y = y.astype(np.int64)  # recorded as 0, 1, 2 rather than 0.0, 1.0, 2.0
     if test.outputs == 1:  # (m outputs and a classification loss: the fit refuses the training targets first)
-        # test rows are scored after the fit: targets the loss cannot score are refused before it
-        problem.loss.check_labels(test.y, "test targets y", comm if args.sharded else None)
+        # test rows are scored after the fit: targets the loss cannot score (softmax: labels of no training
+        # class) are refused before it
+        problem.loss.check_labels(test.y, "test targets y", comm if args.sharded else None,
+                                  classes=np.unique(y) if problem.loss.multiclass else None)
     auto = args.alpha == "auto"
     if not auto and (args.validation is not None or args.folds is not None):
         raise ValueError(f"{'--validation' if args.validation is not None else '--folds'} applies to --alpha auto "
                          f"only (it chooses how each alpha of the path is scored); drop it or use --alpha auto")
     path_args = dict(validation=args.validation, folds=args.folds, seed=args.seed) if auto else {}
-    y = train.y
-    if problem.loss.multiclass and np.all(y == np.round(y)):  # whole-number labels (files read them as floats)
-        y = y.astype(np.int64)  # recorded as 0, 1, 2 rather than 0.0, 1.0, 2.0
     result = problem.fit(train.x, y, args.solver, args.rtol, petsc, args.allow_unconverged,
                          progress=not args.quiet, preconditioner=args.preconditioner, sharded=args.sharded,
                          **path_args)
     metrics = io.solve_metrics(result, train, test, sharded=args.sharded)
     metrics.update(provenance.record(args, comm, *args.mesh_options), mesh_seconds=mesh_seconds)
-    settings = dict(io.settings(result.functional), **_split_record(args))
+    settings = dict(io.settings(result.functional), **_split_record(args, train))
     if args.sharded:  # the files show samples of the rows (flowfem.sharded_split.sample), the same on every rank
         n_file = comm.allreduce(train.n + (test.n if args.test_data is None else 0), op=MPI.SUM)
         train = sharded_split.sample(train, train_rows, n_file, comm)
@@ -391,11 +400,16 @@ def cmd_flow(args, comm) -> None:
                   + (f" (written on {resumed.ranks} rank(s))" if resumed.ranks != comm.size else ""))
     else:
         U = flow.as_state([io.vector(u) for u in initial.initial_densities(problem.H, args.initial,
-                                                                           problem.activation, E.outputs)])
+                                                                           problem.activation, E.outputs, scaling)])
     # the checkpoints of this run (a resumed run continues its series): every K steps, and where Ctrl-C stops it
     directory = args.checkpoint_dir or (
         args.resume if args.resume and os.path.isdir(args.resume)
         else os.path.dirname(resumed.path) if resumed else os.path.abspath(args.out).rstrip("/") + ".checkpoints")
+    out = os.path.realpath(args.out)
+    if os.path.commonpath([os.path.realpath(directory), out]) == out:  # the output replaces OUT whole at the end
+        raise ValueError(f"the checkpoint directory {directory!r} is inside the output directory {args.out!r}, which "
+                         "the run writes whole at its end: give --checkpoint-dir a directory outside it (default: "
+                         "OUT.checkpoints)")
     checkpoints = checkpoint.Checkpoints(directory, args.checkpoint_every, fp, comm,
                                          run=resumed.run if resumed else None)
     with outputs.output_directory(args.out, comm, args.force) as tmp:
@@ -414,7 +428,7 @@ def cmd_flow(args, comm) -> None:
         if result.interrupted:  # leaves no output directory; the checkpoint just written resumes the run
             raise Interrupted(f"{result.stopped}; resume with: {_resume_command(args, comm, checkpoints.latest)}")
         t3 = time.perf_counter()
-        settings = dict(io.settings(E), **_split_record(args))
+        settings = dict(io.settings(E), **_split_record(args, train))
         if scaling is not None:  # recorded: flowfem readout folds it into the network (flowfem/scaling.py)
             settings.update(input_mean=scaling.mean, input_scale=scaling.scale)
         m = E.outputs
@@ -606,7 +620,7 @@ class _Version(argparse.Action):
 
 
 def cmd_readout(args, comm) -> None:
-    from flowfem import io
+    from flowfem import data, io
     from flowfem.readout import readout
 
     on_root(comm, lambda: check_writable(args.out, "network file", args.force, (args.density, args.data)))  # before the work
@@ -636,10 +650,14 @@ def cmd_readout(args, comm) -> None:
         x, y = train.x, train.y
         if scaling is not None:  # the density's inputs
             x = scaling.apply(x)
+        if settings.get("train_sha256", "") not in ("", data.rows_sha256(x, y)):  # (older files record none)
+            raise ValueError(f"--data {args.data} gives not the rows the density {args.density!r} was fitted on "
+                             "(their SHA-256 differs): refit on the solve's --data, unchanged")
     alpha = args.alpha if args.alpha is not None else settings.get("alpha")
     net = readout(u, args.rule, activation=settings["activation"], width=args.width, degree=args.degree,
                   subdivisions=args.subdivisions, seed=args.seed, points=args.points, x=x, y=y,
-                  alpha=alpha, weight=settings.get("weight", "uniform"), classes=classes)
+                  alpha=alpha, weight=settings.get("weight", "uniform"), classes=classes,
+                  loss=settings.get("loss", "squared" if classes is None else "softmax"))
     if scaling is not None:  # fitted on standardised inputs: the network file takes raw ones
         net = scaling.fold(net)
 
@@ -821,7 +839,7 @@ def cmd_compare(args, comm) -> None:
         time_limit=args.time_limit, weight_decay=args.weight_decay, init_scale=args.init_scale,
         activation=args.activation, domain=args.domain, mesh_size=args.mesh_size, radius=args.radius,
         alpha=args.alpha, kappa=args.kappa, weight=args.weight, degree=args.degree, readouts=words(args.readout),
-        density_method="kernel" if args.density_width else "lumped", density_width=args.density_width,
+        density_method="lumped" if args.density_width is None else "kernel", density_width=args.density_width,
         mmd_bandwidth=args.mmd_bandwidth, data_name=args.data, comm=comm, progress=not args.quiet)
     _record_chart_radius(args, result.result.problem.space)
     result.settings.update(provenance.record(args, comm, *args.mesh_options),
@@ -929,10 +947,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--preconditioner", default="nystrom", choices=["nystrom", "gamg"],
                    help="of cg: nystrom (GAMG plus a low-rank basis of the data term, rebuilt when the step's shift "
                         "changes by 4x) or gamg (GAMG alone) (default: %(default)s)")
-    g.add_argument("--rtol", type=float, default=1e-12,
+    g.add_argument("--rtol", type=_tolerance, default=1e-12,
                    help="linear solves stop at rtol ||dE(0)|| at the latest; also the stationary solve's "
                         "tolerance (default: %(default)g)")
-    g.add_argument("--step-rtol", type=float, default=1e-6,
+    g.add_argument("--step-rtol", type=_tolerance, default=1e-6,
                    help="each step's linear solves reduce its residual by this factor (default: %(default)g)")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="PETSc option: snes_* to Newton (e.g. snes_monitor=), others to the linear solver "

@@ -42,6 +42,7 @@ is, and split like a file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import warnings
@@ -322,8 +323,8 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
     The test set is ``test`` if given (a file, or a synthetic name: a sample of max(n, TEST_MIN) points
     with seed + 1); else, for a synthetic set, a fresh sample of max(n, TEST_MIN) points with seed + 1,
     and for a file or a real set a random fifth of its rows (permutation seeded by ``seed``; the rest is
-    the training set). ValueError if the two have other columns (:func:`check_test_columns`).
-    """
+    the training set). ValueError if the two have other columns (:func:`check_test_columns`), or if
+    a file of one row is to be split (no row would be left to test on)."""
     if spec in SYNTHETIC:
         train = synthetic(spec, n, seed)
         held_out = None if test else synthetic(spec, max(n, TEST_MIN), seed + 1)
@@ -332,8 +333,11 @@ def train_test(spec: str, n: int = 1000, seed: int = 0, test: str | None = None)
         if test:
             train, held_out = full, None
         else:
+            if full.n < 2:  # no fifth to hold out: the fit would be scored on no rows
+                raise ValueError(f"data file {spec!r} has {full.n} row: a random fifth of the rows is held out as "
+                                 "test data, which needs 2 rows or more; add rows, or give --test-data")
             perm = np.random.default_rng(arguments.seed(seed)).permutation(full.n)
-            k = max(1, full.n // 5) if full.n > 1 else 0
+            k = max(1, full.n // 5)
             held_out = Dataset(full.x[perm[:k]], full.y[perm[:k]], full.name + "-test")
             train = Dataset(full.x[perm[k:]], full.y[perm[k:]], full.name)
     if held_out is None:
@@ -352,6 +356,17 @@ def check_test_columns(train: Dataset, test: Dataset) -> None:
     if test.outputs != train.outputs:
         raise ValueError(f"the test data {test.name!r} have {test.outputs} output(s) but the training data "
                          f"{train.name!r} {train.outputs}: give test data with the same target columns")
+
+
+def rows_sha256(x: np.ndarray, y: np.ndarray) -> str:
+    """The SHA-256 (hex) of rows x (n, d) and targets y (n,) or (n, m), as float64 little-endian bytes with
+    their shapes: what a density records of its training rows, so that a refit on other rows is refused."""
+    h = hashlib.sha256()
+    for a in (x, y):
+        a = np.ascontiguousarray(a, dtype="<f8")
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save(dataset: Dataset, path: str | os.PathLike) -> None:

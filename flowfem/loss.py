@@ -42,20 +42,39 @@ class Loss:
     def __str__(self) -> str:
         return self.name
 
-    def check_labels(self, y: np.ndarray, what: str = "targets y", comm=None) -> None:
+    def check_labels(self, y: np.ndarray, what: str = "targets y", comm=None, classes=None) -> None:
         """ValueError if y holds a target this loss cannot take: the logistic loss takes the labels -1 and +1
-        only (a score of other targets would be a number of nothing). ``what`` names y in the message;
-        ``comm`` (an mpi4py communicator): y is this rank's rows of data sharded over its ranks, the count
-        of bad targets is summed over them and every rank raises (collective)."""
-        if self.name != "logistic":
+        only, the softmax loss the ``classes`` (C,) its densities were (or will be) fitted on, one density a
+        class (None: y are the training labels, which make the classes); a score of other targets would
+        be a number of nothing. ``what`` names y in the message; ``comm`` (an mpi4py communicator): y is
+        this rank's rows of data sharded over its ranks, the count of bad targets is summed over them and
+        every rank raises (collective)."""
+        y = np.asarray(y).ravel()
+        if self.name == "logistic":
+            bad = ~np.isin(y, (-1.0, 1.0))
+        elif self.multiclass and classes is not None:
+            classes = np.asarray(classes)  # a string label is no numeric class, and a number no string class
+            same_kind = (y.dtype.kind == "U") == (classes.dtype.kind == "U")
+            bad = ~np.isin(y, classes) if same_kind else np.ones(y.size, bool)
+        else:
             return
-        y = np.asarray(y)
-        counts = np.array([np.count_nonzero(~np.isin(y, (-1.0, 1.0))), y.size])
+        counts = np.array([np.count_nonzero(bad), y.size])
         if comm is not None:
             counts = comm.allreduce(counts)
-        if counts[0]:
+        if not counts[0]:
+            return
+        if self.name == "logistic":
             raise ValueError(f"{counts[0]} of the {counts[1]} {what} are neither -1 nor +1: the logistic loss needs "
                              "labels y in {-1, +1}; relabel them (or fit them with the squared loss)")
+        first = int(np.argmax(bad))  # (softmax: all rows on every rank)
+        raise ValueError(f"{counts[0]} of the {counts[1]} {what} are not among the training classes "
+                         f"{', '.join(map(_label, classes.tolist()))} (first {_label(y[first].item())} (row {first})): "
+                         "the softmax loss has no density to score them; relabel them or drop those rows")
+
+
+def _label(v) -> str:
+    """A label as a message shows it: 7 for 7.0 (a file's whole-number labels are read as floats)."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 SQUARED = Loss(

@@ -359,13 +359,15 @@ def _comm(u):
 def readout(source, rule: str = "quadrature", *, activation: Activation | str | None = None,
             width: int | None = None, degree: int | None = None, subdivisions: int = 1, seed: int = 0,
             points: str = "quadrature", x=None, y=None, alpha: float | None = None,
-            weight: Weight | str | None = None, classes=None) -> Network:
+            weight: Weight | str | None = None, classes=None, loss: str | None = None) -> Network:
     """The finite network read out of a density by ``rule`` (quadrature, sample or refit).
 
     ``source`` is a :class:`~flowfem.problem.Result` (activation, data, alpha and weight are
     taken from its problem; the default rule is the solve's own, so the network reproduces
     ``result.predict`` to rounding; a Result of m outputs gives a network of m outputs) or a
-    dolfinx Function u, or a list of m Functions on one space (then ``activation`` is required).
+    dolfinx Function u, or a list of m Functions on one space (then ``activation`` is required, and
+    ``loss`` names the loss it was fitted with, as its density file records it: default squared, or
+    softmax with ``classes``).
 
     * ``quadrature``: ``degree`` (basix Gauss-Jacobi degree; 1 is the midpoint rule, one
       neuron per cell) and ``subdivisions`` m set N = cells x points x m^D; ``width`` must be
@@ -392,7 +394,8 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
                                                        and all(isinstance(w, dolfinx.fem.Function) for w in source)):
         if activation is None:
             raise ValueError("readout of a dolfinx Function needs the activation (e.g. activation='relu')")
-        u, act, loss_name = source, _activation(activation), "squared" if classes is None else "softmax"
+        u, act = source, _activation(activation)
+        loss_name = loss if loss is not None else "squared" if classes is None else "softmax"
         data_x = data_y = None
         default_alpha, default_weight = None, "uniform"
     elif hasattr(source, "densities") and hasattr(source, "problem") and hasattr(source, "functional"):
@@ -405,6 +408,8 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
             degree = E.Phi.quadrature.degree
         if classes is not None:
             raise ValueError("classes come from the Result (result.classes); leave classes out")
+        if loss is not None:
+            raise ValueError("the loss comes from the Result (result.problem.loss); leave loss out")
         classes = getattr(source, "classes", None)
         data_x, data_y = E.Phi.x, getattr(E, "y", None)
         default_alpha, default_weight = problem.alpha, problem.H.weight

@@ -111,10 +111,12 @@ class Checkpoints:
 
     Rank 0 writes each file under a hidden temporary name, flushes it to disk
     and renames it (atomic), so a run killed mid-write leaves the previous
-    checkpoint intact; the directory is created at the first write. ``run``
-    continues a run's series (default: a new run id). ``pause`` (seconds, or
-    the environment variable FLOWFEM_CHECKPOINT_PAUSE) sleeps between writing
-    and renaming: a testing aid to kill a run mid-write.
+    checkpoint intact; the directory is created at the first write, and one that
+    could not be (a file stands there or above it, no permission) is refused
+    here, before the run (ValueError on every rank). ``run`` continues a run's
+    series (default: a new run id). ``pause`` (seconds, or the environment
+    variable FLOWFEM_CHECKPOINT_PAUSE) sleeps between writing and renaming: a
+    testing aid to kill a run mid-write.
     """
 
     def __init__(self, directory: str, every: int | None, fingerprint: dict, comm: MPI.Comm = MPI.COMM_WORLD,
@@ -122,6 +124,7 @@ class Checkpoints:
         if every is not None and every < 1:
             raise ValueError(f"--checkpoint-every {every}: give a positive number of steps")
         self.directory = os.path.abspath(os.fspath(directory))
+        on_root(comm, lambda: _check_directory(self.directory))  # not at the first checkpoint, steps later
         self.every, self.fingerprint, self.comm, self.keep = every, dict(fingerprint), comm, max(1, keep)
         self.pause = float(os.environ.get("FLOWFEM_CHECKPOINT_PAUSE", 0.0)) if pause is None else pause
         self.run = run if run is not None else new_run_id(comm)
@@ -162,6 +165,20 @@ class Checkpoints:
 
         self.latest = on_root(self.comm, write)
         return self.latest
+
+
+def _check_directory(directory: str) -> None:
+    """ValueError unless ``directory`` is a directory this process may write into, or can be created:
+    its nearest existing ancestor is such a directory."""
+    existing = directory
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    where = f"cannot write checkpoints to --checkpoint-dir {directory!r}"
+    if not os.path.isdir(existing):
+        raise ValueError(f"{where}: {existing!r} is a file, not a directory; give a directory (or a path where "
+                         "one can be made)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{where}: no permission to write into {existing!r}; give a directory of yours")
 
 
 def _write_atomically(directory: str, name: str, arrays: dict, pause: float = 0.0) -> None:

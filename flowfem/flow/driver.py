@@ -513,7 +513,8 @@ class Flow:
 
         Steps: tau, then tau * growth, ... up to tau_max, or (``adapt``) as
         the error control proposes starting from tau. ``state`` continues a
-        checkpointed run (:func:`flowfem.flow.checkpoint.load_checkpoint`),
+        checkpointed run (:func:`flowfem.flow.checkpoint.load_checkpoint`; ValueError if it is
+        already past t_end or max_steps: its result would be a density past the end asked for),
         ``checkpoints`` (:class:`flowfem.flow.checkpoint.Checkpoints`) writes
         them, ``writer`` (:class:`flowfem.io.TrajectoryWriter`) the
         trajectory (with checkpoints, each saves the frames written since the
@@ -531,11 +532,20 @@ class Flow:
             raise ValueError(f"step growth factor {growth} must be >= 1 (1: constant steps)")
         if not tau_max > 0:
             raise ValueError(f"largest step tau_max = {tau_max} must be positive")
+        if tol is not None and not tol > 0:  # (NaN too) no step reaches it: the run would take every step
+            raise ValueError(f"tol = {tol:g}: the relative distance ||u - u*|| / ||u*|| to stop at must be a number "
+                             "> 0, e.g. 1e-6")
         if tol is not None and self.U_star is None:
             raise ValueError("stopping at a tolerance on ||u - u*|| needs the stationary solution: "
                              "call stationary() (or set_reference) first")
         if not (np.isfinite(t_end) or max_steps < 10**6 or tol is not None):
             raise ValueError("the flow needs an end: give t_end, max_steps or tol")
+        if state is not None and (state.t > t_end or state.step > max_steps):
+            # the run would end where it starts, and its result be the state past the end it was asked for
+            past, fix = ((f"t_end = {t_end:g}", f"a t_end of {state.t:g} or more") if state.t > t_end else
+                         (f"max_steps = {max_steps}", f"max_steps {state.step} or more"))
+            raise ValueError(f"the resumed state is at step {state.step}, t = {state.t:g}, past {past}: a flow "
+                             f"does not run backwards; give {fix}, or resume from an earlier checkpoint")
         U = self.as_state(U)
         if self.ts_atol_given is None:
             if state is not None and state.ts_atol is not None:

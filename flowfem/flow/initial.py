@@ -66,11 +66,15 @@ def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfi
 
 
 def initial_densities(H: WeightedH1, spec: str = "zero", activation=None,
-                      outputs: int = 1) -> list[dolfinx.fem.Function]:
+                      outputs: int = 1, scaling=None) -> list[dolfinx.fem.Function]:
     """The m = ``outputs`` initial densities of an m-output flow from one spec (as :func:`initial_density`):
     ``zero`` and ``gaussian`` give m copies; a density file or a network of m outputs gives its m
     densities (column k of u; the projection of output k's weights a[:, k]), one of a single output m
-    copies. ValueError (on every rank) for a bad spec or file, or a file of another number of outputs."""
+    copies. ValueError (on every rank) for a bad spec or file, or a file of another number of outputs.
+
+    ``scaling``: the :class:`flowfem.scaling.Standardisation` z = (x - m) / s of the flow's inputs (a real
+    data set), whose mesh holds neurons (w, b) for z. A network file takes raw inputs x (readout folds
+    the scaling into it), and W x + b = (W s) z + (b + W m): it is projected as (W s, b + W m)."""
     spec = str(spec).strip()
     kind, _, arg = spec.partition(":")
     kind_l = kind.lower()
@@ -115,6 +119,8 @@ def initial_densities(H: WeightedH1, spec: str = "zero", activation=None,
         return net.W, net.b, net.a, net.activation.name
 
     W, b, a, name = on_root(comm, read)
+    if scaling is not None:  # the network's neurons in the flow's standardised units (docstring)
+        W, b = W * scaling.scale, b + W @ scaling.mean
     columns = [a] if a.ndim == 1 else list(a.T)
     if len(columns) == 1:
         columns = columns * outputs
