@@ -258,3 +258,13 @@ def test_the_data_help_names_every_real_data_set():
         action = next(a for a in commands[name]._actions if "--data" in a.option_strings)
         missing = [s for s in datasets.REAL if s not in action.help]
         assert not missing, f"{name} --data help does not name {missing}"
+
+
+def test_python_dash_m_flowfem_is_the_command():
+    """`python -m flowfem` (no flowfem/__main__.py before: "No module named flowfem.__main__") runs the same
+    command as the console script: the same --version line, and usage errors exit 2."""
+    ours = run([sys.executable, "-m", "flowfem", "--version"], timeout=120)
+    script = run([FLOWFEM, "--version"], timeout=120)
+    assert ours.returncode == script.returncode == 0 and ours.stdout == script.stdout != ""
+    bad = run([sys.executable, "-m", "flowfem", "solve", "--data", "sin", "--alpah", "1"], timeout=120)
+    assert bad.returncode == 2 and "--alpha" in bad.stderr
