@@ -594,6 +594,19 @@ class _Parser(argparse.ArgumentParser):
             print(f"flowfem: error: {text} (see {self.prog} --help)", file=sys.stderr)
         self.exit(2)
 
+    def parse_args(self, args=None, namespace=None):
+        # argparse reports a misspelt option as "unrecognized arguments" at the top parser, naming no option:
+        # name the closest option of the subcommand that was given, and its help
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(self, "commands", {}).get(getattr(namespace, "command", None), self)
+            options = [o for a in command._actions for o in a.option_strings]
+            guesses = [closest(e.split("=", 1)[0], options) for e in extras if e.startswith("-")]
+            guess = next((g for g in guesses if g is not None), None)
+            command.error(f"unrecognized arguments: {' '.join(extras)}"
+                          + (f": did you mean {guess}?" if guess is not None else ""))
+        return namespace
+
     def _check_value(self, action, value):
         # argparse's own check (a private method: Python 3.14's suggest_on_error does this, 3.12 and 3.13 cannot)
         if action.choices is not None and value not in action.choices:
@@ -604,8 +617,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Version(argparse.Action):
-    """--version: flowfem's, dolfinx's and PETSc's versions (:func:`flowfem.provenance.versions`, which
-    imports neither), then exit."""
+    """--version: flowfem's, dolfinx's, PETSc's and Python's versions (:func:`flowfem.provenance.versions`,
+    which imports neither dolfinx nor PETSc), then exit."""
 
     def __init__(self, option_strings, dest, **kwargs):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
@@ -1135,6 +1148,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=cmd_compare)
 
+    top.commands = sub.choices  # for the closest option to a misspelt one (_Parser.parse_args)
     for command in (top, *sub.choices.values()):  # a flag is off unless given: its help says so, as others do
         for action in command._actions:
             if isinstance(action, argparse._StoreTrueAction) and "default" not in action.help:

@@ -266,5 +266,17 @@ def test_python_dash_m_flowfem_is_the_command():
     ours = run([sys.executable, "-m", "flowfem", "--version"], timeout=120)
     script = run([FLOWFEM, "--version"], timeout=120)
     assert ours.returncode == script.returncode == 0 and ours.stdout == script.stdout != ""
-    bad = run([sys.executable, "-m", "flowfem", "solve", "--data", "sin", "--alpah", "1"], timeout=120)
-    assert bad.returncode == 2 and "--alpha" in bad.stderr
+    bad = run([sys.executable, "-m", "flowfem", "solve", "--data", "sin", "--alpah", "1", "--out", "never"],
+              timeout=120)
+    assert bad.returncode == 2 and "did you mean --alpha?" in bad.stderr and "flowfem solve --help" in bad.stderr
+    assert not os.path.exists("never")
+
+
+def test_a_misspelt_option_names_the_closest_one_of_its_subcommand():
+    """argparse said only "unrecognized arguments: --mesh-szie 8" (see flowfem --help); the closest option is
+    now named, with the subcommand's help, and an option like no other gets no guess."""
+    r = run([FLOWFEM, "readout", "--density", "d", "--out", "n.npz", "--widht", "8"], timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == ("flowfem: error: unrecognized arguments: --widht 8: did you "
+                                                      "mean --width? (see flowfem readout --help)"), r.stderr
+    r = run([FLOWFEM, "solve", "--data", "sin", "--out", "never", "--zzz"], timeout=120)
+    assert r.returncode == 2 and "did you mean" not in r.stderr and "--zzz" in r.stderr
