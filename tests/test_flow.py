@@ -553,3 +553,4 @@ def test_growing_steps_that_overflow_end_the_run_with_finite_times():
     assert result.stopped.startswith("the next step overflows") and "below what the linear solver attains" in result.stopped
     assert all(np.isfinite(rec["t"]) and np.isfinite(rec["tau"]) for rec in result.log) and len(result.log) < 10
     assert result.log[-1]["error"] < 1e-6  # the last steps were stationary solves (to the flow's linear rtol)
+    flow.destroy()  # its solvers' options would stay in PETSc's database for the tests after it
