@@ -62,6 +62,14 @@ def run(cmd, ranks: int = 1, timeout: float = 600, **kw) -> subprocess.Completed
                           env=env, **kw)
 
 
+def one_error_line(err: str) -> str:
+    """The one line of a refusal's stderr, asserted to be the only non-blank one and to start as every
+    flowfem error does."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowfem: error: "), err
+    return lines[0]
+
+
 def passes_on_ranks(test_file: str, ranks: int, timeout: float) -> None:
     """Run the tests of ``test_file`` (a path; those not marked mpi) under mpirun -n ranks, within
     ``timeout`` seconds (a hang fails); fail unless every rank's pytest passed."""

@@ -27,17 +27,11 @@ import os
 import numpy as np
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, one_error_line, run
 from flowfem import cli, data
 
 FLOWFEM = os.path.join(BIN, "flowfem")
 FIT = ["--mesh-size", "4", "--quiet", "--no-plot"]
-
-
-def one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("flowfem: error: "), err
-    return lines[0]
 
 
 def _three_classes(tmp_path):
