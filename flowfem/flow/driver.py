@@ -542,7 +542,8 @@ class Flow:
             raise ValueError("the flow needs an end: give t_end, max_steps or tol")
         if state is not None and (state.t > t_end or state.step > max_steps):
             # the run would end where it starts, and its result be the state past the end it was asked for
-            past, fix = ((f"t_end = {t_end:g}", f"a t_end of {state.t:g} or more") if state.t > t_end else
+            # the advice at full precision: %g rounds t down as often as up (0.331 for 0.33100000000000007)
+            past, fix = ((f"t_end = {t_end:g}", f"a t_end of {state.t:.17g} or more") if state.t > t_end else
                          (f"max_steps = {max_steps}", f"max_steps {state.step} or more"))
             raise ValueError(f"the resumed state is at step {state.step}, t = {state.t:g}, past {past}: a flow "
                              f"does not run backwards; give {fix}, or resume from an earlier checkpoint")
