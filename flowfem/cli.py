@@ -884,7 +884,8 @@ def parser() -> argparse.ArgumentParser:
                     "on parameter space: minimise E_alpha(u) = mean loss + alpha/2 ||u||^2_{H^1_omega}. "
                     "Run under mpirun -n P for P ranks.",
     )
-    top.add_argument("--version", action=_Version, help="print flowfem's, dolfinx's, PETSc's and Python's versions and exit")
+    top.add_argument("--version", action=_Version,
+                     help="print flowfem's, dolfinx's, PETSc's and Python's versions and exit")
     sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("solve", help="the optimal density: one linear solve of the Euler-Lagrange equation",
                        description="Minimise E_alpha with one solve of (alpha A + Phi^T Phi / n) U = Phi^T y / n "

@@ -568,8 +568,9 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         loss, reg = result.parts
         fe_test = result.rmse(xt, yt)
         fe_how = (f"one {result.info.method} solve ({result.iterations} iterations, residual "
-                  f"{result.residual:.0e}) on the {space.domain} ({space.num_cells} cells, P{degree}, {problem.H.ndofs} dofs), alpha={alpha:g}, "
-                  f"kappa={kappa:g}, omega {problem.H.weight}; time: mesh + assembly + solve; {ranks} rank(s)")
+                  f"{result.residual:.0e}) on the {space.domain} ({space.num_cells} cells, P{degree}, "
+                  f"{problem.H.ndofs} dofs), alpha={alpha:g}, kappa={kappa:g}, omega {problem.H.weight}; "
+                  f"time: mesh + assembly + solve; {ranks} rank(s)")
         runs = [Run("FE solve", "E_alpha minimiser", None, None, fe_test, loss, loss + reg,
                     "E_alpha(u*) = loss + alpha/2 ||u*||^2_H1_omega", fe_seconds, None, None, ranks, "completed",
                     fe_how, [fe_test] if outputs == 1 else [float(e) for e in result.rmse_outputs(xt, yt)])]
