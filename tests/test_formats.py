@@ -1,5 +1,5 @@
 """Files ParaView and VTK users open: density.xdmf (+ .h5) on every domain and degree read back with meshio
-equals density.npz; the flow's trajectory.xdmf is an XDMF time series (the mesh once) that a resumed run
+and VTK, and density.bp read with ADIOS2 (what ParaView's VTX reader reads), equal density.npz; the flow's trajectory.xdmf is an XDMF time series (the mesh once) that a resumed run
 continues: every frame from step 0 once, the uninterrupted run's values. Collective: rerun under mpirun -n 2.
 """
 
@@ -74,6 +74,46 @@ def read_with_vtk(path: str, name: str = "density") -> list[dict]:
     return [dict(t=f["t"], points=np.array(f["points"]), values=np.array(f["values"])) for f in json.loads(r.stdout)]
 
 
+ADIOS2_READ = """
+import json, sys
+import adios2
+
+steps, blocks = [], []
+with adios2.FileReader(sys.argv[1]) as f:
+    steps = f.read("step").ravel().tolist()
+    for b in range(len(f.all_blocks_info("geometry")[0])):  # a block per rank that wrote the file
+        blocks.append({k: f.read(k, block_id=b).tolist() for k in ("geometry", sys.argv[2], "vtkGhostType")})
+print(json.dumps(dict(steps=steps, blocks=blocks)))
+"""
+
+
+def read_with_adios2(path: str, name: str = "density") -> tuple[list, np.ndarray, np.ndarray]:
+    """(times, points, values) of the field ``name`` in a VTX (.bp) file, every rank's block, read with the
+    ADIOS2 Python package (the library ParaView's VTX reader uses), in a subprocess: the pip ``adios2`` and the
+    ADIOS2 inside dolfinx must not share one process."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", ADIOS2_READ, path, name], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    blocks = out["blocks"]
+    assert len(blocks) == MPI.COMM_WORLD.size
+    points = np.vstack([np.array(b["geometry"], dtype=float).reshape(-1, 3) for b in blocks])
+    values = np.concatenate([np.array(b[name], dtype=float).ravel() for b in blocks])
+    return out["steps"], points, values
+
+
+def check_vtx_against_npz(points, values, theta, u):
+    """A VTX file holds the density at its own degree: every node is a dof of density.npz (ghost copies of a
+    dof on another rank included) with its value, and every dof is there."""
+    distance, nearest = scipy.spatial.cKDTree(theta).query(points[:, : theta.shape[1]])
+    assert distance.max() <= 1e-10 * np.abs(theta).max()
+    assert np.allclose(values, u[nearest], rtol=1e-13, atol=1e-13 * np.abs(u).max())
+    assert len(np.unique(nearest)) == len(theta)
+
+
 def check_against_npz(points, cells, values, theta, u, degree, geometry_degree):
     """The XDMF values at its nodes are density.npz's at the same coordinates; the nodes of a P1 density on a
     curved degree-2 mesh that are no dof (edge nodes) hold the mean of the edge's two vertex values, exactly
@@ -131,18 +171,27 @@ def test_density_xdmf_reads_back_as_density_npz(shared_tmp, domain, degree):
         (frame,) = read_with_vtk(os.path.join(directory, "density.xdmf"))  # VTK reads the same nodes and values
         assert frame["t"] == 0.25 and np.array_equal(frame["points"][:, : points.shape[1]], points)
         assert np.array_equal(frame["values"], fields["density"])
+        times, vtx_points, vtx_values = read_with_adios2(os.path.join(directory, "density.bp"))
+        assert times == [0.25]  # the VTX "step" is the time
+        check_vtx_against_npz(vtx_points, vtx_values, theta, values)
 
 
 def test_several_fields_in_one_xdmf(shared_tmp):
-    """compare's densities.xdmf: several Functions on one mesh, each its own field by name."""
+    """compare's densities.xdmf and densities.bp: several Functions on one mesh, each its own field by name."""
     H = WeightedH1(Space.box(1, 4, 2.0))
     a, b = H.function("fe_density"), H.function("particles")
     a.interpolate(lambda x: x[0])
     b.interpolate(lambda x: x[1] ** 2)
     path = os.path.join(shared_tmp, "two.xdmf")
     io.write_xdmf(path, [a, b])
+    io.write_vtx(os.path.join(shared_tmp, "two.bp"), [a, b], t=0.5)
     theta_a, va = io.gather_dofs(a)
     theta_b, vb = io.gather_dofs(b)
+    if MPI.COMM_WORLD.rank == 0:
+        for name, theta, v in (("fe_density", theta_a, va), ("particles", theta_b, vb)):
+            times, vtx_points, vtx_values = read_with_adios2(os.path.join(shared_tmp, "two.bp"), name)
+            assert times == [0.5]
+            check_vtx_against_npz(vtx_points, vtx_values, theta, v)
     if MPI.COMM_WORLD.rank == 0:
         import xml.etree.ElementTree as ET
 
