@@ -1000,7 +1000,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--geometry-degree", type=int, default=2, choices=[1, 2],
                    help="circle and sphere: 2 for curved cells, 1 for flat (default: %(default)s)")
     p.add_argument("--out", required=True, help="file to write: NAME.msh or NAME.xdmf")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
     p.set_defaults(run=cmd_mesh)
 
     p = sub.add_parser("readout", help="turn a solved density into a finite network (.npz)",
@@ -1035,7 +1035,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--alpha", type=float, default=None, help="refit regularisation > 0 (default: the solve's alpha)")
     p.add_argument("--out", required=True, help="network file to write (.npz: arrays W, b, a, activation)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
     p.set_defaults(run=cmd_readout)
 
     p = sub.add_parser("predict", help="evaluate a saved network on inputs (no dolfinx needed)",
@@ -1054,7 +1054,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--proba", action="store_true",
                    help="a classifier (from flowfem solve --loss softmax): also the class probabilities p1..pC, in "
                         "the order of the network's classes (default: the labels only)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("convert", help="stream a data file (a CSV of any size) into .npy, .npz or .h5 for large data",
@@ -1070,7 +1070,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=_positive_integer, default=100_000,  # convert.CHUNK_ROWS (not imported for --help)
                    help="rows read and written at a time: memory grows with it, about 250 bytes a row of a "
                         "50-character CSV line (default: %(default)s)")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists (default: refuse)")
+    p.add_argument("--force", action="store_true", help="replace OUT if flowfem wrote it (default: refuse)")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=cmd_convert)
 
@@ -1085,7 +1085,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["onnx", "safetensors", "torch"], help="file format")
     p.add_argument("--out", default=None,
                    help="file to write (default: the --network path with suffix .onnx, .safetensors or .pt)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("landscape", help="classify the splitting plateaus of a saved network (NumPy only)",
@@ -1113,7 +1113,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"print the table of every neuron (default: counts per kind over all neurons and the "
                         f"tables of the first {LANDSCAPE_NEURONS_SHOWN})")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file (default: none)")
-    p.add_argument("--force", action="store_true", help="replace the --json file if it exists (default: refuse)")
+    p.add_argument("--force", action="store_true", help="replace the --json file if flowfem wrote it (default: refuse)")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=cmd_landscape)
     p = sub.add_parser("compare", help="FE solve and readouts against particle solvers (GD, Adam): table, figures",

@@ -202,7 +202,8 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, chunk: int = C
     .npz, .h5 or .hdf5 by suffix), ``chunk`` rows at a time; return the line that reports it.
 
     ``force``: as :func:`flowfem.files.check_writable` (False: an existing target is refused;
-    True: replaced, unless it is the source; None: replaced). A progress bar (bytes of CSV,
+    True: replaced only if flowfem wrote it, by its record ``.NAME.flowfem``, and it is not the
+    source; None: replaced). A progress bar (bytes of CSV,
     else rows) shows if ``show_progress`` (:mod:`flowfem.progress`). Serial: run it on one
     rank. Raises ValueError (one line) for a bad source (as :func:`flowfem.data.load` would, or
     naming the first bad line), a target that cannot be written, or a full disk; nothing is

@@ -13,6 +13,25 @@ safe too. A target that cannot be written (no such directory, a directory,
 no permission) is refused before anything is written, by
 :func:`check_writable`, which commands call before their work too.
 
+Records. ``--force`` never replaces what flowfem did not write. After the
+rename, :func:`replacing` records that flowfem wrote the file: a hidden file
+``.NAME.flowfem`` beside ``NAME`` (:func:`record_path`) holding JSON
+``{"written_by": "flowfem VERSION", "size": BYTES, "sha256": HEX}`` of the
+file's content, hashed from the temporary file before the rename. The record
+is written the same way (its own unique temporary file, renamed), so ranks
+saving the same file at once leave a record of the content that won when
+their contents agree, and a record that does not match (so --force refuses,
+which is safe) when they do not. With ``force=True`` (the command line's
+--force) :func:`check_writable` replaces an existing file only if its record
+exists and its size and SHA-256 match the file now: a user's own file (no
+record), a flowfem output the user has edited since (the hash differs), and
+a symbolic link are refused. A record that cannot be written (an OSError)
+does not fail the write: the file is valid, only --force will refuse it.
+The API's writes (``Network.save``, ``data.save``, the exporters) record
+too, since flowfem wrote those files. Files written into an output
+directory (:func:`flowfem.outputs.output_directory`) are not recorded one by
+one: the directory's manifest records them (:func:`recorded_by_manifest`).
+
 Reading. :func:`check_readable` and :func:`read_npz` turn every way a
 user's file can fail to read (missing, a directory, no permission, empty,
 not an archive, a single .npy, a pickle, a truncated or corrupt archive, a
@@ -24,6 +43,8 @@ density files all go through them.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import secrets
 import zipfile
@@ -32,16 +53,62 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from flowfem.arguments import spell
+
+
+RECORD_SUFFIX = ".flowfem"
+_CHUNK = 2**20  # bytes hashed at a time: a file of any size in O(1) memory
+_recorded_by_manifest: list[str] = []  # output directories being written: their files are not recorded one by one
+
+
+def record_path(path: str | os.PathLike) -> str:
+    """The record of the file ``path`` = DIR/NAME that flowfem wrote it: DIR/.NAME.flowfem (module docstring)."""
+    directory, name = os.path.split(os.fspath(path))
+    return os.path.join(directory, "." + name + RECORD_SUFFIX)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of the file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _not_written_by_flowfem(path: str) -> str | None:
+    """None if the record beside ``path`` matches the file now (size, then SHA-256), else why not."""
+    if os.path.islink(path):
+        return "is a symbolic link, which flowfem never writes"
+    record = record_path(path)
+    try:
+        with open(record, encoding="utf-8") as f:
+            written = json.load(f)
+        size, digest = int(written["size"]), str(written["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable or not a record
+        return f"was not written by flowfem (no record {os.path.basename(record)!r} beside it)"
+    try:
+        if os.path.getsize(path) == size and sha256(path) == digest:
+            return None
+    except OSError as e:
+        return f"cannot be read ({reason(e)})"
+    return "was changed since flowfem wrote it"
+
 
 def check_writable(path: str | os.PathLike, what: str = "output file", force: bool | None = None,
                    inputs: tuple = ()) -> None:
     """Raise ValueError unless a file can be created or replaced at ``path``: its directory exists
-    and may be written into, and ``path`` is not a directory. With ``force`` given (the command
-    line's --force), an existing file is replaced only if ``force`` is true: a command never
-    overwrites a file the user did not ask it to. ``inputs``: what the command reads (files,
-    directories, or names such as ``sin`` that are no path): ``path`` may be none of those files
-    nor an existing file inside one of those directories, even with ``force`` (--force replaces
-    an earlier output, never the input being read)."""
+    and may be written into, and ``path`` is not a directory.
+
+    ``force``: None (the API: an existing file is replaced, as ``np.save`` does); False (the
+    command line without --force: an existing file is refused); True (--force): an existing file
+    is replaced only if flowfem wrote it and it is unchanged since, by its record
+    ``.NAME.flowfem`` (size, then SHA-256: module docstring); a file without a matching record
+    and a symbolic link are refused. ``inputs``: what the command reads (files, directories, or
+    names such as ``sin`` that are no path): ``path`` may be none of those files nor an existing
+    file inside one of those directories, even with ``force`` (--force replaces an earlier
+    output, never the input being read); this is checked first.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
@@ -55,6 +122,11 @@ def check_writable(path: str | os.PathLike, what: str = "output file", force: bo
                                  "command: writing it would destroy what the command reads; choose another name")
     if force is False and os.path.lexists(path):
         raise ValueError(f"{what} {path!r} exists; pass --force to replace it, or choose another name")
+    if force and os.path.lexists(path):
+        why = _not_written_by_flowfem(path)
+        if why is not None:
+            raise ValueError(f"{spell('force')} replaces only a file that flowfem wrote; {what} {path!r} {why}: "
+                             "remove it yourself or choose another name")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"cannot write {what} {path!r}: {directory!r} is a file, not a directory")
     if not os.path.isdir(directory):
@@ -64,20 +136,66 @@ def check_writable(path: str | os.PathLike, what: str = "output file", force: bo
 
 
 @contextmanager
+def recorded_by_manifest(directory: str | os.PathLike):
+    """Within the block, files that :func:`replacing` writes into ``directory`` (or below) get no
+    record ``.NAME.flowfem``: :func:`flowfem.outputs.output_directory` lists them in its manifest,
+    which would otherwise list the records too. Enter it on every rank that writes there."""
+    directory = os.path.abspath(os.fspath(directory))
+    _recorded_by_manifest.append(directory)
+    try:
+        yield
+    finally:
+        _recorded_by_manifest.remove(directory)
+
+
+def _in_output_directory(path: str) -> bool:
+    return any(os.path.commonpath([d, path]) == d for d in _recorded_by_manifest)
+
+
+def _write_record(path: str, size: int, digest: str) -> None:
+    """Write the record of ``path`` atomically (its own unique temporary file, renamed: every rank may
+    record the same file at once). An OSError leaves no record and no temporary file, and is not raised:
+    the file is valid without it, and --force then refuses to replace it (module docstring)."""
+    from flowfem.outputs import version  # flowfem.outputs imports this module
+
+    record = record_path(path)
+    directory, name = os.path.split(record)
+    tmp = os.path.join(directory, f"{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"written_by": f"flowfem {version()}", "size": size, "sha256": digest}, f)
+            f.write("\n")
+        os.replace(tmp, record)
+    except OSError:
+        for stale in (tmp, record):  # the old record describes content that is no longer there
+            try:
+                os.remove(stale)
+            except OSError:
+                pass
+
+
+@contextmanager
 def replacing(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path, unique to this process, that becomes ``path`` when the block ends.
+    """Yield a temporary path, unique to this process, that becomes ``path`` when the block ends,
+    and record that flowfem wrote it: ``.NAME.flowfem`` beside it holds the size and SHA-256 of
+    the content (module docstring; not inside an output directory, :func:`recorded_by_manifest`).
 
     ``suffix`` ends the temporary name (writers such as ``np.savez`` and meshio choose the format
     by the extension). A target that cannot be written raises ValueError before the block
     (:func:`check_writable`); an OSError while writing (a full disk) raises ValueError naming
-    ``path``. On any error the temporary file is removed and ``path`` is left untouched.
+    ``path``. On any error the temporary file is removed and ``path`` and its record are left
+    untouched (the record still describes the old file). A record that cannot be written fails
+    nothing (:func:`_write_record`).
     """
     path = os.fspath(path)
     check_writable(path)
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
+    record = not _in_output_directory(os.path.abspath(path))
     try:
         yield tmp
+        if record:  # before the rename: another rank's rename may follow at once
+            size, digest = os.path.getsize(tmp), sha256(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -85,6 +203,8 @@ def replacing(path: str | os.PathLike, suffix: str = ""):
         if isinstance(e, OSError):
             raise ValueError(f"cannot write {path!r}: {e.strerror or e}") from None
         raise
+    if record:
+        _write_record(path, size, digest)
 
 
 def reason(e: OSError) -> str:

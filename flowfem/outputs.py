@@ -14,7 +14,8 @@ rank gets the same answer or the same error):
 3. When the block has succeeded on every rank, the manifest ``.flowfem-output.json``
    (flowfem's version, the command line, the time, the files) is written into it,
    and it replaces the target by renames; on any error it is removed and the
-   target is untouched.
+   target is untouched. Single files written into it get no record of their own
+   (:func:`flowfem.files.recorded_by_manifest`): the manifest is their record.
 
 ``force`` replaces only a directory whose manifest lists every entry in it: not
 the current directory, not a directory of the user's files, not a flowfem output
@@ -35,7 +36,7 @@ from contextlib import contextmanager
 from flowfem.mpi import message, on_root  # first: loads MPI before dolfinx
 
 from flowfem.arguments import spell  # noqa: E402
-from flowfem.files import reason  # noqa: E402
+from flowfem.files import reason, recorded_by_manifest  # noqa: E402
 
 from mpi4py import MPI  # noqa: E402
 
@@ -205,7 +206,8 @@ def output_directory(path: str | os.PathLike, comm: MPI.Comm = MPI.COMM_WORLD, f
 
         tmp = on_root(comm, make)
         try:
-            yield tmp
+            with recorded_by_manifest(tmp):  # the manifest lists its files: no record .NAME.flowfem beside each
+                yield tmp
         except Exception as e:
             # no collective here: the other ranks may be inside another one (a mismatch would hang).
             # An error on every rank reaches every rank's handler; one on some ranks only ends the

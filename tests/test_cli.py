@@ -164,7 +164,8 @@ def test_mesh_command_sizes_zero_and_defaults(tmp_path):
     assert r.returncode == 0 and "64 intervals" in r.stdout, r.stderr
     r = run([FLOWFEM, "mesh", "box", "--size", "1", "--radius", "0.5", "--out", str(tmp_path / "b.msh")])
     assert r.returncode == 0 and "2 triangles" in r.stdout, r.stderr
-    assert sorted(os.listdir(tmp_path)) == ["b.msh", "c.xdmf", "s.msh"]
+    assert sorted(os.listdir(tmp_path)) == [".b.msh.flowfem", ".c.xdmf.flowfem", ".s.msh.flowfem",  # the records
+                                            "b.msh", "c.xdmf", "s.msh"]
 
 
 def test_mesh_size_zero_is_refused_by_solve(tmp_path):

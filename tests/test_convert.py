@@ -54,7 +54,7 @@ def test_round_trip_gives_the_arrays_data_load_reads(tmp_path, target, header, c
     line = convert.convert(source, tmp_path / f"out{target}", chunk=chunk)
     assert line.startswith(f"wrote {tmp_path / f'out{target}'}: 53 rows, {expected.d} input")
     same(data.load(tmp_path / f"out{target}", require_y=False), expected)
-    assert sorted(os.listdir(tmp_path)) == ["in.csv", f"out{target}"]  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == [f".out{target}.flowfem", "in.csv", f"out{target}"]  # no temporary file
     for second in TARGETS:  # and from each format into each
         out = tmp_path / f"again{second}"
         convert.convert(tmp_path / f"out{target}", out, chunk=5, force=True)
@@ -140,10 +140,14 @@ def test_a_bad_source_leaves_nothing_behind(tmp_path, target):
             convert.convert(tmp_path / name, tmp_path / f"out{target}", chunk=3)
         assert message in str(caught.value) and "\n" not in str(caught.value), (name, str(caught.value))
         assert sorted(os.listdir(tmp_path)) == before, name  # no output, no temporary file
-    (tmp_path / f"out{target}").write_bytes(b"the user's own file")
+    good = write_csv(tmp_path / "good.csv", "x1,y", np.ones((4, 2)))
+    convert.convert(good, tmp_path / f"out{target}")  # an earlier output, which --force may replace
+    before = (tmp_path / f"out{target}").read_bytes()
     with pytest.raises(ValueError, match="first at row 40"):
         convert.convert(tmp_path / "nan.csv", tmp_path / f"out{target}", chunk=3, force=True)
-    assert (tmp_path / f"out{target}").read_bytes() == b"the user's own file"  # untouched
+    assert (tmp_path / f"out{target}").read_bytes() == before  # untouched, and still flowfem's to replace
+    convert.convert(tmp_path / f"out{target}", tmp_path / f"again{target}")
+    convert.convert(tmp_path / f"again{target}", tmp_path / f"out{target}", force=True)
 
 
 def test_an_existing_target_needs_force_and_the_source_is_never_replaced(tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ def test_onnx_equals_the_network_for_every_activation(tmp_path, act):
     net = _net(act)
     path = tmp_path / "net.onnx"
     export.to_onnx(net, path)
-    assert os.listdir(tmp_path) == ["net.onnx"]  # written atomically: no temporary file left
+    assert sorted(os.listdir(tmp_path)) == [".net.onnx.flowfem", "net.onnx"]  # atomic: no temporary file left
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
     (x_info,), (f_info,) = model.graph.input, model.graph.output
@@ -190,7 +190,8 @@ def test_torch_state_dict_loads_into_nn_sequential(tmp_path):
 
 def test_export_command_refuses_and_writes_nothing(tmp_path):
     """A bad format, an existing file without --force, a missing network or directory: exit 2, one
-    line, nothing written (an existing file is left as it was); --force replaces it."""
+    line, nothing written (an existing file is left as it was); --force does not replace the user's
+    file either (tests/test_force_files.py: it replaces one that flowfem wrote)."""
     _net("relu").save(tmp_path / "net.npz")
     (tmp_path / "taken.onnx").write_text("mine")
     cmd = [FLOWFEM, "export", "--network", str(tmp_path / "net.npz")]
@@ -209,11 +210,10 @@ def test_export_command_refuses_and_writes_nothing(tmp_path):
     except ImportError:
         r = run(cmd + ["--format", "torch"])
         assert r.returncode == 2 and "pip install torch" in r.stderr, r.stderr
-    assert sorted(os.listdir(tmp_path)) == ["net.npz", "taken.onnx"]
-    assert (tmp_path / "taken.onnx").read_text() == "mine"
     r = run(cmd + ["--format", "onnx", "--out", str(tmp_path / "taken.onnx"), "--force"])
-    assert r.returncode == 0, r.stderr
-    onnx.checker.check_model(onnx.load(tmp_path / "taken.onnx"))
+    assert r.returncode == 2 and "taken.onnx' was not written by flowfem" in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == [".net.npz.flowfem", "net.npz", "taken.onnx"]  # Network.save's record
+    assert (tmp_path / "taken.onnx").read_text() == "mine"
 
 
 def test_export_loads_no_dolfinx():
@@ -236,4 +236,4 @@ def test_a_network_beyond_the_onnx_size_limit_is_refused_before_the_work(tmp_pat
     assert not os.listdir(tmp_path)
     monkeypatch.setattr(export, "ONNX_LIMIT", weights)  # at the limit: written
     export.to_onnx(net, tmp_path / "wide.onnx")
-    assert os.listdir(tmp_path) == ["wide.onnx"]
+    assert sorted(os.listdir(tmp_path)) == [".wide.onnx.flowfem", "wide.onnx"]

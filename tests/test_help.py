@@ -134,7 +134,7 @@ def test_misspelt_names_are_refused_with_the_closest(tmp_path, args, message, ca
     assert cli.main(args + out) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("flowfem: error:") and message in err, err
-    assert sorted(os.listdir(tmp_path)) == ["net.npz"]
+    assert sorted(os.listdir(tmp_path)) == [".net.npz.flowfem", "net.npz"]  # nothing beside net.npz and its record
 
 
 def test_api_names_suggest_the_closest():
