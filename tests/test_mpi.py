@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, MPIRUN, ROOT, run, run_mpi_script
+from flowfem.files import check_writable
 
 pytestmark = pytest.mark.mpi
 
@@ -333,7 +334,10 @@ def test_every_rank_may_save_the_same_file(tmp_path):
     out.mkdir()
     r = run([sys.executable, str(script), str(out)], ranks=2, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(os.listdir(out)) == ["data.csv", "data.npz", "mesh.msh", "net.npz", "root.npz"]  # no temporary files
+    names = ["data.csv", "data.npz", "mesh.msh", "net.npz", "root.npz"]
+    assert sorted(os.listdir(out)) == sorted(names + [f".{n}.flowfem" for n in names])  # no temporary files
+    for name in names:  # each record is of the content that won (--force may replace it)
+        check_writable(out / name, force=True)
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path, act):
     for k in ("W", "b", "a"):
         np.testing.assert_array_equal(getattr(back, k), getattr(net, k))
     np.testing.assert_array_equal(back(_x()), net(_x()))
-    assert os.listdir(tmp_path) == ["net.npz"]  # written atomically: no temporary file left
+    # written atomically: no temporary file left; the record that flowfem wrote it (flowfem.files)
+    assert sorted(os.listdir(tmp_path)) == [".net.npz.flowfem", "net.npz"]
 
 
 def _crafted(path, **arrays):
