@@ -141,3 +141,29 @@ def unknown(what: str, name, choices, hint: str = "") -> str:
     suggestion = f" did you mean {guess!r}?" if guess is not None else ""
     return (f"unknown {what} {name!r}:{suggestion} choose one of {', '.join(map(str, choices))}"
             + (f" {hint}" if hint else ""))
+
+
+def integers(name: str, values, minimum: int, example: str) -> list[int]:
+    """``values`` (a sequence of integers, each as :func:`integer` takes it) as a list of ints if it is
+    non-empty, each >= ``minimum`` and none twice; else ValueError naming the argument and ``example``
+    ("--widths lists 4 twice: give each once, e.g. 16,64,256"). A value listed twice would be run twice
+    and its rows of a table would be indistinguishable."""
+    return distinct(name, [_at_least(name, integer(name, v, f">= {minimum}"), minimum) for v in values], example)
+
+
+def _at_least(name: str, value: int, minimum: int) -> int:
+    if value < minimum:
+        raise ValueError(f"{named(name)} must be integers >= {minimum}, got {value}")
+    return value
+
+
+def distinct(name: str, values, example: str) -> list:
+    """``values`` as a list if it is non-empty and lists no value twice; else ValueError "NAME is empty"
+    or "NAME lists V twice", each with ``example`` as the fix."""
+    values = list(values)
+    if not values:
+        raise ValueError(f"{named(name)} is empty: give at least one, e.g. {example}")
+    for i, v in enumerate(values):
+        if v in values[:i]:
+            raise ValueError(f"{named(name)} lists {v} twice: give each once, e.g. {example}")
+    return values

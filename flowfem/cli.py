@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
@@ -21,7 +22,7 @@ import numpy as np
 
 from flowfem.mpi import CollectiveInterrupt, exit_now, fail_together, message, on_root  # first: loads MPI
 
-from flowfem.arguments import closest, command_line  # noqa: E402
+from flowfem.arguments import closest, command_line, distinct  # noqa: E402
 from flowfem.files import check_writable, replacing  # noqa: E402
 from flowfem import provenance  # noqa: E402  (early: its clock starts the run's wall time)
 from flowfem.sharded_split import SAMPLE_ROWS  # noqa: E402
@@ -587,7 +588,13 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line ``flowfem: error: ... (see PROG --help)``, the same start as every
     other error of the command whichever subcommand's parser found it, exit status 2, printed by
     rank 0 only (every rank parses the same arguments). A value that is none of an option's
-    choices names the closest (:func:`flowfem.arguments.unknown`)."""
+    choices names the closest (:func:`flowfem.arguments.unknown`). A value that starts as a negative
+    number is a value (``--mu -1,0,2``, ``--alpha -1e-3``), as in Python 3.14's argparse: 3.12 and 3.13
+    take only plain -N and -N.N, and refused the others with "expected one argument"."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")  # (private; no option looks like one)
 
     def error(self, text: str):
         if MPI.COMM_WORLD.rank == 0:
@@ -687,6 +694,7 @@ def cmd_readout(args, comm) -> None:
 
 def cmd_predict(args, comm) -> None:
     from flowfem import data
+    from flowfem.loss import LOGISTIC
     from flowfem.network import Network
 
     def work():
@@ -699,19 +707,32 @@ def cmd_predict(args, comm) -> None:
                           takes=f"the network {args.network!r}")
         if net.classifier:
             return _predict_labels(args, net, x, inputs.y)
+        logistic = net.loss == "logistic"  # f is a score: sign f is the label -1/+1, scored by accuracy
         if args.proba:
             raise ValueError(f"--proba needs a classifier (a network read out of a flowfem solve --loss softmax); "
-                             f"{args.network!r} is a regression network: drop --proba")
-        if inputs.y is not None and inputs.outputs != net.outputs and data.named(args.data):
-            inputs.y = None  # a synthetic or real set's own targets: predict needs none (they only give an RMSE)
+                             f"{args.network!r} is a {'logistic' if logistic else 'regression'} network: drop --proba")
+        labels = inputs.y is not None and inputs.outputs == 1 and np.isin(inputs.y, (-1.0, 1.0)).all()
+        if (inputs.y is not None and (inputs.outputs != net.outputs or logistic and not labels)
+                and data.named(args.data)):
+            inputs.y = None  # a synthetic or real set's own targets: predict needs none (they only give a score)
         if inputs.y is not None and inputs.outputs != net.outputs:
             names = "y" if net.outputs == 1 else f"y1..y{net.outputs}"
             raise ValueError(f"inputs {args.data!r} have {inputs.outputs} target column(s), the network "
                              f"{args.network!r} {net.outputs} output(s): give {names} or leave the targets out")
+        if inputs.y is not None and logistic:
+            LOGISTIC.check_labels(inputs.y, f"targets y of {args.data!r}")
         f = net(x)  # everything is computed before anything is written
-        rmse = "" if inputs.y is None else f", RMSE against y {np.sqrt(np.mean((f - inputs.y) ** 2)):.4e}"
+        if inputs.y is None:
+            score = ""
+        elif logistic:  # f = 0 counts as wrong, as in solve's metrics (flowfem.io.fit_scores)
+            score = f", accuracy of sign f against y {np.mean(np.sign(f) == inputs.y):.4f}"
+        else:
+            score = f", RMSE against y {np.sqrt(np.mean((f - inputs.y) ** 2)):.4e}"
+            if net.loss is None and labels:  # a logistic network of an older flowfem is scored as a regression
+                score += (" (the network file records no loss; if it was fitted with the logistic loss, read it "
+                          "out again for its accuracy)")
         data.save_predictions(args.out or sys.stdout, x, f)
-        return f"wrote {args.out or 'the CSV to stdout'}: {len(f)} predictions{rmse}"
+        return f"wrote {args.out or 'the CSV to stdout'}: {len(f)} predictions{score}"
 
     message = on_root(comm, work)
     if comm.rank == 0:  # with the CSV on stdout, the summary goes to stderr: the stream stays one CSV table
@@ -719,8 +740,8 @@ def cmd_predict(args, comm) -> None:
 
 
 def _predict_labels(args, net, x: np.ndarray, y) -> str:
-    """``flowfem predict`` of a classifier: CSV x1..xd,label (and p1..pC with --proba, the
-    probabilities of net.classes in order); with labels y in the inputs, the accuracy."""
+    """``flowfem predict`` of a classifier: CSV x1..xd,label (and with --proba p_L for each label L of
+    net.classes, in order: its probability); with labels y in the inputs, the accuracy."""
     import csv
     import io as io_
 
@@ -730,8 +751,9 @@ def _predict_labels(args, net, x: np.ndarray, y) -> str:
     labels, proba = net.predict(x), (net.predict_proba(x) if args.proba else None)
     buffer = io_.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    # p_LABEL: the probability of the class whose label the column label writes so (labels are not 1..C)
     writer.writerow([f"x{i + 1}" for i in range(x.shape[1])] + ["label"]
-                    + ([f"p{c + 1}" for c in range(net.outputs)] if args.proba else []))
+                    + ([f"p_{c.item()}" for c in net.classes] if args.proba else []))
     for j in range(x.shape[0]):
         writer.writerow([repr(float(v)) for v in x[j]] + [labels[j].item()]
                         + ([repr(float(v)) for v in proba[j]] if args.proba else []))
@@ -795,6 +817,7 @@ def cmd_landscape(args, comm) -> None:
             mus = [float(m) for m in args.mu.split(",")]
         except ValueError:
             raise ValueError(f"--mu {args.mu!r}: write numbers separated by commas, e.g. -1,0,0.5,1,2") from None
+        distinct("mu", mus, "-1,0,0.5,1,2")  # (plateau_report checks it too, naming its argument mus)
         if args.json:
             check_writable(args.json, "--json file", args.force, (args.network, args.data))
         net = Network.load(args.network)
@@ -810,12 +833,13 @@ def cmd_landscape(args, comm) -> None:
         if args.neuron is not None and not -net.width <= args.neuron < net.width:
             raise ValueError(f"--neuron {args.neuron} is out of range: the network has width {net.width}, "
                              f"so choose 0..{net.width - 1} (or -{net.width}..-1, counted from the last)")
+        loss = args.loss or net.loss or "squared"  # a logistic network's landscape is of the logistic loss
         polish = None
         if args.polish:
-            m = plateau.minimise(net, ds.x, ds.y, args.loss)
+            m = plateau.minimise(net, ds.x, ds.y, loss)
             net, polish = m.network, dict(iterations=m.iterations, gradient_norm=m.gradient_norm,
                                           converged=bool(m.converged))
-        report = plateau.plateau_report(net, ds.x, ds.y, mus, args.neuron, args.loss, args.gtol,
+        report = plateau.plateau_report(net, ds.x, ds.y, mus, args.neuron, loss, args.gtol,
                                         check=args.check, progress=not args.quiet)
         report.update(network=args.network, data=args.data, polish=polish)
         if args.json:
@@ -834,24 +858,26 @@ def cmd_compare(args, comm) -> None:
     """FE solve, FE readouts and particle solvers side by side: tables, figures, densities (flowfem.compare)."""
     from flowfem import compare
 
-    def ints(name, text):
+    def ints(name, text, example):  # an empty entry ("4,,8", "") is a typo, not nothing
         try:
-            return [int(v) for v in text.split(",") if v.strip()]
+            return [int(v) for v in text.split(",")]
         except ValueError:
-            raise ValueError(f"{name} {text!r}: give comma-separated integers, e.g. 16,64,256") from None
+            raise ValueError(f"{name} {text!r}: give comma-separated integers, e.g. {example}") from None
 
-    def words(text):
-        return [w.strip() for w in text.split(",") if w.strip()]
+    def words(name, text, example):  # the API names its argument readouts, the option is --readout
+        return distinct(name, [w.strip() for w in text.split(",") if w.strip()], example)
 
     if getattr(args, "loss", "squared") != "squared":
         raise ValueError(f"--loss {args.loss}: compare fits the squared loss (particles and FE alike); drop --loss")
+    widths, seeds = ints("--widths", args.widths, "16,64,256"), ints("--seeds", args.seeds, "0,1,2")
+    methods, readouts = words("methods", args.methods, "gd,adam"), words("readout", args.readout, "quadrature,refit")
     train, test, scaling = _load_standardised(args, comm)
     result = compare.compare(
-        train, test, widths=ints("--widths", args.widths), seeds=ints("--seeds", args.seeds),
-        methods=words(args.methods), lr={"gd": args.lr_gd, "adam": args.lr_adam}, steps=args.steps,
+        train, test, widths=widths, seeds=seeds,
+        methods=methods, lr={"gd": args.lr_gd, "adam": args.lr_adam}, steps=args.steps,
         time_limit=args.time_limit, weight_decay=args.weight_decay, init_scale=args.init_scale,
         activation=args.activation, domain=args.domain, mesh_size=args.mesh_size, radius=args.radius,
-        alpha=args.alpha, kappa=args.kappa, weight=args.weight, degree=args.degree, readouts=words(args.readout),
+        alpha=args.alpha, kappa=args.kappa, weight=args.weight, degree=args.degree, readouts=readouts,
         density_method="lumped" if args.density_width is None else "kernel", density_width=args.density_width,
         mmd_bandwidth=args.mmd_bandwidth, data_name=args.data, comm=comm, progress=not args.quiet)
     _record_chart_radius(args, result.result.problem.space)
@@ -1052,8 +1078,8 @@ def parser() -> argparse.ArgumentParser:
                    help="CSV to write (columns x1..xd,f; f1..fm for m outputs; x1..xd,label for a classifier); "
                         "default: standard output")
     p.add_argument("--proba", action="store_true",
-                   help="a classifier (from flowfem solve --loss softmax): also the class probabilities p1..pC, in "
-                        "the order of the network's classes (default: the labels only)")
+                   help="a classifier (from flowfem solve --loss softmax): also the class probabilities, one column "
+                        "p_LABEL per class label, in the order of the network's classes (default: the labels only)")
     p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
     p.set_defaults(run=cmd_predict)
 
@@ -1103,7 +1129,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mu", default="-1,0,0.25,0.5,0.75,1,2",
                    help="comma-separated output-weight fractions; write --mu=-1,... when the first is negative "
                         "(default: %(default)s)")
-    p.add_argument("--loss", default="squared", help="squared or logistic (labels -1/+1) (default: %(default)s)")
+    p.add_argument("--loss", default=None,
+                   help="squared or logistic (labels -1/+1) (default: the loss the network file records, else squared)")
     p.add_argument("--gtol", type=float, default=1e-8,
                    help="stationarity tolerance on |grad L| (default: %(default)g)")
     p.add_argument("--polish", action="store_true", help="minimise the network by Newton's method first")

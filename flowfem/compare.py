@@ -99,7 +99,7 @@ from flowfem import particles as fp  # noqa: E402
 from flowfem.mpi import CollectiveError  # noqa: E402
 from flowfem import readout as ro  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
-from flowfem.arguments import positive, unknown  # noqa: E402
+from flowfem.arguments import distinct, integer, integers, named, positive, unknown  # noqa: E402
 from flowfem.data import Dataset  # noqa: E402
 from flowfem.network import Network  # noqa: E402
 from flowfem.space import S3_CELLS, chart_of  # noqa: E402
@@ -460,13 +460,6 @@ def coarse_size(domain: str, d: int, width: int, radius: float | None) -> tuple[
                      f"not the mesh file {domain!r}: use the readouts sample or refit")
 
 
-def _ints(name, values, minimum):
-    values = list(values)
-    if not values or any(int(v) != v or v < minimum for v in values):
-        raise ValueError(f"{name} must be a non-empty list of integers >= {minimum}, got {values!r}")
-    return [int(v) for v in values]
-
-
 def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1, 2), methods=("gd", "adam"),
             lr: dict | None = None, steps: int = 1000, time_limit: float | None = None,
             weight_decay: float = 0.0, init_scale: float = 1.0, record_every: int | None = None,
@@ -498,9 +491,9 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         raise ValueError(f"the test data {test.name!r} have {test.outputs} output(s) but the training data "
                          f"{train.name!r} {outputs}: give test data with the same target columns")
 
-    widths = _ints("widths", widths, 1)
-    seeds = _ints("seeds", seeds, 0)
-    methods, readouts = list(methods), list(readouts)
+    widths = integers("widths", widths, 1, "16,64,256")
+    seeds = integers("seeds", seeds, 0, "0,1,2")
+    methods, readouts = distinct("methods", methods, "gd,adam"), distinct("readouts", readouts, "quadrature,refit")
     for name in methods:
         if name not in METHODS:
             raise ValueError(unknown("particle method", name, METHODS))
@@ -508,14 +501,13 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
         if name not in READOUTS:
             raise ValueError(unknown("readout rule", name, READOUTS))
     lr = dict(DEFAULT_LR) | dict(lr or {})
-    for m in methods:
-        if not (np.isfinite(lr[m]) and lr[m] > 0):
-            raise ValueError(f"learning rate of {m} must be positive, got {lr[m]!r}")
-    if not (isinstance(steps, (int, np.integer)) and steps >= 0):
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    for m in METHODS:  # each, used or not: a step size of 0 given for a method not run is still a mistake
+        positive(f"lr_{m}", lr[m])
+    if integer("steps", steps, ">= 1") < 1:  # 0 steps would compare the random initial networks
+        raise ValueError(f"{named('steps')} must be an integer >= 1, got {steps}")
     # checked now, not after the FE solve: the particle runs and the densities come last
     positive("weight_decay", weight_decay, strict=False)
-    positive("init_scale", init_scale, strict=False)
+    positive("init_scale", init_scale)  # 0: every particle at 0, moved alike by every step: one neuron
     for name, value in (("time_limit", time_limit), ("mmd_bandwidth", mmd_bandwidth),
                         ("density_width", density_width if density_method == "kernel" else None)):
         if value is not None:

@@ -21,7 +21,9 @@ Ctrl-C reaches every rank (mpirun passes it on), but a rank waiting inside
 a collective (a KSP's dot product) takes it only when that returns: a rank
 that left the collective on KeyboardInterrupt would leave the others
 waiting. :class:`CollectiveInterrupt` turns SIGINT into KeyboardInterrupt
-on every rank at the same point (:func:`on_root`, a linear solve's iteration).
+on every rank at the same point (:func:`on_root`, a linear solve's iteration, a
+particle step of :func:`flowfem.particles.train`); rank 0 working alone inside :func:`on_root` stops
+at once.
 """
 
 from __future__ import annotations
@@ -89,18 +91,34 @@ def on_root(comm: MPI.Comm, fn: Callable[[], T], bcast: bool = True) -> T | None
     """Run fn on rank 0; broadcast its result (or None if not bcast) or raise its error on every rank.
 
     Any ``Exception`` of fn becomes a :class:`CollectiveError` with the text of :func:`message`
-    on every rank. KeyboardInterrupt (mpirun passes Ctrl-C to every rank) and SystemExit (an
-    explicit request to end this process) are not caught. Inside a :class:`CollectiveInterrupt`
-    it first raises KeyboardInterrupt on every rank if any rank had a Ctrl-C (:func:`check_interrupt`).
+    on every rank. SystemExit (an explicit request to end this process) is not caught. Inside a
+    :class:`CollectiveInterrupt` it first raises KeyboardInterrupt on every rank if any rank had a
+    Ctrl-C (:func:`check_interrupt`); a Ctrl-C during fn (work of rank 0 alone, no collective to
+    leave) stops fn at once and raises KeyboardInterrupt on every rank. On one rank KeyboardInterrupt
+    is not caught.
     """
     check_interrupt(comm)  # Ctrl-C: every rank stops here, none waits in the bcast below
-    result, error = None, None
+    result, error, interrupted = None, None, False
     if comm.rank == 0:
+        active = CollectiveInterrupt.current
+        if active is not None and MPI.Comm.Compare(comm, active.comm) == MPI.UNEQUAL:
+            active = None
+        if active is not None:
+            active.alone = True  # fn is this rank's alone: a Ctrl-C ends it now, not after it
         try:
             result = fn()
+        except KeyboardInterrupt:
+            if comm.size == 1:
+                raise
+            interrupted = True  # the others, waiting below, hear of it
         except Exception as e:  # noqa: BLE001  (any failure: the other ranks wait for this rank)
             error = message(e)
-    error = comm.bcast(error, root=0)
+        finally:  # on every way out: a Ctrl-C in a later collective must again only set the flag
+            if active is not None:
+                active.alone = False
+    error, interrupted = comm.bcast((error, interrupted), root=0)
+    if interrupted:
+        raise KeyboardInterrupt
     if error is not None:
         raise CollectiveError(error)
     return comm.bcast(result, root=0) if bcast else result
@@ -192,7 +210,8 @@ class CollectiveInterrupt:
     Inside ``with CollectiveInterrupt(comm):`` (the ``flowfem`` command's whole run) a first SIGINT
     only sets a flag; :func:`check_interrupt`, called collectively (by :func:`on_root`, as a KSP
     monitor in every linear solve), raises KeyboardInterrupt on every rank if any rank has it, and
-    so does a normal exit from the block. A second SIGINT raises KeyboardInterrupt at once. Active
+    so does a normal exit from the block. A second SIGINT raises KeyboardInterrupt at once, and so
+    does the first on rank 0 inside :func:`on_root`'s work (rank 0's alone), which tells the others. Active
     only on more than one rank, in the main thread, over Python's default SIGINT handler; a flow's
     :class:`flowfem.flow.driver.Interrupt` takes SIGINT over between its steps.
     """
@@ -201,9 +220,10 @@ class CollectiveInterrupt:
 
     def __init__(self, comm: MPI.Comm):
         self.comm, self.requested, self.active = comm, False, False
+        self.alone = False  # rank 0 inside on_root's fn: in no collective, so it can stop at once
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested or self.alone:
             raise KeyboardInterrupt
         self.requested = True
 

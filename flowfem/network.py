@@ -22,6 +22,12 @@ column c of ``a`` is class classes[c]), saved as the array ``classes``. As sciki
 classifiers: ``net(x)`` and :meth:`Network.decision_function` give the logits (n, C) (the exports
 too: :mod:`flowfem.export`), :meth:`Network.predict` the labels classes[argmax_c f_c] (n,),
 :meth:`Network.predict_proba` the softmax probabilities (n, C).
+
+A network read out of a density (:func:`flowfem.readout.readout`) or trained by
+:func:`flowfem.particles.train` records the loss it was fitted with as ``loss`` (squared,
+logistic or softmax), saved as the string array ``loss``: a logistic network's f is a score whose
+sign is the label -1/+1, so ``flowfem predict`` reports its accuracy, not an RMSE. None: not
+recorded (files written before flowfem recorded it, networks built by hand).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np
 from flowfem.activations import Activation, activation
 from flowfem.data import check
 from flowfem.files import read_npz, replacing
+from flowfem.loss import loss as _loss
 from flowfem.operator.features import evaluate
 from flowfem.scaling import Standardisation
 
@@ -43,7 +50,9 @@ class Network:
     """f_N(x) = sum_i a_i sigma(W_i . x + b_i) with W (N, d), b (N,), a (N,); or a (N, m) for m >= 2
     outputs (an a of shape (N, 1) is one output and becomes (N,)). ``input_scaling``: the
     standardisation folded into W and b, if any (recorded, not applied again). ``classes``: a
-    classifier's C labels (C,), one per column of a (None: a regression network)."""
+    classifier's C labels (C,), one per column of a (None: a regression network). ``loss``: the loss
+    it was fitted with, squared, logistic (one output, labels -1/+1 by sign f) or softmax (with
+    ``classes``); None if not recorded."""
 
     W: np.ndarray
     b: np.ndarray
@@ -51,6 +60,7 @@ class Network:
     activation: Activation
     input_scaling: Standardisation | None = None
     classes: np.ndarray | None = None
+    loss: str | None = None
 
     def __post_init__(self):
         self.activation = activation(self.activation)
@@ -84,6 +94,12 @@ class Network:
                 raise ValueError(f"network classes {classes.tolist()!r} must be {self.outputs} distinct labels "
                                  f"(numbers or strings), one per output column of a (N, C), C >= 2")
             self.classes = classes
+        if self.loss is not None:
+            self.loss = _loss(self.loss, multiclass=True).name
+            if (self.loss == "softmax") != self.classifier or (self.loss == "logistic" and self.outputs != 1):
+                raise ValueError(f"network loss {self.loss} does not fit a network of {self.outputs} output(s)"
+                                 f"{' with classes' if self.classifier else ''}: softmax goes with classes, "
+                                 "logistic with one output")
 
     @property
     def classifier(self) -> bool:
@@ -164,7 +180,7 @@ class Network:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write W, b, a, the activation name and, if recorded, input_mean and input_scale
-        (:attr:`input_scaling`) and ``classes`` to ``path`` (.npz), atomically.
+        (:attr:`input_scaling`), ``classes`` and ``loss`` to ``path`` (.npz), atomically.
 
         Safe when every MPI rank saves the same network to the same path at once, and when one
         rank alone saves it (no collective): see :func:`flowfem.files.replacing`.
@@ -174,6 +190,8 @@ class Network:
                                                                  input_scale=self.input_scaling.scale)
             if self.classes is not None:
                 scaling.update(classes=self.classes)
+            if self.loss is not None:
+                scaling.update(loss=np.array(self.loss))
             np.savez(tmp, W=self.W, b=self.b, a=self.a, activation=np.array(self.activation.name), **scaling)
 
     @classmethod
@@ -192,6 +210,8 @@ class Network:
                 raise ValueError(f"{path}: array {k} has dtype {arrays[k].dtype}, expected numbers")
         if arrays["activation"].dtype.kind != "U" or arrays["activation"].ndim != 0:
             raise ValueError(f"{path}: 'activation' must be a string such as 'relu'")
+        if "loss" in arrays and (arrays["loss"].dtype.kind != "U" or arrays["loss"].ndim != 0):
+            raise ValueError(f"{path}: 'loss' must be a string such as 'squared'")
         recorded = {"input_mean", "input_scale"} & set(arrays)
         if len(recorded) == 1:
             raise ValueError(f"{path}: array {recorded.pop()} without its partner: the input scaling is the pair "
@@ -199,7 +219,7 @@ class Network:
         try:
             scaling = Standardisation(arrays["input_mean"], arrays["input_scale"]) if recorded else None
             return cls(arrays["W"], arrays["b"], arrays["a"], str(arrays["activation"]), scaling,
-                       arrays.get("classes"))
+                       arrays.get("classes"), str(arrays["loss"]) if "loss" in arrays else None)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 

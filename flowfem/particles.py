@@ -76,7 +76,7 @@ parameter mesh, to compare with flowfem's: :func:`flowfem.measure.density`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -86,6 +86,7 @@ from flowfem import memory
 from flowfem import arguments
 from flowfem import progress as progress_
 from flowfem.arguments import positive, spell
+from flowfem.mpi import check_interrupt
 from flowfem.loss import Loss, loss as _loss
 from flowfem.network import Network
 from flowfem.operator.features import evaluate
@@ -456,7 +457,7 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
     positive("lr", lr)
     positive("weight_decay", weight_decay, strict=False)
     positive("temperature", temperature, strict=False)
-    positive("init_scale", init_scale, strict=False)
+    positive("init_scale", init_scale)  # 0: every particle at 0, moved alike by every step
     seed = arguments.seed(seed)
     if time_limit is not None:
         positive("time_limit", time_limit)
@@ -553,6 +554,8 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
                 bar.set_postfix_str(f"J {J:.4e}", refresh=False)
             if last:
                 break
+            if comm is not None:  # Ctrl-C under mpirun: every rank stops at this step (a flag until then)
+                check_interrupt(comm)
             bar.update(1)
             if method == "gd":
                 P -= lr * V
@@ -574,4 +577,5 @@ def train(x, y, width=None, activation="relu", loss="squared", method="gd", lr=0
         settings["classes"] = classes
     if status == "diverged":  # a network with NaN would not construct: keep the particles only
         return ParticleResult(None, P_all, hist, status, settings)
-    return ParticleResult(to_network(P_all, act, outputs, classes), P_all, hist, status, settings)
+    return ParticleResult(replace(to_network(P_all, act, outputs, classes), loss=lss.name), P_all, hist, status,
+                          settings)

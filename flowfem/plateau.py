@@ -49,11 +49,13 @@ import numpy as np
 
 from flowfem import memory
 from flowfem import progress as progress_
-from flowfem.arguments import positive
+from flowfem.arguments import distinct, positive
 from flowfem.data import check as _check
 from flowfem.loss import loss as _loss
 from flowfem.network import Network
 from flowfem.operator.features import augment, evaluate
+
+MU_MAX = 1e50  # the largest |mu| of plateau_report: far beyond any split of interest; |v|^2 ~ mu^4 stays finite
 
 # -- the objective of the discrete problem -------------------------------------
 
@@ -432,6 +434,9 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
     mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
     if not mus or not np.all(np.isfinite(mus)):
         raise ValueError(f"mu values {mus}: give at least one finite number")
+    if max(abs(m) for m in mus) > MU_MAX:  # mu (1 - mu) and |mu a_i|^2 overflow near 1e154: inf curvatures
+        raise ValueError(f"mu values {mus}: give numbers with |mu| <= {MU_MAX:g}")
+    mus = distinct("mus", mus, "-1,0,0.5,1,2")  # a mu twice would be classified twice
     g, lam_min, valid = _narrow_state(network, x, y, loss, gtol, rtol)  # once: O(P^3)
     report = dict(width=N, input_dim=network.input_dim, activation=network.activation.name,
                   loss=_loss(loss).name, n=int(x.shape[0]), objective=objective(network, x, y, loss),

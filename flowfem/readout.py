@@ -442,5 +442,5 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
             raise ValueError("refit of a dolfinx Function needs the training data x, y and alpha")
         neurons = refit(neurons, x, y, alpha, default_weight if weight is None else weight,
                         _comm(u))
-    net = neurons.network()
-    return net if classes is None else replace(net, classes=np.asarray(classes))
+    # the loss recorded: a logistic network's f is a score, whose accuracy (not RMSE) predict reports
+    return replace(neurons.network(), classes=None if classes is None else np.asarray(classes), loss=loss_name)

@@ -735,6 +735,9 @@ def _check_input_dim(d) -> int:
     activations); d >= 4 would need the sphere S^d, a d-dimensional mesh, at least 4-D.
     """
     d = integer("the input dimension d", d, "(1 or 2; 3 with --domain s3)")
+    if d < 1:  # (the advice below, a (d + 1)-D mesh, would read "a 0-D parameter mesh")
+        raise ValueError(f"input dimension d = {d}: the data have at least one input column; give d = 1 or 2 "
+                         "(3 with the domain s3)")
     if d == 3:
         raise ValueError(
             "input dimension d = 3 needs a 4-D parameter mesh; flowfem meshes parameter spaces of dimension "

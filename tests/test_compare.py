@@ -130,7 +130,7 @@ def test_mmd_and_l2_distance():
     (dict(widths=(0,)), "widths"),
     (dict(methods=("sgd",)), "unknown"),
     (dict(readouts=("midpoint",)), "unknown"),
-    (dict(lr={"gd": -1.0}), "learning rate"),
+    (dict(lr={"gd": -1.0}), "lr_gd must be a finite number > 0"),
     (dict(density_method="gauss"), "density method"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):

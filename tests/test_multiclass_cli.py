@@ -48,7 +48,7 @@ def test_iris2_solve_readout_predict_export(tmp_path):
     r = run([FLOWFEM, "predict", "--network", str(tmp_path / "net.npz"), "--data", str(out / "predictions.csv"),
              "--proba", "--out", str(tmp_path / "p.csv")])
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "x1,x2,label,p1,p2,p3"
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "x1,x2,label,p_0,p_1,p_2"
     p = np.loadtxt(tmp_path / "p.csv", delimiter=",", skiprows=1)
     assert np.array_equal(p[:, 2], ft) and np.allclose(p[:, 3:].sum(axis=1), 1.0)
     assert np.array_equal(np.argmax(p[:, 3:], axis=1), p[:, 2])

@@ -43,7 +43,7 @@ from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem import progress as progress_  # noqa: E402
-from flowfem.arguments import unknown  # noqa: E402
+from flowfem.arguments import integer, named, unknown  # noqa: E402
 from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -532,6 +532,8 @@ class Flow:
             raise ValueError(f"step growth factor {growth} must be >= 1 (1: constant steps)")
         if not tau_max > 0:
             raise ValueError(f"largest step tau_max = {tau_max} must be positive")
+        if integer("max_steps", max_steps, ">= 1") < 1:  # 0 or fewer: the run would be its initial density
+            raise ValueError(f"{named('max_steps')} must be an integer >= 1, got {max_steps}")
         if tol is not None and not tol > 0:  # (NaN too) no step reaches it: the run would take every step
             raise ValueError(f"tol = {tol:g}: the relative distance ||u - u*|| / ||u*|| to stop at must be a number "
                              "> 0, e.g. 1e-6")

@@ -13,6 +13,7 @@ from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 
 import dolfinx.fem  # noqa: E402
 
+from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.arguments import closest  # noqa: E402
 from flowfem.files import read_npz  # noqa: E402
 from flowfem.io import fill_by_coordinates, read_density_file  # noqa: E402
@@ -37,11 +38,15 @@ def gaussian(H: WeightedH1, scale: float = 1.0, amplitude: float = 1.0) -> dolfi
     return u
 
 
-def density_from_file(H: WeightedH1, path: str, outputs: int = 1) -> list[dolfinx.fem.Function]:
+def density_from_file(H: WeightedH1, path: str, outputs: int = 1, activation=None,
+                      scaling=None) -> list[dolfinx.fem.Function]:
     """The densities of a density.npz (flowfem solve/flow) on the same mesh, matched dof by dof through the
     coordinates: one per column of its ``u`` ((ndofs,) or (ndofs, m)), or ``outputs`` copies of a
-    one-column density. ValueError for a file of another number of outputs (collective)."""
+    one-column density. ValueError (collective) for a file of another number of outputs, of another
+    activation than ``activation`` (None: not checked), or whose inputs were scaled otherwise than the
+    flow's (``scaling``, as :func:`initial_densities`): its neurons (w, b) would be read in other units."""
     data = on_root(H.space.comm, lambda: read_density_file(path, {"theta", "u"}, "the initial density"))
+    _check_units(data, os.fspath(path), activation, scaling)
     columns = [data["u"]] if data["u"].ndim == 1 else list(data["u"].T)
     if len(columns) == 1:
         columns = columns * outputs
@@ -56,6 +61,36 @@ def density_from_file(H: WeightedH1, path: str, outputs: int = 1) -> list[dolfin
                             "--mesh-size and --degree")
         us.append(u)
     return us
+
+
+def _check_units(data: dict, path: str, activation, scaling) -> None:
+    """ValueError unless the density file ``data`` was fitted with ``activation`` (if given and recorded)
+    and on inputs scaled as ``scaling`` (a Standardisation, or None for raw inputs; a file without
+    input_mean and input_scale was fitted on raw inputs, or written before flowfem recorded them)."""
+    if activation is not None and "activation" in data:
+        name = _activation(activation).name
+        if str(data["activation"]) != name:
+            raise ValueError(f"the initial density {path!r} was fitted with {data['activation']}, this flow uses "
+                             f"{name}: start from a density of the same --activation")
+    mean, scale = data.get("input_mean"), data.get("input_scale")
+
+    def units(m, s):
+        if m is None or s is None:
+            return "raw inputs x"
+        show = dict(precision=6, threshold=6, max_line_width=10**6, separator=", ")
+        return (f"inputs standardised by mean {np.array2string(np.asarray(m), **show)}, scale "
+                f"{np.array2string(np.asarray(s), **show)}")
+
+    ours = (None, None) if scaling is None else (scaling.mean, scaling.scale)
+    same = ((mean is None) == (ours[0] is None)
+            and (mean is None or (np.shape(mean) == np.shape(ours[0]) and np.shape(scale) == np.shape(ours[1])
+                                  and np.allclose(mean, ours[0], rtol=1e-10, atol=1e-12 * np.max(np.abs(scale)))
+                                  and np.allclose(scale, ours[1], rtol=1e-10, atol=0.0))))
+    if not same:  # (w, b) on the mesh act on the file's units: w.z + b means another neuron on other units
+        raise ValueError(f"the initial density {path!r} was fitted on {units(mean, scale)}, this flow on "
+                         f"{units(*ours)}: its neurons (w, b) would act on other units; start from a density of "
+                         "a solve or flow on the same --data, --n, --seed and --test-data (or from its network: "
+                         "network:PATH is mapped to this flow's units)")
 
 
 def initial_density(H: WeightedH1, spec: str = "zero", activation=None) -> dolfinx.fem.Function:
@@ -74,7 +109,9 @@ def initial_densities(H: WeightedH1, spec: str = "zero", activation=None,
 
     ``scaling``: the :class:`flowfem.scaling.Standardisation` z = (x - m) / s of the flow's inputs (a real
     data set), whose mesh holds neurons (w, b) for z. A network file takes raw inputs x (readout folds
-    the scaling into it), and W x + b = (W s) z + (b + W m): it is projected as (W s, b + W m)."""
+    the scaling into it), and W x + b = (W s) z + (b + W m): it is projected as (W s, b + W m). A density
+    file's neurons act on the units it was fitted on: it must record the same scaling (ValueError
+    otherwise, as for another activation than ``activation``; :func:`density_from_file`)."""
     spec = str(spec).strip()
     kind, _, arg = spec.partition(":")
     kind_l = kind.lower()
@@ -111,7 +148,7 @@ def initial_densities(H: WeightedH1, spec: str = "zero", activation=None,
 
         kind_l = on_root(comm, sniff) if not os.path.isdir(path) else "density"
     if kind_l == "density":
-        return density_from_file(H, path, outputs)
+        return density_from_file(H, path, outputs, activation, scaling)
     from flowfem.network import Network
 
     def read():  # broadcast plain arrays: an Activation holds lambdas, which do not pickle
