@@ -24,8 +24,10 @@ their contents agree, and a record that does not match (so --force refuses,
 which is safe) when they do not. With ``force=True`` (the command line's
 --force) :func:`check_writable` replaces an existing file only if its record
 exists and its size and SHA-256 match the file now: a user's own file (no
-record), a flowfem output the user has edited since (the hash differs), and
-a symbolic link are refused. A record that cannot be written (an OSError)
+record) and a flowfem output the user has edited since (the hash differs)
+are refused. A symbolic link, a device (/dev/null), a pipe or a socket is
+never written, with or without force: the rename would replace the link or
+the device itself. A record that cannot be written (an OSError)
 does not fail the write: the file is valid, only --force will refuse it.
 The API's writes (``Network.save``, ``data.save``, the exporters) record
 too, since flowfem wrote those files. Files written into an output
@@ -47,6 +49,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -78,8 +81,6 @@ def sha256(path: str | os.PathLike) -> str:
 
 def _not_written_by_flowfem(path: str) -> str | None:
     """None if the record beside ``path`` matches the file now (size, then SHA-256), else why not."""
-    if os.path.islink(path):
-        return "is a symbolic link, which flowfem never writes"
     record = record_path(path)
     try:
         with open(record, encoding="utf-8") as f:
@@ -98,13 +99,15 @@ def _not_written_by_flowfem(path: str) -> str | None:
 def check_writable(path: str | os.PathLike, what: str = "output file", force: bool | None = None,
                    inputs: tuple = ()) -> None:
     """Raise ValueError unless a file can be created or replaced at ``path``: its directory exists
-    and may be written into, and ``path`` is not a directory.
+    and may be written into, and ``path`` is not a directory, a symbolic link or a special file (a
+    device such as /dev/null, a pipe, a socket: the rename that writes it would replace the link or
+    the device itself, and root may replace /dev/null).
 
     ``force``: None (the API: an existing file is replaced, as ``np.save`` does); False (the
     command line without --force: an existing file is refused); True (--force): an existing file
     is replaced only if flowfem wrote it and it is unchanged since, by its record
     ``.NAME.flowfem`` (size, then SHA-256: module docstring); a file without a matching record
-    and a symbolic link are refused. ``inputs``: what the command reads (files, directories, or
+    is refused. ``inputs``: what the command reads (files, directories, or
     names such as ``sin`` that are no path): ``path`` may be none of those files nor an existing
     file inside one of those directories, even with ``force`` (--force replaces an earlier
     output, never the input being read); this is checked first.
@@ -120,6 +123,12 @@ def check_writable(path: str | os.PathLike, what: str = "output file", force: bo
             if inside or (os.path.isfile(source) and os.path.samefile(source, path)):
                 raise ValueError(f"{what} {path!r} is {'in ' if inside else ''}the input {source!r} of this "
                                  "command: writing it would destroy what the command reads; choose another name")
+    if os.path.islink(path) or (os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode)):
+        # a write renames a new file over path: it would replace the link itself, or a device such as
+        # /dev/null (as root), rather than write into it
+        kind = "a symbolic link" if os.path.islink(path) else "a device, pipe or socket, not a regular file"
+        raise ValueError(f"cannot write {what} {path!r}: it is {kind}, and flowfem writes a file by replacing it "
+                         "whole; give the name of a regular file")
     if force is False and os.path.lexists(path):
         raise ValueError(f"{what} {path!r} exists; pass --force to replace it, or choose another name")
     if force and os.path.lexists(path):

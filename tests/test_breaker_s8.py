@@ -15,6 +15,7 @@ failing before its fix.
   another split's standardisation) or with another activation, and read its neurons in the flow's.
 """
 
+import json
 import os
 import re
 
@@ -317,11 +318,13 @@ def test_ctrl_c_under_mpirun_ends_compare_in_its_particle_run(tmp_path):
 
 
 # -- values that start as negative numbers ---------------------------------------------------------------
-def test_a_mu_list_starting_with_a_negative_number_is_a_value(small_net, capsys):
+def test_a_mu_list_starting_with_a_negative_number_is_a_value(small_net, tmp_path):
     """--mu -1,0,2 (the default starts so) was refused: 'argument --mu: expected one argument' (argparse of
     Python < 3.14 takes only -N and -N.N for values). The list is classified at each mu, in order."""
+    out = tmp_path / "report.json"
     assert cli.main(["landscape", "--network", str(small_net), "--data", "sin", "--n", "20", "--quiet",
-                     "--mu", "-1,0,2", "--json", os.devnull, "--force"]) == 0
+                     "--mu", "-1,0,2", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["mus"] == [-1.0, 0.0, 2.0]
 
 
 @pytest.mark.parametrize("argv,said", [

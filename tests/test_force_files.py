@@ -12,12 +12,14 @@ fails nothing, and ranks saving the same file at once leave a record that matche
 import hashlib
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
 
 from conftest import one_error_line, run_mpi_script
 from flowfem import cli, convert, data, files
+from flowfem.files import check_writable
 from flowfem.network import Network
 from flowfem.outputs import MANIFEST
 
@@ -122,7 +124,8 @@ def test_a_symbolic_link_is_never_replaced_by_force(inputs, tmp_path, capsys):
     assert cli.main(argv(command, option, target)) == 0
     written = target.read_bytes()
     link.symlink_to(target)
-    refused(capsys, argv(command, option, link, "--force"), f"{str(link)!r} is a symbolic link")
+    refused(capsys, argv(command, option, link, "--force"), f"{str(link)!r}: it is a symbolic link")
+    refused(capsys, argv(command, option, link), f"{str(link)!r}: it is a symbolic link")  # not "pass --force"
     assert os.path.islink(link) and target.read_bytes() == written
     os.symlink(tmp_path / "missing.msh", tmp_path / "dangling.msh")  # lexists, not exists
     refused(capsys, argv(command, option, tmp_path / "dangling.msh", "--force"), "is a symbolic link")
@@ -210,6 +213,7 @@ import sys
 import numpy as np
 import flowfem
 from mpi4py import MPI
+from flowfem.files import check_writable
 from flowfem.network import Network
 
 path = sys.argv[1]
@@ -230,3 +234,22 @@ def test_ranks_saving_one_file_at_once_leave_a_matching_record(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".net.npz.flowfem", "net.npz", "saves.py"]  # no temporary left
     files.check_writable(out, "network file", force=True)
     assert Network.load(out).width == 50
+
+
+@pytest.mark.parametrize("force", [None, False, True])
+def test_a_special_file_or_link_is_never_written(tmp_path, force):
+    """A pipe stands in for /dev/null: a landscape --json /dev/null --force as root renamed a regular file over
+    the device. The API (force None) replaced a symbolic link by a file; neither is written now."""
+    fifo, target, link = tmp_path / "pipe", tmp_path / "real.npz", tmp_path / "link.npz"
+    os.mkfifo(fifo)
+    net = Network([[1.0]], [0.0], [1.0], "relu")
+    net.save(target)
+    link.symlink_to(target)
+    for path, kind in ((fifo, "a device, pipe or socket"), (link, "a symbolic link")):
+        with pytest.raises(ValueError, match=f"it is {kind}"):
+            check_writable(path, "network file", force)
+    for path in (fifo, link):
+        with pytest.raises(ValueError, match="give the name of a regular file"):
+            net.save(path)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.path.islink(link)
+    assert sorted(os.listdir(tmp_path)) == [".real.npz.flowfem", "link.npz", "pipe", "real.npz"]
