@@ -130,7 +130,8 @@ from flowfem.labels import confusion_counts, decode, encode, labels_array  # noq
 from flowfem.loss import SOFTMAX, cross_entropy, softmax  # noqa: E402,F401  (softmax, cross_entropy: re-exported)
 from flowfem.operator import DataOperator  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
-from flowfem.stationary import LinearSolver, NewtonInfo, NotConverged, at_rounding_floor, check_tolerances  # noqa: E402
+from flowfem.stationary import (ROUNDING_FACTOR, LinearSolver, NewtonInfo, NotConverged, RoundingFloor,  # noqa: E402
+                                at_rounding_floor, check_tolerances)
 
 PCS = ("block_diagonal", "bohning")  # the Newton system's preconditioners (see the module docstring)
 _prefix = itertools.count()
@@ -406,6 +407,7 @@ class SoftmaxNewton:
                                       preconditioner="gamg")]
         self.snes = self.J = self.F = self.pc = None
         self.options = None
+        self.floor = None  # RoundingFloor, built at the first rounding_floor
         self.alpha0 = E.alpha  # the alpha the multigrids of alpha A are built at (set_alpha scales them)
         try:
             for lin in self.lins:
@@ -481,20 +483,38 @@ class SoftmaxNewton:
                 lin.set_weights(E.c * probs[:, c] * (1.0 - probs[:, c]))
 
     def rounding_floor(self, X: PETSc.Vec) -> float:
-        """1000 eps times the size of the terms of dE_alpha(X): below this ||dE|| is rounding noise."""
-        E, w = self.E, self.E.vector()
-        E._A(X, w)
-        size = E.alpha * w.norm()
-        E._adjoint(E.c[:, None] * (softmax(E.scores(X)) - E.onehot) / E.n, w)
-        size += w.norm()
-        w.destroy()
-        return 1e3 * np.finfo(float).eps * size
+        """The size of the rounding in dE_alpha(X) (:class:`flowfem.stationary.RoundingFloor`, per class c):
+        ROUNDING_FACTOR eps || alpha |A| |U_c| + |Phi|^T (c_j (p_jc + e_jc + (|W_j| |Phi| |U|)_c)) / n ||
+        over the C blocks, |Phi| bounded as RoundingFloor bounds it, |W_j| the entries' absolute values of
+        W_j = diag(p_j) - p_j p_j^T (small for a point classified with confidence, as l'' is for the logistic
+        loss). Below it ||dE|| is rounding noise. Collective."""
+        E = self.E
+        if self.floor is None:
+            self.floor = RoundingFloor(E.H, E.Phi)
+        fl, u, w = self.floor, E._u, E._w
+        P = softmax(E.scores(X))
+        V = np.empty((E.n, E.C))
+        for c, b in enumerate(E.blocks(X)):  # |Phi| |U_c|
+            u.array[:] = np.abs(b)
+            V[:, c] = fl.predictions(u)
+        # |W_j| v = p_j * ((1 - p_j) * v + (p_j . v - p_j * v)): |W_j|_cc = p_c (1 - p_c), |W_j|_cd = p_c p_d
+        WV = P * ((1.0 - P) * V + (np.sum(P * V, axis=1, keepdims=True) - P * V))
+        R = E.c[:, None] * (P + E.onehot + WV) / E.n  # p - e cancels where p_j is confident: its terms' size
+        total = 0.0
+        for c, b in enumerate(E.blocks(X)):
+            u.array[:] = np.abs(b)
+            fl.regulariser(E.alpha, u, fl.work)
+            fl.work.axpy(1.0, fl.adjoint(np.ascontiguousarray(R[:, c]), w))
+            total += fl.work.norm() ** 2
+        return ROUNDING_FACTOR * np.finfo(float).eps * np.sqrt(total)
 
-    def solve(self, X: PETSc.Vec, atol: float | None = None) -> SoftmaxInfo:
-        """Solve dE_alpha(X) = 0 in place from X. ``atol``: stop also at ||dE_alpha(X)|| <= atol, for this
-        solve (a warm start passes rtol ||dE_alpha(0)||, a cold start's target: rtol ||dE_alpha(X_0)|| of a start
-        near u* would demand more, down to the rounding floor). Raises NotConverged if Newton fails (unless
-        unconverged results are allowed) and ValueError if PETSc fails or a number is not finite. Collective."""
+    def solve(self, X: PETSc.Vec, atol: float | None = None, reference: float | None = None) -> SoftmaxInfo:
+        """Solve dE_alpha(X) = 0 in place from X: stop at ||dE_alpha(X)|| <= max(rtol ||dE_alpha(X_0)||, atol),
+        ``atol`` for this solve (default the solver's; a warm start near u* passes its :meth:`rounding_floor`,
+        which rtol ||dE_alpha(X_0)|| may lie below); an unconverged stop at or below the floor counts as
+        converged. The info's ``residual`` is ||dE_alpha(X)|| / ``reference`` (default ||dE_alpha(X_0)||).
+        Raises NotConverged if Newton fails (unless unconverged results are allowed) and ValueError if PETSc
+        fails or a number is not finite. Collective."""
         self.snes.setConvergenceHistory(reset=True)
         tolerances = self.snes.getTolerances()  # (rtol, atol, stol, max_it), restored after this solve
         if atol is not None:
@@ -527,7 +547,7 @@ class SoftmaxNewton:
         reason, its = self.snes.getConvergedReason(), self.snes.getIterationNumber()
         self.options.check_used()
         reason = at_rounding_floor(reason, history, lambda: self.rounding_floor(X))
-        r0 = history[0] if history and history[0] > 0 else 1.0
+        r0 = reference if reference else history[0] if history and history[0] > 0 else 1.0
         info = dict(rank=max(lin._preconditioner()[0] for lin in self.lins),
                     preconditioner=self.lins[0]._preconditioner()[1],
                     linear_iterations=[int(i) for i in lits[1:len(history)]], energies=energies, pc=self.kind)
@@ -541,7 +561,7 @@ class SoftmaxNewton:
         return SoftmaxInfo("newton-cg", its, history[-1] / r0, reason, history, converged=reason > 0, **info)
 
     def destroy(self):
-        for obj in (self.snes, self.J, self.F):
+        for obj in (self.snes, self.J, self.F, self.floor):
             if obj is not None:
                 obj.destroy()
         if self.options is not None:
