@@ -1,6 +1,7 @@
 """Files ParaView and VTK users open: density.xdmf (+ .h5) on every domain and degree read back with meshio
-and VTK, and density.bp read with ADIOS2 (what ParaView's VTX reader reads), equal density.npz; the flow's trajectory.xdmf is an XDMF time series (the mesh once) that a resumed run
-continues: every frame from step 0 once, the uninterrupted run's values. Collective: rerun under mpirun -n 2.
+and VTK, and density.bp read with ADIOS2 (what ParaView's VTX reader reads), equal density.npz; the flow's
+trajectory.xdmf is an XDMF time series (the mesh once) that a resumed run continues: every frame from step 0
+once, the uninterrupted run's values. Collective: rerun under mpirun -n 2.
 """
 
 from __future__ import annotations
