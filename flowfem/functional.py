@@ -89,6 +89,11 @@ class Functional:
                              "use E.output(k) for output k")
 
     @property
+    def row_weights(self) -> np.ndarray | float:
+        """c_j, the weight of row j in the data term (1 here; (n,) in :class:`flowfem.path.RowWeighted`)."""
+        return 1.0
+
+    @property
     def lam(self) -> float:
         """lambda: E_alpha is lambda-convex in H^1_omega with lambda = alpha."""
         return self.alpha

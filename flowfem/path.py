@@ -220,6 +220,10 @@ class RowWeighted(Functional):
         super().__init__(E.H, E.Phi, E.y, E.alpha, E.loss)
         self.c = np.asarray(c, dtype=float).copy()
 
+    @property
+    def row_weights(self) -> np.ndarray:
+        return self.c
+
     def output(self, k: int) -> "RowWeighted":
         """Output k alone (y (n, m)), with the SAME row weights: setting ``c`` here sets them for every output."""
         if self.outputs == 1:

@@ -64,7 +64,6 @@ import numpy as np
 from flowfem.mpi import (CollectiveError, CollectiveInterrupt, check_interrupt,  # first: loads MPI before dolfinx
                          on_every_rank)
 
-import dolfinx.la  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
@@ -183,10 +182,7 @@ class RoundingFloor:
                  * comm.allreduce(float(rows.max(initial=0.0)), op=MPI.MAX))
             a, self.b = np.full(q.num_points, float(np.max(np.abs(sigma(np.array([-Z, Z])))))), np.ones(Phi.rows)
         self.w = H.A.createVecRight()  # |W Psi|^T a, assembled as Quadrature.transpose assembles
-        work = q._work
-        work.x.array[:] = abs(q.matrix).T @ a
-        work.x.scatter_reverse(dolfinx.la.InsertMode.add)
-        self.w.array[:] = work.x.array[: q.num_owned]
+        q.transpose_abs(a, self.w)
 
     def predictions(self, Ua: PETSc.Vec) -> np.ndarray:
         """An entrywise upper bound of |Phi| |U| at this rank's rows, for Ua = |U|: b (w . |U|)."""
@@ -840,7 +836,7 @@ class NewtonSolver:
         Ua = U.copy()
         Ua.abs()
         f = E.Phi.apply(U)
-        rows = getattr(E, "c", 1.0)  # the row weights of flowfem.path.RowWeighted, which D holds already
+        rows = E.row_weights  # (flowfem.path.RowWeighted's c_j, which D holds already)
         r = np.abs(rows * E.loss.d1(f, E.y)) + E.loss.d2(f, E.y) * rows * fl.predictions(Ua)
         size = fl.adjoint(r / E.n, E.vector())
         size.axpy(1.0, fl.regulariser(E.alpha, Ua, w))

@@ -115,6 +115,14 @@ class Quadrature:
             out[j] = w.x.array[: self.num_owned]
         return out
 
+    def transpose_abs(self, h: np.ndarray, out) -> None:
+        """out = |Psi^T W| h, the entries' absolute values (assembled as :meth:`transpose`): for h >= 0 an
+        entrywise bound of |Psi^T W g| for every |g| <= h (:class:`flowfem.stationary.RoundingFloor`)."""
+        w = self._work
+        w.x.array[:] = abs(self.matrix).T @ h  # owned and ghost rows
+        w.x.scatter_reverse(dolfinx.la.InsertMode.add)
+        out.array[:] = w.x.array[: self.num_owned]
+
     def transpose(self, h: np.ndarray, out) -> None:
         """out = Psi^T W h, i.e. the vector of integral h v d theta over all test functions v."""
         hv = PETSc.Vec().createWithArray(np.ascontiguousarray(h, dtype=float), comm=MPI.COMM_SELF)
