@@ -49,7 +49,9 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import stat
+import threading
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -61,6 +63,7 @@ from flowfem.arguments import spell
 
 RECORD_SUFFIX = ".flowfem"
 _CHUNK = 2**20  # bytes hashed at a time: a file of any size in O(1) memory
+_RECORD_BYTES = 4096  # read of a record at most: a longer file is not one of flowfem's records
 _recorded_by_manifest: list[str] = []  # output directories being written: their files are not recorded one by one
 
 
@@ -80,11 +83,17 @@ def sha256(path: str | os.PathLike) -> str:
 
 
 def _not_written_by_flowfem(path: str) -> str | None:
-    """None if the record beside ``path`` matches the file now (size, then SHA-256), else why not."""
+    """None if the record beside ``path`` matches the file now (size, then SHA-256), else why not. A record
+    that is no regular file (a link, a pipe, a device) or longer than flowfem's is no record."""
     record = record_path(path)
     try:
-        with open(record, encoding="utf-8") as f:
-            written = json.load(f)
+        # not following a link, not waiting on a pipe, and read to a bound: a record that is a pipe or a link to
+        # /dev/zero would otherwise block or never end; flowfem's own records are regular files of ~130 bytes
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("not a regular file")
+            written = json.loads(f.read(_RECORD_BYTES))
         size, digest = int(written["size"]), str(written["sha256"])
     except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable or not a record
         return f"was not written by flowfem (no record {os.path.basename(record)!r} beside it)"
@@ -164,7 +173,8 @@ def _in_output_directory(path: str) -> bool:
 def _write_record(path: str, size: int, digest: str) -> None:
     """Write the record of ``path`` atomically (its own unique temporary file, renamed: every rank may
     record the same file at once). An OSError leaves no record and no temporary file, and is not raised:
-    the file is valid without it, and --force then refuses to replace it (module docstring)."""
+    the file is valid without it, and --force then refuses to replace it (module docstring); any other
+    exception (KeyboardInterrupt) leaves none either, and is raised."""
     from flowfem.outputs import version  # flowfem.outputs imports this module
 
     record = record_path(path)
@@ -175,12 +185,14 @@ def _write_record(path: str, size: int, digest: str) -> None:
             json.dump({"written_by": f"flowfem {version()}", "size": size, "sha256": digest}, f)
             f.write("\n")
         os.replace(tmp, record)
-    except OSError:
+    except BaseException as e:  # a Ctrl-C too (rank 0 alone in on_root stops at once): no temporary file left
         for stale in (tmp, record):  # the old record describes content that is no longer there
             try:
                 os.remove(stale)
             except OSError:
                 pass
+        if not isinstance(e, OSError):
+            raise
 
 
 @contextmanager
@@ -194,7 +206,8 @@ def replacing(path: str | os.PathLike, suffix: str = ""):
     (:func:`check_writable`); an OSError while writing (a full disk) raises ValueError naming
     ``path``. On any error the temporary file is removed and ``path`` and its record are left
     untouched (the record still describes the old file). A record that cannot be written fails
-    nothing (:func:`_write_record`).
+    nothing (:func:`_write_record`). A Ctrl-C during the rename and the record's write is taken
+    after both (:func:`_ctrl_c_held`): the file never appears without its record.
     """
     path = os.fspath(path)
     check_writable(path)
@@ -205,15 +218,38 @@ def replacing(path: str | os.PathLike, suffix: str = ""):
         yield tmp
         if record:  # before the rename: another rank's rename may follow at once
             size, digest = os.path.getsize(tmp), sha256(tmp)
-        os.replace(tmp, path)
+        with _ctrl_c_held():  # the file and its record appear together (a Ctrl-C between left no record)
+            os.replace(tmp, path)
+            if record:
+                _write_record(path, size, digest)
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, OSError):
             raise ValueError(f"cannot write {path!r}: {e.strerror or e}") from None
         raise
-    if record:
-        _write_record(path, size, digest)
+
+
+@contextmanager
+def _ctrl_c_held():
+    """Within the block a SIGINT is held back; on its normal end the handler that was in place before
+    takes it (Python's raises KeyboardInterrupt, :class:`flowfem.mpi.CollectiveInterrupt`'s raises or sets
+    its flag). Python runs signal handlers in the main thread only, and only it may replace them: in
+    another thread, or under a handler set outside Python (getsignal None: it could not be put back), the
+    block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, held[0])
+    elif held and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
 
 
 def reason(e: OSError) -> str:
