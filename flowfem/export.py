@@ -71,7 +71,10 @@ def metadata(net: Network) -> dict[str, str]:
     ``logits`` and ``classes``, the labels of the output columns in order as a JSON list (read back
     by :func:`from_safetensors`): the graph's output is the logits f (batch, C), with no softmax
     layer, as nn.CrossEntropyLoss expects; argmax over them is the predicted class, softmax the
-    probabilities."""
+    probabilities. A network that records its loss (:attr:`Network.loss`) adds ``loss``
+    (squared, logistic or softmax); a logistic network also ``outputs`` ``score``: f is the logit of
+    P(y = +1 | x) = 1 / (1 + e^-f) (nn.BCEWithLogitsLoss on the targets (y + 1) / 2), its sign the
+    label -1 or +1, not a regression value."""
     meta = {
         "format": "flowfem.network",
         "activation": net.activation.name,
@@ -79,8 +82,12 @@ def metadata(net: Network) -> dict[str, str]:
                   f"nn.Linear({net.width}, {net.outputs})), float64",
         "flowfem_version": version(),
     }
+    if net.loss is not None:
+        meta["loss"] = net.loss
     if net.classifier:
         meta.update(outputs="logits", classes=json.dumps(net.classes.tolist()))
+    elif net.loss == "logistic":
+        meta["outputs"] = "score"
     return meta
 
 
@@ -171,7 +178,8 @@ def to_safetensors(net: Network, path: str | os.PathLike) -> None:
 
 def from_safetensors(path: str | os.PathLike) -> Network:
     """The Network in a file written by :func:`to_safetensors` (or any file with the same keys,
-    shapes and an ``activation`` entry in its metadata).
+    shapes and an ``activation`` entry in its metadata), with its ``classes`` and ``loss`` if the
+    metadata hold them.
 
     Raises ValueError ``cannot read network file 'PATH': REASON`` for a file that is missing or
     not safetensors, and names what is wrong for missing keys or metadata, shapes that do not fit
@@ -200,7 +208,8 @@ def from_safetensors(path: str | os.PathLike) -> Network:
         raise ValueError(f"{path}: 2.bias is {bias.tolist()!r}, but a flowfem network has no output bias (0)")
     try:
         classes = np.array(json.loads(meta["classes"])) if "classes" in meta else None
-        return Network(arrays["0.weight"], arrays["0.bias"], a.T, meta["activation"], classes=classes)
+        return Network(arrays["0.weight"], arrays["0.bias"], a.T, meta["activation"], classes=classes,
+                       loss=meta.get("loss"))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

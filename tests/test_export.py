@@ -237,3 +237,35 @@ def test_a_network_beyond_the_onnx_size_limit_is_refused_before_the_work(tmp_pat
     monkeypatch.setattr(export, "ONNX_LIMIT", weights)  # at the limit: written
     export.to_onnx(net, tmp_path / "wide.onnx")
     assert sorted(os.listdir(tmp_path)) == [".wide.onnx.flowfem", "wide.onnx"]
+
+
+@pytest.mark.parametrize("loss", [None, "squared", "logistic"])
+def test_the_loss_travels_with_the_network_through_onnx_and_safetensors(tmp_path, loss):
+    """A network's recorded loss is in both formats' metadata and comes back from safetensors: a
+    logistic network's output is a score (the logit of P(y = +1)), which a reader must not take for a
+    regression value; an unrecorded loss writes no entry."""
+    rng = np.random.default_rng(3)
+    net = Network(rng.standard_normal((7, 2)), rng.standard_normal(7), rng.standard_normal(7), "relu", loss=loss)
+    export.to_onnx(net, tmp_path / "net.onnx")
+    export.to_safetensors(net, tmp_path / "net.safetensors")
+    props = {p.key: p.value for p in onnx.load(tmp_path / "net.onnx").metadata_props}
+    with safe_open(tmp_path / "net.safetensors", framework="np") as f:
+        meta = f.metadata()
+    for m in (props, meta):
+        assert m.get("loss") == loss
+        assert m.get("outputs") == ("score" if loss == "logistic" else None)
+    back = export.from_safetensors(tmp_path / "net.safetensors")
+    assert back.loss == loss
+    np.testing.assert_array_equal(back(_x()), net(_x()))
+
+
+def test_a_classifier_exports_its_loss_and_labels(tmp_path):
+    rng = np.random.default_rng(4)
+    net = Network(rng.standard_normal((5, 2)), rng.standard_normal(5), rng.standard_normal((5, 3)), "tanh",
+                  classes=np.array([2, 5, 9]), loss="softmax")
+    export.to_safetensors(net, tmp_path / "net.safetensors")
+    with safe_open(tmp_path / "net.safetensors", framework="np") as f:
+        meta = f.metadata()
+    assert (meta["loss"], meta["outputs"], meta["classes"]) == ("softmax", "logits", "[2, 5, 9]")
+    back = export.from_safetensors(tmp_path / "net.safetensors")
+    assert back.loss == "softmax" and back.classes.tolist() == [2, 5, 9]
