@@ -238,10 +238,12 @@ class CollectiveInterrupt:
     def __exit__(self, exc_type, exc, tb):
         if not self.active:
             return
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        CollectiveInterrupt.current = None
-        if exc_type is None:  # a SIGINT after the last check: still every rank together
-            check_interrupt(self.comm)
+        try:
+            if exc_type is None:  # a SIGINT after the last check: still every rank together, while current
+                check_interrupt(self.comm)
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            CollectiveInterrupt.current = None
 
 
 def check_interrupt(comm: MPI.Comm, *monitor_args) -> None:

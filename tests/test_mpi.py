@@ -400,6 +400,41 @@ def test_ctrl_c_reaching_the_ranks_at_different_iterations_stops_them_together(t
     assert os.listdir(tmp_path) == ["ctrl_c.py"]  # no output, temporary directory or lock
 
 
+CTRL_C_AT_THE_END = """
+import os
+import signal
+import time
+from mpi4py import MPI
+from flowfem import mpi
+
+comm = MPI.COMM_WORLD
+try:
+    with mpi.CollectiveInterrupt(comm):
+        mpi.check_interrupt(comm)  # the run's last check
+        if comm.rank == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # after it: only the flag is set
+        time.sleep(0.1)
+    print(f"rank {comm.rank}: not interrupted")
+except KeyboardInterrupt:
+    print(f"rank {comm.rank}: interrupted")
+print(f"rank {comm.rank}: restored", signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+      mpi.CollectiveInterrupt.current is None)
+"""
+
+
+def test_a_ctrl_c_after_the_last_check_is_not_lost(tmp_path):
+    """A Ctrl-C that reached one rank after the run's last collective check only set its flag; leaving
+    the block dropped it (the final check ran after the block was no longer current), so the command
+    ended 0 as if never interrupted. Now leaving the block raises KeyboardInterrupt on every rank,
+    and Python's own SIGINT handler is back."""
+    script = tmp_path / "end.py"
+    script.write_text(CTRL_C_AT_THE_END)
+    r = run([sys.executable, str(script)], ranks=2, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    lines = sorted(r.stdout.split("\n"))
+    assert [ln for ln in lines if ln] == ["rank 0: interrupted", "rank 0: restored True True",
+                                          "rank 1: interrupted", "rank 1: restored True True"], r.stdout
+
 # -- a full disk ------------------------------------------------------------------------------
 
 
