@@ -81,6 +81,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -321,13 +322,26 @@ class Comparison:
             comparison_figures(tmp, self, gathered)
 
 
+def _cell(value) -> str:
+    """A CSV cell: '' for None, a real number by the shortest repr that reads back to the same double
+    (NumPy's scalars too: repr(np.float64(0.5)) is 'np.float64(0.5)' under NumPy 2), else str."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    return str(value)
+
+
 def _write_csv(path, columns, rows):
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
-                        for k in columns})
+            w.writerow({k: _cell(r.get(k)) for k in columns})
 
 
 def read_csv(path: str) -> list[dict]:

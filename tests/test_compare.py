@@ -254,7 +254,14 @@ def test_command_writes_every_promised_file_serial_and_two_ranks(tmp_path):
         assert "| FE solve |" in r.stdout and "wrote" in r.stdout
         runs = compare.read_csv(out / "runs.csv")
         assert {row["ranks"] for row in runs} == {ranks}
-        assert len(compare.read_csv(out / "curves.csv")) > 0
+        curves = compare.read_csv(out / "curves.csv")
+        assert len(curves) > 0
+        for row in curves:  # numbers, not 'np.float64(0.011...)' (the repr of NumPy 2's scalars)
+            assert all(isinstance(row[k], float) for k in ("width", "seed", "step", "time", "objective", "loss",
+                                                           "test_rmse")), row
+        for row in runs:
+            assert all(isinstance(v, float) or v is None or k in ("solver", "method", "objective_name", "status",
+                                                                   "how") for k, v in row.items()), row
         rows.append(runs)
     for one, two in zip(*rows):
         assert (one["solver"], one["method"], one["width"], one["seed"]) == \
@@ -355,3 +362,14 @@ def test_a_failing_particle_run_is_flagged_and_the_comparison_goes_on(activation
     if status == "completed":  # projected, with finite numbers
         d = cmp.distances["gd N=8 seed=0"]
         assert np.isfinite(d["l2"]) and d["projection_error"] <= d["projection_bound"]
+
+
+def test_csv_cells_of_numpy_scalars_read_back_as_the_same_numbers(tmp_path):
+    """Every real number goes into compare's CSV files as its shortest repr, also NumPy's scalars (whose
+    repr under NumPy 2 is 'np.float64(0.1)': curves.csv held that text in every numeric column)."""
+    row = dict(a=np.float64(0.1), b=np.float32(0.25), c=np.int64(7), d=3, e=1 / 3, f=None, g="gd", h=np.True_)
+    compare._write_csv(tmp_path / "t.csv", tuple(row), [row])
+    text = (tmp_path / "t.csv").read_text().splitlines()
+    assert text[1] == "0.1,0.25,7,3,0.3333333333333333,,gd,True"
+    back = compare.read_csv(tmp_path / "t.csv")[0]
+    assert (back["a"], back["c"], back["e"], back["f"]) == (0.1, 7.0, 1 / 3, None)
