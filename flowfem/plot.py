@@ -26,6 +26,9 @@ import numpy as np
 SLICES = 4  # panels of a density on a 3-D mesh: cuts at b = const
 POLE = 1.0 - 1e-9  # |z| of a unit vector at a pole (its longitude is undefined)
 FIGURE_OUTPUTS = 4  # an m-output fit draws one figure per output for at most this many outputs
+GRID_SIDE = 120  # points per side of a 2-D fit's grid, ...
+GRID_SIDE_MIN = 48  # ... down to this many where predictions are costly (grid_side)
+FIGURE_EVALUATIONS = 2**31  # evaluations of sigma the grid's predictions may take (about 10 s on one core)
 
 
 def _pyplot():
@@ -293,13 +296,29 @@ def _colorbar(fig, mappable, axes, label="u", extend="neither"):
 # -- fits ----------------------------------------------------------------------------------------
 
 
-def grid(x: np.ndarray) -> np.ndarray:
-    """Points where the fit is drawn: 400 on the data's interval (d = 1), 120 x 120 on its box (d = 2)."""
+def grid(x: np.ndarray, side: int = GRID_SIDE) -> np.ndarray:
+    """Points where the fit is drawn: 400 on the data's interval (d = 1), ``side`` x ``side`` on its
+    box (d = 2), row by row: shape (400, 1) or (side^2, 2)."""
     if x.shape[1] == 1:
         return np.linspace(x.min(), x.max(), 400)[:, None]
     lo, hi = x.min(axis=0), x.max(axis=0)
-    g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], 120), np.linspace(lo[1], hi[1], 120))
+    g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], side), np.linspace(lo[1], hi[1], side))
     return np.column_stack([g0.ravel(), g1.ravel()])
+
+
+def grid_side(quadrature_points: int) -> int:
+    """Points per side of the 2-D figure grid for a fit whose predictions sum over ``quadrature_points``:
+    GRID_SIDE, fewer (down to GRID_SIDE_MIN) where GRID_SIDE^2 predictions would evaluate sigma more
+    than FIGURE_EVALUATIONS times. On the default 2-D box (786,432 points) 120^2 predictions took
+    about 90 s of a 140 s solve, more than the fit; Gouraud shading draws a coarser grid smoothly."""
+    side = int(np.sqrt(FIGURE_EVALUATIONS / max(quadrature_points, 1)))
+    return int(np.clip(side, GRID_SIDE_MIN, GRID_SIDE))
+
+
+def _square(xg: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grid ``xg`` = grid(x, side) and values on it, each as a (side, side) array."""
+    side = int(round(np.sqrt(len(xg))))
+    return xg[:, 0].reshape(side, side), xg[:, 1].reshape(side, side), values.reshape(side, side)
 
 
 def accuracy(f: np.ndarray, y: np.ndarray) -> float:
@@ -334,8 +353,7 @@ def fit_axes(ax, x: np.ndarray, y: np.ndarray, xg: np.ndarray, fg: np.ndarray, l
         return None
     from matplotlib.colors import Normalize
 
-    g0, g1 = xg[:, 0].reshape(120, 120), xg[:, 1].reshape(120, 120)
-    f = fg.reshape(g0.shape)
+    g0, g1, f = _square(xg, fg)
     ax.set_xlabel("x1")
     ax.set_ylabel("x2")
     ax.set_aspect("equal")
@@ -404,8 +422,7 @@ def classes_figure(path: str, x: np.ndarray, labels: np.ndarray, xg: np.ndarray,
         ax.set_ylim(-0.02, 1.05)
         ax.legend(fontsize=8)
     else:
-        g0, g1 = xg[:, 0].reshape(120, 120), xg[:, 1].reshape(120, 120)
-        win = np.argmax(P, axis=1).reshape(g0.shape)
+        g0, g1, win = _square(xg, np.argmax(P, axis=1))
         ax.pcolormesh(g0, g1, win, cmap=ListedColormap(colours), vmin=-0.5, vmax=C - 0.5, shading="nearest",
                       alpha=0.35)
         for c in range(C):  # each region's edge (an edge between two regions is drawn twice, in one place)
@@ -438,7 +455,8 @@ def write_solution_figure(path: str, result, train, test, f_test: np.ndarray, me
     :data:`FIGURE_OUTPUTS` outputs, named ``path`` with ``_y{k}`` before the suffix
     (figure_y1.png, ...); returns the first."""
     loss = result.problem.loss.name
-    xg = grid(train.x)
+    quadrature = result.functional.Phi.quadrature
+    xg = grid(train.x, grid_side(result.problem.space.comm.allreduce(quadrature.theta.shape[0])))
     if result.problem.loss.multiclass:  # a softmax fit: decision regions or class probabilities
         P = result.predict_proba(xg)
         if result.problem.space.comm.rank != 0:

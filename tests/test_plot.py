@@ -170,7 +170,7 @@ def test_classification_shows_the_decision_boundary_and_accuracy(shared_tmp):
     labels = [t.get_text() for t in fit.get_legend().get_texts()]
     assert "y = -1" in labels and "y = +1" in labels
     with pytest.raises(ValueError, match="accuracy"):
-        plot.fit_axes(fit, train.x, train.y, plot.grid(train.x), np.zeros(120 * 120), "logistic")
+        plot.fit_axes(fit, train.x, train.y, plot.grid(train.x), np.zeros(plot.GRID_SIDE**2), "logistic")
     assert_readable(fig)
 
 
@@ -269,3 +269,27 @@ def test_compare_densities_share_one_colour_scale(shared_tmp, widths):
         assert [t.get_text() for t in ax.get_xticklabels()] == [str(w) for w in widths]
     for fig in figures.values():
         assert_readable(fig)
+
+
+def test_grid_side_bounds_the_cost_of_the_figure_predictions():
+    """120 x 120 predictions on the default 2-D box (786,432 quadrature points) took 90 s of a 140 s
+    solve; the grid now shrinks so that they evaluate sigma at most FIGURE_EVALUATIONS times."""
+    assert plot.grid_side(30720) == plot.GRID_SIDE  # the default sphere
+    side = plot.grid_side(786432)
+    assert plot.GRID_SIDE_MIN <= side < plot.GRID_SIDE
+    assert side**2 * 786432 <= plot.FIGURE_EVALUATIONS < (side + 1) ** 2 * 786432
+    assert plot.grid_side(10**12) == plot.GRID_SIDE_MIN
+    assert plot.grid(np.array([[0.0, 1.0], [2.0, 3.0]]), 7).shape == (49, 2)
+
+
+def test_a_costly_fit_is_drawn_on_the_coarser_grid(shared_tmp, monkeypatch):
+    monkeypatch.setattr(plot, "FIGURE_EVALUATIONS", 1)
+    result, train, test = fitted(Space.sphere(1), loss="logistic", alpha=1e-3)
+    fig = plot.write_solution_figure(os.path.join(shared_tmp, "coarse.png"), result, train, test,
+                                     result.predict(test.x))
+    if comm.rank != 0:
+        return
+    (mesh,) = [c for c in fig.axes[1].collections if type(c).__name__ == "QuadMesh"]
+    assert mesh.get_array().shape == (plot.GRID_SIDE_MIN, plot.GRID_SIDE_MIN)
+    assert len(contours(fig.axes[1])) == 1
+    assert_readable(fig)
