@@ -442,7 +442,7 @@ def write_solution(directory: str, result, settings: dict, metrics: dict, train,
     write_json(os.path.join(directory, "metrics.json"), metrics, comm)
     if plot:
         _plot.write_solution_figure(os.path.join(directory, "figure.png"), result, train, test, f_test,
-                                    metrics if sampled else None)
+                                    metrics if sampled else None, scaling)
         if result.path is not None and comm.rank == 0:
             _plot.path_figure(os.path.join(directory, "path.png"), result.path)
 

@@ -441,7 +441,8 @@ def classes_figure(path: str, x: np.ndarray, labels: np.ndarray, xg: np.ndarray,
     return fig
 
 
-def write_solution_figure(path: str, result, train, test, f_test: np.ndarray, metrics: dict | None = None):
+def write_solution_figure(path: str, result, train, test, f_test: np.ndarray, metrics: dict | None = None,
+                          scaling=None):
     """figure.png of a :class:`flowfem.problem.Result` (collective: predictions and gathering on
     every rank, drawing on rank 0). ``f_test``: f_u on the test inputs, for the title (test RMSE,
     or test accuracy for the logistic loss), unless ``metrics`` (a solve's metrics.json) gives them: then
@@ -453,15 +454,21 @@ def write_solution_figure(path: str, result, train, test, f_test: np.ndarray, me
 
     m outputs: one figure per output k (its density and its fit), for the first
     :data:`FIGURE_OUTPUTS` outputs, named ``path`` with ``_y{k}`` before the suffix
-    (figure_y1.png, ...); returns the first."""
+    (figure_y1.png, ...); returns the first.
+
+    ``scaling``: the :class:`flowfem.scaling.Standardisation` the inputs of ``train`` and ``test``
+    went through (a real data set): the fit is evaluated on standardised inputs and drawn over the raw
+    ones, in the units of the data file (as predictions.csv); the density stays in the parameters of
+    the standardised inputs."""
     loss = result.problem.loss.name
     quadrature = result.functional.Phi.quadrature
     xg = grid(train.x, grid_side(result.problem.space.comm.allreduce(quadrature.theta.shape[0])))
+    raw = (lambda z: z) if scaling is None else scaling.invert  # drawn in the data file's units
     if result.problem.loss.multiclass:  # a softmax fit: decision regions or class probabilities
         P = result.predict_proba(xg)
         if result.problem.space.comm.rank != 0:
             return None
-        return classes_figure(path, train.x, train.y, xg, P, result.classes,
+        return classes_figure(path, raw(train.x), train.y, raw(xg), P, result.classes,
                               f"{train.name}: test accuracy {np.mean(f_test == test.y):.3f}")
     fg = result.predict(xg)
     m = result.outputs
@@ -471,7 +478,8 @@ def write_solution_figure(path: str, result, train, test, f_test: np.ndarray, me
         if result.problem.space.comm.rank != 0:
             continue
         if loss == "logistic":
-            figures.append(solution_figure(path, theta, values, cells, train.x, train.y, xg, fg, loss, train.name,
+            figures.append(solution_figure(path, theta, values, cells, raw(train.x), train.y, raw(xg), fg, loss,
+                                           train.name,
                                            accuracy(f_test, test.y) if metrics is None else metrics["test_accuracy"]))
             continue
         column = (lambda a: a) if m == 1 else (lambda a: a[:, k])
@@ -481,7 +489,8 @@ def write_solution_figure(path: str, result, train, test, f_test: np.ndarray, me
             rmse = float(np.sqrt(np.mean((column(f_test) - column(test.y)) ** 2)))
         name = "" if m == 1 else f", output y{k + 1} of {m}"
         target = path if m == 1 else "{0}_y{2}{1}".format(*os.path.splitext(path), k + 1)
-        figures.append(solution_figure(target, theta, values, cells, train.x, column(train.y), xg, column(fg), loss,
+        figures.append(solution_figure(target, theta, values, cells, raw(train.x), column(train.y), raw(xg),
+                                       column(fg), loss,
                                        f"{train.name}{name}: f_u and data, test RMSE {rmse:.2e}"))
     return figures[0] if figures else None
 

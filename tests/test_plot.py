@@ -293,3 +293,26 @@ def test_a_costly_fit_is_drawn_on_the_coarser_grid(shared_tmp, monkeypatch):
     assert mesh.get_array().shape == (plot.GRID_SIDE_MIN, plot.GRID_SIDE_MIN)
     assert len(contours(fig.axes[1])) == 1
     assert_readable(fig)
+
+
+def test_a_standardised_fit_is_drawn_in_the_data_files_units(shared_tmp):
+    """A real data set is fitted on standardised inputs; its figure drew those (engel's income axis ran
+    from -1 to 7, not in francs). The fit and the data are now drawn over the raw inputs, as
+    predictions.csv holds them."""
+    from flowfem.scaling import Standardisation
+
+    scaling = Standardisation(np.array([1000.0, -5.0]), np.array([300.0, 0.5]))
+    result, train, test = fitted(Space.sphere(1), loss="logistic", alpha=1e-3)
+    fig = plot.write_solution_figure(os.path.join(shared_tmp, "raw.png"), result, train, test,
+                                     result.predict(test.x), scaling=scaling)
+    if comm.rank != 0:
+        return
+    fit = fig.axes[1]
+    drawn = np.vstack([c.get_offsets() for c in fit.collections if type(c).__name__ == "PathCollection"])
+    raw = scaling.invert(train.x)
+    assert drawn.shape == raw.shape
+    np.testing.assert_allclose(np.sort(drawn, axis=0), np.sort(raw, axis=0), rtol=1e-12)
+    (mesh,) = [c for c in fit.collections if type(c).__name__ == "QuadMesh"]
+    corners = mesh.get_coordinates().reshape(-1, 2)
+    np.testing.assert_allclose(corners.min(axis=0), raw.min(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(corners.max(axis=0), raw.max(axis=0), rtol=1e-12)
