@@ -17,7 +17,12 @@ argument ``width=N`` for a caller of the API, the option ``--width N`` for a
 user of the ``flowfem`` command. Shared code writes :func:`spell` ("pass
 {spell('width', 'N')}") and :func:`named` (the checks above name their
 argument with it); :func:`command_line` (entered by ``flowfem``'s ``main``)
-switches every message to the options' spelling.
+switches every message to the options' spelling. Where an option is not
+``--`` + the argument's name (``--readout`` gives compare's ``readouts``,
+``--mu`` landscape's ``mus``, ``--mesh-size`` a domain's ``size``), the command
+declares it once, ``command_line(readouts="--readout")``, and the API's own
+check names the option; an API function that passes its argument on under
+another name declares that with :func:`renamed` (``size`` is a box's ``n``).
 
 A name that is none of the choices (an activation, a domain, a loss, a
 scheme, a rule, a synthetic data set, ...) is refused with :func:`unknown`,
@@ -35,16 +40,45 @@ from contextlib import contextmanager
 import numpy as np
 
 _COMMAND_LINE = contextvars.ContextVar("flowfem_command_line", default=False)
+# the names an argument goes by on its way in, innermost last: ({"n": "size"}, ...) (see renamed, command_line)
+_RENAMED = contextvars.ContextVar("flowfem_renamed", default=())
 
 
 @contextmanager
-def command_line():
-    """Within the block, :func:`spell` names command-line options (``--width N``)."""
+def command_line(**options: str):
+    """Within the block, :func:`spell` and :func:`named` name command-line options (``--width N``).
+
+    ``options`` maps an API argument to the option that gives it where that is not ``--`` + the name
+    with ``_`` written ``-``: ``command_line(readouts="--readout")``.
+    """
+    for name, option in options.items():
+        if not option.startswith("--"):
+            raise ValueError(f"command_line({name}={option!r}): an option is written --NAME")
     token = _COMMAND_LINE.set(True)
+    try:
+        with renamed(**options):
+            yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+@contextmanager
+def renamed(**outer: str):
+    """Within the block, the argument ``name`` is named as ``outer[name]``: the name its caller gave it
+    (``with renamed(n="size")`` in a function that passes its ``size`` on as a box's ``n``), or on the
+    command line the option (:func:`command_line`). Blocks nest: the innermost renames first."""
+    token = _RENAMED.set(_RENAMED.get() + (outer,))
     try:
         yield
     finally:
-        _COMMAND_LINE.reset(token)
+        _RENAMED.reset(token)
+
+
+def _outer(name: str) -> str:
+    """``name`` as the caller outside every :func:`renamed` block wrote it (an option starts with --)."""
+    for outer in reversed(_RENAMED.get()):
+        name = outer.get(name, name)
+    return name
 
 
 def spell(name: str, value: str = "True") -> str:
@@ -56,9 +90,10 @@ def spell(name: str, value: str = "True") -> str:
     ``solver='cg'`` or ``--solver cg``; spell("allow_unconverged") ``allow_unconverged=True``
     or ``--allow-unconverged``.
     """
+    name = _outer(name)
     if not _COMMAND_LINE.get():
         return f"{name}={value}"
-    option = "--" + name.replace("_", "-")
+    option = name if name.startswith("--") else "--" + name.replace("_", "-")
     return option if value == "True" else f"{option} {value.strip(chr(39))}"
 
 
@@ -72,7 +107,9 @@ def petsc_option(key: str, value: str) -> str:
 
 def named(name: str) -> str:
     """An argument's name as the reader knows it: ``time_limit`` (API) or ``--time-limit`` (command
-    line); a description with spaces ("mesh parameter n") stays as it is."""
+    line, or the option :func:`command_line` declares for it); a description with spaces ("the chart
+    margin") stays as it is."""
+    name = _outer(name)
     if _COMMAND_LINE.get() and name.isidentifier():
         return "--" + name.replace("_", "-")
     return name
@@ -108,11 +145,30 @@ def positive(name: str, value, strict: bool = True) -> float:
     return value
 
 
+def tolerance(name: str, value, example: str) -> float:
+    """``value`` as a float if it is a relative tolerance, a number with 0 < value < 1 (1 or more asks
+    nothing of a relative error: the first step, the zero solution, meets it); else ValueError
+    "NAME must be a number with 0 < NAME < 1, e.g. EXAMPLE, got VALUE"."""
+    requirement = f"with 0 < {named(name)} < 1, e.g. {example}"
+    value = number(name, value, requirement)
+    if not 0 < value < 1:  # (NaN too)
+        raise ValueError(f"{named(name)} must be a number {requirement}, got {value!r}")
+    return value
+
+
 def seed(value) -> int:
     """A seed of NumPy's random generators: an integer >= 0; else ValueError."""
-    value = integer("seed", value, ">= 0")
-    if value < 0:
-        raise ValueError(f"{named('seed')} must be an integer >= 0, got {value}")
+    return at_least("seed", value, 0)
+
+
+def at_least(name: str, value, minimum: int, each: bool = False) -> int:
+    """``value`` as an int if it is an integer (as :func:`integer` takes it) >= ``minimum``; else ValueError
+    "NAME must be an integer >= MINIMUM, got VALUE" ("must be integers" when ``each`` value of a list is
+    checked, :func:`integers`)."""
+    what = "integers" if each else "an integer"
+    value = integer(name, value, f">= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{named(name)} must be {what} >= {minimum}, got {value}")
     return value
 
 
@@ -148,13 +204,7 @@ def integers(name: str, values, minimum: int, example: str) -> list[int]:
     non-empty, each >= ``minimum`` and none twice; else ValueError naming the argument and ``example``
     ("--widths lists 4 twice: give each once, e.g. 16,64,256"). A value listed twice would be run twice
     and its rows of a table would be indistinguishable."""
-    return distinct(name, [_at_least(name, integer(name, v, f">= {minimum}"), minimum) for v in values], example)
-
-
-def _at_least(name: str, value: int, minimum: int) -> int:
-    if value < minimum:
-        raise ValueError(f"{named(name)} must be integers >= {minimum}, got {value}")
-    return value
+    return distinct(name, [at_least(name, v, minimum, each=True) for v in values], example)
 
 
 def distinct(name: str, values, example: str) -> list:

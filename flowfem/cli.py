@@ -22,7 +22,7 @@ import numpy as np
 
 from flowfem.mpi import CollectiveInterrupt, exit_now, fail_together, message, on_root  # first: loads MPI
 
-from flowfem.arguments import closest, command_line, distinct  # noqa: E402
+from flowfem.arguments import closest, command_line  # noqa: E402
 from flowfem.files import check_writable, replacing  # noqa: E402
 from flowfem import provenance  # noqa: E402  (early: its clock starts the run's wall time)
 from flowfem.sharded_split import SAMPLE_ROWS  # noqa: E402
@@ -568,8 +568,10 @@ _positive_number = _number_in(lambda v: np.isfinite(v) and v > 0, "a finite numb
 _fraction = _number_in(lambda v: 0 < v < 1,
                        "a fraction with 0 < FRACTION < 1 (the part of the rows held out, e.g. 0.2)")
 _tolerance = _number_in(lambda v: 0 < v < 1, "a number with 0 < rtol < 1, e.g. 1e-10")
-# which numbers a domain takes (whole cells, an element size), space.named_arrays checks
-_mesh_size = _number_in(lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0")
+_ts_tolerance = _number_in(lambda v: 0 < v < 1, "a number with 0 < rtol < 1, e.g. 1e-4")  # >= 1: asks nothing
+# which numbers a domain takes (whole cells >= 1 or >= 3, refinements >= 0, an element size > 0),
+# space.named_arrays checks, naming --size (main's command_line)
+_mesh_size = _number_in(lambda v: True, "a number")
 
 
 def _alpha(text: str):
@@ -582,6 +584,10 @@ def _alpha(text: str):
         guess = closest(text, ["auto"])
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto"
                                          + (f": did you mean {guess!r}?" if guess else "")) from None
+
+
+PATH_OPTIONS = ("out", "json", "network", "density", "data", "test_data", "resume", "checkpoint_dir", "source",
+                "target")  # the options that name a file or directory (--data: or a named data set)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -612,6 +618,14 @@ class _Parser(argparse.ArgumentParser):
             guess = next((g for g in guesses if g is not None), None)
             command.error(f"unrecognized arguments: {' '.join(extras)}"
                           + (f": did you mean {guess}?" if guess is not None else ""))
+        command = getattr(self, "commands", {}).get(getattr(namespace, "command", None))
+        for action in command._actions if command is not None else ():
+            # an empty path is no file: --out '' became ".", the working directory (replaced with --force),
+            # predict's --out '' standard output, export's the default name, landscape's --json '' no file
+            if action.dest in PATH_OPTIONS and getattr(namespace, action.dest, None) == "":
+                name = action.option_strings[0] if action.option_strings else action.metavar
+                command.error(f"{name} is empty: give " + ("a data file or a named data set, e.g. sin"
+                                                           if "data" in action.dest else "a file or directory"))
         return namespace
 
     def _check_value(self, action, value):
@@ -653,6 +667,9 @@ def cmd_readout(args, comm) -> None:
     x = y = None
     if args.n_given and args.rule != "refit":
         raise ValueError(f"--n {args.n}: --rule {args.rule} reads no data; drop --n")
+    if args.alpha is not None and args.rule != "refit":  # (readout takes it, unused: --alpha -1 passed unseen)
+        raise ValueError(f"--alpha {args.alpha:g} is the regularisation of --rule refit; --rule {args.rule} fits no "
+                         "weights: drop --alpha")
     if args.rule == "refit":
         if not args.data:
             raise ValueError("--rule refit fits output weights on training data: pass --data (file or sin/step/two_moons)")
@@ -784,10 +801,19 @@ def cmd_export(args, comm) -> None:
     from flowfem import export
     from flowfem.network import Network
 
-    out = args.out or os.path.splitext(args.network)[0] + export.FORMATS[args.format]
+    suffix = export.FORMATS[args.format]
+    out = args.out or os.path.splitext(args.network)[0] + suffix
 
     def work():
         check_writable(out, "exported network file", args.force, (args.network,))  # before the work
+        given = os.path.splitext(out)[1].lower()
+        if given != suffix:  # a reader takes a file by its suffix: x.pt holding ONNX would be opened as PyTorch
+            other = next((f for f, s in export.FORMATS.items() if s == given), None)
+            fix = f"--out {os.path.splitext(out)[0]}{suffix}"
+            raise ValueError(f"--out {out} names " + (f"a {other} file, but --format {args.format} writes {suffix}: "
+                                                       f"give {fix}, or --format {other}" if other else
+                                                       f"no {args.format} file: --format {args.format} writes "
+                                                       f"{suffix}; give {fix}"))
         if args.format == "torch" and importlib.util.find_spec("torch") is None:
             raise ValueError("--format torch writes a PyTorch state dict and needs PyTorch: pip install torch, "
                              "or choose --format onnx or safetensors")
@@ -817,7 +843,7 @@ def cmd_landscape(args, comm) -> None:
             mus = [float(m) for m in args.mu.split(",")]
         except ValueError:
             raise ValueError(f"--mu {args.mu!r}: write numbers separated by commas, e.g. -1,0,0.5,1,2") from None
-        distinct("mu", mus, "-1,0,0.5,1,2")  # (plateau_report checks it too, naming its argument mus)
+        mus = plateau.mu_values(mus)  # before the network and data are read, and the --polish minimisation
         if args.json:
             check_writable(args.json, "--json file", args.force, (args.network, args.data))
         net = Network.load(args.network)
@@ -833,7 +859,8 @@ def cmd_landscape(args, comm) -> None:
         if args.neuron is not None and not -net.width <= args.neuron < net.width:
             raise ValueError(f"--neuron {args.neuron} is out of range: the network has width {net.width}, "
                              f"so choose 0..{net.width - 1} (or -{net.width}..-1, counted from the last)")
-        loss = args.loss or net.loss or "squared"  # a logistic network's landscape is of the logistic loss
+        # a logistic network's landscape is of the logistic loss; --loss '' is refused as no loss
+        loss = args.loss if args.loss is not None else net.loss or "squared"
         polish = None
         if args.polish:
             m = plateau.minimise(net, ds.x, ds.y, loss)
@@ -864,13 +891,13 @@ def cmd_compare(args, comm) -> None:
         except ValueError:
             raise ValueError(f"{name} {text!r}: give comma-separated integers, e.g. {example}") from None
 
-    def words(name, text, example):  # the API names its argument readouts, the option is --readout
-        return distinct(name, [w.strip() for w in text.split(",") if w.strip()], example)
+    def words(text):  # compare.compare refuses an empty list and repeats, naming the option (main's command_line)
+        return [w.strip() for w in text.split(",") if w.strip()]
 
     if getattr(args, "loss", "squared") != "squared":
         raise ValueError(f"--loss {args.loss}: compare fits the squared loss (particles and FE alike); drop --loss")
     widths, seeds = ints("--widths", args.widths, "16,64,256"), ints("--seeds", args.seeds, "0,1,2")
-    methods, readouts = words("methods", args.methods, "gd,adam"), words("readout", args.readout, "quadrature,refit")
+    methods, readouts = words(args.methods), words(args.readout)
     train, test, scaling = _load_standardised(args, comm)
     result = compare.compare(
         train, test, widths=widths, seeds=seeds,
@@ -974,7 +1001,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps", type=int, default=1000, help="at most this many steps (default: %(default)s)")
     g.add_argument("--tol", type=float, default=None,
                    help="stop when ||u - u*||_G <= tol ||u*||_G (u* the stationary solution) (default: none)")
-    g.add_argument("--ts-rtol", type=float, default=1e-4,
+    g.add_argument("--ts-rtol", type=_ts_tolerance, default=1e-4,
                    help="bdf: relative local error tolerance (default: %(default)g)")
     g.add_argument("--fixed-steps", action="store_true",
                    help="bdf: take the steps --tau, --growth, --tau-max instead of choosing them by the local error")
@@ -1184,6 +1211,13 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+# the options that give API arguments of another name (flowfem.arguments.command_line): a domain's size is
+# --mesh-size (--size of flowfem mesh), compare's readouts --readout and each readout's width one of --widths,
+# landscape's mus --mu
+OPTIONS = {"solve": dict(size="--mesh-size"), "flow": dict(size="--mesh-size"),
+           "compare": dict(size="--mesh-size", readouts="--readout", width="--widths"), "landscape": dict(mus="--mu")}
+
+
 def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     args = parser().parse_args(argv)
@@ -1194,7 +1228,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out = os.path.normpath(args.out)
     try:
         # under mpirun Ctrl-C stops every rank at one point (mpi.CollectiveInterrupt), none left in a collective
-        with command_line(), CollectiveInterrupt(comm):  # messages name options (--width N), not (width=N)
+        # messages name options (--width N), not arguments (width=N); OPTIONS: where they differ
+        with command_line(**OPTIONS.get(args.command, {})), CollectiveInterrupt(comm):
             if hasattr(args, "radius"):  # before any work: mesh options the domain would ignore are refused
                 args.mesh_options = _domain_options(args)
             if args.command in ("solve", "flow", "compare"):

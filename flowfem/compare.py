@@ -100,7 +100,7 @@ from flowfem import particles as fp  # noqa: E402
 from flowfem.mpi import CollectiveError  # noqa: E402
 from flowfem import readout as ro  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
-from flowfem.arguments import distinct, integer, integers, named, positive, unknown  # noqa: E402
+from flowfem.arguments import at_least, distinct, integers, positive, unknown  # noqa: E402
 from flowfem.data import Dataset  # noqa: E402
 from flowfem.network import Network  # noqa: E402
 from flowfem.space import S3_CELLS, chart_of  # noqa: E402
@@ -517,8 +517,7 @@ def compare(train: Dataset, test: Dataset, *, widths=(16, 64, 256), seeds=(0, 1,
     lr = dict(DEFAULT_LR) | dict(lr or {})
     for m in METHODS:  # each, used or not: a step size of 0 given for a method not run is still a mistake
         positive(f"lr_{m}", lr[m])
-    if integer("steps", steps, ">= 1") < 1:  # 0 steps would compare the random initial networks
-        raise ValueError(f"{named('steps')} must be an integer >= 1, got {steps}")
+    at_least("steps", steps, 1)  # 0 steps would compare the random initial networks
     # checked now, not after the FE solve: the particle runs and the densities come last
     positive("weight_decay", weight_decay, strict=False)
     positive("init_scale", init_scale)  # 0: every particle at 0, moved alike by every step: one neuron

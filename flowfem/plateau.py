@@ -49,7 +49,7 @@ import numpy as np
 
 from flowfem import memory
 from flowfem import progress as progress_
-from flowfem.arguments import distinct, positive
+from flowfem.arguments import distinct, named, positive
 from flowfem.data import check as _check
 from flowfem.loss import loss as _loss
 from flowfem.network import Network
@@ -402,6 +402,22 @@ def plateau_flatness(network: Network, i: int, x, y, mus, loss="squared") -> Fla
     return Flatness(L0, dev, gmax)
 
 
+def mu_values(mus) -> list[float]:
+    """The output-weight fractions ``mus`` of :func:`plateau_report` as a list of floats if it is non-empty,
+    each finite with |mu| <= :data:`MU_MAX` and none twice; else ValueError naming ``mus`` (on the command
+    line ``--mu``, :func:`flowfem.arguments.command_line`)."""
+    try:
+        mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
+    except (TypeError, ValueError):
+        raise ValueError(f"{named('mus')} must be numbers, e.g. -1,0,0.5,1,2, got {mus!r}") from None
+    mus = distinct("mus", mus, "-1,0,0.5,1,2")  # a mu twice would be classified twice
+    if not np.all(np.isfinite(mus)):
+        raise ValueError(f"{named('mus')} must be finite numbers, e.g. -1,0,0.5,1,2, got {mus}")
+    if max(abs(m) for m in mus) > MU_MAX:  # mu (1 - mu) and |mu a_i|^2 overflow near 1e154: inf curvatures
+        raise ValueError(f"{named('mus')} must be numbers with |mu| <= {MU_MAX:g}, got {mus}")
+    return mus
+
+
 def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gtol: float = 1e-8,
                    rtol: float = 1e-8, check: bool = False, progress: bool = False) -> dict:
     """The classification of :func:`classify_plateau` for the given neurons (default all), as plain
@@ -431,12 +447,7 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
             raise ValueError(f"neuron index {k} is out of range: the network has width {N}, "
                              f"so choose 0..{N - 1} (or a negative index counting from the end)")
     gtol, rtol = positive("gtol", gtol), positive("rtol", rtol)
-    mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
-    if not mus or not np.all(np.isfinite(mus)):
-        raise ValueError(f"mu values {mus}: give at least one finite number")
-    if max(abs(m) for m in mus) > MU_MAX:  # mu (1 - mu) and |mu a_i|^2 overflow near 1e154: inf curvatures
-        raise ValueError(f"mu values {mus}: give numbers with |mu| <= {MU_MAX:g}")
-    mus = distinct("mus", mus, "-1,0,0.5,1,2")  # a mu twice would be classified twice
+    mus = mu_values(mus)
     g, lam_min, valid = _narrow_state(network, x, y, loss, gtol, rtol)  # once: O(P^3)
     report = dict(width=N, input_dim=network.input_dim, activation=network.activation.name,
                   loss=_loss(loss).name, n=int(x.shape[0]), objective=objective(network, x, y, loss),

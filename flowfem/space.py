@@ -89,7 +89,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowfem import memory
-from flowfem.arguments import integer, number, unknown
+from flowfem.arguments import integer, named, number, positive, renamed, unknown
 from flowfem.files import check_readable, replacing
 from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 
@@ -317,7 +317,7 @@ def box_arrays(d: int, n: int, radius: float) -> MeshArrays:
     Raises ValueError unless d is 1 or 2, n a positive integer and R finite and positive.
     """
     d = _check_input_dim(d)
-    n = _check_count("n", n, 1)
+    n = _check_count("n", n, 1, "cells per side")
     _check_positive(radius=radius)
     cells = 2 * n**2 if d == 1 else 6 * n**3
     _require_memory("box", cells, f"a box mesh with n = {n} cells per side", "use fewer cells per side")
@@ -479,7 +479,7 @@ def circle_arrays(n: int, degree: int = 2) -> MeshArrays:
     Raises ValueError unless n >= 3 is an integer (two arcs would join the same two vertices,
     which dolfinx cannot tell apart) and degree is 1 or 2.
     """
-    n = _check_count("circle arcs n", n, 3, "two arcs would join the same two vertices")
+    n = _check_count("n", n, 3, "the circle's arcs; two arcs would join the same two vertices")
     _check_geometry_degree(degree)
     _require_memory("circle", n, f"a circle of {n} arcs", "use fewer arcs")
     phi = 2 * np.pi * np.arange(n) / n
@@ -497,7 +497,7 @@ def sphere_arrays(refinements: int, degree: int = 2) -> MeshArrays:
 
     Raises ValueError unless refinements >= 0 is an integer and degree is 1 or 2.
     """
-    refinements = _check_count("sphere refinements", refinements, 0)
+    refinements = _check_count("refinements", refinements, 0, "the sphere's refinements of the icosahedron")
     _check_geometry_degree(degree)
     _require_memory("sphere", 20 * 4 ** min(refinements, 64), f"a sphere refined {refinements} times",
                     "use fewer refinements")
@@ -540,6 +540,11 @@ def named_arrays(domain: str, d: int = 1, size: float | None = None, radius: flo
     if domain not in DEFAULT_SIZES:
         raise ValueError(unknown("domain", domain, tuple(DEFAULT_SIZES), "or a .msh/.xdmf mesh file"))
     size = DEFAULT_SIZES[domain] if size is None else size
+    with renamed(n="size", h="size", refinements="size"):  # a message names the argument its caller gave
+        return _named_arrays(domain, d, size, radius, geometry_degree)
+
+
+def _named_arrays(domain: str, d: int, size, radius, geometry_degree: int) -> MeshArrays:
     if domain == "box":
         return box_arrays(d, size, radius)
     if domain == "ball":
@@ -752,14 +757,14 @@ def _check_input_dim(d) -> int:
     return d
 
 
-def _check_count(name: str, v, minimum: int, why: str = "") -> int:
-    """v as an int; ValueError unless it is a whole number >= minimum (0 never means a default)."""
-    v = number(f"mesh parameter {name}", v, f"(a whole number >= {minimum})")
-    if not (np.isfinite(v) and v == int(v)):
-        raise ValueError(f"mesh parameter {name} = {v:g} must be a whole number")
-    if v < minimum:
-        raise ValueError(f"mesh parameter {name} = {v:g} must be positive" if minimum == 1 else
-                         f"{name} must be >= {minimum}, not {v:g}" + (f" ({why})" if why else ""))
+def _check_count(name: str, v, minimum: int, what: str) -> int:
+    """v as an int; ValueError "NAME must be a whole number >= MINIMUM (WHAT), got V" unless it is one (0
+    never means a default; NAME is the option that gave it on the command line, see :func:`named_arrays`).
+    A float such as 8.0 is taken: a size is a number of the command line's --size."""
+    requirement = f"a whole number >= {minimum} ({what})"
+    v = number(name, v, requirement)
+    if not (np.isfinite(v) and v == int(v) and v >= minimum):
+        raise ValueError(f"{named(name)} must be {requirement}, got {v:g}")
     return int(v)
 
 
@@ -927,6 +932,4 @@ class Space:
 
 def _check_positive(**values) -> None:
     for name, v in values.items():
-        v = number(f"mesh parameter {name}", v, "> 0")
-        if not (np.isfinite(v) and v > 0):
-            raise ValueError(f"mesh parameter {name} = {v:g} must be positive")
+        positive(name, v)

@@ -244,9 +244,9 @@ def small_net(tmp_path_factory):
 @pytest.mark.parametrize("mu,said", [
     ("0,0", "--mu lists 0.0 twice: give each once, e.g. -1,0,0.5,1,2"),
     ("0.5,1,0.5", "--mu lists 0.5 twice: give each once, e.g. -1,0,0.5,1,2"),
-    ("1e200", "mu values [1e+200]: give numbers with |mu| <= 1e+50"),  # overflowed: warnings, inf curvatures
-    ("-1e51", "mu values [-1e+51]: give numbers with |mu| <= 1e+50"),
-    ("1e308", "mu values [1e+308]: give numbers with |mu| <= 1e+50"),  # was 'network array a contains NaN'
+    ("1e200", "--mu must be numbers with |mu| <= 1e+50, got [1e+200]"),  # overflowed: warnings, inf curvatures
+    ("-1e51", "--mu must be numbers with |mu| <= 1e+50, got [-1e+51]"),
+    ("1e308", "--mu must be numbers with |mu| <= 1e+50, got [1e+308]"),  # was 'network array a contains NaN'
 ])
 def test_landscape_refuses_repeated_and_overflowing_mu(tmp_path, small_net, capsys, mu, said):
     out = tmp_path / "l.json"

@@ -129,18 +129,20 @@ def test_mesh_command_writes_a_readable_mesh(tmp_path, domain, ext):
 
 
 BAD_MESH = [
-    (["box", "--size", "0"], "flowfem: error: mesh parameter n = 0 must be positive"),  # not the default 32
-    (["box", "--size", "2.5"], "n = 2.5 must be a whole number"),
-    (["box", "--size", "nan"], "argument --size: nan must be a finite number >= 0"),
-    (["box", "--size", "-3"], "argument --size: -3 must be a finite number >= 0"),
+    (["box", "--size", "0"], "flowfem: error: --size must be a whole number >= 1 (cells per side), got 0"),  # not 32
+    (["box", "--size", "2.5"], "--size must be a whole number >= 1 (cells per side), got 2.5"),
+    (["box", "--size", "nan"], "--size must be a whole number >= 1 (cells per side), got nan"),
+    (["box", "--size", "-3"], "--size must be a whole number >= 1 (cells per side), got -3"),
     (["box", "--size", "many"], "argument --size: 'many' is not a number"),
     (["box", "--radius", "0"], "argument --radius: 0 must be a finite number > 0"),
     (["box", "--radius=-1"], "argument --radius: -1 must be a finite number > 0"),
     (["ball", "--radius", "inf"], "argument --radius: inf must be a finite number > 0"),
     (["ball", "--radius", "nan"], "argument --radius: nan must be a finite number > 0"),
-    (["ball", "--size", "0"], "mesh parameter h = 0 must be positive"),
-    (["circle", "--size", "2"], "circle arcs n must be >= 3, not 2"),
-    (["sphere", "--size", "1.5"], "sphere refinements = 1.5 must be a whole number"),
+    (["ball", "--size", "0"], "--size must be a finite number > 0, got 0.0"),
+    (["circle", "--size", "2"], "--size must be a whole number >= 3 (the circle's arcs; two arcs would join the same "
+                                  "two vertices), got 2"),
+    (["sphere", "--size", "1.5"], "--size must be a whole number >= 0 (the sphere's refinements of the icosahedron), "
+                                  "got 1.5"),
     (["sphere", "--d", "1"], "the sphere parametrises inputs of dimension 2"),
     (["box", "--d", "3"], "input dimension d = 3"),
     (["torus"], "argument domain: invalid choice: 'torus'"),
@@ -170,7 +172,8 @@ def test_mesh_command_sizes_zero_and_defaults(tmp_path):
 
 def test_mesh_size_zero_is_refused_by_solve(tmp_path):
     r = solve(tmp_path, "--data", "sin", "--mesh-size", "0", "--no-plot")
-    assert r.returncode == 2 and "n = 0 must be positive" in r.stderr and not (tmp_path / "out").exists()
+    assert r.returncode == 2 and "--mesh-size must be a whole number >= 1 (cells per side), got 0" in r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_fewer_cells_than_ranks(tmp_path):

@@ -152,23 +152,26 @@ def test_input_dimension_3_is_refused():
 
 
 def test_bad_sizes_are_refused():
-    raises_everywhere(lambda: Space.box(1, n=0), "n = 0 must be positive")
-    raises_everywhere(lambda: Space.ball(1, h=-0.1), "h = -0.1 must be positive")
-    raises_everywhere(lambda: Space.sphere(-1), "refinements must be >= 0")
+    raises_everywhere(lambda: Space.box(1, n=0), "^n must be a whole number >= 1 .cells per side., got 0$")
+    raises_everywhere(lambda: Space.ball(1, h=-0.1), "^h must be a finite number > 0, got -0.1$")
+    raises_everywhere(lambda: Space.sphere(-1), "^refinements must be a whole number >= 0 ")
     raises_everywhere(lambda: Space.make("circle", d=2), "the circle parametrises inputs of dimension 1")
     raises_everywhere(lambda: Space.make("torus"), "unknown domain 'torus'")
 
 
 @pytest.mark.parametrize("domain, d, size, message", [
-    ("box", 1, 0, "n = 0 must be positive"),  # 0 is not the default 32
-    ("box", 1, 2.5, "n = 2.5 must be a whole number"),
-    ("box", 2, float("nan"), "n = nan must be a whole number"),
-    ("ball", 1, 0, "h = 0 must be positive"),
-    ("ball", 1, float("inf"), "h = inf must be positive"),
-    ("circle", 1, 0, "circle arcs n must be >= 3, not 0"),
-    ("circle", 1, 2, "circle arcs n must be >= 3, not 2 (two arcs would join the same two vertices)"),
-    ("circle", 1, 1, "circle arcs n must be >= 3"),
-    ("sphere", 2, 1.5, "sphere refinements = 1.5 must be a whole number"),
+    ("box", 1, 0, "size must be a whole number >= 1 (cells per side), got 0"),  # 0 is not the default 32
+    ("box", 1, 2.5, "size must be a whole number >= 1 (cells per side), got 2.5"),
+    ("box", 2, float("nan"), "size must be a whole number >= 1 (cells per side), got nan"),
+    ("ball", 1, 0, "size must be a finite number > 0, got 0"),
+    ("ball", 1, float("inf"), "size must be a finite number > 0, got inf"),
+    ("circle", 1, 0, "size must be a whole number >= 3 (the circle's arcs; two arcs would join the same two "
+                         "vertices), got 0"),
+    ("circle", 1, 2, "size must be a whole number >= 3 (the circle's arcs; two arcs would join the same two "
+                         "vertices), got 2"),
+    ("circle", 1, 1, "size must be a whole number >= 3"),
+    ("sphere", 2, 1.5, "size must be a whole number >= 0 (the sphere's refinements of the icosahedron), "
+                          "got 1.5"),
 ])
 def test_sizes_are_checked_and_zero_is_not_the_default(domain, d, size, message):
     raises_everywhere(lambda: Space.make(domain, d, size), re.escape(message))
@@ -178,8 +181,9 @@ def test_sizes_are_checked_and_zero_is_not_the_default(domain, d, size, message)
 
 def test_radius_is_checked():
     for radius in (0.0, -1.0, float("nan"), float("inf")):
-        raises_everywhere(lambda: Space.make("box", 1, 4, radius), f"radius = {radius:g} must be positive")
-        raises_everywhere(lambda: Space.ball(1, 0.5, radius), f"radius = {radius:g} must be positive")
+        said = f"^radius must be a finite number > 0, got {radius!r}$"
+        raises_everywhere(lambda: Space.make("box", 1, 4, radius), said)
+        raises_everywhere(lambda: Space.ball(1, 0.5, radius), said)
 
 
 def test_smallest_meshes_of_each_domain():
@@ -257,8 +261,9 @@ def test_invalid_mesh_is_refused_on_every_rank(name):
 
 
 def test_the_circle_of_two_arcs_is_refused_by_name():
-    raises_everywhere(lambda: Space.circle(2), "circle arcs n must be >= 3")
-    raises_everywhere(lambda: Space.circle(2, degree=1), "circle arcs n must be >= 3")
+    said = "n must be a whole number >= 3 (the circle's arcs; two arcs would join the same two vertices), got 2"
+    raises_everywhere(lambda: Space.circle(2), re.escape(said))
+    raises_everywhere(lambda: Space.circle(2, degree=1), "n must be a whole number >= 3")
 
 
 def test_tiny_out_of_plane_noise_is_dropped():

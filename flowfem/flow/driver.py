@@ -43,7 +43,7 @@ from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem import progress as progress_  # noqa: E402
-from flowfem.arguments import integer, named, unknown  # noqa: E402
+from flowfem.arguments import at_least, named, number, positive, spell, tolerance, unknown  # noqa: E402
 from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -335,8 +335,7 @@ class Flow:
         self.adapt = cls.estimates_error if adapt is None else bool(adapt)
         if self.adapt and not cls.estimates_error:
             raise ValueError(f"{scheme}: adaptive steps need a scheme with an error estimate (bdf[:ORDER])")
-        if not (np.isfinite(ts_rtol) and ts_rtol > 0):
-            raise ValueError(f"ts_rtol = {ts_rtol}: the local error tolerance must be positive")
+        ts_rtol = tolerance("ts_rtol", ts_rtol, "1e-4")  # the local error tolerance of adaptive steps
         scales = []
         for Ek in self.outputs:
             g0 = Ek.gradient(Ek.vector())
@@ -526,22 +525,23 @@ class Flow:
         max_steps and, with ``tol``, log(e_0 / e) / log(e_0 / tol) (e = ||U - U*||_G / ||U*||_G), with
         the step, t, E_alpha and e.
         """
-        if not (tau > 0 and np.isfinite(tau)):
-            raise ValueError(f"time step tau = {tau} must be positive and finite")
-        if not (growth >= 1.0 and np.isfinite(growth)):
-            raise ValueError(f"step growth factor {growth} must be >= 1 (1: constant steps)")
-        if not tau_max > 0:
-            raise ValueError(f"largest step tau_max = {tau_max} must be positive")
-        if integer("max_steps", max_steps, ">= 1") < 1:  # 0 or fewer: the run would be its initial density
-            raise ValueError(f"{named('max_steps')} must be an integer >= 1, got {max_steps}")
+        positive("tau", tau)  # the (first) time step
+        if not (number("growth", growth, ">= 1") >= 1.0 and np.isfinite(growth)):
+            raise ValueError(f"{named('growth')} must be a finite number >= 1 (the step growth factor; 1: constant "
+                             f"steps), got {growth}")
+        if not number("tau_max", tau_max, "> 0") > 0:  # inf: no limit
+            raise ValueError(f"{named('tau_max')} must be a number > 0 (the largest time step; inf: no limit), "
+                             f"got {tau_max}")
+        at_least("max_steps", max_steps, 1)  # 0 or fewer: the run would be its initial density
         if tol is not None and not tol > 0:  # (NaN too) no step reaches it: the run would take every step
-            raise ValueError(f"tol = {tol:g}: the relative distance ||u - u*|| / ||u*|| to stop at must be a number "
-                             "> 0, e.g. 1e-6")
+            raise ValueError(f"{named('tol')} = {tol:g}: the relative distance ||u - u*|| / ||u*|| to stop at must be "
+                             "a number > 0, e.g. 1e-6")
         if tol is not None and self.U_star is None:
             raise ValueError("stopping at a tolerance on ||u - u*|| needs the stationary solution: "
                              "call stationary() (or set_reference) first")
         if not (np.isfinite(t_end) or max_steps < 10**6 or tol is not None):
-            raise ValueError("the flow needs an end: give t_end, max_steps or tol")
+            raise ValueError(f"the flow needs an end: give {spell('t_end', 'T')}, {spell('max_steps', 'N')} with N "
+                             f"< 10^6, or {spell('tol', 'TOL')}")
         if state is not None and (state.t > t_end or state.step > max_steps):
             # the run would end where it starts, and its result be the state past the end it was asked for
             # the advice at full precision: %g rounds t down as often as up (0.331 for 0.33100000000000007)
