@@ -125,23 +125,28 @@ def activation(spec: str | Activation) -> Activation:
     """The activation named by ``spec`` (see the module docstring); ValueError names the valid choices."""
     if isinstance(spec, Activation):
         return spec
-    name, _, arg = str(spec).strip().lower().partition(":")
-    try:
-        if name == "relu" and not arg:
-            return _relu(0.0)
-        if name == "leaky_relu":
+    name, colon, arg = str(spec).strip().lower().partition(":")
+    if name == "leaky_relu":
+        try:
             slope = float(arg) if arg else 0.01
-            if not 0.0 <= slope < 1.0:
-                raise ValueError
-            return _relu(slope)
-        if name in _SMOOTH and not arg:
-            return _SMOOTH[name]
-        if name == "monomial":
+        except ValueError:
+            slope = None
+        if slope is None or not 0.0 <= slope < 1.0:  # (NaN too)
+            raise ValueError(f"activation {str(spec)!r}: the slope of leaky_relu:SLOPE must be a number with "
+                             "0 <= SLOPE < 1, e.g. leaky_relu:0.1")
+        return _relu(slope)
+    if name == "monomial":
+        try:
             k = int(arg)
-            if k < 1:
-                raise ValueError
-            return _monomial(k)
-    except ValueError:
-        pass
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise ValueError(f"activation {str(spec)!r}: the power of monomial:K must be an integer K >= 1, "
+                             "e.g. monomial:2")
+        return _monomial(k)
+    if name == "relu" or name in _SMOOTH:
+        if colon:
+            raise ValueError(f"activation {str(spec)!r}: {name} takes no ':' argument; write {name}")
+        return _relu(0.0) if name == "relu" else _SMOOTH[name]
     raise ValueError(unknown("activation", str(spec), NAMES,
                              "(leaky_relu:SLOPE with 0 <= SLOPE < 1, monomial:K with K >= 1)"))

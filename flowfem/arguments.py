@@ -161,14 +161,15 @@ def seed(value) -> int:
     return at_least("seed", value, 0)
 
 
-def at_least(name: str, value, minimum: int, each: bool = False) -> int:
+def at_least(name: str, value, minimum: int, each: bool = False, meaning: str = "") -> int:
     """``value`` as an int if it is an integer (as :func:`integer` takes it) >= ``minimum``; else ValueError
-    "NAME must be an integer >= MINIMUM, got VALUE" ("must be integers" when ``each`` value of a list is
-    checked, :func:`integers`)."""
+    "NAME must be an integer >= MINIMUM (MEANING), got VALUE" ("must be integers" when ``each`` value of a
+    list is checked, :func:`integers`; the parenthesis when ``meaning`` says what the number counts)."""
     what = "integers" if each else "an integer"
-    value = integer(name, value, f">= {minimum}")
+    requirement = f">= {minimum}" + (f" ({meaning})" if meaning else "")
+    value = integer(name, value, requirement)
     if value < minimum:
-        raise ValueError(f"{named(name)} must be {what} >= {minimum}, got {value}")
+        raise ValueError(f"{named(name)} must be {what} {requirement}, got {value}")
     return value
 
 

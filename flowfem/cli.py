@@ -270,6 +270,8 @@ def cmd_solve(args, comm) -> None:
     if test.outputs == 1:  # (m outputs and a classification loss: the fit refuses the training targets first)
         # test rows are scored after the fit: targets the loss cannot score (softmax: labels of no training
         # class) are refused before it
+        if not problem.loss.multiclass:  # the training rows first: a file of wrong labels is named as such
+            problem.loss.check_labels(y, "training targets y", comm if args.sharded else None)
         problem.loss.check_labels(test.y, "test targets y", comm if args.sharded else None,
                                   classes=np.unique(y) if problem.loss.multiclass else None)
     auto = args.alpha == "auto"
@@ -378,6 +380,7 @@ def cmd_flow(args, comm) -> None:
     _record_chart_radius(args, space)
     problem = Problem(space, args.activation, args.weight, args.alpha, args.kappa, args.degree, loss=args.loss)
     if test.outputs == 1:  # m outputs and a classification loss: the functional refuses the training targets
+        problem.loss.check_labels(train.y, "training targets y")  # the training rows first
         problem.loss.check_labels(test.y, "test targets y")  # scored after the flow: refused before it
     E = problem.functional(train.x, train.y)
     flow = driver.Flow(E, args.metric, args.scheme, args.solver, args.rtol, ts_rtol=args.ts_rtol,
@@ -960,7 +963,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--loss", default="squared", choices=["squared", "logistic", "softmax"],
                    help="squared: one linear solve; logistic (labels -1/+1): Newton (SNES) whose steps use the "
                         "same linear solver, stopping at ||dE|| <= rtol ||dE(0)|| (default: %(default)s); softmax "
-                        "(C classes, any C distinct labels; cg only, numeric alpha): one density per class, "
+                        "(C classes, any C distinct labels; --solver cg only): one density per class, "
                         "cross-entropy minimised by Newton with CG; metrics.json gets accuracy, mean "
                         "cross-entropy and the confusion matrix")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",

@@ -32,13 +32,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
 from mpi4py import MPI
 
 from flowfem import data, progress, shards
-from flowfem.arguments import integer
+from flowfem.arguments import at_least
 from flowfem.files import check_readable, check_writable, replacing
 
 FORMATS = (".npy", ".npz", ".h5", ".hdf5")
@@ -210,9 +211,8 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, chunk: int = C
     left behind then.
     """
     source, target = os.fspath(source), os.fspath(target)
-    chunk = integer("chunk", chunk, ">= 1 (rows read at a time)")
-    if chunk < 1:
-        raise ValueError(f"chunk = {chunk} rows: give at least 1")
+    # more rows than any file holds read it whole: islice and NumPy take at most sys.maxsize
+    chunk = min(at_least("chunk", chunk, 1), sys.maxsize)
     ext = _format(target)
     check_writable(target, "output data file", force, (source,))
     csv = source.lower().endswith(".csv")

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowfem import arguments, memory
-from flowfem.arguments import integer
+from flowfem.arguments import at_least
 from flowfem.files import check_readable, read_npz, replacing
 
 SYNTHETIC = ("sin", "step", "two_moons")
@@ -114,7 +114,7 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
                          f"{input_dim} input column(s), {names} in a data file")
     if not np.all(np.isfinite(x)):
         bad = int(np.argwhere(~np.isfinite(x))[0, 0])
-        raise ValueError(f"{what}: inputs x contain NaN or inf (first at row {bad}); remove or fill those rows")
+        raise ValueError(f"{what}: inputs x contain NaN or inf (first at row {bad}, counting rows from 0); remove or fill those rows")
     if y is None:
         return x, None
     shape = np.shape(y)
@@ -133,7 +133,7 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
                          + ("one output: give one target column y" if outputs == 1 else f"{outputs}"))
     if not np.all(np.isfinite(y)):
         bad = int(np.argwhere(~np.isfinite(y))[0, 0])
-        raise ValueError(f"{what}: targets y contain NaN or inf (first at row {bad}); remove or fill those rows")
+        raise ValueError(f"{what}: targets y contain NaN or inf (first at row {bad}, counting rows from 0); remove or fill those rows")
     return x, y
 
 
@@ -275,9 +275,7 @@ def load(path: str | os.PathLike, require_y: bool = True) -> Dataset:
 
 def synthetic(name: str, n: int = 200, seed: int = 0, noise: float | None = None) -> Dataset:
     """A seeded synthetic data set (see the module docstring)."""
-    n = integer("n", n, ">= 1 (the number of points)")
-    if n < 1:
-        raise ValueError(f"synthetic data: n = {n} must be at least 1")
+    n = at_least("n", n, 1, meaning="the number of points")
     # x, y, labels, angles, noise and the temporaries of making them: about 12 doubles a point (d <= 2)
     memory.require(96.0 * n, f"a synthetic data set of n = {n} points", "use fewer points")
     rng = np.random.default_rng(arguments.seed(seed))

@@ -55,7 +55,7 @@ from petsc4py import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem import memory  # noqa: E402
-from flowfem.arguments import integer, named, number  # noqa: E402
+from flowfem.arguments import integer, named, number, spell  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.io import function  # noqa: E402
@@ -303,8 +303,8 @@ class Problem:
             raise ValueError(f"{', '.join(given)} apply only to alpha='auto' (a regularisation path); "
                              f"this problem's alpha is {self.alpha:g}")
         if solver != "cg":
-            raise ValueError(f"solver {solver!r}: the softmax Newton solves its C-class system by CG only; use "
-                             "solver='cg'")
+            raise ValueError(f"{named('solver')} {solver}: the softmax Newton solves its C-class system by CG only; "
+                             f"use {spell('solver', repr('cg'))}")
         x, _ = self._inputs(x, None, "the data")
         labels = training_labels(labels, x.shape[0])  # numbers or strings: not data.check's float cast
         if self.alpha == "auto":

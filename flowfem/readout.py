@@ -77,7 +77,7 @@ import dolfinx.fem  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem import arguments, memory  # noqa: E402
-from flowfem.arguments import integer, number, spell, unknown  # noqa: E402
+from flowfem.arguments import at_least, named, number, spell, unknown  # noqa: E402
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.network import Network  # noqa: E402
 from flowfem.operator.features import evaluate  # noqa: E402
@@ -129,13 +129,8 @@ def reference_rule(cell: str, degree: int, subdivisions: int = 1) -> tuple[np.nd
 
 def _check_rule(degree, subdivisions) -> tuple[int, int]:
     """(degree, subdivisions) as ints; ValueError unless degree >= 0 and subdivisions >= 1 are integers."""
-    degree = integer("degree", degree, ">= 0 (the quadrature degree; 1 = midpoint rule)")
-    if degree < 0:
-        raise ValueError(f"quadrature degree {degree} must be a non-negative integer (1 = midpoint rule)")
-    subdivisions = integer("subdivisions", subdivisions, ">= 1")
-    if subdivisions < 1:
-        raise ValueError(f"subdivisions = {subdivisions} must be a positive integer")
-    return degree, subdivisions
+    return (at_least("degree", degree, 0, meaning="the quadrature degree; 1 = midpoint rule"),
+            at_least("subdivisions", subdivisions, 1))
 
 
 def rule_size(tdim: int, degree: int, subdivisions: int = 1) -> int:
@@ -264,9 +259,7 @@ def sample_neurons(base: Neurons, width: int, seed: int = 0) -> Neurons:
     sum_k |g_qk| / sum |g| and a_ik = g_qk / (N p_q). Same seed and same base: same neurons on
     every rank.
     """
-    width = integer("width", width, ">= 1 (the number of neurons to draw)")
-    if width < 1:
-        raise ValueError(f"width = {width} must be a positive integer (the number of neurons to draw)")
+    width = at_least("width", width, 1, meaning="the number of neurons to draw")
     gdim = base.theta.shape[1]  # the drawn indices, their points, weights and values, and the network
     memory.require(8.0 * (2 * gdim + 8) * width, f"a sample of width {width}",
                    f"use a smaller {spell('width', 'N')}")
@@ -302,7 +295,7 @@ def refit(neurons: Neurons, x: np.ndarray, y: np.ndarray, alpha: float,
     x, y = _data.check(x, y, neurons.theta.shape[1] - 1, what="refit data")
     alpha = number("alpha", alpha, ">= 0")
     if not (np.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"refit alpha = {alpha} must be >= 0 (0: plain least squares)")
+        raise ValueError(f"{named('alpha')} = {alpha} must be >= 0 for a refit (0: plain least squares)")
     n, N = x.shape[0], neurons.width
     if n * N > REFIT_LIMIT:
         raise ValueError(

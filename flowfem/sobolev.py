@@ -38,7 +38,7 @@ import dolfinx.fem  # noqa: E402
 import dolfinx.fem.petsc  # noqa: E402
 import ufl  # noqa: E402
 
-from flowfem.arguments import integer, number, unknown  # noqa: E402
+from flowfem.arguments import integer, named, number, unknown  # noqa: E402
 from flowfem.space import Space  # noqa: E402
 
 
@@ -62,9 +62,10 @@ class Weight:
             return spec
         kind, _, arg = str(spec).strip().lower().partition(":")
         try:
-            return cls(kind, float(arg) if arg else 1.0)
-        except ValueError as e:
-            raise ValueError(f"weight {spec!r}: {e}") from None
+            scale = float(arg) if arg else 1.0
+        except ValueError:
+            raise ValueError(f"weight {spec!r}: the scale after ':' must be a number, e.g. gaussian:0.5") from None
+        return cls(kind, scale)
 
     def ufl(self, theta):
         """omega as a UFL expression of the coordinates theta."""
@@ -82,9 +83,9 @@ class WeightedH1:
     def __init__(self, space: Space, weight: Weight | str = "uniform", kappa: float = 1.0, degree: int = 1):
         kappa = number("kappa", kappa, "> 0")
         if not (np.isfinite(kappa) and kappa > 0):
-            raise ValueError(f"kappa = {kappa} must be positive (it sets how smooth the density is)")
+            raise ValueError(f"{named('kappa')} = {kappa} must be positive (it sets how smooth the density is)")
         if integer("degree", degree, "1, 2 or 3 (the Lagrange degree of the density)") not in (1, 2, 3):
-            raise ValueError(f"element degree {degree}: choose 1, 2 or 3")
+            raise ValueError(f"{named('degree')} {degree}: the Lagrange degree of the density is 1, 2 or 3")
         self.space = space
         self.weight = Weight.parse(weight)
         self.kappa = float(kappa)

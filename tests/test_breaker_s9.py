@@ -299,3 +299,88 @@ def test_readout_refuses_alpha_of_a_rule_that_fits_no_weights(tmp_path, capsys, 
         f"flowfem: error: --alpha {float(alpha):g} is the regularisation of --rule refit; --rule {rule} fits no "
         "weights: drop --alpha")
     assert not out.exists()
+
+
+# -- from the newcomer's run and the checks in modules the breaker did not own ----------------------------------
+@pytest.mark.parametrize("extra,said", [
+    (["--kappa", "0"], "--kappa = 0.0 must be positive (it sets how smooth the density is)"),
+    (["--degree", "4"], "--degree 4: the Lagrange degree of the density is 1, 2 or 3"),
+    (["--n", "0"], "--n must be an integer >= 1 (the number of points), got 0"),
+    (["--activation", "leaky_relu:1.5"], "activation 'leaky_relu:1.5': the slope of leaky_relu:SLOPE must be a "
+                                          "number with 0 <= SLOPE < 1, e.g. leaky_relu:0.1"),
+    (["--activation", "monomial:0"], "activation 'monomial:0': the power of monomial:K must be an integer K >= 1, "
+                                     "e.g. monomial:2"),
+    (["--activation", "relu:1"], "activation 'relu:1': relu takes no ':' argument; write relu"),
+    (["--weight", "gaussian:x"], "weight 'gaussian:x': the scale after ':' must be a number, e.g. gaussian:0.5"),
+])
+def test_solve_refusals_name_the_option_not_the_api_argument(tmp_path, capsys, extra, said):
+    """Before: 'kappa = 0.0 must be positive', 'element degree 4: choose 1, 2 or 3', 'synthetic data: n = 0 must
+    be at least 1', 'unknown activation 'leaky_relu:1.5': did you mean 'leaky_relu'?' (the name was right, the
+    slope wrong), 'weight 'gaussian:x': could not convert ...'."""
+    out = tmp_path / "out"
+    base = [*FIT]
+    for option, value in zip(extra[::2], extra[1::2]):
+        if option in base:
+            base[base.index(option) + 1] = value
+        else:
+            base += [option, value]
+    assert cli.main(["solve", *base, "--out", str(out)]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"flowfem: error: {said}"
+    assert not out.exists()
+
+
+def test_softmax_with_the_direct_solver_is_refused_in_option_words(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["solve", "--data", "iris2", "--loss", "softmax", "--solver", "direct", "--mesh-size", "4",
+                     "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.endswith("by CG only; use --solver cg") and "solver='cg'" not in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,said", [
+    (["--rule", "sample", "--width", "0"], "--width must be an integer >= 1 (the number of neurons to draw), got 0"),
+    (["--subdivisions", "0"], "--subdivisions must be an integer >= 1, got 0"),
+    (["--degree", "-1"], "--degree must be an integer >= 0 (the quadrature degree; 1 = midpoint rule), got -1"),
+    (["--rule", "refit", "--data", "sin", "--n", "40", "--alpha", "-1"],
+     "--alpha = -1.0 must be >= 0 for a refit (0: plain least squares)"),
+])
+def test_readout_refusals_name_the_option(tmp_path, capsys, density, extra, said):
+    out = tmp_path / "net.npz"
+    assert cli.main(["readout", "--density", str(density), *extra, "--out", str(out)]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"flowfem: error: {said}"
+    assert not out.exists()
+
+
+def test_activation_names_and_tolerance_names_in_the_api():
+    """The API keeps its own words: the argument that gave a tolerance (step_rtol, not rtol), and the
+    valid activations still parse."""
+    from flowfem.activations import activation
+    from flowfem.stationary import check_tolerances
+
+    assert [activation(s).name for s in ("relu", "leaky_relu", "leaky_relu:0.1", "monomial:3", "TANH")] == \
+        ["relu", "leaky_relu:0.01", "leaky_relu:0.1", "monomial:3", "tanh"]
+    for spec in ("leaky_relu:nan", "leaky_relu:-0.1", "leaky_relu:abc", "monomial:2.5", "monomial:", "tanh:1"):
+        with pytest.raises(ValueError, match=re.escape(f"activation '{spec}': ")):
+            activation(spec)
+    with pytest.raises(ValueError, match=r"^step_rtol = 2.0: the relative residual .* 0 < step_rtol < 1$"):
+        check_tolerances(2, name="step_rtol")
+    with command_line():
+        with pytest.raises(ValueError, match=r"^--step-rtol = 0: no solve .* 0 < --step-rtol < 1$"):
+            check_tolerances(0, name="step_rtol")
+
+
+@pytest.mark.parametrize("command", ["solve", "flow"])
+def test_wrong_labels_in_the_data_file_are_named_as_training_labels(tmp_path, capsys, command):
+    """A file of 0/1 labels fitted with the logistic loss was refused as '20 of the 20 test targets y are
+    neither -1 nor +1': the test rows were checked first, though every row of the file was wrong."""
+    from flowfem import data
+
+    x = np.linspace(-1, 1, 100)[:, None]
+    data.save(data.Dataset(x, (x[:, 0] > 0).astype(float)), tmp_path / "d01.npy")
+    out = tmp_path / "out"
+    argv = [command, "--data", str(tmp_path / "d01.npy"), "--loss", "logistic", "--mesh-size", "4", "--quiet"]
+    assert cli.main([*argv, *(["--max-steps", "2"] if command == "flow" else []), "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "of the 80 training targets y are neither -1 nor +1" in line, line
+    assert not out.exists()

@@ -110,7 +110,7 @@ def bad_sources(tmp_path) -> dict:
     good = np.random.default_rng(2).standard_normal((40, 2))
     cases = {}
     for name, last, message in (
-            ("nan.csv", "0.5,nan", "targets y contain NaN or inf (first at row 40)"),
+            ("nan.csv", "0.5,nan", "targets y contain NaN or inf (first at row 40, counting rows from 0)"),
             ("letters.csv", "0.5,abc",
              "line 42 is not numbers (could not convert string 'abc' to float64 in column 2)"),
             ("columns.csv", "0.5,1,2", "line 42 has 3 columns, the header names 2"),
@@ -162,7 +162,7 @@ def test_an_existing_target_needs_force_and_the_source_is_never_replaced(tmp_pat
         convert.convert("copy.npy", "copy.npy", force=True)
     with pytest.raises(ValueError, match=r"name it \.npy \(recommended"):
         convert.convert(source, tmp_path / "out.csv")
-    with pytest.raises(ValueError, match="chunk = 0 rows: give at least 1"):
+    with pytest.raises(ValueError, match="chunk must be an integer >= 1, got 0"):
         convert.convert(source, tmp_path / "other.npy", chunk=0)
 
 

@@ -99,7 +99,7 @@ def test_bad_files_are_refused_in_one_line(tmp_path):
         "ragged.csv": ("x1,y\n0.1,0.2,0.3\n", "rows have 3 columns, the header names 2"),
         "rowless.csv": ("x1,y\n", "has a header but no rows"),
         "empty.csv": ("", "is empty"),
-        "nan.csv": ("x1,y\n0.1,nan\n", "targets y contain NaN or inf (first at row 0)"),
+        "nan.csv": ("x1,y\n0.1,nan\n", "targets y contain NaN or inf (first at row 0, counting rows from 0)"),
         "data.txt": ("x1,y\n0.1,0.2\n", "use a .csv or .npz file"),
     }
     for name, (text, message) in cases.items():

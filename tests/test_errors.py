@@ -531,7 +531,7 @@ def test_failing_commands_leave_no_file(tmp_path, solved):
          "is a file, not a directory"),
         (["readout", "--density", solved / "dens", "--out", tmp_path / "adir"], "it is a directory"),
         (["readout", "--density", solved / "dens", "--rule", "sample", "--width", "0", "--out", tmp_path / "n.npz"],
-         "width = 0 must be a positive integer"),
+         "--width must be an integer >= 1 (the number of neurons to draw), got 0"),
         (["landscape", "--network", net, "--data", "sin", "--neuron", "100000", "--json", tmp_path / "r.json"],
          "--neuron 100000 is out of range"),
         (["landscape", "--network", net, "--data", "sin", "--json", tmp_path / "adir"], "it is a directory"),

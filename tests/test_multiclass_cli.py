@@ -80,7 +80,7 @@ def test_one_and_two_ranks_agree(tmp_path):
 @pytest.mark.parametrize("args,message", [
     ([], "--data iris2 holds class labels (classification (3 classes)): as squared targets they are meaningless; "
          "add --loss softmax"),
-    (["--loss", "softmax", "--solver", "direct"], "by CG only; use solver='cg'"),
+    (["--loss", "softmax", "--solver", "direct"], "by CG only; use --solver cg"),
 ])
 def test_refused_in_one_line(tmp_path, args, message):
     r = run([FLOWFEM, "solve", "--data", "iris2", "--mesh-size", "4", *args, "--out", str(tmp_path / "out")])

@@ -241,7 +241,7 @@ def _write_bad_files(directory: str, x, y) -> dict:
     bad = rec.copy()
     bad["y"][-1] = np.nan  # only the last rank holds it
     np.save(at("nan.npy"), bad)
-    cases["nan.npy"] = f"targets y contain NaN or inf \\(first at row {len(x) - 1}\\)"
+    cases["nan.npy"] = f"targets y contain NaN or inf \\(first at row {len(x) - 1}, counting rows from 0\\)"
     np.save(at("truncated.npy"), rec)
     with open(at("truncated.npy"), "r+b") as f:
         f.truncate(os.path.getsize(at("truncated.npy")) - 8)
@@ -260,7 +260,7 @@ def _write_bad_files(directory: str, x, y) -> dict:
     xbad = x.copy()
     xbad[1, 0] = np.inf
     np.savez(at("inf.npz"), x=xbad, y=y)
-    cases["inf.npz"] = "inputs x contain NaN or inf \\(first at row 1\\)"
+    cases["inf.npz"] = "inputs x contain NaN or inf \\(first at row 1, counting rows from 0\\)"
     np.savez(at("cut.npz"), x=x, y=y)
     with open(at("cut.npz"), "r+b") as f:
         f.truncate(os.path.getsize(at("cut.npz")) // 2)
@@ -363,7 +363,7 @@ def test_a_bad_file_ends_every_rank_of_a_script_without_a_hang(tmp_path):
     np.save(tmp_path / "nan.npy", rec)
     with zipfile.ZipFile(tmp_path / "dir.npz", "w") as z:
         z.writestr("x/", "")
-    for name, line in (("nan.npy", "inputs x contain NaN or inf (first at row 10)"),
+    for name, line in (("nan.npy", "inputs x contain NaN or inf (first at row 10, counting rows from 0)"),
                        ("dir.npz", "member 'x/' is not a .npy array")):
         r = run([sys.executable, str(script), str(tmp_path / name)], ranks=2, timeout=120,
                 env=dict(os.environ, PYTHONPATH=ROOT))
