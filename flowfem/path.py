@@ -7,14 +7,14 @@ the Euler-Lagrange equation of E_alpha on the training part of the data,
     logistic loss:  dE_alpha_i(U_i) = 0 by Newton,
     softmax loss:   dE_alpha_i(U_i1, ..., U_iC) = 0 by Newton (:func:`softmax_path`),
 
-each solve warm-started from U_{i-1} (a Newton solve stopping at
-||dE_alpha(U)|| <= max(rtol ||dE_alpha(U_{i-1})||, min(floor, rtol ||dE_alpha(0)||)), floor the
-size of the rounding in dE_alpha at U_{i-1} (:class:`flowfem.stationary.RoundingFloor`): below the
-floor Newton stagnates, and the stop a cold solve has, rtol ||dE_alpha(0)||, left the warm solutions
-far less accurate than the cold ones, whose last quadratic step lands far below it (two_moons,
-n = 150 and 300, logistic: validation scores 1e-3 to 3e-2 relative from the exact minimiser's at
-alpha 1e-8 ... 1e-10, now below 1e-9 with 6 Newton steps per solve; softmax, three classes: 3e-3
-now 3e-5, the floor being loose there) and all of them with ONE linear solver
+each solve warm-started from U_{i-1} and stopping at ||dE_alpha(U)|| <= max(rtol ||dE_alpha(U_{i-1})||,
+min(floor, rtol ||dE_alpha(0)||)) (squared loss: dE_alpha(U) = K U - b), floor the size of the rounding
+in dE_alpha at U_{i-1} (:class:`flowfem.stationary.RoundingFloor`): below it the solve stagnates, and
+the stop of a cold solve, rtol ||dE_alpha(0)||, left the warm solutions far less accurate than the cold
+ones (two_moons, n = 150 and 300, logistic: validation scores 1e-3 to 3e-2 relative from the exact
+minimiser's at alpha 1e-8 ... 1e-10, now below 1e-9 with 6 Newton steps per solve; softmax, three
+classes: 3e-3 now 3e-5, the floor being loose there; sin, squared: at 1e-11 CG took no step from the
+1e-10 solution and scored it, 1.94e-6, where the minimiser scores 1.53e-6), all with ONE linear solver
 (:class:`flowfem.stationary.LinearSolver`, :meth:`set_alpha` between them):
 the multigrid and the Nystrom basis of the data term (:mod:`flowfem.nystrom`)
 are built once and only extended as alpha falls. The training rows are
@@ -74,7 +74,7 @@ from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 from flowfem import arguments  # noqa: E402
 from flowfem import progress as progress_  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
-from flowfem.stationary import LinearSolver, NewtonSolver  # noqa: E402
+from flowfem.stationary import LinearSolver, NewtonSolver, RoundingFloor  # noqa: E402
 
 GRID = tuple(10.0 ** -k for k in range(2, 11))  # 1e-2 ... 1e-10: one value per decade (module docstring)
 VALIDATION = 0.2  # default fraction of the rows held out
@@ -297,6 +297,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
     if quadratic:
         lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged,
                            progress=False, preconditioner=preconditioner)
+        floor = RoundingFloor(E.H, E.Phi)
     else:
         ns = NewtonSolver(E, solver, rtol, linear_rtol=rtol, petsc_options=petsc_options,
                           allow_unconverged=allow_unconverged, preconditioner=preconditioner)
@@ -321,7 +322,9 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                     lin.set_alpha(a)
                     t = time.perf_counter()
                     if quadratic:
-                        its, steps = sum(lin.solve(b, V, guess=True).iterations for b, V in zip(bs, Us)), 0
+                        its = sum(_warm_solve(lin, floor, Ek, b, V, rtol).iterations
+                                  for Ek, b, V in zip(outputs, bs, Us))
+                        steps = 0
                     else:
                         info = ns.solve(U, atol=min(ns.rounding_floor(U), rtol * g0))  # the module docstring's stop
                         its, steps = int(sum(info.linear_iterations)), info.iterations
@@ -356,7 +359,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                 infos = []
                 for Ek, V in zip(outputs, Us):
                     b = Ek.rhs()
-                    infos.append(lin.solve(b, V, guess=True))
+                    infos.append(_warm_solve(lin, floor, Ek, b, V, rtol))
                     b.destroy()
                 info = infos[0] if len(Us) == 1 else infos
                 refit_its = sum(i.iterations for i in infos)
@@ -366,7 +369,8 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
                 refit_its = int(sum(info.linear_iterations))
             t2 = time.perf_counter()
     finally:
-        (lin if quadratic else ns).destroy()
+        for obj in (lin, floor) if quadratic else (ns,):
+            obj.destroy()
         for row in start:
             for S in row:
                 S.destroy()
@@ -379,6 +383,13 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
     full.alpha = path.alpha
     return Result.of(problem, full, U if len(Us) == 1 else Us, info, setup, float(np.sum(path.seconds)) + (t2 - t1),
                      path, "the refit")
+
+
+def _warm_solve(lin: LinearSolver, floor: RoundingFloor, E, b, V, rtol: float):
+    """K V = b by ``lin`` from the warm start V, to ||b - K V|| <= max(rtol ||b - K V_start||, min(floor(V_start),
+    rtol ||b||)): the module docstring's stop (E the output's functional: dE(V) = K V - b). Collective."""
+    stop = max(rtol * _gradient_norm(E, V), min(floor.of(E, V), rtol * b.norm()))
+    return lin.solve(b, V, guess=True, stop=stop)
 
 
 def _gradient_norm(E, X) -> float:

@@ -388,7 +388,7 @@ class SoftmaxNewton:
         if pc not in PCS:
             raise ValueError(unknown("softmax Newton preconditioner", pc, PCS))
         self.rtol, self.atol = check_tolerances(rtol, atol)
-        linear_rtol, _ = check_tolerances(linear_rtol)
+        linear_rtol, _ = check_tolerances(linear_rtol, name="linear_rtol")
         opts = petsc_options_.parse(petsc_options)
         snes_opts = {k: v for k, v in opts.items() if k.startswith(("snes_", "ksp_"))}
         lin_opts = {k: v for k, v in opts.items() if k not in snes_opts}

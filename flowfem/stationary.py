@@ -70,7 +70,7 @@ from petsc4py import PETSc  # noqa: E402
 from flowfem import memory  # noqa: E402
 from flowfem import progress as progress_  # noqa: E402
 from flowfem import petsc_options as petsc_options_  # noqa: E402
-from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
+from flowfem.arguments import named, number, petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.nystrom import BUDGET, NystromPreconditioner  # noqa: E402
 from flowfem.operator.features.weights import frozen  # noqa: E402
@@ -106,18 +106,20 @@ class SolveInfo:
         return f"{solver} ({self.preconditioner} preconditioner)" if self.preconditioner else solver
 
 
-def check_tolerances(rtol, atol=0.0) -> tuple[float, float]:
+def check_tolerances(rtol, atol=0.0, name: str = "rtol") -> tuple[float, float]:
     """(rtol, atol) as floats; ValueError unless 0 <= rtol < 1 and atol >= 0 are finite and one of
     them is positive (a solve stops at ||residual|| <= max(rtol ||B||, atol): with both zero it
-    never could)."""
-    rtol = number("rtol", rtol, "with 0 < rtol < 1")
+    never could). ``name``: the argument that gave rtol (step_rtol, newton_rtol, ...), for the message."""
+    rtol = number(name, rtol, f"with 0 < {named(name)} < 1")
     atol = number("atol", atol, ">= 0")
     if not (0 <= rtol < 1):
-        raise ValueError(f"rtol = {rtol}: the relative residual a solve must reach is a number with 0 < rtol < 1")
+        raise ValueError(f"{named(name)} = {rtol}: the relative residual a solve must reach is a number with "
+                         f"0 < {named(name)} < 1")
     if not (np.isfinite(atol) and atol >= 0):
         raise ValueError(f"atol = {atol}: the absolute residual a solve must reach is a finite number >= 0")
     if rtol == 0 and atol == 0:
-        raise ValueError("rtol = 0: no solve reaches a residual of exactly 0; give a tolerance with 0 < rtol < 1")
+        raise ValueError(f"{named(name)} = 0: no solve reaches a residual of exactly 0; give a tolerance with "
+                         f"0 < {named(name)} < 1")
     return rtol, atol
 
 
@@ -199,6 +201,35 @@ class RoundingFloor:
         self.A.mult(Ua, out)
         out.scale(alpha)
         return out
+
+    def of(self, E, U: PETSc.Vec, shift: float = 0.0, G: PETSc.Mat | None = None, anchor: PETSc.Vec | None = None,
+           g: PETSc.Vec | None = None) -> float:
+        """floor(U) for the Functional E (its loss, rows and alpha), with a time step's shift s, metric G and
+        previous state U_0 = ``anchor``, and a force ``g`` where given. Collective."""
+        w = self.work
+        Ua = U.copy()
+        Ua.abs()
+        f = E.Phi.apply(U)
+        rows = E.row_weights  # (flowfem.path.RowWeighted's c_j, which D holds already)
+        r = np.abs(rows * E.loss.d1(f, E.y)) + E.loss.d2(f, E.y) * rows * self.predictions(Ua)
+        size = self.adjoint(r / E.n, E.vector())
+        size.axpy(1.0, self.regulariser(E.alpha, Ua, w))
+        if shift:
+            M = self.metric(G)
+            M.mult(Ua, w)
+            size.axpy(shift, w)
+            anchor.copy(Ua)
+            Ua.abs()
+            M.mult(Ua, w)
+            size.axpy(shift, w)
+        if g is not None:
+            g.copy(Ua)
+            Ua.abs()
+            size.axpy(1.0, Ua)
+        norm = size.norm()
+        Ua.destroy()
+        size.destroy()
+        return ROUNDING_FACTOR * np.finfo(float).eps * norm
 
     def metric(self, G: PETSc.Mat) -> PETSc.Mat:
         """|G| (rebuilt when G is another matrix than the last one asked for)."""
@@ -494,7 +525,8 @@ class LinearSolver:
             if self.nystrom is not None:
                 self.nystrom.extend(self.E.alpha)
 
-    def solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool = True, guess: bool = False) -> SolveInfo:
+    def solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool = True, guess: bool = False,
+              stop: float | None = None) -> SolveInfo:
         """X = K(D)^{-1} B; the info holds iterations and the true relative residual.
 
         ``guess``: X holds an initial guess (a warm start, e.g. the previous alpha's solution on a
@@ -503,6 +535,13 @@ class LinearSolver:
         With ``check`` (default) a true residual ||B - K X|| above max(rtol ||B||, atol)
         raises :class:`NotConverged` unless the solver allows unconverged results;
         Newton's inner solves pass ``check=False`` (Newton checks ||dE|| itself).
+
+        ``stop`` (cg): iterate, for this solve, until ||B - K X|| <= ``stop``, below max(rtol ||B||, atol)
+        (a warm start that already meets that would take no step: the regularisation path asks for rtol
+        times its start's residual, bounded below by the rounding floor, :class:`RoundingFloor`; CG's own
+        residual falls on below the rounding, so a stop under the floor costs iterations for nothing). A
+        solve whose true residual stalls above ``stop`` ends with its iterate, converged if within
+        max(rtol ||B||, atol).
         """
         if self._stale:
             self._setup()
@@ -510,14 +549,21 @@ class LinearSolver:
         with self.options.errors("a solve"):
             if self.nystrom is not None and self.nystrom.mg is not None:
                 self.nystrom.extend(self.E.alpha)  # a smaller alpha may need more of the basis
-            info = self._solve(B, X, check, guess)
+            tolerances = self.ksp.getTolerances()  # (rtol, atol, divtol, max_it)
+            if stop is not None and self.solver == "cg":  # for this solve only
+                self.ksp.setTolerances(0.0, float(stop), tolerances[2], tolerances[3])
+            try:
+                info = self._solve(B, X, check, guess, stop)
+            finally:
+                self.ksp.setTolerances(*tolerances)
         self.options.check_used()
         return info
 
-    def _solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool, guess: bool) -> SolveInfo:
+    def _solve(self, B: PETSc.Vec, X: PETSc.Vec, check: bool, guess: bool, stop: float | None = None) -> SolveInfo:
         history = []
         bnorm = B.norm()
-        target = max(self.rtol * bnorm, self.atol)
+        required = max(self.rtol * bnorm, self.atol)  # what converged means
+        target = required if stop is None or self.solver != "cg" else min(float(stop), required)  # where CG stops
         R = B.duplicate()
         if self.solver == "cg":
             self.ksp.setConvergenceHistory()
@@ -528,6 +574,7 @@ class LinearSolver:
             if monitored:
                 self.ksp.setMonitor(self._monitor(bar, bnorm, target))
             try:
+                previous = np.inf
                 for restart in range(1 + 3):
                     self.ksp.setInitialGuessNonzero(guess or restart > 0)  # a restart continues from X
                     self.ksp.solve(B, X)
@@ -535,9 +582,12 @@ class LinearSolver:
                     its += self.ksp.getIterationNumber()
                     reason = self.ksp.getConvergedReason()
                     rnorm = self._residual(B, X, R)  # the true residual, also the one reported
-                    if reason < 0 or rnorm <= target:
-                        break  # else CG's recursive residual drifted from the true one: restart
-                if not rnorm <= target and self.nystrom is not None and self.nystrom.rank:
+                    if reason < 0 or rnorm <= target or (stop is not None and not rnorm < 0.5 * previous):
+                        break  # else CG's recursive residual drifted from the true one: restart (unless stalled)
+                    previous = rnorm
+                if stop is not None and reason < 0 and rnorm <= required:
+                    reason = 1  # short of a stop below the required residual (rounding): converged all the same
+                if not rnorm <= required and self.nystrom is not None and self.nystrom.rank:
                     # a data term 1e20 times alpha A and more: the basis makes P^{-1} so ill-conditioned that
                     # CG's residual drifts; the multigrid alone (the gamg preconditioner) solves it, from 0: the
                     # failed iterate's error sits in those directions, where a restart from it stalled
@@ -588,7 +638,7 @@ class LinearSolver:
         self.iterations_total += its
         R.destroy()
         residual = rnorm / bnorm if bnorm > 0 else rnorm
-        converged = bool(np.isfinite(rnorm) and rnorm <= target)
+        converged = bool(np.isfinite(rnorm) and rnorm <= required)
         if check and not converged and not self.allow_unconverged:
             requested = max(self.rtol, self.atol / bnorm) if bnorm > 0 else self.atol
             raise NotConverged(
@@ -829,33 +879,9 @@ class NewtonSolver:
     def rounding_floor(self, U: PETSc.Vec) -> float:
         """The size of the rounding in F(U) (:class:`RoundingFloor`): below it ||F|| is rounding noise.
         Collective."""
-        E = self.E
         if self.floor is None:
-            self.floor = RoundingFloor(E.H, E.Phi)
-        fl, w = self.floor, self.floor.work
-        Ua = U.copy()
-        Ua.abs()
-        f = E.Phi.apply(U)
-        rows = E.row_weights  # (flowfem.path.RowWeighted's c_j, which D holds already)
-        r = np.abs(rows * E.loss.d1(f, E.y)) + E.loss.d2(f, E.y) * rows * fl.predictions(Ua)
-        size = fl.adjoint(r / E.n, E.vector())
-        size.axpy(1.0, fl.regulariser(E.alpha, Ua, w))
-        if self.shift:
-            G = fl.metric(self.G)
-            G.mult(Ua, w)
-            size.axpy(self.shift, w)
-            self.anchor.copy(Ua)
-            Ua.abs()
-            G.mult(Ua, w)
-            size.axpy(self.shift, w)
-        if self.g is not None:
-            self.g.copy(Ua)
-            Ua.abs()
-            size.axpy(1.0, Ua)
-        norm = size.norm()
-        Ua.destroy()
-        size.destroy()
-        return ROUNDING_FACTOR * np.finfo(float).eps * norm
+            self.floor = RoundingFloor(self.E.H, self.E.Phi)
+        return self.floor.of(self.E, U, self.shift, self.G, self.anchor, self.g)
 
     def _function(self, snes, X, F):
         self.residual(X, F)

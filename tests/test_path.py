@@ -206,3 +206,21 @@ def test_a_warm_start_already_at_rounding_level_is_converged_not_refused():
                                                                           alphas=[1e-8, 1e-9, 1e-10])
     assert r.info.converged and r.path.alpha == 1e-10
     assert np.all(r.path.newton > 0)
+
+
+def test_squared_warm_solves_reach_the_minimiser_where_the_warm_start_meets_the_cold_stop():
+    """At a small alpha the previous alpha's solution already has ||K U - b|| <= rtol ||b||, the stop of a
+    cold solve: CG took no step and the path scored the previous alpha's solution again (sin, n = 5000,
+    128^2, alpha 1e-11: 1.94e-6 where the minimiser scores 1.53e-6). The warm solves now stop at rtol
+    times their start's residual (down to the rounding floor), and score as the minimisers do: cold fits
+    on the path's split to rtol 1e-13."""
+    train = _sin(2000, seed=4)
+    space = Space.box(1, 64, 4.0)
+    alphas = [1e-8, 1e-9, 1e-10, 1e-11]
+    r = Problem(space, alpha="auto").fit(train.x, train.y, alphas=alphas, validation=0.25, seed=5)
+    perm = np.random.default_rng(5).permutation(train.n)
+    held, rows = np.sort(perm[:500]), np.sort(perm[500:])
+    exact = np.array([Problem(space, alpha=a).fit(train.x[rows], train.y[rows], rtol=1e-13)
+                      .rmse(train.x[held], train.y[held]) for a in alphas])
+    np.testing.assert_allclose(r.path.scores, exact, rtol=0.02)
+    assert np.all(np.diff(r.path.scores) < 0) and np.all(r.path.iterations[1:] > 0), (r.path.scores, exact)

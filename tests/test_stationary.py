@@ -129,3 +129,28 @@ def test_direct_solve_is_refined_to_its_tolerance(power):
     assert info.converged and info.residual <= 1e-12
     # U is ill-determined here (cond K ~ 1e12), but E_alpha(U) - E_alpha(U*) = |U - U*|_K^2 / 2 is not
     assert E(U_direct) == pytest.approx(E(U_cg), rel=1e-10)
+
+
+def test_a_warm_solve_with_a_stop_goes_below_the_cold_tolerance():
+    """LinearSolver.solve(stop=s): CG from the warm start iterates until ||b - K X|| <= s, below
+    rtol ||b|| (where a warm start that already met rtol ||b|| took no step); a stop below what rounding
+    allows ends converged (the residual within rtol ||b||), not refused; the KSP's own tolerances are back
+    afterwards."""
+    from flowfem.stationary import LinearSolver
+
+    train = data.synthetic("sin", 600, seed=1)
+    E = Problem(Space.box(1, 32, 4.0), "relu", alpha=1e-9).functional(train.x, train.y)
+    b = E.rhs()
+    lin = LinearSolver(E, rtol=1e-10)
+    X = E.vector()
+    cold = lin.solve(b, X)
+    tolerances = lin.ksp.getTolerances()
+    again = lin.solve(b, X, guess=True)  # the cold stop: met already
+    assert again.iterations == 0
+    stop = 1e-4 * cold.residual * b.norm()
+    warm = lin.solve(b, X, guess=True, stop=stop)
+    assert warm.converged and warm.iterations > 0 and warm.residual * b.norm() <= stop, (warm, stop)
+    below = lin.solve(b, X, guess=True, stop=1e-300)  # below the rounding: converged, not refused
+    assert below.converged and below.residual <= 1e-10, below
+    assert lin.ksp.getTolerances() == tolerances
+    lin.destroy()

@@ -320,9 +320,10 @@ class Flow:
         self.preconditioner = preconditioner
         self.G = metric_matrix(E.H, metric)  # validates the name
         self.metric = str(metric).upper()
-        self.solver, self.rtol, self.step_rtol = solver, check_tolerances(rtol)[0], check_tolerances(step_rtol)[0]
+        self.solver, self.rtol, self.step_rtol = solver, check_tolerances(rtol)[0], \
+            check_tolerances(step_rtol, name="step_rtol")[0]
         self.pc_shift_factor = pc_shift_factor
-        self.newton_rtol = check_tolerances(newton_rtol)[0]
+        self.newton_rtol = check_tolerances(newton_rtol, name="newton_rtol")[0]
         opts = {str(k).lstrip("-"): v for k, v in parse_options(petsc_options or {}).items()}
         for key in opts:
             if key.startswith("ts_"):
