@@ -114,7 +114,8 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
                          f"{input_dim} input column(s), {names} in a data file")
     if not np.all(np.isfinite(x)):
         bad = int(np.argwhere(~np.isfinite(x))[0, 0])
-        raise ValueError(f"{what}: inputs x contain NaN or inf (first at row {bad}, counting rows from 0); remove or fill those rows")
+        raise ValueError(f"{what}: inputs x contain NaN or inf (first at row {bad}, counting rows from 0); "
+                         "remove or fill those rows")
     if y is None:
         return x, None
     shape = np.shape(y)
@@ -133,7 +134,8 @@ def check(x, y=None, input_dim: int | None = None, what: str = "data",
                          + ("one output: give one target column y" if outputs == 1 else f"{outputs}"))
     if not np.all(np.isfinite(y)):
         bad = int(np.argwhere(~np.isfinite(y))[0, 0])
-        raise ValueError(f"{what}: targets y contain NaN or inf (first at row {bad}, counting rows from 0); remove or fill those rows")
+        raise ValueError(f"{what}: targets y contain NaN or inf (first at row {bad}, counting rows from 0); "
+                         "remove or fill those rows")
     return x, y
 
 

@@ -146,7 +146,8 @@ class Problem:
         if not (isinstance(alpha, str) and alpha == "auto"):
             alpha = number("alpha", alpha, "> 0")
             if not (np.isfinite(alpha) and alpha > 0):
-                raise ValueError(f"{named('alpha')} = {alpha} must be positive: it is the convexity constant of E_alpha")
+                raise ValueError(f"{named('alpha')} = {alpha} must be positive: it is the convexity constant of "
+                                 "E_alpha")
         degree = integer("degree", degree, "1, 2 or 3 (the Lagrange degree of the density)")
         if quadrature_degree is not None:
             quadrature_degree = integer("quadrature_degree", quadrature_degree, ">= 0 (None: twice the degree)")

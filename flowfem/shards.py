@@ -364,7 +364,8 @@ def check_finite(what: str, x: np.ndarray, y: np.ndarray | None, start: int) -> 
     for name, values in (("inputs x", x), ("targets y", y)):
         if values is not None and not np.all(np.isfinite(values)):
             bad = start + int(np.argwhere(~np.isfinite(values.reshape(values.shape[0], -1)))[0, 0])
-            raise ValueError(f"{what}: {name} contain NaN or inf (first at row {bad}, counting rows from 0); remove or fill those rows")
+            raise ValueError(f"{what}: {name} contain NaN or inf (first at row {bad}, counting rows from 0); "
+                             "remove or fill those rows")
 
 
 def _failure(what: str, e: Exception) -> str:

@@ -114,6 +114,17 @@ def shared_tmp(tmp_path):
     return MPI.COMM_WORLD.bcast(str(tmp_path), root=0)
 
 
+@pytest.fixture(scope="module")
+def small_net(tmp_path_factory):
+    """A relu network of width 4 on 1-D inputs, saved as net.npz (rank-local tmp: serial tests)."""
+    from flowfem.network import Network
+
+    path = tmp_path_factory.mktemp("net") / "net.npz"
+    rng = np.random.default_rng(2)
+    Network(rng.standard_normal((4, 1)), rng.standard_normal(4), rng.standard_normal(4), "relu").save(path)
+    return path
+
+
 @pytest.fixture
 def operator_count(monkeypatch):
     """A list that grows by one at every construction of the data operator Phi."""

@@ -233,14 +233,6 @@ def test_flow_refuses_a_raw_density_for_standardised_inputs_and_takes_its_own(tm
 
 
 # -- landscape --mu, mesh --d ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def small_net(tmp_path_factory):
-    path = tmp_path_factory.mktemp("net") / "net.npz"
-    rng = np.random.default_rng(2)
-    Network(rng.standard_normal((4, 1)), rng.standard_normal(4), rng.standard_normal(4), "relu").save(path)
-    return path
-
-
 @pytest.mark.parametrize("mu,said", [
     ("0,0", "--mu lists 0.0 twice: give each once, e.g. -1,0,0.5,1,2"),
     ("0.5,1,0.5", "--mu lists 0.5 twice: give each once, e.g. -1,0,0.5,1,2"),

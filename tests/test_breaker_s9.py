@@ -27,7 +27,6 @@ import pytest
 from conftest import BIN, one_error_line, run
 from flowfem import arguments, cli, plateau
 from flowfem.arguments import at_least, command_line, named, renamed, spell, tolerance
-from flowfem.network import Network
 from flowfem.space import Space, named_arrays
 
 FLOWFEM = os.path.join(BIN, "flowfem")
@@ -107,14 +106,6 @@ def test_compare_api_names_readouts_and_the_command_line_names_readout():
 
 
 # -- the command line ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def small_net(tmp_path_factory):
-    path = tmp_path_factory.mktemp("net") / "net.npz"
-    rng = np.random.default_rng(9)
-    Network(rng.standard_normal((4, 1)), rng.standard_normal(4), rng.standard_normal(4), "relu").save(path)
-    return path
-
-
 @pytest.mark.parametrize("args,said", [
     (["circle", "--size", "-4"], f"--size must be a whole number >= 3 ({CIRCLE}), got -4"),
     (["circle", "--size", "2"], f"--size must be a whole number >= 3 ({CIRCLE}), got 2"),
@@ -256,7 +247,8 @@ def test_flow_tau_max_refused_by_option_on_every_rank(tmp_path):
     (["landscape", "--network", "NET", "--data", "sin", "--json="], "--json is empty: give a file or directory (see "
                                                                     "flowfem landscape --help)"),
     (["convert", "data.csv", ""], "OUT is empty: give a file or directory (see flowfem convert --help)"),
-    (["flow", *FIT, "--resume=", "--out", "x"], "--resume is empty: give a file or directory (see flowfem flow --help)"),
+    (["flow", *FIT, "--resume=", "--out", "x"],
+     "--resume is empty: give a file or directory (see flowfem flow --help)"),
     (["flow", *FIT, "--checkpoint-dir=", "--out", "x"], "--checkpoint-dir is empty: give a file or directory (see "
                                                         "flowfem flow --help)"),
     (["flow", *FIT, "--test-data=", "--out", "x"], "--test-data is empty: give a data file or a named data set, "
