@@ -388,6 +388,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
 def _warm_solve(lin: LinearSolver, floor: RoundingFloor, E, b, V, rtol: float):
     """K V = b by ``lin`` from the warm start V, to ||b - K V|| <= max(rtol ||b - K V_start||, min(floor(V_start),
     rtol ||b||)): the module docstring's stop (E the output's functional: dE(V) = K V - b). Collective."""
+    E.alpha = lin.E.alpha  # an output's functional (m outputs) is a copy made at the grid's first alpha
     stop = max(rtol * _gradient_norm(E, V), min(floor.of(E, V), rtol * b.norm()))
     return lin.solve(b, V, guess=True, stop=stop)
 

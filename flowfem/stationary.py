@@ -549,9 +549,11 @@ class LinearSolver:
         with self.options.errors("a solve"):
             if self.nystrom is not None and self.nystrom.mg is not None:
                 self.nystrom.extend(self.E.alpha)  # a smaller alpha may need more of the basis
-            tolerances = self.ksp.getTolerances()  # (rtol, atol, divtol, max_it)
-            if stop is not None and self.solver == "cg":  # for this solve only
-                self.ksp.setTolerances(0.0, float(stop), tolerances[2], tolerances[3])
+            if stop is not None:
+                stop = number("stop", stop, ">= 0")
+                if not (np.isfinite(stop) and stop >= 0):
+                    raise ValueError(f"stop = {stop}: the residual a solve must reach is a finite number >= 0")
+            tolerances = self.ksp.getTolerances()  # (rtol, atol, divtol, max_it): _solve may set them for a stop
             try:
                 info = self._solve(B, X, check, guess, stop)
             finally:
@@ -566,6 +568,9 @@ class LinearSolver:
         target = required if stop is None or self.solver != "cg" else min(float(stop), required)  # where CG stops
         R = B.duplicate()
         if self.solver == "cg":
+            if stop is not None:  # for this solve only (solve restores them)
+                _, _, divtol, max_it = self.ksp.getTolerances()
+                self.ksp.setTolerances(0.0, target, divtol, max_it)
             self.ksp.setConvergenceHistory()
             its = 0
             # without progress (every solve inside a flow or Newton) not even a disabled bar is made

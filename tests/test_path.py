@@ -224,3 +224,23 @@ def test_squared_warm_solves_reach_the_minimiser_where_the_warm_start_meets_the_
                       .rmse(train.x[held], train.y[held]) for a in alphas])
     np.testing.assert_allclose(r.path.scores, exact, rtol=0.02)
     assert np.all(np.diff(r.path.scores) < 0) and np.all(r.path.iterations[1:] > 0), (r.path.scores, exact)
+
+
+def test_a_multi_output_path_equals_the_single_output_paths(monkeypatch):
+    """m outputs share the path's solver, but each output's functional is a copy made at the grid's first
+    alpha: the warm solves' stop was computed at alpha 1e-2 for every alpha, asked for up to twice rtol ||b||
+    and failed ('relative residual of 2.08e-10, above the requested 1.0e-10') on noisy sin data."""
+    from flowfem import path
+
+    d = data.synthetic("sin", 400, seed=0, noise=0.1)
+    space = Space.box(1, 32, 4.0)
+    seen, norm = [], path._gradient_norm
+    monkeypatch.setattr(path, "_gradient_norm", lambda E, X: seen.append(E.alpha) or norm(E, X))
+    two = Problem(space, "relu", alpha="auto").fit(d.x, np.column_stack([d.y, 2.0 * d.y]))
+    # each output's start residual at the alpha being solved (9 alphas x 2 outputs, then the refit's 2)
+    assert seen == [a for a in path.GRID for _ in range(2)] + [two.path.alpha] * 2, seen
+    one = Problem(space, "relu", alpha="auto").fit(d.x, d.y)
+    assert two.path.chosen == one.path.chosen
+    np.testing.assert_allclose(two.path.scores, np.sqrt(2.5) * one.path.scores, rtol=1e-6)
+    # 2 y is y scaled: its warm solves stop after the same CG iterations as y's, at the same alpha
+    np.testing.assert_array_equal(two.path.iterations, 2 * one.path.iterations)

@@ -154,3 +154,21 @@ def test_a_warm_solve_with_a_stop_goes_below_the_cold_tolerance():
     assert below.converged and below.residual <= 1e-10, below
     assert lin.ksp.getTolerances() == tolerances
     lin.destroy()
+
+
+@pytest.mark.parametrize("stop", [-5.0, float("nan"), float("inf"), "1e-3"])
+def test_a_bad_stop_is_refused_and_leaves_the_tolerances(stop):
+    from flowfem.stationary import LinearSolver
+
+    train = data.synthetic("sin", 200, seed=1)
+    E = Problem(Space.box(1, 16, 4.0), "relu", alpha=1e-4).functional(train.x, train.y)
+    b, X = E.rhs(), E.vector()
+    lin = LinearSolver(E, rtol=1e-10)
+    lin.solve(b, X)
+    tolerances = lin.ksp.getTolerances()
+    with pytest.raises(ValueError, match="stop"):
+        lin.solve(b, X, guess=True, stop=stop)
+    assert lin.ksp.getTolerances() == tolerances
+    above = lin.solve(b, X, stop=1e3 * 1e-10 * b.norm())  # a stop above rtol ||b||: the solve's own
+    assert above.converged and above.residual <= 1e-10
+    lin.destroy()
