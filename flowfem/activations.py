@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from flowfem.arguments import unknown
+from flowfem.arguments import parameterised, unknown
 
 Array = np.ndarray
 
@@ -119,16 +119,18 @@ _SMOOTH = {
 }
 
 NAMES = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "monomial:k")
+FORMS = {"leaky_relu": "leaky_relu:SLOPE with 0 <= SLOPE < 1, e.g. leaky_relu:0.1, or plain leaky_relu (slope 0.01)",
+         "monomial": "monomial:K with an integer K >= 1, e.g. monomial:2"}  # the names that take a parameter
 
 
 def activation(spec: str | Activation) -> Activation:
     """The activation named by ``spec`` (see the module docstring); ValueError names the valid choices."""
     if isinstance(spec, Activation):
         return spec
-    name, colon, arg = str(spec).strip().lower().partition(":")
+    name, arg = parameterised("activation", spec, FORMS)
     if name == "leaky_relu":
         try:
-            slope = float(arg) if arg else 0.01
+            slope = float(arg) if arg is not None else 0.01
         except ValueError:
             slope = None
         if slope is None or not 0.0 <= slope < 1.0:  # (NaN too)
@@ -138,14 +140,14 @@ def activation(spec: str | Activation) -> Activation:
     if name == "monomial":
         try:
             k = int(arg)
-        except ValueError:
+        except (TypeError, ValueError):  # (monomial without ':': no power)
             k = 0
         if k < 1:
             raise ValueError(f"activation {str(spec)!r}: the power of monomial:K must be an integer K >= 1, "
                              "e.g. monomial:2")
         return _monomial(k)
     if name == "relu" or name in _SMOOTH:
-        if colon:
+        if arg is not None:
             raise ValueError(f"activation {str(spec)!r}: {name} takes no ':' argument; write {name}")
         return _relu(0.0) if name == "relu" else _SMOOTH[name]
     raise ValueError(unknown("activation", str(spec), NAMES,

@@ -1,8 +1,8 @@
 """Arguments: the one check of scalar arguments, and the one way a message names an argument.
 
 Every public function checks the type of its scalar arguments with
-:func:`number` and :func:`integer` (:func:`positive` and :func:`seed` add the
-range) before using them, so that a string, None or a float where a count
+:func:`number` and :func:`integer` (:func:`positive`, :func:`bounded`,
+:func:`at_least` and :func:`seed` add the range) before using them, so that a string, None or a float where a count
 belongs is refused in flowfem's words,
 
     alpha must be a number > 0, got '1e-4' (str)
@@ -23,6 +23,9 @@ switches every message to the options' spelling. Where an option is not
 declares it once, ``command_line(readouts="--readout")``, and the API's own
 check names the option; an API function that passes its argument on under
 another name declares that with :func:`renamed` (``size`` is a box's ``n``).
+
+A name with a parameter (``leaky_relu:0.1``, ``gaussian:2``, ``bdf:3``) is split by :func:`parameterised`,
+which refuses a ':' with nothing after it.
 
 A name that is none of the choices (an activation, a domain, a loss, a
 scheme, a rule, a synthetic data set, ...) is refused with :func:`unknown`,
@@ -138,10 +141,18 @@ def number(name: str, value, requirement: str = "") -> float:
 def positive(name: str, value, strict: bool = True) -> float:
     """``value`` as a float if it is a finite number > 0 (``strict``) or >= 0; else ValueError
     "NAME must be a finite number > 0, got VALUE" (with the type if it is not a number)."""
-    bound = "> 0" if strict else ">= 0"
+    return bounded(name, value, 0, strict)
+
+
+def bounded(name: str, value, minimum: float, strict: bool = False, finite: bool = True, meaning: str = "") -> float:
+    """``value`` as a float if it is a number > ``minimum`` (``strict``) or >= ``minimum``, finite unless
+    ``finite`` is False (then inf passes: "no limit"; NaN never); else ValueError "NAME must be a finite
+    number >= MINIMUM (MEANING), got VALUE" (with the type if it is not a number; the parenthesis when
+    ``meaning`` says what the number is)."""
+    bound = f"{'>' if strict else '>='} {minimum:g}" + (f" ({meaning})" if meaning else "")
     value = number(name, value, bound)
-    if not (np.isfinite(value) and (value > 0 if strict else value >= 0)):
-        raise ValueError(f"{named(name)} must be a finite number {bound}, got {value!r}")
+    if not ((value > minimum if strict else value >= minimum) and (np.isfinite(value) or not finite)):
+        raise ValueError(f"{named(name)} must be a {'finite ' if finite else ''}number {bound}, got {value!r}")
     return value
 
 
@@ -198,6 +209,17 @@ def unknown(what: str, name, choices, hint: str = "") -> str:
     suggestion = f" did you mean {guess!r}?" if guess is not None else ""
     return (f"unknown {what} {name!r}:{suggestion} choose one of {', '.join(map(str, choices))}"
             + (f" {hint}" if hint else ""))
+
+
+def parameterised(what: str, spec, forms: dict[str, str]) -> tuple[str, str | None]:
+    """(NAME, PARAMETER) of a ``spec`` written NAME or NAME:PARAMETER (stripped, lower case; PARAMETER None
+    without ':'). ``forms`` maps each NAME that takes a parameter to how it is written; for one of them an
+    empty PARAMETER after ':' is ValueError "WHAT 'leaky_relu:': nothing follows ':'; write FORM" (it is a
+    cut-off value, not the default, which is written without ':'). Other names are the caller's to check."""
+    name, colon, parameter = str(spec).strip().lower().partition(":")
+    if colon and not parameter.strip() and name in forms:
+        raise ValueError(f"{what} {str(spec)!r}: nothing follows ':'; write {forms[name]}")
+    return name, parameter if colon else None
 
 
 def integers(name: str, values, minimum: int, example: str) -> list[int]:

@@ -570,8 +570,14 @@ def _positive_integer(text: str) -> int:
 _positive_number = _number_in(lambda v: np.isfinite(v) and v > 0, "a finite number > 0")
 _fraction = _number_in(lambda v: 0 < v < 1,
                        "a fraction with 0 < FRACTION < 1 (the part of the rows held out, e.g. 0.2)")
-_tolerance = _number_in(lambda v: 0 < v < 1, "a number with 0 < rtol < 1, e.g. 1e-10")
-_ts_tolerance = _number_in(lambda v: 0 < v < 1, "a number with 0 < rtol < 1, e.g. 1e-4")  # >= 1: asks nothing
+
+
+def _tolerance(option: str, example: str):
+    """An argparse type of the relative tolerance ``option`` (>= 1 asks nothing): 0 < v < 1, its message naming
+    the option as the API's (flowfem.arguments.tolerance) does, e.g. '2 must be a number with 0 < --ts-rtol < 1'."""
+    return _number_in(lambda v: 0 < v < 1, f"a number with 0 < {option} < 1, e.g. {example}")
+
+
 # which numbers a domain takes (whole cells >= 1 or >= 3, refinements >= 0, an element size > 0),
 # space.named_arrays checks, naming --size (main's command_line)
 _mesh_size = _number_in(lambda v: True, "a number")
@@ -809,14 +815,6 @@ def cmd_export(args, comm) -> None:
 
     def work():
         check_writable(out, "exported network file", args.force, (args.network,))  # before the work
-        given = os.path.splitext(out)[1].lower()
-        if given != suffix:  # a reader takes a file by its suffix: x.pt holding ONNX would be opened as PyTorch
-            other = next((f for f, s in export.FORMATS.items() if s == given), None)
-            fix = f"--out {os.path.splitext(out)[0]}{suffix}"
-            raise ValueError(f"--out {out} names " + (f"a {other} file, but --format {args.format} writes {suffix}: "
-                                                       f"give {fix}, or --format {other}" if other else
-                                                       f"no {args.format} file: --format {args.format} writes "
-                                                       f"{suffix}; give {fix}"))
         if args.format == "torch" and importlib.util.find_spec("torch") is None:
             raise ValueError("--format torch writes a PyTorch state dict and needs PyTorch: pip install torch, "
                              "or choose --format onnx or safetensors")
@@ -842,11 +840,6 @@ def cmd_landscape(args, comm) -> None:
     from flowfem.network import Network
 
     def work():
-        try:
-            mus = [float(m) for m in args.mu.split(",")]
-        except ValueError:
-            raise ValueError(f"--mu {args.mu!r}: write numbers separated by commas, e.g. -1,0,0.5,1,2") from None
-        mus = plateau.mu_values(mus)  # before the network and data are read, and the --polish minimisation
         if args.json:
             check_writable(args.json, "--json file", args.force, (args.network, args.data))
         net = Network.load(args.network)
@@ -864,14 +857,10 @@ def cmd_landscape(args, comm) -> None:
                              f"so choose 0..{net.width - 1} (or -{net.width}..-1, counted from the last)")
         # a logistic network's landscape is of the logistic loss; --loss '' is refused as no loss
         loss = args.loss if args.loss is not None else net.loss or "squared"
-        polish = None
-        if args.polish:
-            m = plateau.minimise(net, ds.x, ds.y, loss)
-            net, polish = m.network, dict(iterations=m.iterations, gradient_norm=m.gradient_norm,
-                                          converged=bool(m.converged))
-        report = plateau.plateau_report(net, ds.x, ds.y, mus, args.neuron, loss, args.gtol,
-                                        check=args.check, progress=not args.quiet)
-        report.update(network=args.network, data=args.data, polish=polish)
+        # --mu is checked (and its numbers read) by plateau_report, naming the option (main's command_line)
+        report = plateau.plateau_report(net, ds.x, ds.y, args.mu.split(","), args.neuron, loss, args.gtol,
+                                        check=args.check, progress=not args.quiet, polish=args.polish)
+        report.update(network=args.network, data=args.data)
         if args.json:
             text = json.dumps(report, indent=1)
             with replacing(args.json) as tmp, open(tmp, "w") as f:
@@ -954,7 +943,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--preconditioner", default="nystrom", choices=["nystrom", "gamg"],
                    help="of cg: nystrom (GAMG on A plus a low-rank basis of the data term: iterations do not grow "
                         "as alpha falls) or gamg (GAMG on alpha A alone) (default: %(default)s)")
-    g.add_argument("--rtol", type=_tolerance, default=1e-10,
+    g.add_argument("--rtol", type=_tolerance("--rtol", "1e-10"), default=1e-10,
                    help="relative residual ||b - K U|| / ||b|| the solve must reach, checked after it ends "
                         "(default: %(default)g)")
     g.add_argument("--allow-unconverged", action="store_true",
@@ -1004,7 +993,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps", type=int, default=1000, help="at most this many steps (default: %(default)s)")
     g.add_argument("--tol", type=float, default=None,
                    help="stop when ||u - u*||_G <= tol ||u*||_G (u* the stationary solution) (default: none)")
-    g.add_argument("--ts-rtol", type=_ts_tolerance, default=1e-4,
+    g.add_argument("--ts-rtol", type=_tolerance("--ts-rtol", "1e-4"), default=1e-4,
                    help="bdf: relative local error tolerance (default: %(default)g)")
     g.add_argument("--fixed-steps", action="store_true",
                    help="bdf: take the steps --tau, --growth, --tau-max instead of choosing them by the local error")
@@ -1017,10 +1006,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--preconditioner", default="nystrom", choices=["nystrom", "gamg"],
                    help="of cg: nystrom (GAMG plus a low-rank basis of the data term, rebuilt when the step's shift "
                         "changes by 4x) or gamg (GAMG alone) (default: %(default)s)")
-    g.add_argument("--rtol", type=_tolerance, default=1e-12,
+    g.add_argument("--rtol", type=_tolerance("--rtol", "1e-12"), default=1e-12,
                    help="linear solves stop at rtol ||dE(0)|| at the latest; also the stationary solve's "
                         "tolerance (default: %(default)g)")
-    g.add_argument("--step-rtol", type=_tolerance, default=1e-6,
+    g.add_argument("--step-rtol", type=_tolerance("--step-rtol", "1e-6"), default=1e-6,
                    help="each step's linear solves reduce its residual by this factor (default: %(default)g)")
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="PETSc option: snes_* to Newton (e.g. snes_monitor=), others to the linear solver "
@@ -1089,7 +1078,8 @@ def parser() -> argparse.ArgumentParser:
                         "files; default: 1000); refused where it sizes nothing")
     p.set_defaults(n_default=1000)
     p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--alpha", type=float, default=None, help="refit regularisation > 0 (default: the solve's alpha)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="refit regularisation >= 0, 0: plain least squares (default: the solve's alpha)")
     p.add_argument("--out", required=True, help="network file to write (.npz: arrays W, b, a, activation)")
     p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
     p.set_defaults(run=cmd_readout)
@@ -1216,9 +1206,10 @@ def parser() -> argparse.ArgumentParser:
 
 # the options that give API arguments of another name (flowfem.arguments.command_line): a domain's size is
 # --mesh-size (--size of flowfem mesh), compare's readouts --readout and each readout's width one of --widths,
-# landscape's mus --mu
+# landscape's mus --mu, the path an exported network is written to --out
 OPTIONS = {"solve": dict(size="--mesh-size"), "flow": dict(size="--mesh-size"),
-           "compare": dict(size="--mesh-size", readouts="--readout", width="--widths"), "landscape": dict(mus="--mu")}
+           "compare": dict(size="--mesh-size", readouts="--readout", width="--widths"), "landscape": dict(mus="--mu"),
+           "export": dict(path="--out")}
 
 
 def main(argv: list[str] | None = None) -> int:

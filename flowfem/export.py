@@ -40,7 +40,9 @@ layer (what ``nn.CrossEntropyLoss`` and argmax take); its class labels are in th
 Every writer writes atomically (:func:`flowfem.files.replacing`: a temporary file renamed over
 ``path``, safe when every MPI rank writes the same file) and replaces an existing file, like
 ``Network.save``; ``flowfem export`` refuses an existing file unless ``--force``. ValueError for
-a path that cannot be written, before anything is written.
+a path that cannot be written, or whose suffix is not its format's (:data:`FORMATS`; readers and
+people take a file's format from its suffix: ONNX in ``x.pt`` would be opened as PyTorch), before
+anything is written.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
+from flowfem.arguments import spell, unknown
 from flowfem.files import check_readable, replacing
 from flowfem.network import Network
 from flowfem.outputs import version
@@ -158,8 +161,26 @@ def onnx_model(net: Network) -> onnx.ModelProto:
     return model
 
 
+def check_path(path: str | os.PathLike, format: str) -> None:
+    """ValueError unless ``path`` ends in the suffix of ``format`` (:data:`FORMATS`, case ignored), naming the
+    format the suffix says (then also as the other fix) and the path to give: its last suffix replaced by the
+    format's, or dropped where the name ends in the format's suffix before it (``x.onnx.pt`` -> ``x.onnx``)."""
+    suffix = FORMATS[format]
+    path = os.fspath(path)
+    base, given = os.path.splitext(path)
+    if given.lower() == suffix:
+        return
+    fix = base if given and base.lower().endswith(suffix) else base + suffix
+    other = next((f for f, s in FORMATS.items() if s == given.lower()), None)
+    wanted = f"{spell('format', repr(format))} writes {suffix}"
+    raise ValueError(f"{spell('path', repr(path))} names " + (
+        f"a {other} file, but {wanted}: give {spell('path', repr(fix))}, or {spell('format', repr(other))}"
+        if other else f"no {format} file: {wanted}; give {spell('path', repr(fix))}"))
+
+
 def to_onnx(net: Network, path: str | os.PathLike) -> None:
-    """Write :func:`onnx_model` to ``path`` (.onnx), atomically."""
+    """Write :func:`onnx_model` to ``path`` (.onnx), atomically (ValueError for another suffix, :func:`check_path`)."""
+    check_path(path, "onnx")
     model = onnx_model(net)
     with replacing(path, ".onnx") as tmp:
         onnx.save(model, tmp)
@@ -167,7 +188,8 @@ def to_onnx(net: Network, path: str | os.PathLike) -> None:
 
 def to_safetensors(net: Network, path: str | os.PathLike) -> None:
     """Write the state dict (keys ``0.weight``, ``0.bias``, ``2.weight``, ``2.bias``, float64) and
-    :func:`metadata` to ``path`` (.safetensors), atomically."""
+    :func:`metadata` to ``path`` (.safetensors), atomically (ValueError for another suffix, :func:`check_path`)."""
+    check_path(path, "safetensors")
     tensors = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in net.state_dict().items()}
     content = save(tensors, metadata=metadata(net))
     # written by open(), not save_file, which creates its own temporary file of mode 0600: the
@@ -215,8 +237,9 @@ def from_safetensors(path: str | os.PathLike) -> Network:
 
 
 def to_torch_file(net: Network, path: str | os.PathLike) -> None:
-    """``torch.save(net.state_dict(tensors=True), path)`` (.pt), atomically. ImportError saying
-    ``pip install torch`` without torch, before anything is written."""
+    """``torch.save(net.state_dict(tensors=True), path)`` (.pt), atomically. ValueError for another suffix
+    (:func:`check_path`), ImportError saying ``pip install torch`` without torch, before anything is written."""
+    check_path(path, "torch")
     state = net.state_dict(tensors=True)
     import torch  # present: state_dict(tensors=True) raised the ImportError otherwise
 
@@ -225,8 +248,9 @@ def to_torch_file(net: Network, path: str | os.PathLike) -> None:
 
 
 def write(net: Network, path: str | os.PathLike, format: str) -> None:
-    """Write ``net`` to ``path`` in ``format``, one of :data:`FORMATS` (ValueError otherwise)."""
+    """Write ``net`` to ``path`` in ``format``, one of :data:`FORMATS`; ValueError for another format or a
+    ``path`` whose suffix is not the format's (:func:`check_path`), before anything is written."""
     writers = {"onnx": to_onnx, "safetensors": to_safetensors, "torch": to_torch_file}
     if format not in writers:
-        raise ValueError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+        raise ValueError(unknown("export format", format, list(FORMATS)))
     writers[format](net, path)

@@ -15,9 +15,10 @@ one per output column, on the same space with the same data operator Phi,
 
 a sum of m independent single-output functionals: its Euler-Lagrange system is
 (alpha A + Phi^T Phi / n) U_k = Phi^T y_k / n, one operator and m right-hand
-sides. :meth:`Functional.output` gives the k-th term (sharing H and Phi); the
-methods that take one dof vector U belong to a single output and refuse an
-m-output functional.
+sides. :meth:`Functional.output` gives the k-th term: a view that shares H and Phi
+and reads alpha from the m-output functional, so that changing alpha there (a
+regularisation path's next alpha) changes it for every output. The methods that
+take one dof vector U belong to a single output and refuse an m-output functional.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from flowfem import mpi  # (first: loads MPI before dolfinx)
+from flowfem.arguments import bounded
 
 from petsc4py import PETSc  # noqa: E402
 
@@ -42,9 +44,9 @@ class Functional:
 
     def __init__(self, H: WeightedH1, Phi: DataOperator, y: np.ndarray, alpha: float,
                  loss: Loss | str = "squared"):
-        if not (np.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
-        self.H, self.Phi, self.alpha = H, Phi, float(alpha)
+        self._parent = None  # output(k)'s view: the m-output functional it reads alpha from
+        self.H, self.Phi = H, Phi
+        self.alpha = alpha
         self.y = np.asarray(y, dtype=float)
         self.loss = _loss(loss)
         if self.y.ndim == 2 and not self.loss.quadratic:
@@ -64,6 +66,20 @@ class Functional:
         self.loss.check_labels(self.y)
 
     @property
+    def alpha(self) -> float:
+        """alpha > 0, the regularisation weight (an output's view: its m-output functional's)."""
+        return self._alpha if self._parent is None else self._parent.alpha
+
+    @alpha.setter
+    def alpha(self, alpha: float) -> None:
+        """Another alpha; ValueError unless a finite number > 0, or if this is an output's view (whose alpha is
+        its m-output functional's: set it there, for every output)."""
+        if self._parent is not None:
+            raise ValueError("an output's functional reads alpha from the functional of all outputs: set alpha "
+                             "there (E.alpha = ...), for every output at once")
+        self._alpha = bounded("alpha", alpha, 0, strict=True, meaning="the convexity constant of E_alpha")
+
+    @property
     def n(self) -> int:
         """n, the number of data points (over all ranks when the data are sharded)."""
         return self.Phi.n
@@ -74,13 +90,17 @@ class Functional:
         return 1 if self.y.ndim == 1 else self.y.shape[1]
 
     def output(self, k: int) -> "Functional":
-        """The functional of output k (0 <= k < m) alone: same H, Phi and alpha, targets y[:, k].
-        For one output, k = 0 gives this functional itself."""
+        """The functional of output k (0 <= k < m) alone, targets y[:, k]: a view of this functional, of its
+        class, sharing H, Phi and the loss, that reads alpha (and a subclass's row weights) from this one
+        whenever it is used, so a change of alpha here holds for every output. For one output, k = 0 gives
+        this functional itself. ValueError for k out of range."""
         if not 0 <= k < self.outputs:
             raise ValueError(f"output {k} does not exist: this functional has {self.outputs} output(s)")
         if self.outputs == 1:
             return self
-        return Functional(self.H, self.Phi, self.y[:, k], self.alpha, self.loss)
+        view = object.__new__(type(self))  # the targets were checked with this functional's
+        view.H, view.Phi, view.loss, view.y, view._parent = self.H, self.Phi, self.loss, self.y[:, k], self
+        return view
 
     def _single(self, what: str) -> None:
         """ValueError for a method of one dof vector called on an m-output functional."""

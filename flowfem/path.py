@@ -218,19 +218,17 @@ class RowWeighted(Functional):
 
     def __init__(self, E: Functional, c: np.ndarray):
         super().__init__(E.H, E.Phi, E.y, E.alpha, E.loss)
-        self.c = np.asarray(c, dtype=float).copy()
+        self._c = np.asarray(c, dtype=float).copy()
+
+    @property
+    def c(self) -> np.ndarray:
+        """The row weights c (n,), set in place (``E.c[:] = ...``); output k's view (:meth:`output`) reads
+        those of the functional of all outputs, so setting them there sets them for every output."""
+        return self._c if self._parent is None else self._parent.c
 
     @property
     def row_weights(self) -> np.ndarray:
         return self.c
-
-    def output(self, k: int) -> "RowWeighted":
-        """Output k alone (y (n, m)), with the SAME row weights: setting ``c`` here sets them for every output."""
-        if self.outputs == 1:
-            return super().output(k)
-        out = RowWeighted(super().output(k), self.c)
-        out.c = self.c
-        return out
 
     def parts(self, U) -> tuple[float, float]:
         f = self.Phi.apply(U)
@@ -292,7 +290,7 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
     setup = time.perf_counter() - t0
     n = full.n
     E = RowWeighted(full, np.ones(n))
-    outputs = [E.output(k) for k in range(E.outputs)]  # each output's E, sharing the row weights E.c
+    outputs = [E.output(k) for k in range(E.outputs)]  # each output's E, reading E's alpha and row weights E.c
     quadratic = E.loss.quadratic
     if quadratic:
         lin = LinearSolver(E, None, solver, rtol, petsc_options=petsc_options, allow_unconverged=allow_unconverged,
@@ -388,7 +386,6 @@ def regularisation_path(problem, x, y, alphas=GRID, validation=None, folds=None,
 def _warm_solve(lin: LinearSolver, floor: RoundingFloor, E, b, V, rtol: float):
     """K V = b by ``lin`` from the warm start V, to ||b - K V|| <= max(rtol ||b - K V_start||, min(floor(V_start),
     rtol ||b||)): the module docstring's stop (E the output's functional: dE(V) = K V - b). Collective."""
-    E.alpha = lin.E.alpha  # an output's functional (m outputs) is a copy made at the grid's first alpha
     stop = max(rtol * _gradient_norm(E, V), min(floor.of(E, V), rtol * b.norm()))
     return lin.solve(b, V, guess=True, stop=stop)
 

@@ -419,7 +419,7 @@ def mu_values(mus) -> list[float]:
 
 
 def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gtol: float = 1e-8,
-                   rtol: float = 1e-8, check: bool = False, progress: bool = False) -> dict:
+                   rtol: float = 1e-8, check: bool = False, progress: bool = False, polish: bool = False) -> dict:
     """The classification of :func:`classify_plateau` for the given neurons (default all), as plain
     Python numbers and lists (ready for JSON).
 
@@ -434,8 +434,11 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
     ``brute_force``, the kind read off the eigenvalues of the full Hessian of the split
     network (:func:`split_hessian_eigenvalues`), and ``split_min_eigenvalue``, its smallest
     eigenvalue. The narrow network's gradient and Hessian are computed once for all
-    neurons. Out-of-range neurons raise ValueError (not IndexError) so that callers can
-    report them as bad input. ``progress``: a bar of the neurons done (:mod:`flowfem.progress`).
+    neurons. ``polish``: the network is first minimised (:func:`minimise`) and the report is of the
+    minimiser, its ``polish`` the minimisation's iterations, gradient_norm and converged (None without).
+    Out-of-range neurons and ``mus`` that :func:`mu_values` refuses raise ValueError (not IndexError),
+    before any work, so that callers can report them as bad input. ``progress``: a bar of the neurons done
+    (:mod:`flowfem.progress`).
     """
     x, y, _ = _data(network, x, y, loss)
     N = network.width
@@ -448,11 +451,16 @@ def plateau_report(network: Network, x, y, mus, neurons=None, loss="squared", gt
                              f"so choose 0..{N - 1} (or a negative index counting from the end)")
     gtol, rtol = positive("gtol", gtol), positive("rtol", rtol)
     mus = mu_values(mus)
+    polished = None
+    if polish:
+        m = minimise(network, x, y, loss)
+        network, polished = m.network, dict(iterations=m.iterations, gradient_norm=m.gradient_norm,
+                                            converged=bool(m.converged))
     g, lam_min, valid = _narrow_state(network, x, y, loss, gtol, rtol)  # once: O(P^3)
     report = dict(width=N, input_dim=network.input_dim, activation=network.activation.name,
                   loss=_loss(loss).name, n=int(x.shape[0]), objective=objective(network, x, y, loss),
                   gradient_norm=g, narrow_min_eigenvalue=lam_min, valid=valid, gtol=gtol, rtol=rtol,
-                  mus=mus, neurons=[])
+                  mus=mus, polish=polished, neurons=[])
     for k in progress_.bar(progress, iterable=neurons, desc="landscape", unit="neuron"):
         k = k % N
         plateau = _classify_line(network, k, x, y, mus, loss, rtol, (g, lam_min, valid))

@@ -55,7 +55,7 @@ from petsc4py import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem import memory  # noqa: E402
-from flowfem.arguments import integer, named, number, spell  # noqa: E402
+from flowfem.arguments import bounded, integer, named, spell  # noqa: E402
 from flowfem.activations import activation as _activation  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.io import function  # noqa: E402
@@ -144,10 +144,7 @@ class Problem:
         if space.homogeneous_only:
             self.activation.require_homogeneous(space.domain)
         if not (isinstance(alpha, str) and alpha == "auto"):
-            alpha = number("alpha", alpha, "> 0")
-            if not (np.isfinite(alpha) and alpha > 0):
-                raise ValueError(f"{named('alpha')} = {alpha} must be positive: it is the convexity constant of "
-                                 "E_alpha")
+            alpha = bounded("alpha", alpha, 0, strict=True, meaning="the convexity constant of E_alpha")
         degree = integer("degree", degree, "1, 2 or 3 (the Lagrange degree of the density)")
         if quadrature_degree is not None:
             quadrature_degree = integer("quadrature_degree", quadrature_degree, ">= 0 (None: twice the degree)")

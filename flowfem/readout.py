@@ -77,7 +77,7 @@ import dolfinx.fem  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem import arguments, memory  # noqa: E402
-from flowfem.arguments import at_least, named, number, spell, unknown  # noqa: E402
+from flowfem.arguments import at_least, bounded, spell, unknown  # noqa: E402
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.network import Network  # noqa: E402
 from flowfem.operator.features import evaluate  # noqa: E402
@@ -293,9 +293,7 @@ def refit(neurons: Neurons, x: np.ndarray, y: np.ndarray, alpha: float,
     problems, one per column, share the matrix and are solved together (values (N, m)).
     """
     x, y = _data.check(x, y, neurons.theta.shape[1] - 1, what="refit data")
-    alpha = number("alpha", alpha, ">= 0")
-    if not (np.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"{named('alpha')} = {alpha} must be >= 0 for a refit (0: plain least squares)")
+    alpha = bounded("alpha", alpha, 0, meaning="the refit's regularisation; 0: plain least squares")
     n, N = x.shape[0], neurons.width
     if n * N > REFIT_LIMIT:
         raise ValueError(
@@ -412,7 +410,7 @@ def readout(source, rule: str = "quadrature", *, activation: Activation | str | 
     if rule == "quadrature" or (rule == "refit" and points == "quadrature"):
         if width is not None:
             raise ValueError(
-                f"width = {width}: a quadrature readout's width is set by the mesh and the rule "
+                f"{spell('width', repr(width))}: a quadrature readout's width is set by the mesh and the rule "
                 f"(cells x points per cell x subdivisions^D); choose {spell('degree', 'K')} and "
                 f"{spell('subdivisions', 'M')}, or use {spell('rule', repr('sample'))} for a given width"
             )

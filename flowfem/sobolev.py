@@ -38,7 +38,7 @@ import dolfinx.fem  # noqa: E402
 import dolfinx.fem.petsc  # noqa: E402
 import ufl  # noqa: E402
 
-from flowfem.arguments import integer, named, number, unknown  # noqa: E402
+from flowfem.arguments import bounded, integer, named, parameterised, unknown  # noqa: E402
 from flowfem.space import Space  # noqa: E402
 
 
@@ -60,9 +60,10 @@ class Weight:
         """``uniform``, ``gaussian`` (s = 1) or ``gaussian:S``."""
         if isinstance(spec, Weight):
             return spec
-        kind, _, arg = str(spec).strip().lower().partition(":")
+        kind, arg = parameterised("weight", spec, {"gaussian": "gaussian:S with a scale S > 0, e.g. gaussian:0.5, "
+                                                               "or plain gaussian (S = 1)"})
         try:
-            scale = float(arg) if arg else 1.0
+            scale = float(arg) if arg is not None else 1.0
         except ValueError:
             raise ValueError(f"weight {spec!r}: the scale after ':' must be a number, e.g. gaussian:0.5") from None
         return cls(kind, scale)
@@ -81,9 +82,7 @@ class WeightedH1:
     """H^1_omega discretised by degree-p Lagrange elements on a Space."""
 
     def __init__(self, space: Space, weight: Weight | str = "uniform", kappa: float = 1.0, degree: int = 1):
-        kappa = number("kappa", kappa, "> 0")
-        if not (np.isfinite(kappa) and kappa > 0):
-            raise ValueError(f"{named('kappa')} = {kappa} must be positive (it sets how smooth the density is)")
+        kappa = bounded("kappa", kappa, 0, strict=True, meaning="it sets how smooth the density is")
         if integer("degree", degree, "1, 2 or 3 (the Lagrange degree of the density)") not in (1, 2, 3):
             raise ValueError(f"{named('degree')} {degree}: the Lagrange degree of the density is 1, 2 or 3")
         self.space = space

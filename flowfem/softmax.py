@@ -124,9 +124,9 @@ from petsc4py import PETSc  # noqa: E402
 
 from flowfem import petsc_options as petsc_options_  # noqa: E402
 from flowfem import progress as progress_  # noqa: E402
-from flowfem.arguments import number, petsc_option, spell, unknown  # noqa: E402
+from flowfem.arguments import petsc_option, spell, unknown  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
-from flowfem.labels import confusion_counts, decode, encode, labels_array  # noqa: E402
+from flowfem.labels import confusion_counts, decode, encode, training_labels  # noqa: E402
 from flowfem.loss import SOFTMAX, cross_entropy, softmax  # noqa: E402,F401  (softmax, cross_entropy: re-exported)
 from flowfem.operator import DataOperator  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -155,9 +155,6 @@ class SoftmaxFunctional:
     loss = SOFTMAX  # what a density file records (flowfem.io.settings)
 
     def __init__(self, H: WeightedH1, Phi: DataOperator, k: np.ndarray, C: int, alpha: float):
-        alpha = number("alpha", alpha, "> 0")
-        if not (np.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
         k = np.asarray(k)
         if int(C) < 2:
             raise ValueError(f"C = {C} classes: softmax classification needs at least 2")
@@ -183,10 +180,8 @@ class SoftmaxFunctional:
 
     @alpha.setter
     def alpha(self, alpha: float) -> None:
-        """Another alpha (ValueError unless a finite number > 0): the blocks' solvers share ``block``."""
-        alpha = number("alpha", alpha, "> 0")
-        if not (np.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
+        """Another alpha (ValueError unless a finite number > 0, :attr:`Functional.alpha`): the blocks' solvers
+        share ``block``."""
         self.block.alpha = alpha
 
     def vector(self) -> PETSc.Vec:
@@ -586,11 +581,9 @@ def fit_softmax(H: WeightedH1, Phi: DataOperator, labels, alpha: float, rtol: fl
     ||dE_alpha(U_0)||, the CG inside at ``linear_rtol`` (default: rtol); ``U0`` (C one-class Vecs)
     is the start, default 0. Collective. Raises ValueError for bad labels (:func:`encode`), alpha,
     tolerances, ``pc`` or options, and :class:`flowfem.stationary.NotConverged` if Newton fails (unless
-    ``allow_unconverged``: then ``info.converged`` is False)."""
-    y = labels_array(labels, "the training labels")
-    if y.size != Phi.n:
-        raise ValueError(f"{y.size} labels for {Phi.n} data points: give one label per row of x")
-    k, classes = encode(y)
+    ``allow_unconverged``: then ``info.converged`` is False). The labels are checked by
+    :func:`flowfem.labels.training_labels` (one per row of x, at most max(2, n / 2) classes)."""
+    k, classes = encode(training_labels(labels, Phi.n))
     E = SoftmaxFunctional(H, Phi, k, classes.size, alpha)
     X = E.vector() if U0 is None else E.join(U0)
     newton = SoftmaxNewton(E, rtol, max_it=max_it, linear_rtol=rtol if linear_rtol is None else linear_rtol,

@@ -485,13 +485,9 @@ class LinearSolver:
         """Use a new alpha in K (the Functional's alpha is set too: E_alpha changes with it). GAMG and
         the direct solver's factors are rebuilt; the Nystrom basis is kept (extended at the next solve
         if the smaller alpha needs more of it) unless a shift makes the base depend on alpha."""
-        alpha = float(alpha)
-        if not (np.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha = {alpha} must be positive: it is the convexity constant of E_alpha")
-        if alpha == self.E.alpha:
-            return
-        self.E.alpha = alpha
-        if self.preconditioner != "nystrom" or self.pc_shift:
+        previous = self.E.alpha
+        self.E.alpha = alpha  # ValueError unless a finite number > 0 (Functional.alpha)
+        if self.E.alpha != previous and (self.preconditioner != "nystrom" or self.pc_shift):
             self._stale = True
 
     def set_shift(self, shift: float) -> None:
@@ -553,11 +549,7 @@ class LinearSolver:
                 stop = number("stop", stop, ">= 0")
                 if not (np.isfinite(stop) and stop >= 0):
                     raise ValueError(f"stop = {stop}: the residual a solve must reach is a finite number >= 0")
-            tolerances = self.ksp.getTolerances()  # (rtol, atol, divtol, max_it): _solve may set them for a stop
-            try:
-                info = self._solve(B, X, check, guess, stop)
-            finally:
-                self.ksp.setTolerances(*tolerances)
+            info = self._solve(B, X, check, guess, stop)
         self.options.check_used()
         return info
 
@@ -568,9 +560,6 @@ class LinearSolver:
         target = required if stop is None or self.solver != "cg" else min(float(stop), required)  # where CG stops
         R = B.duplicate()
         if self.solver == "cg":
-            if stop is not None:  # for this solve only (solve restores them)
-                _, _, divtol, max_it = self.ksp.getTolerances()
-                self.ksp.setTolerances(0.0, target, divtol, max_it)
             self.ksp.setConvergenceHistory()
             its = 0
             # without progress (every solve inside a flow or Newton) not even a disabled bar is made
@@ -578,6 +567,9 @@ class LinearSolver:
             monitored = bar is not None and not bar.disable
             if monitored:
                 self.ksp.setMonitor(self._monitor(bar, bnorm, target))
+            tolerances = self.ksp.getTolerances()  # (rtol, atol, divtol, max_it), restored in the finally below
+            if stop is not None:  # CG stops at the target, for this solve only
+                self.ksp.setTolerances(0.0, target, *tolerances[2:])
             try:
                 previous = np.inf
                 for restart in range(1 + 3):
@@ -607,6 +599,7 @@ class LinearSolver:
                     reason = self.ksp.getConvergedReason()
                     rnorm = self._residual(B, X, R)
             finally:
+                self.ksp.setTolerances(*tolerances)
                 if monitored:
                     self.ksp.cancelMonitor()
                     self._check_interrupt()

@@ -320,7 +320,8 @@ def test_a_mu_list_starting_with_a_negative_number_is_a_value(small_net, tmp_pat
 
 
 @pytest.mark.parametrize("argv,said", [
-    (["solve", "--alpha", "-1e-3"], "alpha = -0.001 must be positive"),
+    (["solve", "--alpha", "-1e-3"], "--alpha must be a finite number > 0 (the convexity constant of E_alpha), "
+                                    "got -0.001"),
     (["solve", "--radius", "-2e0"], "argument --radius: -2e0 must be a finite number > 0"),
     (["flow", "--tau", "-1e-2"], "--tau -0.01: the first time step must be positive"),
 ])

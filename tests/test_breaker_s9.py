@@ -127,7 +127,7 @@ def test_mesh_size_refusals_name_size(tmp_path, capsys, args, said):
     ("solve", ["--domain", "circle", "--mesh-size", "2"], f"--mesh-size must be a whole number >= 3 ({CIRCLE}), "
                                                           "got 2"),
     ("solve", ["--domain", "ball", "--mesh-size", "0"], "--mesh-size must be a finite number > 0, got 0.0"),
-    ("solve", ["--alpha", "0"], "--alpha = 0.0 must be positive: it is the convexity constant of E_alpha"),
+    ("solve", ["--alpha", "0"], "--alpha must be a finite number > 0 (the convexity constant of E_alpha), got 0.0"),
     ("flow", ["--tau-max", "0"], "--tau-max must be a number > 0 (the largest time step; inf: no limit), got 0.0"),
     ("flow", ["--max-steps", "0"], "--max-steps must be an integer >= 1, got 0"),
     ("flow", ["--max-steps", "99999999999999999999"], "the flow needs an end: give --t-end T, --max-steps N with N "
@@ -166,7 +166,7 @@ def test_flow_ts_rtol_is_a_tolerance_below_1_as_rtol_and_step_rtol_are(tmp_path,
         cli.main(["flow", *FIT, "--max-steps", "2", f"--ts-rtol={value}", "--out", str(out)])
     assert e.value.code == 2
     assert one_error_line(capsys.readouterr().err) == (f"flowfem: error: argument --ts-rtol: {value} must be a number "
-                                                       "with 0 < rtol < 1, e.g. 1e-4 (see flowfem flow --help)")
+                                                       "with 0 < --ts-rtol < 1, e.g. 1e-4 (see flowfem flow --help)")
     assert not out.exists()
 
 
@@ -188,11 +188,12 @@ def test_flow_api_refuses_ts_rtol_of_1_or_more_by_its_name():
     ("1e60", "--mu must be numbers with |mu| <= 1e+50, got [1e+60]"),
     ("2,2", "--mu lists 2.0 twice: give each once, e.g. -1,0,0.5,1,2"),
 ])
-def test_landscape_mu_refused_by_option_before_the_network_is_read(tmp_path, capsys, mu, said):
+def test_landscape_mu_refused_by_option_before_the_polish(tmp_path, capsys, monkeypatch, small_net, mu, said):
+    """(plateau_report checks --mu, once, before its --polish minimisation: tests/test_review_s10.py)"""
     out = tmp_path / "l.json"
-    missing = tmp_path / "no-such-net.npz"  # named first would mean the --mu check came after reading it
-    assert cli.main(["landscape", "--network", str(missing), "--data", "sin", "--n", "20", "--quiet", f"--mu={mu}",
-                     "--json", str(out)]) == 2
+    monkeypatch.setattr(plateau, "minimise", lambda *a, **k: pytest.fail("the polish started"))
+    assert cli.main(["landscape", "--network", str(small_net), "--data", "sin", "--n", "20", "--quiet", "--polish",
+                     f"--mu={mu}", "--json", str(out)]) == 2
     assert one_error_line(capsys.readouterr().err) == f"flowfem: error: {said}"
     assert not out.exists()
 
@@ -295,7 +296,7 @@ def test_readout_refuses_alpha_of_a_rule_that_fits_no_weights(tmp_path, capsys, 
 
 # -- from the newcomer's run and the checks in modules the breaker did not own ----------------------------------
 @pytest.mark.parametrize("extra,said", [
-    (["--kappa", "0"], "--kappa = 0.0 must be positive (it sets how smooth the density is)"),
+    (["--kappa", "0"], "--kappa must be a finite number > 0 (it sets how smooth the density is), got 0.0"),
     (["--degree", "4"], "--degree 4: the Lagrange degree of the density is 1, 2 or 3"),
     (["--n", "0"], "--n must be an integer >= 1 (the number of points), got 0"),
     (["--activation", "leaky_relu:1.5"], "activation 'leaky_relu:1.5': the slope of leaky_relu:SLOPE must be a "
@@ -335,7 +336,7 @@ def test_softmax_with_the_direct_solver_is_refused_in_option_words(tmp_path, cap
     (["--subdivisions", "0"], "--subdivisions must be an integer >= 1, got 0"),
     (["--degree", "-1"], "--degree must be an integer >= 0 (the quadrature degree; 1 = midpoint rule), got -1"),
     (["--rule", "refit", "--data", "sin", "--n", "40", "--alpha", "-1"],
-     "--alpha = -1.0 must be >= 0 for a refit (0: plain least squares)"),
+     "--alpha must be a finite number >= 0 (the refit's regularisation; 0: plain least squares), got -1.0"),
 ])
 def test_readout_refusals_name_the_option(tmp_path, capsys, density, extra, said):
     out = tmp_path / "net.npz"

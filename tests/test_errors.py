@@ -191,10 +191,10 @@ PETSC_BAD = [
      "Unable to find requested SNES type nonexistent"),
     (["--petsc-option", "a b=1"], "PETSc option name 'a b'"),
     (["--petsc-option", "ksp_type"], "write it as KEY=VALUE"),
-    (["--rtol", "nan"], "argument --rtol: nan must be a number with 0 < rtol < 1"),
-    (["--rtol=-1"], "argument --rtol: -1 must be a number with 0 < rtol < 1"),
-    (["--rtol", "2"], "argument --rtol: 2 must be a number with 0 < rtol < 1"),
-    (["--rtol", "0"], "argument --rtol: 0 must be a number with 0 < rtol < 1"),
+    (["--rtol", "nan"], "argument --rtol: nan must be a number with 0 < --rtol < 1"),
+    (["--rtol=-1"], "argument --rtol: -1 must be a number with 0 < --rtol < 1"),
+    (["--rtol", "2"], "argument --rtol: 2 must be a number with 0 < --rtol < 1"),
+    (["--rtol", "0"], "argument --rtol: 0 must be a number with 0 < --rtol < 1"),
     (["--rtol", "abc"], "argument --rtol: 'abc' is not a number"),
 ]
 
@@ -406,11 +406,11 @@ def _space():
 MISUSE = [
     (lambda: Problem(None), r"Problem needs a flowfem Space \(e.g. Space.box\(1, 32, 4.0\)\).*got None"),
     (lambda: Problem("box"), r"Problem needs a flowfem Space .*got 'box' \(str\)"),
-    (lambda: Problem(_space(), alpha="1e-4"), r"alpha must be a number > 0, got '1e-4' \(str\)"),
-    (lambda: Problem(_space(), alpha=None), r"alpha must be a number > 0, got None"),
-    (lambda: Problem(_space(), alpha=True), r"alpha must be a number > 0, got True \(bool\)"),
-    (lambda: Problem(_space(), alpha=[1e-4]), r"alpha must be a number > 0, got \[0.0001\] \(list\)"),
-    (lambda: Problem(_space(), kappa="1"), r"kappa must be a number > 0, got '1' \(str\)"),
+    (lambda: Problem(_space(), alpha="1e-4"), r"alpha must be a number > 0 .*got '1e-4' \(str\)"),
+    (lambda: Problem(_space(), alpha=None), r"alpha must be a number > 0 .*got None"),
+    (lambda: Problem(_space(), alpha=True), r"alpha must be a number > 0 .*got True \(bool\)"),
+    (lambda: Problem(_space(), alpha=[1e-4]), r"alpha must be a number > 0 .*got \[0.0001\] \(list\)"),
+    (lambda: Problem(_space(), kappa="1"), r"kappa must be a number > 0 .*got '1' \(str\)"),
     (lambda: Problem(_space(), degree=1.0), r"degree must be an integer 1, 2 or 3 .*got 1.0 \(float\)"),
     (lambda: Problem(_space(), degree="2"), r"degree must be an integer 1, 2 or 3 .*got '2' \(str\)"),
     (lambda: Problem(_space(), quadrature_degree=2.5), r"quadrature_degree must be an integer >= 0"),
@@ -455,7 +455,7 @@ def test_readout_misuse():
         (dict(rule="sample", width=True), r"width must be an integer >= 1 .*got True \(bool\)"),
         (dict(degree=1.5), r"degree must be an integer >= 0 .*got 1.5 \(float\)"),
         (dict(subdivisions="2"), r"subdivisions must be an integer >= 1, got '2' \(str\)"),
-        (dict(rule="refit", alpha="x"), r"alpha must be a number >= 0, got 'x' \(str\)"),
+        (dict(rule="refit", alpha="x"), r"alpha must be a number >= 0 .*got 'x' \(str\)"),
     ]:
         rule = kwargs.pop("rule", "quadrature")
         with pytest.raises(ValueError, match=message):

@@ -103,7 +103,7 @@ BAD = [
     (["--network", "{tmp}/net.npz", "--data", "{tmp}/d.csv", "--neuron", "-3"], "out of range"),
     (["--network", "{tmp}/net.npz", "--data", "{tmp}/moons.npz"], "have d = 2 inputs but the network"),
     (["--network", "{tmp}/net.npz", "--data", "two_moons"], "have d = 2 inputs but the network"),
-    (["--network", "{tmp}/net.npz", "--data", "{tmp}/d.csv", "--mu", "0.5,x"], "separated by commas"),
+    (["--network", "{tmp}/net.npz", "--data", "{tmp}/d.csv", "--mu", "0.5,x"], "--mu must be numbers"),
     (["--network", "{tmp}/net.npz", "--data", "{tmp}/d.csv", "--loss", "hinge"], "unknown loss"),
     (["--network", "{tmp}/net.npz", "--data", "{tmp}/d.csv", "--loss", "logistic"], "labels y in {-1, +1}"),
     (["--network", "{tmp}/net.npz", "--data", "{tmp}/d.csv", "--json", "{tmp}/no/such/dir/x.json"],

@@ -43,7 +43,7 @@ from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem import progress as progress_  # noqa: E402
-from flowfem.arguments import at_least, named, number, positive, spell, tolerance, unknown  # noqa: E402
+from flowfem.arguments import at_least, bounded, positive, spell, tolerance, unknown  # noqa: E402
 from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -527,16 +527,12 @@ class Flow:
         the step, t, E_alpha and e.
         """
         positive("tau", tau)  # the (first) time step
-        if not (number("growth", growth, ">= 1") >= 1.0 and np.isfinite(growth)):
-            raise ValueError(f"{named('growth')} must be a finite number >= 1 (the step growth factor; 1: constant "
-                             f"steps), got {growth}")
-        if not number("tau_max", tau_max, "> 0") > 0:  # inf: no limit
-            raise ValueError(f"{named('tau_max')} must be a number > 0 (the largest time step; inf: no limit), "
-                             f"got {tau_max}")
+        bounded("growth", growth, 1, meaning="the step growth factor; 1: constant steps")
+        bounded("tau_max", tau_max, 0, strict=True, finite=False, meaning="the largest time step; inf: no limit")
         at_least("max_steps", max_steps, 1)  # 0 or fewer: the run would be its initial density
-        if tol is not None and not tol > 0:  # (NaN too) no step reaches it: the run would take every step
-            raise ValueError(f"{named('tol')} = {tol:g}: the relative distance ||u - u*|| / ||u*|| to stop at must be "
-                             "a number > 0, e.g. 1e-6")
+        if tol is not None:  # 0 or less: no step reaches it, the run would take every step
+            bounded("tol", tol, 0, strict=True, finite=False,
+                    meaning="the relative distance ||u - u*|| / ||u*|| to stop at, e.g. 1e-6")
         if tol is not None and self.U_star is None:
             raise ValueError("stopping at a tolerance on ||u - u*|| needs the stationary solution: "
                              "call stationary() (or set_reference) first")

@@ -28,7 +28,7 @@ from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 
 from petsc4py import PETSc  # noqa: E402
 
-from flowfem.arguments import unknown  # noqa: E402
+from flowfem.arguments import parameterised, unknown  # noqa: E402
 
 
 @dataclass
@@ -53,10 +53,11 @@ def register(cls):
 
 def parse_scheme(spec: str) -> tuple[type["Scheme"], str | None]:
     """``name`` or ``name:parameter`` -> (class, parameter); ValueError for an unknown name."""
-    name, _, arg = str(spec).strip().lower().partition(":")
+    name, arg = parameterised("time stepper", spec, {k: f"{k}:{c.parameter} or plain {k}" if c.parameter else k
+                                                      for k, c in SCHEMES.items()})
     if name not in SCHEMES:
         raise ValueError(unknown("time stepper", spec, sorted(SCHEMES), "(theta:THETA, bdf:ORDER)"))
-    return SCHEMES[name], (arg or None)
+    return SCHEMES[name], arg
 
 
 class Scheme:
