@@ -108,6 +108,38 @@ def test_normal_equals_dense_and_per_point(name, n):
     assert np.all(np.isfinite(size)) and np.abs(expected).max() > 0  # a test that can fail
 
 
+def split_cases():
+    """(label, this rank's points theta (m, 2)) that stress the split of the K + 1 bins over the P ranks (rank
+    p sums the bins (K + 1) p // P ... (K + 1) (p + 1) // P - 1): fewer kinks than ranks, so that some rank owns
+    no bin (one kink, then none); each rank's kinks in a band of its own and the last rank without points, so
+    that a rank's bins hold the points of one or two ranks only; and kinks interleaved over every rank."""
+    P, rank = comm.size, comm.rank
+    rng = np.random.default_rng(50 + rank)
+    yield "one kink", np.array([[1.5, -0.3], [0.0, 0.5]]) if rank == 0 else np.array([[0.0, -0.2 * rank]])
+    yield "no kink", np.array([[0.0, 0.4 + rank], [0.0, -1.0]])
+    band = rank + np.sort(rng.uniform(0.0, 1.0, 7 + 3 * rank)) - P / 2  # kinks of this rank in [r, r + 1) - P / 2
+    w = np.where(np.arange(band.size) % 3 == 0, -1.0, 1.0) * rng.uniform(0.5, 2.0, band.size)
+    yield "bands", np.zeros((0, 2)) if P > 1 and rank == P - 1 else np.column_stack([w, -w * band])
+    yield "interleaved", awkward(8, 40, seed=6)[1]
+
+
+@pytest.mark.parametrize("name", SIGMAS)
+def test_split_bins_give_the_dense_product(name):
+    """normal_block (3 columns) and normal = dense S^T diag(scale D) S G on each of split_cases (the prefix sums
+    of every rank's bins start from the totals of the ranks before them, read back at other ranks' points)."""
+    sigma = activation(name)
+    x = np.concatenate([np.linspace(-comm.size / 2 - 1, comm.size / 2 + 1, 45), [-0.3 / 1.5, 0.2]])[:, None]
+    D = np.random.default_rng(1).uniform(0.1, 3.0, x.shape[0])
+    for label, theta in split_cases():
+        S = moments_operator(sigma, x, theta)
+        G = np.random.default_rng(comm.rank).normal(size=(theta.shape[0], 3))
+        expected, size = dense_normal(sigma, x, theta, D, 0.25, G)
+        assert everywhere(np.all(np.abs(S.normal_block(G, D, 0.25) - expected) <= 1e-12 * size)), label
+        got = S.normal(np.ascontiguousarray(G[:, 1]), D, 0.25)
+        assert everywhere(np.all(np.abs(got - expected[:, 1]) <= 1e-12 * size[:, 1])), label
+        assert comm.allreduce(np.abs(expected).max(initial=0.0), op=MPI.MAX) > 0.0, label  # a test that can fail
+
+
 @pytest.mark.parametrize("name", SIGMAS)
 def test_products_equal_dense(name):
     """S g and S^T r of this rank's points (no sum over the ranks), column blocks too: the dense S."""

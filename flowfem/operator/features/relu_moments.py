@@ -47,8 +47,17 @@ binary search for each input's bin and three weighted bin counts, O(n log K),
 split over the ranks (rank p bins the rows n p / P ... n (p + 1) / P - 1, then
 an MPI sum), or chunk by chunk over rows read piecewise
 (:meth:`ReluMoments1D.moments_of`). After it, a product S^T diag(scale D) S G
-(b columns) is one MPI sum of H (2 (K + 1) b numbers), two cumulative sums
-and O(K b) arithmetic: O(nq) work and communication, independent of n.
+(b columns) is two cumulative sums and O(K b) arithmetic on one rank,
+independent of n. On P ranks the bins are split: rank p forms (W_k, B_k), R_k
+and P_{k + 1} only on its bins lo_p <= k < hi_p, lo_p = (K + 1) p // P, from
+the increments H_{i_q + 1} of the points in them (one all-to-all: each rank
+sends each of its points' 2 b numbers to the owner of its bin), starting its
+cumulative sum of H from every rank's H_0 plus the sums of H over the bins of
+the ranks before it, and that of R from the sums of R over them (two
+all-gathers of 4 b and 2 b numbers per rank; all of R's sums give T); a
+second all-to-all returns P_{i_q + 1} to the rank of point q. Per rank:
+O(K b / P) work and at most 2 b numbers per own point sent each way, instead
+of the whole O(K b) on every rank after an MPI sum of 2 (K + 1) b numbers.
 :meth:`~ReluMoments1D.matvec` and :meth:`~ReluMoments1D.rmatvec` (S g and
 S^T r of this rank's points at all n inputs, for right-hand sides and
 predictions) go through the inputs' bins, O(n) each.
@@ -149,14 +158,75 @@ class _Work:
         self.h, self.v = np.empty((b, nm)), np.empty((b, nm))
 
 
+class _Split:
+    """Where the bins and the points meet when the K + 1 bins are split over the P ranks of comm: rank p
+    owns the bins lo ... hi - 1, lo = (K + 1) p // P. From every rank's positions ``where`` (K,), in the
+    order of the ranks (``counts`` points each), increasing on each rank."""
+
+    def __init__(self, comm: MPI.Comm, where: np.ndarray, counts: np.ndarray):
+        P, rank, K = comm.size, comm.rank, where.size
+        self.rank = rank
+        self.bounds = (K + 1) * np.arange(P + 1) // P
+        self.lo, self.hi = int(self.bounds[rank]), int(self.bounds[rank + 1])
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        points = [where[starts[q]:starts[q + 1]] for q in range(P)]
+        # Forward: the point at position i has its increment at bin i + 1, which the bin's owner sums. This
+        # rank's points for rank p: the slice send[p] ... send[p + 1]; rank q's in these bins: at columns[q].
+        self.send = np.searchsorted(points[rank] + 1, self.bounds)
+        self.columns = [self._own(pos + 1) for pos in points]
+        # Backward: the point at position i reads P_{i + 1}, the prefix sum of R through bin i, from its owner.
+        self.back_recv = np.searchsorted(points[rank], self.bounds)
+        self.reads = [self._own(pos) for pos in points]
+
+    def _own(self, bins: np.ndarray) -> np.ndarray:
+        """The increasing bins (of one rank's points) in lo ... hi - 1, as columns of this rank's bins."""
+        return (bins[slice(*np.searchsorted(bins, [self.lo, self.hi]))] - self.lo).astype(np.intp)
+
+
+class _SplitWork:
+    """Buffers of a product with b columns on the split bins (:class:`_Split`), bins or points along the
+    last axis; the messages of Alltoallv in one block (2, b, points) per rank."""
+
+    def __init__(self, split: _Split, nm: int, b: int):
+        nb, P = split.hi - split.lo, split.bounds.size - 1
+        sizes = [np.diff(split.send), [c.size for c in split.columns],
+                 [r.size for r in split.reads], np.diff(split.back_recv)]
+        self.messages = [self._blocks(n, b) for n in sizes]  # (message of Alltoallv, blocks)
+        rank = split.rank
+        for first, second in ((0, 1), (2, 3)):  # this rank's block to itself is read where it is written
+            self.messages[second][1][rank] = self.messages[first][1][rank]
+            for m in (first, second):
+                self.messages[m][0][1][0][rank] = 0  # Alltoallv would copy it through MPI (2x its cost)
+        self.send, self.recv, self.back_send, self.back_recv = (m[1] for m in self.messages)
+        self.H = np.zeros((2, b, nb))  # the increments of this rank's bins, then (W_k, B_k)
+        self.R = np.empty((2, b, nb))  # R_k, then P_{k + 1}
+        self.tmp = np.empty((b, nb))
+        self.P_at = np.empty((2, b, nm))  # P_{i_q + 1} of this rank's points
+        self.H_sums, self.all_H_sums = np.empty((2, 2, b)), np.empty((P, 2, 2, b))  # (bin 0's, all bins') H
+        self.R_sums, self.all_R_sums = np.empty((2, b)), np.empty((P, 2, b))  # R summed over the bins
+        self.h, self.v = np.empty((b, nm)), np.empty((b, nm))
+
+    @staticmethod
+    def _blocks(points, b: int):
+        """A message buffer of one block (2, b, points[p]) for each rank p, for Alltoallv: (the buffer, its
+        blocks, counts and displacements in numbers)."""
+        counts = 2 * b * np.asarray(points, dtype=np.intp)
+        displacements = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        buffer = np.empty(int(counts.sum()))
+        blocks = [buffer[d:d + c].reshape(2, b, -1) for d, c in zip(displacements, counts)]
+        return [buffer, (counts, displacements), MPI.DOUBLE], blocks
+
+
 class ReluMoments1D(Features):
     """Exact S^T diag(scale D) S G for sigma(z) = max(z, s z), d = 1, from per-bin moments of the data.
 
     The formulas and their cost are the module docstring's. :meth:`distribute` sorts the kinks of
-    all ranks' points (one all-gather of K numbers); :meth:`normal` and :meth:`normal_block` cost
-    O(K b) and one MPI sum of 2 (K + 1) b numbers after :meth:`moments` (O(n / P) per rank, once
-    per D when D is frozen). Used where S^T D S is applied many times (``single_use`` False);
-    :class:`~flowfem.operator.features.relu1d.ReluFeatures1D` serves single products.
+    all ranks' points (one all-gather of K numbers) and splits the K + 1 bins over the P ranks;
+    :meth:`normal` and :meth:`normal_block` cost O(K b / P) per rank, two all-to-alls of at most 2 b
+    numbers per own point and two all-gathers of 6 b numbers per rank in all, after :meth:`moments`
+    (O(n / P) per rank, once per D when D is frozen). Used where S^T D S is applied many times
+    (``single_use`` False); :class:`~flowfem.operator.features.relu1d.ReluFeatures1D` serves single
+    products.
     """
 
     name = "relu1d_moments"
@@ -212,6 +282,8 @@ class ReluMoments1D(Features):
         self._bins = self._row_bins = None  # computed at first use
         self._cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
         self._work: dict[int, _Work] = {}
+        self._split = _Split(comm, where, counts) if P > 1 else None
+        self._split_work: dict[int, _SplitWork] = {}
 
     @property
     def num_bins(self) -> int:
@@ -281,23 +353,28 @@ class ReluMoments1D(Features):
         H[1, :, 0] += self.sigma_flat @ G[self.flat]
         return H
 
-    def _adjoint(self, P: np.ndarray, work: _Work, out: np.ndarray) -> np.ndarray:
-        """S^T r of this rank's points (m, b) from the prefix sums P (2, b, K + 2) of R."""
-        T = P[:, :, self.kinks.size + 1]  # (2, b): the totals
+    def _adjoint(self, T: np.ndarray, P_at: np.ndarray, work: _Work | _SplitWork, out: np.ndarray) -> np.ndarray:
+        """S^T r of this rank's points (m, b) from the totals T = P_{K + 1} (2, b) and the prefix sums of R at
+        its points, P_at (2, b, nm): P_{i_q + 1}."""
         h, v = work.h, work.v
         np.multiply(self.wb[0], T[0][:, None], out=h)
         h += np.multiply(self.wb[1], T[1][:, None], out=v)
         h *= self.coef
         for k in range(2):
-            np.multiply(self.cewb[k], P[k][:, self.at], out=v)
+            np.multiply(self.cewb[k], P_at[k], out=v)
             h -= v
         out[self.moving] = h.T
         out[self.flat] = self.sigma_flat[:, None] * T[1]
         return out
 
+    def _adjoint_all(self, P: np.ndarray, work: _Work, out: np.ndarray) -> np.ndarray:
+        """S^T r of this rank's points (m, b) from the prefix sums P (2, b, K + 2) of R over all bins."""
+        return self._adjoint(P[:, :, self.kinks.size + 1], P[:, :, self.at], work, out)
+
     def normal_block(self, G: np.ndarray, D: np.ndarray, scale: float) -> np.ndarray:
         """S^T diag(scale D) (sum over the ranks of S G) for a block G (m, b): shape (m, b), from the
-        moments of D (module docstring); one MPI sum of 2 (K + 1) b numbers. Collective."""
+        moments of D (module docstring); O(K b / P) per rank on P ranks (module docstring, "Cost").
+        Collective."""
         G = np.asarray(G, dtype=float)
         return self._normal(G, D, scale, np.empty(G.shape))
 
@@ -309,6 +386,8 @@ class ReluMoments1D(Features):
         return out
 
     def _normal(self, G, D, scale, out):
+        if self._split is not None:
+            return self._normal_split(G, self.moments(D), scale, out)
         M = self.moments(D)
         work = self._buffers(G.shape[1])
         H = self._increments(G, work)
@@ -320,7 +399,54 @@ class ReluMoments1D(Features):
         np.multiply(W, M[1], out=R[1])
         R[1] += np.multiply(B, M[0], out=tmp)
         R *= scale
-        return self._adjoint(np.cumsum(work.P, axis=2, out=work.P), work, out)  # P_m = sum_{k < m} R_k
+        return self._adjoint_all(np.cumsum(work.P, axis=2, out=work.P), work, out)  # P_m = sum_{k < m} R_k
+
+    def _normal_split(self, G, M, scale, out):
+        """_normal on P > 1 ranks, the bins split over them (:class:`_Split`; module docstring, "Cost"):
+        (W, B), R and their prefix sums on this rank's bins only, O(K b / P)."""
+        split, b = self._split, G.shape[1]
+        if b not in self._split_work:
+            self._split_work[b] = _SplitWork(split, self.t.size, b)
+        work, comm, lo, hi = self._split_work[b], self.comm, split.lo, split.hi
+        Gm = G[self.moving]  # (nm, b)
+        for block, a, z in zip(work.send, split.send[:-1], split.send[1:]):
+            for k in range(2):
+                np.multiply(self.cewb[k][a:z], Gm[a:z].T, out=block[k])
+        comm.Alltoallv(work.messages[0][0], work.messages[1][0])
+        H = work.H
+        if lo == 0 < hi:
+            H[:, :, 0] = 0.0  # bin 0: its increments are every rank's H_0, in the offset below
+        for block, columns in zip(work.recv, split.columns):
+            for k in range(2):
+                for j in range(b):
+                    H[k, j, columns] = block[k, j]  # every bin but 0 holds one point's increment
+        np.matmul(self.everywhere, Gm, out=work.H_sums[0])
+        work.H_sums[0, 1] += self.sigma_flat @ G[self.flat]
+        np.sum(H, axis=2, out=work.H_sums[1])
+        comm.Allgather(work.H_sums, work.all_H_sums)
+        if hi > lo:  # (W, B) through bin lo - 1: every rank's H_0, and the increments of the ranks' bins before
+            H[:, :, 0] += work.all_H_sums[:, 0].sum(axis=0) + work.all_H_sums[:comm.rank, 1].sum(axis=0)
+        W, B = np.cumsum(H, axis=2, out=H)
+        R, tmp, Mr = work.R, work.tmp, M[:, lo:hi]
+        np.multiply(W, Mr[2], out=R[0])
+        R[0] += np.multiply(B, Mr[1], out=tmp)
+        np.multiply(W, Mr[1], out=R[1])
+        R[1] += np.multiply(B, Mr[0], out=tmp)
+        R *= scale
+        np.sum(R, axis=2, out=work.R_sums)
+        comm.Allgather(work.R_sums, work.all_R_sums)
+        if hi > lo:
+            R[:, :, 0] += work.all_R_sums[:comm.rank].sum(axis=0)  # P_lo: R summed over the ranks' bins before
+        np.cumsum(R, axis=2, out=R)  # P_{k + 1} at column k - lo
+        for block, reads in zip(work.back_send, split.reads):
+            for k in range(2):
+                for j in range(b):
+                    np.take(R[k, j], reads, out=block[k, j])
+        comm.Alltoallv(work.messages[2][0], work.messages[3][0])
+        for block, a, z in zip(work.back_recv, split.back_recv[:-1], split.back_recv[1:]):
+            work.P_at[:, :, a:z] = block
+        T = work.all_R_sums.sum(axis=0)  # P_{K + 1}
+        return self._adjoint(T, work.P_at, work, out)
 
     def matvec(self, g, out=None):
         """S g of this rank's points at every input (n,) (into ``out`` if given): x W_k + B_k in each
@@ -347,7 +473,7 @@ class ReluMoments1D(Features):
             work.P[0, 0, 1:] += np.bincount(bins[piece], weights=r[piece] * self.xv[piece], minlength=K1)
             work.P[1, 0, 1:] += np.bincount(bins[piece], weights=r[piece], minlength=K1)
         out = np.empty(self.theta.shape[0]) if out is None else out
-        self._adjoint(np.cumsum(work.P, axis=2, out=work.P), work, out[:, None])
+        self._adjoint_all(np.cumsum(work.P, axis=2, out=work.P), work, out[:, None])
         return out
 
     def squared_moments(self, D: np.ndarray, comm: MPI.Comm | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -412,4 +538,4 @@ class ReluMoments1D(Features):
                 z[1] *= L[2]
                 P[0, j, 1:] += z[1]
             P[:, :, 1:] *= scale
-            return self._adjoint(np.cumsum(P, axis=2, out=P), work, np.empty((self.theta.shape[0], columns)))
+            return self._adjoint_all(np.cumsum(P, axis=2, out=P), work, np.empty((self.theta.shape[0], columns)))
