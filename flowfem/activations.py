@@ -127,7 +127,7 @@ def activation(spec: str | Activation) -> Activation:
     """The activation named by ``spec`` (see the module docstring); ValueError names the valid choices."""
     if isinstance(spec, Activation):
         return spec
-    name, arg = parameterised("activation", spec, FORMS)
+    name, arg = parameterised("activation", spec, FORMS, plain=("relu", *_SMOOTH))
     if name == "leaky_relu":
         try:
             slope = float(arg) if arg is not None else 0.01
@@ -147,8 +147,6 @@ def activation(spec: str | Activation) -> Activation:
                              "e.g. monomial:2")
         return _monomial(k)
     if name == "relu" or name in _SMOOTH:
-        if arg is not None:
-            raise ValueError(f"activation {str(spec)!r}: {name} takes no ':' argument; write {name}")
         return _relu(0.0) if name == "relu" else _SMOOTH[name]
     raise ValueError(unknown("activation", str(spec), NAMES,
                              "(leaky_relu:SLOPE with 0 <= SLOPE < 1, monomial:K with K >= 1)"))

@@ -211,13 +211,18 @@ def unknown(what: str, name, choices, hint: str = "") -> str:
             + (f" {hint}" if hint else ""))
 
 
-def parameterised(what: str, spec, forms: dict[str, str]) -> tuple[str, str | None]:
-    """(NAME, PARAMETER) of a ``spec`` written NAME or NAME:PARAMETER (stripped, lower case; PARAMETER None
-    without ':'). ``forms`` maps each NAME that takes a parameter to how it is written; for one of them an
-    empty PARAMETER after ':' is ValueError "WHAT 'leaky_relu:': nothing follows ':'; write FORM" (it is a
-    cut-off value, not the default, which is written without ':'). Other names are the caller's to check."""
-    name, colon, parameter = str(spec).strip().lower().partition(":")
-    if colon and not parameter.strip() and name in forms:
+def parameterised(what: str, spec, forms: dict[str, str], plain=()) -> tuple[str, str | None]:
+    """(NAME, PARAMETER) of a ``spec`` written NAME or NAME:PARAMETER (lower case, each stripped: ``' bdf : 2'``
+    is bdf:2; PARAMETER None without ':'). ``forms`` maps each NAME that takes a parameter to how it is written;
+    for one of them an empty PARAMETER after ':' is ValueError "WHAT 'leaky_relu:': nothing follows ':'; write
+    FORM" (it is a cut-off value, not the default, which is written without ':'). A NAME of ``plain`` (one that
+    takes no parameter) with ':' is ValueError "WHAT 'relu:1': relu takes no ':' argument; write relu" (a
+    parameter it would ignore). Other names are the caller's to check."""
+    name, colon, parameter = str(spec).lower().partition(":")
+    name, parameter = name.strip(), parameter.strip()
+    if colon and name in plain:
+        raise ValueError(f"{what} {str(spec)!r}: {name} takes no ':' argument; write {name}")
+    if colon and not parameter and name in forms:
         raise ValueError(f"{what} {str(spec)!r}: nothing follows ':'; write {forms[name]}")
     return name, parameter if colon else None
 

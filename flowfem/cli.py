@@ -360,10 +360,7 @@ def cmd_flow(args, comm) -> None:
     from flowfem.problem import Problem, make_space
 
     petsc = _petsc_options(args.petsc_option)
-    if not (args.tau > 0 and math.isfinite(args.tau)):
-        raise ValueError(f"--tau {args.tau}: the first time step must be positive")
-    if not args.growth >= 1:
-        raise ValueError(f"--growth {args.growth}: the step growth factor must be >= 1 (1: constant steps)")
+    driver.check_steps(args.tau, args.growth, args.tau_max, args.max_steps, args.tol)  # before any work
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every {args.checkpoint_every}: give a positive number of steps")
     if args.write_every < 1:

@@ -164,12 +164,16 @@ def onnx_model(net: Network) -> onnx.ModelProto:
 def check_path(path: str | os.PathLike, format: str) -> None:
     """ValueError unless ``path`` ends in the suffix of ``format`` (:data:`FORMATS`, case ignored), naming the
     format the suffix says (then also as the other fix) and the path to give: its last suffix replaced by the
-    format's, or dropped where the name ends in the format's suffix before it (``x.onnx.pt`` -> ``x.onnx``)."""
+    format's, or dropped where the name ends in the format's suffix before it (``x.onnx.pt`` -> ``x.onnx``).
+    A dot-file's name is its suffix: ``.onnx`` is an ONNX file, ``.pt`` a torch one (which os.path.splitext
+    calls suffix-less), so that every path this suggests passes."""
     suffix = FORMATS[format]
     path = os.fspath(path)
-    base, given = os.path.splitext(path)
-    if given.lower() == suffix:
+    name = os.path.basename(path)
+    if name.lower().endswith(suffix):
         return
+    given = name[name.rfind("."):] if "." in name else ""  # the last suffix
+    base = path[:len(path) - len(given)]
     fix = base if given and base.lower().endswith(suffix) else base + suffix
     other = next((f for f, s in FORMATS.items() if s == given.lower()), None)
     wanted = f"{spell('format', repr(format))} writes {suffix}"

@@ -52,8 +52,7 @@ class Weight:
     def __post_init__(self):
         if self.kind not in ("uniform", "gaussian"):
             raise ValueError(unknown("weight", self.kind, ("uniform", "gaussian"), "(gaussian:S, S > 0)"))
-        if not (np.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"the Gaussian weight's scale s = {self.scale} must be positive")
+        bounded("the Gaussian weight's scale s", self.scale, 0, strict=True)
 
     @classmethod
     def parse(cls, spec: "str | Weight") -> "Weight":
@@ -61,7 +60,8 @@ class Weight:
         if isinstance(spec, Weight):
             return spec
         kind, arg = parameterised("weight", spec, {"gaussian": "gaussian:S with a scale S > 0, e.g. gaussian:0.5, "
-                                                               "or plain gaussian (S = 1)"})
+                                                               "or plain gaussian (S = 1)"},
+                                 plain=("uniform",))
         try:
             scale = float(arg) if arg is not None else 1.0
         except ValueError:

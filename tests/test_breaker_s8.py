@@ -323,7 +323,7 @@ def test_a_mu_list_starting_with_a_negative_number_is_a_value(small_net, tmp_pat
     (["solve", "--alpha", "-1e-3"], "--alpha must be a finite number > 0 (the convexity constant of E_alpha), "
                                     "got -0.001"),
     (["solve", "--radius", "-2e0"], "argument --radius: -2e0 must be a finite number > 0"),
-    (["flow", "--tau", "-1e-2"], "--tau -0.01: the first time step must be positive"),
+    (["flow", "--tau", "-1e-2"], "--tau must be a finite number > 0 (the first time step), got -0.01"),
 ])
 def test_a_negative_value_in_exponent_notation_is_refused_by_its_meaning(tmp_path, capsys, argv, said):
     out = tmp_path / "out"

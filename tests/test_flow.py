@@ -514,7 +514,7 @@ def test_flow_command_outputs_and_errors(tmp_path):
     for extra, message in ((["--scheme", "rk4"], "unknown time stepper 'rk4'"),
                            (["--scheme", "theta:0.2"], "1/2 <= theta <= 1"),
                            (["--initial", "network:/nonexistent.npz"], "no file '/nonexistent.npz'"),
-                           (["--growth", "0.5"], "growth factor must be >= 1"),
+                           (["--growth", "0.5"], "--growth must be a finite number >= 1 (the step growth factor"),
                            (["--resume", str(tmp_path / "nothing")], "does not exist")):
         bad = tmp_path / "bad"
         r = run([FLOWFEM, "flow", *ARGS, *extra, "--out", str(bad)], timeout=120)

@@ -43,7 +43,7 @@ from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
 from flowfem import progress as progress_  # noqa: E402
-from flowfem.arguments import at_least, bounded, positive, spell, tolerance, unknown  # noqa: E402
+from flowfem.arguments import at_least, bounded, spell, tolerance, unknown  # noqa: E402
 from flowfem.flow.schemes import Scheme, StepStats, parse_scheme  # noqa: E402
 from flowfem.functional import Functional  # noqa: E402
 from flowfem.sobolev import WeightedH1  # noqa: E402
@@ -273,6 +273,20 @@ class Interrupt:
 
 
 # -- the flow -------------------------------------------------------------------------------
+
+
+def check_steps(tau: float, growth: float, tau_max: float, max_steps: int, tol: float | None) -> None:
+    """ValueError unless the step arguments of :meth:`Flow.run` are in range: tau a finite number > 0 (the
+    first step), growth a finite number >= 1, tau_max a number > 0 (inf: no limit), max_steps an integer
+    >= 1 and tol None or a number > 0, each named as its caller wrote it (``flowfem flow`` checks them
+    with this before any work: --tau, --growth, ...)."""
+    bounded("tau", tau, 0, strict=True, meaning="the first time step")
+    bounded("growth", growth, 1, meaning="the step growth factor; 1: constant steps")
+    bounded("tau_max", tau_max, 0, strict=True, finite=False, meaning="the largest time step; inf: no limit")
+    at_least("max_steps", max_steps, 1)  # 0 or fewer: the run would be its initial density
+    if tol is not None:  # 0 or less: no step reaches it, the run would take every step
+        bounded("tol", tol, 0, strict=True, finite=False,
+                meaning="the relative distance ||u - u*|| / ||u*|| to stop at, e.g. 1e-6")
 
 
 class Flow:
@@ -526,13 +540,7 @@ class Flow:
         max_steps and, with ``tol``, log(e_0 / e) / log(e_0 / tol) (e = ||U - U*||_G / ||U*||_G), with
         the step, t, E_alpha and e.
         """
-        positive("tau", tau)  # the (first) time step
-        bounded("growth", growth, 1, meaning="the step growth factor; 1: constant steps")
-        bounded("tau_max", tau_max, 0, strict=True, finite=False, meaning="the largest time step; inf: no limit")
-        at_least("max_steps", max_steps, 1)  # 0 or fewer: the run would be its initial density
-        if tol is not None:  # 0 or less: no step reaches it, the run would take every step
-            bounded("tol", tol, 0, strict=True, finite=False,
-                    meaning="the relative distance ||u - u*|| / ||u*|| to stop at, e.g. 1e-6")
+        check_steps(tau, growth, tau_max, max_steps, tol)
         if tol is not None and self.U_star is None:
             raise ValueError("stopping at a tolerance on ||u - u*|| needs the stationary solution: "
                              "call stationary() (or set_reference) first")

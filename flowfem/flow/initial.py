@@ -14,7 +14,7 @@ from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 import dolfinx.fem  # noqa: E402
 
 from flowfem.activations import activation as _activation  # noqa: E402
-from flowfem.arguments import closest  # noqa: E402
+from flowfem.arguments import bounded, closest, parameterised  # noqa: E402
 from flowfem.files import read_npz  # noqa: E402
 from flowfem.io import fill_by_coordinates, read_density_file  # noqa: E402
 from flowfem.measure import project_network  # noqa: E402
@@ -22,13 +22,13 @@ from flowfem.sobolev import WeightedH1  # noqa: E402
 
 
 KINDS = ("zero", "gaussian", "density", "network")
+GAUSSIAN = "gaussian, gaussian:S or gaussian:S:A (scale S > 0, amplitude A), e.g. gaussian:0.5:2"
 
 
 def gaussian(H: WeightedH1, scale: float = 1.0, amplitude: float = 1.0) -> dolfinx.fem.Function:
     """u0(theta) = A exp(-|theta|^2 / (2 s^2)): the density of the usual initialisation law
     N(0, s^2 I) up to its normalisation (on the circle and sphere, |theta| = 1: a constant)."""
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"the Gaussian initial density's scale s = {scale} must be positive")
+    bounded("the Gaussian initial density's scale s", scale, 0, strict=True)
     if not np.isfinite(amplitude):
         raise ValueError(f"the Gaussian initial density's amplitude {amplitude} must be finite")
     u = H.function("u0")
@@ -114,18 +114,20 @@ def initial_densities(H: WeightedH1, spec: str = "zero", activation=None,
     otherwise, as for another activation than ``activation``; :func:`density_from_file`)."""
     spec = str(spec).strip()
     kind, _, arg = spec.partition(":")
-    kind_l = kind.lower()
+    kind_l = kind.strip().lower()
     comm = H.space.comm
+    if kind_l in ("zero", "gaussian"):  # (not a path: parameterised lowers the case)
+        kind_l, arg = parameterised("initial density", spec, {"gaussian": GAUSSIAN}, plain=("zero",))
     if kind_l == "zero":
         return [H.function("u0") for _ in range(outputs)]
     if kind_l == "gaussian":
-        parts = [p for p in arg.split(":") if p] if arg else []
-        try:
+        parts = [] if arg is None else arg.split(":")
+        try:  # an empty part ('gaussian::2') is refused: dropping it would read A as S
             values = [float(p) for p in parts]
         except ValueError:
-            raise ValueError(f"initial density {spec!r}: write gaussian, gaussian:S or gaussian:S:A") from None
+            raise ValueError(f"initial density {spec!r}: write {GAUSSIAN}") from None
         if len(values) > 2:
-            raise ValueError(f"initial density {spec!r}: write gaussian, gaussian:S or gaussian:S:A")
+            raise ValueError(f"initial density {spec!r}: write {GAUSSIAN}")
         return [gaussian(H, *values) for _ in range(outputs)]
     if kind_l in ("density", "network"):
         path = arg
