@@ -855,7 +855,7 @@ def cmd_landscape(args, comm) -> None:
         # a logistic network's landscape is of the logistic loss; --loss '' is refused as no loss
         loss = args.loss if args.loss is not None else net.loss or "squared"
         # --mu is checked (and its numbers read) by plateau_report, naming the option (main's command_line)
-        report = plateau.plateau_report(net, ds.x, ds.y, args.mu.split(","), args.neuron, loss, args.gtol,
+        report = plateau.plateau_report(net, ds.x, ds.y, args.mu, args.neuron, loss, args.gtol,
                                         check=args.check, progress=not args.quiet, polish=args.polish)
         report.update(network=args.network, data=args.data)
         if args.json:

@@ -405,11 +405,15 @@ def plateau_flatness(network: Network, i: int, x, y, mus, loss="squared") -> Fla
 def mu_values(mus) -> list[float]:
     """The output-weight fractions ``mus`` of :func:`plateau_report` as a list of floats if it is non-empty,
     each finite with |mu| <= :data:`MU_MAX` and none twice; else ValueError naming ``mus`` (on the command
-    line ``--mu``, :func:`flowfem.arguments.command_line`)."""
+    line ``--mu``, :func:`flowfem.arguments.command_line`). A string is read as the command line writes
+    them, separated by commas ("-1,0,0.5"), and shown as given in the message."""
+    given = mus
     try:
+        if isinstance(mus, str):
+            mus = mus.split(",")
         mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
     except (TypeError, ValueError):
-        raise ValueError(f"{named('mus')} must be numbers, e.g. -1,0,0.5,1,2, got {mus!r}") from None
+        raise ValueError(f"{named('mus')} must be numbers, e.g. -1,0,0.5,1,2, got {given!r}") from None
     mus = distinct("mus", mus, "-1,0,0.5,1,2")  # a mu twice would be classified twice
     if not np.all(np.isfinite(mus)):
         raise ValueError(f"{named('mus')} must be finite numbers, e.g. -1,0,0.5,1,2, got {mus}")

@@ -127,8 +127,8 @@ def test_export_cli_suggests_replacing_the_last_suffix(tmp_path, capsys, small_n
 
 # -- 4. --mu and training labels checked once ------------------------------------------------------------------
 @pytest.mark.parametrize("mu,said", [
-    ("0.5,x", "--mu must be numbers, e.g. -1,0,0.5,1,2, got ['0.5', 'x']"),
-    ("0.5,,1", "--mu must be numbers, e.g. -1,0,0.5,1,2, got ['0.5', '', '1']"),
+    ("0.5,x", "--mu must be numbers, e.g. -1,0,0.5,1,2, got '0.5,x'"),
+    ("0.5,,1", "--mu must be numbers, e.g. -1,0,0.5,1,2, got '0.5,,1'"),
     ("nan", "--mu must be finite numbers, e.g. -1,0,0.5,1,2, got [nan]"),
 ])
 def test_landscape_mu_is_refused_by_plateau_report_before_the_polish(tmp_path, capsys, monkeypatch, small_net,
