@@ -97,6 +97,7 @@ from mpi4py import MPI
 
 from flowfem.operator.features.base import Features, pieces
 from flowfem.operator.features.relu1d import ReluFeatures1D
+from flowfem.operator.features.split_bins import SplitBins, SplitWork
 from flowfem.operator.features.weights import is_frozen
 
 MOMENTS = 3  # per bin: sum D, sum D x, sum D x^2
@@ -156,65 +157,6 @@ class _Work:
         self.P = np.zeros((2, b, K + 2))  # R_k at column k + 1 (column 0 stays 0), then its prefix sums P_m
         self.tmp = np.empty((b, K + 1))
         self.h, self.v = np.empty((b, nm)), np.empty((b, nm))
-
-
-class _Split:
-    """Where the bins and the points meet when the K + 1 bins are split over the P ranks of comm: rank p
-    owns the bins lo ... hi - 1, lo = (K + 1) p // P. From every rank's positions ``where`` (K,), in the
-    order of the ranks (``counts`` points each), increasing on each rank."""
-
-    def __init__(self, comm: MPI.Comm, where: np.ndarray, counts: np.ndarray):
-        P, rank, K = comm.size, comm.rank, where.size
-        self.rank = rank
-        self.bounds = (K + 1) * np.arange(P + 1) // P
-        self.lo, self.hi = int(self.bounds[rank]), int(self.bounds[rank + 1])
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        points = [where[starts[q]:starts[q + 1]] for q in range(P)]
-        # Forward: the point at position i has its increment at bin i + 1, which the bin's owner sums. This
-        # rank's points for rank p: the slice send[p] ... send[p + 1]; rank q's in these bins: at columns[q].
-        self.send = np.searchsorted(points[rank] + 1, self.bounds)
-        self.columns = [self._own(pos + 1) for pos in points]
-        # Backward: the point at position i reads P_{i + 1}, the prefix sum of R through bin i, from its owner.
-        self.back_recv = np.searchsorted(points[rank], self.bounds)
-        self.reads = [self._own(pos) for pos in points]
-
-    def _own(self, bins: np.ndarray) -> np.ndarray:
-        """The increasing bins (of one rank's points) in lo ... hi - 1, as columns of this rank's bins."""
-        return (bins[slice(*np.searchsorted(bins, [self.lo, self.hi]))] - self.lo).astype(np.intp)
-
-
-class _SplitWork:
-    """Buffers of a product with b columns on the split bins (:class:`_Split`), bins or points along the
-    last axis; the messages of Alltoallv in one block (2, b, points) per rank."""
-
-    def __init__(self, split: _Split, nm: int, b: int):
-        nb, P = split.hi - split.lo, split.bounds.size - 1
-        sizes = [np.diff(split.send), [c.size for c in split.columns],
-                 [r.size for r in split.reads], np.diff(split.back_recv)]
-        self.messages = [self._blocks(n, b) for n in sizes]  # (message of Alltoallv, blocks)
-        rank = split.rank
-        for first, second in ((0, 1), (2, 3)):  # this rank's block to itself is read where it is written
-            self.messages[second][1][rank] = self.messages[first][1][rank]
-            for m in (first, second):
-                self.messages[m][0][1][0][rank] = 0  # Alltoallv would copy it through MPI (2x its cost)
-        self.send, self.recv, self.back_send, self.back_recv = (m[1] for m in self.messages)
-        self.H = np.zeros((2, b, nb))  # the increments of this rank's bins, then (W_k, B_k)
-        self.R = np.empty((2, b, nb))  # R_k, then P_{k + 1}
-        self.tmp = np.empty((b, nb))
-        self.P_at = np.empty((2, b, nm))  # P_{i_q + 1} of this rank's points
-        self.H_sums, self.all_H_sums = np.empty((2, 2, b)), np.empty((P, 2, 2, b))  # (bin 0's, all bins') H
-        self.R_sums, self.all_R_sums = np.empty((2, b)), np.empty((P, 2, b))  # R summed over the bins
-        self.h, self.v = np.empty((b, nm)), np.empty((b, nm))
-
-    @staticmethod
-    def _blocks(points, b: int):
-        """A message buffer of one block (2, b, points[p]) for each rank p, for Alltoallv: (the buffer, its
-        blocks, counts and displacements in numbers)."""
-        counts = 2 * b * np.asarray(points, dtype=np.intp)
-        displacements = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        buffer = np.empty(int(counts.sum()))
-        blocks = [buffer[d:d + c].reshape(2, b, -1) for d, c in zip(displacements, counts)]
-        return [buffer, (counts, displacements), MPI.DOUBLE], blocks
 
 
 class ReluMoments1D(Features):
@@ -282,8 +224,8 @@ class ReluMoments1D(Features):
         self._bins = self._row_bins = None  # computed at first use
         self._cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
         self._work: dict[int, _Work] = {}
-        self._split = _Split(comm, where, counts) if P > 1 else None
-        self._split_work: dict[int, _SplitWork] = {}
+        self._split = SplitBins(comm, where, counts) if P > 1 else None
+        self._split_work: dict[int, SplitWork] = {}
 
     @property
     def num_bins(self) -> int:
@@ -353,7 +295,7 @@ class ReluMoments1D(Features):
         H[1, :, 0] += self.sigma_flat @ G[self.flat]
         return H
 
-    def _adjoint(self, T: np.ndarray, P_at: np.ndarray, work: _Work | _SplitWork, out: np.ndarray) -> np.ndarray:
+    def _adjoint(self, T: np.ndarray, P_at: np.ndarray, work: _Work | SplitWork, out: np.ndarray) -> np.ndarray:
         """S^T r of this rank's points (m, b) from the totals T = P_{K + 1} (2, b) and the prefix sums of R at
         its points, P_at (2, b, nm): P_{i_q + 1}."""
         h, v = work.h, work.v
@@ -402,11 +344,11 @@ class ReluMoments1D(Features):
         return self._adjoint_all(np.cumsum(work.P, axis=2, out=work.P), work, out)  # P_m = sum_{k < m} R_k
 
     def _normal_split(self, G, M, scale, out):
-        """_normal on P > 1 ranks, the bins split over them (:class:`_Split`; module docstring, "Cost"):
-        (W, B), R and their prefix sums on this rank's bins only, O(K b / P)."""
+        """_normal on P > 1 ranks, the bins split over them (:class:`~.split_bins.SplitBins`; module docstring,
+        "Cost"): (W, B), R and their prefix sums on this rank's bins only, O(K b / P)."""
         split, b = self._split, G.shape[1]
         if b not in self._split_work:
-            self._split_work[b] = _SplitWork(split, self.t.size, b)
+            self._split_work[b] = SplitWork(split, self.t.size, b)
         work, comm, lo, hi = self._split_work[b], self.comm, split.lo, split.hi
         Gm = G[self.moving]  # (nm, b)
         for block, a, z in zip(work.send, split.send[:-1], split.send[1:]):
