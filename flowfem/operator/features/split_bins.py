@@ -45,7 +45,11 @@ class SplitWork:
         nb, P = split.hi - split.lo, split.bounds.size - 1
         sizes = [np.diff(split.send), [c.size for c in split.columns],
                  [r.size for r in split.reads], np.diff(split.back_recv)]
-        self.messages = [self._blocks(n, b) for n in sizes]  # (message of Alltoallv, blocks)
+        # two buffers for the four messages: each message is read (into H, into P_at) before the buffer it
+        # shares is written again, and the pairs are about the size of this rank's points and of its bins
+        totals = [2 * b * int(np.sum(n)) for n in sizes]
+        shared = [np.empty(max(totals[0], totals[3])), np.empty(max(totals[1], totals[2]))]
+        self.messages = [self._blocks(n, b, shared[i]) for n, i in zip(sizes, (0, 1, 1, 0))]
         rank = split.rank
         for first, second in ((0, 1), (2, 3)):  # this rank's block to itself is read where it is written
             self.messages[second][1][rank] = self.messages[first][1][rank]
@@ -61,11 +65,11 @@ class SplitWork:
         self.h, self.v = np.empty((b, nm)), np.empty((b, nm))
 
     @staticmethod
-    def _blocks(points, b: int):
-        """A message buffer of one block (2, b, points[p]) for each rank p, for Alltoallv: (the buffer, its
-        blocks, counts and displacements in numbers)."""
+    def _blocks(points, b: int, memory: np.ndarray):
+        """A message buffer of one block (2, b, points[p]) for each rank p, for Alltoallv, at the start of
+        ``memory``: (the buffer, its counts and displacements in numbers, its blocks)."""
         counts = 2 * b * np.asarray(points, dtype=np.intp)
         displacements = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        buffer = np.empty(int(counts.sum()))
+        buffer = memory[:int(counts.sum())]
         blocks = [buffer[d:d + c].reshape(2, b, -1) for d, c in zip(displacements, counts)]
         return [buffer, (counts, displacements), MPI.DOUBLE], blocks
