@@ -107,6 +107,9 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
         g.add_argument("--folds", type=int, default=None,
                        help="with --alpha auto: K >= 2 folds instead of one held-out fraction; each row is held out "
                             "once and the score is the mean over the folds (K times the cost) (default: none)")
+        g.add_argument("--alphas", type=_alphas, default=None,
+                       help="with --alpha auto: the path's alphas, numbers > 0 separated by commas, in any order "
+                            "(solved from the largest down) (default: 1e-2,1e-3,...,1e-10)")
     else:
         g.add_argument("--alpha", type=float, default=1e-4, help="regularisation alpha > 0 (default: %(default)g)")
     g.add_argument("--kappa", type=float, default=1.0,
@@ -275,10 +278,11 @@ def cmd_solve(args, comm) -> None:
         problem.loss.check_labels(test.y, "test targets y", comm if args.sharded else None,
                                   classes=np.unique(y) if problem.loss.multiclass else None)
     auto = args.alpha == "auto"
-    if not auto and (args.validation is not None or args.folds is not None):
-        raise ValueError(f"{'--validation' if args.validation is not None else '--folds'} applies to --alpha auto "
-                         f"only (it chooses how each alpha of the path is scored); drop it or use --alpha auto")
-    path_args = dict(validation=args.validation, folds=args.folds, seed=args.seed) if auto else {}
+    for option, value in (("--validation", args.validation), ("--folds", args.folds), ("--alphas", args.alphas)):
+        if not auto and value is not None:
+            raise ValueError(f"{option} applies to --alpha auto only (it sets up the path of alphas that chooses "
+                             "alpha); drop it or use --alpha auto")
+    path_args = dict(validation=args.validation, folds=args.folds, seed=args.seed, alphas=args.alphas) if auto else {}
     result = problem.fit(train.x, y, args.solver, args.rtol, petsc, args.allow_unconverged,
                          progress=not args.quiet, preconditioner=args.preconditioner, sharded=args.sharded,
                          **path_args)
@@ -316,6 +320,11 @@ def cmd_solve(args, comm) -> None:
                       + (f"  basis rank {row['rank']}" if row["rank"] else ""))
             print(f"chosen alpha = {path.alpha:g}, refitted on all {n_train} rows"
                   + (f" ({path.refit_iterations} CG its)" if cg else ""))
+            if path.edge:  # the best alpha may lie beyond the grid: say so, and how to look there
+                beyond = [path.alpha * 10.0 ** (k if path.edge == "largest" else -k) for k in (3, 2, 1, 0)]
+                print(f"warning: the chosen alpha is the grid's {path.edge}; the best may lie "
+                      f"{'above' if path.edge == 'largest' else 'below'} it: try --alphas "
+                      + ",".join(f"{a:g}" for a in sorted(beyond, reverse=True)))
         print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
         where = (f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
                  f"{problem.H.ndofs} dofs, n = {n_train}" + (" (sharded)" if args.sharded else ""))
@@ -578,6 +587,15 @@ def _tolerance(option: str, example: str):
 # which numbers a domain takes (whole cells >= 1 or >= 3, refinements >= 0, an element size > 0),
 # space.named_arrays checks, naming --size (main's command_line)
 _mesh_size = _number_in(lambda v: True, "a number")
+
+
+def _alphas(text: str) -> list[float]:
+    """--alphas: numbers separated by commas (the path checks their range, naming --alphas, as for the API)."""
+    try:
+        return [float(a) for a in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write numbers > 0 separated by commas, e.g. "
+                                         "1,1e-1,1e-2,1e-3") from None
 
 
 def _alpha(text: str):
@@ -1204,7 +1222,7 @@ def parser() -> argparse.ArgumentParser:
 # the options that give API arguments of another name (flowfem.arguments.command_line): a domain's size is
 # --mesh-size (--size of flowfem mesh), compare's readouts --readout and each readout's width one of --widths,
 # landscape's mus --mu, the path an exported network is written to --out
-OPTIONS = {"solve": dict(size="--mesh-size"), "flow": dict(size="--mesh-size"),
+OPTIONS = {"solve": dict(size="--mesh-size", alphas="--alphas"), "flow": dict(size="--mesh-size"),
            "compare": dict(size="--mesh-size", readouts="--readout", width="--widths"), "landscape": dict(mus="--mu"),
            "export": dict(path="--out")}
 

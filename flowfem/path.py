@@ -167,6 +167,14 @@ class RegularisationPath:
         """The chosen alpha."""
         return float(self.alphas[self.chosen])
 
+    @property
+    def edge(self) -> str | None:
+        """The end of a grid of two or more alphas that was chosen, "largest" or "smallest" (the best alpha may
+        then lie beyond the grid), else None."""
+        if self.alphas.size < 2 or 0 < self.chosen < self.alphas.size - 1:
+            return None
+        return "largest" if self.chosen == 0 else "smallest"
+
     def table(self) -> list[dict]:
         """One dict per alpha: alpha, score, train_loss, iterations, newton, seconds, rank (and accuracy)."""
         rows = []
@@ -182,7 +190,8 @@ class RegularisationPath:
     def metrics(self) -> dict:
         """What metrics.json records of the path: the rule's inputs and outcome and the table."""
         return dict(alpha=self.alpha, score=self.score, validation=self.validation, folds=self.folds,
-                    seed=self.seed, rule="smallest score; ties -> the larger alpha", table=self.table(),
+                    seed=self.seed, rule="smallest score; ties -> the larger alpha", edge=self.edge,
+                    table=self.table(),
                     seconds=float(np.sum(self.seconds)), refit_iterations=int(self.refit_iterations),
                     refit_seconds=float(self.refit_seconds))
 

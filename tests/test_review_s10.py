@@ -15,6 +15,7 @@
   same) where ``monomial:`` was refused.
 """
 
+import json
 import os
 
 import numpy as np
@@ -263,3 +264,50 @@ def test_api_refuses_an_empty_parameter_and_inf_by_the_arguments():
         Problem(Space.box(1, 4, 4.0), alpha=float("inf"))
     with pytest.raises(ValueError, match=r"^kappa must be a finite number > 0"):
         Problem(Space.box(1, 4, 4.0), kappa=float("inf"))
+
+
+# -- the path's grid from the command line, and a choice at its end ---------------------------------------------
+def test_solve_alphas_sets_the_grid_and_a_choice_at_its_end_is_reported(tmp_path, capsys):
+    """`--alpha auto` could not change its grid from the command line (the README advised `alphas=[...]`, API only),
+    and a choice at the grid's end, where the best alpha may lie beyond it (iris2, stackloss), went unremarked.
+    sin is noiseless: its best alpha is the smallest of any grid that ends at 1e-3."""
+    out = tmp_path / "out"
+    assert cli.main(["solve", "--data", "sin", "--n", "300", "--mesh-size", "16", "--alpha", "auto", "--alphas",
+                     "1e-3,1e-1,1e-2", "--no-plot", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    path = json.load(open(out / "metrics.json"))["path"]
+    assert [row["alpha"] for row in path["table"]] == [1e-1, 1e-2, 1e-3]
+    assert path["alpha"] == 1e-3 and path["edge"] == "smallest"
+    assert "warning: the chosen alpha is the grid's smallest; the best may lie below it: try --alphas " \
+           "0.001,0.0001,1e-05,1e-06" in printed
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--alpha", "auto", "--alphas", "1e-2,x"], "--alphas: '1e-2,x': write numbers > 0 separated by commas"),
+    (["--alpha", "auto", "--alphas", "1e-2,-1"], "--alphas must be a finite number > 0, got -1.0"),
+    (["--alpha", "auto", "--alphas", "1e-2,1e-2"], "--alphas repeats a value: [0.01, 0.01]"),
+    (["--alpha", "1e-3", "--alphas", "1e-2,1e-3"], "--alphas applies to --alpha auto only"),
+])
+def test_solve_alphas_is_refused_in_one_line(tmp_path, capsys, argv, said):
+    line = refused(["solve", "--data", "sin", "--n", "50", "--mesh-size", "8", "--no-plot", "--quiet", *argv,
+                    "--out", str(tmp_path / "out")], capsys)
+    assert said in line, line
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_path_reports_which_end_of_its_grid_it_chose():
+    from flowfem.path import RegularisationPath
+
+    def path(scores):
+        m = len(scores)
+        return RegularisationPath(alphas=10.0 ** -np.arange(2, 2 + m), scores=np.array(scores), train_loss=np.zeros(m),
+                                  iterations=np.zeros(m, int), newton=np.zeros(m, int), seconds=np.zeros(m),
+                                  rank=np.zeros(m, int), accuracy=None, fold_scores=np.array([scores]),
+                                  chosen=int(np.argmin(scores)), score="validation RMSE", validation=0.2, folds=None,
+                                  seed=0)
+
+    assert path([1.0, 2.0, 3.0]).edge == "largest"
+    assert path([3.0, 2.0, 1.0]).edge == "smallest"
+    assert path([3.0, 1.0, 2.0]).edge is None
+    assert path([1.0]).edge is None  # one alpha has no beyond to look at
+    assert path([3.0, 2.0, 1.0]).metrics()["edge"] == "smallest"
