@@ -22,7 +22,7 @@
 # + (1/n) sum_j (f_u(x_j) - y_j) sigma(w x_j + b) = 0 with
 # kappa omega du/dn = 0 on the boundary. With Lagrange elements it is one
 # sparse-plus-low-rank linear system, solved by CG preconditioned with algebraic
-# multigrid, in parallel:
+# multigrid plus a low-rank (Nystrom) basis of the data term, in parallel:
 #
 #     mpirun -n 2 python demos/regression_1d.py
 #
@@ -50,7 +50,7 @@ def main(n: int = 5000, cells: int = 128, alpha: float = 1e-5, out: str | None =
     test = data.synthetic("sin", 2000, seed=1)
 
     # ## Parameter space
-    # Neurons theta = (w, b) in the square [-4, 4]^2, split into 2 cells^2
+    # Neurons theta = (w, b) in the square [-4, 4]^2, split into 2 * cells^2
     # triangles and distributed over the MPI ranks. Slopes up to 4 and
     # offsets up to 4 are enough for sin(pi x) on [-1, 1].
     space = Space.box(d=1, n=cells, radius=4.0, comm=comm)
@@ -58,8 +58,9 @@ def main(n: int = 5000, cells: int = 128, alpha: float = 1e-5, out: str | None =
     # ## The problem
     # ReLU neurons, uniform weight omega = 1, kappa = 1, P1 elements.
     # The data operator Phi (density -> predictions) is exact and matrix-free:
-    # for ReLU on 1-D inputs it is a prefix sum over the neurons sorted by
-    # their kink -b/w, so it costs O(n + number of quadrature points).
+    # for ReLU on 1-D inputs a product with Phi^T Phi is a prefix sum over the
+    # bins between the neurons' kinks -b/w of the data's moments in each bin,
+    # so after one pass over the data it costs O(number of quadrature points).
     problem = Problem(space, activation="relu", weight="uniform", alpha=alpha, kappa=1.0, degree=1)
 
     # ## One solve

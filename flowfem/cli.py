@@ -116,7 +116,7 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
                    help="smoothness weight kappa > 0 in the H1 norm (default: %(default)g)")
     g.add_argument("--weight", default="uniform",
                    help="omega(theta) in the H1 norm: uniform, or gaussian[:S] = exp(-|theta|^2 / (2 S^2)) with S "
-                        "> 0 its standard deviation in parameter units (default S = 1) (default: %(default)s)")
+                        "> 0 its standard deviation in parameter units, S = 1 if not given (default: %(default)s)")
 
 
 DEFAULT_RADIUS = 4.0  # half-width of the box, radius of the ball: the default of --radius
@@ -189,7 +189,8 @@ def _load_sharded(args, comm):
     for option, spec in (("--data", args.data), ("--test-data", args.test_data)):
         if spec is not None and data.named(spec):
             raise ValueError(f"{option} {spec} is a named data set, which every rank makes whole; --sharded reads "
-                             f"a file's rows rank by rank: drop --sharded, or save the set to a .npy file")
+                             f"a file's rows rank by rank: drop --sharded, or save the set to a file first, e.g. "
+                             f"python -c \"from flowfem import data; data.save(data.get('{spec}'), '{spec}.npy')\"")
     shard = shards.read(args.data, comm)
     _check_n_used(args)
     name = os.path.splitext(os.path.basename(args.data))[0]
@@ -505,8 +506,9 @@ def _max_steps_warning(args, flow, last: dict, t_end: float) -> str:
         fix = (f"raise --max-steps, or --tau / --growth (now {args.tau:g} / {args.growth:g}; implicit steps are "
                "stable at any size)")
     else:
-        fix = ("take growing steps, which are stable at any size: e.g. --tau 0.5 --growth 3 --tol 1e-6 "
-               "(or raise --max-steps)")
+        fix = ("take growing steps, which are stable at any size: e.g. --tau 0.5 --growth 3"
+               + (" --t-end 1e4" if args.no_reference else " --tol 1e-6")  # --tol needs the stationary solution
+               + " (or raise --max-steps)")
     return (f"warning: stopped at --max-steps {args.max_steps} (t = {last['t']:.6g}) before reaching {goal}: "
             f"{left}; {fix}")
 
@@ -1105,8 +1107,8 @@ def parser() -> argparse.ArgumentParser:
                                    "or a synthetic set.")
     p.add_argument("--network", required=True, help="network .npz (flowfem readout, Network.save)")
     p.add_argument("--data", required=True,
-                   help="inputs: CSV, NPZ, sin/step/two_moons, or a real data set (diabetes1, engel, ...) in its "
-                        "own units")
+                   help="inputs: a CSV, NPZ, .npy or HDF5 file, sin/step/two_moons, or a real data set (diabetes1, "
+                        "engel, ...) in its own units")
     _add_n_argument(p, p, 1000, "a synthetic set")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--out", default=None,
@@ -1157,7 +1159,8 @@ def parser() -> argparse.ArgumentParser:
                                    "Prints H's eigenvalues, the stationarity check and, per mu, the kind and the "
                                    "escape direction of saddles.")
     p.add_argument("--network", required=True, help="network .npz (Network.save, flowfem readout)")
-    p.add_argument("--data", required=True, help="CSV (header naming x1..xd and y), NPZ (x, y), or sin/step/two_moons")
+    p.add_argument("--data", required=True, help="a CSV (header naming x1..xd and y), NPZ (x, y), .npy or HDF5 "
+                   "file, sin/step/two_moons, or a real data set (engel, ...)")
     _add_n_argument(p, p, 200, "a synthetic set")
     p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--neuron", type=int, default=None, help="the neuron to split, 0..width-1 (default: each in turn)")
@@ -1191,7 +1194,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--methods", default="gd,adam", help="particle solvers: gd, adam (default: %(default)s)")
     g.add_argument("--steps", type=int, default=1000, help="particle steps per run (default: %(default)s)")
     g.add_argument("--lr-gd", type=float, default=1.0, help="GD step size in mean-field time (default: %(default)g)")
-    g.add_argument("--lr-adam", type=float, default=0.03, help="Adam step size (default: %(default)g)")
+    g.add_argument("--lr-adam", type=float, default=0.03,
+                   help="Adam step size, in parameter units per step (Adam divides by the gradient's running RMS) "
+                        "(default: %(default)g)")
     g.add_argument("--weight-decay", type=float, default=0.0,
                    help="particle weight decay lam (default: %(default)g)")
     g.add_argument("--init-scale", type=float, default=1.0,

@@ -9,6 +9,8 @@ show a bounded sample; bad combinations fail with one line and exit status 2 bef
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -162,6 +164,17 @@ def test_refused_on_every_rank(tmp_path, files, extra, says):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flowfem: error")]
     assert len(lines) == 1 and says.replace("MISSING", "missing.npy") in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_refusal_of_a_named_set_advises_a_command_that_works(tmp_path):
+    """It advised "save the set to a .npy file", and flowfem convert refuses a named set: the refusal now
+    gives the Python line that saves it, which must run as given and make a file --sharded takes."""
+    r = run([FLOWFEM, "solve", *MESH, "--sharded", "--data", "sin", "--out", str(tmp_path / "out")])
+    assert r.returncode == 2, r.stdout + r.stderr
+    code = r.stderr.split('python -c "')[1].rsplit('"', 1)[0]
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    fit, _ = solve(tmp_path, "fit", "--data", str(tmp_path / "sin.npy"), "--sharded")
+    assert fit["n_train"] > 0
 
 
 def test_readout_refit_refuses_a_sharded_density(tmp_path, files):

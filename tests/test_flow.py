@@ -540,6 +540,16 @@ def test_flow_that_stops_at_max_steps_says_so(tmp_path):
     r = run([FLOWFEM, "flow", *ARGS, "--max-steps", "2", "--no-reference", "--out", str(tmp_path / "b")], timeout=300)
     assert r.returncode == 0, r.stderr
     assert "before reaching the stationary state: the distance to u* is not known (--no-reference)" in r.stdout
+    # constant steps: it advises growing ones, and the advice runs as given (it advised --tol, which
+    # --no-reference refuses; found by a newcomer)
+    for reference in ([], ["--no-reference"]):
+        r = run([FLOWFEM, "flow", *ARGS, "--growth", "1", "--max-steps", "2", *reference, "--out",
+                 str(tmp_path / f"c{len(reference)}")], timeout=300)
+        advice = r.stdout.split("e.g. ")[1].split(" (or")[0].split()
+        assert ("--tol" in advice) == (not reference), r.stdout
+        r = run([FLOWFEM, "flow", *ARGS, "--max-steps", "40", *reference, *advice, "--out",
+                 str(tmp_path / f"d{len(reference)}")], timeout=300)
+        assert r.returncode == 0 and "warning" not in r.stdout, (advice, r.stdout, r.stderr)
 
 
 def test_growing_steps_that_overflow_end_the_run_with_finite_times():
