@@ -244,6 +244,7 @@ def _split_record(args, train) -> dict:
 
 def cmd_solve(args, comm) -> None:
     from flowfem import io, outputs, sharded_split
+    from flowfem.path import GRID
     from flowfem.plot import FIGURE_OUTPUTS as plot_outputs
     from flowfem.problem import Problem, make_space
 
@@ -321,7 +322,9 @@ def cmd_solve(args, comm) -> None:
                       + (f"  basis rank {row['rank']}" if row["rank"] else ""))
             print(f"chosen alpha = {path.alpha:g}, refitted on all {n_train} rows"
                   + (f" ({path.refit_iterations} CG its)" if cg else ""))
-            if path.edge:  # the best alpha may lie beyond the grid: say so, and how to look there
+            # the best alpha may lie beyond the grid: say so, and how to look there; not below the default grid's
+            # end, 1e-10, which is chosen on purpose (README, "Why this grid": at most 20% less error below it)
+            if path.edge == "largest" or (path.edge == "smallest" and path.alpha > min(GRID)):
                 beyond = [path.alpha * 10.0 ** (k if path.edge == "largest" else -k) for k in (3, 2, 1, 0)]
                 print(f"warning: the chosen alpha is the grid's {path.edge}; the best may lie "
                       f"{'above' if path.edge == 'largest' else 'below'} it: try --alphas "
