@@ -70,6 +70,19 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+def refused_by_cli(argv, capsys) -> str:
+    """The one stderr line of ``flowfem ARGV`` run in this process (flowfem.cli.main), asserted to exit with
+    status 2: a usage error (argparse's SystemExit) or a refusal."""
+    from flowfem import cli
+
+    try:
+        status = cli.main(argv)
+    except SystemExit as e:
+        status = e.code
+    assert status == 2
+    return one_error_line(capsys.readouterr().err)
+
+
 def passes_on_ranks(test_file: str, ranks: int, timeout: float) -> None:
     """Run the tests of ``test_file`` (a path; those not marked mpi) under mpirun -n ranks, within
     ``timeout`` seconds (a hang fails); fail unless every rank's pytest passed."""

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import one_error_line
+from conftest import refused_by_cli
 from flowfem import cli, export
 from flowfem.activations import activation
 from flowfem.flow.schemes import BDF, parse_scheme
@@ -26,16 +26,6 @@ from flowfem.network import Network
 from flowfem.sobolev import Weight
 
 FIT = ["--data", "sin", "--n", "40", "--mesh-size", "4", "--quiet", "--no-plot"]
-
-
-def refused(argv, capsys) -> str:
-    """The one stderr line of ``flowfem ARGV``, asserted to exit with status 2."""
-    try:
-        status = cli.main(argv)
-    except SystemExit as e:  # argparse's usage errors
-        status = e.code
-    assert status == 2
-    return one_error_line(capsys.readouterr().err)
 
 
 # -- 1. NAME : PARAMETER with spaces around ':' ---------------------------------------------------------------
@@ -61,7 +51,7 @@ def test_a_weight_without_a_parameter_refuses_one(spec):
 ])
 def test_the_command_refuses_a_parameter_of_a_name_that_takes_none(tmp_path, capsys, option, value, said):
     out = tmp_path / "out"
-    assert refused(["solve", *FIT, f"{option}={value}", "--out", str(out)], capsys) == f"flowfem: error: {said}"
+    assert refused_by_cli(["solve", *FIT, f"{option}={value}", "--out", str(out)], capsys) == f"flowfem: error: {said}"
     assert not out.exists()
 
 
@@ -98,7 +88,7 @@ def test_an_initial_gaussian_reads_scale_and_amplitude_with_spaces(H):
 
 def test_the_flow_command_refuses_gaussian_with_an_empty_scale(tmp_path, capsys):
     out = tmp_path / "out"
-    line = refused(["flow", *FIT, "--max-steps", "2", "--initial=gaussian::2", "--out", str(out)], capsys)
+    line = refused_by_cli(["flow", *FIT, "--max-steps", "2", "--initial=gaussian::2", "--out", str(out)], capsys)
     assert line.startswith("flowfem: error: initial density 'gaussian::2': write gaussian"), line
     assert not out.exists()
 
@@ -129,7 +119,7 @@ def test_the_flow_steps_are_refused_by_the_runs_own_check_before_the_data_are_re
                                                                                    value, said):
     out = tmp_path / "out"
     missing = str(tmp_path / "missing.csv")  # read after the check: its error would come first otherwise
-    line = refused(["flow", "--data", missing, "--quiet", "--no-plot", f"{option}={value}", "--out", str(out)],
+    line = refused_by_cli(["flow", "--data", missing, "--quiet", "--no-plot", f"{option}={value}", "--out", str(out)],
                    capsys)
     assert line == f"flowfem: error: {said}"
     assert not out.exists()

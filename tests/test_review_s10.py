@@ -21,23 +21,13 @@ import os
 import numpy as np
 import pytest
 
-from conftest import one_error_line
+from conftest import refused_by_cli
 from flowfem import cli, data, export, plateau
 from flowfem.network import Network
 from flowfem.problem import Problem
 from flowfem.space import Space
 
 FIT = ["--data", "sin", "--n", "40", "--mesh-size", "4", "--quiet", "--no-plot"]
-
-
-def refused(argv, capsys) -> str:
-    """The one stderr line of ``flowfem ARGV``, asserted to exit with status 2 (a usage error or a refusal)."""
-    try:
-        status = cli.main(argv)
-    except SystemExit as e:  # argparse's usage errors
-        status = e.code
-    assert status == 2
-    return one_error_line(capsys.readouterr().err)
 
 
 # -- 1. an output's functional follows alpha and the row weights ---------------------------------------------
@@ -120,7 +110,7 @@ def test_each_format_writer_refuses_another_suffix(tmp_path, net):
 
 def test_export_cli_suggests_replacing_the_last_suffix(tmp_path, capsys, small_net):
     out = tmp_path / "x.onnx.pt"
-    line = refused(["export", "--network", str(small_net), "--format", "onnx", "--out", str(out)], capsys)
+    line = refused_by_cli(["export", "--network", str(small_net), "--format", "onnx", "--out", str(out)], capsys)
     assert line == (f"flowfem: error: --out {out} names a torch file, but --format onnx writes .onnx: give --out "
                     f"{tmp_path}/x.onnx, or --format torch")
     assert os.listdir(tmp_path) == []
@@ -138,7 +128,7 @@ def test_landscape_mu_is_refused_by_plateau_report_before_the_polish(tmp_path, c
         raise AssertionError("the polish started")
 
     monkeypatch.setattr(plateau, "minimise", polished)
-    line = refused(["landscape", "--network", str(small_net), "--data", "sin", "--n", "20", "--quiet", "--polish",
+    line = refused_by_cli(["landscape", "--network", str(small_net), "--data", "sin", "--n", "20", "--quiet", "--polish",
                     f"--mu={mu}", "--json", str(tmp_path / "l.json")], capsys)
     assert line == f"flowfem: error: {said}"
     assert os.listdir(tmp_path) == []
@@ -206,7 +196,7 @@ def test_readout_messages_name_the_options(tmp_path, capsys, argv, said):
     assert cli.main(["solve", *FIT, "--out", str(density)]) == 0
     capsys.readouterr()
     data_args = ["--data", "sin", "--n", "40"] if "refit" in argv else []
-    line = refused(["readout", "--density", str(density), *data_args, *argv, "--out", str(tmp_path / "n.npz")], capsys)
+    line = refused_by_cli(["readout", "--density", str(density), *data_args, *argv, "--out", str(tmp_path / "n.npz")], capsys)
     assert line == f"flowfem: error: {said}"
     assert not (tmp_path / "n.npz").exists()
 
@@ -245,7 +235,7 @@ def test_readout_api_messages_name_the_arguments():
 def test_command_messages_name_the_option_and_the_form(tmp_path, capsys, command, option, value, said):
     out = tmp_path / "out"
     extra = ["--max-steps", "2"] if command == "flow" else []
-    line = refused([command, *FIT, *extra, f"{option}={value}", "--out", str(out)], capsys)
+    line = refused_by_cli([command, *FIT, *extra, f"{option}={value}", "--out", str(out)], capsys)
     assert line.startswith(f"flowfem: error: {said}"), line
     assert not out.exists()
 
@@ -289,7 +279,7 @@ def test_solve_alphas_sets_the_grid_and_a_choice_at_its_end_is_reported(tmp_path
     (["--alpha", "1e-3", "--alphas", "1e-2,1e-3"], "--alphas applies to --alpha auto only"),
 ])
 def test_solve_alphas_is_refused_in_one_line(tmp_path, capsys, argv, said):
-    line = refused(["solve", "--data", "sin", "--n", "50", "--mesh-size", "8", "--no-plot", "--quiet", *argv,
+    line = refused_by_cli(["solve", "--data", "sin", "--n", "50", "--mesh-size", "8", "--no-plot", "--quiet", *argv,
                     "--out", str(tmp_path / "out")], capsys)
     assert said in line, line
     assert os.listdir(tmp_path) == []
