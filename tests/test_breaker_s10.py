@@ -120,7 +120,7 @@ def test_the_flow_steps_are_refused_by_the_runs_own_check_before_the_data_are_re
     out = tmp_path / "out"
     missing = str(tmp_path / "missing.csv")  # read after the check: its error would come first otherwise
     line = refused_by_cli(["flow", "--data", missing, "--quiet", "--no-plot", f"{option}={value}", "--out", str(out)],
-                   capsys)
+                          capsys)
     assert line == f"flowfem: error: {said}"
     assert not out.exists()
 

@@ -128,8 +128,8 @@ def test_landscape_mu_is_refused_by_plateau_report_before_the_polish(tmp_path, c
         raise AssertionError("the polish started")
 
     monkeypatch.setattr(plateau, "minimise", polished)
-    line = refused_by_cli(["landscape", "--network", str(small_net), "--data", "sin", "--n", "20", "--quiet", "--polish",
-                    f"--mu={mu}", "--json", str(tmp_path / "l.json")], capsys)
+    line = refused_by_cli(["landscape", "--network", str(small_net), "--data", "sin", "--n", "20", "--quiet",
+                           "--polish", f"--mu={mu}", "--json", str(tmp_path / "l.json")], capsys)
     assert line == f"flowfem: error: {said}"
     assert os.listdir(tmp_path) == []
 
@@ -196,7 +196,8 @@ def test_readout_messages_name_the_options(tmp_path, capsys, argv, said):
     assert cli.main(["solve", *FIT, "--out", str(density)]) == 0
     capsys.readouterr()
     data_args = ["--data", "sin", "--n", "40"] if "refit" in argv else []
-    line = refused_by_cli(["readout", "--density", str(density), *data_args, *argv, "--out", str(tmp_path / "n.npz")], capsys)
+    line = refused_by_cli(["readout", "--density", str(density), *data_args, *argv, "--out", str(tmp_path / "n.npz")],
+                          capsys)
     assert line == f"flowfem: error: {said}"
     assert not (tmp_path / "n.npz").exists()
 
@@ -280,7 +281,7 @@ def test_solve_alphas_sets_the_grid_and_a_choice_at_its_end_is_reported(tmp_path
 ])
 def test_solve_alphas_is_refused_in_one_line(tmp_path, capsys, argv, said):
     line = refused_by_cli(["solve", "--data", "sin", "--n", "50", "--mesh-size", "8", "--no-plot", "--quiet", *argv,
-                    "--out", str(tmp_path / "out")], capsys)
+                           "--out", str(tmp_path / "out")], capsys)
     assert said in line, line
     assert os.listdir(tmp_path) == []
 
