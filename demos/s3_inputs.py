@@ -32,7 +32,7 @@
 #   check that the d = 3 path runs on a real file, not as a ranking.
 #
 # flowfem: `Space.s3(h, x=z_train)` (cells of size about h on S^3, h = 0.25
-# by default as in `flowfem solve`; about 140 / h^3 tetrahedra), P1,
+# by default as in `flowfem solve`; about 125 / h^3 tetrahedra), P1,
 # kappa = 1, uniform weight, alpha="auto" chosen on the training rows over
 # 1e-2 .. 1e-10 (synthetic: on a held-out fifth; stackloss: by 5-fold
 # cross-validation, a fifth of 17 rows being 3), read out as the finite
