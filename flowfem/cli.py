@@ -244,7 +244,6 @@ def _split_record(args, train) -> dict:
 
 def cmd_solve(args, comm) -> None:
     from flowfem import io, outputs, sharded_split
-    from flowfem.path import GRID
     from flowfem.plot import FIGURE_OUTPUTS as plot_outputs
     from flowfem.problem import Problem, make_space
 
@@ -322,13 +321,11 @@ def cmd_solve(args, comm) -> None:
                       + (f"  basis rank {row['rank']}" if row["rank"] else ""))
             print(f"chosen alpha = {path.alpha:g}, refitted on all {n_train} rows"
                   + (f" ({path.refit_iterations} CG its)" if cg else ""))
-            # the best alpha may lie beyond the grid: say so, and how to look there; not below the default grid's
-            # end, 1e-10, which is chosen on purpose (README, "Why this grid": at most 20% less error below it)
-            if path.edge == "largest" or (path.edge == "smallest" and path.alpha > min(GRID)):
-                beyond = [path.alpha * 10.0 ** (k if path.edge == "largest" else -k) for k in (3, 2, 1, 0)]
+            beyond = path.beyond()
+            if beyond:  # the best alpha may lie beyond the grid: say so, and how to look there
                 print(f"warning: the chosen alpha is the grid's {path.edge}; the best may lie "
                       f"{'above' if path.edge == 'largest' else 'below'} it: try --alphas "
-                      + ",".join(f"{a:g}" for a in sorted(beyond, reverse=True)))
+                      + ",".join(f"{a:g}" for a in beyond))
         print(f"E_alpha = {result.energy:.6e}  (loss {loss:.4e} + regulariser {reg:.4e})")
         where = (f"{result.solve_seconds:.2f} s on {comm.size} rank(s) (data operator {result.setup_seconds:.2f} s), "
                  f"{problem.H.ndofs} dofs, n = {n_train}" + (" (sharded)" if args.sharded else ""))

@@ -175,6 +175,16 @@ class RegularisationPath:
             return None
         return "largest" if self.chosen == 0 else "smallest"
 
+    def beyond(self) -> list[float] | None:
+        """The alphas to try past the chosen end of the grid, four decades from the chosen alpha outward, largest
+        first, if the best alpha may lie there: at the largest alpha, or at the smallest where that is above the
+        default grid's end, 1e-10, which is chosen on purpose (README, "Why this grid": at most 20% less error
+        below it); else None."""
+        if self.edge == "largest" or (self.edge == "smallest" and self.alpha > min(GRID)):
+            step = 10.0 if self.edge == "largest" else 0.1
+            return sorted((self.alpha * step ** k for k in range(4)), reverse=True)
+        return None
+
     def table(self) -> list[dict]:
         """One dict per alpha: alpha, score, train_loss, iterations, newton, seconds, rank (and accuracy)."""
         rows = []

@@ -302,3 +302,7 @@ def test_the_path_reports_which_end_of_its_grid_it_chose():
     assert path([3.0, 1.0, 2.0]).edge is None
     assert path([1.0]).edge is None  # one alpha has no beyond to look at
     assert path([3.0, 2.0, 1.0]).metrics()["edge"] == "smallest"
+    assert np.allclose(path([1.0, 2.0, 3.0]).beyond(), [10.0, 1.0, 0.1, 0.01])
+    assert np.allclose(path([3.0, 2.0, 1.0]).beyond(), [1e-4, 1e-5, 1e-6, 1e-7])
+    assert path([3.0, 1.0, 2.0]).beyond() is None
+    assert path([9.0 - k for k in range(9)]).beyond() is None  # the default grid's end, 1e-10, on purpose
