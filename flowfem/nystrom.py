@@ -104,7 +104,6 @@ class NystromPreconditioner:
         self.max_rank = max(self.block, int(budget // (16 * max(widest, 1))))
         self.max_rank = min(self.max_rank, base.getSize()[0])
         self.mg = None
-        self.deflate = True  # False: the multigrid alone, M / alpha (LinearSolver's fallback)
         self.x = base.createVecRight()  # work vectors
         self.y = base.createVecRight()
         self._reset()
@@ -118,6 +117,9 @@ class NystromPreconditioner:
         self.exhausted = False  # the Krylov space is invariant: Q holds all of N's range that M sees
         self.theta, self.V = np.empty(0), np.empty((0, 0))
         self._ritz_of_T = True  # theta, V are T's (False once T changed): one eigh per change, not per solve
+        # the one switch between P^{-1} and the multigrid alone, M / alpha: set for the alpha the basis is
+        # extended to (:meth:`_set_deflating`), cleared by LinearSolver when CG failed with the basis
+        self.deflating = False
 
     @property
     def rank(self) -> int:
@@ -280,6 +282,15 @@ class NystromPreconditioner:
             if not self._add_block():
                 self.exhausted = True
         self._ritz()
+        self._set_deflating(alpha)
+
+    def _set_deflating(self, alpha: float) -> None:
+        """Use the basis unless it is empty or alpha vanishes beside it: theta + alpha == theta in double
+        precision when alpha is below eps / 2 of the largest Ritz value (a data term 1e16 times alpha A and
+        more), the Woodbury weights then carry no alpha, and CG converged to rtol at points whose
+        regulariser was 1e7 times the minimiser's (monomial:8 at alpha = 1e-10); there the multigrid alone,
+        as gamg, is what solves it."""
+        self.deflating = bool(self.rank) and alpha > VANISHES * self.theta[-1]
 
     def set_weights(self, D: np.ndarray) -> None:
         """New data weights: T = Q^T N(D) Q from the kept basis (k products with N)."""
@@ -289,6 +300,7 @@ class NystromPreconditioner:
             self.T = 0.5 * (self.T + self.T.T)
             self._ritz_of_T = False
             self._ritz()
+            self._set_deflating(self.E.alpha)
 
     # -- application ---------------------------------------------------------------------
 
@@ -299,11 +311,7 @@ class NystromPreconditioner:
         with the projection Pi (M^{-1} U = Z V is known) it stays SPD when rounding has spoiled U's
         orthonormality (a data term 10^10 times alpha A)."""
         alpha = self.E.alpha
-        # theta + alpha == theta in double precision when alpha is below eps / 2 of the largest Ritz value (a
-        # data term 1e16 times alpha A and more): the Woodbury weights then carry no alpha, and CG converged to
-        # rtol at points whose regulariser was 1e7 times the minimiser's (monomial:8 at alpha = 1e-10); there
-        # the multigrid alone, as gamg, is what solves it
-        if not self.rank or not self.deflate or alpha <= VANISHES * self.theta[-1]:
+        if not self.deflating:
             self.mg.apply(x, y)
             y.scale(1.0 / alpha)
             return

@@ -92,17 +92,18 @@ class SolveInfo:
     reason: int = 0
     history: list = field(default_factory=list)
     converged: bool = True
-    rank: int = 0  # the Nystrom preconditioner's basis size (0: none)
+    rank: int = 0  # the Nystrom preconditioner's basis size (0: none, or the multigrid alone solved)
     preconditioner: str = ""  # of cg: nystrom or gamg ("" for the direct solver)
 
     @property
     def method(self) -> str:
         """The linear solver in words, as the command line and compare's tables print it: "cg (nystrom
-        preconditioner, basis of 32)", "cg (gamg preconditioner)" or "direct" (of a Newton solve: its
-        steps' linear solver)."""
+        preconditioner, basis of 32)", "cg (nystrom preconditioner, multigrid alone)" (no basis: alpha
+        vanishes beside the data term, or CG failed with the basis), "cg (gamg preconditioner)" or
+        "direct" (of a Newton solve: its steps' linear solver)."""
         solver = self.solver.removeprefix("newton-")
         if self.preconditioner == "nystrom":
-            return f"{solver} (nystrom preconditioner, basis of {self.rank})"
+            return f"{solver} (nystrom preconditioner, {f'basis of {self.rank}' if self.rank else 'multigrid alone'})"
         return f"{solver} ({self.preconditioner} preconditioner)" if self.preconditioner else solver
 
 
@@ -584,16 +585,14 @@ class LinearSolver:
                     previous = rnorm
                 if stop is not None and reason < 0 and rnorm <= required:
                     reason = 1  # short of a stop below the required residual (rounding): converged all the same
-                if not rnorm <= required and self.nystrom is not None and self.nystrom.rank:
+                if not rnorm <= required and self.nystrom is not None and self.nystrom.deflating:
                     # a data term 1e20 times alpha A and more: the basis makes P^{-1} so ill-conditioned that
                     # CG's residual drifts; the multigrid alone (the gamg preconditioner) solves it, from 0: the
-                    # failed iterate's error sits in those directions, where a restart from it stalled
-                    self.nystrom.deflate = False
-                    try:
-                        self.ksp.setInitialGuessNonzero(False)
-                        self.ksp.solve(B, X)
-                    finally:
-                        self.nystrom.deflate = True
+                    # failed iterate's error sits in those directions, where a restart from it stalled. Until
+                    # the next solve extends the basis, which decides anew (and the info says what solved)
+                    self.nystrom.deflating = False
+                    self.ksp.setInitialGuessNonzero(False)
+                    self.ksp.solve(B, X)
                     history += list(self.ksp.getConvergenceHistory())
                     its += self.ksp.getIterationNumber()
                     reason = self.ksp.getConvergedReason()
@@ -653,7 +652,7 @@ class LinearSolver:
             return 0, ""
         kind = self.ksp.getPC().getType()
         if kind == "python":
-            return self.nystrom.rank, "nystrom"
+            return self.nystrom.rank if self.nystrom.deflating else 0, "nystrom"
         return 0, kind
 
     @staticmethod
