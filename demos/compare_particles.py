@@ -39,11 +39,10 @@
 # small size. On a terminal a progress bar shows which run of how many is
 # going and each particle run's steps (under mpirun: with FLOWFEM_PROGRESS=1).
 
-import os
 import sys
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
-from flowfem import compare, data
+from flowfem import compare, data, outputs
 from mpi4py import MPI
 
 
@@ -114,8 +113,5 @@ def main(n: int = 1000, widths=(16, 64, 256), seeds=(0, 1, 2), steps: int = 2000
 
 
 if __name__ == "__main__":
-    if os.environ.get("CI"):
-        main(n=200, widths=(8, 32), seeds=(0, 1), steps=100, cells=12)
-    else:
-        main()
-    sys.exit(0)
+    sys.exit(outputs.run_demo(main, "results/compare_particles",
+                              quick=dict(n=200, widths=(8, 32), seeds=(0, 1), steps=100, cells=12)))

@@ -267,8 +267,5 @@ def main(n: int = 2000, cells: int = 48, n_moons: int = 400, refinements: int = 
 
 
 if __name__ == "__main__":
-    if os.environ.get("CI"):
-        main(n=300, cells=16, n_moons=150, refinements=2, width=60)
-    else:
-        main()
-    sys.exit(0)
+    sys.exit(outputs.run_demo(main, "results/gradient_flow",
+                              quick=dict(n=300, cells=16, n_moons=150, refinements=2, width=60)))

@@ -56,7 +56,7 @@ import sys
 import numpy as np
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
-from flowfem import data, readout
+from flowfem import data, outputs, readout
 from flowfem.network import Network
 from flowfem.operator import make_features
 from flowfem.problem import Problem
@@ -175,12 +175,17 @@ def plot(metrics: dict, path: str) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":
-    small = bool(os.environ.get("CI"))
-    metrics = main(cells=8, n=200, seeds=8, reference=16) if small else main()
-    if MPI.COMM_WORLD.rank == 0:
-        out = os.path.join("results", "readout_convergence")
-        os.makedirs(out, exist_ok=True)
-        plot(metrics, os.path.join(out, "figure.png"))
+def write(out: str, comm=MPI.COMM_WORLD, **sizes) -> dict:
+    """:func:`main` (at ``sizes``), its figure written to ``out``/figure.png as every demo writes: whole or not
+    at all, replacing only a directory this demo wrote (:func:`flowfem.outputs.output_directory`)."""
+    metrics = main(**sizes, comm=comm)
+    with outputs.output_directory(out, comm, force=True) as tmp:
+        if comm.rank == 0:
+            plot(metrics, os.path.join(tmp, "figure.png"))
+    if comm.rank == 0:
         print(f"wrote {out}/figure.png")
-    sys.exit(0)
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(outputs.run_demo(write, "results/readout_convergence", quick=dict(cells=8, n=200, seeds=8, reference=16)))

@@ -267,8 +267,4 @@ def _figure(fits: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("CI"):
-        main(cells=16, class_cells=6, width=32, steps=200)
-    else:
-        main()
-    sys.exit(0)
+    sys.exit(outputs.run_demo(main, "results/real_data", quick=dict(cells=16, class_cells=6, width=32, steps=200)))

@@ -90,6 +90,4 @@ def main(n: int = 5000, cells: int = 128, alpha: float = 1e-5, out: str | None =
 
 
 if __name__ == "__main__":
-    small = bool(os.environ.get("CI"))
-    main(n=1000 if small else 5000, cells=32 if small else 128)
-    sys.exit(0)
+    sys.exit(outputs.run_demo(main, "results/regression_1d", quick=dict(n=1000, cells=32)))

@@ -49,7 +49,6 @@
 # (predicted against observed test targets). --quick, or the environment
 # variable CI, runs at a small size.
 
-import argparse
 import os
 import sys
 import time
@@ -214,9 +213,4 @@ def _figure(fits: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="flowfem on S^3 (3 inputs) against Adam particles")
-    parser.add_argument("--quick", action="store_true", help="a small run (also with the environment variable CI)")
-    parser.add_argument("--out", default="results/s3_inputs", help="output directory (default %(default)s)")
-    args = parser.parse_args()
-    main(**(QUICK if args.quick or os.environ.get("CI") else {}), out=args.out)
-    sys.exit(0)
+    sys.exit(outputs.run_demo(main, "results/s3_inputs", quick=QUICK))

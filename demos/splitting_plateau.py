@@ -68,7 +68,7 @@ import numpy as np
 
 import flowfem  # noqa: F401  (first: loads MPI before dolfinx)
 from flowfem import plateau as ls
-from flowfem import particles
+from flowfem import outputs, particles
 from mpi4py import MPI
 
 ACTIVATION = "tanh"  # smooth: sigma'' != 0, so H is informative (relu has sigma'' = 0 a.e.)
@@ -383,8 +383,6 @@ def report(res):
 
 
 if __name__ == "__main__":
-    small = bool(os.environ.get("CI"))
-    main(n=100 if small else 200, steps=3000 if small else 6000, cells=8 if small else 32,
-         out="results/splitting_plateau")
-    sys.exit(0)
+    sys.exit(outputs.run_demo(main, "results/splitting_plateau", quick=dict(n=100, steps=3000, cells=8),
+                              full=dict(n=200, steps=6000, cells=32)))
 # -

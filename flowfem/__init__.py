@@ -1,3 +1,33 @@
-"""flowfem: shallow networks trained as a convex problem on a mesh of parameter space."""
+"""flowfem: shallow networks trained as a convex problem on a mesh of parameter space.
 
-from flowfem import mpi as _mpi  # noqa: F401  (first: orders MPI before dolfinx and petsc4py)
+Run as the flowfem command (``python -m flowfem``, ``python -m flowfem.cli``, the console script ``flowfem``),
+Ctrl-C while the command loads (MPI, NumPy, PETSc: seconds) ends it with one line and exit status 130, as at any
+later point, where :func:`flowfem.cli.main` takes it over; Python's default would print a traceback of the import
+in progress. Imported by a program of the user's, flowfem leaves SIGINT alone.
+"""
+
+import os as _os
+import signal as _signal
+import sys as _sys
+
+
+def interrupted_while_loading(signum, frame):
+    """The SIGINT handler of the flowfem command until :func:`flowfem.cli.main` takes over: one line, exit 130."""
+    print("flowfem: interrupted", file=_sys.stderr, flush=True)
+    raise SystemExit(130)  # 128 + SIGINT, as a shell reports an interrupted command
+
+
+def _run_as_command() -> bool:
+    """True if this process is the flowfem command: ``python -m flowfem[.MODULE]`` (Python imports the package
+    with sys.argv[0] '-m' and keeps the command line in sys.orig_argv) or the console script ``flowfem``."""
+    if _sys.argv[:1] == ["-m"]:
+        words = getattr(_sys, "orig_argv", [])
+        modules = [b for a, b in zip(words, words[1:]) if a == "-m"] + [a[2:] for a in words if a.startswith("-m")]
+        return any(m.split(".")[0] == "flowfem" for m in modules)
+    return bool(_sys.argv) and _os.path.basename(_sys.argv[0]) == "flowfem"
+
+
+if _run_as_command() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+    _signal.signal(_signal.SIGINT, interrupted_while_loading)
+
+from flowfem import mpi as _mpi  # noqa: F401,E402  (first: orders MPI before dolfinx and petsc4py)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from flowfem.arguments import parameterised, unknown
+from flowfem.arguments import parameterised, read_integer, read_number, unknown
 
 Array = np.ndarray
 
@@ -130,7 +130,7 @@ def activation(spec: str | Activation) -> Activation:
     name, arg = parameterised("activation", spec, FORMS, plain=("relu", *_SMOOTH))
     if name == "leaky_relu":
         try:
-            slope = float(arg) if arg is not None else 0.01
+            slope = read_number(arg) if arg is not None else 0.01
         except ValueError:
             slope = None
         if slope is None or not 0.0 <= slope < 1.0:  # (NaN too)
@@ -139,8 +139,8 @@ def activation(spec: str | Activation) -> Activation:
         return _relu(slope)
     if name == "monomial":
         try:
-            k = int(arg)
-        except (TypeError, ValueError):  # (monomial without ':': no power)
+            k = read_integer(arg)
+        except ValueError:  # (monomial without ':': no power)
             k = 0
         if k < 1:
             raise ValueError(f"activation {str(spec)!r}: the power of monomial:K must be an integer K >= 1, "

@@ -24,6 +24,9 @@ declares it once, ``command_line(readouts="--readout")``, and the API's own
 check names the option; an API function that passes its argument on under
 another name declares that with :func:`renamed` (``size`` is a box's ``n``).
 
+A number written as text (a command-line value, the parameter of ``gaussian:0.5``, a list ``-1,0,0.5``) is read by
+:func:`read_number` and :func:`read_integer`, not by float() and int(), which also read ``1_0`` as 10.
+
 A name with a parameter (``leaky_relu:0.1``, ``gaussian:2``, ``bdf:3``) is split by :func:`parameterised`,
 which refuses a ':' with nothing after it.
 
@@ -35,9 +38,12 @@ you mean 'sin'? choose one of sin, step, two_moons``.
 
 from __future__ import annotations
 
+import ast
 import contextvars
 import difflib
 import numbers
+import re
+import shlex
 from contextlib import contextmanager
 
 import numpy as np
@@ -45,6 +51,10 @@ import numpy as np
 _COMMAND_LINE = contextvars.ContextVar("flowfem_command_line", default=False)
 # the names an argument goes by on its way in, innermost last: ({"n": "size"}, ...) (see renamed, command_line)
 _RENAMED = contextvars.ContextVar("flowfem_renamed", default=())
+# a number as a person writes it: ASCII digits with at most one point and an optional exponent, or inf / nan.
+# float() also reads '1_0' as 10 (Python's digit grouping), Unicode digits ('\u0661\u0660' as 10) and '0_1'
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.IGNORECASE)
+_WHOLE = re.compile(r"[+-]?\d+", re.ASCII)
 
 
 @contextmanager
@@ -88,23 +98,35 @@ def spell(name: str, value: str = "True") -> str:
     """An argument with a value as the reader writes it.
 
     ``value`` is written as in Python (``"'cg'"``, ``"N"``, ``"True"``). The API spelling is
-    ``name=value``; on the command line it is ``--name value`` with ``_`` written ``-``, quotes
-    dropped, and a flag (value ``True``) without a value: spell("solver", "'cg'") is
-    ``solver='cg'`` or ``--solver cg``; spell("allow_unconverged") ``allow_unconverged=True``
-    or ``--allow-unconverged``.
+    ``name=value``; on the command line it is ``--name value`` with ``_`` written ``-``, a string
+    written as the shell takes it (shlex.quote: a path with a space or a quote pastes as one word),
+    and a flag (value ``True``) without a value: spell("solver", "'cg'") is ``solver='cg'`` or
+    ``--solver cg``; spell("path", repr("my net.onnx")) ``--path 'my net.onnx'``;
+    spell("allow_unconverged") ``allow_unconverged=True`` or ``--allow-unconverged``. A placeholder
+    (``"N"``) or a number stays as it is.
     """
     name = _outer(name)
     if not _COMMAND_LINE.get():
         return f"{name}={value}"
     option = name if name.startswith("--") else "--" + name.replace("_", "-")
-    return option if value == "True" else f"{option} {value.strip(chr(39))}"
+    return option if value == "True" else f"{option} {_shell_word(value)}"
+
+
+def _shell_word(value: str) -> str:
+    """A value written as in Python (a string's repr, a number, a placeholder such as N) as one word of a
+    shell command line."""
+    try:
+        text = ast.literal_eval(value)
+    except (ValueError, SyntaxError):  # a placeholder (N, FRACTION): not Python, shown as it is
+        return value
+    return shlex.quote(text if isinstance(text, str) else value)
 
 
 def petsc_option(key: str, value: str) -> str:
     """A PETSc option as the reader passes it: ``petsc_options={'snes_max_it': '100'}`` (API) or
     ``--petsc-option snes_max_it=100`` (command line)."""
     if _COMMAND_LINE.get():
-        return f"--petsc-option {key}={value}"
+        return f"--petsc-option {shlex.quote(f'{key}={value}')}"
     return f"petsc_options={{{key!r}: {value!r}}}"
 
 
@@ -124,6 +146,25 @@ def _got(value) -> str:
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{text} ({type(value).__name__})"
+
+
+def read_number(text: str) -> float:
+    """The number written in ``text`` (surrounding blanks ignored) as a float: decimal digits with an optional
+    point and exponent (``10``, ``-0.5``, ``.5``, ``1e-4``), or inf / nan; else ValueError "'TEXT' is not a
+    number (...)". Every number flowfem reads from text goes through it: ``1_0``, ``0x10`` and Unicode digits,
+    which float() reads or half-reads, are refused. The range is the caller's to check."""
+    if not isinstance(text, str) or not _DECIMAL.fullmatch(text.strip()):
+        raise ValueError(f"{text!r} is not a number (write decimal digits, e.g. 10, 0.5 or 1e-4)")
+    return float(text)
+
+
+def read_integer(text: str) -> int:
+    """The integer written in ``text`` (surrounding blanks ignored) as an int: decimal digits with an optional
+    sign; else ValueError "'TEXT' is not a whole number (...)" (``1_000``, ``1e3``, ``2.0``; see
+    :func:`read_number`)."""
+    if not isinstance(text, str) or not _WHOLE.fullmatch(text.strip()):
+        raise ValueError(f"{text!r} is not a whole number (write decimal digits, e.g. 10)")
+    return int(text)
 
 
 def number(name: str, value, requirement: str = "") -> float:
@@ -156,11 +197,12 @@ def bounded(name: str, value, minimum: float, strict: bool = False, finite: bool
     return value
 
 
-def tolerance(name: str, value, example: str) -> float:
-    """``value`` as a float if it is a relative tolerance, a number with 0 < value < 1 (1 or more asks
+def tolerance(name: str, value, example: str, meaning: str = "") -> float:
+    """``value`` as a float if it is a relative tolerance, a number with 0 < value < 1 (1 or more, inf too, asks
     nothing of a relative error: the first step, the zero solution, meets it); else ValueError
-    "NAME must be a number with 0 < NAME < 1, e.g. EXAMPLE, got VALUE"."""
-    requirement = f"with 0 < {named(name)} < 1, e.g. {example}"
+    "NAME must be a number with 0 < NAME < 1 (MEANING), e.g. EXAMPLE, got VALUE" (the parenthesis when
+    ``meaning`` says what the tolerance bounds)."""
+    requirement = f"with 0 < {named(name)} < 1" + (f" ({meaning})" if meaning else "") + f", e.g. {example}"
     value = number(name, value, requirement)
     if not 0 < value < 1:  # (NaN too)
         raise ValueError(f"{named(name)} must be a number {requirement}, got {value!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -22,7 +23,9 @@ import numpy as np
 
 from flowfem.mpi import CollectiveInterrupt, exit_now, fail_together, message, on_root  # first: loads MPI
 
-from flowfem.arguments import closest, command_line  # noqa: E402
+from flowfem import interrupted_while_loading  # noqa: E402
+
+from flowfem.arguments import closest, command_line, read_integer, read_number, spell  # noqa: E402
 from flowfem.files import check_writable, replacing  # noqa: E402
 from flowfem import provenance  # noqa: E402  (early: its clock starts the run's wall time)
 from flowfem.sharded_split import SAMPLE_ROWS  # noqa: E402
@@ -46,7 +49,7 @@ def _petsc_options(pairs: list[str]) -> dict:
 def _add_n_argument(p: argparse.ArgumentParser, g, default: int, what: str) -> None:
     """--n (into the group or parser g of p): None unless given, so that :func:`main` can tell a given
     --n (refused where it sizes nothing, :func:`_check_n_used`) from ``default``, which main fills in."""
-    g.add_argument("--n", type=int, default=None, help=f"points of {what} (default: {default}); refused where it "
+    g.add_argument("--n", type=_integer, default=None, help=f"points of {what} (default: {default}); refused where it "
                                                        "sizes nothing, e.g. with data read from a file")
     p.set_defaults(n_default=default)
 
@@ -64,7 +67,7 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
                    help="held-out data: a file or a synthetic set (default: a fresh synthetic sample of max(N, 1000) "
                         "points with seed SEED + 1, or a random 20%% of the --data file's rows)")
     _add_n_argument(p, g, 1000, "a synthetic training set")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=_integer, default=0,
                    help="seed of synthetic data and of the test split of a file (default: %(default)s)")
     if sharded:
         g.add_argument("--sharded", action="store_true",
@@ -79,7 +82,7 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
                    help="box [-R, R]^(d+1), ball |theta| <= R, circle S^1 (d = 1), sphere S^2 (d = 2), s3 (S^3 in a "
                         "stereographic chart, d = 3, homogeneous activations), or a .msh/.xdmf mesh file "
                         "(default: %(default)s)")
-    g.add_argument("--mesh-size", type=float, default=None,
+    g.add_argument("--mesh-size", type=_real, default=None,
                    help="box: cells per side (default 32); ball: element size h in parameter units (default "
                         "0.25); circle: arcs (default 64); sphere: refinements of the icosahedron (default 3); "
                         "s3: cell size h on S^3 in radians (default 0.25, about 140 / h^3 cells); not with a mesh "
@@ -89,7 +92,7 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
                         "s3: the chart radius Z (default: from the data, Z = Z0 + sqrt(Z0^2 + 1), "
                         "Z0 = X + sqrt(X^2 + 1), X = max |x|); not with the circle, the sphere (radius 1) or a mesh "
                         "file")
-    g.add_argument("--degree", type=int, default=1,
+    g.add_argument("--degree", type=_integer, default=1,
                    help="Lagrange degree of the density: 1, 2 or 3 (default: %(default)s)")
     g = p.add_argument_group("functional E_alpha")
     g.add_argument("--activation", default="relu",
@@ -104,15 +107,15 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
         g.add_argument("--validation", type=_fraction, default=None,
                        help="with --alpha auto: the fraction of the training rows held out to score each alpha, "
                             "0 < FRACTION < 1, chosen by --seed (default: 0.2)")
-        g.add_argument("--folds", type=int, default=None,
+        g.add_argument("--folds", type=_integer, default=None,
                        help="with --alpha auto: K >= 2 folds instead of one held-out fraction; each row is held out "
                             "once and the score is the mean over the folds (K times the cost) (default: none)")
         g.add_argument("--alphas", type=_alphas, default=None,
                        help="with --alpha auto: the path's alphas, numbers > 0 separated by commas, in any order "
                             "(solved from the largest down) (default: 1e-2,1e-3,...,1e-10)")
     else:
-        g.add_argument("--alpha", type=float, default=1e-4, help="regularisation alpha > 0 (default: %(default)g)")
-    g.add_argument("--kappa", type=float, default=1.0,
+        g.add_argument("--alpha", type=_real, default=1e-4, help="regularisation alpha > 0 (default: %(default)g)")
+    g.add_argument("--kappa", type=_real, default=1.0,
                    help="smoothness weight kappa > 0 in the H1 norm (default: %(default)g)")
     g.add_argument("--weight", default="uniform",
                    help="omega(theta) in the H1 norm: uniform, or gaussian[:S] = exp(-|theta|^2 / (2 S^2)) with S "
@@ -177,7 +180,7 @@ def _check_n_used(args) -> None:
                          f"{data.TEST_MIN}) = {data.TEST_MIN} points: drop --n, or give --n {data.TEST_MIN} or more")
     if test not in data.SYNTHETIC:
         raise ValueError(f"--n {args.n} sets the size of a synthetic data set ({', '.join(data.SYNTHETIC)}), but "
-                         f"--data {args.data} is read whole: drop --n (or subsample the file)")
+                         f"{spell('data', repr(args.data))} is read whole: drop --n (or subsample the file)")
 
 
 def _load_sharded(args, comm):
@@ -550,13 +553,26 @@ def cmd_mesh(args, comm) -> None:
         print(text)
 
 
-def _number_in(ok, allowed: str):
-    """An argparse type: a number v with ok(v); ``allowed`` says which in the error."""
-    def parse(text: str) -> float:
+def _reading(read):
+    """An argparse type: the number ``read`` (flowfem.arguments.read_number or read_integer) reads in the text,
+    its refusal argparse's one line ("argument --tau: '1_0' is not a number (...)"). Every number of the
+    command line is read so: float() and int(), argparse's own, also read '1_0' as 10."""
+    def parse(text: str):
         try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            return read(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+_real, _integer = _reading(read_number), _reading(read_integer)
+
+
+def _number_in(ok, allowed: str, read=_real):
+    """An argparse type: a number v (read by ``read``) with ok(v); ``allowed`` says which in the error."""
+    def parse(text: str) -> float:
+        v = read(text)
         if not ok(v):
             raise argparse.ArgumentTypeError(f"{text} must be {allowed}")
         return v
@@ -564,17 +580,7 @@ def _number_in(ok, allowed: str):
     return parse
 
 
-def _positive_integer(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be a whole number >= 1")
-    return v
-
-
+_positive_integer = _number_in(lambda v: v >= 1, "a whole number >= 1", _integer)
 _positive_number = _number_in(lambda v: np.isfinite(v) and v > 0, "a finite number > 0")
 _fraction = _number_in(lambda v: 0 < v < 1,
                        "a fraction with 0 < FRACTION < 1 (the part of the rows held out, e.g. 0.2)")
@@ -594,7 +600,7 @@ _mesh_size = _number_in(lambda v: True, "a number")
 def _alphas(text: str) -> list[float]:
     """--alphas: numbers separated by commas (the path checks their range, naming --alphas, as for the API)."""
     try:
-        return [float(a) for a in text.split(",")]
+        return [read_number(a) for a in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: write numbers > 0 separated by commas, e.g. "
                                          "1,1e-1,1e-2,1e-3") from None
@@ -605,7 +611,7 @@ def _alpha(text: str):
     if text == "auto":
         return text
     try:
-        return float(text)
+        return read_number(text)
     except ValueError:
         guess = closest(text, ["auto"])
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto"
@@ -714,7 +720,8 @@ def cmd_readout(args, comm) -> None:
         if scaling is not None:  # the density's inputs
             x = scaling.apply(x)
         if settings.get("train_sha256", "") not in ("", data.rows_sha256(x, y)):  # (older files record none)
-            raise ValueError(f"--data {args.data} gives not the rows the density {args.density!r} was fitted on "
+            raise ValueError(f"{spell('data', repr(args.data))} gives not the rows the density {args.density!r} was "
+                             "fitted on "
                              "(their SHA-256 differs): refit on the solve's --data, unchanged")
     alpha = args.alpha if args.alpha is not None else settings.get("alpha")
     net = readout(u, args.rule, activation=settings["activation"], width=args.width, degree=args.degree,
@@ -896,7 +903,7 @@ def cmd_compare(args, comm) -> None:
 
     def ints(name, text, example):  # an empty entry ("4,,8", "") is a typo, not nothing
         try:
-            return [int(v) for v in text.split(",")]
+            return [read_integer(v) for v in text.split(",")]
         except ValueError:
             raise ValueError(f"{name} {text!r}: give comma-separated integers, e.g. {example}") from None
 
@@ -1000,15 +1007,15 @@ def parser() -> argparse.ArgumentParser:
                    help="zero; gaussian[:S[:A]], u = A exp(-|theta|^2 / (2 S^2)) with S its standard deviation in "
                         "parameter units and A its height (default S = 1, A = 1); density:PATH (a density.npz on "
                         "this mesh); network:PATH (a network .npz, projected onto the mesh) (default: %(default)s)")
-    g.add_argument("--tau", type=float, default=1.0, help="(first) time step, in flow time t (default: %(default)g)")
-    g.add_argument("--growth", type=float, default=1.0,
+    g.add_argument("--tau", type=_real, default=1.0, help="(first) time step, in flow time t (default: %(default)g)")
+    g.add_argument("--growth", type=_real, default=1.0,
                    help="multiply the step by this after every step (geometric steps; 1: constant) "
                         "(default: %(default)g)")
-    g.add_argument("--tau-max", type=float, default=float("inf"),
+    g.add_argument("--tau-max", type=_real, default=float("inf"),
                    help="largest time step, in flow time t (default: %(default)g, no limit)")
-    g.add_argument("--t-end", type=float, default=None, help="final flow time t (default: none, see --max-steps)")
-    g.add_argument("--max-steps", type=int, default=1000, help="at most this many steps (default: %(default)s)")
-    g.add_argument("--tol", type=float, default=None,
+    g.add_argument("--t-end", type=_real, default=None, help="final flow time t (default: none, see --max-steps)")
+    g.add_argument("--max-steps", type=_integer, default=1000, help="at most this many steps (default: %(default)s)")
+    g.add_argument("--tol", type=_real, default=None,
                    help="stop when ||u - u*||_G <= tol ||u*||_G (u* the stationary solution) (default: none)")
     g.add_argument("--ts-rtol", type=_tolerance("--ts-rtol", "1e-4"), default=1e-4,
                    help="bdf: relative local error tolerance (default: %(default)g)")
@@ -1031,7 +1038,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--petsc-option", action="append", metavar="KEY=VALUE",
                    help="PETSc option: snes_* to Newton (e.g. snes_monitor=), others to the linear solver "
                         "(e.g. ksp_monitor=; repeatable; default: none)")
-    g.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
+    g.add_argument("--checkpoint-every", type=_integer, default=None, metavar="K",
                    help="write a checkpoint every K steps (atomically; this run's last two are kept); Ctrl-C "
                         "writes one too (default: only at Ctrl-C)")
     g.add_argument("--checkpoint-dir", default=None,
@@ -1040,7 +1047,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest checkpoint of the latest run in DIR (or a checkpoint file); "
                         "same options as the run that wrote it (default: start at t = 0)")
-    g.add_argument("--write-every", type=int, default=1, help="trajectory frame every N steps (default: %(default)s)")
+    g.add_argument("--write-every", type=_integer, default=1,
+                   help="trajectory frame every N steps (default: %(default)s)")
     g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _add_output_directory_arguments(g, "skip energy.png")
     p.set_defaults(run=cmd_flow)
@@ -1049,7 +1057,7 @@ def parser() -> argparse.ArgumentParser:
                        description="Make a parameter mesh for networks on d inputs and write it with meshio.")
     p.add_argument("domain", choices=["box", "ball", "circle", "sphere"],
                    help="box [-R, R]^(d+1), ball |theta| <= R, circle S^1 or sphere S^2")
-    p.add_argument("--d", type=int, default=None,
+    p.add_argument("--d", type=_integer, default=None,
                    help="input dimension d (the mesh has dimension d + 1): 1 or 2 (box, ball; default 1), "
                         "1 (circle), 2 (sphere)")
     p.add_argument("--size", type=_mesh_size, default=None,
@@ -1059,7 +1067,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=_positive_number, default=None,
                    help="half-width (box) or radius (ball) R > 0, in parameter units (default: 4); not with the "
                         "circle or sphere (radius 1)")
-    p.add_argument("--geometry-degree", type=int, default=2, choices=[1, 2],
+    p.add_argument("--geometry-degree", type=_integer, default=2, choices=[1, 2],
                    help="circle and sphere: 2 for curved cells, 1 for flat (default: %(default)s)")
     p.add_argument("--out", required=True, help="file to write: NAME.msh or NAME.xdmf")
     p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
@@ -1075,27 +1083,27 @@ def parser() -> argparse.ArgumentParser:
                    help="quadrature: one neuron per quadrature point of each cell, a_i = u(theta_i) times its "
                         "weight; sample: --width neurons drawn from |u|; refit: the neurons of --points with "
                         "output weights re-fitted by least squares on --data (default: %(default)s)")
-    p.add_argument("--width", type=int, default=None,
+    p.add_argument("--width", type=_integer, default=None,
                    help="N for sample (and refit with --points sample) (default: none, required there)")
-    p.add_argument("--degree", type=int, default=None,
+    p.add_argument("--degree", type=_integer, default=None,
                    help="quadrature degree per cell (1 = midpoint: one neuron per cell) (default: the solve's rule)")
-    p.add_argument("--subdivisions", type=int, default=1,
+    p.add_argument("--subdivisions", type=_integer, default=1,
                    help="split each cell into m^D subcells (D the mesh dimension) for more neurons "
                         "(default: %(default)s)")
     p.add_argument("--points", default="quadrature", choices=["quadrature", "sample"],
                    help="refit: where its neurons come from, the quadrature or the sample rule (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_integer, default=0,
                    help="seed of the sample rule (default: %(default)s); refit's training rows are the solve's "
                         "own split of --data, as its density records it")
     p.add_argument("--data", default=None,
                    help="training data for refit: the solve's --data, a file or sin/step/two_moons (default: none, "
                         "required there)")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=_integer, default=None,
                    help="points of synthetic --data for refit with a density that does not record them (older "
                         "files; default: 1000); refused where it sizes nothing")
     p.set_defaults(n_default=1000)
     p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--alpha", type=float, default=None,
+    p.add_argument("--alpha", type=_real, default=None,
                    help="refit regularisation >= 0, 0: plain least squares (default: the solve's alpha)")
     p.add_argument("--out", required=True, help="network file to write (.npz: arrays W, b, a, activation)")
     p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
@@ -1110,7 +1118,7 @@ def parser() -> argparse.ArgumentParser:
                    help="inputs: a CSV, NPZ, .npy or HDF5 file, sin/step/two_moons, or a real data set (diabetes1, "
                         "engel, ...) in its own units")
     _add_n_argument(p, p, 1000, "a synthetic set")
-    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
+    p.add_argument("--seed", type=_integer, default=0, help="seed of a synthetic set (default: %(default)s)")
     p.add_argument("--out", default=None,
                    help="CSV to write (columns x1..xd,f; f1..fm for m outputs; x1..xd,label for a classifier); "
                         "default: standard output")
@@ -1162,14 +1170,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a CSV (header naming x1..xd and y), NPZ (x, y), .npy or HDF5 "
                    "file, sin/step/two_moons, or a real data set (engel, ...)")
     _add_n_argument(p, p, 200, "a synthetic set")
-    p.add_argument("--seed", type=int, default=0, help="seed of a synthetic set (default: %(default)s)")
-    p.add_argument("--neuron", type=int, default=None, help="the neuron to split, 0..width-1 (default: each in turn)")
+    p.add_argument("--seed", type=_integer, default=0, help="seed of a synthetic set (default: %(default)s)")
+    p.add_argument("--neuron", type=_integer, default=None,
+                   help="the neuron to split, 0..width-1 (default: each in turn)")
     p.add_argument("--mu", default="-1,0,0.25,0.5,0.75,1,2",
                    help="comma-separated output-weight fractions; write --mu=-1,... when the first is negative "
                         "(default: %(default)s)")
     p.add_argument("--loss", default=None,
                    help="squared or logistic (labels -1/+1) (default: the loss the network file records, else squared)")
-    p.add_argument("--gtol", type=float, default=1e-8,
+    p.add_argument("--gtol", type=_real, default=1e-8,
                    help="stationarity tolerance on |grad L| (default: %(default)g)")
     p.add_argument("--polish", action="store_true", help="minimise the network by Newton's method first")
     p.add_argument("--check", action="store_true",
@@ -1192,24 +1201,24 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", default="0,1,2",
                    help="seeds of the particle runs and sampled readouts (default: %(default)s)")
     g.add_argument("--methods", default="gd,adam", help="particle solvers: gd, adam (default: %(default)s)")
-    g.add_argument("--steps", type=int, default=1000, help="particle steps per run (default: %(default)s)")
-    g.add_argument("--lr-gd", type=float, default=1.0, help="GD step size in mean-field time (default: %(default)g)")
-    g.add_argument("--lr-adam", type=float, default=0.03,
+    g.add_argument("--steps", type=_integer, default=1000, help="particle steps per run (default: %(default)s)")
+    g.add_argument("--lr-gd", type=_real, default=1.0, help="GD step size in mean-field time (default: %(default)g)")
+    g.add_argument("--lr-adam", type=_real, default=0.03,
                    help="Adam step size, in parameter units per step (Adam divides by the gradient's running RMS) "
                         "(default: %(default)g)")
-    g.add_argument("--weight-decay", type=float, default=0.0,
+    g.add_argument("--weight-decay", type=_real, default=0.0,
                    help="particle weight decay lam (default: %(default)g)")
-    g.add_argument("--init-scale", type=float, default=1.0,
+    g.add_argument("--init-scale", type=_real, default=1.0,
                    help="particles start i.i.d. N(0, s^2), s in parameter units (default: %(default)g)")
-    g.add_argument("--time-limit", type=float, default=None,
+    g.add_argument("--time-limit", type=_real, default=None,
                    help="wall-clock seconds per particle run (default: none)")
     g.add_argument("--readout", default="quadrature,refit",
                    help="FE readout rules at width N: quadrature (FE solve on ~N cells, midpoint rule), sample, "
                         "refit (default: %(default)s)")
-    g.add_argument("--density-width", type=float, default=None,
+    g.add_argument("--density-width", type=_real, default=None,
                    help="smooth the particle densities with a kernel of this standard deviation, in parameter "
                         "units (default: lumped L2 projection, no extra smoothing)")
-    g.add_argument("--mmd-bandwidth", type=float, default=None,
+    g.add_argument("--mmd-bandwidth", type=_real, default=None,
                    help="Gaussian kernel bandwidth of the MMD, in parameter units (default: a tenth of the "
                         "diagonal of the bounding box of the mesh's nodes as neurons; on s3 the points of S^3 in R^4)")
     _add_output_directory_arguments(g, "skip the figures")
@@ -1240,7 +1249,10 @@ def main(argv: list[str] | None = None) -> int:
         args.n_given, args.n = args.n is not None, args.n_default if args.n is None else args.n
     if getattr(args, "out", None):  # once, for every message and file name: "out/" is "out"
         args.out = os.path.normpath(args.out)
+    loading = signal.getsignal(signal.SIGINT) is interrupted_while_loading  # (set by flowfem/__init__.py)
     try:
+        if loading:  # from here Ctrl-C is KeyboardInterrupt, which the handlers below (and a flow's steps) take
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         # under mpirun Ctrl-C stops every rank at one point (mpi.CollectiveInterrupt), none left in a collective
         # messages name options (--width N), not arguments (width=N); OPTIONS: where they differ
         with command_line(**OPTIONS.get(args.command, {})), CollectiveInterrupt(comm):
@@ -1269,6 +1281,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(sys.modules.get("flowfem.io"), "FAILED_WRITERS", None):
             exit_now(2)  # a failed ADIOS2 writer would abort the process when destroyed at exit
         return 2
+    finally:
+        if loading:  # a Ctrl-C while the process ends is one line too
+            signal.signal(signal.SIGINT, interrupted_while_loading)
     return 0
 
 

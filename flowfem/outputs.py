@@ -24,6 +24,7 @@ to which the user added a file of their own.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -31,11 +32,12 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 
-from flowfem.mpi import message, on_root  # first: loads MPI before dolfinx
+from flowfem.mpi import fail_together, message, on_root  # first: loads MPI before dolfinx
 
-from flowfem.arguments import spell  # noqa: E402
+from flowfem.arguments import command_line, spell  # noqa: E402
 from flowfem.files import reason, recorded_by_manifest  # noqa: E402
 
 from mpi4py import MPI  # noqa: E402
@@ -247,3 +249,34 @@ def _finish(tmp: str, path: str, force: bool) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def run_demo(main, out: str, quick: dict | None = None, full: dict | None = None, argv=None) -> int:
+    """Run a demo script's ``main(out=DIR, **kwargs)`` from its command line, as the flowfem command runs its work;
+    return the exit status for sys.exit. Collective.
+
+    Options: ``--out DIR`` (default ``out``) and ``--quick`` (kwargs ``quick``, also when the environment variable
+    CI is set; else ``full``). A demo replaces its own earlier output (``force=True``) and nothing else: an error
+    (an output directory holding a file the demo did not write, named as "--out replaces only a directory that
+    flowfem wrote; ...") is one line "DEMO: error: MESSAGE" and status 2, Ctrl-C "DEMO: interrupted" and 130,
+    on every rank (:func:`flowfem.mpi.fail_together`); ``FLOWFEM_DEBUG=1`` prints the traceback instead.
+    """
+    prog = os.path.basename(sys.argv[0])
+    parser = argparse.ArgumentParser(prog=prog, description=f"flowfem demo {prog}")
+    parser.add_argument("--out", default=out, help="output directory, replaced if this demo wrote it "
+                                                   "(default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a small run (also with the environment variable CI)")
+    args = parser.parse_args(argv)
+    kwargs = (quick if args.quick or os.environ.get("CI") else full) or {}
+    comm = MPI.COMM_WORLD
+    try:
+        with command_line(force="--out"):  # the demo's --out is its force=True: messages name the option
+            main(**kwargs, out=args.out)
+    except KeyboardInterrupt:
+        fail_together(comm, f"{prog}: interrupted", status=130)
+        return 130
+    except Exception as e:  # noqa: BLE001  (any error: one line, status 2, every rank ends)
+        fail_together(comm, traceback.format_exc().rstrip() if os.environ.get("FLOWFEM_DEBUG")
+                      else f"{prog}: error: {message(e)}")
+        return 2
+    return 0

@@ -49,7 +49,7 @@ import numpy as np
 
 from flowfem import memory
 from flowfem import progress as progress_
-from flowfem.arguments import distinct, named, positive
+from flowfem.arguments import distinct, named, positive, read_number
 from flowfem.data import check as _check
 from flowfem.loss import loss as _loss
 from flowfem.network import Network
@@ -411,7 +411,9 @@ def mu_values(mus) -> list[float]:
     try:
         if isinstance(mus, str):
             mus = mus.split(",")
-        mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
+        # a string is read as every number of the command line (NumPy's float() reads '1_0' as 10)
+        mus = [read_number(m) if isinstance(m, str) else m for m in np.atleast_1d(np.asarray(mus, dtype=object))]
+        mus = [float(m) for m in np.asarray(mus, dtype=float)]
     except (TypeError, ValueError):
         raise ValueError(f"{named('mus')} must be numbers, e.g. -1,0,0.5,1,2, got {given!r}") from None
     mus = distinct("mus", mus, "-1,0,0.5,1,2")  # a mu twice would be classified twice

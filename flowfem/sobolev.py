@@ -38,7 +38,7 @@ import dolfinx.fem  # noqa: E402
 import dolfinx.fem.petsc  # noqa: E402
 import ufl  # noqa: E402
 
-from flowfem.arguments import bounded, integer, named, parameterised, unknown  # noqa: E402
+from flowfem.arguments import bounded, integer, named, parameterised, read_number, unknown  # noqa: E402
 from flowfem.space import Space  # noqa: E402
 
 
@@ -63,7 +63,7 @@ class Weight:
                                                                "or plain gaussian (S = 1)"},
                                  plain=("uniform",))
         try:
-            scale = float(arg) if arg is not None else 1.0
+            scale = read_number(arg) if arg is not None else 1.0
         except ValueError:
             raise ValueError(f"weight {spec!r}: the scale after ':' must be a number, e.g. gaussian:0.5") from None
         return cls(kind, scale)

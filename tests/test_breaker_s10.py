@@ -112,8 +112,8 @@ def test_an_infinite_gaussian_scale_is_refused_as_not_finite(H):
     ("--growth", "inf", "--growth must be a finite number >= 1 (the step growth factor; 1: constant steps), got inf"),
     ("--tau-max", "0", "--tau-max must be a number > 0 (the largest time step; inf: no limit), got 0.0"),
     ("--max-steps", "0", "--max-steps must be an integer >= 1, got 0"),
-    ("--tol", "0", "--tol must be a number > 0 (the relative distance ||u - u*|| / ||u*|| to stop at, e.g. 1e-6), "
-                   "got 0.0"),
+    ("--tol", "0", "--tol must be a number with 0 < --tol < 1 (the relative distance ||u - u*|| / ||u*|| to stop "
+                   "at), e.g. 1e-6, got 0.0"),
 ])
 def test_the_flow_steps_are_refused_by_the_runs_own_check_before_the_data_are_read(tmp_path, capsys, option,
                                                                                    value, said):

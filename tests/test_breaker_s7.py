@@ -284,9 +284,9 @@ def test_compare_density_width_zero_is_refused_like_the_other_widths(tmp_path, m
 @pytest.mark.parametrize("option,value,said", [
     ("--step-rtol", "2", "argument --step-rtol: 2 must be a number with 0 < --step-rtol < 1"),
     ("--rtol", "1.5", "argument --rtol: 1.5 must be a number with 0 < --rtol < 1"),
-    ("--tol", "-1", "--tol must be a number > 0 (the relative distance ||u - u*|| / ||u*|| to stop at, e.g. 1e-6), "
-                    "got -1.0"),
-    ("--tol", "0", "--tol must be a number > 0 (the relative distance"),
+    ("--tol", "-1", "--tol must be a number with 0 < --tol < 1 (the relative distance ||u - u*|| / ||u*|| to "
+                    "stop at), e.g. 1e-6, got -1.0"),
+    ("--tol", "0", "--tol must be a number with 0 < --tol < 1 (the relative distance"),
 ])
 def test_flow_tolerances_are_refused_by_name_before_the_flow(tmp_path, monkeypatch, capsys, option, value, said):
     """--step-rtol 2 was refused as 'rtol = 2.0: ...', naming an option the user did not give (flow's --rtol

@@ -202,6 +202,56 @@ def test_readme_python_example_runs_as_written(session, k):
     assert r.stderr == "", r.stderr
 
 
+SUFFIXES = {"onnx": ".onnx", "safetensors": ".safetensors", "torch": ".pt"}  # export's default --out
+SAVED = re.compile(r"\.(?:save|to_onnx|to_safetensors|to_torch)\(\s*[\"']([^\"']+)[\"']")  # a Python example's file
+
+
+def output_paths(command: str) -> list[str]:
+    """The paths a README command line writes, as git names them (a directory with a trailing /): --out (a
+    directory for solve, flow and compare), --json, --checkpoint-dir and OUT.checkpoints, convert's OUT, export's
+    default (--network with the format's suffix)."""
+    argv = shlex.split(command)
+    argv = argv[argv.index("flowfem") + 1:]
+    given = {}
+    for i, word in enumerate(argv):
+        option, equals, value = word.partition("=")
+        if option in ("--out", "--json", "--checkpoint-dir", "--network", "--format", "--checkpoint-every"):
+            given[option] = value if equals else argv[i + 1]
+    directory = argv[0] in ("solve", "flow", "compare")
+    paths = [os.path.normpath(given["--out"]) + ("/" if directory else "")] if "--out" in given else []
+    paths += [os.path.normpath(given[o]) + "/" for o in ("--checkpoint-dir",) if o in given]
+    paths += [given["--json"]] if "--json" in given else []
+    if argv[0] == "flow" and "--checkpoint-every" in given and "--checkpoint-dir" not in given:
+        paths.append(os.path.normpath(given["--out"]) + ".checkpoints/")
+    if argv[0] == "export" and "--out" not in given:
+        paths.append(os.path.splitext(given["--network"])[0] + SUFFIXES[given["--format"]])
+    if argv[0] == "convert":  # flowfem convert IN OUT [--chunk N] [--force] [--quiet]
+        words = [w for i, w in enumerate(argv[1:], 1) if not w.startswith("-") and argv[i - 1] != "--chunk"]
+        paths.append(words[1])
+    return paths
+
+
+def test_every_output_of_a_readme_example_is_ignored_by_git():
+    """A reader who runs the README's examples in the repository (its commands write out/, fit, net.npz, ...)
+    gets no untracked files: each path a command or a Python example writes is in .gitignore (out/ and net.npz
+    were not)."""
+    paths = sorted({p for c in COMMANDS for p in output_paths(c)} | {p for s in SNIPPETS for p in SAVED.findall(s)})
+    assert len(paths) >= 10 and "out/" in paths and "net.npz" in paths and "data.npy" in paths, paths
+    r = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode in (0, 1), r.stderr  # 1: none ignored
+    missing = sorted(set(paths) - set(r.stdout.splitlines()))
+    assert not missing, f"README examples write these paths that .gitignore does not ignore: {missing}"
+
+
+def test_output_paths_names_what_each_kind_of_command_writes():
+    assert output_paths("mpirun -n 2 flowfem solve --data d.npy --sharded --out fit") == ["fit/"]
+    assert output_paths("flowfem flow --data sin --out=r/f/ --checkpoint-every 5") == ["r/f/", "r/f.checkpoints/"]
+    assert output_paths("flowfem landscape --network n.npz --data sin --json land.json") == ["land.json"]
+    assert output_paths("flowfem export --network nets/a.npz --format torch") == ["nets/a.pt"]
+    assert output_paths("flowfem convert --chunk 10 in.csv 'my data.npy'") == ["my data.npy"]
+    assert SAVED.findall('net.save("a.npz"); net.to_onnx(\'b.onnx\')') == ["a.npz", "b.onnx"]
+
+
 def test_the_parser_finds_what_a_reader_sees():
     """Indented and fenced blocks, prompts and continuations; prose, errors and python blocks are not commands."""
     text = ("Run\n\n    flowfem solve --data sin \\\n        --out a\n    make demo\n\n"

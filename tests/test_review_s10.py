@@ -174,8 +174,8 @@ def test_flow_run_checks_growth_and_tau_max_as_every_number_argument():
         (dict(tau_max=None), "tau_max must be a number > 0 (the largest time step; inf: no limit), got None "
                              "(NoneType)"),
         (dict(tau_max=float("nan")), "tau_max must be a number > 0 (the largest time step; inf: no limit), got nan"),
-        (dict(tol="1e-6"), "tol must be a number > 0 (the relative distance ||u - u*|| / ||u*|| to stop at, e.g. "
-                           "1e-6), got '1e-6' (str)"),
+        (dict(tol="1e-6"), "tol must be a number with 0 < tol < 1 (the relative distance ||u - u*|| / ||u*|| to "
+                           "stop at), e.g. 1e-6, got '1e-6' (str)"),
     ]:
         with pytest.raises(ValueError) as e:
             flow.run(U, max_steps=1, **kwargs)

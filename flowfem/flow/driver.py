@@ -278,15 +278,14 @@ class Interrupt:
 def check_steps(tau: float, growth: float, tau_max: float, max_steps: int, tol: float | None) -> None:
     """ValueError unless the step arguments of :meth:`Flow.run` are in range: tau a finite number > 0 (the
     first step), growth a finite number >= 1, tau_max a number > 0 (inf: no limit), max_steps an integer
-    >= 1 and tol None or a number > 0, each named as its caller wrote it (``flowfem flow`` checks them
-    with this before any work: --tau, --growth, ...)."""
+    >= 1 and tol None or a number with 0 < tol < 1, each named as its caller wrote it (``flowfem flow`` checks
+    them with this before any work: --tau, --growth, ...)."""
     bounded("tau", tau, 0, strict=True, meaning="the first time step")
     bounded("growth", growth, 1, meaning="the step growth factor; 1: constant steps")
     bounded("tau_max", tau_max, 0, strict=True, finite=False, meaning="the largest time step; inf: no limit")
     at_least("max_steps", max_steps, 1)  # 0 or fewer: the run would be its initial density
-    if tol is not None:  # 0 or less: no step reaches it, the run would take every step
-        bounded("tol", tol, 0, strict=True, finite=False,
-                meaning="the relative distance ||u - u*|| / ||u*|| to stop at, e.g. 1e-6")
+    if tol is not None:  # 0 or less: no step reaches it; 1 or more (inf): the zero density, u0 = 0, meets it
+        tolerance("tol", tol, "1e-6", meaning="the relative distance ||u - u*|| / ||u*|| to stop at")
 
 
 class Flow:

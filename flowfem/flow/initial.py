@@ -14,7 +14,7 @@ from flowfem.mpi import on_root  # first: loads MPI before dolfinx
 import dolfinx.fem  # noqa: E402
 
 from flowfem.activations import activation as _activation  # noqa: E402
-from flowfem.arguments import bounded, closest, parameterised  # noqa: E402
+from flowfem.arguments import bounded, closest, parameterised, read_number  # noqa: E402
 from flowfem.files import read_npz  # noqa: E402
 from flowfem.io import fill_by_coordinates, read_density_file  # noqa: E402
 from flowfem.measure import project_network  # noqa: E402
@@ -123,7 +123,7 @@ def initial_densities(H: WeightedH1, spec: str = "zero", activation=None,
     if kind_l == "gaussian":
         parts = [] if arg is None else arg.split(":")
         try:  # an empty part ('gaussian::2') is refused: dropping it would read A as S
-            values = [float(p) for p in parts]
+            values = [read_number(p) for p in parts]
         except ValueError:
             raise ValueError(f"initial density {spec!r}: write {GAUSSIAN}") from None
         if len(values) > 2:

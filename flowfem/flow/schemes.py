@@ -28,7 +28,7 @@ from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 
 from petsc4py import PETSc  # noqa: E402
 
-from flowfem.arguments import parameterised, unknown  # noqa: E402
+from flowfem.arguments import parameterised, read_integer, read_number, unknown  # noqa: E402
 
 
 @dataclass
@@ -160,7 +160,7 @@ class Theta(_OneStepTheta):
     def __init__(self, flow, arg: str | None = None):
         if arg is not None:
             try:
-                self.theta = float(arg)
+                self.theta = read_number(arg)
             except ValueError:
                 raise ValueError(f"theta:{arg}: theta must be a number in [1/2, 1]") from None
         if not 0.5 <= self.theta <= 1.0:
@@ -238,7 +238,7 @@ class BDF(Scheme):
     def __init__(self, flow, arg: str | None = None):
         if arg is not None:
             try:
-                self.order = int(arg)
+                self.order = read_integer(arg)
             except ValueError:
                 raise ValueError(f"bdf:{arg}: the BDF order must be an integer 1..6") from None
         if not 1 <= self.order <= 6:
