@@ -1241,7 +1241,25 @@ OPTIONS = {"solve": dict(size="--mesh-size", alphas="--alphas"), "flow": dict(si
            "export": dict(path="--out")}
 
 
+STDOUT_CLOSED = 141  # 128 + SIGPIPE: a shell's status of cat or mpirun ended by a closed pipe
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The flowfem command: 0 done, 2 an error (one line), 130 Ctrl-C, 141 standard output closed by its
+    reader (``flowfem predict ... | head``: nothing more to say, as cat stops; under mpirun the pipe is
+    mpirun's, which ends with the same status)."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # any print of any rank-0 step, or the CSV on stdout (flowfem.mpi.on_root)
+        # the interpreter's exit flushes stdout again: let that write go nowhere instead of failing too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        comm = MPI.COMM_WORLD
+        if comm.size > 1:  # a rank that stops here alone must not leave the others in a collective
+            fail_together(comm, "flowfem: standard output was closed", status=STDOUT_CLOSED)
+        return STDOUT_CLOSED
+
+
+def _run(argv: list[str] | None) -> int:
     comm = MPI.COMM_WORLD
     args = parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -1274,6 +1292,8 @@ def main(argv: list[str] | None = None) -> int:
         # one line; a rank left waiting in a collective (a second Ctrl-C) is aborted with the same status
         fail_together(comm, "flowfem: interrupted", status=130)
         return 130
+    except BrokenPipeError:  # not an error of the command's: main ends quietly on it
+        raise
     except Exception as e:  # noqa: BLE001  (any error: one line, status 2, every rank ends)
         line = (traceback.format_exc().rstrip() if os.environ.get("FLOWFEM_DEBUG")
                 else f"flowfem: error: {message(e)}")

@@ -28,6 +28,7 @@ at once.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -91,14 +92,16 @@ def on_root(comm: MPI.Comm, fn: Callable[[], T], bcast: bool = True) -> T | None
     """Run fn on rank 0; broadcast its result (or None if not bcast) or raise its error on every rank.
 
     Any ``Exception`` of fn becomes a :class:`CollectiveError` with the text of :func:`message`
-    on every rank. SystemExit (an explicit request to end this process) is not caught. Inside a
-    :class:`CollectiveInterrupt` it first raises KeyboardInterrupt on every rank if any rank had a
-    Ctrl-C (:func:`check_interrupt`); a Ctrl-C during fn (work of rank 0 alone, no collective to
-    leave) stops fn at once and raises KeyboardInterrupt on every rank. On one rank KeyboardInterrupt
-    is not caught.
+    on every rank, except BrokenPipeError (a write to a pipe whose reader has gone, such as standard
+    output piped into ``head``), which is raised as BrokenPipeError on every rank: the command ends
+    quietly on it (:func:`flowfem.cli.main`) rather than reporting an error. SystemExit (an explicit
+    request to end this process) is not caught. Inside a :class:`CollectiveInterrupt` it first
+    raises KeyboardInterrupt on every rank if any rank had a Ctrl-C (:func:`check_interrupt`); a
+    Ctrl-C during fn (work of rank 0 alone, no collective to leave) stops fn at once and raises
+    KeyboardInterrupt on every rank. On one rank KeyboardInterrupt is not caught.
     """
     check_interrupt(comm)  # Ctrl-C: every rank stops here, none waits in the bcast below
-    result, error, interrupted = None, None, False
+    result, error, interrupted, closed = None, None, False, False
     if comm.rank == 0:
         active = CollectiveInterrupt.current
         if active is not None and MPI.Comm.Compare(comm, active.comm) == MPI.UNEQUAL:
@@ -111,14 +114,18 @@ def on_root(comm: MPI.Comm, fn: Callable[[], T], bcast: bool = True) -> T | None
             if comm.size == 1:
                 raise
             interrupted = True  # the others, waiting below, hear of it
+        except BrokenPipeError:  # not a failure of fn's work: the reader stopped reading
+            closed = True
         except Exception as e:  # noqa: BLE001  (any failure: the other ranks wait for this rank)
             error = message(e)
         finally:  # on every way out: a Ctrl-C in a later collective must again only set the flag
             if active is not None:
                 active.alone = False
-    error, interrupted = comm.bcast((error, interrupted), root=0)
+    error, interrupted, closed = comm.bcast((error, interrupted, closed), root=0)
     if interrupted:
         raise KeyboardInterrupt
+    if closed:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
     if error is not None:
         raise CollectiveError(error)
     return comm.bcast(result, root=0) if bcast else result
