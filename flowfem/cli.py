@@ -85,7 +85,7 @@ def _add_problem_arguments(p: argparse.ArgumentParser, auto_alpha: bool = False,
     g.add_argument("--mesh-size", type=_real, default=None,
                    help="box: cells per side (default 32); ball: element size h in parameter units (default "
                         "0.25); circle: arcs (default 64); sphere: refinements of the icosahedron (default 3); "
-                        "s3: cell size h on S^3 in radians (default 0.25, about 140 / h^3 cells); not with a mesh "
+                        "s3: cell size h on S^3 in radians (default 0.25, about 125 / h^3 cells); not with a mesh "
                         "file")
     g.add_argument("--radius", type=_positive_number, default=None,
                    help="box: half-width R, ball: radius R, in parameter units (those of w and b) (default: 4); "
@@ -689,7 +689,8 @@ def cmd_readout(args, comm) -> None:
     from flowfem import data, io
     from flowfem.readout import readout
 
-    on_root(comm, lambda: check_writable(args.out, "network file", args.force, (args.density, args.data)))  # before the work
+    # before the work
+    on_root(comm, lambda: check_writable(args.out, "network file", args.force, (args.density, args.data), ".npz"))
     H, u, settings = io.load_density(args.density, comm)
     scaling = settings.pop("input_scaling", None)
     classes = settings.pop("classes", None)  # a softmax fit: the network becomes a classifier of these labels
@@ -749,7 +750,7 @@ def cmd_predict(args, comm) -> None:
 
     def work():
         if args.out:
-            check_writable(args.out, "predictions file", args.force, (args.network, args.data))
+            check_writable(args.out, "predictions file", args.force, (args.network, args.data), ".csv")
         net = Network.load(args.network)
         inputs = data.get(args.data, args.n, args.seed, require_y=False)
         _check_n_used(args)
@@ -865,7 +866,7 @@ def cmd_landscape(args, comm) -> None:
 
     def work():
         if args.json:
-            check_writable(args.json, "--json file", args.force, (args.network, args.data))
+            check_writable(args.json, "--json file", args.force, (args.network, args.data), ".json")
         net = Network.load(args.network)
         ds = data.get(args.data, args.n, args.seed)
         _check_n_used(args)
@@ -1022,7 +1023,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed-steps", action="store_true",
                    help="bdf: take the steps --tau, --growth, --tau-max instead of choosing them by the local error")
     g.add_argument("--no-reference", action="store_true",
-                   help="skip the stationary solve (no ||u - u*|| column, no energy gap)")
+                   help="skip the stationary solve: energy.csv's error and gap columns "
+                        "(||u - u*|| / ||u*||, E_alpha - E_alpha(u*)) hold NaN")
     g = p.add_argument_group("solver, checkpoints and output")
     g.add_argument("--solver", default="cg", choices=["cg", "direct"],
                    help="linear solves of every step: cg (matrix-free CG) or direct (MUMPS + Woodbury, small "
@@ -1105,7 +1107,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--alpha", type=_real, default=None,
                    help="refit regularisation >= 0, 0: plain least squares (default: the solve's alpha)")
-    p.add_argument("--out", required=True, help="network file to write (.npz: arrays W, b, a, activation)")
+    p.add_argument("--out", required=True,
+                   help="network file to write (.npz: arrays W, b, a, activation, and as recorded loss, classes, "
+                        "input_mean, input_scale)")
     p.add_argument("--force", action="store_true", help="replace --out if flowfem wrote it (default: refuse)")
     p.set_defaults(run=cmd_readout)
 

@@ -169,8 +169,10 @@ class Comparison:
 
     def table(self) -> list[dict]:
         """Rows aggregated over seeds: mean, std, min and max of the test RMSE; mean and std of the
-        train loss and objective; one row per (solver, method, width). A group with a diverged run
-        (inf) has mean inf and std NaN (undefined), written as null in results.json."""
+        train loss and objective; one row per (solver, method, width). std is the population standard
+        deviation over the s seeds (ddof 0, NumPy's default; pandas and torch.std divide by s - 1). A
+        group with a diverged run (inf) has mean inf and std NaN (undefined), written as null in
+        results.json."""
 
         def std(a: np.ndarray) -> float:  # np.std of an inf is NaN too, but through an inf - inf warning
             return float(np.std(a)) if np.all(np.isfinite(a)) else float("nan")

@@ -52,7 +52,7 @@ import numpy as np
 
 from flowfem import arguments, memory
 from flowfem.arguments import at_least
-from flowfem.files import check_readable, read_npz, replacing
+from flowfem.files import check_readable, check_writable, read_npz, replacing
 
 SYNTHETIC = ("sin", "step", "two_moons")
 TEST_MIN = 1000  # a synthetic test sample has max(n, TEST_MIN) points: scores of a few points would be noise
@@ -391,13 +391,15 @@ def save(dataset: Dataset, path: str | os.PathLike) -> None:
 def save_predictions(target, x: np.ndarray, f: np.ndarray, y: np.ndarray | None = None) -> None:
     """Write predictions f (n,) at inputs x (n, d) as CSV with header x1..xd[,y],f (y: targets, if
     given); for m outputs, f and y (n, m), the columns are [y1..ym,]f1..fm. ``target`` is a path
-    (written whole or not at all: :func:`flowfem.files.replacing`) or a text stream. :func:`load`
+    ending in .csv (written whole or not at all: :func:`flowfem.files.replacing`; ValueError for another
+    name, :func:`flowfem.files.check_writable`) or a text stream. :func:`load`
     reads the file back as data (f, f1..fm are ignored)."""
     names = [f"x{i + 1}" for i in range(x.shape[1])] + ([] if y is None else _names("y", y)) + _names("f", f)
     table = np.column_stack([x] + ([] if y is None else [y]) + [f])
     if not isinstance(target, (str, os.PathLike)):
         np.savetxt(target, table, delimiter=",", header=",".join(names), comments="")
         return
+    check_writable(target, "predictions file", suffix=".csv")  # a name another format's reader would take
     with replacing(target) as tmp:
         np.savetxt(tmp, table, delimiter=",", header=",".join(names), comments="")
 

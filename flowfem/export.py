@@ -57,7 +57,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from flowfem.arguments import spell, unknown
-from flowfem.files import check_readable, replacing
+from flowfem.files import check_readable, named_for, replacing
 from flowfem.network import Network
 from flowfem.outputs import version
 
@@ -169,12 +169,11 @@ def check_path(path: str | os.PathLike, format: str) -> None:
     calls suffix-less), so that every path this suggests passes."""
     suffix = FORMATS[format]
     path = os.fspath(path)
-    name = os.path.basename(path)
-    if name.lower().endswith(suffix):
+    fix = named_for(path, suffix)
+    if fix is None:
         return
+    name = os.path.basename(path)
     given = name[name.rfind("."):] if "." in name else ""  # the last suffix
-    base = path[:len(path) - len(given)]
-    fix = base if given and base.lower().endswith(suffix) else base + suffix
     other = next((f for f, s in FORMATS.items() if s == given.lower()), None)
     wanted = f"{spell('format', repr(format))} writes {suffix}"
     raise ValueError(f"{spell('path', repr(path))} names " + (

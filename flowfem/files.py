@@ -105,12 +105,28 @@ def _not_written_by_flowfem(path: str) -> str | None:
     return "was changed since flowfem wrote it"
 
 
+def named_for(path: str | os.PathLike, suffix: str) -> str | None:
+    """None if the name of ``path`` ends in ``suffix`` (``.npz``; case ignored), else the path to give: its last
+    suffix replaced by ``suffix`` (``net.csv`` -> ``net.npz``, ``net`` -> ``net.npz``), or dropped where the
+    name ends in ``suffix`` before it (``x.onnx.pt`` -> ``x.onnx``). A dot-file's name is its suffix (``.onnx``
+    is named as an ONNX file), so that every path this gives passes."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if name.lower().endswith(suffix):
+        return None
+    given = name[name.rfind("."):] if "." in name else ""  # the last suffix
+    base = path[:len(path) - len(given)]
+    return base if given and base.lower().endswith(suffix) else base + suffix
+
+
 def check_writable(path: str | os.PathLike, what: str = "output file", force: bool | None = None,
-                   inputs: tuple = ()) -> None:
+                   inputs: tuple = (), suffix: str = "") -> None:
     """Raise ValueError unless a file can be created or replaced at ``path``: its directory exists
     and may be written into, and ``path`` is not a directory, a symbolic link or a special file (a
     device such as /dev/null, a pipe, a socket: the rename that writes it would replace the link or
-    the device itself, and root may replace /dev/null).
+    the device itself, and root may replace /dev/null), and, for a writer of one format, its name ends
+    in that format's ``suffix`` (``.npz``: a network written to ``net.csv`` would be a zip archive
+    that a CSV reader fails on; :func:`named_for` gives the name to use).
 
     ``force``: None (the API: an existing file is replaced, as ``np.save`` does); False (the
     command line without --force: an existing file is refused); True (--force): an existing file
@@ -138,6 +154,10 @@ def check_writable(path: str | os.PathLike, what: str = "output file", force: bo
         kind = "a symbolic link" if os.path.islink(path) else "a device, pipe or socket, not a regular file"
         raise ValueError(f"cannot write {what} {path!r}: it is {kind}, and flowfem writes a file by replacing it "
                          "whole; give the name of a regular file")
+    fix = named_for(path, suffix) if suffix else None
+    if fix is not None:
+        raise ValueError(f"cannot write {what} {path!r}: it is written as {suffix[1:].upper()}, a name ending in "
+                         f"{suffix}; give {fix!r}")
     if force is False and os.path.lexists(path):
         raise ValueError(f"{what} {path!r} exists; pass --force to replace it, or choose another name")
     if force and os.path.lexists(path):

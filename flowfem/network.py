@@ -39,7 +39,7 @@ import numpy as np
 
 from flowfem.activations import Activation, activation
 from flowfem.data import check
-from flowfem.files import read_npz, replacing
+from flowfem.files import check_writable, read_npz, replacing
 from flowfem.loss import loss as _loss
 from flowfem.operator.features import evaluate
 from flowfem.scaling import Standardisation
@@ -183,8 +183,10 @@ class Network:
         (:attr:`input_scaling`), ``classes`` and ``loss`` to ``path`` (.npz), atomically.
 
         Safe when every MPI rank saves the same network to the same path at once, and when one
-        rank alone saves it (no collective): see :func:`flowfem.files.replacing`.
+        rank alone saves it (no collective): see :func:`flowfem.files.replacing`. ValueError for a path
+        not ending in .npz (``net.csv`` would be a zip archive that a CSV reader fails on).
         """
+        check_writable(path, "network file", suffix=".npz")
         with replacing(path, ".npz") as tmp:
             scaling = {} if self.input_scaling is None else dict(input_mean=self.input_scaling.mean,
                                                                  input_scale=self.input_scaling.scale)
