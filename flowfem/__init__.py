@@ -22,8 +22,12 @@ def _run_as_command() -> bool:
     with sys.argv[0] '-m' and keeps the command line in sys.orig_argv) or the console script ``flowfem``."""
     if _sys.argv[:1] == ["-m"]:
         words = getattr(_sys, "orig_argv", [])
-        modules = [b for a, b in zip(words, words[1:]) if a == "-m"] + [a[2:] for a in words if a.startswith("-m")]
-        return any(m.split(".")[0] == "flowfem" for m in modules)
+        # only the interpreter's words name the module: they end with "-m MODULE" (or "-mMODULE", "-BmMODULE"),
+        # and the program's own arguments after them (sys.argv[1:]) may hold a "-m flowfem" of their own
+        words = words[:len(words) - (len(_sys.argv) - 1)]
+        last = words[-1] if words else ""
+        module = last.partition("m")[2] if last.startswith("-") else last
+        return module.split(".")[0] == "flowfem"
     return bool(_sys.argv) and _os.path.basename(_sys.argv[0]) == "flowfem"
 
 

@@ -44,6 +44,7 @@ import difflib
 import numbers
 import re
 import shlex
+import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -161,10 +162,14 @@ def read_number(text: str) -> float:
 def read_integer(text: str) -> int:
     """The integer written in ``text`` (surrounding blanks ignored) as an int: decimal digits with an optional
     sign; else ValueError "'TEXT' is not a whole number (...)" (``1_000``, ``1e3``, ``2.0``; see
-    :func:`read_number`)."""
+    :func:`read_number`), or "a whole number of K digits is too large (...)" beyond the 4300 digits int() reads."""
     if not isinstance(text, str) or not _WHOLE.fullmatch(text.strip()):
         raise ValueError(f"{text!r} is not a whole number (write decimal digits, e.g. 10)")
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts (4300): its advice, set_int_max_str_digits, is Python's
+        raise ValueError(f"a whole number of {len(text.strip().lstrip('+-'))} digits is too large: write at most "
+                         f"{sys.get_int_max_str_digits()} digits") from None
 
 
 def number(name: str, value, requirement: str = "") -> float:

@@ -623,12 +623,14 @@ PATH_OPTIONS = ("out", "json", "network", "density", "data", "test_data", "resum
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line ``flowfem: error: ... (see PROG --help)``, the same start as every
-    other error of the command whichever subcommand's parser found it, exit status 2, printed by
-    rank 0 only (every rank parses the same arguments). A value that is none of an option's
+    """Usage errors as one line ``flowfem: error: ... (see PROG --help)`` (a demo's: ``DEMO: error: ...``),
+    the same start as every other error of the command whichever subcommand's parser found it, exit status 2,
+    printed by rank 0 only (every rank parses the same arguments). A value that is none of an option's
     choices names the closest (:func:`flowfem.arguments.unknown`). A value that starts as a negative
     number is a value (``--mu -1,0,2``, ``--alpha -1e-3``), as in Python 3.14's argparse: 3.12 and 3.13
     take only plain -N and -N.N, and refused the others with "expected one argument"."""
+
+    name = "flowfem"  # what the line starts with (a demo's parser: the demo's, flowfem.outputs.run_demo)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -636,7 +638,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, text: str):
         if MPI.COMM_WORLD.rank == 0:
-            print(f"flowfem: error: {text} (see {self.prog} --help)", file=sys.stderr)
+            print(f"{self.name}: error: {text} (see {self.prog} --help)", file=sys.stderr)
         self.exit(2)
 
     def parse_args(self, args=None, namespace=None):

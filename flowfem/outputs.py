@@ -19,12 +19,13 @@ rank gets the same answer or the same error):
 
 ``force`` replaces only a directory whose manifest lists every entry in it: not
 the current directory, not a directory of the user's files, not a flowfem output
-to which the user added a file of their own.
+to which the user added a file of their own. The working directory, and a directory
+holding it, is never an output directory, empty or flowfem's: replacing it would leave
+the user's shell in a deleted directory, where what it writes next is lost.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -76,15 +77,19 @@ def check_free(path: str | os.PathLike, force: bool = False) -> None:
         return
     if not os.path.isdir(path) or os.path.islink(path):
         raise ValueError(f"output {path!r} exists and is not a directory; choose another output directory")
-    if not os.listdir(path):
-        return
-    if not force:
-        raise ValueError(f"output directory {path!r} exists and is not empty; pass {spell('force')} to replace "
-                         "an earlier flowfem output, or choose another output directory")
-    why = _owned_by_flowfem(path)
-    if why is not None:
-        raise ValueError(f"{spell('force')} replaces only a directory that flowfem wrote; {path!r} {why}: "
-                         "choose another output directory")
+    if os.listdir(path):
+        if not force:
+            raise ValueError(f"output directory {path!r} exists and is not empty; pass {spell('force')} to replace "
+                             "an earlier flowfem output, or choose another output directory")
+        why = _owned_by_flowfem(path)
+        if why is not None:
+            raise ValueError(f"{spell('force')} replaces only a directory that flowfem wrote; {path!r} {why}: "
+                             "choose another output directory")
+    here = os.getcwd()
+    if os.path.commonpath([path, here]) == path:  # ('.' and '' are it) an empty one was renamed away and deleted
+        raise ValueError(f"output directory {path!r} is the working directory" + (" or holds it" if path != here
+                         else "") + ": replacing it would leave this shell in a deleted directory; choose a new "
+                         "directory, e.g. results")
 
 
 def _lock_path(path: str) -> str:
@@ -256,13 +261,17 @@ def run_demo(main, out: str, quick: dict | None = None, full: dict | None = None
     return the exit status for sys.exit. Collective.
 
     Options: ``--out DIR`` (default ``out``) and ``--quick`` (kwargs ``quick``, also when the environment variable
-    CI is set; else ``full``). A demo replaces its own earlier output (``force=True``) and nothing else: an error
+    CI is set; else ``full``); a usage error is one line, status 2. ``--out`` is claimed (:func:`reserve`) before
+    ``main`` runs. A demo replaces its own earlier output (``force=True``) and nothing else: an error
     (an output directory holding a file the demo did not write, named as "--out replaces only a directory that
     flowfem wrote; ...") is one line "DEMO: error: MESSAGE" and status 2, Ctrl-C "DEMO: interrupted" and 130,
     on every rank (:func:`flowfem.mpi.fail_together`); ``FLOWFEM_DEBUG=1`` prints the traceback instead.
     """
+    from flowfem.cli import _Parser  # usage errors as the command's: one line, said by rank 0
+
     prog = os.path.basename(sys.argv[0])
-    parser = argparse.ArgumentParser(prog=prog, description=f"flowfem demo {prog}")
+    parser = _Parser(prog=prog, description=f"flowfem demo {prog}")
+    parser.name = prog
     parser.add_argument("--out", default=out, help="output directory, replaced if this demo wrote it "
                                                    "(default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a small run (also with the environment variable CI)")
@@ -270,7 +279,9 @@ def run_demo(main, out: str, quick: dict | None = None, full: dict | None = None
     kwargs = (quick if args.quick or os.environ.get("CI") else full) or {}
     comm = MPI.COMM_WORLD
     try:
-        with command_line(force="--out"):  # the demo's --out is its force=True: messages name the option
+        # the demo's --out is its force=True: messages name the option. Claimed before the work, as the flowfem
+        # command does: a directory of the user's is refused now, not after minutes of it
+        with command_line(force="--out"), reserve(args.out, comm, force=True):
             main(**kwargs, out=args.out)
     except KeyboardInterrupt:
         fail_together(comm, f"{prog}: interrupted", status=130)

@@ -177,7 +177,8 @@ def test_run_demo_replaces_its_own_output_and_reports_any_error_in_one_line(tmp_
     def interrupted(out):
         raise KeyboardInterrupt
 
-    assert outputs.run_demo(interrupted, out, argv=[]) == 130
+    # (a fresh --out: the one above, holding b.txt, is now refused before the demo's work)
+    assert outputs.run_demo(interrupted, str(tmp_path / "fresh"), argv=[]) == 130
     assert capsys.readouterr().err.endswith(": interrupted\n")
 
 
