@@ -44,13 +44,6 @@ except ImportError:
     pass
 
 from mpi4py import MPI
-from petsc4py import PETSc  # noqa: F401  (PETSc is initialised here, once, so that the next line follows it)
-
-# PetscInitialize installs its own handler for SIGPIPE, which aborts the process ("Caught signal number 13 Broken
-# Pipe", then MPI_Abort) when standard output is a pipe its reader closed (`flowfem solve ... | head -1`). Python
-# ignores SIGPIPE, so that the write raises BrokenPipeError, which the command ends on quietly (flowfem.cli.main,
-# status 141): that is restored, for SIGPIPE only (PETSc keeps its handlers of the other signals)
-signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 FAILURE_TAG = 30_411  # point-to-point tag of the end-of-run handshake: collective traffic never matches it
@@ -76,7 +69,15 @@ def one_blas_thread_per_rank() -> None:
     threadpoolctl.threadpool_limits(1)
 
 
-one_blas_thread_per_rank()
+one_blas_thread_per_rank()  # before PETSc (and its BLAS) is loaded below
+
+# PETSc is initialised here, once, so that its SIGPIPE handler can be undone: PetscInitialize's aborts the process
+# ("Caught signal number 13 Broken Pipe", then MPI_Abort) when standard output is a pipe its reader closed
+# (`flowfem solve ... | head -1`). Python ignores SIGPIPE, so that the write raises BrokenPipeError, which the
+# command ends on quietly (flowfem.cli.main, status 141): that is restored, for SIGPIPE only (PETSc keeps its
+# handlers of the other signals)
+from petsc4py import PETSc  # noqa: E402,F401
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 T = TypeVar("T")
 
