@@ -12,8 +12,12 @@ import sys as _sys
 
 
 def interrupted_while_loading(signum, frame):
-    """The SIGINT handler of the flowfem command until :func:`flowfem.cli.main` takes over: one line, exit 130."""
-    print("flowfem: interrupted", file=_sys.stderr, flush=True)
+    """The SIGINT handler of the flowfem command until :func:`flowfem.cli.main` takes over: one line, exit 130.
+    Under mpirun every rank gets the Ctrl-C before MPI can say which rank it is: the launcher's variable does
+    (MPICH's PMI_RANK, Open MPI's OMPI_COMM_WORLD_RANK), and only rank 0 prints the line."""
+    rank = _os.environ.get("PMI_RANK", _os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+    if rank == "0":
+        print("flowfem: interrupted", file=_sys.stderr, flush=True)
     raise SystemExit(130)  # 128 + SIGINT, as a shell reports an interrupted command
 
 

@@ -762,7 +762,7 @@ def _check_count(name: str, v, minimum: int, what: str) -> int:
     never means a default; NAME is the option that gave it on the command line, see :func:`named_arrays`).
     A float such as 8.0 is taken: a size is a number of the command line's --size."""
     requirement = f"a whole number >= {minimum} ({what})"
-    v = number(name, v, requirement)
+    v = number(name, v, f">= {minimum} ({what})")  # "NAME must be a number >= ..." for a value that is none
     if not (np.isfinite(v) and v == int(v) and v >= minimum):
         raise ValueError(f"{named(name)} must be {requirement}, got {v:g}")
     return int(v)

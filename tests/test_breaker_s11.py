@@ -170,3 +170,26 @@ def test_a_very_long_whole_number_is_refused_in_flowfems_words(capsys, digits):
     for option in ("--seed", "--n"):
         line = refused_by_cli(["solve", "--data", "sin", option, text, "--out", "never"], capsys)
         assert option in line and "set_int_max_str_digits" not in line and len(line) < 300, line[:300]
+
+
+# -- left by the breaker, mended by the lead ---------------------------------------------------------------------
+@pytest.mark.parametrize("variable, rank, said", [("PMI_RANK", "1", False), ("PMI_RANK", "0", True),
+                                                  ("OMPI_COMM_WORLD_RANK", "1", False), (None, None, True)])
+def test_a_ctrl_c_while_loading_is_said_by_rank_0_only(capsys, monkeypatch, variable, rank, said):
+    """Under mpirun every rank got the Ctrl-C before MPI could name the rank: the line came once per rank."""
+    import flowfem
+
+    for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(v, raising=False)
+    if variable:
+        monkeypatch.setenv(variable, rank)
+    with pytest.raises(SystemExit) as e:
+        flowfem.interrupted_while_loading(signal.SIGINT, None)
+    assert e.value.code == 130 and (capsys.readouterr().err == "flowfem: interrupted\n") == said
+
+
+def test_a_mesh_size_that_is_no_number_is_said_plainly():
+    from flowfem.space import Space
+
+    with pytest.raises(ValueError, match=r"^n must be a number >= 1 \(cells per side\), got '4' \(str\)$"):
+        Space.box(1, "4")  # it said "must be a number a whole number >= 1"
