@@ -70,6 +70,17 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+def closed_stdout(argv, cwd) -> subprocess.CompletedProcess:
+    """``flowfem ARGV`` with standard output a pipe whose reader has already gone (every write fails)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "flowfem"] + argv, stdout=write, stderr=subprocess.PIPE,
+                              text=True, cwd=cwd, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    finally:
+        os.close(write)
+
+
 def refused_by_cli(argv, capsys) -> str:
     """The one stderr line of ``flowfem ARGV`` run in this process (flowfem.cli.main), asserted to exit with
     status 2: a usage error (argparse's SystemExit) or a refusal."""

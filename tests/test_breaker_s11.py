@@ -22,22 +22,11 @@ import sys
 import pytest
 from mpi4py import MPI
 
-from conftest import ROOT, refused_by_cli
+from conftest import ROOT, closed_stdout, refused_by_cli
 from flowfem import arguments, outputs
 
 CLOSED = 128 + signal.SIGPIPE
 serial = pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="starts flowfem in a subprocess of one rank")
-
-
-def closed_stdout(argv, cwd) -> subprocess.CompletedProcess:
-    """``flowfem ARGV`` with standard output a pipe whose reader has already gone (every write fails)."""
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        return subprocess.run([sys.executable, "-m", "flowfem"] + argv, stdout=write, stderr=subprocess.PIPE,
-                              text=True, cwd=cwd, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
-    finally:
-        os.close(write)
 
 
 # -- a closed standard output after PETSc was loaded -------------------------------------------------------------

@@ -15,23 +15,12 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from conftest import ROOT
+from conftest import closed_stdout
 from flowfem.activations import activation
 from flowfem.mpi import on_root
 from flowfem.network import Network
 
 CLOSED = 128 + signal.SIGPIPE  # a shell's status of a process that SIGPIPE ended
-
-
-def closed_stdout(argv, cwd) -> subprocess.CompletedProcess:
-    """``flowfem ARGV`` with standard output a pipe whose reader has already gone (every write fails)."""
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        return subprocess.run([sys.executable, "-m", "flowfem"] + argv, stdout=write, stderr=subprocess.PIPE,
-                              text=True, cwd=cwd, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
-    finally:
-        os.close(write)
 
 
 @pytest.fixture
