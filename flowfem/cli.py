@@ -21,7 +21,8 @@ import traceback
 
 import numpy as np
 
-from flowfem.mpi import CollectiveInterrupt, exit_now, fail_together, message, on_root  # first: loads MPI
+from flowfem.mpi import (CollectiveInterrupt, end_on_closed_stdout, exit_now, fail_together, message,  # first: MPI
+                         on_root)
 
 from flowfem import interrupted_while_loading  # noqa: E402
 
@@ -1247,22 +1248,17 @@ OPTIONS = {"solve": dict(size="--mesh-size", alphas="--alphas"), "flow": dict(si
            "export": dict(path="--out")}
 
 
-STDOUT_CLOSED = 141  # 128 + SIGPIPE: a shell's status of cat or mpirun ended by a closed pipe
-
-
 def main(argv: list[str] | None = None) -> int:
     """The flowfem command: 0 done, 2 an error (one line), 130 Ctrl-C, 141 standard output closed by its
     reader (``flowfem predict ... | head``: nothing more to say, as cat stops; under mpirun the pipe is
     mpirun's, which ends with the same status)."""
     try:
-        return _run(argv)
+        try:
+            return _run(argv)
+        finally:  # output to a pipe is buffered: written here, where a closed pipe is taken, not at exit (120)
+            sys.stdout.flush()
     except BrokenPipeError:  # any print of any rank-0 step, or the CSV on stdout (flowfem.mpi.on_root)
-        # the interpreter's exit flushes stdout again: let that write go nowhere instead of failing too
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        comm = MPI.COMM_WORLD
-        if comm.size > 1:  # a rank that stops here alone must not leave the others in a collective
-            fail_together(comm, "flowfem: standard output was closed", status=STDOUT_CLOSED)
-        return STDOUT_CLOSED
+        return end_on_closed_stdout(MPI.COMM_WORLD, "flowfem")
 
 
 def _run(argv: list[str] | None) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 from flowfem import mpi  # (first: loads MPI before dolfinx)
 from flowfem.arguments import bounded
 
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem.loss import Loss, loss as _loss  # noqa: E402
 from flowfem.operator import DataOperator  # noqa: E402

@@ -40,7 +40,7 @@ from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolf
 import dolfinx.fem  # noqa: E402
 import dolfinx.io  # noqa: E402
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem.files import read_npz  # noqa: E402

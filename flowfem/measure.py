@@ -39,7 +39,7 @@ import dolfinx.la  # noqa: E402
 import dolfinx.la.petsc  # noqa: E402
 import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.network import Network  # noqa: E402

@@ -69,15 +69,7 @@ def one_blas_thread_per_rank() -> None:
     threadpoolctl.threadpool_limits(1)
 
 
-one_blas_thread_per_rank()  # before PETSc (and its BLAS) is loaded below
-
-# PETSc is initialised here, once, so that its SIGPIPE handler can be undone: PetscInitialize's aborts the process
-# ("Caught signal number 13 Broken Pipe", then MPI_Abort) when standard output is a pipe its reader closed
-# (`flowfem solve ... | head -1`). Python ignores SIGPIPE, so that the write raises BrokenPipeError, which the
-# command ends on quietly (flowfem.cli.main, status 141): that is restored, for SIGPIPE only (PETSc keeps its
-# handlers of the other signals)
-from petsc4py import PETSc  # noqa: E402,F401
-signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+one_blas_thread_per_rank()
 
 T = TypeVar("T")
 
@@ -165,6 +157,20 @@ def exit_now(code: int) -> None:
     if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.Finalize()
     os._exit(code)
+
+
+STDOUT_CLOSED = 141  # 128 + SIGPIPE: a shell's status of cat or mpirun ended by a closed pipe
+
+
+def end_on_closed_stdout(comm: MPI.Comm, prog: str) -> int:
+    """The end of a command (or demo) whose standard output's reader has gone (``... | head``): nothing more
+    to say, as cat stops. Standard output is pointed at /dev/null (the interpreter's exit flushes it again,
+    which would fail too, with status 120), every rank ends (:func:`fail_together`: a rank that stops here
+    alone must not leave the others in a collective), and the status is STDOUT_CLOSED, 141."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if comm.size > 1:
+        fail_together(comm, f"{prog}: standard output was closed", status=STDOUT_CLOSED)
+    return STDOUT_CLOSED
 
 
 def fail_together(comm: MPI.Comm, line: str, grace: float = GRACE_SECONDS, status: int = 2) -> None:

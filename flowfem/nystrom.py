@@ -69,7 +69,7 @@ import numpy as np
 from flowfem import mpi  # noqa: F401  (first: loads MPI before petsc4py)
 
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 BUDGET = 2**29  # bytes per rank for the basis Q and Z = M^{-1} Q (512 MiB)
 BLOCK = 8  # basis vectors per Krylov block

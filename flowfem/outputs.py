@@ -36,7 +36,7 @@ import time
 import traceback
 from contextlib import contextmanager
 
-from flowfem.mpi import fail_together, message, on_root  # first: loads MPI before dolfinx
+from flowfem.mpi import end_on_closed_stdout, fail_together, message, on_root  # first: loads MPI before dolfinx
 
 from flowfem.arguments import command_line, spell  # noqa: E402
 from flowfem.files import reason, recorded_by_manifest  # noqa: E402
@@ -265,7 +265,8 @@ def run_demo(main, out: str, quick: dict | None = None, full: dict | None = None
     ``main`` runs. A demo replaces its own earlier output (``force=True``) and nothing else: an error
     (an output directory holding a file the demo did not write, named as "--out replaces only a directory that
     flowfem wrote; ...") is one line "DEMO: error: MESSAGE" and status 2, Ctrl-C "DEMO: interrupted" and 130,
-    on every rank (:func:`flowfem.mpi.fail_together`); ``FLOWFEM_DEBUG=1`` prints the traceback instead.
+    on every rank (:func:`flowfem.mpi.fail_together`); ``FLOWFEM_DEBUG=1`` prints the traceback instead. A
+    standard output closed by its reader (``demo.py | head``) ends the demo quietly with status 141.
     """
     from flowfem.cli import _Parser  # usage errors as the command's: one line, said by rank 0
 
@@ -283,6 +284,9 @@ def run_demo(main, out: str, quick: dict | None = None, full: dict | None = None
         # command does: a directory of the user's is refused now, not after minutes of it
         with command_line(force="--out"), reserve(args.out, comm, force=True):
             main(**kwargs, out=args.out)
+        sys.stdout.flush()  # output to a pipe is buffered: a closed one is taken here, not at exit (status 120)
+    except BrokenPipeError:  # (demo.py | head): nothing more to say, as cat stops
+        return end_on_closed_stdout(comm, prog)
     except KeyboardInterrupt:
         fail_together(comm, f"{prog}: interrupted", status=130)
         return 130

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 
 from flowfem import mpi  # noqa: F401  (first: loads MPI before petsc4py)
 
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 MANUAL = "https://petsc.org/release/manualpages/"

@@ -51,7 +51,7 @@ from flowfem import mpi  # (first: loads MPI before dolfinx)
 
 import dolfinx.fem  # noqa: E402
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem import data as _data  # noqa: E402
 from flowfem import memory  # noqa: E402

@@ -120,7 +120,7 @@ import numpy as np
 
 from flowfem.mpi import CollectiveInterrupt, check_interrupt  # first: loads MPI before dolfinx
 
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem import petsc_options as petsc_options_  # noqa: E402
 from flowfem import progress as progress_  # noqa: E402

@@ -65,7 +65,7 @@ from flowfem.mpi import (CollectiveError, CollectiveInterrupt, check_interrupt, 
                          on_every_rank)
 
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem import memory  # noqa: E402
 from flowfem import progress as progress_  # noqa: E402

@@ -45,7 +45,7 @@ import numpy as np
 from flowfem.mpi import CollectiveError, on_root  # first: loads MPI before dolfinx
 
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem.flow.driver import Flow, FlowState, blocks  # noqa: E402
 from flowfem.io import fill_by_coordinates, function, gather_dofs, jsonable, vector  # noqa: E402

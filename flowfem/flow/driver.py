@@ -40,7 +40,7 @@ import numpy as np
 from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem import progress as progress_  # noqa: E402
 from flowfem.arguments import at_least, bounded, spell, tolerance, unknown  # noqa: E402

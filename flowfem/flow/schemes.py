@@ -26,7 +26,7 @@ import numpy as np
 
 from flowfem import mpi  # noqa: F401  (first: loads MPI before dolfinx)
 
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem.arguments import parameterised, read_integer, read_number, unknown  # noqa: E402
 

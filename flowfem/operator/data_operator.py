@@ -38,7 +38,7 @@ from flowfem import mpi  # (first: loads MPI before dolfinx)
 
 import dolfinx.la  # noqa: E402
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem.activations import Activation, activation as _activation  # noqa: E402
 from flowfem.operator.features import DenseFeatures, InterpolatedFeatures, evaluate  # noqa: E402

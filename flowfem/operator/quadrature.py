@@ -28,7 +28,7 @@ import dolfinx.fem  # noqa: E402
 import dolfinx.la  # noqa: E402
 import ufl  # noqa: E402
 from mpi4py import MPI  # noqa: E402
-from petsc4py import PETSc  # noqa: E402
+from flowfem.petsc import PETSc  # noqa: E402
 
 from flowfem.sobolev import WeightedH1  # noqa: E402
 
