@@ -70,13 +70,18 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-def closed_stdout(argv, cwd) -> subprocess.CompletedProcess:
-    """``flowfem ARGV`` with standard output a pipe whose reader has already gone (every write fails)."""
+def closed_stdout(argv, cwd, unbuffered: bool = False,
+                  command: tuple = ("-m", "flowfem")) -> subprocess.CompletedProcess:
+    """``flowfem ARGV`` (or ``python COMMAND ARGV``) with standard output a pipe whose reader has already gone
+    (every write fails). Buffered, as in a user's shell, the failing write is the last flush (the image
+    run showed status 120 there, where PYTHONUNBUFFERED=1 made every print fail at once); or unbuffered."""
     read, write = os.pipe()
     os.close(read)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(PYTHONPATH=ROOT, **({"PYTHONUNBUFFERED": "1"} if unbuffered else {}))
     try:
-        return subprocess.run([sys.executable, "-m", "flowfem"] + argv, stdout=write, stderr=subprocess.PIPE,
-                              text=True, cwd=cwd, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+        return subprocess.run([sys.executable, *command] + argv, stdout=write, stderr=subprocess.PIPE,
+                              text=True, cwd=cwd, timeout=300, env=env)
     finally:
         os.close(write)
 

@@ -41,6 +41,13 @@ def test_a_closed_standard_output_ends_a_petsc_command_quietly(tmp_path, argv):
     assert not (tmp_path / ".o.lock").exists()  # the run ended through flowfem, which releases its claim
 
 
+@serial
+def test_a_closed_standard_output_ends_a_demo_quietly(tmp_path):
+    r = closed_stdout(["--quick", "--out", "o"], tmp_path, command=(os.path.join(ROOT, "demos", "regression_1d.py"),))
+    assert (r.returncode, r.stderr) == (CLOSED, ""), (r.returncode, r.stderr)
+    assert not (tmp_path / ".o.lock").exists()
+
+
 # -- SIGINT of a program that imports flowfem ----------------------------------------------------------------------
 PACKAGE_INIT = "import flowfem  # noqa: F401\n"
 PACKAGE_MAIN = """import signal
