@@ -593,11 +593,6 @@ def _tolerance(option: str, example: str):
     return _number_in(lambda v: 0 < v < 1, f"a number with 0 < {option} < 1, e.g. {example}")
 
 
-# which numbers a domain takes (whole cells >= 1 or >= 3, refinements >= 0, an element size > 0),
-# space.named_arrays checks, naming --size (main's command_line)
-_mesh_size = _number_in(lambda v: True, "a number")
-
-
 def _alphas(text: str) -> list[float]:
     """--alphas: numbers separated by commas (the path checks their range, naming --alphas, as for the API)."""
     try:
@@ -1065,7 +1060,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=_integer, default=None,
                    help="input dimension d (the mesh has dimension d + 1): 1 or 2 (box, ball; default 1), "
                         "1 (circle), 2 (sphere)")
-    p.add_argument("--size", type=_mesh_size, default=None,
+    # any number here: which numbers a domain takes (whole cells >= 1 or >= 3, refinements >= 0, an element
+    # size > 0) space.named_arrays checks, naming --size (main's command_line)
+    p.add_argument("--size", type=_real, default=None,
                    help="cells per side (box, a positive integer, default 32), element size h in parameter units "
                         "(ball, > 0, default 0.25), arcs (circle, an integer >= 3, default 64) or refinements "
                         "(sphere, an integer >= 0, default 3)")
